@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates .venv/ at the repository root when missing and installs hashrec into it.
+# Idempotent and quick when nothing changed: re-installs only when pyproject.toml changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${HASHREC_EXTRAS:-dev}"
+
+# WordNet 3.0 for optional synonym merging (Zhong et al. §3.3), from Debian's packages.
+if [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/share/wordnet/index.sense ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null; } \
+      || echo "setup: WordNet could not be installed; --merge-synonyms will be unavailable" >&2
+  else
+    echo "setup: WordNet missing (apt-get install wordnet-base wordnet-sense-index)" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=".venv/.hashrec-installed"
+want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing hashrec[$extras] into .venv (first time takes a minute)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  echo "$want" > "$stamp"
+fi

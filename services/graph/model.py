@@ -1,0 +1,159 @@
+"""DeepWalk on the image–hashtag graph (Zhong et al. §3.2; Perozzi et al. 2014).
+
+The graph G = (I ∪ H, E_IH) is bipartite: image i links to each of its hashtags. It is
+kept as CSR arrays (``indptr``, ``indices``) so that a random-walk step for every walker
+at once is three array lookups:  next = indices[indptr[v] + ⌊U·deg(v)⌋],  U ~ U[0, 1).
+Skip-gram with negative sampling (gensim) then learns a vector per node from the walks
+as if they were sentences.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from gensim.models import Word2Vec
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """An undirected, unweighted graph in CSR form.
+
+    The neighbours of node v are ``indices[indptr[v]:indptr[v + 1]]``.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def degree(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.indices) // 2
+
+
+def bipartite_graph(documents: Sequence[Sequence[int]], n_terms: int) -> Graph:
+    """Nodes 0..D-1 are the documents (images), D + t is term t; an edge per (document, term)."""
+    n_documents = len(documents)
+    lengths = np.fromiter((len(set(doc)) for doc in documents), dtype=np.int64,
+                          count=n_documents)
+    doc_nodes = np.repeat(np.arange(n_documents, dtype=np.int64), lengths)
+    term_nodes = n_documents + np.fromiter(
+        (term for doc in documents for term in sorted(set(doc))), dtype=np.int64,
+        count=int(lengths.sum()))
+    if len(term_nodes) and (term_nodes.min() < n_documents
+                            or term_nodes.max() >= n_documents + n_terms):
+        raise ValueError(f"term ids must lie in [0, {n_terms})")
+    sources = np.concatenate([doc_nodes, term_nodes])
+    targets = np.concatenate([term_nodes, doc_nodes])
+    order = np.argsort(sources, kind="stable")
+    n_nodes = n_documents + n_terms
+    indptr = np.zeros(n_nodes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(sources, minlength=n_nodes), out=indptr[1:])
+    return Graph(indptr, targets[order].astype(np.int32))
+
+
+def random_walks(graph: Graph, walks_per_node: int = 10, walk_length: int = 80,
+                 seed: int = 0, start_nodes: np.ndarray | None = None,
+                 progress: bool = True) -> np.ndarray:
+    """Uniform random walks, ``walks_per_node`` from each start node (default: every node with
+    a neighbour), as an int32 matrix (walks × walk_length). All walkers of a round step
+    together, so the Python loop runs walk_length times per round, not once per node."""
+    rng = np.random.default_rng(seed)
+    degree = graph.degree
+    if start_nodes is None:
+        start_nodes = np.flatnonzero(degree > 0)
+    isolated = int((degree[start_nodes] == 0).sum())
+    if isolated:
+        log.info("random walks: skipping %d isolated start nodes", isolated)
+        start_nodes = start_nodes[degree[start_nodes] > 0]
+    n_starts = len(start_nodes)
+    walks = np.empty((walks_per_node * n_starts, walk_length), dtype=np.int32)
+    indptr, indices = graph.indptr, graph.indices
+    for round_ in tqdm(range(walks_per_node), desc="random walks", unit="round",
+                       disable=not progress):
+        rows = slice(round_ * n_starts, (round_ + 1) * n_starts)
+        current = rng.permutation(start_nodes).astype(np.int64)
+        walks[rows, 0] = current
+        for step in range(1, walk_length):
+            offsets = (rng.random(n_starts) * degree[current]).astype(np.int64)
+            current = indices[indptr[current] + offsets].astype(np.int64)
+            walks[rows, step] = current
+    return walks
+
+
+@dataclass(frozen=True)
+class SkipGramParams:
+    """Skip-gram settings for walks. DeepWalk's own: window 10, d = 256 here (Zhong)."""
+
+    dim: int = 256
+    window: int = 5
+    negative: int = 5
+    epochs: int = 1
+    # Sub-sampling of frequent nodes (Mikolov et al.); hub hashtags fill most walk positions.
+    sample: float = 1e-4
+    seed: int = 0
+    workers: int = 2
+
+
+def write_walks(walks: np.ndarray, path: Path) -> None:
+    """Walks as gensim's LineSentence text: node ids separated by spaces, a walk a line."""
+    names = np.array([str(node) for node in range(int(walks.max()) + 1)], dtype=object)
+    with path.open("w") as handle:
+        for chunk in np.array_split(walks, max(1, len(walks) // 50_000)):
+            handle.write("\n".join(" ".join(row) for row in names[chunk].tolist()))
+            handle.write("\n")
+
+
+def skipgram(walks: np.ndarray, n_nodes: int, params: SkipGramParams = SkipGramParams(),
+             ) -> np.ndarray:
+    """One vector per node (zeros for nodes no walk visits), trained on the walks.
+
+    gensim reads the walks from a file (``corpus_file``): each worker then parses its own
+    share without the GIL, where an in-memory iterable is fed by one Python thread.
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hashrec-walks-") as scratch:
+        corpus = Path(scratch) / "walks.txt"
+        write_walks(walks, corpus)
+        log.info("skip-gram: %d walks, %d tokens, %s", len(walks), walks.size, asdict(params))
+        model = Word2Vec(corpus_file=os.fspath(corpus), vector_size=params.dim,
+                         window=params.window, min_count=1, negative=params.negative, sg=1,
+                         sample=params.sample, epochs=params.epochs, seed=params.seed,
+                         workers=params.workers)
+    vectors = np.zeros((n_nodes, params.dim), dtype=np.float32)
+    nodes = np.fromiter((int(key) for key in model.wv.index_to_key), dtype=np.int64)
+    vectors[nodes] = model.wv.vectors
+    log.info("skip-gram: %.1f s", time.perf_counter() - started)
+    return vectors
+
+
+@dataclass(frozen=True)
+class DeepWalkParams:
+    walks_per_node: int = 10
+    walk_length: int = 80
+    skipgram: SkipGramParams = SkipGramParams()
+    seed: int = 0
+
+
+def deepwalk(graph: Graph, params: DeepWalkParams = DeepWalkParams(),
+             progress: bool = True) -> np.ndarray:
+    """Node vectors of ``graph``: random walks, then skip-gram on them."""
+    walks = random_walks(graph, params.walks_per_node, params.walk_length, params.seed,
+                         progress=progress)
+    return skipgram(walks, graph.n_nodes, params.skipgram)

@@ -1,0 +1,164 @@
+"""The ``hashrec`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared.config import DATA_ROOT_ENV, setup_logging
+
+log = logging.getLogger("hashrec")
+
+TASKS = ("h2l", "l2h", "ks")
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate", help="run one of the papers' experiments on real data",
+        description="Runs an experiment and prints its table; --json writes it as JSON.")
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("--train", required=True, metavar="SPEC",
+                        help="FORMAT:PATH, e.g. dcmr:../shared/data/mirflickr25k")
+    parser.add_argument("--test", metavar="SPEC",
+                        help="test data set; without it a seeded 80/20 split of --train")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="t-SNE map of the test images' DeepWalk vectors by label")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-count", type=int, default=5,
+                        help="keep input terms seen at least this often (gensim's default)")
+    parser.add_argument("--merge-synonyms", action="store_true",
+                        help="merge hashtags through WordNet synsets (Zhong et al. §3.3)")
+    parser.add_argument("--methods", default="frequency,word2vec,deepwalk",
+                        help="comma-separated subset of frequency,word2vec,deepwalk")
+    embedding = parser.add_argument_group("embeddings")
+    embedding.add_argument("--dim", type=int, default=256)
+    embedding.add_argument("--walks-per-node", type=int, default=10)
+    embedding.add_argument("--walk-length", type=int, default=80)
+    embedding.add_argument("--window", type=int, default=5)
+    embedding.add_argument("--negative", type=int, default=5)
+    embedding.add_argument("--walk-epochs", type=int, default=1,
+                           help="skip-gram passes over the walks (10 walks/node already "
+                                "repeat every node)")
+    embedding.add_argument("--sample", type=float, default=1e-4,
+                           help="sub-sampling threshold for frequent nodes in the walks")
+    embedding.add_argument("--word-epochs", type=int, default=5)
+    embedding.add_argument("--workers", type=int, default=2)
+    parser.set_defaults(handler=_evaluate)
+
+
+def _load(args: argparse.Namespace) -> tuple[list, list]:
+    from shared.config import models_dir
+    from shared.data.normalize import SynonymMerger, normalize_post_hashtags
+    from shared.data.readers import read_posts
+    from shared.data.split import seeded_split
+
+    merge = SynonymMerger(models_dir() / "nltk_data") if args.merge_synonyms else None
+    train = normalize_post_hashtags(read_posts(args.train), merge)
+    if args.test:
+        return train, normalize_post_hashtags(read_posts(args.test), merge)
+    return seeded_split(train, args.seed)
+
+
+def _print_table(title: str, results: dict[str, dict[str, float]],
+                 seconds: dict[str, float] | None = None) -> None:
+    columns = list(next(iter(results.values())))
+    header = f"{'method':<20}" + "".join(f"{c:>9}" for c in columns)
+    if seconds:
+        header += f"{'seconds':>10}"
+    print(title)
+    print(header)
+    print("-" * len(header))
+    for method, row in results.items():
+        line = f"{method:<20}" + "".join(f"{row[c]:>9.2f}" for c in columns)
+        if seconds:
+            line += f"{seconds.get(method, 0.0):>10.1f}"
+        print(line)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from services.graph.model import DeepWalkParams, SkipGramParams
+    from services.word.model import Word2VecParams
+    from shared.eval.zhong import Example, ks_test, run_bidirectional
+
+    train, test = _load(args)
+    report: dict = {"task": args.task, "train": args.train, "test": args.test or
+                    f"{args.train} (seeded 80/20 split, seed {args.seed})"}
+    if args.task == "ks":
+        posts = [*train, *test]
+        result = ks_test([p.hashtags for p in posts], [p.labels or () for p in posts])
+        report.update(vars(result))
+        print(f"two-sample KS test over {result.n_hashtags} hashtags x {result.n_labels} labels "
+              f"({result.n_images} images): statistic {result.statistic:.4f}, "
+              f"p-value {result.p_value:.3g}")
+    else:
+        if not any(p.labels for p in train):
+            raise SystemExit(f"{args.train} has no labels: {args.task} needs labelled images "
+                             "(a dcmr or jsonl data set with labels)")
+        if args.task == "h2l":
+            make = lambda p: Example(p.hashtags, p.labels or ())  # noqa: E731
+        else:
+            make = lambda p: Example(p.labels or (), p.hashtags)  # noqa: E731
+        walks = DeepWalkParams(
+            walks_per_node=args.walks_per_node, walk_length=args.walk_length, seed=args.seed,
+            skipgram=SkipGramParams(dim=args.dim, window=args.window, negative=args.negative,
+                                    epochs=args.walk_epochs, sample=args.sample,
+                                    seed=args.seed, workers=args.workers))
+        words = Word2VecParams(dim=args.dim, epochs=args.word_epochs, seed=args.seed,
+                               workers=args.workers)
+        result = run_bidirectional(
+            [make(p) for p in train], [make(p) for p in test],
+            "label_frequency" if args.task == "h2l" else "hashtag_frequency", words, walks,
+            min_input_count=args.min_count, seed=args.seed,
+            methods=args.methods.split(","))
+        report.update(n_train=result.n_train, n_test=result.n_test, results=result.results,
+                      seconds=result.seconds)
+        _print_table(f"{args.task.upper()} on {report['test']}: top {3}, "
+                     f"{result.n_train} train / {result.n_test} test images",
+                     result.results, result.seconds)
+        if args.plot:
+            from shared.eval.plots import tsne_by_label
+
+            method = "deepwalk" if "deepwalk" in result.image_vectors else \
+                next(iter(result.image_vectors))
+            tsne_by_label(result.image_vectors[method], result.test_targets, args.plot,
+                          title=f"{args.task.upper()}: test images, {method} vectors",
+                          seed=args.seed)
+            print(f"plot written to {args.plot}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hashrec", description=__doc__)
+    parser.add_argument("--data-root", type=Path,
+                        help=f"where FORMAT:PATH specs are looked up (env {DATA_ROOT_ENV}; "
+                             "default ../shared/data beside the repository)")
+    parser.add_argument("--log-level", default=None)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_evaluate(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.data_root:
+        import os
+
+        os.environ[DATA_ROOT_ENV] = str(args.data_root)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hashrec: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Configuration read from the environment, once, in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Where the shipped data sets live; a user points this at their own copy.
+DATA_ROOT_ENV = "HASHREC_DATA_ROOT"
+#: Where trained models and computed features are written.
+MODELS_ENV = "HASHREC_MODELS"
+LOG_LEVEL_ENV = "HASHREC_LOG_LEVEL"
+
+
+def data_root() -> Path:
+    """The data directory: $HASHREC_DATA_ROOT, else ../shared/data beside the repository."""
+    configured = os.environ.get(DATA_ROOT_ENV)
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+
+
+def models_dir() -> Path:
+    configured = os.environ.get(MODELS_ENV)
+    return Path(configured) if configured else REPO_ROOT / "models"
+
+
+def setup_logging(level: str | None = None) -> None:
+    """One logging format for every command and service."""
+    logging.basicConfig(
+        level=(level or os.environ.get(LOG_LEVEL_ENV, "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # gensim logs every lifecycle event and progress tick at INFO; our own logs say enough.
+    logging.getLogger("gensim").setLevel(logging.WARNING)

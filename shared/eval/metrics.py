@@ -1,0 +1,73 @@
+"""Ranking metrics of the papers hashrec reproduces, all in percent.
+
+Every function takes ``ranked``: per example, predicted item ids best first, and ``truth``:
+per example, the set of correct ids. Examples with an empty truth set are an error: no
+metric here is defined for them, and the evaluation filters them out beforehand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Ranked = Sequence[Sequence[int]] | np.ndarray
+Truth = Sequence[set[int] | frozenset[int]]
+
+
+def _checked(ranked: Ranked, truth: Truth, k: int) -> list[tuple[list[int], set[int]]]:
+    if len(ranked) != len(truth):
+        raise ValueError(f"{len(ranked)} rankings but {len(truth)} truth sets")
+    if not len(truth):
+        raise ValueError("no examples to score")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    pairs = []
+    for position, (row, gold) in enumerate(zip(ranked, truth, strict=True)):
+        if not gold:
+            raise ValueError(f"example {position} has no ground-truth item")
+        pairs.append(([int(item) for item in row[:k]], set(gold)))
+    return pairs
+
+
+def overall_precision_recall_f1(ranked: Ranked, truth: Truth, k: int = 3) -> dict[str, float]:
+    """O-P, O-R, O-F1 over the top k (Zhong et al. §3.3, after Wang et al.'s CNN-RNN).
+
+    O-P = Σ_i |top_k(i) ∩ Y_i| / Σ_i |top_k(i)|,  O-R = Σ_i |top_k(i) ∩ Y_i| / Σ_i |Y_i|,
+    O-F1 = 2·O-P·O-R / (O-P + O-R): counts pooled over all test examples.
+    """
+    pairs = _checked(ranked, truth, k)
+    hits = sum(len(set(top) & gold) for top, gold in pairs)
+    predicted = sum(len(top) for top, _ in pairs)
+    relevant = sum(len(gold) for _, gold in pairs)
+    precision, recall = hits / predicted, hits / relevant
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return {"O-P": 100 * precision, "O-R": 100 * recall, "O-F1": 100 * f1}
+
+
+def precision_at_k(ranked: Ranked, truth: Truth, k: int = 1) -> float:
+    """Mean over examples of |top_k ∩ Y| / k (HARRISON's Precision@1 for k = 1)."""
+    pairs = _checked(ranked, truth, k)
+    return 100 * float(np.mean([len(set(top) & gold) / k for top, gold in pairs]))
+
+
+def recall_at_k(ranked: Ranked, truth: Truth, k: int = 5) -> float:
+    """Mean over examples of |top_k ∩ Y| / |Y| (HARRISON's Recall@5)."""
+    pairs = _checked(ranked, truth, k)
+    return 100 * float(np.mean([len(set(top) & gold) / len(gold) for top, gold in pairs]))
+
+
+def accuracy_at_k(ranked: Ranked, truth: Truth, k: int = 5) -> float:
+    """Share of examples with at least one correct item in the top k (HARRISON A@5, Veit A@k)."""
+    pairs = _checked(ranked, truth, k)
+    return 100 * float(np.mean([bool(set(top) & gold) for top, gold in pairs]))
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores of each row, best first (ties: lower index first)."""
+    k = min(k, scores.shape[1])
+    # argpartition then a stable sort of the k survivors: O(n) instead of a full sort.
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part.sort(axis=1)
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
