@@ -18,10 +18,15 @@ class TermVectors:
 
     terms: tuple[str, ...]
     vectors: np.ndarray
+    #: skip-gram's output (context) vectors where kept: vectors[a] · context[b] ≈ PMI(a, b)
+    context: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.terms):
             raise ValueError(f"{len(self.terms)} terms but vectors of shape {self.vectors.shape}")
+        if self.context is not None and self.context.shape != self.vectors.shape:
+            raise ValueError(f"context vectors of shape {self.context.shape} do not match "
+                             f"vectors of shape {self.vectors.shape}")
 
     @cached_property
     def index(self) -> dict[str, int]:
