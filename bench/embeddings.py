@@ -91,7 +91,8 @@ def main() -> None:
     walks = random_walks(graph, WALKS_PER_NODE, WALK_LENGTH, seed=0, progress=False)
     ours_walks = time.perf_counter() - started
     started = time.perf_counter()
-    vectors = skipgram(walks, graph.n_nodes, SkipGramParams(dim=DIM, workers=args.workers))
+    vectors = skipgram(walks, graph.n_nodes,
+                       SkipGramParams(dim=DIM, workers=args.workers)).vectors
     ours_skipgram = time.perf_counter() - started
     ours = h2l_scores(vectors, len(train), y_train, truth)
     rows = [("hashrec", ours_walks, ours_walks, ours_skipgram, ours)]

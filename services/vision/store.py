@@ -1,0 +1,103 @@
+"""A feature store: each image's features computed once, keyed by the sha256 of its bytes.
+
+Entries live under ``DIR/<model id>/<sha[:2]>/<sha>.npz`` (plain arrays, no pickle), so a
+renamed or copied photo is not recomputed and a new vision model never reads old entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from services.vision.model import (
+    FEATURE_DIM,
+    N_CLASSES,
+    WEIGHTS_SHA256,
+    Embedding,
+    ImageError,
+    VisionModel,
+    decode_image,
+    preprocess,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = f"efficientnet-lite0-{WEIGHTS_SHA256[:12]}"
+
+
+class FeatureStore:
+    def __init__(self, directory: Path, model: VisionModel | None = None) -> None:
+        self.directory = directory / MODEL_ID
+        self._model = model
+
+    @property
+    def model(self) -> VisionModel:
+        if self._model is None:  # loaded only when something is not cached yet
+            self._model = VisionModel()
+        return self._model
+
+    def _entry(self, digest: str) -> Path:
+        return self.directory / digest[:2] / f"{digest}.npz"
+
+    def _save(self, digest: str, features: np.ndarray, probabilities: np.ndarray) -> None:
+        path = self._entry(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(partial, features=features, probabilities=probabilities)
+        partial.replace(path)  # atomic: a reader never sees half an entry
+
+    def embed_paths(self, paths: Sequence[Path], batch_size: int = 32,
+                    progress: bool = True) -> tuple[Embedding, np.ndarray]:
+        """Features of every image and a mask of those that decoded; the others (unreadable
+        or not an image) are zero rows, counted in the log with their reasons."""
+        features = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
+        probabilities = np.zeros((len(paths), N_CLASSES), dtype=np.float32)
+        ok = np.zeros(len(paths), dtype=bool)
+        pending: list[tuple[int, str, object]] = []
+        failures: dict[str, int] = {}
+
+        def flush() -> None:
+            if not pending:
+                return
+            import torch
+
+            result = self.model.embed_tensors(torch.stack([tensor for _, _, tensor in pending]))
+            for (row, digest, _), feature, probability in zip(
+                    pending, result.features, result.probabilities, strict=True):
+                features[row], probabilities[row], ok[row] = feature, probability, True
+                self._save(digest, feature, probability)
+            pending.clear()
+
+        for row, path in enumerate(tqdm(paths, desc="image features", unit="img",
+                                        disable=not progress)):
+            try:
+                data = Path(path).read_bytes()
+            except OSError as error:
+                failures[f"unreadable: {error.strerror}"] = failures.get(
+                    f"unreadable: {error.strerror}", 0) + 1
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            entry = self._entry(digest)
+            if entry.is_file():
+                with np.load(entry, allow_pickle=False) as cached:
+                    features[row], probabilities[row] = cached["features"], cached["probabilities"]
+                ok[row] = True
+                continue
+            try:
+                pending.append((row, digest, preprocess(decode_image(data))))
+            except ImageError as error:
+                failures[str(error)] = failures.get(str(error), 0) + 1
+                continue
+            if len(pending) == batch_size:
+                flush()
+        flush()
+        if failures:
+            log.warning("feature store: %d of %d images skipped: %s", sum(failures.values()),
+                        len(paths), failures)
+        return Embedding(features, probabilities), ok

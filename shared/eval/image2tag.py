@@ -1,0 +1,146 @@
+"""Photo → hashtags on real photos: every candidate method and their fusion, side by side.
+
+Protocol (HARRISON §4, Veit §4.2):
+- only posts with a readable photo take part; ``ignore`` tags (e.g. the search hashtags a
+  data set was collected by) are removed from every post before anything else;
+- the vocabulary is the training posts' hashtags seen ``min_count`` times (at most
+  ``max_vocab``, HARRISON uses 1,000); test posts are scored on their in-vocabulary hashtags
+  and dropped (counted) when they have none;
+- fusion weights are fit on out-of-fold scores of the training posts (5 seeded folds, every
+  method refit without the fold it scores); the test posts touch nothing but the final
+  scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.graph.model import JointGraphMethod
+from services.recommender.model import (
+    FrequencyMethod,
+    Fusion,
+    KnnMethod,
+    Method,
+    MlpMethod,
+)
+from services.vision.model import class_names
+from services.vision.store import FeatureStore
+from services.word.model import InstaHashMethod
+from shared.data.normalize import Vocabulary
+from shared.data.readers import Post
+from shared.eval.metrics import accuracy_at_k, precision_at_k, recall_at_k, top_k
+from shared.photos import PhotoSet
+
+log = logging.getLogger(__name__)
+
+METHODS = ("frequency", "knn", "mlp", "word", "graph")
+
+
+def photo_metrics(scores: np.ndarray, truth: Sequence[frozenset[int]]) -> dict[str, float]:
+    ranked = top_k(scores, 10)
+    return {"P@1": precision_at_k(ranked, truth, 1), "R@5": recall_at_k(ranked, truth, 5),
+            "A@5": accuracy_at_k(ranked, truth, 5), "A@1": accuracy_at_k(ranked, truth, 1),
+            "A@10": accuracy_at_k(ranked, truth, 10)}
+
+
+def make_methods(names: Sequence[str], seed: int) -> list[Method]:
+    names_of_classes = class_names()
+    factories: dict[str, Callable[[], Method]] = {
+        "frequency": FrequencyMethod,
+        "knn": KnnMethod,
+        "mlp": lambda: MlpMethod(seed=seed),
+        "word": lambda: InstaHashMethod(names_of_classes),
+        "graph": lambda: JointGraphMethod(names_of_classes),
+    }
+    unknown = set(names) - set(factories)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(factories)}")
+    return [factories[name]() for name in names]
+
+
+@dataclass
+class Image2TagResult:
+    n_train: int
+    n_test: int
+    vocab: int
+    results: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+    fusion_weights: dict[str, float]
+
+
+def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
+            ) -> tuple[list[Post], PhotoSet]:
+    with_images = [p for p in posts if p.image is not None]
+    embedding, ok = store.embed_paths([p.image for p in with_images], progress=progress)
+    kept = [p for p, good in zip(with_images, ok, strict=True) if good]
+    if len(kept) < len(posts):
+        log.info("image2tag: %d of %d posts have a readable photo", len(kept), len(posts))
+    return kept, PhotoSet(embedding.features[ok], embedding.probabilities[ok])
+
+
+def fit_fusion(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], folds: int,
+               seed: int) -> Fusion:
+    """Fusion weights from out-of-fold scores: each training photo is scored by methods fit
+    on the other folds, so every training photo serves as validation exactly once."""
+    fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
+    out_of_fold: dict[str, np.ndarray] = {}
+    for fold in range(folds):
+        held_out = np.flatnonzero(fold_of == fold)
+        fit_set = train.subset(np.flatnonzero(fold_of != fold))
+        validation = train.subset(held_out)
+        for method in make_methods(methods, seed):
+            method.fit(fit_set, vocab)
+            scores = out_of_fold.setdefault(method.name,
+                                            np.zeros((len(train), len(vocab)), np.float32))
+            scores[held_out] = method.scores(validation)
+    return Fusion.fit(out_of_fold, [frozenset(ids) for ids in train.hashtags])
+
+
+def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store: FeatureStore,
+                  ignore: frozenset[str] = frozenset(), methods: Sequence[str] = METHODS,
+                  min_count: int = 3, max_vocab: int = 1000, seed: int = 0, folds: int = 5,
+                  progress: bool = True) -> Image2TagResult:
+    def without_ignored(posts: Sequence[Post]) -> list[Post]:
+        from dataclasses import replace
+
+        return [replace(p, hashtags=tuple(t for t in p.hashtags if t not in ignore))
+                for p in posts]
+
+    train_kept, train_photos = _photos(without_ignored(train_posts), store, progress)
+    test_kept, test_photos = _photos(without_ignored(test_posts), store, progress)
+    vocab = Vocabulary.build([p.hashtags for p in train_kept], min_count, max_vocab)
+    if not len(vocab):
+        raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
+    train_ids = [vocab.encode(p.hashtags) for p in train_kept]
+    has_tags = np.array([bool(ids) for ids in train_ids])
+    train = PhotoSet(train_photos.features[has_tags], train_photos.probabilities[has_tags],
+                     [ids for ids in train_ids if ids])
+    test_ids = [frozenset(vocab.encode(p.hashtags)) for p in test_kept]
+    test_rows = np.array([bool(ids) for ids in test_ids], dtype=bool)
+    test = test_photos.subset(np.flatnonzero(test_rows))
+    truth = [ids for ids in test_ids if ids]
+    log.info("image2tag: vocabulary %d hashtags; %d training photos, %d test photos with a "
+             "hashtag in it (%d without, not scored)", len(vocab), len(train), len(test),
+             int((~test_rows).sum()))
+    if not truth:
+        raise ValueError("no test photo has a hashtag in the training vocabulary")
+
+    fusion = fit_fusion(train, vocab.terms, methods, folds, seed)
+
+    results, seconds, test_scores = {}, {}, {}
+    for method in make_methods(methods, seed):
+        started = time.perf_counter()
+        method.fit(train, vocab.terms)
+        test_scores[method.name] = method.scores(test)
+        seconds[method.name] = round(time.perf_counter() - started, 2)
+        results[method.name] = photo_metrics(test_scores[method.name], truth)
+        log.info("%s: %s", method.name, {k: round(v, 2) for k, v in results[method.name].items()})
+    results["fusion"] = photo_metrics(fusion.combine(test_scores), truth)
+    seconds["fusion"] = round(sum(seconds.values()), 2)
+    results = {name: {k: round(v, 2) for k, v in row.items()} for name, row in results.items()}
+    return Image2TagResult(len(train), len(test), len(vocab), results, seconds, fusion.weights)

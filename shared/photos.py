@@ -1,0 +1,70 @@
+"""What the photo-level methods share: photos as features + machine labels + hashtags."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from shared.data.normalize import normalize_hashtag
+
+MACHINE_LABELS_PER_PHOTO = 5
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoSet:
+    """n photos: CNN features, ImageNet class probabilities, and (for training photos) the
+    vocabulary ids of their hashtags."""
+
+    features: np.ndarray  # (n, 1280) float32
+    probabilities: np.ndarray  # (n, 1000) float32
+    hashtags: Sequence[Sequence[int]] = ()
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def subset(self, rows: np.ndarray) -> PhotoSet:
+        return PhotoSet(self.features[rows], self.probabilities[rows],
+                        [self.hashtags[i] for i in rows] if self.hashtags else ())
+
+
+@cache
+def label_terms(class_names: tuple[str, ...]) -> tuple[str, ...]:
+    """ImageNet class names spelled as hashtags ("golden retriever" → "goldenretriever"), so
+    a machine label and the hashtag people write for it are one term."""
+    return tuple(normalize_hashtag(name) or f"class{index}"
+                 for index, name in enumerate(class_names))
+
+
+def machine_labels(probabilities: np.ndarray, class_names: tuple[str, ...],
+                   k: int = MACHINE_LABELS_PER_PHOTO) -> list[list[tuple[str, float]]]:
+    """The k most probable classes of each photo as (term, probability), best first."""
+    terms = label_terms(class_names)
+    order = np.argsort(-probabilities, axis=1)[:, :k]
+    return [[(terms[c], float(row[c])) for c in classes]
+            for row, classes in zip(probabilities, order, strict=True)]
+
+
+def log_prior(hashtags: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
+    """log P(h), add-one smoothed over the training photos."""
+    counts = np.bincount([i for ids in hashtags for i in ids], minlength=vocab_size)
+    return np.log((counts + 1.0) / (len(hashtags) + vocab_size)).astype(np.float32)
+
+
+def pmi_scores(queries: np.ndarray, hashtag_context: np.ndarray,
+               prior: np.ndarray) -> np.ndarray:
+    """exp(log P(h) + q · c_h − max): with skip-gram's negative sampling, w_l · c_h estimates
+    PMI(l, h) = log P(h | l) − log P(h), so adding log P(h) ranks by P(h | l). Rows scaled to
+    a maximum of 1."""
+    logits = queries @ hashtag_context.T + prior
+    return np.exp(logits - logits.max(axis=1, keepdims=True))
+
+
+def label_weights(photo_labels: Sequence[tuple[str, float]], index: dict[str, int],
+                  ) -> list[tuple[int, float]]:
+    """The photo's known machine labels with their probabilities renormalised to sum 1."""
+    known = [(index[term], p) for term, p in photo_labels if term in index]
+    total = sum(p for _, p in known)
+    return [(row, p / total) for row, p in known] if total > 0 else []
