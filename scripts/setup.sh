@@ -19,11 +19,22 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+# Re-install only when pyproject.toml changed or an extra is asked for that is not in yet.
 stamp=".venv/.hashrec-installed"
-want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $extras"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+installed_hash="" installed_extras=""
+[ -f "$stamp" ] && read -r installed_hash installed_extras < "$stamp"
+missing=0
+[ "$installed_hash" = "$hash" ] || missing=1
+for extra in ${extras//,/ }; do
+  case ",$installed_extras," in *",$extra,"*) ;; *) missing=1 ;; esac
+done
+if [ "$missing" = 1 ]; then
+  [ "$installed_hash" = "$hash" ] && extras="$installed_extras,$extras"
   echo "setup: installing hashrec[$extras] into .venv (first time takes a minute)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  # The CPU wheel first, so that the torch range in pyproject.toml pulls no CUDA build.
+  case ",$extras," in *",gpu,"*) ;; *) .venv/bin/python -m pip install -q torch==2.13.0 ;; esac
   .venv/bin/python -m pip install -q -e ".[$extras]"
-  echo "$want" > "$stamp"
+  echo "$hash $extras" > "$stamp"
 fi

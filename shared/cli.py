@@ -156,15 +156,15 @@ def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) 
     result = run_image2tag(train, test, FeatureStore(models_dir() / "features"), ignore,
                            methods=args.image_methods.split(","),
                            min_count=args.min_count or 3, seed=args.seed)
-    report.update(n_train=result.n_train, n_test=result.n_test, vocab=result.vocab,
+    report.update(n_train=result.n_train, n_test=result.n_test, vocab=len(result.vocabulary),
                   ignored=sorted(ignore), results=result.results, seconds=result.seconds,
-                  fusion_weights=result.fusion_weights)
+                  fusion_weights=result.fusion_weights, fusion_mode=result.fusion_mode)
     _print_table(f"image -> hashtags on {report['test']}: {result.n_train} train / "
-                 f"{result.n_test} test photos, vocabulary {result.vocab}"
+                 f"{result.n_test} test photos, vocabulary {len(result.vocabulary)}"
                  + (f", ignoring {', '.join(sorted(ignore))}" if ignore else ""),
                  result.results, result.seconds)
-    print(f"fusion weights (fit on a validation split of the training photos): "
-          f"{result.fusion_weights}")
+    print(f"fusion ({result.fusion_mode}) weights, fit on out-of-fold scores of the training "
+          f"photos: {result.fusion_weights}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

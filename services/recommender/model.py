@@ -9,8 +9,8 @@ hashtag (n × V, higher is better, non-negative):
                        s(h | x) = Σ_{j ∈ N_k(x)} cos(f_x, f_j) · [h ∈ H_j];
 - ``MlpMethod``        HARRISON's baseline: a 2-layer multi-label classifier on CNN features,
                        s(h | x) = σ(W₂ relu(W₁ f_x + b₁) + b₂)_h, sigmoid cross-entropy;
-- ``Fusion``           s(h | x) = Σ_m w_m · s_m(h | x) / max_h' s_m(h' | x), weights w_m fit
-                       on a validation split of the training photos (never the test set).
+- ``Fusion``           a weighted sum of the row-normalised scores (or of their logs),
+                       weights fit on out-of-fold scores of the training photos.
 """
 
 from __future__ import annotations
@@ -147,20 +147,31 @@ def normalized_rows(scores: np.ndarray) -> np.ndarray:
     return scores / np.maximum(scores.max(axis=1, keepdims=True), 1e-12)
 
 
-WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+FUSION_MODES = ("linear", "log")
+_LOG_FLOOR = 1e-4
 
 
 @dataclass
 class Fusion:
-    """A weighted sum of the methods' row-normalised scores."""
+    """A weighted combination of the methods' row-normalised scores ŝ_m ∈ [0, 1]:
+
+    linear:  s(h | x) = Σ_m w_m ŝ_m(h | x)                 (a mixture of experts)
+    log:     s(h | x) = Σ_m w_m log(ŝ_m(h | x) + 1e-4)     (a product of experts: a hashtag
+                                                           must please every method)
+    """
 
     weights: dict[str, float] = field(default_factory=dict)
+    mode: str = "linear"
 
     def combine(self, method_scores: dict[str, np.ndarray]) -> np.ndarray:
         total = None
         for name, weight in self.weights.items():
             if weight:
-                part = weight * normalized_rows(method_scores[name])
+                part = normalized_rows(method_scores[name])
+                if self.mode == "log":
+                    part = np.log(part + _LOG_FLOOR)
+                part = weight * part
                 total = part if total is None else total + part
         if total is None:
             raise ValueError("every fusion weight is zero")
@@ -170,21 +181,28 @@ class Fusion:
     def fit(cls, method_scores: dict[str, np.ndarray], truth: Sequence[frozenset[int]],
             objective: Callable[[np.ndarray, Sequence[frozenset[int]]], float] | None = None,
             rounds: int = 3) -> Fusion:
-        """Coordinate ascent over WEIGHT_GRID, maximising R@5 on the given (validation)
-        photos; starts from the single best method."""
+        """Coordinate ascent over WEIGHT_GRID in each mode, maximising R@5 on the given
+        (validation) photos; starts from the single best method."""
         objective = objective or (lambda s, t: recall_at_k(top_k(s, 5), t, 5))
         single = {name: objective(scores, truth) for name, scores in method_scores.items()}
         best_name = max(single, key=single.__getitem__)
-        fusion = cls({name: float(name == best_name) for name in method_scores})
+        best_fusion = cls({name: float(name == best_name) for name in method_scores})
         best = single[best_name]
-        for _, name in itertools.product(range(rounds), method_scores):
-            for weight in WEIGHT_GRID:
-                trial = cls({**fusion.weights, name: weight})
-                if not any(trial.weights.values()):
-                    continue
-                value = objective(trial.combine(method_scores), truth)
-                if value > best + 1e-9:
-                    best, fusion = value, trial
-        log.info("fusion: single methods on validation R@5 %s -> weights %s, R@5 %.2f",
-                 {k: round(v, 2) for k, v in single.items()}, fusion.weights, best)
-        return fusion
+        for mode in FUSION_MODES:
+            fusion = cls(best_fusion.weights if mode == "linear" else
+                         {name: float(name == best_name) for name in method_scores}, mode)
+            value = objective(fusion.combine(method_scores), truth)
+            for _, name in itertools.product(range(rounds), method_scores):
+                for weight in WEIGHT_GRID:
+                    trial = cls({**fusion.weights, name: weight}, mode)
+                    if not any(trial.weights.values()):
+                        continue
+                    trial_value = objective(trial.combine(method_scores), truth)
+                    if trial_value > value + 1e-9:
+                        value, fusion = trial_value, trial
+            if value > best + 1e-9:
+                best, best_fusion = value, fusion
+        log.info("fusion: single methods on validation R@5 %s -> %s weights %s, R@5 %.2f",
+                 {k: round(v, 2) for k, v in single.items()}, best_fusion.mode,
+                 best_fusion.weights, best)
+        return best_fusion

