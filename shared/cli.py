@@ -13,7 +13,7 @@ from shared.config import DATA_ROOT_ENV, setup_logging
 
 log = logging.getLogger("hashrec")
 
-TASKS = ("h2l", "l2h", "ks", "image2tag")
+TASKS = ("h2l", "l2h", "ks", "image2tag", "user", "retrieval")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -21,8 +21,12 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         "evaluate", help="run one of the papers' experiments on real data",
         description="Runs an experiment and prints its table; --json writes it as JSON.")
     parser.add_argument("task", choices=TASKS)
-    parser.add_argument("--train", required=True, metavar="SPEC",
-                        help="FORMAT:PATH, e.g. dcmr:../shared/data/mirflickr25k")
+    parser.add_argument("--train", metavar="SPEC",
+                        help="FORMAT:PATH, e.g. dcmr:../shared/data/mirflickr25k (user and "
+                             "retrieval: default the simulated-user benchmark; a jsonl file "
+                             "with real user ids works too)")
+    parser.add_argument("--users", type=int, default=300,
+                        help="user/retrieval: simulated users in the benchmark")
     parser.add_argument("--test", metavar="SPEC",
                         help="test data set; without it a seeded 80/20 split of --train")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
@@ -35,6 +39,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-tags", default="", metavar="A,B,...",
                         help="image2tag: hashtags removed from ground truth and predictions "
                              "(e.g. the search hashtags a data set was collected by)")
+    parser.add_argument("--save-model", type=Path, metavar="DIR",
+                        help="user: write the trained user model (arrays + manifest) here")
     parser.add_argument("--image-methods", default="frequency,knn,mlp,word,graph",
                         help="image2tag: comma-separated candidate methods (fusion of all)")
     parser.add_argument("--merge-synonyms", action="store_true",
@@ -91,6 +97,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from services.word.model import Word2VecParams
     from shared.eval.zhong import Example, ks_test, run_bidirectional
 
+    if args.task in ("user", "retrieval"):
+        return _user(args)
+    if not args.train:
+        raise SystemExit(f"evaluate {args.task} needs --train FORMAT:PATH")
     train, test = _load(args)
     report: dict = {"task": args.task, "train": args.train, "test": args.test or
                     f"{args.train} (seeded 80/20 split, seed {args.seed})"}
@@ -139,9 +149,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                           title=f"{args.task.upper()}: test images, {method} vectors",
                           seed=args.seed)
             print(f"plot written to {args.plot}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    _write_json(args.json, report)
     return 0
 
 
@@ -158,16 +166,67 @@ def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) 
                            min_count=args.min_count or 3, seed=args.seed)
     report.update(n_train=result.n_train, n_test=result.n_test, vocab=len(result.vocabulary),
                   ignored=sorted(ignore), results=result.results, seconds=result.seconds,
-                  fusion_weights=result.fusion_weights, fusion_mode=result.fusion_mode)
+                  fusion_weights=result.fusion_weights, fusion_mode=result.fusion_mode,
+                  top5_agreement_with_best=result.agreement)
     _print_table(f"image -> hashtags on {report['test']}: {result.n_train} train / "
                  f"{result.n_test} test photos, vocabulary {len(result.vocabulary)}"
                  + (f", ignoring {', '.join(sorted(ignore))}" if ignore else ""),
                  result.results, result.seconds)
     print(f"fusion ({result.fusion_mode}) weights, fit on out-of-fold scores of the training "
           f"photos: {result.fusion_weights}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"top-5 agreement (Jaccard) with the best single method: {result.agreement}")
+    _write_json(args.json, report)
+    return 0
+
+
+def _write_json(path: Path | None, report: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+def _user(args: argparse.Namespace) -> int:
+    from services.vision.store import FeatureStore
+    from shared.config import data_root, models_dir
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+    from shared.data.simulated_users import (
+        drop_spammers,
+        simulate,
+        source_posts,
+        split_by_user_time,
+    )
+    from shared.eval.user import run_user
+
+    if args.train:
+        posts = normalize_post_hashtags(read_posts(args.train))
+        missing = sum(p.user is None or p.image is None for p in posts)
+        if missing:
+            raise SystemExit(f"{args.train}: {missing} posts lack a user id or a photo; "
+                             "the user task needs both")
+        source = args.train
+    else:
+        posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed)
+        source = f"simulated users (n={args.users}, seed={args.seed})"
+    train, test = split_by_user_time(drop_spammers(posts))
+    store = FeatureStore(models_dir() / "features")
+    images = sorted({p.image for p in (*train, *test)})
+    embedding, ok = store.embed_paths(images)
+    by_image = {image: embedding.features[row] for row, image in enumerate(images) if ok[row]}
+    features = {p.id: by_image[p.image] for p in (*train, *test) if p.image in by_image}
+    train = [p for p in train if p.id in features]
+    test = [p for p in test if p.id in features]
+    result = run_user(train, test, features, seed=args.seed)
+    report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
+              "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
+              "vocab": result.vocab, "results": result.results, "retrieval": result.retrieval}
+    if args.task == "user":
+        _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
+                     f"{result.n_train} train / {result.n_test} test posts", result.results)
+    _print_table("hashtag (+ user) -> photos retrieval", result.retrieval)
+    if args.save_model:
+        print(f"user model written to {result.lookup.save(args.save_model).parent}")
+    _write_json(args.json, report)
     return 0
 
 

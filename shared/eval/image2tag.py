@@ -48,6 +48,14 @@ def photo_metrics(scores: np.ndarray, truth: Sequence[frozenset[int]]) -> dict[s
             "A@10": accuracy_at_k(ranked, truth, 10)}
 
 
+def top5_agreement(scores: np.ndarray, reference: np.ndarray) -> float:
+    """Mean Jaccard overlap of two methods' top-5 hashtags over the photos: how much a
+    second method could add to the first in a fusion."""
+    ours, theirs = top_k(scores, 5), top_k(reference, 5)
+    return float(np.mean([len(set(a) & set(b)) / len(set(a) | set(b))
+                          for a, b in zip(ours.tolist(), theirs.tolist(), strict=True)]))
+
+
 def make_methods(names: Sequence[str], seed: int) -> list[Method]:
     names_of_classes = class_names()
     factories: dict[str, Callable[[], Method]] = {
@@ -72,6 +80,8 @@ class Image2TagResult:
     seconds: dict[str, float]
     fusion_weights: dict[str, float]
     fusion_mode: str
+    #: mean Jaccard overlap of each method's top 5 with the best single method's top 5
+    agreement: dict[str, float]
 
 
 def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
@@ -142,7 +152,11 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
         results[method.name] = photo_metrics(test_scores[method.name], truth)
         log.info("%s: %s", method.name, {k: round(v, 2) for k, v in results[method.name].items()})
     results["fusion"] = photo_metrics(fusion.combine(test_scores), truth)
+    best = max(test_scores, key=lambda name: results[name]["R@5"])
+    agreement = {name: round(top5_agreement(scores, test_scores[best]), 3)
+                 for name, scores in test_scores.items()}
+    log.info("top-5 agreement with %s: %s", best, agreement)
     seconds["fusion"] = round(sum(seconds.values()), 2)
     results = {name: {k: round(v, 2) for k, v in row.items()} for name, row in results.items()}
     return Image2TagResult(len(train), len(test), vocab.terms, results, seconds, fusion.weights,
-                           fusion.mode)
+                           fusion.mode, agreement)

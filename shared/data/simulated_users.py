@@ -1,0 +1,187 @@
+"""A seeded benchmark of simulated users posting real photos with their real hashtags.
+
+No shipped data set has user ids, so users are planted over real posts: the photo sets
+(instagram, food, mirflickr25k images) give each post a real photo and its real hashtags;
+a simulated user chooses which photos to post and rewrites the hashtags by rules that
+make hashtags self-expression, as Veit et al. observe. The rules, all seeded:
+
+1. Posts per user are heavy-tailed: n_u = clip(round(LogNormal(μ = 2.3, σ = 0.9)), 5, 200).
+2. Topic preference: θ_u ~ Dirichlet(0.3) over the topics (instagram's six search folders,
+   food, flickr); each post draws a topic from θ_u, then a photo of that topic uniformly.
+3. Tag count: the user keeps a random subset of size ~ Poisson(λ_u) (at least 1) of the
+   photo's hashtags, λ_u ~ U(3, 10).
+4. Preferred synonyms: for each group in SYNONYM_GROUPS the user prefers one member (drawn
+   uniformly); any member of the group on a post is written as the preferred one.
+5. Language: 70 % write English, 15 % Spanish, 15 % German; a non-English user writes the
+   tags in TRANSLATIONS in their language ("food" → "comida" / "essen").
+6. Signature hashtags: two per user, made from the user's handle ("{handle}life",
+   "{handle}daily"); each is added to a post with probability 0.6.
+7. Spammers: 3 % of users append 12 of the most common hashtags to every post; Veit's
+   filter (drop users averaging more than 15 hashtags a post) should remove them.
+
+Timestamps increase per user (one post every 1–72 hours from a random start), so the
+per-user time-ordered split (Veit: first 90 % of each user's posts for training) is real.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from shared.data.normalize import normalize_post_hashtags
+from shared.data.readers import Post, read_posts
+
+log = logging.getLogger(__name__)
+
+SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("dog", "puppy", "doggo"), ("cat", "kitty", "kitten"), ("car", "cars", "auto"),
+    ("foodie", "foodporn", "foodstagram"), ("wanderlust", "travelgram", "travelphotography"),
+    ("fit", "gym", "workout"), ("selfie", "me", "selfies"), ("yummy", "tasty", "delicious"),
+    ("photooftheday", "picoftheday", "instagood"), ("sunset", "sundown", "dusk"),
+)
+TRANSLATIONS: dict[str, dict[str, str]] = {
+    "es": {"food": "comida", "travel": "viaje", "love": "amor", "nature": "naturaleza",
+           "summer": "verano", "happy": "feliz", "friends": "amigos", "beach": "playa",
+           "life": "vida", "beautiful": "hermoso", "dinner": "cena", "breakfast": "desayuno",
+           "sky": "cielo", "flowers": "flores", "family": "familia"},
+    "de": {"food": "essen", "travel": "reisen", "love": "liebe", "nature": "natur",
+           "summer": "sommer", "happy": "glücklich", "friends": "freunde", "beach": "strand",
+           "life": "leben", "beautiful": "schön", "dinner": "abendessen",
+           "breakfast": "frühstück", "sky": "himmel", "flowers": "blumen", "family": "familie"},
+}
+LANGUAGES = (("en", 0.70), ("es", 0.15), ("de", 0.15))
+HANDLES = ("ana", "ben", "chloe", "dev", "eli", "fay", "gus", "hana", "ivan", "jo", "kai",
+           "lea", "max", "nia", "omar", "pia", "quin", "rui", "sam", "tara", "uma", "vic",
+           "wes", "xia", "yuri", "zoe")
+SPAM_SHARE = 0.03
+SPAM_TAGS = 12
+
+
+@dataclass(frozen=True)
+class SimulatedUser:
+    id: str
+    handle: str
+    language: str
+    topic_preference: dict[str, float]
+    synonyms: dict[str, str]  # each group member → the user's preferred member
+    signatures: tuple[str, str]
+    mean_tags: float
+    spammer: bool
+
+
+def source_posts(data_dir: Path) -> list[Post]:
+    """Real posts with photos and normalised hashtags, each with its topic as ``labels``."""
+    posts: list[Post] = []
+    for post in read_posts(f"instagram:{data_dir / 'instagram'}"):
+        posts.append(replace(post, labels=(post.image.parent.name,)))
+    for post in read_posts(f"food:{data_dir / 'food'}"):
+        posts.append(replace(post, labels=("food",)))
+    for post in read_posts(f"dcmr:{data_dir / 'mirflickr25k'}"):
+        if post.image is not None:
+            posts.append(replace(post, labels=("flickr",)))
+    return [p for p in normalize_post_hashtags(posts) if p.hashtags and p.image is not None]
+
+
+def make_users(n_users: int, topics: Sequence[str], rng: np.random.Generator,
+               ) -> list[SimulatedUser]:
+    users = []
+    languages, weights = zip(*LANGUAGES, strict=True)
+    for number in range(n_users):
+        handle = f"{HANDLES[number % len(HANDLES)]}{number}"
+        preference = rng.dirichlet(np.full(len(topics), 0.3))
+        synonyms = {}
+        for group in SYNONYM_GROUPS:
+            preferred = group[rng.integers(len(group))]
+            synonyms.update({member: preferred for member in group})
+        users.append(SimulatedUser(
+            id=f"u{number:05d}", handle=handle,
+            language=str(rng.choice(languages, p=weights)),
+            topic_preference=dict(zip(topics, preference.tolist(), strict=True)),
+            synonyms=synonyms, signatures=(f"{handle}life", f"{handle}daily"),
+            mean_tags=float(rng.uniform(3, 10)), spammer=bool(rng.random() < SPAM_SHARE)))
+    return users
+
+
+def rewrite(hashtags: Sequence[str], user: SimulatedUser) -> list[str]:
+    """The user's spelling of a post's hashtags: synonyms, then language (rules 4, 5)."""
+    translation = TRANSLATIONS.get(user.language, {})
+    written: dict[str, None] = {}
+    for tag in hashtags:
+        tag = user.synonyms.get(tag, tag)
+        written[translation.get(tag, tag)] = None
+    return list(written)
+
+
+def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0) -> list[Post]:
+    """Posts of ``n_users`` simulated users (module docstring), in user and time order."""
+    rng = np.random.default_rng(seed)
+    by_topic: dict[str, list[Post]] = defaultdict(list)
+    for post in sources:
+        by_topic[post.labels[0]].append(post)
+    topics = sorted(by_topic)
+    common = [tag for tag, _ in Counter(t for p in sources for t in p.hashtags).most_common(40)]
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    posts = []
+    for user in make_users(n_users, topics, rng):
+        n_posts = int(np.clip(round(rng.lognormal(2.3, 0.9)), 5, 200))
+        when = start + timedelta(days=float(rng.uniform(0, 365)))
+        chosen_topics = rng.choice(topics, size=n_posts,
+                                   p=[user.topic_preference[t] for t in topics])
+        for index, topic in enumerate(chosen_topics):
+            photo = by_topic[topic][rng.integers(len(by_topic[topic]))]
+            keep = min(len(photo.hashtags), max(1, int(rng.poisson(user.mean_tags))))
+            picked = [photo.hashtags[i] for i in sorted(rng.choice(len(photo.hashtags), keep,
+                                                                    replace=False))]
+            tags = rewrite(picked, user)
+            tags += [s for s in user.signatures if rng.random() < 0.6 and s not in tags]
+            if user.spammer:
+                spam = rewrite(rng.choice(common, SPAM_TAGS, replace=False).tolist(), user)
+                tags += [t for t in spam if t not in tags]
+            when += timedelta(hours=float(rng.uniform(1, 72)))
+            posts.append(Post(id=f"{user.id}-{index:03d}", image=photo.image,
+                              hashtags=tuple(tags), labels=(topic,), user=user.id, time=when))
+    log.info("simulated %d posts of %d users over %d photos", len(posts), n_users, len(sources))
+    return posts
+
+
+def users_of(posts: Sequence[Post], seed: int, n_users: int) -> dict[str, SimulatedUser]:
+    """The planted users behind ``simulate(…, n_users, seed)``, to inspect their habits."""
+    rng = np.random.default_rng(seed)
+    topics = sorted({p.labels[0] for p in posts})
+    return {u.id: u for u in make_users(n_users, topics, rng)}
+
+
+def drop_spammers(posts: Sequence[Post], max_mean_tags: float = 15.0) -> list[Post]:
+    """Veit et al.'s filter: drop every post of users averaging > 15 hashtags a post."""
+    tags, counts = Counter(), Counter()
+    for post in posts:
+        tags[post.user] += len(post.hashtags)
+        counts[post.user] += 1
+    spammers = {user for user in counts if tags[user] / counts[user] > max_mean_tags}
+    kept = [p for p in posts if p.user not in spammers]
+    log.info("spam filter: dropped %d users (%d posts) averaging > %g hashtags a post",
+             len(spammers), len(posts) - len(kept), max_mean_tags)
+    return kept
+
+
+def split_by_user_time(posts: Sequence[Post], train_share: float = 0.9,
+                       ) -> tuple[list[Post], list[Post]]:
+    """Each user's posts sorted by time: the first 90 % train, the rest test (Veit §4.1)."""
+    by_user: dict[str | None, list[Post]] = defaultdict(list)
+    for post in posts:
+        by_user[post.user].append(post)
+    train, test = [], []
+    for user_posts in by_user.values():
+        user_posts.sort(key=lambda p: (p.time is None, p.time or datetime.min, p.id))
+        cut = max(1, int(np.ceil(train_share * len(user_posts))))
+        if len(user_posts) > 1:
+            cut = min(cut, len(user_posts) - 1)
+        train += user_posts[:cut]
+        test += user_posts[cut:]
+    return train, test

@@ -1,0 +1,70 @@
+"""The simulated-user benchmark: deterministic, habits planted as documented."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.data.simulated_users import (
+    TRANSLATIONS,
+    drop_spammers,
+    simulate,
+    source_posts,
+    split_by_user_time,
+    users_of,
+)
+
+
+@pytest.fixture(scope="module")
+def sources(data_dir: Path) -> list:
+    return source_posts(data_dir)
+
+
+def test_same_seed_same_benchmark_other_seed_other_one(sources: list) -> None:
+    first, again = simulate(sources, 60, seed=4), simulate(sources, 60, seed=4)
+    assert first == again
+    assert simulate(sources, 60, seed=5) != first
+
+
+def test_posts_per_user_are_heavy_tailed(sources: list) -> None:
+    counts = sorted(Counter(p.user for p in simulate(sources, 300, seed=0)).values())
+    assert counts[0] >= 5 and counts[-1] > 5 * counts[len(counts) // 2]
+
+
+def test_planted_habits_show_in_the_posts(sources: list) -> None:
+    posts = simulate(sources, 120, seed=1)
+    users = users_of(posts, seed=1, n_users=120)
+    by_user: dict[str, list] = {}
+    for post in posts:
+        by_user.setdefault(post.user, []).append(post)
+    signed = sum(users[p.user].signatures[0] in p.hashtags for p in posts)
+    assert signed / len(posts) == pytest.approx(0.6, abs=0.03)  # each signature: p = 0.6
+    for user_id, user_posts in by_user.items():
+        user = users[user_id]
+        tags = Counter(t for p in user_posts for t in p.hashtags)
+        for member, preferred in user.synonyms.items():
+            if member != preferred:  # only the preferred spelling of a group is written
+                assert tags[member] == 0 or member == TRANSLATIONS.get(user.language, {}).get(
+                    preferred)
+        if user.language != "en":
+            assert not any(tags[english] for english in TRANSLATIONS[user.language])
+
+
+def test_spam_filter_removes_the_planted_spammers(sources: list) -> None:
+    posts = simulate(sources, 300, seed=0)
+    spammers = {u.id for u in users_of(posts, 0, 300).values() if u.spammer}
+    assert spammers  # 3 % of 300
+    kept_users = {p.user for p in drop_spammers(posts)}
+    assert not spammers & kept_users
+    assert len(kept_users) >= 300 - 3 * len(spammers)
+
+
+def test_time_split_trains_on_each_users_first_posts(sources: list) -> None:
+    train, test = split_by_user_time(simulate(sources, 50, seed=2))
+    last_train = {}
+    for post in train:
+        last_train[post.user] = max(last_train.get(post.user, post.time), post.time)
+    assert test and all(post.time > last_train[post.user] for post in test)
+    assert len(train) / (len(train) + len(test)) == pytest.approx(0.9, abs=0.05)

@@ -1,0 +1,128 @@
+"""Veit et al.'s tensor model: loss, negative mining, lookup, cold users, online profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.user.lookup import COLD_START_POSTS, UserHashtagLookup
+from services.user.model import TensorModel, TensorParams, ranking_loss
+
+ONE = TensorParams(hashtag_dim=1, photo_dim=1, user_dim=1)
+
+
+def _scalar_model(hashtags: list[float], users: list[float]) -> TensorModel:
+    """D = F = E = 1, W = 1, P = identity: s(h, x, u) = h · x · u, computable by hand."""
+    model = TensorModel(len(hashtags), len(users), 1, ONE)
+    with torch.no_grad():
+        model.hashtags.weight.copy_(torch.tensor(hashtags)[:, None])
+        model.users.weight.copy_(torch.tensor(users)[:, None])
+        model.project.weight.fill_(1.0)
+        model.project.bias.zero_()
+        model.core.fill_(1.0)
+    return model
+
+
+def test_ranking_loss_matches_a_hand_computed_batch() -> None:
+    # t0 = (h=1, x=1, u=1): s = 1;  t1 = (h=2, x=3, u=0.5): s = 3.
+    model = _scalar_model([1.0, 2.0], [1.0, 0.5])
+    loss = ranking_loss(model, torch.tensor([0, 1]), torch.tensor([[1.0], [3.0]]),
+                        torch.tensor([0, 1]), torch.tensor([0, 1]),
+                        torch.zeros(2, 2, dtype=torch.bool), torch.Generator().manual_seed(0))
+    # t0's negatives (hard = intermediate with two in the batch): hashtag 2·1·1 = 2,
+    # photo 1·3·1 = 3, user 1·1·0.5 = 0.5 → 2·(1−1+2) + 2·(1−1+3) + 2·(1−1+0.5) = 11.
+    # t1's: hashtag 1·3·0.5 = 1.5 → 0; photo 2·1·0.5 = 1 → 0; user 2·3·1 = 6 → 2·(1−3+6) = 8.
+    assert loss.item() == pytest.approx((11 + 8) / 2)
+
+
+def test_hard_negatives_never_use_an_observed_triplet() -> None:
+    # Three posts by distinct users; hashtag 2 scores highest everywhere.
+    model = _scalar_model([1.0, 1.0, 5.0], [1.0, 1.0, 1.0])
+    args = (torch.tensor([0, 1, 2]), torch.ones(3, 1), torch.tensor([0, 1, 2]),
+            torch.tensor([0, 1, 2]))
+    free = torch.zeros(3, 3, dtype=torch.bool)
+    observed = free.clone()
+    observed[0, 2] = True  # post 0 also carries hashtag 2: (h2, x0, u0) is no negative
+    loss_free = ranking_loss(model, *args, free, torch.Generator().manual_seed(0))
+    loss_observed = ranking_loss(model, *args, observed, torch.Generator().manual_seed(0))
+    assert loss_observed < loss_free
+
+
+@pytest.fixture()
+def lookup() -> UserHashtagLookup:
+    torch.manual_seed(0)
+    params = TensorParams(hashtag_dim=16, photo_dim=12, user_dim=4)
+    model = TensorModel(40, 3, 8, params)
+    model.register_buffer("feature_mean", torch.zeros(8))
+    model.register_buffer("feature_scale", torch.ones(8))
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 4, size=(3, 40)).astype(float)
+    return UserHashtagLookup(model, [f"tag{i}" for i in range(40)], ["ann", "bob", "cy"],
+                             np.array([1.0, 10.0, 100.0]), counts)
+
+
+def test_faiss_lookup_equals_brute_force_ranking(lookup: UserHashtagLookup) -> None:
+    features = np.random.default_rng(1).normal(size=(25, 8)).astype(np.float32)
+    users = ["ann", "bob", "cy", None, "stranger"] * 5
+    scores, ids = lookup.top_k(features, users, k=10)
+    brute = lookup.scores(features, users)
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :10]
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, axis=1), atol=1e-4)
+    assert (ids == expected).mean() > 0.98  # equal up to float ties
+
+
+def test_cold_user_rule(lookup: UserHashtagLookup) -> None:
+    vector, weight = lookup.user_vector("never-seen")
+    np.testing.assert_allclose(vector, lookup.mean_user)
+    assert weight == 1.0
+    vector, weight = lookup.user_vector("cy")  # 100 posts
+    expected = (100 * lookup.user_vectors[2] + COLD_START_POSTS * lookup.mean_user) / 105
+    np.testing.assert_allclose(vector, expected, rtol=1e-5)
+    assert weight == pytest.approx(COLD_START_POSTS / 105)
+
+
+def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None:
+    features = np.random.default_rng(2).normal(size=(4, 8)).astype(np.float32)
+    before = {u: lookup.scores(features, [u] * 4) for u in ("ann", "bob", "cy", None)}
+    target = 7
+    before_counts = lookup.hashtag_counts[0, target]
+    for _ in range(3):
+        lookup.update("ann", features[0], [target])
+    after = {u: lookup.scores(features, [u] * 4) for u in ("ann", "bob", "cy", None)}
+    rank = lambda s: int((s[0] > s[0, target]).sum())  # noqa: E731
+    assert rank(after["ann"]) < rank(before["ann"])
+    assert lookup.post_counts[0] == 4 and lookup.hashtag_counts[0, target] == \
+        before_counts + 3
+    for other in ("bob", "cy", None):  # everyone else, the agnostic fallback too
+        np.testing.assert_array_equal(after[other], before[other])
+
+
+def test_a_new_user_gets_a_profile_from_their_first_post(lookup: UserHashtagLookup) -> None:
+    lookup.update("dee", np.ones(8, np.float32), [3, 4])
+    assert lookup.known("dee") and lookup.user_vector("dee")[1] < 1.0
+
+
+def test_update_rejects_empty_and_unknown_hashtags(lookup: UserHashtagLookup) -> None:
+    with pytest.raises(ValueError, match="at least one accepted hashtag"):
+        lookup.update("ann", np.ones(8, np.float32), [])
+    with pytest.raises(ValueError, match=r"hashtag ids must lie in \[0, 40\)"):
+        lookup.update("ann", np.ones(8, np.float32), [40])
+
+
+def test_profiles_persist_and_tampering_is_caught(lookup: UserHashtagLookup,
+                                                  tmp_path: Path) -> None:
+    lookup.update("ann", np.ones(8, np.float32), [5])
+    lookup.save(tmp_path)
+    again = UserHashtagLookup.load(tmp_path)
+    features = np.random.default_rng(3).normal(size=(5, 8)).astype(np.float32)
+    users = ["ann", "bob", None, "cy", "zed"]
+    np.testing.assert_allclose(again.scores(features, users), lookup.scores(features, users),
+                               atol=1e-5)
+    core = np.load(tmp_path / "core.npy")
+    core[0, 0, 0] += 1.0
+    np.save(tmp_path / "core.npy", core)
+    with pytest.raises(ValueError, match="checksum does not match"):
+        UserHashtagLookup.load(tmp_path)
