@@ -39,6 +39,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-tags", default="", metavar="A,B,...",
                         help="image2tag: hashtags removed from ground truth and predictions "
                              "(e.g. the search hashtags a data set was collected by)")
+    parser.add_argument("--tensor-dims", default="300,300,50", metavar="D,F,E",
+                        help="user: hashtag, photo and user embedding sizes (Veit et al.)")
+    parser.add_argument("--tensor-epochs", type=int, default=8)
     parser.add_argument("--save-model", type=Path, metavar="DIR",
                         help="user: write the trained user model (arrays + manifest) here")
     parser.add_argument("--image-methods", default="frequency,knn,mlp,word,graph",
@@ -216,7 +219,16 @@ def _user(args: argparse.Namespace) -> int:
     features = {p.id: by_image[p.image] for p in (*train, *test) if p.image in by_image}
     train = [p for p in train if p.id in features]
     test = [p for p in test if p.id in features]
-    result = run_user(train, test, features, seed=args.seed)
+    from services.user.model import TensorParams
+
+    try:
+        hashtag_dim, photo_dim, user_dim = (int(v) for v in args.tensor_dims.split(","))
+    except ValueError as error:
+        raise SystemExit(f"--tensor-dims must be three integers D,F,E, got "
+                         f"{args.tensor_dims!r}") from error
+    params = TensorParams(hashtag_dim, photo_dim, user_dim, epochs=args.tensor_epochs,
+                          seed=args.seed)
+    result = run_user(train, test, features, params, seed=args.seed)
     report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
               "vocab": result.vocab, "results": result.results, "retrieval": result.retrieval}

@@ -126,3 +126,28 @@ def test_profiles_persist_and_tampering_is_caught(lookup: UserHashtagLookup,
     np.save(tmp_path / "core.npy", core)
     with pytest.raises(ValueError, match="checksum does not match"):
         UserHashtagLookup.load(tmp_path)
+
+
+def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
+                                                monkeypatch) -> None:
+    import json
+
+    from shared.cli import main
+    from shared.data.simulated_users import simulate, source_posts
+
+    monkeypatch.setenv("HASHREC_MODELS", str(tmp_path / "models"))
+    posts = simulate(source_posts(data_dir)[::20], n_users=12, seed=3)
+    data = tmp_path / "posts.jsonl"
+    data.write_text("".join(json.dumps({
+        "id": p.id, "image": str(p.image), "hashtags": list(p.hashtags), "user": p.user,
+        "time": p.time.isoformat()}) + "\n" for p in posts))
+    out = tmp_path / "user.json"
+    assert main(["evaluate", "user", "--train", f"jsonl:{data}", "--json", str(out),
+                 "--tensor-dims", "16,16,4", "--tensor-epochs", "2",
+                 "--save-model", str(tmp_path / "user-model")]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"global_frequency", "user_frequency", "agnostic",
+                                      "mlp", "tensor"}
+    assert set(report["results"]["tensor"]) == {"A@1", "A@10"}
+    assert set(report["retrieval"]["tensor"]) == {"P@10"}
+    assert UserHashtagLookup.load(tmp_path / "user-model").known(posts[0].user)
