@@ -35,6 +35,7 @@ class TensorParams:
     epochs: int = 8
     batch_size: int = 512
     learning_rate: float = 2e-3
+    weight_decay: float = 0.0
     margin: float = 1.0
     seed: int = 0
 
@@ -147,7 +148,8 @@ def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_us
     model.register_buffer("feature_mean", torch.from_numpy(mean.astype(np.float32)))
     model.register_buffer("feature_scale", torch.from_numpy(scale.astype(np.float32)))
     inputs = torch.from_numpy(((features - mean) / scale).astype(np.float32))
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate,
+                                  weight_decay=params.weight_decay)
     n = len(triplets.hashtag_ids)
     post_tags = torch.zeros(len(triplets.post_hashtags), n_hashtags, dtype=torch.bool)
     for post, ids in enumerate(triplets.post_hashtags):
