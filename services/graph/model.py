@@ -102,7 +102,8 @@ def random_walks(graph: Graph, walks_per_node: int = 10, walk_length: int = 80,
 
 @dataclass(frozen=True)
 class SkipGramParams:
-    """Skip-gram settings for walks. DeepWalk's own: window 10, d = 256 here (Zhong)."""
+    """Skip-gram settings for walks; d = 256 as Zhong et al. Window 5, not DeepWalk's 10:
+    on MIRFlickr H2L window 10 gave O-P 62.4 in 105 s against 63.8 in 54 s (4 walks/node)."""
 
     dim: int = 256
     window: int = 5

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -117,8 +117,6 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
                   min_count: int = 3, max_vocab: int = 1000, seed: int = 0, folds: int = 5,
                   progress: bool = True) -> Image2TagResult:
     def without_ignored(posts: Sequence[Post]) -> list[Post]:
-        from dataclasses import replace
-
         return [replace(p, hashtags=tuple(t for t in p.hashtags if t not in ignore))
                 for p in posts]
 
