@@ -151,3 +151,25 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
     assert set(report["results"]["tensor"]) == {"A@1", "A@10"}
     assert set(report["retrieval"]["tensor"]) == {"P@10"}
     assert UserHashtagLookup.load(tmp_path / "user-model").known(posts[0].user)
+
+
+def test_habit_epochs_learn_each_users_favourite_hashtag() -> None:
+    from services.user.model import Triplets, train_tensor
+
+    rng = np.random.default_rng(0)
+    n_users, n_posts = 6, 240
+    users = rng.integers(0, n_users, n_posts)
+    # Each user always writes their favourite hashtag (= their id) plus two random ones.
+    hashtags = [[int(u), *rng.choice(range(6, 20), 2, replace=False).tolist()] for u in users]
+    features = rng.normal(size=(n_posts, 8)).astype(np.float32)
+    params = TensorParams(hashtag_dim=12, photo_dim=6, user_dim=6, epochs=30, batch_size=64,
+                          learning_rate=0.02, habit_epochs=30)
+    model = train_tensor(features, Triplets.from_posts(hashtags, users), 20, n_users, params,
+                         progress=False)
+    counts = np.zeros((n_users, 20))
+    lookup = UserHashtagLookup(model, [f"t{i}" for i in range(20)],
+                               [f"u{i}" for i in range(n_users)],
+                               np.full(n_users, 1e9), counts)
+    mean_photo = np.tile(features.mean(axis=0), (n_users, 1))
+    top = lookup.scores(mean_photo, [f"u{i}" for i in range(n_users)], prior=False)
+    assert (top.argmax(axis=1) == np.arange(n_users)).all()

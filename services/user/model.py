@@ -36,6 +36,9 @@ class TensorParams:
     batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
+    #: first epochs with every photo blanked (the mean photo): the user → hashtag habits
+    #: are learned before photo content can be memorised in their place
+    habit_epochs: int = 0
     margin: float = 1.0
     seed: int = 0
 
@@ -166,7 +169,10 @@ def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_us
             tags = hashtag_ids[batch]
             positive = post_tags[rows][:, tags]
             optimizer.zero_grad()
-            loss = ranking_loss(model, tags, inputs[rows], user_ids[batch], rows, positive,
+            photos = inputs[rows]
+            if epoch < params.habit_epochs:
+                photos = torch.zeros_like(photos)
+            loss = ranking_loss(model, tags, photos, user_ids[batch], rows, positive,
                                 generator, params.margin)
             loss.backward()
             optimizer.step()
