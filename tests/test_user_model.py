@@ -79,9 +79,10 @@ def test_cold_user_rule(lookup: UserHashtagLookup) -> None:
     np.testing.assert_allclose(vector, lookup.mean_user)
     assert weight == 1.0
     vector, weight = lookup.user_vector("cy")  # 100 posts
-    expected = (100 * lookup.user_vectors[2] + COLD_START_POSTS * lookup.mean_user) / 105
+    expected = (100 * lookup.user_vectors[2] + COLD_START_POSTS * lookup.mean_user) \
+        / (100 + COLD_START_POSTS)
     np.testing.assert_allclose(vector, expected, rtol=1e-5)
-    assert weight == pytest.approx(COLD_START_POSTS / 105)
+    assert weight == 0.0  # the global prior is for strangers only
 
 
 def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None:
@@ -101,8 +102,9 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
 
 
 def test_a_new_user_gets_a_profile_from_their_first_post(lookup: UserHashtagLookup) -> None:
+    assert lookup.user_vector("dee")[1] == 1.0
     lookup.update("dee", np.ones(8, np.float32), [3, 4])
-    assert lookup.known("dee") and lookup.user_vector("dee")[1] < 1.0
+    assert lookup.known("dee") and lookup.user_vector("dee")[1] == 0.0
 
 
 def test_update_rejects_empty_and_unknown_hashtags(lookup: UserHashtagLookup) -> None:

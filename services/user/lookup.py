@@ -4,11 +4,13 @@ Ranking all hashtags for photo x and user k is a maximum-inner-product search: e
 is indexed as [h_i, log P(h_i)] and queried with [W^(u'_k) f, α_k], so one exact FAISS
 search returns the top K of  s_k(h_i | x) = h_iᵀ W^(u'_k) f + α_k log P(h_i).
 
-Cold-user rule, with n_k the user's posts seen so far and C = COLD_START_POSTS:
-    u'_k = (n_k u_k + C ū) / (n_k + C),     α_k = C / (n_k + C)
-An unknown user (n = 0) gets the user-agnostic model (ū, the mean user embedding) plus the
-global frequency prior at full weight; as a user posts, their own embedding takes over
-and the prior fades.
+Cold-user rule, with n_k the user's posts seen so far and C = COLD_START_POSTS = 1:
+    known user:    u'_k = (n_k u_k + C ū) / (n_k + C),   α_k = 0
+    unknown user:  u' = ū (the user-agnostic model),      α = 1 (the global prior)
+A stranger gets the agnostic tensor plus the global frequency prior; a known user their
+own embedding, pulled toward ū only while they have posted little. Measured on the
+simulated-user benchmark, any global prior for known users cost A@1 (with C = 5 and
+α_k = C / (n_k + C): 41.8 against 61.3 without), so it stays with strangers.
 
 ``update`` learns from one accepted post (photo, hashtags) without retraining the rest:
 only that user's embedding moves (a few Adam steps on the softmax likelihood of the
@@ -28,7 +30,7 @@ from services.user.model import TensorModel, TensorParams, standardized
 from shared.embeddings import sha256_file
 from shared.index import InnerProductIndex
 
-COLD_START_POSTS = 5.0
+COLD_START_POSTS = 1.0
 ARRAYS = ("hashtags.weight", "users.weight", "project.weight", "project.bias", "core",
           "feature_mean", "feature_scale")
 
@@ -70,7 +72,7 @@ class UserHashtagLookup:
         n = self.post_counts[row]
         shrunk = (n * self.user_vectors[row] + COLD_START_POSTS * self.mean_user) \
             / (n + COLD_START_POSTS)
-        return shrunk.astype(np.float32), float(COLD_START_POSTS / (n + COLD_START_POSTS))
+        return shrunk.astype(np.float32), 0.0
 
     def queries(self, features: np.ndarray, users: Sequence[str | None],
                 agnostic: bool = False, prior: bool = True) -> np.ndarray:

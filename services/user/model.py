@@ -37,8 +37,11 @@ class TensorParams:
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     #: first epochs with every photo blanked (the mean photo): the user → hashtag habits
-    #: are learned before photo content can be memorised in their place
+    #: are learned before photo content can be memorised in their place; afterwards only
+    #: the photo projection P trains, from zero
     habit_epochs: int = 0
+    #: learning rate of the photo projection after the habit epochs, relative
+    photo_lr_scale: float = 0.1
     margin: float = 1.0
     seed: int = 0
 
@@ -163,6 +166,17 @@ def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_us
     bar = tqdm(total=params.epochs * ((n + params.batch_size - 1) // params.batch_size),
                desc="tensor model", unit="batch", disable=not progress)
     for epoch in range(params.epochs):
+        if params.habit_epochs and epoch == params.habit_epochs:
+            # The habits are learned; photo content may now only add to them: P starts
+            # at zero (f = b, the mean photo, exactly as so far) and alone is trained.
+            with torch.no_grad():
+                model.project.weight.zero_()
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            model.project.weight.requires_grad_(True)
+            optimizer = torch.optim.AdamW([model.project.weight],
+                                          lr=params.learning_rate * params.photo_lr_scale,
+                                          weight_decay=params.weight_decay)
         total = 0.0
         for batch in torch.randperm(n, generator=generator).split(params.batch_size):
             rows = photo_rows[batch]
