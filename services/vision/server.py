@@ -1,0 +1,158 @@
+"""VisionService over gRPC: transport only; the math is in services/vision/model.py.
+
+Concurrent requests are batched dynamically: the first waiting photo opens a batch that
+closes at ``max_batch`` photos or after ``max_delay`` seconds, whichever comes first.
+bench/vision.py measured batch 1 as the fastest per image on a 2-core CPU and batch 8 as
+2.2x faster than eager PyTorch, so the CPU default is small (4); a GPU wants more.
+
+Config from the environment: HASHREC_VISION_HOST (127.0.0.1), HASHREC_VISION_PORT (50051),
+HASHREC_VISION_MAX_BATCH (4, 32 on CUDA), HASHREC_VISION_MAX_DELAY_MS (5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import torch
+from hashrec.v1 import vision_pb2, vision_pb2_grpc
+
+from services.vision.model import ImageError, VisionModel, decode_image, preprocess
+from services.vision.store import MODEL_ID
+from shared.config import setup_logging
+from shared.grpc_server import GrpcServer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
+
+
+class MicroBatcher:
+    """Collects concurrent photos into one forward pass (max_batch photos or max_delay)."""
+
+    def __init__(self, model: VisionModel, max_batch: int, max_delay: float) -> None:
+        self.model, self.max_batch, self.max_delay = model, max_batch, max_delay
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.batches = 0  # forward passes run, for tests and metrics
+        # One thread for the network: torch already uses every core inside a pass.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vision-model")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.executor.shutdown(wait=False)
+
+    async def embed(self, tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((tensor, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_delay
+            while len(batch) < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            tensors = torch.stack([tensor for tensor, _ in batch])
+            try:
+                result = await loop.run_in_executor(self.executor, self.model.embed_tensors,
+                                                    tensors)
+            except Exception as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.batches += 1
+            for row, (_, future) in enumerate(batch):
+                if not future.done():  # the caller may have gone (deadline, cancel)
+                    future.set_result((result.features[row], result.probabilities[row]))
+
+
+class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self.batcher = batcher
+        self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+
+    async def Embed(self, request: vision_pb2.EmbedRequest,  # noqa: N802 - gRPC name
+                    context: grpc.aio.ServicerContext) -> vision_pb2.EmbedResponse:
+        top = request.top_labels or 5
+        if not 1 <= top <= 1000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"top_labels must be between 1 and 1000, got {top}")
+        data = request.image
+        try:
+            tensor = await asyncio.get_running_loop().run_in_executor(
+                self.decoder, lambda: preprocess(decode_image(data)))
+        except ImageError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        features, probabilities = await self.batcher.embed(tensor)
+        labels = self.batcher.model.top_labels(probabilities[None, :], top)[0]
+        return vision_pb2.EmbedResponse(
+            features=features.tolist(), model_version=MODEL_ID,
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            labels=[vision_pb2.MachineLabel(name=name, probability=p) for name, p in labels])
+
+
+async def serve(host: str, port: int, model: VisionModel | None = None,
+                max_batch: int | None = None, max_delay: float = 0.005) -> GrpcServer:
+    """Starts the server (health NOT_SERVING), loads the model, then reports SERVING."""
+    servicer_slot: list[VisionServicer] = []
+
+    def register(server: grpc.aio.Server) -> None:
+        vision_pb2_grpc.add_VisionServiceServicer_to_server(
+            _Deferred(servicer_slot), server)
+
+    server = GrpcServer([(SERVICE_NAME, register)], host, port)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    model = model or await loop.run_in_executor(None, VisionModel)
+    batch = max_batch or (32 if model.device.type == "cuda" else 4)
+    batcher = MicroBatcher(model, batch, max_delay)
+    batcher.start()
+    server.on_stop(batcher.stop)
+    servicer_slot.append(VisionServicer(batcher))
+    await server.set_serving(True)
+    server.batcher = batcher  # type: ignore[attr-defined]
+    return server
+
+
+class _Deferred(vision_pb2_grpc.VisionServiceServicer):
+    """Answers UNAVAILABLE until the real servicer exists (models still loading)."""
+
+    def __init__(self, slot: list[VisionServicer]) -> None:
+        self.slot = slot
+
+    async def Embed(self, request, context):  # noqa: N802
+        if not self.slot:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "vision model is still loading")
+        return await self.slot[0].Embed(request, context)
+
+
+async def _main() -> None:
+    setup_logging()
+    server = await serve(os.environ.get("HASHREC_VISION_HOST", "127.0.0.1"),
+                         int(os.environ.get("HASHREC_VISION_PORT", "50051")),
+                         max_batch=int(os.environ.get("HASHREC_VISION_MAX_BATCH", "0")) or None,
+                         max_delay=float(os.environ.get("HASHREC_VISION_MAX_DELAY_MS", "5"))
+                         / 1000)
+    server.stop_on_signals()
+    await server.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())
