@@ -42,6 +42,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tensor-dims", default="300,300,50", metavar="D,F,E",
                         help="user: hashtag, photo and user embedding sizes (Veit et al.)")
     parser.add_argument("--tensor-epochs", type=int, default=8)
+    parser.add_argument("--habit-epochs", type=int, default=0,
+                        help="user: first epochs with photos blanked, then only the photo "
+                             "projection trains (off by default: Veit et al. train all)")
     parser.add_argument("--save-model", type=Path, metavar="DIR",
                         help="user: write the trained user model (arrays + manifest) here")
     parser.add_argument("--image-methods", default="frequency,knn,mlp,word,graph",
@@ -227,7 +230,7 @@ def _user(args: argparse.Namespace) -> int:
         raise SystemExit(f"--tensor-dims must be three integers D,F,E, got "
                          f"{args.tensor_dims!r}") from error
     params = TensorParams(hashtag_dim, photo_dim, user_dim, epochs=args.tensor_epochs,
-                          seed=args.seed)
+                          habit_epochs=args.habit_epochs, seed=args.seed)
     result = run_user(train, test, features, params, seed=args.seed)
     report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
