@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from hashrec.v1 import vision_pb2, vision_pb2_grpc
 
-from services.vision.model import ImageError, VisionModel, decode_image, preprocess
+from services.vision.model import (
+    ImageError,
+    VisionModel,
+    check_header,
+    decode_image,
+    decode_jpeg_on_gpu,
+    gpu_decoding_available,
+    preprocess,
+)
 from services.vision.store import MODEL_ID
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer
@@ -68,7 +76,8 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except TimeoutError:
                     break
-            tensors = torch.stack([tensor for tensor, _ in batch])
+            # GPU-decoded JPEGs already sit on the device; Pillow's tensors join them there.
+            tensors = torch.stack([tensor.to(self.model.device) for tensor, _ in batch])
             try:
                 result = await loop.run_in_executor(self.executor, self.model.embed_tensors,
                                                     tensors)
@@ -87,6 +96,13 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     def __init__(self, batcher: MicroBatcher) -> None:
         self.batcher = batcher
         self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        # nvJPEG with the gpu extra on a CUDA model; Pillow otherwise and for other formats.
+        self.gpu_jpeg = batcher.model.device.type == "cuda" and gpu_decoding_available()
+
+    def _decode(self, data: bytes) -> torch.Tensor:
+        if self.gpu_jpeg and check_header(data) == "JPEG":
+            return decode_jpeg_on_gpu(data, self.batcher.model.device)
+        return preprocess(decode_image(data))
 
     async def Embed(self, request: vision_pb2.EmbedRequest,  # noqa: N802 - gRPC name
                     context: grpc.aio.ServicerContext) -> vision_pb2.EmbedResponse:
@@ -97,7 +113,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         data = request.image
         try:
             tensor = await asyncio.get_running_loop().run_in_executor(
-                self.decoder, lambda: preprocess(decode_image(data)))
+                self.decoder, self._decode, data)
         except ImageError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         features, probabilities = await self.batcher.embed(tensor)
