@@ -1,0 +1,120 @@
+"""The feature cache against a real redis-server, and the in-process LRU."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from shared.cache import LruCache, RedisCache, cache_key, decode_array, encode_array, make_cache
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port; nothing kept on disk."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture()
+def redis_server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is missing: apt-get install redis-server")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_arrays_round_trip_without_pickle() -> None:
+    for array in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([], np.int64),
+                  np.ones((2, 2, 2), np.float16)):
+        back = decode_array(encode_array(array))
+        assert back.dtype == array.dtype and np.array_equal(back, array)
+    with pytest.raises(TypeError, match="pickle"):
+        encode_array(np.array([object()]))
+
+
+def test_keys_carry_kind_and_model_version() -> None:
+    assert cache_key("features", "effnet-1", "ab12") == "hashrec:features:effnet-1:ab12"
+    assert cache_key("features", "effnet-2", "ab12") != cache_key("features", "effnet-1",
+                                                                  "ab12")
+    with pytest.raises(ValueError, match="unknown cache kind"):
+        cache_key("pictures", "v", "x")
+    with pytest.raises(ValueError, match="model version and an item id"):
+        cache_key("features", "", "x")
+
+
+def test_redis_cache_stores_and_expires(redis_server: RedisServer) -> None:
+    cache = RedisCache(redis_server.url)
+    value = np.random.default_rng(0).normal(size=1280).astype(np.float32)
+    cache.set("hashrec:features:v1:a", value)
+    assert np.array_equal(cache.get("hashrec:features:v1:a"), value)
+    assert cache.get("hashrec:features:v2:a") is None  # another model version: a miss
+    cache.set("hashrec:features:v1:short", value, ttl=0.2)
+    time.sleep(0.4)
+    assert cache.get("hashrec:features:v1:short") is None
+
+
+def test_redis_outage_is_a_miss_not_an_error_and_recovery_follows(
+        redis_server: RedisServer) -> None:
+    cache = RedisCache(redis_server.url, retry_after=0.5)
+    value = np.ones(4, np.float32)
+    cache.set("hashrec:features:v1:x", value)
+    redis_server.kill()
+    started = time.monotonic()
+    assert cache.get("hashrec:features:v1:x") is None  # Redis gone: a miss
+    cache.set("hashrec:features:v1:y", value)  # dropped, no exception
+    assert cache.get("hashrec:features:v1:x") is None  # circuit open: not even asked
+    assert time.monotonic() - started < 0.5 and cache.failures == 1
+    redis_server.start()  # back (empty: the test's server keeps nothing on disk)
+    time.sleep(0.6)  # the circuit closes after retry_after
+    cache.set("hashrec:features:v1:x", value)
+    assert np.array_equal(cache.get("hashrec:features:v1:x"), value)
+
+
+def test_lru_evicts_the_least_recently_used_and_honours_ttl() -> None:
+    cache = LruCache(max_entries=2)
+    cache.set("a", np.zeros(1))
+    cache.set("b", np.ones(1))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.set("c", np.full(1, 2.0))
+    assert cache.get("b") is None and cache.get("a") is not None
+    cache.set("t", np.zeros(1), ttl=0.05)
+    time.sleep(0.1)
+    assert cache.get("t") is None
+
+
+def test_without_a_redis_url_the_cache_is_in_process() -> None:
+    assert isinstance(make_cache(None), LruCache)
+    assert isinstance(make_cache("redis://127.0.0.1:1/0"), RedisCache)
