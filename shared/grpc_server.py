@@ -5,7 +5,9 @@
   loaded and verified its models), NOT_SERVING again as soon as shutdown starts, while
   in-flight calls drain for ``grace`` seconds;
 - server reflection, so grpcurl and friends can list and call the services;
-- SIGTERM / SIGINT start that graceful shutdown.
+- SIGTERM / SIGINT start that graceful shutdown;
+- Prometheus metrics on ``metrics_port`` (when given): requests by method and status code,
+  and a latency histogram by method.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +32,61 @@ CHANNEL_OPTIONS = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 Register = Callable[[grpc.aio.Server], None]
 
 
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("hashrec_grpc_requests", "gRPC requests handled",
+                                ["method", "code"], registry=registry)
+        self.latency = Histogram("hashrec_grpc_seconds", "gRPC handling time", ["method"],
+                                 registry=registry)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every unary call by method and final status code, and times it."""
+
+    def __init__(self, metrics: _Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method, inner, metrics = details.method, handler.unary_unary, self.metrics
+
+        async def timed(request, context):
+            started = asyncio.get_running_loop().time()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException:
+                code = (context.code() or grpc.StatusCode.UNKNOWN).name
+                raise
+            finally:
+                metrics.requests.labels(method, code).inc()
+                metrics.latency.labels(method).observe(
+                    asyncio.get_running_loop().time() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
 class GrpcServer:
     def __init__(self, services: Sequence[tuple[str, Register]], host: str = "127.0.0.1",
-                 port: int = 0, grace: float = 5.0) -> None:
-        """``services``: (full service name, function adding the servicer to a server)."""
+                 port: int = 0, grace: float = 5.0, metrics_port: int | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        """``services``: (full service name, function adding the servicer to a server).
+        ``metrics_port``: serve Prometheus metrics there (0: any free port)."""
         self.names = [name for name, _ in services]
         self.grace = grace
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self.registry = registry or CollectorRegistry()  # one per server: no clashes
+        self.metrics = _Metrics(self.registry)
+        self.server = grpc.aio.server(options=CHANNEL_OPTIONS,
+                                      interceptors=[MetricsInterceptor(self.metrics)])
+        self.metrics_port: int | None = None
+        if metrics_port is not None:
+            http_server, _ = start_http_server(metrics_port, addr=host, registry=self.registry)
+            self.metrics_port = http_server.server_port
+            self._on_stop_metrics = http_server.shutdown
         for _, register in services:
             register(self.server)
         self.health = health.aio.HealthServicer()
@@ -44,6 +95,8 @@ class GrpcServer:
             (*self.names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         self._on_stop: list[Callable[[], None]] = []
+        if self.metrics_port is not None:
+            self._on_stop.append(self._on_stop_metrics)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"could not bind {host}:{port}")

@@ -27,7 +27,8 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = self.call(serve("127.0.0.1", 0, model, max_batch=4, max_delay=0.05))
+        self.server = self.call(serve("127.0.0.1", 0, model, max_batch=4, max_delay=0.05,
+                                      metrics_port=0))
 
     def call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
@@ -69,13 +70,40 @@ def test_a_real_photo_gets_features_and_labels(channel: grpc.Channel, data_dir: 
 def test_concurrent_requests_share_forward_passes(server: ServerThread, channel: grpc.Channel,
                                                   data_dir: Path) -> None:
     stub = vision_pb2_grpc.VisionServiceStub(channel)
-    photos = [p.read_bytes() for p in sorted((data_dir / "food" / "images").glob("*.jpg"))[:8]]
+    photos = [p.read_bytes() for p in sorted((data_dir / "food" / "images").glob("*.jpg"))[8:16]]
     before = server.server.batcher.batches
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda d: stub.Embed(vision_pb2.EmbedRequest(image=d),
                                                      timeout=60), photos))
     assert all(len(r.features) == 1280 for r in replies)
     assert server.server.batcher.batches - before < len(photos)  # some were batched
+
+
+def test_a_photo_seen_before_is_answered_from_the_cache(server: ServerThread,
+                                                       channel: grpc.Channel,
+                                                       data_dir: Path) -> None:
+    stub = vision_pb2_grpc.VisionServiceStub(channel)
+    data = (data_dir / "food" / "images" / "0000009.jpg").read_bytes()
+    first = stub.Embed(vision_pb2.EmbedRequest(image=data), timeout=30)
+    passes = server.server.batcher.batches
+    again = stub.Embed(vision_pb2.EmbedRequest(image=data), timeout=30)
+    assert server.server.batcher.batches == passes  # no decode, no forward pass
+    assert list(again.features) == list(first.features)
+    assert [label.name for label in again.labels] == [label.name for label in first.labels]
+
+
+def test_metrics_count_requests_by_status(server: ServerThread,
+                                          channel: grpc.Channel) -> None:
+    from urllib.request import urlopen
+
+    with pytest.raises(grpc.RpcError):
+        vision_pb2_grpc.VisionServiceStub(channel).Embed(vision_pb2.EmbedRequest(image=b""),
+                                                         timeout=10)
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    with urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    assert 'code="INVALID_ARGUMENT",method="/hashrec.v1.VisionService/Embed"' in text
+    assert "hashrec_grpc_seconds_bucket" in text
 
 
 def _png(width: int, height: int) -> bytes:

@@ -5,8 +5,12 @@ closes at ``max_batch`` photos or after ``max_delay`` seconds, whichever comes f
 bench/vision.py measured batch 1 as the fastest per image on a 2-core CPU and batch 8 as
 2.2x faster than eager PyTorch, so the CPU default is small (4); a GPU wants more.
 
+Photo features are cached by the sha256 of the image bytes (shared/cache.py: Redis when
+HASHREC_REDIS_URL is set, else in-process), so a photo seen before skips decode and model.
+
 Config from the environment: HASHREC_VISION_HOST (127.0.0.1), HASHREC_VISION_PORT (50051),
-HASHREC_VISION_MAX_BATCH (4, 32 on CUDA), HASHREC_VISION_MAX_DELAY_MS (5).
+HASHREC_VISION_METRICS_PORT (9101), HASHREC_VISION_MAX_BATCH (4, 32 on CUDA),
+HASHREC_VISION_MAX_DELAY_MS (5), HASHREC_REDIS_URL (unset: in-process cache).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from hashrec.v1 import vision_pb2, vision_pb2_grpc
 
 from services.vision.model import (
+    FEATURE_DIM,
     ImageError,
     VisionModel,
     check_header,
@@ -32,6 +37,7 @@ from services.vision.model import (
     preprocess,
 )
 from services.vision.store import MODEL_ID
+from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer
 
@@ -93,8 +99,9 @@ class MicroBatcher:
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
-    def __init__(self, batcher: MicroBatcher) -> None:
+    def __init__(self, batcher: MicroBatcher, cache: Cache) -> None:
         self.batcher = batcher
+        self.cache = cache
         self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         # nvJPEG with the gpu extra on a CUDA model; Pillow otherwise and for other formats.
         self.gpu_jpeg = batcher.model.device.type == "cuda" and gpu_decoding_available()
@@ -111,21 +118,28 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"top_labels must be between 1 and 1000, got {top}")
         data = request.image
-        try:
-            tensor = await asyncio.get_running_loop().run_in_executor(
-                self.decoder, self._decode, data)
-        except ImageError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        features, probabilities = await self.batcher.embed(tensor)
+        digest = hashlib.sha256(data).hexdigest()
+        key = cache_key("features", MODEL_ID, digest)
+        cached = self.cache.get(key)
+        if cached is not None:
+            features, probabilities = cached[:FEATURE_DIM], cached[FEATURE_DIM:]
+        else:
+            try:
+                tensor = await asyncio.get_running_loop().run_in_executor(
+                    self.decoder, self._decode, data)
+            except ImageError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            features, probabilities = await self.batcher.embed(tensor)
+            self.cache.set(key, np.concatenate([features, probabilities]))
         labels = self.batcher.model.top_labels(probabilities[None, :], top)[0]
         return vision_pb2.EmbedResponse(
-            features=features.tolist(), model_version=MODEL_ID,
-            image_sha256=hashlib.sha256(data).hexdigest(),
+            features=features.tolist(), model_version=MODEL_ID, image_sha256=digest,
             labels=[vision_pb2.MachineLabel(name=name, probability=p) for name, p in labels])
 
 
 async def serve(host: str, port: int, model: VisionModel | None = None,
-                max_batch: int | None = None, max_delay: float = 0.005) -> GrpcServer:
+                max_batch: int | None = None, max_delay: float = 0.005,
+                cache: Cache | None = None, metrics_port: int | None = None) -> GrpcServer:
     """Starts the server (health NOT_SERVING), loads the model, then reports SERVING."""
     servicer_slot: list[VisionServicer] = []
 
@@ -133,7 +147,7 @@ async def serve(host: str, port: int, model: VisionModel | None = None,
         vision_pb2_grpc.add_VisionServiceServicer_to_server(
             _Deferred(servicer_slot), server)
 
-    server = GrpcServer([(SERVICE_NAME, register)], host, port)
+    server = GrpcServer([(SERVICE_NAME, register)], host, port, metrics_port=metrics_port)
     await server.start()
     loop = asyncio.get_running_loop()
     model = model or await loop.run_in_executor(None, VisionModel)
@@ -141,7 +155,7 @@ async def serve(host: str, port: int, model: VisionModel | None = None,
     batcher = MicroBatcher(model, batch, max_delay)
     batcher.start()
     server.on_stop(batcher.stop)
-    servicer_slot.append(VisionServicer(batcher))
+    servicer_slot.append(VisionServicer(batcher, cache if cache is not None else LruCache()))
     await server.set_serving(True)
     server.batcher = batcher  # type: ignore[attr-defined]
     return server
@@ -165,7 +179,10 @@ async def _main() -> None:
                          int(os.environ.get("HASHREC_VISION_PORT", "50051")),
                          max_batch=int(os.environ.get("HASHREC_VISION_MAX_BATCH", "0")) or None,
                          max_delay=float(os.environ.get("HASHREC_VISION_MAX_DELAY_MS", "5"))
-                         / 1000)
+                         / 1000,
+                         cache=make_cache(os.environ.get("HASHREC_REDIS_URL")),
+                         metrics_port=int(os.environ.get("HASHREC_VISION_METRICS_PORT",
+                                                         "9101")))
     server.stop_on_signals()
     await server.wait()
 
