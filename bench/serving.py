@@ -1,0 +1,134 @@
+"""Load on the vision service over loopback gRPC, next to a bare echo server in the same run.
+
+    python bench/serving.py [--seconds 10] [--concurrency 64] [--max-calls 20000]
+
+Every load loop is bounded in time and count and targets 127.0.0.1 only. Prints QPS,
+p50 / p95 / p99 latency and errors for: a bare gRPC echo server (the reference), warm
+Embed (photos whose features are cached) and cold Embed (a new photo every call, drawn
+from the shipped photo sets), then the ratios warm / echo and cold / raw model images/s
+(the raw model measured in-process at the service's batch size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+import numpy as np
+import torch
+from hashrec.v1 import vision_pb2, vision_pb2_grpc
+
+from services.vision.model import VisionModel, decode_image, preprocess
+from services.vision.server import serve
+from shared.config import data_root, setup_logging
+from shared.grpc_server import CHANNEL_OPTIONS
+
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+async def echo_server() -> tuple[grpc.aio.Server, str]:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def load(call: Callable[[int], Awaitable[object]], seconds: float, concurrency: int,
+               max_calls: int) -> dict[str, float]:
+    """``concurrency`` workers call ``call(i)`` until the time or the call budget is spent."""
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors, issued
+        while time.perf_counter() < deadline and issued < max_calls:
+            number = issued
+            issued += 1
+            started = time.perf_counter()
+            try:
+                await call(number)
+                latencies.append(time.perf_counter() - started)
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"calls": len(latencies), "qps": len(latencies) / elapsed, "errors": errors,
+            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99))}
+
+
+def raw_images_per_second(model: VisionModel, photos: list[bytes], batch: int) -> float:
+    tensors = torch.stack([preprocess(decode_image(p)) for p in photos[:batch]])
+    model.embed_tensors(tensors)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 5:
+        model.embed_tensors(tensors)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+async def main(args: argparse.Namespace) -> None:
+    root = data_root()
+    photos = [p.read_bytes() for p in
+              sorted((root / "instagram" / "images").rglob("*.jpg"))
+              + sorted((root / "food" / "images").glob("*.jpg"))]
+    model = VisionModel(device="cpu")
+    rows = {}
+
+    server, address = await echo_server()
+    async with grpc.aio.insecure_channel(address) as channel:
+        echo = channel.unary_unary(ECHO_METHOD)
+        rows["echo"] = await load(lambda i: echo(b"x" * 64), args.seconds, args.concurrency,
+                                  args.max_calls)
+    await server.stop(None)
+
+    vision = await serve("127.0.0.1", 0, model, max_batch=args.batch)
+    async with grpc.aio.insecure_channel(vision.address, options=CHANNEL_OPTIONS) as channel:
+        stub = vision_pb2_grpc.VisionServiceStub(channel)
+        warm_set = photos[:32]
+        for photo in warm_set:  # fill the cache
+            await stub.Embed(vision_pb2.EmbedRequest(image=photo))
+        rows["warm Embed"] = await load(
+            lambda i: stub.Embed(vision_pb2.EmbedRequest(image=warm_set[i % 32]), timeout=30),
+            args.seconds, args.concurrency, args.max_calls)
+        cold_set = photos[32:]
+        rows["cold Embed"] = await load(
+            lambda i: stub.Embed(vision_pb2.EmbedRequest(image=cold_set[i]), timeout=60),
+            args.seconds, args.concurrency, len(cold_set))
+    await vision.stop()
+    raw = raw_images_per_second(model, photos, args.batch)
+
+    print(f"loopback, {args.concurrency} calls in flight, up to {args.seconds:.0f} s each; "
+          f"vision max batch {args.batch}")
+    print(f"{'':<12}{'calls':>8}{'QPS':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, row in rows.items():
+        print(f"{name:<12}{row['calls']:>8.0f}{row['qps']:>9.1f}{row['p50']:>9.1f}"
+              f"{row['p95']:>9.1f}{row['p99']:>9.1f}{row['errors']:>8.0f}")
+    print(f"raw model, batch {args.batch}, in-process: {raw:.1f} images/s")
+    print(f"ratios: warm Embed / echo {rows['warm Embed']['qps'] / rows['echo']['qps']:.2f}; "
+          f"cold Embed / raw model {rows['cold Embed']['qps'] / raw:.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-calls", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=4)
+    setup_logging("WARNING")
+    asyncio.run(main(parser.parse_args()))
