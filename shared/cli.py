@@ -245,6 +245,38 @@ def _user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train", help="train the photo -> hashtag models and write a versioned artifact",
+        description="Fits every photo -> hashtag method and the fusion on --train and writes "
+                    "OUT/<version>/ (plain arrays, JSON, a checksummed manifest).")
+    parser.add_argument("--train", required=True, metavar="SPEC")
+    parser.add_argument("--out", type=Path, help="default: $HASHREC_MODELS (./models)")
+    parser.add_argument("--ignore-tags", default="", metavar="A,B,...")
+    parser.add_argument("--min-count", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from services.vision.store import FeatureStore
+    from shared.config import models_dir
+    from shared.data.normalize import normalize_hashtag, normalize_post_hashtags
+    from shared.data.readers import read_posts
+    from shared.train import train_image_models
+
+    ignore = frozenset(filter(None, (normalize_hashtag(t) for t in args.ignore_tags.split(",")
+                                     if t.strip())))
+    out = args.out or models_dir()
+    models = train_image_models(normalize_post_hashtags(read_posts(args.train)),
+                                FeatureStore(models_dir() / "features"), out, ignore,
+                                min_count=args.min_count, seed=args.seed)
+    print(f"model {models.version}: {len(models.vocabulary)} hashtags, methods "
+          f"{', '.join(models.methods)}, fusion {models.fusion.mode} {models.fusion.weights}")
+    print(f"written to {models.directory}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashrec", description=__doc__)
     parser.add_argument("--data-root", type=Path,
@@ -253,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_evaluate(commands)
+    _add_train(commands)
     return parser
 
 

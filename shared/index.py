@@ -20,6 +20,7 @@ class InnerProductIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) == 0:
             raise ValueError(f"index needs a non-empty 2-D array, got shape {vectors.shape}")
+        self.vectors = vectors
         self.dim = vectors.shape[1]
         self.size = len(vectors)
         self._index = faiss.IndexFlatIP(self.dim)

@@ -21,6 +21,7 @@ import numpy as np
 from gensim.models import Word2Vec
 from tqdm import tqdm
 
+from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex, l2_normalized
 from shared.photos import PhotoSet, label_weights, log_prior, machine_labels, pmi_scores
 
@@ -225,3 +226,19 @@ class JointGraphMethod:
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
         return pmi_scores(self.queries(photos), self.hashtag_context, self.prior)
+
+    def save(self, writer: ArtifactWriter) -> None:
+        writer.json(f"{self.name}/labels", sorted(self.label_index, key=self.label_index.get))
+        writer.json(f"{self.name}/config", {"neighbours": self.neighbours})
+        for name in ("label_vectors", "image_vectors", "hashtag_context", "prior"):
+            writer.array(f"{self.name}/{name}", getattr(self, name))
+        writer.array(f"{self.name}/visual_features", self.visual_index.vectors)
+
+    @classmethod
+    def load(cls, reader: ArtifactReader, class_names: tuple[str, ...]) -> JointGraphMethod:
+        method = cls(class_names, neighbours=reader.json("graph/config")["neighbours"])
+        method.label_index = {t: i for i, t in enumerate(reader.json("graph/labels"))}
+        for name in ("label_vectors", "image_vectors", "hashtag_context", "prior"):
+            setattr(method, name, reader.array(f"graph/{name}"))
+        method.visual_index = InnerProductIndex(reader.array("graph/visual_features"))
+        return method

@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.eval.metrics import recall_at_k, top_k
 from shared.index import InnerProductIndex, l2_normalized
 from shared.photos import PhotoSet
@@ -57,6 +58,13 @@ class FrequencyMethod:
     def scores(self, photos: PhotoSet) -> np.ndarray:
         return np.tile(self.prior, (len(photos), 1))
 
+    def save(self, writer: ArtifactWriter) -> None:
+        writer.array(f"{self.name}/prior", self.prior)
+
+    @classmethod
+    def load(cls, reader: ArtifactReader) -> FrequencyMethod:
+        return cls(prior=reader.array("frequency/prior"))
+
 
 @dataclass
 class KnnMethod:
@@ -71,6 +79,18 @@ class KnnMethod:
 
     def neighbours(self, photos: PhotoSet) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(l2_normalized(photos.features), self.k)
+
+    def save(self, writer: ArtifactWriter) -> None:
+        writer.array(f"{self.name}/features", self.index.vectors)
+        writer.array(f"{self.name}/train_tags", self.train_tags)
+        writer.json(f"{self.name}/config", {"k": self.k})
+
+    @classmethod
+    def load(cls, reader: ArtifactReader) -> KnnMethod:
+        method = cls(k=reader.json("knn/config")["k"])
+        method.index = InnerProductIndex(reader.array("knn/features"))
+        method.train_tags = reader.array("knn/train_tags")
+        return method
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
         similarity, ids = self.neighbours(photos)
@@ -102,10 +122,7 @@ class MlpMethod:
         targets = torch.from_numpy(hashtag_matrix(photos.hashtags, len(vocab)))
         order = torch.randperm(len(inputs), generator=generator)
         held_out, fit_rows = order[: max(1, len(order) // 10)], order[len(order) // 10:]
-        network = torch.nn.Sequential(
-            torch.nn.Dropout(0.2), torch.nn.Linear(inputs.shape[1], self.hidden),
-            torch.nn.ReLU(), torch.nn.Dropout(self.dropout),
-            torch.nn.Linear(self.hidden, len(vocab)))
+        network = self._network(inputs.shape[1], len(vocab))
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-3,
                                      weight_decay=self.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -131,6 +148,32 @@ class MlpMethod:
         network.load_state_dict(best_state)
         self.network = network.eval()
         log.info("mlp: %d epochs, held-out loss %.4f", epochs_run, best_loss)
+
+    def _network(self, n_inputs: int, n_outputs: int) -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Dropout(0.2), torch.nn.Linear(n_inputs, self.hidden),
+            torch.nn.ReLU(), torch.nn.Dropout(self.dropout),
+            torch.nn.Linear(self.hidden, n_outputs))
+
+    def save(self, writer: ArtifactWriter) -> None:
+        for key, tensor in self.network.state_dict().items():
+            writer.array(f"{self.name}/{key}", tensor.numpy())
+        writer.array(f"{self.name}/mean", self.mean)
+        writer.array(f"{self.name}/scale", self.scale)
+        writer.json(f"{self.name}/config", {"hidden": self.hidden, "dropout": self.dropout,
+                                            "keys": list(self.network.state_dict())})
+
+    @classmethod
+    def load(cls, reader: ArtifactReader) -> MlpMethod:
+        config = reader.json("mlp/config")
+        method = cls(hidden=config["hidden"], dropout=config["dropout"])
+        state = {key: torch.from_numpy(reader.array(f"mlp/{key}")) for key in config["keys"]}
+        first, last = state["1.weight"], state["4.weight"]
+        method.network = method._network(first.shape[1], last.shape[0])
+        method.network.load_state_dict(state)
+        method.network.eval()
+        method.mean, method.scale = reader.array("mlp/mean"), reader.array("mlp/scale")
+        return method
 
     def _standardized(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.scale).astype(np.float32)
@@ -163,6 +206,16 @@ class Fusion:
 
     weights: dict[str, float] = field(default_factory=dict)
     mode: str = "linear"
+
+    def save(self, writer: ArtifactWriter) -> None:
+        writer.json("fusion", {"weights": self.weights, "mode": self.mode})
+
+    @classmethod
+    def load(cls, reader: ArtifactReader) -> Fusion:
+        saved = reader.json("fusion")
+        if saved["mode"] not in FUSION_MODES:
+            raise ValueError(f"unknown fusion mode {saved['mode']!r}")
+        return cls(saved["weights"], saved["mode"])
 
     def combine(self, method_scores: dict[str, np.ndarray]) -> np.ndarray:
         total = None

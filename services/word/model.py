@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from gensim.models import Word2Vec
 
+from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.embeddings import TermVectors
 from shared.photos import PhotoSet, label_weights, log_prior, machine_labels, pmi_scores
 
@@ -106,3 +107,18 @@ class InstaHashMethod:
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
         return pmi_scores(self.queries(photos), self.hashtag_context, self.prior)
+
+    def save(self, writer: ArtifactWriter) -> None:
+        writer.json(f"{self.name}/terms", list(self.term_vectors.terms))
+        writer.array(f"{self.name}/vectors", self.term_vectors.vectors)
+        writer.array(f"{self.name}/hashtag_context", self.hashtag_context)
+        writer.array(f"{self.name}/prior", self.prior)
+
+    @classmethod
+    def load(cls, reader: ArtifactReader, class_names: tuple[str, ...]) -> InstaHashMethod:
+        method = cls(class_names)
+        method.term_vectors = TermVectors(tuple(reader.json("word/terms")),
+                                          reader.array("word/vectors"))
+        method.hashtag_context = reader.array("word/hashtag_context")
+        method.prior = reader.array("word/prior")
+        return method

@@ -94,6 +94,25 @@ def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
     return kept, PhotoSet(embedding.features[ok], embedding.probabilities[ok])
 
 
+def without_ignored(posts: Sequence[Post], ignore: frozenset[str]) -> list[Post]:
+    return [replace(p, hashtags=tuple(t for t in p.hashtags if t not in ignore))
+            for p in posts]
+
+
+def training_photos(posts: Sequence[Post], store: FeatureStore, ignore: frozenset[str],
+                    min_count: int, max_vocab: int, progress: bool = True,
+                    ) -> tuple[PhotoSet, Vocabulary]:
+    """The training photos with their in-vocabulary hashtags, and that vocabulary."""
+    kept, photos = _photos(without_ignored(posts, ignore), store, progress)
+    vocab = Vocabulary.build([p.hashtags for p in kept], min_count, max_vocab)
+    if not len(vocab):
+        raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
+    ids = [vocab.encode(p.hashtags) for p in kept]
+    has_tags = np.array([bool(i) for i in ids], dtype=bool)
+    return PhotoSet(photos.features[has_tags], photos.probabilities[has_tags],
+                    [i for i in ids if i]), vocab
+
+
 def fit_fusion(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], folds: int,
                seed: int) -> Fusion:
     """Fusion weights from out-of-fold scores: each training photo is scored by methods fit
@@ -116,19 +135,8 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
                   ignore: frozenset[str] = frozenset(), methods: Sequence[str] = METHODS,
                   min_count: int = 3, max_vocab: int = 1000, seed: int = 0, folds: int = 5,
                   progress: bool = True) -> Image2TagResult:
-    def without_ignored(posts: Sequence[Post]) -> list[Post]:
-        return [replace(p, hashtags=tuple(t for t in p.hashtags if t not in ignore))
-                for p in posts]
-
-    train_kept, train_photos = _photos(without_ignored(train_posts), store, progress)
-    test_kept, test_photos = _photos(without_ignored(test_posts), store, progress)
-    vocab = Vocabulary.build([p.hashtags for p in train_kept], min_count, max_vocab)
-    if not len(vocab):
-        raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
-    train_ids = [vocab.encode(p.hashtags) for p in train_kept]
-    has_tags = np.array([bool(ids) for ids in train_ids])
-    train = PhotoSet(train_photos.features[has_tags], train_photos.probabilities[has_tags],
-                     [ids for ids in train_ids if ids])
+    train, vocab = training_photos(train_posts, store, ignore, min_count, max_vocab, progress)
+    test_kept, test_photos = _photos(without_ignored(test_posts, ignore), store, progress)
     test_ids = [frozenset(vocab.encode(p.hashtags)) for p in test_kept]
     test_rows = np.array([bool(ids) for ids in test_ids], dtype=bool)
     test = test_photos.subset(np.flatnonzero(test_rows))

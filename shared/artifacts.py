@@ -1,0 +1,78 @@
+"""Versioned model artifacts: plain arrays (.npy, no pickle) and JSON, with a manifest of
+sha256 checksums that is verified before anything is served.
+
+    writer = ArtifactWriter(directory)
+    writer.array("knn/features", features); writer.json("vocabulary", terms)
+    writer.close(metadata)                       # writes manifest.json
+    reader = ArtifactReader(directory)           # verifies every checksum first
+    reader.array("knn/features"); reader.json("vocabulary")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.embeddings import sha256_file
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactWriter:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files: dict[str, str] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _record(self, path: Path) -> None:
+        self.files[path.relative_to(self.directory).as_posix()] = sha256_file(path)
+
+    def array(self, name: str, value: np.ndarray) -> None:
+        path = self.directory / f"{name}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.asarray(value), allow_pickle=False)
+        self._record(path)
+
+    def json(self, name: str, value: Any) -> None:
+        path = self.directory / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value, ensure_ascii=False))
+        self._record(path)
+
+    def close(self, metadata: dict[str, Any]) -> Path:
+        path = self.directory / MANIFEST
+        path.write_text(json.dumps({**metadata, "files": self.files}, ensure_ascii=False,
+                                   indent=1))
+        return path
+
+
+class ArtifactReader:
+    """Opens a written artifact directory; every file is checked against the manifest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{directory}: no {MANIFEST}; not a model directory")
+        self.manifest = json.loads(manifest_path.read_text())
+        for name, digest in self.manifest["files"].items():
+            path = directory / name
+            if not path.is_file():
+                raise ValueError(f"{path}: listed in the manifest but missing")
+            if sha256_file(path) != digest:
+                raise ValueError(f"{path}: checksum does not match the manifest")
+
+    def _path(self, name: str, suffix: str) -> Path:
+        relative = f"{name}{suffix}"
+        if relative not in self.manifest["files"]:
+            raise KeyError(f"{relative} is not in {self.directory / MANIFEST}")
+        return self.directory / relative
+
+    def array(self, name: str) -> np.ndarray:
+        return np.load(self._path(name, ".npy"), allow_pickle=False)
+
+    def json(self, name: str) -> Any:
+        return json.loads(self._path(name, ".json").read_text())

@@ -1,0 +1,72 @@
+"""Trained photo → hashtag models survive the trip to disk and back, verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.vision.model import VisionModel
+from services.vision.store import FeatureStore
+from shared.data.normalize import normalize_post_hashtags
+from shared.data.readers import read_posts
+from shared.eval.image2tag import METHODS, training_photos
+from shared.train import load_image_models, train_image_models
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
+    store = FeatureStore(tmp_path_factory.mktemp("features"), VisionModel(device="cpu"))
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
+    models = train_image_models(posts, store, tmp_path_factory.mktemp("models"),
+                                ignore=frozenset({"food"}), min_count=2, folds=3,
+                                progress=False)
+    photos, _ = training_photos(posts, store, frozenset({"food"}), 2, 1000, False)
+    return models, photos
+
+
+def test_loaded_models_score_exactly_like_the_trained_ones(trained) -> None:
+    models, photos = trained
+    loaded = load_image_models(models.directory)
+    assert loaded.vocabulary == models.vocabulary and "food" not in loaded.vocabulary
+    assert loaded.fusion == models.fusion and loaded.version == models.version
+    some = photos.subset(np.arange(20))
+    fused, per_method = loaded.scores(some)
+    expected_fused, expected = models.scores(some)
+    assert set(per_method) == set(METHODS)
+    for name in METHODS:
+        np.testing.assert_allclose(per_method[name], expected[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    np.testing.assert_allclose(fused, expected_fused, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tampered_artifact_is_refused(trained, tmp_path: Path) -> None:
+    import shutil
+
+    models, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(models.directory, copy)
+    prior = np.load(copy / "frequency" / "prior.npy")
+    np.save(copy / "frequency" / "prior.npy", prior * 2)
+    with pytest.raises(ValueError, match="checksum does not match"):
+        load_image_models(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        load_image_models(copy)
+
+
+def test_cli_train_writes_a_loadable_model(tmp_path: Path, data_dir: Path, monkeypatch,
+                                           capsys) -> None:
+    import json
+
+    from shared.cli import main
+
+    monkeypatch.setenv("HASHREC_MODELS", str(tmp_path / "models"))
+    posts = tmp_path / "posts.jsonl"
+    food = read_posts(f"food:{data_dir / 'food'}")[:80]
+    posts.write_text("".join(json.dumps({"image": str(p.image), "hashtags": list(p.hashtags)})
+                             + "\n" for p in food))
+    assert main(["train", "--train", f"jsonl:{posts}", "--min-count", "2"]) == 0
+    written = capsys.readouterr().out.split("written to ")[1].strip()
+    assert load_image_models(Path(written)).methods.keys() == set(METHODS)
