@@ -277,6 +277,50 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recommend(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("recommend", help="ask a running recommender for hashtags",
+                                 description="Sends IMAGE to RecommenderService at --target.")
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--target", default="127.0.0.1:50050", metavar="HOST:PORT")
+    parser.add_argument("--user", default="", help="the poster's id, when known")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.set_defaults(handler=_recommend)
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+    from shared.grpc_server import CHANNEL_OPTIONS
+
+    try:
+        image = args.image.read_bytes()
+    except OSError as error:
+        print(f"hashrec: cannot read {args.image}: {error.strerror}", file=sys.stderr)
+        return 2
+    with grpc.insecure_channel(args.target, options=CHANNEL_OPTIONS) as channel:
+        try:
+            reply = recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
+                recommender_pb2.RecommendRequest(image=image, user_id=args.user, k=args.k),
+                timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    answer = MessageToDict(reply, preserving_proto_field_name=True,
+                           always_print_fields_with_no_presence=True)
+    if args.json:
+        print(json.dumps(answer, ensure_ascii=False, indent=2))
+    else:
+        print(f"model {reply.model_version}" + (" (degraded)" if reply.degraded else ""))
+        for tag in reply.hashtags:
+            support = ", ".join(f"{s.method} #{s.rank}" for s in tag.signals)
+            print(f"#{tag.hashtag:<24}{tag.score:8.3f}  {support}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashrec", description=__doc__)
     parser.add_argument("--data-root", type=Path,
@@ -286,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_evaluate(commands)
     _add_train(commands)
+    _add_recommend(commands)
     return parser
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,25 +16,20 @@ from PIL import Image
 from services.vision.model import VisionModel
 from services.vision.server import SERVICE_NAME, serve
 from shared.grpc_server import CHANNEL_OPTIONS
+from tests.servers import LoopThread
 
 
-class ServerThread:
-    """The async server on its own event loop in a thread; tests talk to it over TCP."""
+class ServerThread(LoopThread):
+    """The vision server on its own event loop in a thread."""
 
     def __init__(self, model: VisionModel) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self.server = self.call(serve("127.0.0.1", 0, model, max_batch=4, max_delay=0.05,
                                       metrics_port=0))
 
-    def call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
-
     def close(self) -> None:
         self.call(self.server.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        super().close()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,49 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("image", "user_id", "k")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    user_id: str
+    k: int
+    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class Signal(_message.Message):
+    __slots__ = ("method", "score", "rank")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    score: float
+    rank: int
+    def __init__(self, method: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class HashtagScore(_message.Message):
+    __slots__ = ("hashtag", "score", "signals")
+    HASHTAG_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    hashtag: str
+    score: float
+    signals: _containers.RepeatedCompositeFieldContainer[Signal]
+    def __init__(self, hashtag: _Optional[str] = ..., score: _Optional[float] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("hashtags", "model_version", "degraded", "degraded_reasons")
+    HASHTAGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    hashtags: _containers.RepeatedCompositeFieldContainer[HashtagScore]
+    model_version: str
+    degraded: bool
+    degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hashtags: _Optional[_Iterable[_Union[HashtagScore, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,113 @@
+"""RecommenderService with a real VisionService behind it, over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+from services.recommender.server import SERVICE_NAME
+from services.recommender.server import serve as serve_recommender
+from services.vision.model import VisionModel
+from services.vision.server import serve as serve_vision
+from services.vision.store import FeatureStore
+from shared.data.normalize import normalize_post_hashtags
+from shared.data.readers import read_posts
+from shared.grpc_server import CHANNEL_OPTIONS
+from shared.train import train_image_models
+from tests.servers import LoopThread
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict]:
+    model = VisionModel(device="cpu")
+    store = FeatureStore(tmp_path_factory.mktemp("features"), model)
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
+    trained = train_image_models(posts, store, tmp_path_factory.mktemp("models"),
+                                 min_count=2, folds=3, progress=False)
+    loop = LoopThread()
+    vision = loop.call(serve_vision("127.0.0.1", 0, model))
+    recommender = loop.call(serve_recommender("127.0.0.1", 0, trained.directory,
+                                              vision.address))
+    with grpc.insecure_channel(recommender.address, options=CHANNEL_OPTIONS) as channel:
+        yield {"channel": channel, "vision": vision, "version": trained.version,
+               "loop": loop, "recommender": recommender}
+    loop.call(recommender.stop())
+    loop.call(vision.stop())
+    loop.close()
+
+
+def _recommend(channel: grpc.Channel, image: bytes, k: int = 0,
+               ) -> recommender_pb2.RecommendResponse:
+    return recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
+        recommender_pb2.RecommendRequest(image=image, k=k), timeout=60)
+
+
+def test_a_photo_gets_ranked_hashtags_with_their_signals(stack: dict, data_dir: Path) -> None:
+    photo = (data_dir / "food" / "images" / "0000008.jpg").read_bytes()  # a cheeseburger
+    reply = _recommend(stack["channel"], photo, k=8)
+    assert len(reply.hashtags) == 8 and reply.model_version == stack["version"]
+    scores = [h.score for h in reply.hashtags]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h.signals for h in reply.hashtags[:3])  # the top ones have support
+    methods = {s.method for h in reply.hashtags for s in h.signals}
+    assert {"knn", "mlp"} <= methods
+    assert "food" in [h.hashtag for h in reply.hashtags]
+    assert len(_recommend(stack["channel"], photo).hashtags) == 10  # k = 0 means 10
+
+
+@pytest.mark.parametrize(("image", "k", "message"), [
+    (b"", 5, "image is empty"),
+    (bytes(range(256)) * 64, 5, "not a decodable image"),
+    (None, -1, "k must be between 1 and 100"),
+    (None, 1000, "k must be between 1 and 100"),
+])
+def test_bad_requests_are_invalid_argument_and_the_next_call_succeeds(
+        stack: dict, data_dir: Path, image: bytes | None, k: int, message: str) -> None:
+    photo = (data_dir / "food" / "images" / "0000008.jpg").read_bytes()
+    with pytest.raises(grpc.RpcError) as error:
+        _recommend(stack["channel"], photo if image is None else image, k=k)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+    health = health_pb2_grpc.HealthStub(stack["channel"]).Check(
+        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert len(_recommend(stack["channel"], photo, k=3).hashtags) == 3
+
+
+def test_vision_down_is_unavailable_with_the_reason(stack: dict, data_dir: Path) -> None:
+    loop: LoopThread = stack["loop"]
+    # The same trained models, but the vision service it points at does not exist.
+    orphan = loop.call(serve_recommender("127.0.0.1", 0, stack["recommender"].model_dir,
+                                         "127.0.0.1:9", vision_deadline=2))
+    photo = (data_dir / "food" / "images" / "0000008.jpg").read_bytes()
+    try:
+        with grpc.insecure_channel(orphan.address) as channel, \
+                pytest.raises(grpc.RpcError) as error:
+            _recommend(channel, photo)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "vision service" in error.value.details()
+    finally:
+        loop.call(orphan.stop())
+
+
+def test_cli_recommend_prints_json_and_names_errors(stack: dict, data_dir: Path, tmp_path: Path,
+                                                    capsys) -> None:
+    import json
+
+    from shared.cli import main
+
+    target = stack["recommender"].address
+    photo = data_dir / "food" / "images" / "0000008.jpg"
+    assert main(["recommend", str(photo), "--target", target, "-k", "4", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["hashtags"]) == 4 and answer["degraded"] is False
+    assert {"hashtag", "score", "signals"} <= set(answer["hashtags"][0])
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a photo at all")
+    assert main(["recommend", str(junk), "--target", target]) == 1
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: ")
