@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -321,6 +323,76 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_SERVE_DATA = "instagram:instagram"
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve", help="run the services on this machine, training models first if none exist",
+        description="Embedded mode: VisionService on PORT+1 and RecommenderService on PORT "
+                    "in one process, in-process cache unless HASHREC_REDIS_URL is set.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50050)
+    parser.add_argument("--models", type=Path,
+                        help="a model directory from `hashrec train`; default: the newest "
+                             "under $HASHREC_MODELS, trained from --train when there is none")
+    parser.add_argument("--train", default=DEFAULT_SERVE_DATA, metavar="SPEC",
+                        help=f"data to train on when no model exists ({DEFAULT_SERVE_DATA})")
+    parser.set_defaults(handler=_serve)
+
+
+def newest_model(root: Path) -> Path | None:
+    """The most recent `hashrec train` output under ``root`` (names start with the time)."""
+    from shared.train import KIND
+
+    candidates = sorted(path.parent for path in root.glob("*/manifest.json")
+                        if json.loads(path.read_text()).get("kind") == KIND)
+    return candidates[-1] if candidates else None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.recommender.server import serve as serve_recommender
+    from services.vision.server import serve as serve_vision
+    from services.vision.store import FeatureStore
+    from shared.cache import make_cache
+    from shared.config import models_dir
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+    from shared.train import train_image_models
+
+    model_dir = args.models or newest_model(models_dir())
+    if model_dir is None:
+        print(f"no trained model under {models_dir()}: training on {args.train} first",
+              flush=True)
+        model_dir = train_image_models(normalize_post_hashtags(read_posts(args.train)),
+                                       FeatureStore(models_dir() / "features"),
+                                       models_dir()).directory
+
+    async def run() -> None:
+        vision = await serve_vision(args.host, args.port + 1,
+                                    cache=make_cache(os.environ.get("HASHREC_REDIS_URL")))
+        recommender = await serve_recommender(args.host, args.port, model_dir,
+                                              vision.address)
+        print(f"serving hashrec.v1.RecommenderService on {recommender.address} "
+              f"(vision on {vision.address}, model {model_dir.name})", flush=True)
+        stopped = asyncio.Event()
+
+        async def shutdown() -> None:
+            await recommender.stop()
+            await vision.stop()
+            stopped.set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
+        await stopped.wait()
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashrec", description=__doc__)
     parser.add_argument("--data-root", type=Path,
@@ -331,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_train(commands)
     _add_recommend(commands)
+    _add_serve(commands)
     return parser
 
 
@@ -338,8 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     if args.data_root:
-        import os
-
         os.environ[DATA_ROOT_ENV] = str(args.data_root)
     try:
         return args.handler(args)
