@@ -1,9 +1,8 @@
-"""Named vectors (hashtags, labels, graph nodes) stored as plain arrays, never pickles."""
+"""Named vectors (hashtags, labels, graph nodes); saved through shared/artifacts.py."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,26 +44,6 @@ class TermVectors:
             if rows:
                 result[row] = self.vectors[rows].mean(axis=0)
         return result
-
-    def save(self, directory: Path, name: str) -> dict[str, str]:
-        """Writes NAME.npy and NAME.terms.json; returns their sha256 for a manifest."""
-        directory.mkdir(parents=True, exist_ok=True)
-        vectors_path, terms_path = directory / f"{name}.npy", directory / f"{name}.terms.json"
-        np.save(vectors_path, np.ascontiguousarray(self.vectors, dtype=np.float32),
-                allow_pickle=False)
-        terms_path.write_text(json.dumps(list(self.terms), ensure_ascii=False))
-        return {path.name: sha256_file(path) for path in (vectors_path, terms_path)}
-
-    @classmethod
-    def load(cls, directory: Path, name: str,
-             checksums: dict[str, str] | None = None) -> TermVectors:
-        """Loads without pickle; with ``checksums`` (from a manifest) verifies them first."""
-        vectors_path, terms_path = directory / f"{name}.npy", directory / f"{name}.terms.json"
-        for path in (vectors_path, terms_path):
-            if checksums is not None and sha256_file(path) != checksums.get(path.name):
-                raise ValueError(f"{path}: checksum does not match the manifest")
-        terms = json.loads(terms_path.read_text())
-        return cls(tuple(terms), np.load(vectors_path, allow_pickle=False))
 
 
 def sha256_file(path: Path) -> str:

@@ -19,7 +19,6 @@ accepted hashtags), and that user's counts grow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,10 +26,11 @@ import numpy as np
 import torch
 
 from services.user.model import TensorModel, TensorParams, standardized
-from shared.embeddings import sha256_file
+from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex
 
 COLD_START_POSTS = 1.0
+KIND = "user-tensor"
 ARRAYS = ("hashtags.weight", "users.weight", "project.weight", "project.bias", "core",
           "feature_mean", "feature_scale")
 
@@ -129,43 +129,29 @@ class UserHashtagLookup:
         self.post_counts[row] += 1
         self.hashtag_counts[row, list(accepted)] += 1
 
-    # --- persistence: plain arrays and JSON, verified by checksum before use -----------
+    # --- persistence: shared/artifacts.py (plain arrays, checksummed manifest) -----------
     def save(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.numpy() for name, tensor in self.model.state_dict().items()}
         state["users.weight"] = self.user_vectors  # with the online updates
-        files = {}
+        writer = ArtifactWriter(directory)
         for name in ARRAYS:
-            path = directory / f"{name}.npy"
-            np.save(path, state[name], allow_pickle=False)
-            files[path.name] = sha256_file(path)
-        for name, array in (("post_counts", self.post_counts),
-                            ("hashtag_counts", self.hashtag_counts),
-                            ("mean_user", self.mean_user), ("log_prior", self.log_prior)):
-            path = directory / f"{name}.npy"
-            np.save(path, array, allow_pickle=False)
-            files[path.name] = sha256_file(path)
-        params = self.model.params
-        manifest = {"kind": "user-tensor", "vocabulary": list(self.vocabulary),
-                    "users": self.user_ids, "params": params.__dict__, "files": files}
-        path = directory / "manifest.json"
-        path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
-        return path
+            writer.array(name, state[name])
+        for name in ("post_counts", "hashtag_counts", "mean_user", "log_prior"):
+            writer.array(name, getattr(self, name))
+        return writer.close({"kind": KIND, "vocabulary": list(self.vocabulary),
+                             "users": self.user_ids, "params": self.model.params.__dict__})
 
     @classmethod
     def load(cls, directory: Path) -> UserHashtagLookup:
-        manifest = json.loads((directory / "manifest.json").read_text())
-        if manifest.get("kind") != "user-tensor":
-            raise ValueError(f"{directory}: not a user-tensor model")
-        arrays = {}
-        for file_name, digest in manifest["files"].items():
-            path = directory / file_name
-            if sha256_file(path) != digest:
-                raise ValueError(f"{path}: checksum does not match the manifest")
-            arrays[file_name.removesuffix(".npy")] = np.load(path, allow_pickle=False)
-        params = TensorParams(**manifest["params"])
+        reader = ArtifactReader(directory)  # refuses files that do not match the manifest
+        manifest = reader.manifest
+        if manifest.get("kind") != KIND:
+            raise ValueError(f"{directory}: not a {KIND} model")
+        arrays = {name: reader.array(name) for name in
+                  (*ARRAYS, "post_counts", "hashtag_counts", "mean_user", "log_prior")}
         model = TensorModel(len(manifest["vocabulary"]), len(manifest["users"]),
-                            arrays["project.weight"].shape[1], params)
+                            arrays["project.weight"].shape[1],
+                            TensorParams(**manifest["params"]))
         model.register_buffer("feature_mean", torch.zeros(arrays["feature_mean"].shape))
         model.register_buffer("feature_scale", torch.ones(arrays["feature_scale"].shape))
         model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in ARRAYS})
