@@ -161,14 +161,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ignored_tags(text: str) -> frozenset[str]:
+    """--ignore-tags "A,B,..." as normalised hashtags ("#Food" and "food" are one)."""
+    from shared.data.normalize import normalize_hashtag
+
+    return frozenset(filter(None, (normalize_hashtag(t) for t in text.split(",") if t.strip())))
+
+
 def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) -> int:
     from services.vision.store import FeatureStore
     from shared.config import models_dir
-    from shared.data.normalize import normalize_hashtag
     from shared.eval.image2tag import run_image2tag
 
-    ignore = frozenset(filter(None, (normalize_hashtag(t) for t in args.ignore_tags.split(",")
-                                     if t.strip())))
+    ignore = _ignored_tags(args.ignore_tags)
     result = run_image2tag(train, test, FeatureStore(models_dir() / "features"), ignore,
                            methods=args.image_methods.split(","),
                            min_count=args.min_count or 3, seed=args.seed)
@@ -261,18 +266,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from services.vision.store import FeatureStore
     from shared.config import models_dir
-    from shared.data.normalize import normalize_hashtag, normalize_post_hashtags
-    from shared.data.readers import read_posts
-    from shared.train import train_image_models
+    from shared.train import train_from_spec
 
-    ignore = frozenset(filter(None, (normalize_hashtag(t) for t in args.ignore_tags.split(",")
-                                     if t.strip())))
-    out = args.out or models_dir()
-    models = train_image_models(normalize_post_hashtags(read_posts(args.train)),
-                                FeatureStore(models_dir() / "features"), out, ignore,
-                                min_count=args.min_count, seed=args.seed)
+    models = train_from_spec(args.train, args.out or models_dir(),
+                             _ignored_tags(args.ignore_tags), args.min_count, args.seed)
     print(f"model {models.version}: {len(models.vocabulary)} hashtags, methods "
           f"{', '.join(models.methods)}, fusion {models.fusion.mode} {models.fusion.weights}")
     print(f"written to {models.directory}")
@@ -355,20 +353,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     from services.recommender.server import serve as serve_recommender
     from services.vision.server import serve as serve_vision
-    from services.vision.store import FeatureStore
     from shared.cache import make_cache
     from shared.config import models_dir
-    from shared.data.normalize import normalize_post_hashtags
-    from shared.data.readers import read_posts
-    from shared.train import train_image_models
+    from shared.train import train_from_spec
 
     model_dir = args.models or newest_model(models_dir())
     if model_dir is None:
         print(f"no trained model under {models_dir()}: training on {args.train} first",
               flush=True)
-        model_dir = train_image_models(normalize_post_hashtags(read_posts(args.train)),
-                                       FeatureStore(models_dir() / "features"),
-                                       models_dir()).directory
+        model_dir = train_from_spec(args.train, models_dir()).directory
 
     async def run() -> None:
         vision = await serve_vision(args.host, args.port + 1,

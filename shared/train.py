@@ -58,6 +58,19 @@ def train_image_models(posts: Sequence[Post], store: FeatureStore, out: Path,
     return ImageModels(version, vocab.terms, fitted, fusion, out / version)
 
 
+def train_from_spec(spec: str, out: Path, ignore: frozenset[str] = frozenset(),
+                    min_count: int = 3, seed: int = 0) -> ImageModels:
+    """Reads and normalises a data set (FORMAT:PATH), then ``train_image_models`` with the
+    shared feature store under $HASHREC_MODELS/features."""
+    from shared.config import models_dir
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+
+    return train_image_models(normalize_post_hashtags(read_posts(spec)),
+                              FeatureStore(models_dir() / "features"), out, ignore,
+                              min_count=min_count, seed=seed)
+
+
 @dataclass
 class ImageModels:
     version: str

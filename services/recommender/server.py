@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from functools import cache
 from pathlib import Path
 
 import grpc
@@ -35,12 +36,18 @@ MAX_K = 100
 SIGNAL_DEPTH = 20
 
 
+@cache
+def class_rows() -> dict[str, int]:
+    """ImageNet class name → output row, built once (not on every request)."""
+    return {name: row for row, name in enumerate(class_names())}
+
+
 def photo_from_embedding(reply: vision_pb2.EmbedResponse) -> PhotoSet:
     """The photo as the methods see it. Only the top machine labels travel; the methods use
     no more than those (MACHINE_LABELS_PER_PHOTO), so the rest of the distribution is 0."""
     if len(reply.features) != FEATURE_DIM:
         raise ValueError(f"vision answered {len(reply.features)} features, not {FEATURE_DIM}")
-    index = {name: row for row, name in enumerate(class_names())}
+    index = class_rows()
     probabilities = np.zeros((1, N_CLASSES), dtype=np.float32)
     for label in reply.labels:
         probabilities[0, index[label.name]] = label.probability

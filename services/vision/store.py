@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class FeatureStore:
         probabilities = np.zeros((len(paths), N_CLASSES), dtype=np.float32)
         ok = np.zeros(len(paths), dtype=bool)
         pending: list[tuple[int, str, object]] = []
-        failures: dict[str, int] = {}
+        failures: Counter[str] = Counter()
 
         def flush() -> None:
             if not pending:
@@ -79,8 +80,7 @@ class FeatureStore:
             try:
                 data = Path(path).read_bytes()
             except OSError as error:
-                failures[f"unreadable: {error.strerror}"] = failures.get(
-                    f"unreadable: {error.strerror}", 0) + 1
+                failures[f"unreadable: {error.strerror}"] += 1
                 continue
             digest = hashlib.sha256(data).hexdigest()
             entry = self._entry(digest)
@@ -92,12 +92,12 @@ class FeatureStore:
             try:
                 pending.append((row, digest, preprocess(decode_image(data))))
             except ImageError as error:
-                failures[str(error)] = failures.get(str(error), 0) + 1
+                failures[str(error)] += 1
                 continue
             if len(pending) == batch_size:
                 flush()
         flush()
         if failures:
-            log.warning("feature store: %d of %d images skipped: %s", sum(failures.values()),
-                        len(paths), failures)
+            log.warning("feature store: %d of %d images skipped: %s", failures.total(),
+                        len(paths), dict(failures))
         return Embedding(features, probabilities), ok
