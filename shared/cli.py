@@ -209,7 +209,7 @@ def _user(args: argparse.Namespace) -> int:
         source_posts,
         split_by_user_time,
     )
-    from shared.eval.user import run_user
+    from shared.eval.user import post_features, run_user
 
     if args.train:
         posts = normalize_post_hashtags(read_posts(args.train))
@@ -222,11 +222,7 @@ def _user(args: argparse.Namespace) -> int:
         posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed)
         source = f"simulated users (n={args.users}, seed={args.seed})"
     train, test = split_by_user_time(drop_spammers(posts))
-    store = FeatureStore(models_dir() / "features")
-    images = sorted({p.image for p in (*train, *test)})
-    embedding, ok = store.embed_paths(images)
-    by_image = {image: embedding.features[row] for row, image in enumerate(images) if ok[row]}
-    features = {p.id: by_image[p.image] for p in (*train, *test) if p.image in by_image}
+    features = post_features((*train, *test), FeatureStore(models_dir() / "features"))
     train = [p for p in train if p.id in features]
     test = [p for p in test if p.id in features]
     from services.user.model import TensorParams

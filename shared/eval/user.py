@@ -19,6 +19,7 @@ import torch
 
 from services.user.lookup import UserHashtagLookup
 from services.user.model import TensorParams, Triplets, train_tensor
+from services.vision.store import FeatureStore
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
 from shared.eval.metrics import accuracy_at_k, top_k
@@ -86,12 +87,43 @@ def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
     return 100 * float(hits.sum(axis=1).mean() / k)
 
 
-def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
-             features: dict[str, np.ndarray], params: TensorParams | None = None,
-             min_count: int = 3, max_vocab: int = 2000, seed: int = 0,
-             progress: bool = True) -> UserResult:
-    """``features`` maps each post id to its photo's CNN features."""
-    params = params or TensorParams(seed=seed)
+def post_features(posts: Sequence[Post], store: FeatureStore) -> dict[str, np.ndarray]:
+    """Post id → CNN features of its photo, each distinct photo computed (or read) once;
+    posts whose photo cannot be read are left out."""
+    images = sorted({p.image for p in posts if p.image is not None})
+    embedding, ok = store.embed_paths(images)
+    by_image = {image: embedding.features[row] for row, image in enumerate(images) if ok[row]}
+    return {p.id: by_image[p.image] for p in posts if p.image in by_image}
+
+
+@dataclass
+class UserTask:
+    """Posts encoded for the user models: in-vocabulary hashtags, user rows, features."""
+
+    vocab: Vocabulary
+    users: list[str]
+    user_row: dict[str, int]
+    train_ids: list[list[int]]
+    rows_train: np.ndarray
+    x_train: np.ndarray
+    test_users: list[str | None]
+    x_test: np.ndarray
+    truth: list[frozenset[int]]
+    counts: np.ndarray  # users × hashtags, training posts
+
+    def train_lookup(self, params: TensorParams, progress: bool = True) -> UserHashtagLookup:
+        model = train_tensor(self.x_train, Triplets.from_posts(self.train_ids, self.rows_train),
+                             len(self.vocab), len(self.users), params, progress)
+        post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
+        return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
+                                 self.counts)
+
+
+def prepare_user_task(train_posts: Sequence[Post], test_posts: Sequence[Post],
+                      features: dict[str, np.ndarray], min_count: int = 3,
+                      max_vocab: int = 2000) -> UserTask:
+    """``features`` maps each post id to its photo's CNN features; posts left with no
+    in-vocabulary hashtag are dropped."""
     vocab = Vocabulary.build([p.hashtags for p in train_posts], min_count, max_vocab)
     users = sorted({p.user for p in train_posts if p.user is not None})
     user_row = {user: row for row, user in enumerate(users)}
@@ -103,29 +135,47 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
 
     train, train_ids = encode(train_posts)
     test, test_ids = encode(test_posts)
-    truth = [frozenset(ids) for ids in test_ids]
-    x_train = np.stack([features[p.id] for p in train])
-    x_test = np.stack([features[p.id] for p in test])
     rows_train = np.array([user_row[p.user] for p in train])
-    log.info("user task: %d users, vocabulary %d, %d train / %d test posts", len(users),
-             len(vocab), len(train), len(test))
-
     counts = np.zeros((len(users), len(vocab)))
     for row, ids in zip(rows_train, train_ids, strict=True):
         counts[row, ids] += 1
-    post_counts = np.bincount(rows_train, minlength=len(users)).astype(float)
+    log.info("user task: %d users, vocabulary %d, %d train / %d test posts", len(users),
+             len(vocab), len(train), len(test))
+    return UserTask(vocab, users, user_row, train_ids, rows_train,
+                    np.stack([features[p.id] for p in train]), [p.user for p in test],
+                    np.stack([features[p.id] for p in test]),
+                    [frozenset(ids) for ids in test_ids], counts)
 
-    model = train_tensor(x_train, Triplets.from_posts(train_ids, rows_train), len(vocab),
-                         len(users), params, progress)
-    lookup = UserHashtagLookup(model, vocab.terms, users, post_counts, counts)
-    test_users = [p.user for p in test]
 
-    global_counts = counts.sum(axis=0)
-    scores = {"global_frequency": np.tile(global_counts, (len(test), 1))}
-    tie_break = global_counts / (global_counts.sum() * 10)  # never outweighs one use
-    scores["user_frequency"] = np.stack([
-        counts[user_row[u]] + tie_break if u in user_row else global_counts
-        for u in test_users])
+def user_frequency_scores(task: UserTask) -> np.ndarray:
+    """Each test post's user's hashtag counts (global counts for strangers; the global
+    counts also break ties, never outweighing one use)."""
+    global_counts = task.counts.sum(axis=0)
+    tie_break = global_counts / (global_counts.sum() * 10)
+    return np.stack([task.counts[task.user_row[u]] + tie_break if u in task.user_row
+                     else global_counts for u in task.test_users])
+
+
+def accuracies(scores: np.ndarray, truth: Sequence[frozenset[int]]) -> dict[str, float]:
+    ranked = top_k(scores, 10)
+    return {"A@1": round(accuracy_at_k(ranked, truth, 1), 2),
+            "A@10": round(accuracy_at_k(ranked, truth, 10), 2)}
+
+
+def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
+             features: dict[str, np.ndarray], params: TensorParams | None = None,
+             min_count: int = 3, max_vocab: int = 2000, seed: int = 0,
+             progress: bool = True) -> UserResult:
+    """``features`` maps each post id to its photo's CNN features."""
+    params = params or TensorParams(seed=seed)
+    task = prepare_user_task(train_posts, test_posts, features, min_count, max_vocab)
+    lookup = task.train_lookup(params, progress)
+    vocab, users, user_row, truth = task.vocab, task.users, task.user_row, task.truth
+    x_train, x_test, test_users = task.x_train, task.x_test, task.test_users
+    train_ids, rows_train = task.train_ids, task.rows_train
+
+    scores = {"global_frequency": np.tile(task.counts.sum(axis=0), (len(x_test), 1)),
+              "user_frequency": user_frequency_scores(task)}
     scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True, prior=False)
     mlp = train_user_mlp(standardize(x_train, x_train), train_ids, rows_train, len(users),
                          len(vocab), seed=seed)
@@ -134,15 +184,12 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
         test_rows = torch.tensor([user_row.get(u, unknown) for u in test_users])
         scores["mlp"] = mlp(torch.from_numpy(standardize(x_test, x_train)), test_rows).numpy()
     scores["tensor"] = lookup.scores(x_test, test_users)
-    results = {}
-    for name, method_scores in scores.items():
-        ranked = top_k(method_scores, 10)
-        results[name] = {"A@1": round(accuracy_at_k(ranked, truth, 1), 2),
-                         "A@10": round(accuracy_at_k(ranked, truth, 10), 2)}
-        log.info("%s: %s", name, results[name])
+    results = {name: accuracies(method_scores, truth) for name, method_scores in scores.items()}
+    for name, row in results.items():
+        log.info("%s: %s", name, row)
     retrieval = {name: {"P@10": round(retrieval_precision(scores[name], truth), 2)}
                  for name in ("agnostic", "mlp", "tensor")}
-    return UserResult(len(users), len(train), len(test), len(vocab), results, retrieval,
+    return UserResult(len(users), len(x_train), len(x_test), len(vocab), results, retrieval,
                       lookup)
 
 
