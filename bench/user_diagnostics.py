@@ -1,15 +1,15 @@
 """Why the tensor model trails user frequency on the simulated-user benchmark.
 
-    python bench/user_diagnostics.py [--users 150] [--dims 64,64,32] [--epochs 15]
-        [--habit-epochs 0] [--weight-decay 0] [--blank-photos]
+    python bench/user_diagnostics.py [--users 300] [--dims 64,64,32] [--epochs 15]
+        [--prior-weight 1] [--weight-decay 0] [--blank-photos]
 
-Trains the tensor model once and prints, in A@1 / A@10:
+Trains the tensor model once (early stopping on each user's last training post) and
+prints, in A@1 / A@10:
 - user frequency, the bar to beat;
 - the tensor on the test posts and on (every 7th of) its own training posts: a large gap
   means it memorises (photo, user) → hashtags instead of learning habits;
-- the tensor scored with the mean photo: how much of its ranking is photo-independent
-  habit;
-- tensor + β · log P̃_u(h), the user's frequency shrunk to the global one, for a few β.
+- its tensor term alone (without β log P̃_u) and the tensor scored with the mean photo:
+  how much of the ranking comes from the photo.
 With --blank-photos every photo is the mean photo in training and test alike, which
 leaves the same model and loss nothing but user → hashtag habits.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -32,19 +33,21 @@ from shared.eval.user import accuracies, post_features, prepare_user_task, user_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=150)
+    parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dims", default="64,64,32", metavar="D,F,E")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--habit-epochs", type=int, default=0)
+    parser.add_argument("--prior-weight", type=float, default=1.0)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--blank-photos", action="store_true")
+    parser.add_argument("--signature-probability", type=float, default=0.6)
     args = parser.parse_args()
-    setup_logging("WARNING")
+    setup_logging(os.environ.get("HASHREC_LOG_LEVEL", "WARNING"))
     started = time.perf_counter()
 
-    posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed)
+    posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed,
+                     signature_probability=args.signature_probability)
     train, test = split_by_user_time(drop_spammers(posts))
     features = post_features((*train, *test), FeatureStore(models_dir() / "features"))
     task = prepare_user_task(train, test, features)
@@ -53,11 +56,11 @@ def main() -> None:
                                    x_test=np.zeros_like(task.x_test))
     hashtag_dim, photo_dim, user_dim = (int(v) for v in args.dims.split(","))
     lookup = task.train_lookup(TensorParams(
-        hashtag_dim, photo_dim, user_dim, epochs=args.epochs, habit_epochs=args.habit_epochs,
+        hashtag_dim, photo_dim, user_dim, epochs=args.epochs, prior_weight=args.prior_weight,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed),
         progress=False)
 
-    tensor = lookup.scores(task.x_test, task.test_users, prior=False)
+    tensor = lookup.scores(task.x_test, task.test_users)
     sample = np.arange(0, len(task.x_train), 7)
     own = [frozenset(task.train_ids[i]) for i in sample]
     own_users = [task.users[task.rows_train[i]] for i in sample]
@@ -68,18 +71,12 @@ def main() -> None:
         "user_frequency": accuracies(user_frequency_scores(task), task.truth),
         "tensor (test)": accuracies(tensor, task.truth),
         "tensor (own training posts)": accuracies(
-            lookup.scores(task.x_train[sample], own_users, prior=False), own),
+            lookup.scores(task.x_train[sample], own_users), own),
+        "tensor term alone": accuracies(
+            lookup.scores(task.x_test, task.test_users, prior=False), task.truth),
         "tensor, mean photo": accuracies(
-            lookup.scores(mean_photo, task.test_users, prior=False), task.truth),
+            lookup.scores(mean_photo, task.test_users), task.truth),
     }
-    global_counts = task.counts.sum(axis=0)
-    global_prior = (global_counts + 1) / (global_counts.sum() + len(global_counts))
-    user_prior = np.log(np.stack([
-        (task.counts[task.user_row[u]] + global_prior) / (task.counts[task.user_row[u]].sum() + 1)
-        for u in task.test_users]))
-    for beta in (1.0, 2.0, 4.0):
-        rows[f"tensor + {beta:g} log P_user"] = accuracies(tensor + beta * user_prior,
-                                                             task.truth)
     for name, row in rows.items():
         print(f"{name:<30}A@1 {row['A@1']:>6.2f}   A@10 {row['A@10']:>6.2f}")
     print(f"{time.perf_counter() - started:.0f} s")

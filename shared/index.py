@@ -34,3 +34,12 @@ class InnerProductIndex:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         return self._index.search(queries, min(k, self.size))
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Appends rows; their ids continue from ``size``."""
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors have dimension {vectors.shape[1]}, index {self.dim}")
+        self._index.add(vectors)
+        self.vectors = np.vstack([self.vectors, vectors])
+        self.size += len(vectors)

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from services.user.lookup import COLD_START_POSTS, UserHashtagLookup
-from services.user.model import TensorModel, TensorParams, ranking_loss
+from services.user.model import (
+    PriorOffsets,
+    TensorModel,
+    TensorParams,
+    ranking_loss,
+    softmax_loss,
+)
 
 ONE = TensorParams(hashtag_dim=1, photo_dim=1, user_dim=1)
 
@@ -56,6 +62,8 @@ def lookup() -> UserHashtagLookup:
     torch.manual_seed(0)
     params = TensorParams(hashtag_dim=16, photo_dim=12, user_dim=4)
     model = TensorModel(40, 3, 8, params)
+    with torch.no_grad():  # as if trained: a tensor term that is not zero
+        model.core.normal_(std=0.3)
     model.register_buffer("feature_mean", torch.zeros(8))
     model.register_buffer("feature_scale", torch.ones(8))
     rng = np.random.default_rng(0)
@@ -77,12 +85,40 @@ def test_faiss_lookup_equals_brute_force_ranking(lookup: UserHashtagLookup) -> N
 def test_cold_user_rule(lookup: UserHashtagLookup) -> None:
     vector, weight = lookup.user_vector("never-seen")
     np.testing.assert_allclose(vector, lookup.mean_user)
-    assert weight == 1.0
+    assert weight == lookup.prior_weight == 1.0
+    np.testing.assert_allclose(lookup.log_user_prior("never-seen"), lookup.log_prior)
     vector, weight = lookup.user_vector("cy")  # 100 posts
     expected = (100 * lookup.user_vectors[2] + COLD_START_POSTS * lookup.mean_user) \
         / (100 + COLD_START_POSTS)
     np.testing.assert_allclose(vector, expected, rtol=1e-5)
-    assert weight == 0.0  # the global prior is for strangers only
+    # cy's own prior: her counts smoothed toward the global frequency by m uses.
+    counts, m = lookup.hashtag_counts[2], lookup.prior_strength
+    np.testing.assert_allclose(
+        lookup.log_user_prior("cy"),
+        np.log((counts + m * np.exp(lookup.log_prior)) / (counts.sum() + m)), rtol=1e-5)
+
+
+def test_the_prior_offset_leaves_the_scored_post_out() -> None:
+    # One user, two posts: post 0 = {0}, post 1 = {1}; counts (1, 1), m = 2, P = (0.5, 0.5).
+    # The tensor is zero, so the logits are the prior alone. Scoring post 0 its own use is
+    # left out: counts (0, 1) → P̃ = ((0 + 1) / 3, (1 + 1) / 3) and the loss is −log(1/3).
+    model = TensorModel(2, 1, 1, TensorParams(1, 1, 1))
+    with torch.no_grad():
+        model.core.zero_()
+    prior = PriorOffsets(torch.tensor([[1.0, 1.0]]), torch.tensor([0.5, 0.5]),
+                         torch.tensor([1.0, 1.0]), weight=1.0, strength=2.0)
+    loss = softmax_loss(model, torch.zeros(1, 1), torch.tensor([0]), torch.tensor([0]),
+                        torch.tensor([[True, False]]), prior)
+    assert loss.item() == pytest.approx(-np.log(1 / 3), rel=1e-5)
+    # The ranking loss sees the same offsets: positive log(1/3), hashtag negative log(2/3),
+    # so both hashtag negatives cost 1 − log(1/3) + log(2/3) = 1 + log 2. The photo
+    # negatives (the other post) keep the user and hashtag, hence the offset: 1 each. One
+    # user: no user negative, no cost. Both triplets are symmetric.
+    ranking = ranking_loss(model, torch.tensor([0, 1]), torch.zeros(2, 1),
+                           torch.tensor([0, 0]), torch.tensor([0, 1]),
+                           torch.tensor([[True, False], [False, True]]),
+                           torch.Generator().manual_seed(0), prior=prior)
+    assert ranking.item() == pytest.approx(2 * (1 + np.log(2)) + 2 * 1.0, rel=1e-5)
 
 
 def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None:
@@ -102,9 +138,11 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
 
 
 def test_a_new_user_gets_a_profile_from_their_first_post(lookup: UserHashtagLookup) -> None:
-    assert lookup.user_vector("dee")[1] == 1.0
+    np.testing.assert_allclose(lookup.log_user_prior("dee"), lookup.log_prior)
     lookup.update("dee", np.ones(8, np.float32), [3, 4])
-    assert lookup.known("dee") and lookup.user_vector("dee")[1] == 0.0
+    assert lookup.known("dee")
+    mine = lookup.log_user_prior("dee")
+    assert (mine[[3, 4]] > lookup.log_prior[[3, 4]]).all()  # their hashtags gained
 
 
 def test_update_rejects_empty_and_unknown_hashtags(lookup: UserHashtagLookup) -> None:
@@ -117,12 +155,16 @@ def test_update_rejects_empty_and_unknown_hashtags(lookup: UserHashtagLookup) ->
 def test_profiles_persist_and_tampering_is_caught(lookup: UserHashtagLookup,
                                                   tmp_path: Path) -> None:
     lookup.update("ann", np.ones(8, np.float32), [5])
+    lookup.add_photos(["a", "b"], np.random.default_rng(5).normal(size=(2, 8)))
     lookup.save(tmp_path)
     again = UserHashtagLookup.load(tmp_path)
     features = np.random.default_rng(3).normal(size=(5, 8)).astype(np.float32)
     users = ["ann", "bob", None, "cy", "zed"]
     np.testing.assert_allclose(again.scores(features, users), lookup.scores(features, users),
                                atol=1e-5)
+    (first, score), (second, _) = lookup.retrieve(3, "ann")
+    assert [p for p, _ in again.retrieve(3, "ann")] == [first, second]
+    assert again.retrieve(3, "ann")[0][1] == pytest.approx(score, abs=1e-5)
     core = np.load(tmp_path / "core.npy")
     core[0, 0, 0] += 1.0
     np.save(tmp_path / "core.npy", core)
@@ -155,7 +197,7 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
     assert UserHashtagLookup.load(tmp_path / "user-model").known(posts[0].user)
 
 
-def test_habit_epochs_learn_each_users_favourite_hashtag() -> None:
+def test_the_trained_tensor_recovers_each_users_favourite_hashtag() -> None:
     from services.user.model import Triplets, train_tensor
 
     rng = np.random.default_rng(0)
@@ -164,14 +206,29 @@ def test_habit_epochs_learn_each_users_favourite_hashtag() -> None:
     # Each user always writes their favourite hashtag (= their id) plus two random ones.
     hashtags = [[int(u), *rng.choice(range(6, 20), 2, replace=False).tolist()] for u in users]
     features = rng.normal(size=(n_posts, 8)).astype(np.float32)
-    params = TensorParams(hashtag_dim=12, photo_dim=6, user_dim=6, epochs=30, batch_size=64,
-                          learning_rate=0.02, habit_epochs=30)
-    model = train_tensor(features, Triplets.from_posts(hashtags, users), 20, n_users, params,
-                         progress=False)
-    counts = np.zeros((n_users, 20))
-    lookup = UserHashtagLookup(model, [f"t{i}" for i in range(20)],
-                               [f"u{i}" for i in range(n_users)],
-                               np.full(n_users, 1e9), counts)
-    mean_photo = np.tile(features.mean(axis=0), (n_users, 1))
-    top = lookup.scores(mean_photo, [f"u{i}" for i in range(n_users)], prior=False)
-    assert (top.argmax(axis=1) == np.arange(n_users)).all()
+    for prior_weight in (0.0, 1.0):  # Veit's tensor alone, and with the user prior
+        params = TensorParams(hashtag_dim=12, photo_dim=6, user_dim=6, epochs=30,
+                              batch_size=64, learning_rate=0.02, prior_weight=prior_weight)
+        model = train_tensor(features, Triplets.from_posts(hashtags, users), 20, n_users,
+                             params, progress=False)
+        counts = np.zeros((n_users, 20))
+        for user, ids in zip(users, hashtags, strict=True):
+            counts[user, ids] += 1
+        lookup = UserHashtagLookup(model, [f"t{i}" for i in range(20)],
+                                   [f"u{i}" for i in range(n_users)],
+                                   np.bincount(users, minlength=n_users), counts)
+        mean_photo = np.tile(features.mean(axis=0), (n_users, 1))
+        top = lookup.scores(mean_photo, [f"u{i}" for i in range(n_users)])
+        assert (top.argmax(axis=1) == np.arange(n_users)).all(), prior_weight
+
+
+def test_retrieval_ranks_photos_by_the_users_tensor_score(lookup: UserHashtagLookup) -> None:
+    features = np.random.default_rng(4).normal(size=(30, 8)).astype(np.float32)
+    lookup.add_photos([f"p{i}" for i in range(20)], features[:20])
+    lookup.add_photos([f"p{i}" for i in range(20, 30)], features[20:])  # added later
+    for user in ("ann", "cy", None):
+        found = lookup.retrieve(5, user, k=7)
+        brute = lookup.scores(features, [user] * 30, prior=False)[:, 5]
+        assert [p for p, _ in found] == [f"p{i}" for i in np.argsort(-brute)[:7]]
+    with pytest.raises(ValueError, match="hashtag id"):
+        lookup.retrieve(40, "ann")

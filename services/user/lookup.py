@@ -1,20 +1,29 @@
 """Per-user hashtag lookup over the tensor model, cold users, online profiles, persistence.
 
-Ranking all hashtags for photo x and user k is a maximum-inner-product search: each hashtag
-is indexed as [h_i, log P(h_i)] and queried with [W^(u'_k) f, α_k], so one exact FAISS
-search returns the top K of  s_k(h_i | x) = h_iᵀ W^(u'_k) f + α_k log P(h_i).
+The score of hashtag i for photo x and user k (services/user/model.py):
+
+    s_k(h_i | x) = h_iᵀ W^(u'_k) f + β log P̃_k(h_i)
+
+Exact top K by one FAISS search and a small rescoring: each hashtag is indexed as
+[h_i, log P(h_i)] and queried with [W^(u'_k) f, β]. For a hashtag user k never used,
+log P̃_k(h) = log P(h) + log(m / (n_k + m)), a shift the same for all of them, so FAISS
+orders those exactly; a hashtag the user did use only gains (c_kh > 0). The top K is
+therefore among FAISS's top K and the user's own hashtags, which are rescored exactly.
 
 Cold-user rule, with n_k the user's posts seen so far and C = COLD_START_POSTS = 1:
-    known user:    u'_k = (n_k u_k + C ū) / (n_k + C),   α_k = 0
-    unknown user:  u' = ū (the user-agnostic model),      α = 1 (the global prior)
-A stranger gets the agnostic tensor plus the global frequency prior; a known user their
-own embedding, pulled toward ū only while they have posted little. Measured on the
-simulated-user benchmark, any global prior for known users cost A@1 (with C = 5 and
-α_k = C / (n_k + C): 41.8 against 61.3 without), so it stays with strangers.
+    known user:    u'_k = (n_k u_k + C ū) / (n_k + C),  prior P̃_k (shrunk to P by m uses)
+    unknown user:  u' = ū (the user-agnostic model),     prior P (the global frequency)
+A stranger gets the agnostic tensor plus the global frequency prior (weight β, or 1 for a
+model trained without the prior); a known user their own embedding and habits, both pulled
+toward everyone's while they have posted little.
 
 ``update`` learns from one accepted post (photo, hashtags) without retraining the rest:
 only that user's embedding moves (a few Adam steps on the softmax likelihood of the
-accepted hashtags), and that user's counts grow.
+accepted hashtags), and that user's counts, hence their prior, grow.
+
+Retrieval (Veit §4.3): the photos for hashtag h as user k would tag them, ranked by
+s(h, f_j, u_k) = (W^(u'_k)ᵀ h) · f_j (the prior is the same for every photo): one FAISS
+inner-product search over the projected photo vectors f_j = P x_j.
 """
 
 from __future__ import annotations
@@ -58,43 +67,113 @@ class UserHashtagLookup:
             total = self.hashtag_counts.sum(axis=0)
             log_prior = np.log((total + 1.0) / (total.sum() + len(total)))
         self.log_prior = np.asarray(log_prior, dtype=np.float32)
+        self.global_share = np.exp(self.log_prior.astype(np.float64))
+        self.prior_weight = float(model.params.prior_weight)
+        self.prior_strength = float(model.params.prior_strength)
+        self.hashtag_vectors = hashtag_vectors.copy()
         self.index_vectors = np.hstack([hashtag_vectors, self.log_prior[:, None]])
         self.index = InnerProductIndex(self.index_vectors)
+        self.hashtag_rows = {term: row for row, term in enumerate(self.vocabulary)}
+        self.photo_ids: list[str] = []
+        self.photo_features: np.ndarray | None = None
+        self.photo_index: InnerProductIndex | None = None
+
+    def add_photos(self, photo_ids: Sequence[str], features: np.ndarray) -> None:
+        """Makes photos retrievable (their raw CNN features are kept for persistence)."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        if len(photo_ids) != len(features):
+            raise ValueError(f"{len(photo_ids)} photo ids for {len(features)} feature rows")
+        known = set(self.photo_ids)  # a photo posted again is indexed once
+        new = [row for row, photo in enumerate(photo_ids) if photo not in known]
+        if len(new) < len(photo_ids):
+            photo_ids, features = [photo_ids[row] for row in new], features[new]
+        if not photo_ids:
+            return
+        with torch.no_grad():
+            projected = self.model.photo(standardized(self.model, features)).numpy()
+        if self.photo_index is None:
+            self.photo_index = InnerProductIndex(projected)
+            self.photo_features = features
+        else:
+            self.photo_index.add(projected)
+            self.photo_features = np.vstack([self.photo_features, features])
+        self.photo_ids.extend(photo_ids)
+
+    def retrieve(self, hashtag: int, user: str | None, k: int = 10,
+                 ) -> list[tuple[str, float]]:
+        """The k photos with the highest s(h, f_j, u) for this user (module docstring)."""
+        if not 0 <= hashtag < len(self.vocabulary):
+            raise ValueError(f"hashtag id must lie in [0, {len(self.vocabulary)})")
+        if self.photo_index is None:
+            return []
+        user_vector, _ = self.user_vector(user)
+        with torch.no_grad():
+            query = torch.einsum("e,edf,d->f", torch.from_numpy(user_vector),
+                                 self.model.core, self.model.hashtags.weight[hashtag])
+        scores, ids = self.photo_index.search(query.numpy()[None, :], k)
+        return [(self.photo_ids[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True)]
 
     def known(self, user: str | None) -> bool:
         return user is not None and user in self.user_index
 
     def user_vector(self, user: str | None) -> tuple[np.ndarray, float]:
-        """(u'_k, α_k) by the cold-user rule in the module docstring."""
+        """(u'_k, weight of the log prior) by the cold-user rule in the module docstring."""
         if not self.known(user):
-            return self.mean_user, 1.0
+            return self.mean_user, self.prior_weight or 1.0
         row = self.user_index[user]
         n = self.post_counts[row]
         shrunk = (n * self.user_vectors[row] + COLD_START_POSTS * self.mean_user) \
             / (n + COLD_START_POSTS)
-        return shrunk.astype(np.float32), 0.0
+        return shrunk.astype(np.float32), self.prior_weight
+
+    def log_user_prior(self, user: str | None) -> np.ndarray:
+        """log P̃_k(h) for every hashtag; log P(h) for a stranger."""
+        if not self.known(user):
+            return self.log_prior.astype(np.float64)
+        counts = self.hashtag_counts[self.user_index[user]]
+        m = self.prior_strength
+        return np.log(counts + m * self.global_share) - np.log(counts.sum() + m)
 
     def queries(self, features: np.ndarray, users: Sequence[str | None],
-                agnostic: bool = False, prior: bool = True) -> np.ndarray:
-        """[W^(u') f, α] for each photo; ``agnostic`` uses ū for everyone."""
+                agnostic: bool = False) -> np.ndarray:
+        """[W^(u') f, weight of the log prior] for each photo; ``agnostic``: everyone a
+        stranger."""
         vectors, weights = zip(*(self.user_vector(None if agnostic else user)
                                  for user in users), strict=True)
         with torch.no_grad():
             photos = self.model.photo(standardized(self.model, features))
             q = self.model.query(photos, torch.from_numpy(np.stack(vectors))).numpy()
-        alpha = np.array(weights, dtype=np.float32)[:, None] if prior else \
-            np.zeros((len(users), 1), np.float32)
-        return np.hstack([q, alpha]).astype(np.float32)
+        return np.hstack([q, np.array(weights, np.float32)[:, None]]).astype(np.float32)
 
     def top_k(self, features: np.ndarray, users: Sequence[str | None], k: int = 10,
               agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, hashtag ids), best first, by FAISS."""
-        return self.index.search(self.queries(features, users, agnostic), k)
+        """(scores, hashtag ids), best first: FAISS, then the user's own hashtags rescored."""
+        k = min(k, len(self.vocabulary))
+        queries = self.queries(features, users, agnostic)
+        _, candidates = self.index.search(queries, k)
+        out_scores = np.empty((len(users), k), np.float32)
+        out_ids = np.empty((len(users), k), np.int64)
+        for row, user in enumerate(users):
+            ids = candidates[row]
+            if not agnostic and self.known(user):
+                used = np.flatnonzero(self.hashtag_counts[self.user_index[user]])
+                ids = np.union1d(ids, used)
+            exact = self.hashtag_vectors[ids] @ queries[row, :-1] + queries[row, -1] \
+                * (self.log_user_prior(None if agnostic else user)[ids])
+            order = np.argsort(-exact, kind="stable")[:k]
+            out_scores[row], out_ids[row] = exact[order], ids[order]
+        return out_scores, out_ids
 
     def scores(self, features: np.ndarray, users: Sequence[str | None],
                agnostic: bool = False, prior: bool = True) -> np.ndarray:
-        """Every hashtag's score (brute force; for evaluation and to check the index)."""
-        return self.queries(features, users, agnostic, prior) @ self.index_vectors.T
+        """Every hashtag's score (brute force; for evaluation and to check ``top_k``);
+        ``prior=False`` leaves the log prior out (the tensor term alone)."""
+        queries = self.queries(features, users, agnostic)
+        scores = queries[:, :-1] @ self.hashtag_vectors.T
+        if prior:
+            scores = scores + queries[:, -1:] * np.stack(
+                [self.log_user_prior(None if agnostic else user) for user in users])
+        return scores
 
     def update(self, user: str, features: np.ndarray, accepted: Sequence[int],
                steps: int = 30, learning_rate: float = 0.05) -> None:
@@ -119,9 +198,10 @@ class UserHashtagLookup:
             # q = W^(u) f is linear in u: q = u · A with A_r = W_r f, computed once.
             per_coordinate = torch.einsum("edf,f->ed", self.model.core, photo[0])
         target = torch.tensor(list(accepted))
+        offset = torch.from_numpy(self.prior_weight * self.log_user_prior(user)).float()
         for _ in range(steps):
             optimizer.zero_grad()
-            logits = hashtag_vectors @ (vector @ per_coordinate)
+            logits = hashtag_vectors @ (vector @ per_coordinate) + offset
             loss = -torch.log_softmax(logits, dim=0)[target].mean()
             loss.backward()
             optimizer.step()
@@ -138,6 +218,9 @@ class UserHashtagLookup:
             writer.array(name, state[name])
         for name in ("post_counts", "hashtag_counts", "mean_user", "log_prior"):
             writer.array(name, getattr(self, name))
+        if self.photo_features is not None:
+            writer.array("photo_features", self.photo_features)
+        writer.json("photo_ids", self.photo_ids)
         return writer.close({"kind": KIND, "vocabulary": list(self.vocabulary),
                              "users": self.user_ids, "params": self.model.params.__dict__})
 
@@ -155,5 +238,9 @@ class UserHashtagLookup:
         model.register_buffer("feature_mean", torch.zeros(arrays["feature_mean"].shape))
         model.register_buffer("feature_scale", torch.ones(arrays["feature_scale"].shape))
         model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in ARRAYS})
-        return cls(model, manifest["vocabulary"], manifest["users"], arrays["post_counts"],
-                   arrays["hashtag_counts"], arrays["mean_user"], arrays["log_prior"])
+        lookup = cls(model, manifest["vocabulary"], manifest["users"], arrays["post_counts"],
+                     arrays["hashtag_counts"], arrays["mean_user"], arrays["log_prior"])
+        photo_ids = reader.json("photo_ids") if "photo_ids.json" in manifest["files"] else []
+        if photo_ids:
+            lookup.add_photos(photo_ids, reader.array("photo_features"))
+        return lookup

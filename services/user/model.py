@@ -12,12 +12,24 @@ negatives per positive triplet (h, f, u), mined within the batch along all three
 each axis one "intermediate" negative (that element replaced by a uniformly drawn other
 element of the batch) and one "hard" negative (replaced by the batch element that scores
 highest), never by an element that makes an observed triplet.
+
+User prior. With ``prior_weight`` β > 0 the score carries the user's own hashtag habit as a
+fixed offset, and the tensor learns what that habit does not explain:
+
+    s_k(h | x) = h_iᵀ W^(k) f + β log P̃_k(h),   P̃_k(h) = (c_kh + m P(h)) / (n_k + m)
+
+c_kh counts user k's uses of h, n_k = Σ_h c_kh, P(h) the global frequency and m the
+prior strength (Dirichlet smoothing: a stranger's P̃ is P). In training each positive
+post's own hashtags are left out of its user's counts, so the offset never "knows" the
+post it is scored on. Without the offset the tensor memorises (photo, user) → hashtags:
+on the simulated-user benchmark it fits 99.6 % of its training posts at A@1 and 11.5 % of
+the test posts (bench/user_diagnostics.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,14 +48,29 @@ class TensorParams:
     batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
-    #: first epochs with every photo blanked (the mean photo): the user → hashtag habits
-    #: are learned before photo content can be memorised in their place; afterwards only
-    #: the photo projection P trains, from zero
-    habit_epochs: int = 0
-    #: learning rate of the photo projection after the habit epochs, relative
-    photo_lr_scale: float = 0.1
     margin: float = 1.0
+    #: "ranking": Veit's hinge loss with in-batch negatives (§3.2); "softmax": the
+    #: likelihood of each post's hashtags under a softmax over the whole vocabulary
+    loss: str = "softmax"
+    #: β and m of the user prior (module docstring); β = 0: Veit's model alone
+    prior_weight: float = 1.0
+    prior_strength: float = 5.0
     seed: int = 0
+
+
+@dataclass
+class PriorOffsets:
+    """The user prior as torch tensors for the loss; counts leave each post's own out."""
+
+    counts: torch.Tensor  # users × V
+    share: torch.Tensor  # V
+    post_sizes: torch.Tensor  # hashtags on each post
+    weight: float
+    strength: float
+
+    def __post_init__(self) -> None:
+        self.numerators = torch.log(self.counts + self.strength * self.share)
+        self.log_norms = torch.log(self.counts.sum(dim=1) + self.strength)
 
 
 class TensorModel(torch.nn.Module):
@@ -60,8 +87,12 @@ class TensorModel(torch.nn.Module):
         torch.nn.init.normal_(self.hashtags.weight, std=params.hashtag_dim ** -0.5)
         torch.nn.init.normal_(self.users.weight, mean=1.0 / params.user_dim,
                               std=0.1 / params.user_dim)
-        torch.nn.init.normal_(self.core, std=(params.hashtag_dim * params.photo_dim) ** -0.5
-                              * params.user_dim ** 0.5)
+        if params.prior_weight > 0:
+            # The score starts as the user prior alone; the tensor may only add to it.
+            torch.nn.init.zeros_(self.core)
+        else:
+            torch.nn.init.normal_(self.core, std=(params.hashtag_dim * params.photo_dim)
+                                  ** -0.5 * params.user_dim ** 0.5)
 
     def photo(self, features: torch.Tensor) -> torch.Tensor:
         """f = P x."""
@@ -88,12 +119,14 @@ def _masked_random(scores: torch.Tensor, forbidden: torch.Tensor,
 
 def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Tensor,
                  user_ids: torch.Tensor, post_ids: torch.Tensor, positive: torch.Tensor,
-                 generator: torch.Generator, margin: float = 1.0) -> torch.Tensor:
+                 generator: torch.Generator, margin: float = 1.0,
+                 prior: PriorOffsets | None = None) -> torch.Tensor:
     """Mean hinge loss of a batch of positive triplets against their six in-batch negatives.
 
     ``positive[b, b']`` is True when hashtag b' is observed on post b (so (h_b', f_b, u_b) is
     no negative); posts are identified by ``post_ids`` (so photo b' of the same post, or of a
-    post with hashtag b, is no negative for b either).
+    post with hashtag b, is no negative for b either). ``prior`` adds β log P̃ to every
+    score, post b's own hashtags left out of its user's counts.
     """
     h = model.hashtags(hashtag_ids)  # B × D
     u = model.users(user_ids)  # B × E
@@ -112,6 +145,20 @@ def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Te
     per_user_axis = torch.einsum("bd,bed->be", h, w_f)
     user_scores = per_user_axis @ u.T
     user_forbidden = user_ids[None, :] == user_ids[:, None]
+    if prior is not None:
+        beta, m = prior.weight, prior.strength
+        # Post b left out: its user's norm loses the post's hashtags, h_b loses one use.
+        own_norm = torch.log(prior.counts[user_ids].sum(dim=1)
+                             - prior.post_sizes[post_ids] + m)
+        own = torch.log(prior.counts[user_ids, hashtag_ids] - 1
+                        + m * prior.share[hashtag_ids]) - own_norm
+        score = score + beta * own
+        hashtag_scores = hashtag_scores + beta * (
+            prior.numerators[user_ids][:, hashtag_ids] - own_norm[:, None])
+        photo_scores = photo_scores + beta * own[:, None]  # same user and hashtag
+        user_scores = user_scores + beta * (
+            prior.numerators[user_ids[None, :], hashtag_ids[:, None]]
+            - prior.log_norms[user_ids][None, :])
     negatives = []
     for scores, forbidden in ((hashtag_scores, hashtag_forbidden),
                               (photo_scores, photo_forbidden),
@@ -123,6 +170,24 @@ def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Te
                       torch.where(usable, intermediate, score - margin)]
     negative_scores = torch.stack(negatives, dim=1)  # B × 6
     return torch.relu(margin - score[:, None] + negative_scores).sum(dim=1).mean()
+
+
+def softmax_loss(model: TensorModel, photos: torch.Tensor, user_ids: torch.Tensor,
+                 post_ids: torch.Tensor, post_tags: torch.Tensor,
+                 prior: PriorOffsets | None = None) -> torch.Tensor:
+    """−mean log softmax_h(s(h, f, u)) over each post's hashtags, every hashtag of the
+    vocabulary competing; ``post_tags[b]`` marks post b's hashtags. ``prior`` adds
+    β log P̃_u(h), post b's own hashtags left out of its user's counts."""
+    q = model.query(model.photo(photos), model.users(user_ids))  # B × D
+    logits = q @ model.hashtags.weight.T  # B × V
+    if prior is not None:
+        own_counts = prior.counts[user_ids] - post_tags.float()
+        logits = logits + prior.weight * (
+            torch.log(own_counts + prior.strength * prior.share)
+            - torch.log(own_counts.sum(dim=1, keepdim=True) + prior.strength))
+    log_probabilities = torch.log_softmax(logits, dim=1)
+    per_post = (log_probabilities * post_tags).sum(dim=1) / post_tags.sum(dim=1)
+    return -per_post.mean()
 
 
 @dataclass
@@ -145,7 +210,10 @@ class Triplets:
 
 
 def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_users: int,
-                 params: TensorParams = TensorParams(), progress: bool = True) -> TensorModel:
+                 params: TensorParams = TensorParams(), progress: bool = True,
+                 validate: Callable[[TensorModel], float] | None = None) -> TensorModel:
+    """Trains for ``params.epochs``; with ``validate`` (higher is better, called after each
+    epoch) the best epoch's weights are kept: early stopping on held-out posts."""
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     model = TensorModel(n_hashtags, n_users, features.shape[1], params)
@@ -163,38 +231,60 @@ def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_us
     hashtag_ids = torch.from_numpy(triplets.hashtag_ids)
     photo_rows = torch.from_numpy(triplets.photo_rows)
     user_ids = torch.from_numpy(triplets.user_ids)
+    post_users = torch.zeros(len(triplets.post_hashtags), dtype=torch.long)
+    post_users[photo_rows] = user_ids
+    prior = None
+    if params.prior_weight > 0:
+        counts = torch.zeros(n_users, n_hashtags)
+        for post, ids in enumerate(triplets.post_hashtags):
+            counts[post_users[post], list(ids)] += 1
+        uses = counts.sum(dim=0)
+        prior = PriorOffsets(counts, (uses + 1) / (uses.sum() + n_hashtags),
+                             post_tags.sum(dim=1).float(), params.prior_weight,
+                             params.prior_strength)
+    best_score, best_state = float("-inf"), None
+
+    def keep_if_best(epoch: int) -> None:
+        nonlocal best_score, best_state
+        model.eval()
+        with torch.no_grad():
+            score = validate(model)
+        model.train()
+        log.info("tensor model: epoch %d, validation %.3f", epoch, score)
+        if score > best_score:
+            best_score = score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    if validate is not None:
+        keep_if_best(0)
+    if params.loss not in ("ranking", "softmax"):
+        raise ValueError(f"loss must be 'ranking' or 'softmax', got {params.loss!r}")
+    # The ranking loss steps through triplets, the softmax through posts.
+    n = n if params.loss == "ranking" else len(triplets.post_hashtags)
     bar = tqdm(total=params.epochs * ((n + params.batch_size - 1) // params.batch_size),
                desc="tensor model", unit="batch", disable=not progress)
     for epoch in range(params.epochs):
-        if params.habit_epochs and epoch == params.habit_epochs:
-            # The habits are learned; photo content may now only add to them: P starts
-            # at zero (f = b, the mean photo, exactly as so far) and alone is trained.
-            with torch.no_grad():
-                model.project.weight.zero_()
-            for parameter in model.parameters():
-                parameter.requires_grad_(False)
-            model.project.weight.requires_grad_(True)
-            optimizer = torch.optim.AdamW([model.project.weight],
-                                          lr=params.learning_rate * params.photo_lr_scale,
-                                          weight_decay=params.weight_decay)
         total = 0.0
         for batch in torch.randperm(n, generator=generator).split(params.batch_size):
-            rows = photo_rows[batch]
-            tags = hashtag_ids[batch]
-            positive = post_tags[rows][:, tags]
             optimizer.zero_grad()
-            photos = inputs[rows]
-            if epoch < params.habit_epochs:
-                photos = torch.zeros_like(photos)
-            loss = ranking_loss(model, tags, photos, user_ids[batch], rows, positive,
-                                generator, params.margin)
+            if params.loss == "ranking":
+                rows, tags = photo_rows[batch], hashtag_ids[batch]
+                loss = ranking_loss(model, tags, inputs[rows], user_ids[batch], rows,
+                                    post_tags[rows][:, tags], generator, params.margin, prior)
+            else:
+                loss = softmax_loss(model, inputs[batch], post_users[batch], batch,
+                                    post_tags[batch], prior)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
             bar.update()
         bar.set_postfix(loss=f"{total / n:.3f}")
-        log.info("tensor model: epoch %d, ranking loss %.4f", epoch + 1, total / n)
+        log.info("tensor model: epoch %d, %s loss %.4f", epoch + 1, params.loss, total / n)
+        if validate is not None:
+            keep_if_best(epoch + 1)
     bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return model.eval()
 
 

@@ -15,7 +15,8 @@ make hashtags self-expression, as Veit et al. observe. The rules, all seeded:
 5. Language: 70 % write English, 15 % Spanish, 15 % German; a non-English user writes the
    tags in TRANSLATIONS in their language ("food" → "comida" / "essen").
 6. Signature hashtags: two per user, made from the user's handle ("{handle}life",
-   "{handle}daily"); each is added to a post with probability 0.6.
+   "{handle}daily"); each is added to a post with probability 0.6
+   (SIGNATURE_PROBABILITY; `--signature-probability` to vary it).
 7. Spammers: 3 % of users append 12 of the most common hashtags to every post; Veit's
    filter (drop users averaging more than 15 hashtags a post) should remove them.
 
@@ -61,6 +62,7 @@ HANDLES = ("ana", "ben", "chloe", "dev", "eli", "fay", "gus", "hana", "ivan", "j
            "wes", "xia", "yuri", "zoe")
 SPAM_SHARE = 0.03
 SPAM_TAGS = 12
+SIGNATURE_PROBABILITY = 0.6
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,10 @@ def rewrite(hashtags: Sequence[str], user: SimulatedUser) -> list[str]:
     return list(written)
 
 
-def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0) -> list[Post]:
-    """Posts of ``n_users`` simulated users (module docstring), in user and time order."""
+def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0,
+             signature_probability: float = SIGNATURE_PROBABILITY) -> list[Post]:
+    """Posts of ``n_users`` simulated users (module docstring), in user and time order;
+    ``signature_probability``: how often each signature hashtag is added (rule 6)."""
     rng = np.random.default_rng(seed)
     by_topic: dict[str, list[Post]] = defaultdict(list)
     for post in sources:
@@ -139,7 +143,8 @@ def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0) -> list
             picked = [photo.hashtags[i] for i in sorted(rng.choice(len(photo.hashtags), keep,
                                                                     replace=False))]
             tags = rewrite(picked, user)
-            tags += [s for s in user.signatures if rng.random() < 0.6 and s not in tags]
+            tags += [s for s in user.signatures if rng.random() < signature_probability
+                     and s not in tags]
             if user.spammer:
                 spam = rewrite(rng.choice(common, SPAM_TAGS, replace=False).tolist(), user)
                 tags += [t for t in spam if t not in tags]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from services.user.lookup import UserHashtagLookup
-from services.user.model import TensorParams, Triplets, train_tensor
+from services.user.model import TensorModel, TensorParams, Triplets, train_tensor
 from services.vision.store import FeatureStore
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
@@ -73,6 +73,9 @@ class UserResult:
     results: dict[str, dict[str, float]]
     retrieval: dict[str, dict[str, float]]
     lookup: UserHashtagLookup
+    #: one test post of the user with the most training posts: its hashtags and the top 5
+    #: before (agnostic) and after (tensor) conditioning on the user
+    example: dict[str, object]
 
 
 def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
@@ -112,11 +115,40 @@ class UserTask:
     counts: np.ndarray  # users × hashtags, training posts
 
     def train_lookup(self, params: TensorParams, progress: bool = True) -> UserHashtagLookup:
-        model = train_tensor(self.x_train, Triplets.from_posts(self.train_ids, self.rows_train),
-                             len(self.vocab), len(self.users), params, progress)
+        """Trains the tensor model with early stopping: each user's last training post
+        (users with two or more) is held out, and the epoch with the best A@1 + A@10 on
+        those posts is kept. The lookup then counts every training post."""
+        last = {row: i for i, row in enumerate(self.rows_train)}
+        held_out = sorted(i for row, i in last.items()
+                          if np.count_nonzero(self.rows_train == row) >= 2)
+        fit = np.setdiff1d(np.arange(len(self.rows_train)), held_out)
+        fit_ids = [self.train_ids[i] for i in fit]
+        fit_counts = _counts(fit_ids, self.rows_train[fit], self.counts.shape)
+        fit_posts = np.bincount(self.rows_train[fit], minlength=len(self.users))
+        held_users = [self.users[self.rows_train[i]] for i in held_out]
+        held_truth = [frozenset(self.train_ids[i]) for i in held_out]
+
+        def validate(model: TensorModel) -> float:
+            lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
+                                       fit_counts)
+            found = accuracies(lookup.scores(self.x_train[held_out], held_users), held_truth)
+            return found["A@1"] + found["A@10"]
+
+        model = train_tensor(self.x_train[fit], Triplets.from_posts(fit_ids,
+                                                                    self.rows_train[fit]),
+                             len(self.vocab), len(self.users), params, progress,
+                             validate if held_out else None)
         post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
         return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
                                  self.counts)
+
+
+def _counts(hashtags: Sequence[Sequence[int]], rows: np.ndarray,
+            shape: tuple[int, int]) -> np.ndarray:
+    counts = np.zeros(shape)
+    for row, ids in zip(rows, hashtags, strict=True):
+        counts[row, list(set(ids))] += 1
+    return counts
 
 
 def prepare_user_task(train_posts: Sequence[Post], test_posts: Sequence[Post],
@@ -136,15 +168,17 @@ def prepare_user_task(train_posts: Sequence[Post], test_posts: Sequence[Post],
     train, train_ids = encode(train_posts)
     test, test_ids = encode(test_posts)
     rows_train = np.array([user_row[p.user] for p in train])
-    counts = np.zeros((len(users), len(vocab)))
-    for row, ids in zip(rows_train, train_ids, strict=True):
-        counts[row, ids] += 1
+    counts = _counts(train_ids, rows_train, (len(users), len(vocab)))
     log.info("user task: %d users, vocabulary %d, %d train / %d test posts", len(users),
              len(vocab), len(train), len(test))
     return UserTask(vocab, users, user_row, train_ids, rows_train,
-                    np.stack([features[p.id] for p in train]), [p.user for p in test],
-                    np.stack([features[p.id] for p in test]),
+                    _rows(features, train), [p.user for p in test], _rows(features, test),
                     [frozenset(ids) for ids in test_ids], counts)
+
+
+def _rows(features: dict[str, np.ndarray], posts: Sequence[Post]) -> np.ndarray:
+    dim = len(next(iter(features.values()))) if features else 0
+    return np.stack([features[p.id] for p in posts]) if posts else np.zeros((0, dim))
 
 
 def user_frequency_scores(task: UserTask) -> np.ndarray:
@@ -176,7 +210,7 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
 
     scores = {"global_frequency": np.tile(task.counts.sum(axis=0), (len(x_test), 1)),
               "user_frequency": user_frequency_scores(task)}
-    scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True, prior=False)
+    scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True)
     mlp = train_user_mlp(standardize(x_train, x_train), train_ids, rows_train, len(users),
                          len(vocab), seed=seed)
     with torch.no_grad():
@@ -189,8 +223,18 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
         log.info("%s: %s", name, row)
     retrieval = {name: {"P@10": round(retrieval_precision(scores[name], truth), 2)}
                  for name in ("agnostic", "mlp", "tensor")}
+    post_counts = np.bincount(rows_train, minlength=len(users))
+    row = max(range(len(x_test)), key=lambda i: (post_counts[user_row[test_users[i]]]
+                                                 if test_users[i] in user_row else -1, -i))
+    terms = vocab.terms
+
+    def top5(name: str) -> list[str]:
+        return [terms[h] for h in top_k(scores[name][row:row + 1], 5)[0]]
+
+    example = {"user": test_users[row], "truth": sorted(terms[h] for h in truth[row]),
+               "agnostic": top5("agnostic"), "tensor": top5("tensor")}
     return UserResult(len(users), len(x_train), len(x_test), len(vocab), results, retrieval,
-                      lookup)
+                      lookup, example)
 
 
 def standardize(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
