@@ -29,6 +29,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                              "with real user ids works too)")
     parser.add_argument("--users", type=int, default=300,
                         help="user/retrieval: simulated users in the benchmark")
+    parser.add_argument("--signature-probability", type=float, default=0.6,
+                        help="user/retrieval: how often a simulated user adds each of "
+                             "their two signature hashtags")
     parser.add_argument("--test", metavar="SPEC",
                         help="test data set; without it a seeded 80/20 split of --train")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
@@ -43,10 +46,11 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                              "(e.g. the search hashtags a data set was collected by)")
     parser.add_argument("--tensor-dims", default="300,300,50", metavar="D,F,E",
                         help="user: hashtag, photo and user embedding sizes (Veit et al.)")
-    parser.add_argument("--tensor-epochs", type=int, default=8)
-    parser.add_argument("--habit-epochs", type=int, default=0,
-                        help="user: first epochs with photos blanked, then only the photo "
-                             "projection trains (off by default: Veit et al. train all)")
+    parser.add_argument("--tensor-epochs", type=int, default=30,
+                        help="user: at most; the best epoch on held-out posts is kept")
+    parser.add_argument("--prior-weight", type=float, default=1.0,
+                        help="user: β, weight of the user's log hashtag prior in the tensor "
+                             "score (0: Veit et al.'s tensor alone)")
     parser.add_argument("--save-model", type=Path, metavar="DIR",
                         help="user: write the trained user model (arrays + manifest) here")
     parser.add_argument("--image-methods", default="frequency,knn,mlp,word,graph",
@@ -219,8 +223,10 @@ def _user(args: argparse.Namespace) -> int:
                              "the user task needs both")
         source = args.train
     else:
-        posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed)
-        source = f"simulated users (n={args.users}, seed={args.seed})"
+        posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed,
+                         signature_probability=args.signature_probability)
+        source = (f"simulated users (n={args.users}, seed={args.seed}, signature "
+                  f"probability {args.signature_probability})")
     train, test = split_by_user_time(drop_spammers(posts))
     features = post_features((*train, *test), FeatureStore(models_dir() / "features"))
     train = [p for p in train if p.id in features]
@@ -233,7 +239,7 @@ def _user(args: argparse.Namespace) -> int:
         raise SystemExit(f"--tensor-dims must be three integers D,F,E, got "
                          f"{args.tensor_dims!r}") from error
     params = TensorParams(hashtag_dim, photo_dim, user_dim, epochs=args.tensor_epochs,
-                          habit_epochs=args.habit_epochs, seed=args.seed)
+                          prior_weight=args.prior_weight, seed=args.seed)
     result = run_user(train, test, features, params, seed=args.seed)
     report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
@@ -242,6 +248,20 @@ def _user(args: argparse.Namespace) -> int:
         _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
                      f"{result.n_train} train / {result.n_test} test posts", result.results)
     _print_table("hashtag (+ user) -> photos retrieval", result.retrieval)
+    example = dict(result.example)
+    if not args.train:  # the planted habits of that simulated user
+        from shared.data.simulated_users import users_of
+
+        planted = users_of(posts, args.seed, args.users)[example["user"]]
+        example["planted"] = {"signatures": list(planted.signatures),
+                              "language": planted.language,
+                              "synonyms": sorted(set(planted.synonyms.values()))}
+    report["example"] = example
+    print(f"user {example['user']}, one test post: hashtags {example['truth']}")
+    print(f"  before conditioning (agnostic): {example['agnostic']}")
+    print(f"  after conditioning (tensor):    {example['tensor']}")
+    if "planted" in example:
+        print(f"  planted habits: {example['planted']}")
     if args.save_model:
         print(f"user model written to {result.lookup.save(args.save_model).parent}")
     _write_json(args.json, report)
@@ -322,14 +342,21 @@ DEFAULT_SERVE_DATA = "instagram:instagram"
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "serve", help="run the services on this machine, training models first if none exist",
-        description="Embedded mode: VisionService on PORT+1 and RecommenderService on PORT "
-                    "in one process, in-process cache unless HASHREC_REDIS_URL is set.")
+        "serve", help="run the five services on this machine, training models first if none "
+                      "exist",
+        description="Embedded mode: RecommenderService on PORT; VisionService, "
+                    "WordEmbeddingService, GraphEmbeddingService and UserProfileService on "
+                    "PORT+1..PORT+4, in one process, over real sockets. Cache: Redis when "
+                    "HASHREC_REDIS_URL is set, else in-process.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50050)
     parser.add_argument("--models", type=Path,
                         help="a model directory from `hashrec train`; default: the newest "
                              "under $HASHREC_MODELS, trained from --train when there is none")
+    parser.add_argument("--user-model", type=Path,
+                        help="a user model directory (services/user/train.py); default: the "
+                             "newest under $HASHREC_MODELS/user, trained on the simulated-user "
+                             "benchmark when there is none")
     parser.add_argument("--train", default=DEFAULT_SERVE_DATA, metavar="SPEC",
                         help=f"data to train on when no model exists ({DEFAULT_SERVE_DATA})")
     parser.set_defaults(handler=_serve)
@@ -347,8 +374,13 @@ def newest_model(root: Path) -> Path | None:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from services.graph.server import serve as serve_graph
     from services.recommender.server import serve as serve_recommender
+    from services.user.server import serve as serve_user
+    from services.user.train import newest_user_model, train_user_model
     from services.vision.server import serve as serve_vision
+    from services.vision.store import FeatureStore
+    from services.word.server import serve as serve_word
     from shared.cache import make_cache
     from shared.config import models_dir
     from shared.train import train_from_spec
@@ -358,19 +390,30 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"no trained model under {models_dir()}: training on {args.train} first",
               flush=True)
         model_dir = train_from_spec(args.train, models_dir()).directory
+    user_dir = args.user_model or newest_user_model(models_dir() / "user")
+    if user_dir is None:
+        print("no user model: training one on the simulated-user benchmark first", flush=True)
+        _, user_dir = train_user_model(models_dir() / "user",
+                                       FeatureStore(models_dir() / "features"))
 
     async def run() -> None:
-        vision = await serve_vision(args.host, args.port + 1,
+        host, port = args.host, args.port
+        vision = await serve_vision(host, port + 1,
                                     cache=make_cache(os.environ.get("HASHREC_REDIS_URL")))
-        recommender = await serve_recommender(args.host, args.port, model_dir,
-                                              vision.address)
-        print(f"serving hashrec.v1.RecommenderService on {recommender.address} "
-              f"(vision on {vision.address}, model {model_dir.name})", flush=True)
+        word = await serve_word(host, port + 2, model_dir)
+        graph = await serve_graph(host, port + 3, model_dir)
+        user = await serve_user(host, port + 4, user_dir)
+        recommender = await serve_recommender(host, port, model_dir, vision.address,
+                                              word.address, graph.address, user.address)
+        backends = (vision, word, graph, user)
+        print(f"serving hashrec.v1.RecommenderService on {recommender.address} (vision, "
+              f"word, graph, user on {', '.join(b.address for b in backends)}; model "
+              f"{model_dir.name}, user model {user_dir.name})", flush=True)
         stopped = asyncio.Event()
 
         async def shutdown() -> None:
-            await recommender.stop()
-            await vision.stop()
+            await recommender.stop()  # first: no new calls reach the backends
+            await asyncio.gather(*(backend.stop() for backend in backends))
             stopped.set()
 
         loop = asyncio.get_running_loop()

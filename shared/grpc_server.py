@@ -70,6 +70,28 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer)
 
 
+class LateServicer:
+    """Stands in for a servicer while its models load: every RPC answers UNAVAILABLE
+    ("<what> is still loading") until ``target`` is set, then forwards to it. The server
+    can therefore listen (and report NOT_SERVING) before the models exist."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.target: object | None = None
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def forward(request, context):
+            if self.target is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"{self.what} is still loading")
+            return await getattr(self.target, method)(request, context)
+
+        return forward
+
+
 class GrpcServer:
     def __init__(self, services: Sequence[tuple[str, Register]], host: str = "127.0.0.1",
                  port: int = 0, grace: float = 5.0, metrics_port: int | None = None,
@@ -134,3 +156,27 @@ class GrpcServer:
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+async def start_loading(service_name: str, add_servicer: Callable[[object, grpc.aio.Server],
+                                                                 None],
+                        what: str, host: str, port: int, metrics_port: int | None = None,
+                        ) -> tuple[GrpcServer, LateServicer]:
+    """A started server for one service whose models are still loading (health
+    NOT_SERVING, calls UNAVAILABLE); set ``late.target`` and ``set_serving(True)`` when
+    they are loaded and verified."""
+    late = LateServicer(what)
+    server = GrpcServer([(service_name, lambda s: add_servicer(late, s))], host, port,
+                        metrics_port=metrics_port)
+    await server.start()
+    return server, late
+
+
+async def k_or_abort(k: int, limit: int, context: grpc.aio.ServicerContext,
+                     default: int = 10) -> int:
+    """A request's k (0 means ``default``), or INVALID_ARGUMENT naming the range."""
+    k = k or default
+    if not 1 <= k <= limit:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"k must be between 1 and {limit} (0 means {default}), got {k}")
+    return k

@@ -85,7 +85,7 @@ class ImageModels:
         return self.fusion.combine(per_method), per_method
 
 
-def load_image_models(directory: Path) -> ImageModels:
+def _open(directory: Path) -> ArtifactReader:
     reader = ArtifactReader(directory)  # refuses a directory whose checksums do not match
     manifest = reader.manifest
     if manifest.get("kind") != KIND:
@@ -93,11 +93,26 @@ def load_image_models(directory: Path) -> ImageModels:
     if manifest["vision_model"] != MODEL_ID:
         raise ValueError(f"{directory}: trained on features of {manifest['vision_model']}, "
                          f"this vision model is {MODEL_ID}")
-    names = class_names()
+    return reader
+
+
+def _load(reader: ArtifactReader, name: str) -> Method:
     loaders = {"frequency": FrequencyMethod.load, "knn": KnnMethod.load,
                "mlp": MlpMethod.load,
-               "word": lambda r: InstaHashMethod.load(r, names),
-               "graph": lambda r: JointGraphMethod.load(r, names)}
-    methods = {name: loaders[name](reader) for name in manifest["methods"]}
-    return ImageModels(manifest["version"], tuple(reader.json("vocabulary")), methods,
-                       Fusion.load(reader), directory)
+               "word": lambda r: InstaHashMethod.load(r, class_names()),
+               "graph": lambda r: JointGraphMethod.load(r, class_names())}
+    if name not in reader.manifest["methods"]:
+        raise ValueError(f"{reader.directory}: has no {name!r} method "
+                         f"(it holds {reader.manifest['methods']})")
+    return loaders[name](reader)
+
+
+def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> ImageModels:
+    """The verified models of a `hashrec train` directory; ``methods``: only these (the
+    recommender leaves word and graph to their own services)."""
+    reader = _open(directory)
+    manifest = reader.manifest
+    names = manifest["methods"] if methods is None else methods
+    return ImageModels(manifest["version"], tuple(reader.json("vocabulary")),
+                       {name: _load(reader, name) for name in names}, Fusion.load(reader),
+                       directory)

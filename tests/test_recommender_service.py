@@ -35,6 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
                                               vision.address))
     with grpc.insecure_channel(recommender.address, options=CHANNEL_OPTIONS) as channel:
         yield {"channel": channel, "vision": vision, "version": trained.version,
+               "model_dir": trained.directory,
                "loop": loop, "recommender": recommender}
     loop.call(recommender.stop())
     loop.call(vision.stop())
@@ -82,7 +83,7 @@ def test_bad_requests_are_invalid_argument_and_the_next_call_succeeds(
 def test_vision_down_is_unavailable_with_the_reason(stack: dict, data_dir: Path) -> None:
     loop: LoopThread = stack["loop"]
     # The same trained models, but the vision service it points at does not exist.
-    orphan = loop.call(serve_recommender("127.0.0.1", 0, stack["recommender"].model_dir,
+    orphan = loop.call(serve_recommender("127.0.0.1", 0, stack["model_dir"],
                                          "127.0.0.1:9", vision_deadline=2))
     photo = (data_dir / "food" / "images" / "0000008.jpg").read_bytes()
     try:
@@ -111,35 +112,3 @@ def test_cli_recommend_prints_json_and_names_errors(stack: dict, data_dir: Path,
     junk.write_bytes(b"not a photo at all")
     assert main(["recommend", str(junk), "--target", target]) == 1
     assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: ")
-
-
-def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_dir: Path,
-                                                            tmp_path: Path) -> None:
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), "--models",
-         str(stack["recommender"].model_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**__import__("os").environ, "HASHREC_MODELS": str(tmp_path)})
-    try:
-        deadline = time.monotonic() + 120
-        line = ""
-        while not line.startswith("serving ") and time.monotonic() < deadline:
-            line = serve.stdout.readline()
-        assert line.startswith(f"serving hashrec.v1.RecommenderService on 127.0.0.1:{port}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
-            photo = (data_dir / "food" / "images" / "0000008.jpg").read_bytes()
-            assert len(_recommend(channel, photo, k=5).hashtags) == 5
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(timeout=30) == 0
-    finally:
-        if serve.poll() is None:
-            serve.kill()

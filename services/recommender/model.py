@@ -218,16 +218,18 @@ class Fusion:
         return cls(saved["weights"], saved["mode"])
 
     def combine(self, method_scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Methods missing from ``method_scores`` (a backend that did not answer) are left
+        out: the rest still rank."""
         total = None
         for name, weight in self.weights.items():
-            if weight:
+            if weight and name in method_scores:
                 part = normalized_rows(method_scores[name])
                 if self.mode == "log":
                     part = np.log(part + _LOG_FLOOR)
                 part = weight * part
                 total = part if total is None else total + part
         if total is None:
-            raise ValueError("every fusion weight is zero")
+            raise ValueError("no method with a fusion weight answered")
         return total
 
     @classmethod
@@ -259,3 +261,22 @@ class Fusion:
                  {k: round(v, 2) for k, v in single.items()}, best_fusion.mode,
                  best_fusion.weights, best)
         return best_fusion
+
+
+#: weight of the user model's relative probability against the fused photo score (both
+#: on [0, 1]); the user term decides among hashtags the photo methods find close
+USER_WEIGHT = 1.0
+
+
+def condition_on_user(vocabulary: Sequence[str], fused: np.ndarray,
+                      user_hashtags: Sequence[tuple[str, float]],
+                      weight: float = USER_WEIGHT) -> dict[str, float]:
+    """s(h) = ŝ_photo(h) + weight · P(h | photo, user) / P(best | photo, user), where ŝ_photo
+    is the fused photo score min-max scaled to [0, 1]; hashtags the user model ranks but
+    the photo models do not know (a user's own hashtags) enter with the user term alone."""
+    low, high = float(fused.min()), float(fused.max())
+    scaled = (fused - low) / (high - low) if high > low else np.zeros_like(fused)
+    combined = {term: float(score) for term, score in zip(vocabulary, scaled, strict=True)}
+    for term, relative in user_hashtags:
+        combined[term] = combined.get(term, 0.0) + weight * relative
+    return combined

@@ -1,146 +1,273 @@
-"""RecommenderService over gRPC: transport and orchestration; the math is in model.py and
-shared/train.py.
+"""RecommenderService over gRPC: orchestration and transport; the math is in model.py.
 
-A Recommend call asks VisionService for the photo's features and top machine labels
-(with a deadline inside the caller's), scores the vocabulary with every trained method,
-fuses, and answers the top k with the signals behind each hashtag.
+Recommend:
+1. VisionService.Embed (required: every method reads the photo's features and labels);
+2. in parallel, each with its own deadline inside the caller's: the local methods
+   (frequency, knn, mlp), WordEmbeddingService.Score, GraphEmbeddingService.Score, and
+   UserProfileService.Score when a user id is given;
+3. fusion of the photo methods that answered (model.py: Fusion), conditioned on the user
+   when the user service knows them (model.py: condition_on_user);
+4. the top k, each hashtag with its score and the signals (method, normalised score, rank).
+A backend that is down, late, or serves another model version is left out, and the answer
+says degraded, with the reasons; only vision is required.
 
-Config from the environment: HASHREC_RECOMMENDER_HOST (127.0.0.1), HASHREC_RECOMMENDER_PORT
-(50050), HASHREC_RECOMMENDER_METRICS_PORT (9100), HASHREC_VISION_TARGET (127.0.0.1:50051),
-HASHREC_MODEL_DIR (a directory written by `hashrec train`), HASHREC_VISION_DEADLINE_S (10).
+Config from the environment: HASHREC_RECOMMENDER_HOST (127.0.0.1),
+HASHREC_RECOMMENDER_PORT (50050), HASHREC_RECOMMENDER_METRICS_PORT (9100),
+HASHREC_MODEL_DIR (a `hashrec train` directory), HASHREC_VISION_TARGET (127.0.0.1:50051),
+HASHREC_WORD_TARGET (:50052), HASHREC_GRAPH_TARGET (:50053), HASHREC_USER_TARGET (:50054)
+(an empty target: that backend is not used), HASHREC_VISION_DEADLINE_S (10),
+HASHREC_BACKEND_DEADLINE_S (2: word, graph, user).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
-from functools import cache
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
-from hashrec.v1 import recommender_pb2, recommender_pb2_grpc, vision_pb2, vision_pb2_grpc
+from hashrec.v1 import (
+    graph_pb2_grpc,
+    photo_pb2,
+    recommender_pb2,
+    recommender_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+    vision_pb2,
+    vision_pb2_grpc,
+    word_pb2_grpc,
+)
 
-from services.recommender.model import normalized_rows
-from services.vision.model import FEATURE_DIM, N_CLASSES, class_names
+from services.recommender.model import Fusion, condition_on_user, normalized_rows
 from shared.config import setup_logging
 from shared.eval.metrics import top_k
-from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer
-from shared.photos import MACHINE_LABELS_PER_PHOTO, PhotoSet
+from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, k_or_abort, start_loading
+from shared.photos import MACHINE_LABELS_PER_PHOTO
+from shared.scoring import describe, photo_set
 from shared.train import ImageModels, load_image_models
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 MAX_K = 100
 SIGNAL_DEPTH = 20
+#: the user model is asked for this many hashtags at least, so that its opinion of the
+#: photo methods' candidates is known
+USER_DEPTH = 50
+LOCAL_METHODS = ("frequency", "knn", "mlp")
 
 
-@cache
-def class_rows() -> dict[str, int]:
-    """ImageNet class name → output row, built once (not on every request)."""
-    return {name: row for row, name in enumerate(class_names())}
+@dataclass
+class Backends:
+    """Stubs of the services the recommender calls; None: not used."""
+
+    vision: vision_pb2_grpc.VisionServiceStub
+    word: word_pb2_grpc.WordEmbeddingServiceStub | None = None
+    graph: graph_pb2_grpc.GraphEmbeddingServiceStub | None = None
+    user: user_pb2_grpc.UserProfileServiceStub | None = None
+    vision_deadline: float = 10.0
+    deadline: float = 2.0
 
 
-def photo_from_embedding(reply: vision_pb2.EmbedResponse) -> PhotoSet:
-    """The photo as the methods see it. Only the top machine labels travel; the methods use
-    no more than those (MACHINE_LABELS_PER_PHOTO), so the rest of the distribution is 0."""
-    if len(reply.features) != FEATURE_DIM:
-        raise ValueError(f"vision answered {len(reply.features)} features, not {FEATURE_DIM}")
-    index = class_rows()
-    probabilities = np.zeros((1, N_CLASSES), dtype=np.float32)
-    for label in reply.labels:
-        probabilities[0, index[label.name]] = label.probability
-    return PhotoSet(np.asarray(reply.features, dtype=np.float32)[None, :], probabilities)
+def _timeout(limit: float, context: grpc.aio.ServicerContext) -> float:
+    """The backend's own deadline, never past the caller's."""
+    remaining = context.time_remaining()
+    return min(limit, remaining) if remaining is not None else limit
 
 
-class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
-    def __init__(self, models: ImageModels, vision: vision_pb2_grpc.VisionServiceStub,
-                 vision_deadline: float = 10.0) -> None:
-        self.models, self.vision, self.vision_deadline = models, vision, vision_deadline
+def _reason(backend: str, error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{backend}: {error.code().name}: {error.details()}"
+    return f"{backend}: {type(error).__name__}: {error}"
 
-    async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
-                        context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
-        k = request.k or 10
-        if not 1 <= k <= MAX_K:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"k must be between 1 and {MAX_K} (0 means 10), got {k}")
-        remaining = context.time_remaining()
-        deadline = min(self.vision_deadline, remaining) if remaining else self.vision_deadline
+
+class RecommenderServicer:
+    def __init__(self, models: ImageModels, backends: Backends) -> None:
+        self.models, self.backends = models, backends
+
+    async def _embed(self, image: bytes, context: grpc.aio.ServicerContext,
+                     ) -> vision_pb2.EmbedResponse:
         try:
-            reply = await self.vision.Embed(
-                vision_pb2.EmbedRequest(image=request.image,
-                                        top_labels=MACHINE_LABELS_PER_PHOTO),
-                timeout=deadline)
+            return await self.backends.vision.Embed(
+                vision_pb2.EmbedRequest(image=image, top_labels=MACHINE_LABELS_PER_PHOTO),
+                timeout=_timeout(self.backends.vision_deadline, context))
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 await context.abort(code, error.details())
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"vision service: {code.name}: {error.details()}")
-        photo = photo_from_embedding(reply)
-        fused, per_method = await asyncio.get_running_loop().run_in_executor(
-            None, self.models.scores, photo)
-        return recommender_pb2.RecommendResponse(
-            hashtags=self._answer(fused[0], {m: s[0] for m, s in per_method.items()}, k),
-            model_version=self.models.version)
+            raise
 
-    def _answer(self, fused: np.ndarray, per_method: dict[str, np.ndarray],
-                k: int) -> list[recommender_pb2.HashtagScore]:
-        ranks, normalized = {}, {}
+    async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
+        k = await k_or_abort(request.k, MAX_K, context)
+        reply = await self._embed(request.image, context)
+        description = describe(reply)
+        photos = photo_set(description)
+        loop, backends = asyncio.get_running_loop(), self.backends
+        calls: dict[str, Awaitable] = {"local": loop.run_in_executor(
+            None, lambda: {name: self.models.methods[name].scores(photos)[0]
+                           for name in LOCAL_METHODS if name in self.models.methods})}
+        timeout = _timeout(backends.deadline, context)
+        score_request = photo_pb2.ScoreRequest(photo=description)
+        if backends.word is not None:
+            calls["word"] = backends.word.Score(score_request, timeout=timeout)
+        if backends.graph is not None:
+            calls["graph"] = backends.graph.Score(score_request, timeout=timeout)
+        if backends.user is not None and request.user_id:
+            calls["user"] = backends.user.Score(user_pb2.UserScoreRequest(
+                photo=description, user_id=request.user_id, k=max(k, USER_DEPTH)),
+                timeout=timeout)
+        results = dict(zip(calls, await asyncio.gather(*calls.values(),
+                                                       return_exceptions=True), strict=True))
+        per_method: dict[str, np.ndarray] = {}
+        reasons: list[str] = []
+        for backend, result in results.items():
+            if isinstance(result, BaseException):
+                if backend == "local":
+                    raise result
+                reasons.append(_reason(backend, result))
+            elif backend == "local":
+                per_method.update(result)
+            elif backend in ("word", "graph"):
+                if result.model_version != self.models.version:
+                    reasons.append(f"{backend}: serves model {result.model_version}, the "
+                                   f"recommender {self.models.version}")
+                elif len(result.scores) != len(self.models.vocabulary):
+                    reasons.append(f"{backend}: {len(result.scores)} scores for "
+                                   f"{len(self.models.vocabulary)} hashtags")
+                else:
+                    per_method[backend] = np.asarray(result.scores, dtype=np.float32)
+        user_reply = results.get("user")
+        user_hashtags = [] if user_reply is None or isinstance(user_reply, BaseException) \
+            or not user_reply.known_user else [(h.hashtag, h.relative_probability)
+                                              for h in user_reply.hashtags]
+        rows = {m: s[None, :] for m, s in per_method.items()}
+        try:
+            fused = self.models.fusion.combine(rows)[0]
+        except ValueError:  # no method with a fusion weight answered: equal weights
+            fused = Fusion({m: 1.0 for m in rows}).combine(rows)[0]
+            reasons.append("fusion: no weighted method answered; equal weights")
+        combined = condition_on_user(self.models.vocabulary, fused, user_hashtags)
+        return recommender_pb2.RecommendResponse(
+            hashtags=self._answer(combined, per_method, user_hashtags, k),
+            model_version=self.models.version, degraded=bool(reasons),
+            degraded_reasons=reasons)
+
+    def _answer(self, combined: dict[str, float], per_method: dict[str, np.ndarray],
+                user_hashtags: list[tuple[str, float]], k: int,
+                ) -> list[recommender_pb2.HashtagScore]:
+        vocabulary = self.models.vocabulary
+        signals: dict[str, list[recommender_pb2.Signal]] = {}
         for method, scores in per_method.items():
-            order = top_k(scores[None, :], SIGNAL_DEPTH)[0]
-            ranks[method] = {int(h): rank for rank, h in enumerate(order, start=1)}
-            normalized[method] = normalized_rows(scores[None, :])[0]
-        answer = []
-        for h in top_k(fused[None, :], k)[0]:
-            signals = sorted((recommender_pb2.Signal(method=m, score=float(normalized[m][h]),
-                                                     rank=ranks[m][int(h)])
-                              for m in per_method if int(h) in ranks[m]),
-                             key=lambda signal: signal.rank)
-            answer.append(recommender_pb2.HashtagScore(
-                hashtag=self.models.vocabulary[h], score=float(fused[h]), signals=signals))
-        return answer
+            normalized = normalized_rows(scores[None, :])[0]
+            for rank, h in enumerate(top_k(scores[None, :], SIGNAL_DEPTH)[0], start=1):
+                signals.setdefault(vocabulary[h], []).append(recommender_pb2.Signal(
+                    method=method, score=float(normalized[h]), rank=rank))
+        for rank, (term, relative) in enumerate(user_hashtags[:SIGNAL_DEPTH], start=1):
+            signals.setdefault(term, []).append(
+                recommender_pb2.Signal(method="user", score=relative, rank=rank))
+        best = sorted(combined.items(), key=lambda item: (-item[1], item[0]))[:k]
+        return [recommender_pb2.HashtagScore(
+            hashtag=term, score=score,
+            signals=sorted(signals.get(term, []), key=lambda s: (s.rank, s.method)))
+            for term, score in best]
+
+    async def Feedback(self, request: recommender_pb2.FeedbackRequest,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
+        if not request.user_id.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is empty")
+        if not request.hashtags:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no hashtags given")
+        if self.backends.user is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
+        reply = await self._embed(request.image, context)
+        try:
+            return await self.backends.user.Update(user_pb2.UserUpdateRequest(
+                user_id=request.user_id, photo=describe(reply), hashtags=request.hashtags,
+                photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest()),
+                timeout=_timeout(self.backends.deadline, context))
+        except grpc.aio.AioRpcError as error:
+            await self._forward_error("user service", error, context)
+            raise
+
+    async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:
+        if self.backends.user is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
+        try:
+            return await self.backends.user.Retrieve(
+                request, timeout=_timeout(self.backends.deadline, context))
+        except grpc.aio.AioRpcError as error:
+            await self._forward_error("user service", error, context)
+            raise
+
+    @staticmethod
+    async def _forward_error(backend: str, error: grpc.aio.AioRpcError,
+                             context: grpc.aio.ServicerContext) -> None:
+        """The caller's own mistakes pass through; the backend's trouble is UNAVAILABLE."""
+        code = error.code()
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+            await context.abort(code, error.details())
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"{backend}: {code.name}: {error.details()}")
 
 
 async def serve(host: str, port: int, model_dir: Path, vision_target: str,
-                metrics_port: int | None = None, vision_deadline: float = 10.0,
+                word_target: str | None = None, graph_target: str | None = None,
+                user_target: str | None = None, metrics_port: int | None = None,
+                vision_deadline: float = 10.0, backend_deadline: float = 2.0,
                 ) -> GrpcServer:
-    """Starts NOT_SERVING, loads and verifies the models, connects vision, then SERVING."""
-    slot: list[RecommenderServicer] = []
+    """Starts NOT_SERVING, loads and verifies the models, connects the backends, then
+    SERVING. A target left None is not used (its signal never appears)."""
+    server, late = await start_loading(
+        SERVICE_NAME, recommender_pb2_grpc.add_RecommenderServiceServicer_to_server,
+        "recommender model", host, port, metrics_port)
+    models = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: load_image_models(model_dir, LOCAL_METHODS))
+    channels = []
 
-    class Deferred(recommender_pb2_grpc.RecommenderServiceServicer):
-        async def Recommend(self, request, context):  # noqa: N802
-            if not slot:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "models are still loading")
-            return await slot[0].Recommend(request, context)
+    def channel(target: str | None) -> grpc.aio.Channel | None:
+        if not target:
+            return None
+        channels.append(grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS))
+        return channels[-1]
 
-    server = GrpcServer(
-        [(SERVICE_NAME, lambda s: recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(
-            Deferred(), s))], host, port, metrics_port=metrics_port)
-    await server.start()
-    models = await asyncio.get_running_loop().run_in_executor(None, load_image_models,
-                                                              model_dir)
-    channel = grpc.aio.insecure_channel(vision_target, options=CHANNEL_OPTIONS)
-    server.on_stop(lambda: asyncio.ensure_future(channel.close()))
-    slot.append(RecommenderServicer(models, vision_pb2_grpc.VisionServiceStub(channel),
-                                    vision_deadline))
-    server.model_dir = model_dir  # type: ignore[attr-defined]
+    vision, word, graph, user = (channel(t) for t in (vision_target, word_target,
+                                                        graph_target, user_target))
+    server.on_stop(lambda: [asyncio.ensure_future(c.close()) for c in channels])
+    late.target = RecommenderServicer(models, Backends(
+        vision_pb2_grpc.VisionServiceStub(vision),
+        word and word_pb2_grpc.WordEmbeddingServiceStub(word),
+        graph and graph_pb2_grpc.GraphEmbeddingServiceStub(graph),
+        user and user_pb2_grpc.UserProfileServiceStub(user),
+        vision_deadline, backend_deadline))
     await server.set_serving(True)
-    log.info("recommender: model %s, %d hashtags, vision at %s", models.version,
-             len(models.vocabulary), vision_target)
+    log.info("recommender: model %s, %d hashtags; vision %s, word %s, graph %s, user %s",
+             models.version, len(models.vocabulary), vision_target, word_target,
+             graph_target, user_target)
     return server
 
 
 async def _main() -> None:
     setup_logging()
+    env = os.environ.get
     server = await serve(
-        os.environ.get("HASHREC_RECOMMENDER_HOST", "127.0.0.1"),
-        int(os.environ.get("HASHREC_RECOMMENDER_PORT", "50050")),
+        env("HASHREC_RECOMMENDER_HOST", "127.0.0.1"),
+        int(env("HASHREC_RECOMMENDER_PORT", "50050")),
         Path(os.environ["HASHREC_MODEL_DIR"]),
-        os.environ.get("HASHREC_VISION_TARGET", "127.0.0.1:50051"),
-        metrics_port=int(os.environ.get("HASHREC_RECOMMENDER_METRICS_PORT", "9100")),
-        vision_deadline=float(os.environ.get("HASHREC_VISION_DEADLINE_S", "10")))
+        env("HASHREC_VISION_TARGET", "127.0.0.1:50051"),
+        env("HASHREC_WORD_TARGET", "127.0.0.1:50052"),
+        env("HASHREC_GRAPH_TARGET", "127.0.0.1:50053"),
+        env("HASHREC_USER_TARGET", "127.0.0.1:50054"),
+        metrics_port=int(env("HASHREC_RECOMMENDER_METRICS_PORT", "9100")),
+        vision_deadline=float(env("HASHREC_VISION_DEADLINE_S", "10")),
+        backend_deadline=float(env("HASHREC_BACKEND_DEADLINE_S", "2")))
     server.stop_on_signals()
     await server.wait()
 

@@ -39,7 +39,7 @@ from services.vision.model import (
 from services.vision.store import MODEL_ID
 from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
-from shared.grpc_server import GrpcServer
+from shared.grpc_server import GrpcServer, start_loading
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
@@ -141,36 +141,19 @@ async def serve(host: str, port: int, model: VisionModel | None = None,
                 max_batch: int | None = None, max_delay: float = 0.005,
                 cache: Cache | None = None, metrics_port: int | None = None) -> GrpcServer:
     """Starts the server (health NOT_SERVING), loads the model, then reports SERVING."""
-    servicer_slot: list[VisionServicer] = []
-
-    def register(server: grpc.aio.Server) -> None:
-        vision_pb2_grpc.add_VisionServiceServicer_to_server(
-            _Deferred(servicer_slot), server)
-
-    server = GrpcServer([(SERVICE_NAME, register)], host, port, metrics_port=metrics_port)
-    await server.start()
+    server, late = await start_loading(
+        SERVICE_NAME, vision_pb2_grpc.add_VisionServiceServicer_to_server, "vision model",
+        host, port, metrics_port)
     loop = asyncio.get_running_loop()
     model = model or await loop.run_in_executor(None, VisionModel)
     batch = max_batch or (32 if model.device.type == "cuda" else 4)
     batcher = MicroBatcher(model, batch, max_delay)
     batcher.start()
     server.on_stop(batcher.stop)
-    servicer_slot.append(VisionServicer(batcher, cache if cache is not None else LruCache()))
+    late.target = VisionServicer(batcher, cache if cache is not None else LruCache())
     await server.set_serving(True)
     server.batcher = batcher  # type: ignore[attr-defined]
     return server
-
-
-class _Deferred(vision_pb2_grpc.VisionServiceServicer):
-    """Answers UNAVAILABLE until the real servicer exists (models still loading)."""
-
-    def __init__(self, slot: list[VisionServicer]) -> None:
-        self.slot = slot
-
-    async def Embed(self, request, context):  # noqa: N802
-        if not self.slot:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "vision model is still loading")
-        return await self.slot[0].Embed(request, context)
 
 
 async def _main() -> None:

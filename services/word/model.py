@@ -16,6 +16,7 @@ from gensim.models import Word2Vec
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.embeddings import TermVectors
+from shared.index import InnerProductIndex, l2_normalized
 from shared.photos import PhotoSet, label_weights, log_prior, machine_labels, pmi_scores
 
 log = logging.getLogger(__name__)
@@ -122,3 +123,26 @@ class InstaHashMethod:
         method.hashtag_context = reader.array("word/hashtag_context")
         method.prior = reader.array("word/prior")
         return method
+
+
+class SimilarHashtags:
+    """Nearest hashtags by cosine similarity of their word vectors: one exact FAISS
+    inner-product search over the L2-normalised vectors of the vocabulary."""
+
+    def __init__(self, term_vectors: TermVectors, vocabulary: Sequence[str]) -> None:
+        index = term_vectors.index
+        self.hashtags = tuple(term for term in vocabulary if term in index)
+        self.rows = {term: row for row, term in enumerate(self.hashtags)}
+        self.vectors = l2_normalized(term_vectors.vectors[[index[t] for t in self.hashtags]])
+        self.index = InnerProductIndex(self.vectors)
+
+    def __contains__(self, hashtag: str) -> bool:
+        return hashtag in self.rows
+
+    def search(self, hashtag: str, k: int) -> list[tuple[str, float]]:
+        """The k nearest hashtags, the hashtag itself left out; KeyError when unknown."""
+        query = self.vectors[self.rows[hashtag]][None, :]
+        scores, ids = self.index.search(query, min(k + 1, len(self.hashtags)))
+        return [(self.hashtags[i], float(score)) for score, i in zip(scores[0], ids[0],
+                                                                      strict=True)
+                if self.hashtags[i] != hashtag][:k]

@@ -1,3 +1,4 @@
+from hashrec.v1 import user_pb2 as _user_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -47,3 +48,13 @@ class RecommendResponse(_message.Message):
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, hashtags: _Optional[_Iterable[_Union[HashtagScore, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("image", "user_id", "hashtags")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    HASHTAGS_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    user_id: str
+    hashtags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., hashtags: _Optional[_Iterable[str]] = ...) -> None: ...

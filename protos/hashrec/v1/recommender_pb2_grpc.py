@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from hashrec.v1 import recommender_pb2 as hashrec_dot_v1_dot_recommender__pb2
+from hashrec.v1 import user_pb2 as hashrec_dot_v1_dot_user__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -40,6 +41,16 @@ class RecommenderServiceStub:
                 request_serializer=hashrec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=hashrec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/hashrec.v1.RecommenderService/Feedback',
+                request_serializer=hashrec_dot_v1_dot_recommender__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_user__pb2.UserUpdateResponse.FromString,
+                _registered_method=True)
+        self.Retrieve = channel.unary_unary(
+                '/hashrec.v1.RecommenderService/Retrieve',
+                request_serializer=hashrec_dot_v1_dot_user__pb2.RetrieveRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_user__pb2.RetrieveResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -47,9 +58,28 @@ class RecommenderServiceServicer:
     """
 
     def Recommend(self, request, context):
-        """Ranks the vocabulary for the photo (and, later, its poster) and returns the top k.
+        """Ranks hashtags for the photo and its poster and returns the top k. Vision comes first
+        (every method needs the features); then word, graph and user embedding services are
+        asked in parallel, each with its own deadline. When one of them is down or late the
+        answer comes from the rest with degraded = true and the reason.
         INVALID_ARGUMENT for a bad image or k outside 0..100; UNAVAILABLE when the vision
-        service, which every method needs, cannot be reached in time.
+        service cannot be reached in time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feedback(self, request, context):
+        """The hashtags a user chose for a photo: the user's profile learns from them.
+        INVALID_ARGUMENT for a bad image, an empty user id, or no usable hashtag;
+        UNAVAILABLE when the vision or user service cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retrieve(self, request, context):
+        """Photos for a hashtag, as a user would tag them (Veit et al. section 4.3).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +92,16 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=hashrec_dot_v1_dot_recommender__pb2.RecommendRequest.FromString,
                     response_serializer=hashrec_dot_v1_dot_recommender__pb2.RecommendResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=hashrec_dot_v1_dot_recommender__pb2.FeedbackRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_user__pb2.UserUpdateResponse.SerializeToString,
+            ),
+            'Retrieve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retrieve,
+                    request_deserializer=hashrec_dot_v1_dot_user__pb2.RetrieveRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_user__pb2.RetrieveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +132,60 @@ class RecommenderService:
             '/hashrec.v1.RecommenderService/Recommend',
             hashrec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
             hashrec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.RecommenderService/Feedback',
+            hashrec_dot_v1_dot_recommender__pb2.FeedbackRequest.SerializeToString,
+            hashrec_dot_v1_dot_user__pb2.UserUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retrieve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.RecommenderService/Retrieve',
+            hashrec_dot_v1_dot_user__pb2.RetrieveRequest.SerializeToString,
+            hashrec_dot_v1_dot_user__pb2.RetrieveResponse.FromString,
             options,
             channel_credentials,
             insecure,

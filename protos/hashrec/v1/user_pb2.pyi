@@ -1,0 +1,86 @@
+from hashrec.v1 import photo_pb2 as _photo_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UserScoreRequest(_message.Message):
+    __slots__ = ("photo", "user_id", "k")
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    photo: _photo_pb2.PhotoDescription
+    user_id: str
+    k: int
+    def __init__(self, photo: _Optional[_Union[_photo_pb2.PhotoDescription, _Mapping]] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class UserHashtag(_message.Message):
+    __slots__ = ("hashtag", "score", "relative_probability")
+    HASHTAG_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    hashtag: str
+    score: float
+    relative_probability: float
+    def __init__(self, hashtag: _Optional[str] = ..., score: _Optional[float] = ..., relative_probability: _Optional[float] = ...) -> None: ...
+
+class UserScoreResponse(_message.Message):
+    __slots__ = ("hashtags", "known_user", "model_version")
+    HASHTAGS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_USER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    hashtags: _containers.RepeatedCompositeFieldContainer[UserHashtag]
+    known_user: bool
+    model_version: str
+    def __init__(self, hashtags: _Optional[_Iterable[_Union[UserHashtag, _Mapping]]] = ..., known_user: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class UserUpdateRequest(_message.Message):
+    __slots__ = ("user_id", "photo", "hashtags", "photo_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    HASHTAGS_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    photo: _photo_pb2.PhotoDescription
+    hashtags: _containers.RepeatedScalarFieldContainer[str]
+    photo_id: str
+    def __init__(self, user_id: _Optional[str] = ..., photo: _Optional[_Union[_photo_pb2.PhotoDescription, _Mapping]] = ..., hashtags: _Optional[_Iterable[str]] = ..., photo_id: _Optional[str] = ...) -> None: ...
+
+class UserUpdateResponse(_message.Message):
+    __slots__ = ("accepted", "ignored", "posts")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_FIELD_NUMBER: _ClassVar[int]
+    POSTS_FIELD_NUMBER: _ClassVar[int]
+    accepted: _containers.RepeatedScalarFieldContainer[str]
+    ignored: _containers.RepeatedScalarFieldContainer[str]
+    posts: int
+    def __init__(self, accepted: _Optional[_Iterable[str]] = ..., ignored: _Optional[_Iterable[str]] = ..., posts: _Optional[int] = ...) -> None: ...
+
+class RetrieveRequest(_message.Message):
+    __slots__ = ("hashtag", "user_id", "k")
+    HASHTAG_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    hashtag: str
+    user_id: str
+    k: int
+    def __init__(self, hashtag: _Optional[str] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class RetrievedPhoto(_message.Message):
+    __slots__ = ("photo_id", "score")
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    photo_id: str
+    score: float
+    def __init__(self, photo_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RetrieveResponse(_message.Message):
+    __slots__ = ("photos", "model_version")
+    PHOTOS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    photos: _containers.RepeatedCompositeFieldContainer[RetrievedPhoto]
+    model_version: str
+    def __init__(self, photos: _Optional[_Iterable[_Union[RetrievedPhoto, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,53 @@
+"""GraphEmbeddingService over gRPC: transport only; the math is in services/graph/model.py.
+
+Score: Zhong et al.'s joint image–hashtag–label graph, DeepWalk vectors; a new photo is
+placed by its machine labels and its visual neighbours among the training photos.
+
+Config from the environment: HASHREC_GRAPH_HOST (127.0.0.1), HASHREC_GRAPH_PORT (50053),
+HASHREC_GRAPH_METRICS_PORT (9103), HASHREC_MODEL_DIR (a `hashrec train` directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from hashrec.v1 import graph_pb2, graph_pb2_grpc
+
+from shared.config import setup_logging
+from shared.grpc_server import GrpcServer, start_loading
+from shared.scoring import VocabularyScorer
+from shared.train import load_image_models
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = graph_pb2.DESCRIPTOR.services_by_name["GraphEmbeddingService"].full_name
+
+
+async def serve(host: str, port: int, model_dir: Path,
+                metrics_port: int | None = None) -> GrpcServer:
+    """Starts NOT_SERVING, loads and verifies the graph model, then SERVING."""
+    server, late = await start_loading(
+        SERVICE_NAME, graph_pb2_grpc.add_GraphEmbeddingServiceServicer_to_server,
+        "graph model", host, port, metrics_port)
+    models = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: load_image_models(model_dir, ["graph"]))
+    late.target = VocabularyScorer(models.methods["graph"].scores, models.version)
+    await server.set_serving(True)
+    log.info("graph: model %s, %d hashtags", models.version, len(models.vocabulary))
+    return server
+
+
+async def _main() -> None:
+    setup_logging()
+    server = await serve(os.environ.get("HASHREC_GRAPH_HOST", "127.0.0.1"),
+                         int(os.environ.get("HASHREC_GRAPH_PORT", "50053")),
+                         Path(os.environ["HASHREC_MODEL_DIR"]),
+                         int(os.environ.get("HASHREC_GRAPH_METRICS_PORT", "9103")))
+    server.stop_on_signals()
+    await server.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

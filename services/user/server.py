@@ -1,0 +1,153 @@
+"""UserProfileService over gRPC: transport only; the math is in services/user/lookup.py.
+
+Every call on the lookup runs in one worker thread, in arrival order: Score reads and
+Update writes never interleave, and the event loop stays free for health checks.
+Updates are journaled (fsync) before they are applied (services/user/journal.py).
+
+Config from the environment: HASHREC_USER_HOST (127.0.0.1), HASHREC_USER_PORT (50054),
+HASHREC_USER_METRICS_PORT (9104), HASHREC_USER_MODEL_DIR (from services/user/train.py),
+HASHREC_USER_STATE (where the update journal lives; default beside the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from hashrec.v1 import user_pb2, user_pb2_grpc
+
+from services.user.journal import UpdateJournal
+from services.user.lookup import UserHashtagLookup
+from shared.config import setup_logging
+from shared.data.normalize import normalize_hashtag
+from shared.grpc_server import GrpcServer, k_or_abort, start_loading
+from shared.scoring import photo_or_abort
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = user_pb2.DESCRIPTOR.services_by_name["UserProfileService"].full_name
+MAX_SCORE_K = 1000
+MAX_RETRIEVE_K = 100
+MAX_USER_ID = 256
+T = TypeVar("T")
+
+
+class UserServicer:
+    def __init__(self, lookup: UserHashtagLookup, journal: UpdateJournal,
+                 model_version: str) -> None:
+        self.lookup, self.journal, self.model_version = lookup, journal, model_version
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="user-lookup")
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.worker, work)
+
+    async def Score(self, request: user_pb2.UserScoreRequest,  # noqa: N802
+                    context: grpc.aio.ServicerContext) -> user_pb2.UserScoreResponse:
+        k = await k_or_abort(request.k, MAX_SCORE_K, context)
+        photo = await photo_or_abort(request.photo, context)
+        user = request.user_id or None
+        scores, ids = await self._run(lambda: self.lookup.top_k(photo.features, [user], k))
+        best = float(scores[0, 0])
+        return user_pb2.UserScoreResponse(
+            hashtags=[user_pb2.UserHashtag(hashtag=self.lookup.vocabulary[i], score=float(s),
+                                           relative_probability=float(np.exp(s - best)))
+                      for s, i in zip(scores[0], ids[0], strict=True)],
+            known_user=self.lookup.known(user), model_version=self.model_version)
+
+    async def Update(self, request: user_pb2.UserUpdateRequest,  # noqa: N802
+                     context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
+        if not request.user_id.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is empty")
+        if len(request.user_id) > MAX_USER_ID:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"user_id is longer than {MAX_USER_ID} characters")
+        photo = await photo_or_abort(request.photo, context)
+        accepted, ignored = [], []
+        for raw in request.hashtags:
+            hashtag = normalize_hashtag(raw)
+            if hashtag is None:
+                ignored.append(f"{raw!r}: no letters or digits")
+            elif hashtag not in self.lookup.hashtag_rows:
+                ignored.append(f"{hashtag!r}: not in the vocabulary")
+            elif hashtag not in accepted:
+                accepted.append(hashtag)
+        if not accepted:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "no usable hashtag: " + ("; ".join(ignored) or "none given"))
+        features = photo.features[0]
+
+        def learn() -> int:
+            self.journal.append(request.user_id, accepted, features, request.photo_id)
+            self.lookup.update(request.user_id, features,
+                               [self.lookup.hashtag_rows[h] for h in accepted])
+            if request.photo_id:
+                self.lookup.add_photos([request.photo_id], features[None, :])
+            return int(self.lookup.post_counts[self.lookup.user_index[request.user_id]])
+
+        posts = await self._run(learn)
+        return user_pb2.UserUpdateResponse(accepted=accepted, ignored=ignored, posts=posts)
+
+    async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:
+        k = await k_or_abort(request.k, MAX_RETRIEVE_K, context)
+        hashtag = normalize_hashtag(request.hashtag)
+        if hashtag is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"hashtag {request.hashtag!r} has no letters or digits")
+        if hashtag not in self.lookup.hashtag_rows:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"hashtag {hashtag!r} is not in the vocabulary")
+        found = await self._run(lambda: self.lookup.retrieve(
+            self.lookup.hashtag_rows[hashtag], request.user_id or None, k))
+        return user_pb2.RetrieveResponse(
+            photos=[user_pb2.RetrievedPhoto(photo_id=p, score=s) for p, s in found],
+            model_version=self.model_version)
+
+
+def load_with_journal(model_dir: Path, state_dir: Path | None,
+                      ) -> tuple[UserHashtagLookup, UpdateJournal]:
+    """The verified trained model with every journaled update replayed onto it."""
+    lookup = UserHashtagLookup.load(model_dir)
+    journal = UpdateJournal((state_dir or model_dir.parent / "state") / model_dir.name
+                            / "updates.jsonl")
+    journal.replay(lookup)
+    return lookup, journal
+
+
+async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = None,
+                metrics_port: int | None = None) -> GrpcServer:
+    """Starts NOT_SERVING, loads and verifies the model, replays the journal, SERVING."""
+    server, late = await start_loading(
+        SERVICE_NAME, user_pb2_grpc.add_UserProfileServiceServicer_to_server, "user model",
+        host, port, metrics_port)
+    lookup, journal = await asyncio.get_running_loop().run_in_executor(
+        None, load_with_journal, model_dir, state_dir)
+    servicer = UserServicer(lookup, journal, model_dir.name)
+    server.on_stop(lambda: servicer.worker.shutdown(wait=True))
+    late.target = servicer
+    await server.set_serving(True)
+    log.info("user: model %s, %d users, %d hashtags, %d photos", model_dir.name,
+             len(lookup.user_ids), len(lookup.vocabulary), len(lookup.photo_ids))
+    return server
+
+
+async def _main() -> None:
+    setup_logging()
+    state = os.environ.get("HASHREC_USER_STATE")
+    server = await serve(os.environ.get("HASHREC_USER_HOST", "127.0.0.1"),
+                         int(os.environ.get("HASHREC_USER_PORT", "50054")),
+                         Path(os.environ["HASHREC_USER_MODEL_DIR"]),
+                         Path(state) if state else None,
+                         int(os.environ.get("HASHREC_USER_METRICS_PORT", "9104")))
+    server.stop_on_signals()
+    await server.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

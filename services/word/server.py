@@ -1,0 +1,79 @@
+"""WordEmbeddingService over gRPC: transport only; the math is in services/word/model.py.
+
+Score: InstaHash's label → hashtag expansion for one photo, over the vocabulary of the
+served `hashrec train` directory. Similar: nearest hashtags in the word-vector space.
+
+Config from the environment: HASHREC_WORD_HOST (127.0.0.1), HASHREC_WORD_PORT (50052),
+HASHREC_WORD_METRICS_PORT (9102), HASHREC_MODEL_DIR (a `hashrec train` directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from hashrec.v1 import word_pb2, word_pb2_grpc
+
+from services.word.model import InstaHashMethod, SimilarHashtags
+from shared.config import setup_logging
+from shared.data.normalize import normalize_hashtag
+from shared.grpc_server import GrpcServer, k_or_abort, start_loading
+from shared.scoring import VocabularyScorer
+from shared.train import load_image_models
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = word_pb2.DESCRIPTOR.services_by_name["WordEmbeddingService"].full_name
+MAX_K = 100
+
+
+class WordServicer(VocabularyScorer):
+    def __init__(self, method: InstaHashMethod, vocabulary: tuple[str, ...],
+                 model_version: str) -> None:
+        super().__init__(method.scores, model_version)
+        self.similar = SimilarHashtags(method.term_vectors, vocabulary)
+
+    async def Similar(self, request: word_pb2.SimilarRequest,  # noqa: N802
+                      context: grpc.aio.ServicerContext) -> word_pb2.SimilarResponse:
+        k = await k_or_abort(request.k, MAX_K, context)
+        hashtag = normalize_hashtag(request.hashtag)
+        if hashtag is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"hashtag {request.hashtag!r} has no letters or digits")
+        if hashtag not in self.similar:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"hashtag {hashtag!r} is not in the vocabulary")
+        return word_pb2.SimilarResponse(
+            hashtags=[word_pb2.SimilarHashtag(hashtag=h, similarity=s)
+                      for h, s in self.similar.search(hashtag, k)],
+            model_version=self.model_version)
+
+
+async def serve(host: str, port: int, model_dir: Path,
+                metrics_port: int | None = None) -> GrpcServer:
+    """Starts NOT_SERVING, loads and verifies the word model, then SERVING."""
+    server, late = await start_loading(
+        SERVICE_NAME, word_pb2_grpc.add_WordEmbeddingServiceServicer_to_server,
+        "word model", host, port, metrics_port)
+    models = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: load_image_models(model_dir, ["word"]))
+    late.target = WordServicer(models.methods["word"], models.vocabulary, models.version)
+    await server.set_serving(True)
+    log.info("word: model %s, %d hashtags", models.version, len(models.vocabulary))
+    return server
+
+
+async def _main() -> None:
+    setup_logging()
+    server = await serve(os.environ.get("HASHREC_WORD_HOST", "127.0.0.1"),
+                         int(os.environ.get("HASHREC_WORD_PORT", "50052")),
+                         Path(os.environ["HASHREC_MODEL_DIR"]),
+                         int(os.environ.get("HASHREC_WORD_METRICS_PORT", "9102")))
+    server.stop_on_signals()
+    await server.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

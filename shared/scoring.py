@@ -1,0 +1,85 @@
+"""What every scoring service shares: a photo as VisionService described it, checked and
+turned into the PhotoSet the models read, and one servicer for "score the vocabulary".
+
+Transport-side glue (protobuf ↔ numpy); the math stays in each service's model.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from functools import cache
+
+import grpc
+import numpy as np
+from hashrec.v1 import photo_pb2, vision_pb2
+
+from services.vision.model import FEATURE_DIM, N_CLASSES, class_names
+from services.vision.store import MODEL_ID
+from shared.photos import PhotoSet
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def class_rows() -> dict[str, int]:
+    """ImageNet class name → output row, built once (not on every request)."""
+    return {name: row for row, name in enumerate(class_names())}
+
+
+def describe(reply: vision_pb2.EmbedResponse) -> photo_pb2.PhotoDescription:
+    """VisionService's answer as the description the scorers take."""
+    return photo_pb2.PhotoDescription(features=reply.features, labels=reply.labels,
+                                      vision_model_version=reply.model_version)
+
+
+def photo_set(photo: photo_pb2.PhotoDescription) -> PhotoSet:
+    """The photo as the methods see it. Only the top machine labels travel; the methods use
+    no more than those (MACHINE_LABELS_PER_PHOTO), so the rest of the distribution is 0.
+    ValueError, naming what is wrong, for anything a vision model of ours cannot have sent.
+    """
+    if len(photo.features) != FEATURE_DIM:
+        raise ValueError(f"photo.features must hold {FEATURE_DIM} values, got "
+                         f"{len(photo.features)}")
+    if photo.vision_model_version and photo.vision_model_version != MODEL_ID:
+        raise ValueError(f"features of vision model {photo.vision_model_version!r}; this "
+                         f"model was trained on {MODEL_ID!r}")
+    features = np.asarray(photo.features, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise ValueError("photo.features contain NaN or infinity")
+    index = class_rows()
+    probabilities = np.zeros((1, N_CLASSES), dtype=np.float32)
+    for label in photo.labels:
+        if label.name not in index:
+            raise ValueError(f"unknown machine label {label.name!r}")
+        if not 0.0 <= label.probability <= 1.0:
+            raise ValueError(f"label {label.name!r} has probability {label.probability}, "
+                             "not in [0, 1]")
+        probabilities[0, index[label.name]] = label.probability
+    return PhotoSet(features[None, :], probabilities)
+
+
+async def photo_or_abort(photo: photo_pb2.PhotoDescription,
+                         context: grpc.aio.ServicerContext) -> PhotoSet:
+    try:
+        return photo_set(photo)
+    except ValueError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise  # abort raises; this line only satisfies the type checker
+
+
+class VocabularyScorer:
+    """``Score(ScoreRequest) → VocabularyScores`` for one photo → hashtag method: the RPC of
+    WordEmbeddingService and GraphEmbeddingService. Scoring runs in a worker thread so the
+    event loop keeps answering health checks."""
+
+    def __init__(self, scores: Callable[[PhotoSet], np.ndarray], model_version: str) -> None:
+        self.scores, self.model_version = scores, model_version
+
+    async def Score(self, request: photo_pb2.ScoreRequest,  # noqa: N802
+                    context: grpc.aio.ServicerContext) -> photo_pb2.VocabularyScores:
+        photos = await photo_or_abort(request.photo, context)
+        scores = await asyncio.get_running_loop().run_in_executor(None, self.scores, photos)
+        return photo_pb2.VocabularyScores(scores=scores[0].tolist(),
+                                          model_version=self.model_version)
