@@ -1,12 +1,16 @@
-"""Load on the vision service over loopback gRPC, next to a bare echo server in the same run.
+"""Load on the services over loopback gRPC, next to a bare echo server in the same run.
 
     python bench/serving.py [--seconds 10] [--concurrency 64] [--max-calls 20000]
+        [--only vision|recommend]
 
 Every load loop is bounded in time and count and targets 127.0.0.1 only. Prints QPS,
-p50 / p95 / p99 latency and errors for: a bare gRPC echo server (the reference), warm
-Embed (photos whose features are cached) and cold Embed (a new photo every call, drawn
-from the shipped photo sets), then the ratios warm / echo and cold / raw model images/s
-(the raw model measured in-process at the service's batch size).
+p50 / p95 / p99 latency and errors for: a bare gRPC echo server (the reference); warm and
+cold Embed on the vision service alone; warm and cold Recommend on the whole stack as
+`hashrec serve` runs it (five services in one process, the newest trained models under
+$HASHREC_MODELS, trained first when there are none), half the calls with a known user.
+Warm: photos whose features are cached; cold: a new photo every call. Then the ratios
+warm / echo and cold / raw model images/s (the raw model measured in-process at the
+service's batch size).
 """
 
 from __future__ import annotations
@@ -96,6 +100,11 @@ async def main(args: argparse.Namespace) -> None:
                                   args.max_calls)
     await server.stop(None)
 
+    if args.only in (None, "recommend"):
+        rows.update(await recommend_rows(model, photos, args))
+    if args.only == "recommend":
+        report(rows, raw_images_per_second(model, photos, args.batch), args)
+        return
     vision = await serve("127.0.0.1", 0, model, max_batch=args.batch)
     async with grpc.aio.insecure_channel(vision.address, options=CHANNEL_OPTIONS) as channel:
         stub = vision_pb2_grpc.VisionServiceStub(channel)
@@ -110,17 +119,78 @@ async def main(args: argparse.Namespace) -> None:
             lambda i: stub.Embed(vision_pb2.EmbedRequest(image=cold_set[i]), timeout=60),
             args.seconds, args.concurrency, len(cold_set))
     await vision.stop()
-    raw = raw_images_per_second(model, photos, args.batch)
+    report(rows, raw_images_per_second(model, photos, args.batch), args)
 
+
+def report(rows: dict[str, dict[str, float]], raw: float, args: argparse.Namespace) -> None:
     print(f"loopback, {args.concurrency} calls in flight, up to {args.seconds:.0f} s each; "
           f"vision max batch {args.batch}")
-    print(f"{'':<12}{'calls':>8}{'QPS':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'':<16}{'calls':>8}{'QPS':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, row in rows.items():
-        print(f"{name:<12}{row['calls']:>8.0f}{row['qps']:>9.1f}{row['p50']:>9.1f}"
+        print(f"{name:<16}{row['calls']:>8.0f}{row['qps']:>9.1f}{row['p50']:>9.1f}"
               f"{row['p95']:>9.1f}{row['p99']:>9.1f}{row['errors']:>8.0f}")
     print(f"raw model, batch {args.batch}, in-process: {raw:.1f} images/s")
-    print(f"ratios: warm Embed / echo {rows['warm Embed']['qps'] / rows['echo']['qps']:.2f}; "
-          f"cold Embed / raw model {rows['cold Embed']['qps'] / raw:.2f}")
+    echo = rows["echo"]["qps"]
+    for kind in ("Embed", "Recommend"):
+        if f"warm {kind}" in rows:
+            print(f"ratios: warm {kind} / echo {rows[f'warm {kind}']['qps'] / echo:.2f}; "
+                  f"cold {kind} / raw model {rows[f'cold {kind}']['qps'] / raw:.2f}")
+
+
+async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,
+                         ) -> dict[str, dict[str, float]]:
+    """The whole stack, as `hashrec serve` runs it, under warm and cold Recommend."""
+    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+    from services.graph.server import serve as serve_graph
+    from services.recommender.server import serve as serve_recommender
+    from services.user.lookup import UserHashtagLookup
+    from services.user.server import serve as serve_user
+    from services.user.train import newest_user_model, train_user_model
+    from services.vision.store import FeatureStore
+    from services.word.server import serve as serve_word
+    from shared.cli import newest_model
+    from shared.config import models_dir
+    from shared.train import train_from_spec
+
+    model_dir = newest_model(models_dir()) or train_from_spec(
+        "instagram:instagram", models_dir()).directory
+    user_dir = newest_user_model(models_dir() / "user") or train_user_model(
+        models_dir() / "user", FeatureStore(models_dir() / "features"))[1]
+    users = UserHashtagLookup.load(user_dir).user_ids[:50]
+    state = models_dir() / "bench-state"  # the bench's own journal, never the served one
+    vision = await serve("127.0.0.1", 0, model, max_batch=args.batch)
+    word = await serve_word("127.0.0.1", 0, model_dir)
+    graph = await serve_graph("127.0.0.1", 0, model_dir)
+    user = await serve_user("127.0.0.1", 0, user_dir, state)
+    recommender = await serve_recommender("127.0.0.1", 0, model_dir, vision.address,
+                                          word.address, graph.address, user.address)
+    rows = {}
+    async with grpc.aio.insecure_channel(recommender.address,
+                                         options=CHANNEL_OPTIONS) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        degraded = 0
+
+        async def recommend(photo: bytes, i: int) -> None:
+            nonlocal degraded
+            reply = await stub.Recommend(recommender_pb2.RecommendRequest(
+                image=photo, user_id=users[i % len(users)] if i % 2 else "", k=10),
+                timeout=60)
+            degraded += reply.degraded
+
+        warm_set = photos[-32:]
+        for i, photo in enumerate(warm_set):  # fill the feature cache
+            await recommend(photo, i)
+        cold_set = photos[32:-32]
+        for name, call, budget in (
+                ("warm Recommend", lambda i: recommend(warm_set[i % 32], i), args.max_calls),
+                ("cold Recommend", lambda i: recommend(cold_set[i], i), len(cold_set))):
+            degraded = 0
+            rows[name] = await load(call, args.seconds, args.concurrency, budget)
+            rows[name]["errors"] += degraded  # a degraded answer counts as an error
+    for server in (recommender, user, graph, word, vision):
+        await server.stop()
+    return rows
 
 
 if __name__ == "__main__":
@@ -130,5 +200,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-calls", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--only", choices=("vision", "recommend"))
     setup_logging("WARNING")
     asyncio.run(main(parser.parse_args()))

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: sets up .venv/ when missing, trains the models from the shipped data when
-# none exist (progress below; a few minutes the first time), serves the vision and
-# recommender services on this machine, and shows the hashtags for a sample photo
-# (or for the photo given as $1). Stops the services when done.
+# none exist (progress below; a few minutes the first time), serves the five services on
+# this machine, and shows the hashtags for a sample photo (or for the photo given as $1),
+# for a stranger and for a known user of the simulated-user benchmark. Stops the services
+# when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HASHREC_EXTRAS=dev bash scripts/setup.sh
@@ -22,6 +23,9 @@ until grep -q "^serving " out/serve.log 2>/dev/null; do
   sleep 2
 done
 
+user="${HASHREC_DEMO_USER:-u00003}"
 echo; echo "hashtags for $photo:"
 .venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 10
-.venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 3 --json
+echo; echo "the same photo posted by $user (a known user: the user signal joins in):"
+.venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 10 --user "$user"
+.venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 3 --user "$user" --json

@@ -76,3 +76,23 @@ class ArtifactReader:
 
     def json(self, name: str) -> Any:
         return json.loads(self._path(name, ".json").read_text())
+
+
+def newest_artifact(root: Path, kind: str) -> Path | None:
+    """The most recent artifact directory of ``kind`` directly under ``root`` (version
+    names start with the time they were written), or None."""
+    candidates = sorted(path.parent for path in root.glob(f"*/{MANIFEST}")
+                        if json.loads(path.read_text()).get("kind") == kind)
+    return candidates[-1] if candidates else None
+
+
+def resolve_artifact(path: Path, kind: str) -> Path:
+    """``path`` itself when it is an artifact directory, else the newest of ``kind`` in it:
+    deployments can point at a folder that training keeps adding versions to."""
+    if (path / MANIFEST).is_file():
+        return path
+    newest = newest_artifact(path, kind)
+    if newest is None:
+        raise FileNotFoundError(f"{path}: neither a model directory nor a folder of {kind} "
+                                "model directories")
+    return newest

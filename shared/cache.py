@@ -1,4 +1,5 @@
-"""Caching what is costly to recompute (photo features, user query vectors, hashtag vectors).
+"""Caching what is costly to recompute: a photo's features (vision, by the sha256 of its
+bytes) and the photo methods' hashtag scores for it (the recommender).
 
 Keys are ``hashrec:{kind}:{model_version}:{id}``, so a new model never reads an old
 entry. Values are numpy arrays stored as a small JSON header (dtype, shape) and the raw
@@ -24,7 +25,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KINDS = ("features", "user_query", "hashtag_vectors")
+KINDS = ("features", "photo_scores")
 
 
 def cache_key(kind: str, model_version: str, item: str) -> str:

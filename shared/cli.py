@@ -305,35 +305,99 @@ def _add_recommend(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_recommend)
 
 
-def _recommend(args: argparse.Namespace) -> int:
+def _read_image(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        print(f"hashrec: cannot read {path}: {error.strerror}", file=sys.stderr)
+        return None
+
+
+def _call(target: str, rpc: str, request, timeout: float):
+    """One RecommenderService call; on an error prints ``CODE: message``, returns None."""
     import grpc
-    from google.protobuf.json_format import MessageToDict
-    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+    from hashrec.v1 import recommender_pb2_grpc
 
     from shared.grpc_server import CHANNEL_OPTIONS
 
-    try:
-        image = args.image.read_bytes()
-    except OSError as error:
-        print(f"hashrec: cannot read {args.image}: {error.strerror}", file=sys.stderr)
-        return 2
-    with grpc.insecure_channel(args.target, options=CHANNEL_OPTIONS) as channel:
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         try:
-            reply = recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
-                recommender_pb2.RecommendRequest(image=image, user_id=args.user, k=args.k),
-                timeout=args.timeout)
+            return getattr(recommender_pb2_grpc.RecommenderServiceStub(channel), rpc)(
+                request, timeout=timeout)
         except grpc.RpcError as error:
             print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-    answer = MessageToDict(reply, preserving_proto_field_name=True,
-                           always_print_fields_with_no_presence=True)
+            return None
+
+
+def _as_json(reply) -> str:
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps(MessageToDict(reply, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True),
+                      ensure_ascii=False, indent=2)
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from hashrec.v1 import recommender_pb2
+
+    image = _read_image(args.image)
+    if image is None:
+        return 2
+    reply = _call(args.target, "Recommend", recommender_pb2.RecommendRequest(
+        image=image, user_id=args.user, k=args.k), args.timeout)
+    if reply is None:
+        return 1
     if args.json:
-        print(json.dumps(answer, ensure_ascii=False, indent=2))
+        print(_as_json(reply))
     else:
         print(f"model {reply.model_version}" + (" (degraded)" if reply.degraded else ""))
         for tag in reply.hashtags:
             support = ", ".join(f"{s.method} #{s.rank}" for s in tag.signals)
             print(f"#{tag.hashtag:<24}{tag.score:8.3f}  {support}")
+    return 0
+
+
+def _add_feedback_and_retrieve(commands: argparse._SubParsersAction) -> None:
+    feedback = commands.add_parser(
+        "feedback", help="tell a running recommender which hashtags a user chose for a photo",
+        description="RecommenderService.Feedback: the user's profile learns from them.")
+    feedback.add_argument("image", type=Path)
+    feedback.add_argument("hashtags", nargs="+")
+    feedback.add_argument("--user", required=True)
+    retrieve = commands.add_parser(
+        "retrieve", help="photos for a hashtag, as a user would tag them",
+        description="RecommenderService.Retrieve (Veit et al. section 4.3).")
+    retrieve.add_argument("hashtag")
+    retrieve.add_argument("--user", default="")
+    retrieve.add_argument("-k", type=int, default=10)
+    for parser, handler in ((feedback, _feedback), (retrieve, _retrieve)):
+        parser.add_argument("--target", default="127.0.0.1:50050", metavar="HOST:PORT")
+        parser.add_argument("--timeout", type=float, default=30.0)
+        parser.set_defaults(handler=handler)
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    from hashrec.v1 import recommender_pb2
+
+    image = _read_image(args.image)
+    if image is None:
+        return 2
+    return _printed(_call(args.target, "Feedback", recommender_pb2.FeedbackRequest(
+        image=image, user_id=args.user, hashtags=args.hashtags), args.timeout))
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from hashrec.v1 import user_pb2
+
+    return _printed(_call(args.target, "Retrieve", user_pb2.RetrieveRequest(
+        hashtag=args.hashtag, user_id=args.user, k=args.k), args.timeout))
+
+
+def _printed(reply) -> int:
+    """The exit status of a call: 0 with the reply printed as JSON, 1 after an error."""
+    if reply is None:
+        return 1
+    print(_as_json(reply))
     return 0
 
 
@@ -363,12 +427,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def newest_model(root: Path) -> Path | None:
-    """The most recent `hashrec train` output under ``root`` (names start with the time)."""
+    """The most recent `hashrec train` output under ``root``."""
+    from shared.artifacts import newest_artifact
     from shared.train import KIND
 
-    candidates = sorted(path.parent for path in root.glob("*/manifest.json")
-                        if json.loads(path.read_text()).get("kind") == KIND)
-    return candidates[-1] if candidates else None
+    return newest_artifact(root, KIND)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -398,13 +461,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         host, port = args.host, args.port
-        vision = await serve_vision(host, port + 1,
-                                    cache=make_cache(os.environ.get("HASHREC_REDIS_URL")))
+        cache = make_cache(os.environ.get("HASHREC_REDIS_URL"))
+        vision = await serve_vision(host, port + 1, cache=cache)
         word = await serve_word(host, port + 2, model_dir)
         graph = await serve_graph(host, port + 3, model_dir)
         user = await serve_user(host, port + 4, user_dir)
         recommender = await serve_recommender(host, port, model_dir, vision.address,
-                                              word.address, graph.address, user.address)
+                                              word.address, graph.address, user.address,
+                                              cache=cache)
         backends = (vision, word, graph, user)
         print(f"serving hashrec.v1.RecommenderService on {recommender.address} (vision, "
               f"word, graph, user on {', '.join(b.address for b in backends)}; model "
@@ -435,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_train(commands)
     _add_recommend(commands)
+    _add_feedback_and_retrieve(commands)
     _add_serve(commands)
     return parser
 

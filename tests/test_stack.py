@@ -354,7 +354,7 @@ def test_redis_killed_mid_test_never_fails_a_request(stack: dict, data_dir: Path
     vision = loop.call(serve_vision("127.0.0.1", 0, stack["model"], cache=cache))
     recommender = loop.call(serve_recommender(
         "127.0.0.1", 0, stack["trained"].directory, vision.address, stack["word"].address,
-        stack["graph"].address, stack["user"].address, backend_deadline=30))
+        stack["graph"].address, stack["user"].address, backend_deadline=30, cache=cache))
     stub_channel = grpc.insecure_channel(recommender.address, options=CHANNEL_OPTIONS)
     stub = recommender_pb2_grpc.RecommenderServiceStub(stub_channel)
     image = _photo(data_dir, "0000030.jpg")
@@ -366,18 +366,43 @@ def test_redis_killed_mid_test_never_fails_a_request(stack: dict, data_dir: Path
 
     try:
         first = ask()
-        assert len(client.keys("hashrec:features:*")) == 1  # cached in Redis
+        for kind in ("features", "photo_scores"):  # vision's and the recommender's
+            assert len(client.keys(f"hashrec:{kind}:*")) == 1, kind
         redis.kill()
         assert ask() == first  # Redis gone: computed again, same answer
         redis.start()  # back, empty
         loop.call(asyncio.sleep(0.6))  # the cache's circuit closes again
         assert ask() == first
-        assert len(client.keys("hashrec:features:*")) == 1  # and filled again
+        assert len(client.keys("hashrec:photo_scores:*")) == 1  # and filled again
+        assert ask() == first  # now from Redis
     finally:
         stub_channel.close()
         loop.call(recommender.stop())
         loop.call(vision.stop())
         redis.kill()
+
+
+def test_cli_feedback_and_retrieve_print_json_and_name_errors(stack: dict, data_dir: Path,
+                                                             capsys) -> None:
+    import json
+
+    from shared.cli import main
+
+    target = stack["recommender"].address
+    image = data_dir / "food" / "images" / "0000034.jpg"
+    known = user_pb2_grpc.UserProfileServiceStub(stack["channels"]["user"]).Score(
+        user_pb2.UserScoreRequest(photo=_describe(stack, image.read_bytes()), k=1),
+        timeout=10).hashtags[0].hashtag  # a hashtag the user model knows
+    assert main(["feedback", str(image), "#nothing-like-it-zz", "--user", "cli-user",
+                 "--target", target]) == 1
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: no usable hashtag")
+    assert main(["feedback", str(image), known, "--user", "cli-user", "--target", target]) == 0
+    assert json.loads(capsys.readouterr().out)["accepted"] == [known]
+    assert main(["retrieve", known, "--user", "cli-user", "-k", "3", "--target",
+                 target]) == 0
+    assert len(json.loads(capsys.readouterr().out)["photos"]) == 3
+    assert main(["retrieve", "zz-unknown-tag", "--target", target]) == 1
+    assert capsys.readouterr().err.startswith("NOT_FOUND: ")
 
 
 def _five_free_ports() -> int:

@@ -4,7 +4,8 @@ Score: Zhong et al.'s joint image–hashtag–label graph, DeepWalk vectors; a n
 placed by its machine labels and its visual neighbours among the training photos.
 
 Config from the environment: HASHREC_GRAPH_HOST (127.0.0.1), HASHREC_GRAPH_PORT (50053),
-HASHREC_GRAPH_METRICS_PORT (9103), HASHREC_MODEL_DIR (a `hashrec train` directory).
+HASHREC_GRAPH_METRICS_PORT (9103),
+HASHREC_MODEL_DIR (a `hashrec train` directory, or a folder of them: the newest).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from pathlib import Path
 
 from hashrec.v1 import graph_pb2, graph_pb2_grpc
 
+from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer, start_loading
 from shared.scoring import VocabularyScorer
-from shared.train import load_image_models
+from shared.train import KIND, load_image_models
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = graph_pb2.DESCRIPTOR.services_by_name["GraphEmbeddingService"].full_name
+DEFAULT_PORT, DEFAULT_METRICS_PORT = "50053", "9103"
 
 
 async def serve(host: str, port: int, model_dir: Path,
@@ -42,9 +45,10 @@ async def serve(host: str, port: int, model_dir: Path,
 async def _main() -> None:
     setup_logging()
     server = await serve(os.environ.get("HASHREC_GRAPH_HOST", "127.0.0.1"),
-                         int(os.environ.get("HASHREC_GRAPH_PORT", "50053")),
-                         Path(os.environ["HASHREC_MODEL_DIR"]),
-                         int(os.environ.get("HASHREC_GRAPH_METRICS_PORT", "9103")))
+                         int(os.environ.get("HASHREC_GRAPH_PORT", DEFAULT_PORT)),
+                         resolve_artifact(Path(os.environ["HASHREC_MODEL_DIR"]), KIND),
+                         int(os.environ.get("HASHREC_GRAPH_METRICS_PORT",
+                                        DEFAULT_METRICS_PORT)))
     server.stop_on_signals()
     await server.wait()
 

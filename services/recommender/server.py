@@ -9,14 +9,18 @@ Recommend:
    when the user service knows them (model.py: condition_on_user);
 4. the top k, each hashtag with its score and the signals (method, normalised score, rank).
 A backend that is down, late, or serves another model version is left out, and the answer
-says degraded, with the reasons; only vision is required.
+says degraded, with the reasons; only vision is required. Complete photo-side results
+(features and every photo method's scores) are cached by the image's sha256 and the model
+version, so a photo seen before costs only the user call.
 
 Config from the environment: HASHREC_RECOMMENDER_HOST (127.0.0.1),
 HASHREC_RECOMMENDER_PORT (50050), HASHREC_RECOMMENDER_METRICS_PORT (9100),
-HASHREC_MODEL_DIR (a `hashrec train` directory), HASHREC_VISION_TARGET (127.0.0.1:50051),
+
+HASHREC_MODEL_DIR (a `hashrec train` directory, or a folder of them: the newest),
+HASHREC_VISION_TARGET (127.0.0.1:50051),
 HASHREC_WORD_TARGET (:50052), HASHREC_GRAPH_TARGET (:50053), HASHREC_USER_TARGET (:50054)
 (an empty target: that backend is not used), HASHREC_VISION_DEADLINE_S (10),
-HASHREC_BACKEND_DEADLINE_S (2: word, graph, user).
+HASHREC_BACKEND_DEADLINE_S (2: word, graph, user), HASHREC_REDIS_URL (unset: in-process).
 """
 
 from __future__ import annotations
@@ -44,15 +48,20 @@ from hashrec.v1 import (
 )
 
 from services.recommender.model import Fusion, condition_on_user, normalized_rows
+from services.vision.model import FEATURE_DIM
+from services.vision.store import MODEL_ID
+from shared.artifacts import resolve_artifact
+from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
 from shared.eval.metrics import top_k
 from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, k_or_abort, start_loading
 from shared.photos import MACHINE_LABELS_PER_PHOTO
 from shared.scoring import describe, photo_set
-from shared.train import ImageModels, load_image_models
+from shared.train import KIND, ImageModels, load_image_models
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+DEFAULT_PORT, DEFAULT_METRICS_PORT = "50050", "9100"
 MAX_K = 100
 SIGNAL_DEPTH = 20
 #: the user model is asked for this many hashtags at least, so that its opinion of the
@@ -86,8 +95,14 @@ def _reason(backend: str, error: BaseException) -> str:
 
 
 class RecommenderServicer:
-    def __init__(self, models: ImageModels, backends: Backends) -> None:
+    def __init__(self, models: ImageModels, backends: Backends,
+                 cache: Cache | None = None) -> None:
         self.models, self.backends = models, backends
+        self.cache = cache if cache is not None else LruCache()
+        #: the photo methods whose scores a complete answer holds, in a fixed order
+        self.photo_methods = tuple(m for m in LOCAL_METHODS if m in models.methods) + tuple(
+            name for name, stub in (("word", backends.word), ("graph", backends.graph))
+            if stub is not None)
 
     async def _embed(self, image: bytes, context: grpc.aio.ServicerContext,
                      ) -> vision_pb2.EmbedResponse:
@@ -103,11 +118,22 @@ class RecommenderServicer:
                                 f"vision service: {code.name}: {error.details()}")
             raise
 
-    async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
-                        context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
-        k = await k_or_abort(request.k, MAX_K, context)
-        reply = await self._embed(request.image, context)
-        description = describe(reply)
+    async def _photo_scores(self, image: bytes, context: grpc.aio.ServicerContext,
+                            ) -> tuple[photo_pb2.PhotoDescription, dict[str, np.ndarray],
+                                       list[str]]:
+        """(the photo as vision described it, each photo method's scores, what failed).
+        Complete answers are cached by the image's sha256 and the model version, so a
+        photo seen before costs neither vision nor the photo methods."""
+        key = cache_key("photo_scores", self.models.version,
+                        hashlib.sha256(image).hexdigest())
+        cached = self.cache.get(key)
+        if cached is not None and len(cached) == FEATURE_DIM + len(
+                self.photo_methods) * len(self.models.vocabulary):
+            rows = cached[FEATURE_DIM:].reshape(len(self.photo_methods), -1)
+            return (photo_pb2.PhotoDescription(features=cached[:FEATURE_DIM].tolist(),
+                                               vision_model_version=MODEL_ID),
+                    dict(zip(self.photo_methods, rows, strict=True)), [])
+        description = describe(await self._embed(image, context))
         photos = photo_set(description)
         loop, backends = asyncio.get_running_loop(), self.backends
         calls: dict[str, Awaitable] = {"local": loop.run_in_executor(
@@ -119,10 +145,6 @@ class RecommenderServicer:
             calls["word"] = backends.word.Score(score_request, timeout=timeout)
         if backends.graph is not None:
             calls["graph"] = backends.graph.Score(score_request, timeout=timeout)
-        if backends.user is not None and request.user_id:
-            calls["user"] = backends.user.Score(user_pb2.UserScoreRequest(
-                photo=description, user_id=request.user_id, k=max(k, USER_DEPTH)),
-                timeout=timeout)
         results = dict(zip(calls, await asyncio.gather(*calls.values(),
                                                        return_exceptions=True), strict=True))
         per_method: dict[str, np.ndarray] = {}
@@ -134,19 +156,42 @@ class RecommenderServicer:
                 reasons.append(_reason(backend, result))
             elif backend == "local":
                 per_method.update(result)
-            elif backend in ("word", "graph"):
-                if result.model_version != self.models.version:
-                    reasons.append(f"{backend}: serves model {result.model_version}, the "
-                                   f"recommender {self.models.version}")
-                elif len(result.scores) != len(self.models.vocabulary):
-                    reasons.append(f"{backend}: {len(result.scores)} scores for "
-                                   f"{len(self.models.vocabulary)} hashtags")
-                else:
-                    per_method[backend] = np.asarray(result.scores, dtype=np.float32)
-        user_reply = results.get("user")
-        user_hashtags = [] if user_reply is None or isinstance(user_reply, BaseException) \
-            or not user_reply.known_user else [(h.hashtag, h.relative_probability)
-                                              for h in user_reply.hashtags]
+            elif result.model_version != self.models.version:
+                reasons.append(f"{backend}: serves model {result.model_version}, the "
+                               f"recommender {self.models.version}")
+            elif len(result.scores) != len(self.models.vocabulary):
+                reasons.append(f"{backend}: {len(result.scores)} scores for "
+                               f"{len(self.models.vocabulary)} hashtags")
+            else:
+                per_method[backend] = np.asarray(result.scores, dtype=np.float32)
+        if not reasons and set(per_method) == set(self.photo_methods):
+            self.cache.set(key, np.concatenate([np.asarray(description.features, np.float32),
+                                                *(per_method[m] for m in self.photo_methods)]))
+        return description, per_method, reasons
+
+    async def _user_scores(self, description: photo_pb2.PhotoDescription, user_id: str,
+                           k: int, context: grpc.aio.ServicerContext,
+                           ) -> tuple[list[tuple[str, float]], list[str]]:
+        """The user model's top hashtags with relative probabilities, for a known user."""
+        if self.backends.user is None or not user_id:
+            return [], []
+        try:
+            reply = await self.backends.user.Score(user_pb2.UserScoreRequest(
+                photo=description, user_id=user_id, k=max(k, USER_DEPTH)),
+                timeout=_timeout(self.backends.deadline, context))
+        except grpc.aio.AioRpcError as error:
+            return [], [_reason("user", error)]
+        if not reply.known_user:
+            return [], []
+        return [(h.hashtag, h.relative_probability) for h in reply.hashtags], []
+
+    async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
+        k = await k_or_abort(request.k, MAX_K, context)
+        description, per_method, reasons = await self._photo_scores(request.image, context)
+        user_hashtags, user_reasons = await self._user_scores(description, request.user_id,
+                                                              k, context)
+        reasons += user_reasons
         rows = {m: s[None, :] for m, s in per_method.items()}
         try:
             fused = self.models.fusion.combine(rows)[0]
@@ -222,7 +267,7 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
                 word_target: str | None = None, graph_target: str | None = None,
                 user_target: str | None = None, metrics_port: int | None = None,
                 vision_deadline: float = 10.0, backend_deadline: float = 2.0,
-                ) -> GrpcServer:
+                cache: Cache | None = None) -> GrpcServer:
     """Starts NOT_SERVING, loads and verifies the models, connects the backends, then
     SERVING. A target left None is not used (its signal never appears)."""
     server, late = await start_loading(
@@ -246,7 +291,7 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
         word and word_pb2_grpc.WordEmbeddingServiceStub(word),
         graph and graph_pb2_grpc.GraphEmbeddingServiceStub(graph),
         user and user_pb2_grpc.UserProfileServiceStub(user),
-        vision_deadline, backend_deadline))
+        vision_deadline, backend_deadline), cache)
     await server.set_serving(True)
     log.info("recommender: model %s, %d hashtags; vision %s, word %s, graph %s, user %s",
              models.version, len(models.vocabulary), vision_target, word_target,
@@ -259,15 +304,17 @@ async def _main() -> None:
     env = os.environ.get
     server = await serve(
         env("HASHREC_RECOMMENDER_HOST", "127.0.0.1"),
-        int(env("HASHREC_RECOMMENDER_PORT", "50050")),
-        Path(os.environ["HASHREC_MODEL_DIR"]),
+        int(env("HASHREC_RECOMMENDER_PORT", DEFAULT_PORT)),
+        resolve_artifact(Path(os.environ["HASHREC_MODEL_DIR"]), KIND),
         env("HASHREC_VISION_TARGET", "127.0.0.1:50051"),
         env("HASHREC_WORD_TARGET", "127.0.0.1:50052"),
         env("HASHREC_GRAPH_TARGET", "127.0.0.1:50053"),
         env("HASHREC_USER_TARGET", "127.0.0.1:50054"),
-        metrics_port=int(env("HASHREC_RECOMMENDER_METRICS_PORT", "9100")),
+        metrics_port=int(env("HASHREC_RECOMMENDER_METRICS_PORT",
+                                        DEFAULT_METRICS_PORT)),
         vision_deadline=float(env("HASHREC_VISION_DEADLINE_S", "10")),
-        backend_deadline=float(env("HASHREC_BACKEND_DEADLINE_S", "2")))
+        backend_deadline=float(env("HASHREC_BACKEND_DEADLINE_S", "2")),
+        cache=make_cache(env("HASHREC_REDIS_URL")))
     server.stop_on_signals()
     await server.wait()
 

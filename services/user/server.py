@@ -5,7 +5,8 @@ Update writes never interleave, and the event loop stays free for health checks.
 Updates are journaled (fsync) before they are applied (services/user/journal.py).
 
 Config from the environment: HASHREC_USER_HOST (127.0.0.1), HASHREC_USER_PORT (50054),
-HASHREC_USER_METRICS_PORT (9104), HASHREC_USER_MODEL_DIR (from services/user/train.py),
+HASHREC_USER_METRICS_PORT (9104),
+HASHREC_USER_MODEL_DIR (from services/user/train.py, or a folder of them: the newest),
 HASHREC_USER_STATE (where the update journal lives; default beside the model).
 """
 
@@ -24,7 +25,8 @@ import numpy as np
 from hashrec.v1 import user_pb2, user_pb2_grpc
 
 from services.user.journal import UpdateJournal
-from services.user.lookup import UserHashtagLookup
+from services.user.lookup import KIND, UserHashtagLookup
+from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import GrpcServer, k_or_abort, start_loading
@@ -32,6 +34,7 @@ from shared.scoring import photo_or_abort
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = user_pb2.DESCRIPTOR.services_by_name["UserProfileService"].full_name
+DEFAULT_PORT, DEFAULT_METRICS_PORT = "50054", "9104"
 MAX_SCORE_K = 1000
 MAX_RETRIEVE_K = 100
 MAX_USER_ID = 256
@@ -141,10 +144,11 @@ async def _main() -> None:
     setup_logging()
     state = os.environ.get("HASHREC_USER_STATE")
     server = await serve(os.environ.get("HASHREC_USER_HOST", "127.0.0.1"),
-                         int(os.environ.get("HASHREC_USER_PORT", "50054")),
-                         Path(os.environ["HASHREC_USER_MODEL_DIR"]),
+                         int(os.environ.get("HASHREC_USER_PORT", DEFAULT_PORT)),
+                         resolve_artifact(Path(os.environ["HASHREC_USER_MODEL_DIR"]), KIND),
                          Path(state) if state else None,
-                         int(os.environ.get("HASHREC_USER_METRICS_PORT", "9104")))
+                         int(os.environ.get("HASHREC_USER_METRICS_PORT",
+                                        DEFAULT_METRICS_PORT)))
     server.stop_on_signals()
     await server.wait()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from services.user.lookup import KIND, UserHashtagLookup
 from services.user.model import TensorParams
 from services.vision.store import FeatureStore
+from shared.artifacts import newest_artifact
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.readers import Post
 from shared.data.simulated_users import drop_spammers, simulate, source_posts
@@ -58,11 +59,7 @@ def train_user_model(out: Path, store: FeatureStore, n_users: int = 300, seed: i
 
 
 def newest_user_model(root: Path) -> Path | None:
-    import json
-
-    candidates = sorted(path.parent for path in root.glob("*/manifest.json")
-                        if json.loads(path.read_text()).get("kind") == KIND)
-    return candidates[-1] if candidates else None
+    return newest_artifact(root, KIND)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from shared.grpc_server import GrpcServer, start_loading
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
+DEFAULT_PORT, DEFAULT_METRICS_PORT = "50051", "9101"
 
 
 class MicroBatcher:
@@ -159,13 +160,13 @@ async def serve(host: str, port: int, model: VisionModel | None = None,
 async def _main() -> None:
     setup_logging()
     server = await serve(os.environ.get("HASHREC_VISION_HOST", "127.0.0.1"),
-                         int(os.environ.get("HASHREC_VISION_PORT", "50051")),
+                         int(os.environ.get("HASHREC_VISION_PORT", DEFAULT_PORT)),
                          max_batch=int(os.environ.get("HASHREC_VISION_MAX_BATCH", "0")) or None,
                          max_delay=float(os.environ.get("HASHREC_VISION_MAX_DELAY_MS", "5"))
                          / 1000,
                          cache=make_cache(os.environ.get("HASHREC_REDIS_URL")),
                          metrics_port=int(os.environ.get("HASHREC_VISION_METRICS_PORT",
-                                                         "9101")))
+                                        DEFAULT_METRICS_PORT)))
     server.stop_on_signals()
     await server.wait()
 

@@ -4,7 +4,8 @@ Score: InstaHash's label → hashtag expansion for one photo, over the vocabular
 served `hashrec train` directory. Similar: nearest hashtags in the word-vector space.
 
 Config from the environment: HASHREC_WORD_HOST (127.0.0.1), HASHREC_WORD_PORT (50052),
-HASHREC_WORD_METRICS_PORT (9102), HASHREC_MODEL_DIR (a `hashrec train` directory).
+HASHREC_WORD_METRICS_PORT (9102),
+HASHREC_MODEL_DIR (a `hashrec train` directory, or a folder of them: the newest).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import grpc
 from hashrec.v1 import word_pb2, word_pb2_grpc
 
 from services.word.model import InstaHashMethod, SimilarHashtags
+from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import GrpcServer, k_or_abort, start_loading
 from shared.scoring import VocabularyScorer
-from shared.train import load_image_models
+from shared.train import KIND, load_image_models
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = word_pb2.DESCRIPTOR.services_by_name["WordEmbeddingService"].full_name
+DEFAULT_PORT, DEFAULT_METRICS_PORT = "50052", "9102"
 MAX_K = 100
 
 
@@ -68,9 +71,10 @@ async def serve(host: str, port: int, model_dir: Path,
 async def _main() -> None:
     setup_logging()
     server = await serve(os.environ.get("HASHREC_WORD_HOST", "127.0.0.1"),
-                         int(os.environ.get("HASHREC_WORD_PORT", "50052")),
-                         Path(os.environ["HASHREC_MODEL_DIR"]),
-                         int(os.environ.get("HASHREC_WORD_METRICS_PORT", "9102")))
+                         int(os.environ.get("HASHREC_WORD_PORT", DEFAULT_PORT)),
+                         resolve_artifact(Path(os.environ["HASHREC_MODEL_DIR"]), KIND),
+                         int(os.environ.get("HASHREC_WORD_METRICS_PORT",
+                                        DEFAULT_METRICS_PORT)))
     server.stop_on_signals()
     await server.wait()
 

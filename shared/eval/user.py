@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,7 +118,9 @@ class UserTask:
     def train_lookup(self, params: TensorParams, progress: bool = True) -> UserHashtagLookup:
         """Trains the tensor model with early stopping: each user's last training post
         (users with two or more) is held out, and the epoch with the best A@1 + A@10 on
-        those posts is kept. The lookup then counts every training post."""
+        those posts is kept, together with the serving weight β of the user prior
+        (PRIOR_WEIGHTS; the tensor was trained with ``params.prior_weight``: a larger β
+        trusts the photo less). The lookup then counts every training post."""
         last = {row: i for i, row in enumerate(self.rows_train)}
         held_out = sorted(i for row, i in last.items()
                           if np.count_nonzero(self.rows_train == row) >= 2)
@@ -127,20 +130,35 @@ class UserTask:
         fit_posts = np.bincount(self.rows_train[fit], minlength=len(self.users))
         held_users = [self.users[self.rows_train[i]] for i in held_out]
         held_truth = [frozenset(self.train_ids[i]) for i in held_out]
+        chosen: list[tuple[float, float]] = []  # (validation score, β), one per call
 
         def validate(model: TensorModel) -> float:
             lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
                                        fit_counts)
-            found = accuracies(lookup.scores(self.x_train[held_out], held_users), held_truth)
-            return found["A@1"] + found["A@10"]
+            tensor = lookup.scores(self.x_train[held_out], held_users, prior=False)
+            prior = np.stack([lookup.log_user_prior(u) for u in held_users])
+            weights = PRIOR_WEIGHTS if params.prior_weight > 0 else (0.0,)
+            found = [(sum(accuracies(tensor + beta * prior, held_truth).values()), beta)
+                     for beta in weights]
+            chosen.append(max(found, key=lambda pair: pair[0]))
+            return chosen[-1][0]
 
         model = train_tensor(self.x_train[fit], Triplets.from_posts(fit_ids,
                                                                     self.rows_train[fit]),
                              len(self.vocab), len(self.users), params, progress,
                              validate if held_out else None)
+        if chosen:
+            best = max(range(len(chosen)), key=lambda i: (chosen[i][0], -i))
+            model.params = dataclasses.replace(params, prior_weight=chosen[best][1])
+            log.info("user prior weight %.2f (validation A@1 + A@10 %.2f)",
+                     chosen[best][1], chosen[best][0])
         post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
         return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
                                  self.counts)
+
+
+#: serving weights of the user prior tried on the held-out posts (see train_lookup)
+PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 32.0)
 
 
 def _counts(hashtags: Sequence[Sequence[int]], rows: np.ndarray,

@@ -1,0 +1,88 @@
+"""The Kubernetes manifests agree with the code: every service runs a module that exists,
+on the port it listens on, probed with its own gRPC health service name; every target in
+the config names a Service and port that exist; every container is bounded."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _documents() -> list[dict]:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk, f"kustomization.yaml lists {listed}, deploy/ holds {on_disk}"
+    return [doc for name in kustomization["resources"]
+            for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc]
+
+
+def _workloads() -> list[dict]:
+    return [d for d in _documents() if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def _config() -> dict[str, str]:
+    return next(d for d in _documents() if d["kind"] == "ConfigMap")["data"]
+
+
+def test_every_service_runs_its_server_on_the_port_it_listens_on() -> None:
+    servers = [w for w in _workloads() if w["metadata"]["name"] != "redis"]
+    assert {w["metadata"]["name"] for w in servers} == {"vision", "word", "graph", "user",
+                                                          "recommender"}
+    for workload in servers:
+        name = workload["metadata"]["name"]
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["python", "-m", f"services.{name}.server"]
+        module = importlib.import_module(f"services.{name}.server")
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert (int(module.DEFAULT_PORT), int(module.DEFAULT_METRICS_PORT)) == (
+            ports["grpc"], ports["metrics"]), name
+        assert _config()[f"HASHREC_{name.upper()}_HOST"] == "0.0.0.0"  # reachable
+        for probe in ("startupProbe", "readinessProbe"):
+            assert container[probe]["grpc"] == {"port": ports["grpc"],
+                                                "service": module.SERVICE_NAME}, name
+        assert container["livenessProbe"]["grpc"]["port"] == ports["grpc"]
+
+
+def test_every_configured_target_is_a_service_port() -> None:
+    services = {d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]}
+                for d in _documents() if d["kind"] == "Service"}
+    targets = {k: v for k, v in _config().items() if k.endswith("_TARGET")}
+    assert set(targets) == {"HASHREC_VISION_TARGET", "HASHREC_WORD_TARGET",
+                            "HASHREC_GRAPH_TARGET", "HASHREC_USER_TARGET"}
+    for key, target in [*targets.items(), ("HASHREC_REDIS_URL",
+                                           _config()["HASHREC_REDIS_URL"])]:
+        host, port = re.fullmatch(r"(?:redis://)?([a-z-]+):(\d+)(?:/\d+)?", target).groups()
+        assert int(port) in services.get(host, set()), f"{key}={target}: no such Service"
+
+
+def test_every_container_is_bounded_and_its_volumes_exist() -> None:
+    pods = [w["spec"]["template"]["spec"] for w in _workloads()]
+    pods += [d["spec"]["template"]["spec"] for d in _documents() if d["kind"] == "Job"]
+    for pod in pods:
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            resources = container["resources"]
+            assert set(resources) == {"requests", "limits"}, container["name"]
+            assert {"cpu", "memory"} <= set(resources["limits"]), container["name"]
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes or mount["name"] == "state", mount
+
+
+def test_kustomize_renders_the_manifests() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the checks above still ran")
+    rendered = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True,
+                              text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert kinds.count("Service") == 6 and "Namespace" in kinds
