@@ -7,7 +7,8 @@ Every load loop is bounded in time and count and targets 127.0.0.1 only. Prints 
 p50 / p95 / p99 latency and errors for: a bare gRPC echo server (the reference); warm and
 cold Embed on the vision service alone; warm and cold Recommend on the whole stack as
 `hashrec serve` runs it (five services in one process, the newest trained models under
-$HASHREC_MODELS, trained first when there are none), half the calls with a known user.
+$HASHREC_MODELS, trained first when there are none), half the calls with a known user
+(--user-share).
 Warm: photos whose features are cached; cold: a new photo every call. Then the ratios
 warm / echo and cold / raw model images/s (the raw model measured in-process at the
 service's batch size).
@@ -174,7 +175,8 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
         async def recommend(photo: bytes, i: int) -> None:
             nonlocal degraded
             reply = await stub.Recommend(recommender_pb2.RecommendRequest(
-                image=photo, user_id=users[i % len(users)] if i % 2 else "", k=10),
+                image=photo, user_id=users[i % len(users)]
+                if i % 100 < 100 * args.user_share else "", k=10),
                 timeout=60)
             degraded += reply.degraded
 
@@ -201,5 +203,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-calls", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--only", choices=("vision", "recommend"))
+    parser.add_argument("--user-share", type=float, default=0.5,
+                        help="share of Recommend calls that carry a known user id")
     setup_logging("WARNING")
     asyncio.run(main(parser.parse_args()))

@@ -9,7 +9,10 @@ prints, in A@1 / A@10:
 - the tensor on the test posts and on (every 7th of) its own training posts: a large gap
   means it memorises (photo, user) → hashtags instead of learning habits;
 - its tensor term alone (without β log P̃_u) and the tensor scored with the mean photo:
-  how much of the ranking comes from the photo.
+  how much of the ranking comes from the photo;
+- the headroom: the user prior plus γ times the log of a visual kNN's hashtag votes (20
+  nearest training photos), γ swept *on the test posts* — an optimistic ceiling of what
+  photo evidence can add on this benchmark, not a method.
 With --blank-photos every photo is the mean photo in training and test alike, which
 leaves the same model and loss nothing but user → hashtag habits.
 """
@@ -77,9 +80,31 @@ def main() -> None:
         "tensor, mean photo": accuracies(
             lookup.scores(mean_photo, task.test_users), task.truth),
     }
+    for gamma, row in knn_headroom(task, lookup).items():
+        rows[f"prior + {gamma:g} log kNN"] = row
     for name, row in rows.items():
         print(f"{name:<30}A@1 {row['A@1']:>6.2f}   A@10 {row['A@10']:>6.2f}")
     print(f"{time.perf_counter() - started:.0f} s")
+
+
+def knn_headroom(task, lookup) -> dict[float, dict[str, float]]:
+    """User prior + γ log P_kNN(h | photo) / P(h) for a few γ, scored on the test posts."""
+    from shared.index import l2_normalized
+
+    train, test = l2_normalized(task.x_train), l2_normalized(task.x_test)
+    similarity = test @ train.T
+    neighbours = np.argsort(-similarity, axis=1)[:, :20]
+    tagged = np.zeros((len(train), len(task.vocab)))
+    for row, ids in enumerate(task.train_ids):
+        tagged[row, ids] = 1.0
+    share = np.exp(lookup.log_prior.astype(np.float64))
+    votes = np.stack([similarity[r, neighbours[r], None].T @ tagged[neighbours[r]]
+                      for r in range(len(test))])[:, 0]
+    smoothed = votes + 0.1 * share * votes.sum(axis=1, keepdims=True).clip(1e-9)
+    evidence = np.log(smoothed / smoothed.sum(axis=1, keepdims=True)) - np.log(share)
+    prior = np.stack([lookup.log_user_prior(u) for u in task.test_users])
+    return {gamma: accuracies(prior + gamma * evidence, task.truth)
+            for gamma in (0.0, 0.1, 0.25, 0.5)}
 
 
 if __name__ == "__main__":

@@ -268,15 +268,25 @@ class Fusion:
 USER_WEIGHT = 1.0
 
 
-def condition_on_user(vocabulary: Sequence[str], fused: np.ndarray,
+def condition_on_user(vocabulary_index: dict[str, int], fused: np.ndarray,
                       user_hashtags: Sequence[tuple[str, float]],
-                      weight: float = USER_WEIGHT) -> dict[str, float]:
+                      weight: float = USER_WEIGHT) -> tuple[np.ndarray, list[str]]:
     """s(h) = ŝ_photo(h) + weight · P(h | photo, user) / P(best | photo, user), where ŝ_photo
     is the fused photo score min-max scaled to [0, 1]; hashtags the user model ranks but
-    the photo models do not know (a user's own hashtags) enter with the user term alone."""
+    the photo models do not know (a user's own hashtags) enter with the user term alone.
+
+    Returns the scores of the vocabulary followed by those of the extra hashtags, and the
+    extra hashtags."""
     low, high = float(fused.min()), float(fused.max())
     scaled = (fused - low) / (high - low) if high > low else np.zeros_like(fused)
-    combined = {term: float(score) for term, score in zip(vocabulary, scaled, strict=True)}
+    scaled = scaled.astype(np.float64)
+    extra_terms: list[str] = []
+    extra_scores: list[float] = []
     for term, relative in user_hashtags:
-        combined[term] = combined.get(term, 0.0) + weight * relative
-    return combined
+        row = vocabulary_index.get(term)
+        if row is None:
+            extra_terms.append(term)
+            extra_scores.append(weight * relative)
+        else:
+            scaled[row] += weight * relative
+    return np.concatenate([scaled, extra_scores]), extra_terms

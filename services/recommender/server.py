@@ -47,7 +47,7 @@ from hashrec.v1 import (
     word_pb2_grpc,
 )
 
-from services.recommender.model import Fusion, condition_on_user, normalized_rows
+from services.recommender.model import Fusion, condition_on_user
 from services.vision.model import FEATURE_DIM
 from services.vision.store import MODEL_ID
 from shared.artifacts import resolve_artifact
@@ -99,6 +99,7 @@ class RecommenderServicer:
                  cache: Cache | None = None) -> None:
         self.models, self.backends = models, backends
         self.cache = cache if cache is not None else LruCache()
+        self.vocabulary_index = {term: row for row, term in enumerate(models.vocabulary)}
         #: the photo methods whose scores a complete answer holds, in a fixed order
         self.photo_methods = tuple(m for m in LOCAL_METHODS if m in models.methods) + tuple(
             name for name, stub in (("word", backends.word), ("graph", backends.graph))
@@ -198,30 +199,39 @@ class RecommenderServicer:
         except ValueError:  # no method with a fusion weight answered: equal weights
             fused = Fusion({m: 1.0 for m in rows}).combine(rows)[0]
             reasons.append("fusion: no weighted method answered; equal weights")
-        combined = condition_on_user(self.models.vocabulary, fused, user_hashtags)
+        combined, extra_terms = condition_on_user(self.vocabulary_index, fused,
+                                                  user_hashtags)
         return recommender_pb2.RecommendResponse(
-            hashtags=self._answer(combined, per_method, user_hashtags, k),
+            hashtags=self._answer(combined, extra_terms, per_method, user_hashtags, k),
             model_version=self.models.version, degraded=bool(reasons),
             degraded_reasons=reasons)
 
-    def _answer(self, combined: dict[str, float], per_method: dict[str, np.ndarray],
-                user_hashtags: list[tuple[str, float]], k: int,
-                ) -> list[recommender_pb2.HashtagScore]:
-        vocabulary = self.models.vocabulary
-        signals: dict[str, list[recommender_pb2.Signal]] = {}
+    def _answer(self, combined: np.ndarray, extra_terms: list[str],
+                per_method: dict[str, np.ndarray], user_hashtags: list[tuple[str, float]],
+                k: int) -> list[recommender_pb2.HashtagScore]:
+        """The top k of ``combined`` (vocabulary, then ``extra_terms``), each with the
+        signals of the methods that rank it among their top SIGNAL_DEPTH."""
+        terms = self.models.vocabulary
+        answer = top_k(combined[None, :], k)[0]
+        wanted = {int(i) for i in answer}
+        signals: dict[int, list[recommender_pb2.Signal]] = {i: [] for i in wanted}
         for method, scores in per_method.items():
-            normalized = normalized_rows(scores[None, :])[0]
+            best = max(float(scores.max()), 1e-12)
             for rank, h in enumerate(top_k(scores[None, :], SIGNAL_DEPTH)[0], start=1):
-                signals.setdefault(vocabulary[h], []).append(recommender_pb2.Signal(
-                    method=method, score=float(normalized[h]), rank=rank))
+                if int(h) in wanted:
+                    signals[int(h)].append(recommender_pb2.Signal(
+                        method=method, score=max(float(scores[h]), 0.0) / best, rank=rank))
+        rows = {**self.vocabulary_index,
+                **{term: len(terms) + i for i, term in enumerate(extra_terms)}}
         for rank, (term, relative) in enumerate(user_hashtags[:SIGNAL_DEPTH], start=1):
-            signals.setdefault(term, []).append(
-                recommender_pb2.Signal(method="user", score=relative, rank=rank))
-        best = sorted(combined.items(), key=lambda item: (-item[1], item[0]))[:k]
+            if rows[term] in wanted:
+                signals[rows[term]].append(
+                    recommender_pb2.Signal(method="user", score=relative, rank=rank))
         return [recommender_pb2.HashtagScore(
-            hashtag=term, score=score,
-            signals=sorted(signals.get(term, []), key=lambda s: (s.rank, s.method)))
-            for term, score in best]
+            hashtag=terms[i] if i < len(terms) else extra_terms[i - len(terms)],
+            score=float(combined[i]),
+            signals=sorted(signals[int(i)], key=lambda s: (s.rank, s.method)))
+            for i in answer]
 
     async def Feedback(self, request: recommender_pb2.FeedbackRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:

@@ -71,6 +71,16 @@ class UserHashtagLookup:
         self.prior_weight = float(model.params.prior_weight)
         self.prior_strength = float(model.params.prior_strength)
         self.hashtag_vectors = hashtag_vectors.copy()
+        # Serving runs in numpy (a single query costs a third of torch's per-op overhead):
+        # the feature standardisation folded into the projection, f = x P'ᵀ + b'.
+        with torch.no_grad():
+            weight = self.model.project.weight.numpy().astype(np.float64)
+            scale = self.model.feature_scale.numpy().astype(np.float64)
+            mean = self.model.feature_mean.numpy().astype(np.float64)
+            self.projection = np.ascontiguousarray((weight / scale).T, dtype=np.float32)
+            self.projection_bias = (self.model.project.bias.numpy()
+                                    - weight @ (mean / scale)).astype(np.float32)
+            self.core = self.model.core.numpy().copy()
         self.index_vectors = np.hstack([hashtag_vectors, self.log_prior[:, None]])
         self.index = InnerProductIndex(self.index_vectors)
         self.hashtag_rows = {term: row for row, term in enumerate(self.vocabulary)}
@@ -89,8 +99,7 @@ class UserHashtagLookup:
             photo_ids, features = [photo_ids[row] for row in new], features[new]
         if not photo_ids:
             return
-        with torch.no_grad():
-            projected = self.model.photo(standardized(self.model, features)).numpy()
+        projected = self.photo_vectors(features)
         if self.photo_index is None:
             self.photo_index = InnerProductIndex(projected)
             self.photo_features = features
@@ -107,10 +116,8 @@ class UserHashtagLookup:
         if self.photo_index is None:
             return []
         user_vector, _ = self.user_vector(user)
-        with torch.no_grad():
-            query = torch.einsum("e,edf,d->f", torch.from_numpy(user_vector),
-                                 self.model.core, self.model.hashtags.weight[hashtag])
-        scores, ids = self.photo_index.search(query.numpy()[None, :], k)
+        query = np.einsum("e,edf,d->f", user_vector, self.core, self.hashtag_vectors[hashtag])
+        scores, ids = self.photo_index.search(query[None, :], k)
         return [(self.photo_ids[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True)]
 
     def known(self, user: str | None) -> bool:
@@ -140,10 +147,16 @@ class UserHashtagLookup:
         stranger."""
         vectors, weights = zip(*(self.user_vector(None if agnostic else user)
                                  for user in users), strict=True)
-        with torch.no_grad():
-            photos = self.model.photo(standardized(self.model, features))
-            q = self.model.query(photos, torch.from_numpy(np.stack(vectors))).numpy()
+        photos = self.photo_vectors(features)
+        # q = Σ_r u_r (W_r f): contract the photo first (E × D per photo), then the user.
+        per_coordinate = self.core @ photos.T  # E × D × n
+        q = np.einsum("ne,edn->nd", np.stack(vectors), per_coordinate)
         return np.hstack([q, np.array(weights, np.float32)[:, None]]).astype(np.float32)
+
+    def photo_vectors(self, features: np.ndarray) -> np.ndarray:
+        """f = P x (standardised features), one row per photo."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        return features @ self.projection + self.projection_bias
 
     def top_k(self, features: np.ndarray, users: Sequence[str | None], k: int = 10,
               agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -156,10 +169,14 @@ class UserHashtagLookup:
         for row, user in enumerate(users):
             ids = candidates[row]
             if not agnostic and self.known(user):
-                used = np.flatnonzero(self.hashtag_counts[self.user_index[user]])
-                ids = np.union1d(ids, used)
-            exact = self.hashtag_vectors[ids] @ queries[row, :-1] + queries[row, -1] \
-                * (self.log_user_prior(None if agnostic else user)[ids])
+                counts = self.hashtag_counts[self.user_index[user]]
+                ids = np.union1d(ids, np.flatnonzero(counts))
+                m = self.prior_strength  # log P̃_k on the candidates only
+                prior = np.log(counts[ids] + m * self.global_share[ids]) \
+                    - np.log(counts.sum() + m)
+            else:
+                prior = self.log_prior[ids]
+            exact = self.hashtag_vectors[ids] @ queries[row, :-1] + queries[row, -1] * prior
             order = np.argsort(-exact, kind="stable")[:k]
             out_scores[row], out_ids[row] = exact[order], ids[order]
         return out_scores, out_ids

@@ -56,11 +56,13 @@ class UserServicer:
         photo = await photo_or_abort(request.photo, context)
         user = request.user_id or None
         scores, ids = await self._run(lambda: self.lookup.top_k(photo.features, [user], k))
-        best = float(scores[0, 0])
+        relative = np.exp(scores[0] - scores[0, 0]).tolist()
+        vocabulary = self.lookup.vocabulary
         return user_pb2.UserScoreResponse(
-            hashtags=[user_pb2.UserHashtag(hashtag=self.lookup.vocabulary[i], score=float(s),
-                                           relative_probability=float(np.exp(s - best)))
-                      for s, i in zip(scores[0], ids[0], strict=True)],
+            hashtags=[user_pb2.UserHashtag(hashtag=vocabulary[i], score=s,
+                                           relative_probability=r)
+                      for s, i, r in zip(scores[0].tolist(), ids[0].tolist(), relative,
+                                         strict=True)],
             known_user=self.lookup.known(user), model_version=self.model_version)
 
     async def Update(self, request: user_pb2.UserUpdateRequest,  # noqa: N802
