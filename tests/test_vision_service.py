@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,9 +94,15 @@ def test_metrics_count_requests_by_status(server: ServerThread,
         vision_pb2_grpc.VisionServiceStub(channel).Embed(vision_pb2.EmbedRequest(image=b""),
                                                          timeout=10)
     url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
-    with urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    assert 'code="INVALID_ARGUMENT",method="/hashrec.v1.VisionService/Embed"' in text
+    wanted = 'code="INVALID_ARGUMENT",method="/hashrec.v1.VisionService/Embed"'
+    # The server counts a call after its status has gone out: poll briefly.
+    for _ in range(50):
+        with urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        if wanted in text:
+            break
+        time.sleep(0.1)
+    assert wanted in text
     assert "hashrec_grpc_seconds_bucket" in text
 
 
