@@ -140,7 +140,9 @@ class UserTask:
             weights = PRIOR_WEIGHTS if params.prior_weight > 0 else (0.0,)
             found = [(sum(accuracies(tensor + beta * prior, held_truth).values()), beta)
                      for beta in weights]
-            chosen.append(max(found, key=lambda pair: pair[0]))
+            # Ties (e.g. a tensor term still zero) keep the β the tensor was trained with.
+            chosen.append(max(found, key=lambda pair: (
+                pair[0], -abs(pair[1] - params.prior_weight))))
             return chosen[-1][0]
 
         model = train_tensor(self.x_train[fit], Triplets.from_posts(fit_ids,
