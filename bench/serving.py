@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -145,7 +146,6 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
 
     from services.graph.server import serve as serve_graph
     from services.recommender.server import serve as serve_recommender
-    from services.user.lookup import UserHashtagLookup
     from services.user.server import serve as serve_user
     from services.user.train import newest_user_model, train_user_model
     from services.vision.store import FeatureStore
@@ -158,7 +158,8 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
         "instagram:instagram", models_dir()).directory
     user_dir = newest_user_model(models_dir() / "user") or train_user_model(
         models_dir() / "user", FeatureStore(models_dir() / "features"))[1]
-    users = UserHashtagLookup.load(user_dir).user_ids[:50]
+    # The user service loads and verifies the model; the bench only needs its user ids.
+    users = json.loads((user_dir / "manifest.json").read_text())["users"][:50]
     state = models_dir() / "bench-state"  # the bench's own journal, never the served one
     vision = await serve("127.0.0.1", 0, model, max_batch=args.batch)
     word = await serve_word("127.0.0.1", 0, model_dir)

@@ -26,11 +26,18 @@ import time
 
 import numpy as np
 
+from services.user.lookup import UserHashtagLookup
 from services.user.model import TensorParams
 from services.vision.store import FeatureStore
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.simulated_users import drop_spammers, simulate, source_posts, split_by_user_time
-from shared.eval.user import accuracies, post_features, prepare_user_task, user_frequency_scores
+from shared.eval.user import (
+    UserTask,
+    accuracies,
+    post_features,
+    prepare_user_task,
+    user_frequency_scores,
+)
 
 
 def main() -> None:
@@ -87,7 +94,7 @@ def main() -> None:
     print(f"{time.perf_counter() - started:.0f} s")
 
 
-def knn_headroom(task, lookup) -> dict[float, dict[str, float]]:
+def knn_headroom(task: UserTask, lookup: UserHashtagLookup) -> dict[float, dict[str, float]]:
     """User prior + γ log P_kNN(h | photo) / P(h) for a few γ, scored on the test posts."""
     from shared.index import l2_normalized
 

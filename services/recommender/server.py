@@ -47,7 +47,7 @@ from hashrec.v1 import (
     word_pb2_grpc,
 )
 
-from services.recommender.model import Fusion, condition_on_user
+from services.recommender.model import Fusion, condition_on_user, normalized_rows
 from services.vision.model import FEATURE_DIM
 from services.vision.store import MODEL_ID
 from shared.artifacts import resolve_artifact
@@ -166,7 +166,7 @@ class RecommenderServicer:
             else:
                 per_method[backend] = np.asarray(result.scores, dtype=np.float32)
         if not reasons and set(per_method) == set(self.photo_methods):
-            self.cache.set(key, np.concatenate([np.asarray(description.features, np.float32),
+            self.cache.set(key, np.concatenate([photos.features[0],
                                                 *(per_method[m] for m in self.photo_methods)]))
         return description, per_method, reasons
 
@@ -216,16 +216,16 @@ class RecommenderServicer:
         wanted = {int(i) for i in answer}
         signals: dict[int, list[recommender_pb2.Signal]] = {i: [] for i in wanted}
         for method, scores in per_method.items():
-            best = max(float(scores.max()), 1e-12)
+            normalized = normalized_rows(scores[None, :])[0]
             for rank, h in enumerate(top_k(scores[None, :], SIGNAL_DEPTH)[0], start=1):
                 if int(h) in wanted:
                     signals[int(h)].append(recommender_pb2.Signal(
-                        method=method, score=max(float(scores[h]), 0.0) / best, rank=rank))
-        rows = {**self.vocabulary_index,
-                **{term: len(terms) + i for i, term in enumerate(extra_terms)}}
+                        method=method, score=float(normalized[h]), rank=rank))
+        extra_rows = {term: len(terms) + i for i, term in enumerate(extra_terms)}
         for rank, (term, relative) in enumerate(user_hashtags[:SIGNAL_DEPTH], start=1):
-            if rows[term] in wanted:
-                signals[rows[term]].append(
+            row = self.vocabulary_index.get(term, extra_rows.get(term))
+            if row in wanted:
+                signals[row].append(
                     recommender_pb2.Signal(method="user", score=relative, rank=rank))
         return [recommender_pb2.HashtagScore(
             hashtag=terms[i] if i < len(terms) else extra_terms[i - len(terms)],

@@ -133,13 +133,14 @@ class UserHashtagLookup:
             / (n + COLD_START_POSTS)
         return shrunk.astype(np.float32), self.prior_weight
 
-    def log_user_prior(self, user: str | None) -> np.ndarray:
-        """log P̃_k(h) for every hashtag; log P(h) for a stranger."""
+    def log_user_prior(self, user: str | None, ids: np.ndarray | None = None) -> np.ndarray:
+        """log P̃_k(h) for every hashtag, or for ``ids`` only; log P(h) for a stranger."""
+        ids = slice(None) if ids is None else ids
         if not self.known(user):
-            return self.log_prior.astype(np.float64)
+            return self.log_prior[ids].astype(np.float64)
         counts = self.hashtag_counts[self.user_index[user]]
         m = self.prior_strength
-        return np.log(counts + m * self.global_share) - np.log(counts.sum() + m)
+        return np.log(counts[ids] + m * self.global_share[ids]) - np.log(counts.sum() + m)
 
     def queries(self, features: np.ndarray, users: Sequence[str | None],
                 agnostic: bool = False) -> np.ndarray:
@@ -168,15 +169,12 @@ class UserHashtagLookup:
         out_ids = np.empty((len(users), k), np.int64)
         for row, user in enumerate(users):
             ids = candidates[row]
-            if not agnostic and self.known(user):
-                counts = self.hashtag_counts[self.user_index[user]]
-                ids = np.union1d(ids, np.flatnonzero(counts))
-                m = self.prior_strength  # log P̃_k on the candidates only
-                prior = np.log(counts[ids] + m * self.global_share[ids]) \
-                    - np.log(counts.sum() + m)
-            else:
-                prior = self.log_prior[ids]
-            exact = self.hashtag_vectors[ids] @ queries[row, :-1] + queries[row, -1] * prior
+            user = None if agnostic else user
+            if self.known(user):
+                used = np.flatnonzero(self.hashtag_counts[self.user_index[user]])
+                ids = np.union1d(ids, used)
+            exact = self.hashtag_vectors[ids] @ queries[row, :-1] \
+                + queries[row, -1] * self.log_user_prior(user, ids)
             order = np.argsort(-exact, kind="stable")[:k]
             out_scores[row], out_ids[row] = exact[order], ids[order]
         return out_scores, out_ids
