@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.config import DATA_ROOT_ENV, setup_logging
+from shared.data.simulated_users import SIGNATURE_PROBABILITY
 
 log = logging.getLogger("hashrec")
 
@@ -29,9 +30,11 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                              "with real user ids works too)")
     parser.add_argument("--users", type=int, default=300,
                         help="user/retrieval: simulated users in the benchmark")
-    parser.add_argument("--signature-probability", type=float, default=0.6,
+    parser.add_argument("--signature-probability", type=float,
+                        default=SIGNATURE_PROBABILITY,
                         help="user/retrieval: how often a simulated user adds each of "
-                             "their two signature hashtags")
+                             "their two signature hashtags (default calibrated to Veit et "
+                             "al.'s user-frequency baseline: bench/user_calibration.py)")
     parser.add_argument("--test", metavar="SPEC",
                         help="test data set; without it a seeded 80/20 split of --train")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.data.simulated_users import (
+    SIGNATURE_PROBABILITY,
     TRANSLATIONS,
     drop_spammers,
     simulate,
@@ -40,7 +41,7 @@ def test_planted_habits_show_in_the_posts(sources: list) -> None:
     for post in posts:
         by_user.setdefault(post.user, []).append(post)
     signed = sum(users[p.user].signatures[0] in p.hashtags for p in posts)
-    assert signed / len(posts) == pytest.approx(0.6, abs=0.03)  # each signature: p = 0.6
+    assert signed / len(posts) == pytest.approx(SIGNATURE_PROBABILITY, abs=0.03)
     for user_id, user_posts in by_user.items():
         user = users[user_id]
         tags = Counter(t for p in user_posts for t in p.hashtags)
