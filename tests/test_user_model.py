@@ -191,7 +191,8 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
                  "--save-model", str(tmp_path / "user-model")]) == 0
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"global_frequency", "user_frequency", "agnostic",
-                                      "mlp", "tensor"}
+                                      "mcll", "habit_x_photo", "mlp", "tensor"}
+    assert set(report["habit_x_photo"]) == {"beta", "gamma"}
     assert set(report["results"]["tensor"]) == {"A@1", "A@10"}
     assert set(report["retrieval"]["tensor"]) == {"P@10"}
     assert UserHashtagLookup.load(tmp_path / "user-model").known(posts[0].user)
@@ -232,3 +233,42 @@ def test_retrieval_ranks_photos_by_the_users_tensor_score(lookup: UserHashtagLoo
         assert [p for p, _ in found] == [f"p{i}" for i in np.argsort(-brute)[:7]]
     with pytest.raises(ValueError, match="hashtag id"):
         lookup.retrieve(40, "ann")
+
+
+def _one_tag_posts(n: int, vocabulary: int, seed: int) -> tuple[np.ndarray, list[list[int]]]:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(vocabulary, size=n)
+    return truth, [[int(t)] for t in truth]
+
+
+def test_habit_x_photo_weighs_the_expert_that_predicts_and_drops_the_one_that_does_not(
+        ) -> None:
+    from shared.eval.user import fit_habit_x_photo
+
+    rng = np.random.default_rng(0)
+    truth, tags = _one_tag_posts(1000, 20, seed=0)
+    # An expert whose favourite (probability 0.5) is right half the time: calibrated, so the
+    # likelihood wants it at weight ≈ 1.
+    favourite = np.where(rng.random(1000) < 0.5, truth, rng.integers(20, size=1000))
+    informative = np.full((1000, 20), np.log(0.5 / 19))
+    informative[np.arange(1000), favourite] = np.log(0.5)
+    noise = rng.normal(size=(1000, 20))
+    beta, gamma = fit_habit_x_photo(informative, noise, tags)
+    assert 0.6 < beta < 1.5 and gamma < 0.1  # the habit predicts, the photo is noise
+    beta, gamma = fit_habit_x_photo(noise, informative, tags)
+    assert 0.6 < gamma < 1.5 and beta < 0.1  # and the other way round
+
+
+def test_mcll_scores_each_training_post_with_a_model_that_never_saw_it() -> None:
+    from shared.eval.user import mcll_log_probabilities
+
+    # Each photo is pure noise and its hashtag a coin of its own: a model that saw the post
+    # memorises it; one that did not can only guess.
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 400)).astype(np.float32)
+    truth, tags = _one_tag_posts(200, 10, seed=2)
+    out_of_fold, _ = mcll_log_probabilities(features, tags, features[:5], 10)
+    held_out = (out_of_fold.argmax(axis=1) == truth).mean()
+    _, seen = mcll_log_probabilities(features, tags, features, 10)
+    memorised = (seen.argmax(axis=1) == truth).mean()
+    assert held_out < 0.3 < memorised - held_out  # chance is 0.1
