@@ -1,7 +1,7 @@
 """Why the tensor model trails user frequency on the simulated-user benchmark.
 
     python bench/user_diagnostics.py [--users 300] [--dims 64,64,32] [--epochs 15]
-        [--prior-weight 1] [--weight-decay 0] [--blank-photos]
+        [--prior-weight 1] [--weight-decay 0] [--blank-photos] [--trace]
 
 Trains the tensor model once (early stopping on each user's last training post) and
 prints, in A@1 / A@10:
@@ -14,7 +14,9 @@ prints, in A@1 / A@10:
   nearest training photos), γ swept *on the test posts* — an optimistic ceiling of what
   photo evidence can add on this benchmark, not a method.
 With --blank-photos every photo is the mean photo in training and test alike, which
-leaves the same model and loss nothing but user → hashtag habits.
+leaves the same model and loss nothing but user → hashtag habits. With --trace it first
+trains once more without early stopping and prints the test A@1 / A@10 of the tensor and
+of its agnostic version after every epoch: whether any epoch at all beats the prior.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ import time
 import numpy as np
 
 from services.user.lookup import UserHashtagLookup
-from services.user.model import TensorParams
+from services.user.model import TensorModel, TensorParams, Triplets, train_tensor
 from services.vision.store import FeatureStore
 from shared.config import data_root, models_dir, setup_logging
-from shared.data.simulated_users import drop_spammers, simulate, source_posts, split_by_user_time
+from shared.data.simulated_users import (
+    SIGNATURE_PROBABILITY,
+    drop_spammers,
+    simulate,
+    source_posts,
+    split_by_user_time,
+)
 from shared.eval.user import (
     UserTask,
     accuracies,
@@ -51,7 +59,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--blank-photos", action="store_true")
-    parser.add_argument("--signature-probability", type=float, default=0.6)
+    parser.add_argument("--signature-probability", type=float, default=SIGNATURE_PROBABILITY)
+    parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
     setup_logging(os.environ.get("HASHREC_LOG_LEVEL", "WARNING"))
     started = time.perf_counter()
@@ -65,10 +74,12 @@ def main() -> None:
         task = dataclasses.replace(task, x_train=np.zeros_like(task.x_train),
                                    x_test=np.zeros_like(task.x_test))
     hashtag_dim, photo_dim, user_dim = (int(v) for v in args.dims.split(","))
-    lookup = task.train_lookup(TensorParams(
+    params = TensorParams(
         hashtag_dim, photo_dim, user_dim, epochs=args.epochs, prior_weight=args.prior_weight,
-        learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed),
-        progress=False)
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed)
+    if args.trace:
+        trace(task, params)
+    lookup = task.train_lookup(params, progress=False)
 
     tensor = lookup.scores(task.x_test, task.test_users)
     sample = np.arange(0, len(task.x_train), 7)
@@ -92,6 +103,27 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<30}A@1 {row['A@1']:>6.2f}   A@10 {row['A@10']:>6.2f}")
     print(f"{time.perf_counter() - started:.0f} s")
+
+
+def trace(task: UserTask, params: TensorParams) -> None:
+    """Test A@1 / A@10 after each epoch (epoch 0: the user prior alone), nothing kept."""
+    post_counts = np.bincount(task.rows_train, minlength=len(task.users)).astype(float)
+
+    def report(model: TensorModel) -> float:
+        lookup = UserHashtagLookup(model, task.vocab.terms, task.users, post_counts,
+                                   task.counts)
+        tensor = accuracies(lookup.scores(task.x_test, task.test_users), task.truth)
+        agnostic = accuracies(lookup.scores(task.x_test, task.test_users, agnostic=True),
+                              task.truth)
+        print(f"epoch {len(seen):>3}  tensor A@1 {tensor['A@1']:>6.2f} A@10 "
+              f"{tensor['A@10']:>6.2f}   agnostic A@1 {agnostic['A@1']:>6.2f} A@10 "
+              f"{agnostic['A@10']:>6.2f}", flush=True)
+        seen.append(tensor)
+        return 0.0
+
+    seen: list[dict[str, float]] = []
+    train_tensor(task.x_train, Triplets.from_posts(task.train_ids, task.rows_train),
+                 len(task.vocab), len(task.users), params, False, report)
 
 
 def knn_headroom(task: UserTask, lookup: UserHashtagLookup) -> dict[float, dict[str, float]]:
