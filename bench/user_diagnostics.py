@@ -32,18 +32,12 @@ from services.user.lookup import UserHashtagLookup
 from services.user.model import TensorModel, TensorParams, Triplets, train_tensor
 from services.vision.store import FeatureStore
 from shared.config import data_root, models_dir, setup_logging
-from shared.data.simulated_users import (
-    SIGNATURE_PROBABILITY,
-    drop_spammers,
-    simulate,
-    source_posts,
-    split_by_user_time,
-)
+from shared.data.simulated_users import SIGNATURE_PROBABILITY, simulate, source_posts
 from shared.eval.user import (
     UserTask,
     accuracies,
-    post_features,
     prepare_user_task,
+    split_with_features,
     user_frequency_scores,
 )
 
@@ -67,8 +61,7 @@ def main() -> None:
 
     posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed,
                      signature_probability=args.signature_probability)
-    train, test = split_by_user_time(drop_spammers(posts))
-    features = post_features((*train, *test), FeatureStore(models_dir() / "features"))
+    train, test, features = split_with_features(posts, FeatureStore(models_dir() / "features"))
     task = prepare_user_task(train, test, features)
     if args.blank_photos:
         task = dataclasses.replace(task, x_train=np.zeros_like(task.x_train),

@@ -23,14 +23,8 @@ import numpy as np
 from services.user.model import TensorParams
 from services.vision.store import FeatureStore
 from shared.config import data_root, models_dir, setup_logging
-from shared.data.simulated_users import (
-    SIGNATURE_PROBABILITY,
-    drop_spammers,
-    simulate,
-    source_posts,
-    split_by_user_time,
-)
-from shared.eval.user import post_features, run_user
+from shared.data.simulated_users import SIGNATURE_PROBABILITY, simulate, source_posts
+from shared.eval.user import run_user, split_with_features
 
 BASELINES = ("user_frequency", "agnostic")
 
@@ -39,10 +33,7 @@ def results_for_seed(seed: int, users: int, signature_probability: float,
                      sources: list, store: FeatureStore) -> dict[str, dict[str, float]]:
     posts = simulate(sources, n_users=users, seed=seed,
                      signature_probability=signature_probability)
-    train, test = split_by_user_time(drop_spammers(posts))
-    features = post_features((*train, *test), store)
-    train = [p for p in train if p.id in features]
-    test = [p for p in test if p.id in features]
+    train, test, features = split_with_features(posts, store)
     # The CLI's defaults: D, F, E = 300, 300, 50, at most 30 epochs.
     params = TensorParams(epochs=30, seed=seed)
     return run_user(train, test, features, params, seed=seed, progress=False).results

@@ -210,13 +210,8 @@ def _user(args: argparse.Namespace) -> int:
     from shared.config import data_root, models_dir
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
-    from shared.data.simulated_users import (
-        drop_spammers,
-        simulate,
-        source_posts,
-        split_by_user_time,
-    )
-    from shared.eval.user import post_features, run_user
+    from shared.data.simulated_users import simulate, source_posts
+    from shared.eval.user import run_user, split_with_features
 
     if args.train:
         posts = normalize_post_hashtags(read_posts(args.train))
@@ -230,10 +225,7 @@ def _user(args: argparse.Namespace) -> int:
                          signature_probability=args.signature_probability)
         source = (f"simulated users (n={args.users}, seed={args.seed}, signature "
                   f"probability {args.signature_probability})")
-    train, test = split_by_user_time(drop_spammers(posts))
-    features = post_features((*train, *test), FeatureStore(models_dir() / "features"))
-    train = [p for p in train if p.id in features]
-    test = [p for p in test if p.id in features]
+    train, test, features = split_with_features(posts, FeatureStore(models_dir() / "features"))
     from services.user.model import TensorParams
 
     try:

@@ -44,6 +44,15 @@ ARRAYS = ("hashtags.weight", "users.weight", "project.weight", "project.bias", "
           "feature_mean", "feature_scale")
 
 
+def smoothed_log_prior(counts: np.ndarray, global_share: np.ndarray, strength: float,
+                       ids: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """log P̃(h) = log (c_h + m P(h)) / (n + m) along the last axis of ``counts`` (one user's
+    row, or many); ``ids`` keeps only those hashtags, the norm n still counting them all.
+    The numpy twin of services/user/model.py's PriorOffsets."""
+    return np.log(counts[..., ids] + strength * global_share[ids]) \
+        - np.log(counts.sum(axis=-1, keepdims=True) + strength)
+
+
 class UserHashtagLookup:
     def __init__(self, model: TensorModel, vocabulary: Sequence[str], user_ids: Sequence[str],
                  post_counts: np.ndarray, hashtag_counts: np.ndarray,
@@ -138,9 +147,8 @@ class UserHashtagLookup:
         ids = slice(None) if ids is None else ids
         if not self.known(user):
             return self.log_prior[ids].astype(np.float64)
-        counts = self.hashtag_counts[self.user_index[user]]
-        m = self.prior_strength
-        return np.log(counts[ids] + m * self.global_share[ids]) - np.log(counts.sum() + m)
+        return smoothed_log_prior(self.hashtag_counts[self.user_index[user]],
+                                  self.global_share, self.prior_strength, ids)
 
     def queries(self, features: np.ndarray, users: Sequence[str | None],
                 agnostic: bool = False) -> np.ndarray:

@@ -22,14 +22,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.user.lookup import UserHashtagLookup
+from services.user.lookup import UserHashtagLookup, smoothed_log_prior
 from services.user.model import TensorModel, TensorParams, Triplets, train_tensor
 from services.vision.store import FeatureStore
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
+from shared.data.simulated_users import drop_spammers, split_by_user_time
 from shared.eval.metrics import accuracy_at_k, top_k
 
 log = logging.getLogger(__name__)
+
+
+def softmax_targets(hashtags: Sequence[Sequence[int]], n_hashtags: int) -> torch.Tensor:
+    """Each post's target distribution for the multi-class logistic loss: 1/|H_j| on each
+    of its hashtags."""
+    targets = torch.zeros(len(hashtags), n_hashtags)
+    for row, ids in enumerate(hashtags):
+        targets[row, list(ids)] = 1.0 / len(ids)
+    return targets
 
 
 def train_user_mlp(features: np.ndarray, hashtags: Sequence[Sequence[int]],
@@ -53,9 +63,7 @@ def train_user_mlp(features: np.ndarray, hashtags: Sequence[Sequence[int]],
 
     network = ConcatMlp()
     inputs = torch.from_numpy(features.astype(np.float32))
-    targets = torch.zeros(len(hashtags), n_hashtags)
-    for row, ids in enumerate(hashtags):
-        targets[row, list(ids)] = 1.0 / len(ids)
+    targets = softmax_targets(hashtags, n_hashtags)
     users = torch.from_numpy(user_rows.astype(np.int64))
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, weight_decay=1e-5)
     generator = torch.Generator().manual_seed(seed)
@@ -78,9 +86,7 @@ def train_mcll(features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashta
     torch.manual_seed(seed)
     classifier = torch.nn.Linear(features.shape[1], n_hashtags)
     inputs = torch.from_numpy(features.astype(np.float32))
-    targets = torch.zeros(len(hashtags), n_hashtags)
-    for row, ids in enumerate(hashtags):
-        targets[row, list(ids)] = 1.0 / len(ids)
+    targets = softmax_targets(hashtags, n_hashtags)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -122,9 +128,7 @@ def fit_habit_x_photo(log_user_prior: np.ndarray, photo_evidence: np.ndarray,
     nothing to the user's habits; β = 0 that the habits add nothing to the photo."""
     prior = torch.from_numpy(np.asarray(log_user_prior, dtype=np.float32))
     evidence = torch.from_numpy(np.asarray(photo_evidence, dtype=np.float32))
-    tags = torch.zeros(prior.shape)
-    for row, ids in enumerate(hashtags):
-        tags[row, list(ids)] = 1.0 / len(ids)
+    tags = softmax_targets(hashtags, prior.shape[1])
     raw = torch.zeros(2, requires_grad=True)  # softplus(raw) = (β, γ)
     optimizer = torch.optim.Adam([raw], lr=0.05)
     for _ in range(steps):
@@ -172,6 +176,16 @@ def post_features(posts: Sequence[Post], store: FeatureStore) -> dict[str, np.nd
     embedding, ok = store.embed_paths(images)
     by_image = {image: embedding.features[row] for row, image in enumerate(images) if ok[row]}
     return {p.id: by_image[p.image] for p in posts if p.image in by_image}
+
+
+def split_with_features(posts: Sequence[Post], store: FeatureStore,
+                        ) -> tuple[list[Post], list[Post], dict[str, np.ndarray]]:
+    """Veit's spam filter and per-user time-ordered split, then each post's photo features;
+    (train, test, features), posts whose photo cannot be read left out of both."""
+    train, test = split_by_user_time(drop_spammers(posts))
+    features = post_features((*train, *test), store)
+    return ([p for p in train if p.id in features], [p for p in test if p.id in features],
+            features)
 
 
 @dataclass
@@ -307,7 +321,8 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     scores = {"global_frequency": np.tile(task.counts.sum(axis=0), (len(x_test), 1)),
               "user_frequency": user_frequency_scores(task)}
     scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True)
-    scores["mcll"], scores["habit_x_photo"], combination = habit_x_photo_scores(task, seed)
+    scores["mcll"], scores["habit_x_photo"], combination = habit_x_photo_scores(task, lookup,
+                                                                                seed)
     log.info("habit x photo: beta %.3f, gamma %.3f", *combination)
     mlp = train_user_mlp(standardize(x_train, x_train), train_ids, rows_train, len(users),
                          len(vocab), seed=seed)
@@ -337,31 +352,20 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
                       {"beta": round(combination[0], 3), "gamma": round(combination[1], 3)})
 
 
-def habit_x_photo_scores(task: UserTask, seed: int = 0,
+def habit_x_photo_scores(task: UserTask, lookup: UserHashtagLookup, seed: int = 0,
                          ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """(MCLL log-probabilities, habit × photo scores, (β, γ)) for the test posts."""
-    n_hashtags = len(task.vocab)
+    """(MCLL log-probabilities, habit × photo scores, (β, γ)) for the test posts; the
+    global share P(h), the prior strength and the test posts' priors are ``lookup``'s."""
     out_of_fold, test = mcll_log_probabilities(task.x_train, task.train_ids, task.x_test,
-                                               n_hashtags, seed=seed)
-    global_counts = task.counts.sum(axis=0)
-    share = (global_counts + 1.0) / (global_counts.sum() + n_hashtags)
-    own = np.zeros(out_of_fold.shape)
-    for row, ids in enumerate(task.train_ids):
-        own[row, list(set(ids))] = 1.0
-    train_prior = smoothed_log_prior(task.counts[task.rows_train] - own, share)
-    beta, gamma = fit_habit_x_photo(train_prior, out_of_fold - np.log(share), task.train_ids)
-    test_prior = np.stack([
-        smoothed_log_prior(task.counts[task.user_row[u]][None, :], share)[0]
-        if u in task.user_row else np.log(share) for u in task.test_users])
-    return test, beta * test_prior + gamma * (test - np.log(share)), (beta, gamma)
-
-
-def smoothed_log_prior(counts: np.ndarray, share: np.ndarray, strength: float = 5.0,
-                       ) -> np.ndarray:
-    """log P̃_u(h) = log (c_uh + m P(h)) / (n_u + m), one row per row of ``counts`` (the
-    same prior as services/user/model.py, m = 5)."""
-    return np.log(counts + strength * share) - np.log(counts.sum(axis=1, keepdims=True)
-                                                      + strength)
+                                               len(task.vocab), seed=seed)
+    log_share = lookup.log_prior.astype(np.float64)
+    own = _counts(task.train_ids, np.arange(len(task.train_ids)),
+                  (len(task.train_ids), len(task.vocab)))
+    train_prior = smoothed_log_prior(task.counts[task.rows_train] - own, lookup.global_share,
+                                     lookup.prior_strength)
+    beta, gamma = fit_habit_x_photo(train_prior, out_of_fold - log_share, task.train_ids)
+    test_prior = np.stack([lookup.log_user_prior(u) for u in task.test_users])
+    return test, beta * test_prior + gamma * (test - log_share), (beta, gamma)
 
 
 def standardize(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
