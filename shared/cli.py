@@ -239,13 +239,17 @@ def _user(args: argparse.Namespace) -> int:
     report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
               "vocab": result.vocab, "results": result.results, "retrieval": result.retrieval,
-              "habit_x_photo": result.habit_x_photo}
+              "habit_x_photo": result.habit_x_photo, "lift_x_photo": result.lift_x_photo}
     if args.task == "user":
         _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
                      f"{result.n_train} train / {result.n_test} test posts", result.results)
         print("habit_x_photo: β log P_user(h) + γ log P_mcll(h | photo) / P(h), fit on "
               f"out-of-fold training posts: β {result.habit_x_photo['beta']}, "
               f"γ {result.habit_x_photo['gamma']}")
+        lift = result.lift_x_photo
+        print("lift_x_photo: β log lift_user(h) + γ log P_mcll(h | photo), lift = (uses + a) / "
+              f"(uses the user's photos predict + a), fit on out-of-fold training posts: "
+              f"a {lift['smoothing']}, β {lift['beta']}, γ {lift['gamma']}")
     _print_table("hashtag (+ user) -> photos retrieval", result.retrieval)
     example = dict(result.example)
     if not args.train:  # the planted habits of that simulated user
@@ -260,6 +264,7 @@ def _user(args: argparse.Namespace) -> int:
     print(f"  before conditioning (agnostic): {example['agnostic']}")
     print(f"  after conditioning (tensor):    {example['tensor']}")
     print(f"  habit x photo:                  {example['habit_x_photo']}")
+    print(f"  lift x photo:                   {example['lift_x_photo']}")
     if "planted" in example:
         print(f"  planted habits: {example['planted']}")
     if args.save_model:

@@ -191,8 +191,10 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
                  "--save-model", str(tmp_path / "user-model")]) == 0
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"global_frequency", "user_frequency", "agnostic",
-                                      "mcll", "habit_x_photo", "mlp", "tensor"}
+                                      "mcll", "habit_x_photo", "lift_x_photo", "mlp",
+                                      "tensor"}
     assert set(report["habit_x_photo"]) == {"beta", "gamma"}
+    assert set(report["lift_x_photo"]) == {"smoothing", "beta", "gamma"}
     assert set(report["results"]["tensor"]) == {"A@1", "A@10"}
     assert set(report["retrieval"]["tensor"]) == {"P@10"}
     assert UserHashtagLookup.load(tmp_path / "user-model").known(posts[0].user)
@@ -257,6 +259,22 @@ def test_habit_x_photo_weighs_the_expert_that_predicts_and_drops_the_one_that_do
     assert 0.6 < beta < 1.5 and gamma < 0.1  # the habit predicts, the photo is noise
     beta, gamma = fit_habit_x_photo(noise, informative, tags)
     assert 0.6 < gamma < 1.5 and beta < 0.1  # and the other way round
+
+
+def test_habit_lift_is_one_for_what_the_photos_explain_above_for_habits_below_for_avoided(
+        ) -> None:
+    from shared.eval.user import expected_uses, habit_lift
+
+    # Two posts whose photo alone predicts food 0.6, the signature 0.01, beach 0.39, with
+    # three hashtags each: expected uses 3.6, 0.06, 2.34.
+    photo = np.log(np.array([[0.6, 0.01, 0.39]] * 2))
+    expected = expected_uses(photo, [[0, 1, 2], [0, 1, 2]]).sum(axis=0)
+    assert np.allclose(expected, [3.6, 0.06, 2.34])
+    # The user wrote food 3.6 times (as predicted), the signature twice, beach never.
+    lift = habit_lift(np.array([3.6, 2.0, 0.0]), expected, smoothing=0.5)
+    assert lift[0] == pytest.approx(0.0)
+    assert lift[1] == pytest.approx(np.log(2.5 / 0.56))
+    assert lift[2] == pytest.approx(np.log(0.5 / 2.84))
 
 
 def test_mcll_scores_each_training_post_with_a_model_that_never_saw_it() -> None:

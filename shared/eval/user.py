@@ -141,6 +141,66 @@ def fit_habit_x_photo(log_user_prior: np.ndarray, photo_evidence: np.ndarray,
     return beta, gamma
 
 
+def expected_uses(photo_log_probabilities: np.ndarray, hashtags: Sequence[Sequence[int]],
+                  ) -> np.ndarray:
+    """E_j(h) = |H_j| P(h | x_j): how often post j's photo alone predicts each hashtag."""
+    sizes = np.array([len(ids) for ids in hashtags], dtype=np.float64)
+    return np.exp(photo_log_probabilities.astype(np.float64)) * sizes[:, None]
+
+
+def habit_lift(counts: np.ndarray, expected: np.ndarray, smoothing: float) -> np.ndarray:
+    """log (c_uh + a) / (E_uh + a): how much more (or less) user u writes hashtag h than the
+    photos they posted predict, c_uh their uses and E_uh = Σ_j E_j(h) over their posts.
+
+    Why not the plain habit P̃_u(h): users choose what they photograph, so a food lover's
+    P̃_u(food) is high *because* they post food photos; multiplied with a food photo's
+    evidence, the topic counts twice and outranks the user's real habits (their signature
+    hashtags, spelling, language). The lift is ≈ 1 for a topic the photos explain, > 1 for
+    a habit (a signature; "comida" where the photos predict "food"), < 1 for what the user
+    avoids ("food" for that user). A stranger's lift is 1: the photo alone decides."""
+    return np.log(counts + smoothing) - np.log(expected + smoothing)
+
+
+#: smoothing a of the habit lift, chosen per run by out-of-fold likelihood (lift_x_photo)
+LIFT_SMOOTHING = (0.25, 0.5, 1.0, 2.0)
+
+
+def fitted_lift_x_photo(task: UserTask, out_of_fold: np.ndarray, test_log_probabilities:
+                        np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Scores β log lift_u(h) + γ log P_mcll(h | x) for the test posts, with (a, β, γ) fit
+    by likelihood on the training posts held out as in fit_habit_x_photo: each post's lift
+    leaves the post out of its user's counts and expected uses, its photo evidence and
+    every expected use come out of fold."""
+    own = _counts(task.train_ids, np.arange(len(task.train_ids)),
+                  (len(task.train_ids), len(task.vocab)))
+    expected_per_post = expected_uses(out_of_fold, task.train_ids)
+    expected = np.zeros(task.counts.shape)
+    np.add.at(expected, task.rows_train, expected_per_post)
+    best: tuple[float, float, float, float] | None = None  # (likelihood, a, β, γ)
+    for smoothing in LIFT_SMOOTHING:
+        lift = habit_lift(task.counts[task.rows_train] - own,
+                          expected[task.rows_train] - expected_per_post, smoothing)
+        beta, gamma = fit_habit_x_photo(lift, out_of_fold, task.train_ids)
+        likelihood = mean_log_likelihood(beta * lift + gamma * out_of_fold, task.train_ids)
+        if best is None or likelihood > best[0]:
+            best = (likelihood, smoothing, beta, gamma)
+    assert best is not None
+    _, smoothing, beta, gamma = best
+    test_lift = np.stack([habit_lift(task.counts[task.user_row[u]],
+                                     expected[task.user_row[u]], smoothing)
+                          if u in task.user_row else np.zeros(len(task.vocab))
+                          for u in task.test_users])
+    return beta * test_lift + gamma * test_log_probabilities, {
+        "smoothing": smoothing, "beta": round(beta, 3), "gamma": round(gamma, 3)}
+
+
+def mean_log_likelihood(scores: np.ndarray, hashtags: Sequence[Sequence[int]]) -> float:
+    """Mean over posts of Σ_h 1/|H_j| log softmax(scores_j)_h."""
+    log_probabilities = torch.log_softmax(torch.from_numpy(scores.astype(np.float32)), dim=1)
+    return float((softmax_targets(hashtags, scores.shape[1]) * log_probabilities
+                  ).sum(dim=1).mean())
+
+
 @dataclass
 class UserResult:
     n_users: int
@@ -155,6 +215,8 @@ class UserResult:
     example: dict[str, object]
     #: β and γ of habit_x_photo, fit on out-of-fold training posts
     habit_x_photo: dict[str, float]
+    #: a, β and γ of lift_x_photo, fit on out-of-fold training posts
+    lift_x_photo: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
@@ -321,9 +383,14 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     scores = {"global_frequency": np.tile(task.counts.sum(axis=0), (len(x_test), 1)),
               "user_frequency": user_frequency_scores(task)}
     scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True)
-    scores["mcll"], scores["habit_x_photo"], combination = habit_x_photo_scores(task, lookup,
-                                                                                seed)
+    out_of_fold, scores["mcll"] = mcll_log_probabilities(x_train, train_ids, x_test,
+                                                         len(vocab), seed=seed)
+    scores["habit_x_photo"], combination = habit_x_photo_scores(task, lookup, out_of_fold,
+                                                                scores["mcll"])
     log.info("habit x photo: beta %.3f, gamma %.3f", *combination)
+    scores["lift_x_photo"], lift_weights = fitted_lift_x_photo(task, out_of_fold,
+                                                               scores["mcll"])
+    log.info("lift x photo: %s", lift_weights)
     mlp = train_user_mlp(standardize(x_train, x_train), train_ids, rows_train, len(users),
                          len(vocab), seed=seed)
     with torch.no_grad():
@@ -346,18 +413,18 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
 
     example = {"user": test_users[row], "truth": sorted(terms[h] for h in truth[row]),
                "agnostic": top5("agnostic"), "tensor": top5("tensor"),
-               "habit_x_photo": top5("habit_x_photo")}
+               "habit_x_photo": top5("habit_x_photo"), "lift_x_photo": top5("lift_x_photo")}
     return UserResult(len(users), len(x_train), len(x_test), len(vocab), results, retrieval,
                       lookup, example,
-                      {"beta": round(combination[0], 3), "gamma": round(combination[1], 3)})
+                      {"beta": round(combination[0], 3), "gamma": round(combination[1], 3)},
+                      lift_weights)
 
 
-def habit_x_photo_scores(task: UserTask, lookup: UserHashtagLookup, seed: int = 0,
-                         ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """(MCLL log-probabilities, habit × photo scores, (β, γ)) for the test posts; the
-    global share P(h), the prior strength and the test posts' priors are ``lookup``'s."""
-    out_of_fold, test = mcll_log_probabilities(task.x_train, task.train_ids, task.x_test,
-                                               len(task.vocab), seed=seed)
+def habit_x_photo_scores(task: UserTask, lookup: UserHashtagLookup, out_of_fold: np.ndarray,
+                         test: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """(habit × photo scores, (β, γ)) for the test posts from MCLL's out-of-fold and test
+    log-probabilities (mcll_log_probabilities); the global share P(h), the prior strength
+    and the test posts' priors are ``lookup``'s."""
     log_share = lookup.log_prior.astype(np.float64)
     own = _counts(task.train_ids, np.arange(len(task.train_ids)),
                   (len(task.train_ids), len(task.vocab)))
@@ -365,7 +432,7 @@ def habit_x_photo_scores(task: UserTask, lookup: UserHashtagLookup, seed: int = 
                                      lookup.prior_strength)
     beta, gamma = fit_habit_x_photo(train_prior, out_of_fold - log_share, task.train_ids)
     test_prior = np.stack([lookup.log_user_prior(u) for u in task.test_users])
-    return test, beta * test_prior + gamma * (test - log_share), (beta, gamma)
+    return beta * test_prior + gamma * (test - log_share), (beta, gamma)
 
 
 def standardize(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
