@@ -1,6 +1,7 @@
 """The user-conditional methods over several simulated populations: mean ± spread.
 
-    python bench/user_seeds.py [--users 300] [--seeds 0,1,2] [--json OUT]
+    python bench/user_seeds.py [--users 300] [--seeds 0,1,2] [--meaning-probability 0]
+        [--json OUT]
 
 One seed of the simulated-user benchmark is ~400 test posts, so one post moves A@1 by
 ~0.25 points and a single seed can flip which method wins. This runs
@@ -32,9 +33,11 @@ CHALLENGERS = ("tensor", "mlp", "habit_x_photo", "lift_x_photo")
 
 
 def results_for_seed(seed: int, users: int, signature_probability: float,
-                     sources: list, store: FeatureStore) -> dict[str, dict[str, float]]:
+                     sources: list, store: FeatureStore, meaning_probability: float = 0.0,
+                     ) -> dict[str, dict[str, float]]:
     posts = simulate(sources, n_users=users, seed=seed,
-                     signature_probability=signature_probability)
+                     signature_probability=signature_probability,
+                     meaning_probability=meaning_probability)
     train, test, features = split_with_features(posts, store)
     # The CLI's defaults: D, F, E = 300, 300, 50, at most 30 epochs.
     params = TensorParams(epochs=30, seed=seed)
@@ -47,6 +50,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--signature-probability", type=float, default=SIGNATURE_PROBABILITY)
+    parser.add_argument("--meaning-probability", type=float, default=0.0,
+                        help="rule 7 of shared/data/simulated_users.py (0: off)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     setup_logging(os.environ.get("HASHREC_LOG_LEVEL", "WARNING"))
@@ -57,7 +62,7 @@ def main() -> None:
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = results_for_seed(seed, args.users, args.signature_probability,
-                                          sources, store)
+                                          sources, store, args.meaning_probability)
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
     methods = list(per_seed[seeds[0]])
     summary = {}

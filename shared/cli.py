@@ -35,6 +35,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                         help="user/retrieval: how often a simulated user adds each of "
                              "their two signature hashtags (default calibrated to Veit et "
                              "al.'s user-frequency baseline: bench/user_calibration.py)")
+    parser.add_argument("--meaning-probability", type=float, default=0.0,
+                        help="user/retrieval: rule 7 of the simulated users (personal "
+                             "meanings of ambiguous hashtags, Veit's #rock): how often a "
+                             "user adds one to a photo of its topic; 0 (default): off")
     parser.add_argument("--test", metavar="SPEC",
                         help="test data set; without it a seeded 80/20 split of --train")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
@@ -222,9 +226,12 @@ def _user(args: argparse.Namespace) -> int:
         source = args.train
     else:
         posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed,
-                         signature_probability=args.signature_probability)
+                         signature_probability=args.signature_probability,
+                         meaning_probability=args.meaning_probability)
         source = (f"simulated users (n={args.users}, seed={args.seed}, signature "
-                  f"probability {args.signature_probability})")
+                  f"probability {args.signature_probability}"
+                  + (f", meaning probability {args.meaning_probability}"
+                     if args.meaning_probability else "") + ")")
     train, test, features = split_with_features(posts, FeatureStore(models_dir() / "features"))
     from services.user.model import TensorParams
 
@@ -255,10 +262,12 @@ def _user(args: argparse.Namespace) -> int:
     if not args.train:  # the planted habits of that simulated user
         from shared.data.simulated_users import users_of
 
-        planted = users_of(posts, args.seed, args.users)[example["user"]]
+        planted = users_of(posts, args.seed, args.users,
+                           args.meaning_probability > 0)[example["user"]]
         example["planted"] = {"signatures": list(planted.signatures),
                               "language": planted.language,
-                              "synonyms": sorted(set(planted.synonyms.values()))}
+                              "synonyms": sorted(set(planted.synonyms.values())),
+                              **({"meanings": planted.meanings} if planted.meanings else {})}
     report["example"] = example
     print(f"user {example['user']}, one test post: hashtags {example['truth']}")
     print(f"  before conditioning (agnostic): {example['agnostic']}")

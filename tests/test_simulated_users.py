@@ -69,3 +69,21 @@ def test_time_split_trains_on_each_users_first_posts(sources: list) -> None:
         last_train[post.user] = max(last_train.get(post.user, post.time), post.time)
     assert test and all(post.time > last_train[post.user] for post in test)
     assert len(train) / (len(train) + len(test)) == pytest.approx(0.9, abs=0.05)
+
+
+def test_personal_meanings_add_each_users_hashtag_to_its_topic_only(sources: list) -> None:
+    plain = simulate(sources, 80, seed=2)
+    meant = simulate(sources, 80, seed=2, meaning_probability=0.5)
+    users = users_of(meant, seed=2, n_users=80, meanings=True)
+    added = 0
+    for before, after in zip(plain, meant, strict=True):
+        # Rule 7 draws from its own generator: every other habit stays as it was.
+        assert set(before.hashtags) <= set(after.hashtags)
+        extra = set(after.hashtags) - set(before.hashtags)
+        meanings = users[after.user].meanings
+        assert all(meanings.get(tag) == after.labels[0] for tag in extra)
+        added += len(extra)
+    assert len(set(map(frozenset, (u.meanings for u in users.values())))) > 20
+    fitting = sum(tied == p.labels[0] for p in meant for tied in users[p.user].meanings.values()
+                  if not users[p.user].spammer)
+    assert 0.4 < added / fitting < 0.6  # probability 0.5 where the topic fits

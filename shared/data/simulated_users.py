@@ -21,7 +21,17 @@ make hashtags self-expression, as Veit et al. observe. The rules, all seeded:
    user-frequency baseline (A@1 30.2, A@10 65.8) closest to Veit et al.'s on real users
    (38.1, 62.6). At 0.6, the first setting, user frequency reached 54.5 / 86.7: two
    signatures decided the benchmark and left a photo almost nothing to add.
-7. Spammers: 3 % of users append 12 of the most common hashtags to every post; Veit's
+7. Personal meanings (off unless ``meaning_probability`` > 0, `--meaning-probability`):
+   Veit et al.'s "#rock" — one hashtag, a different picture for each user. Each user ties
+   two hashtags of AMBIGUOUS_HASHTAGS to one topic each, drawn from θ_u, and adds that
+   hashtag to a post of that topic with probability ``meaning_probability``, never to
+   another topic. Which hashtag is likely thus depends on user *and* photo together: a
+   product of a user term and a photo term cannot express it, a three-way tensor can.
+   Rules 1–6 make user and photo act log-additively (a user's rewrite of a photo's
+   hashtags is a per-user relabelling), so without rule 7 the benchmark has no three-way
+   interaction for a tensor to learn. Drawn from a generator of its own: switching it on
+   leaves every other draw of a seed as it was.
+8. Spammers: 3 % of users append 12 of the most common hashtags to every post; Veit's
    filter (drop users averaging more than 15 hashtags a post) should remove them.
 
 Timestamps increase per user (one post every 1–72 hours from a random start), so the
@@ -33,7 +43,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,6 +77,8 @@ HANDLES = ("ana", "ben", "chloe", "dev", "eli", "fay", "gus", "hana", "ivan", "j
 SPAM_SHARE = 0.03
 SPAM_TAGS = 12
 SIGNATURE_PROBABILITY = 0.375  # bench/user_calibration.py: closest to Veit's user frequency
+AMBIGUOUS_HASHTAGS = ("rock", "vibes", "mood", "goals", "aesthetic", "blessed", "classic",
+                      "wild")
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,8 @@ class SimulatedUser:
     signatures: tuple[str, str]
     mean_tags: float
     spammer: bool
+    #: rule 7: ambiguous hashtag → the one topic this user writes it on
+    meanings: dict[str, str] = field(default_factory=dict)
 
 
 def source_posts(data_dir: Path) -> list[Post]:
@@ -124,11 +138,28 @@ def rewrite(hashtags: Sequence[str], user: SimulatedUser) -> list[str]:
     return list(written)
 
 
+def with_meanings(users: Sequence[SimulatedUser], topics: Sequence[str], seed: int,
+                  ) -> list[SimulatedUser]:
+    """Rule 7's ties of two ambiguous hashtags to topics, from the seed's own generator."""
+    rng = np.random.default_rng([seed, 7])
+    tied = []
+    for user in users:
+        tags = rng.choice(AMBIGUOUS_HASHTAGS, size=2, replace=False)
+        chosen = rng.choice(topics, size=2, p=[user.topic_preference[t] for t in topics])
+        tied.append(replace(user, meanings={str(tag): str(topic)
+                                            for tag, topic in zip(tags, chosen, strict=True)}))
+    return tied
+
+
 def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0,
-             signature_probability: float = SIGNATURE_PROBABILITY) -> list[Post]:
+             signature_probability: float = SIGNATURE_PROBABILITY,
+             meaning_probability: float = 0.0) -> list[Post]:
     """Posts of ``n_users`` simulated users (module docstring), in user and time order;
-    ``signature_probability``: how often each signature hashtag is added (rule 6)."""
+    ``signature_probability``: how often each signature hashtag is added (rule 6);
+    ``meaning_probability``: how often a personal meaning is added where it fits (rule 7;
+    0: no rule 7)."""
     rng = np.random.default_rng(seed)
+    meaning_rng = np.random.default_rng([seed, 8])
     by_topic: dict[str, list[Post]] = defaultdict(list)
     for post in sources:
         by_topic[post.labels[0]].append(post)
@@ -136,7 +167,10 @@ def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0,
     common = [tag for tag, _ in Counter(t for p in sources for t in p.hashtags).most_common(40)]
     start = datetime(2024, 1, 1, tzinfo=UTC)
     posts = []
-    for user in make_users(n_users, topics, rng):
+    users = make_users(n_users, topics, rng)
+    if meaning_probability > 0:
+        users = with_meanings(users, topics, seed)
+    for user in users:
         n_posts = int(np.clip(round(rng.lognormal(2.3, 0.9)), 5, 200))
         when = start + timedelta(days=float(rng.uniform(0, 365)))
         chosen_topics = rng.choice(topics, size=n_posts,
@@ -149,6 +183,9 @@ def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0,
             tags = rewrite(picked, user)
             tags += [s for s in user.signatures if rng.random() < signature_probability
                      and s not in tags]
+            if meaning_probability > 0:
+                tags += [tag for tag, tied in user.meanings.items() if tied == topic
+                         and meaning_rng.random() < meaning_probability and tag not in tags]
             if user.spammer:
                 spam = rewrite(rng.choice(common, SPAM_TAGS, replace=False).tolist(), user)
                 tags += [t for t in spam if t not in tags]
@@ -159,11 +196,14 @@ def simulate(sources: Sequence[Post], n_users: int = 300, seed: int = 0,
     return posts
 
 
-def users_of(posts: Sequence[Post], seed: int, n_users: int) -> dict[str, SimulatedUser]:
-    """The planted users behind ``simulate(…, n_users, seed)``, to inspect their habits."""
+def users_of(posts: Sequence[Post], seed: int, n_users: int, meanings: bool = False,
+             ) -> dict[str, SimulatedUser]:
+    """The planted users behind ``simulate(…, n_users, seed)``, to inspect their habits;
+    ``meanings``: the run had rule 7 on."""
     rng = np.random.default_rng(seed)
     topics = sorted({p.labels[0] for p in posts})
-    return {u.id: u for u in make_users(n_users, topics, rng)}
+    users = make_users(n_users, topics, rng)
+    return {u.id: u for u in (with_meanings(users, topics, seed) if meanings else users)}
 
 
 def drop_spammers(posts: Sequence[Post], max_mean_tags: float = 15.0) -> list[Post]:
