@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ def softmax_targets(hashtags: Sequence[Sequence[int]], n_hashtags: int) -> torch
     for row, ids in enumerate(hashtags):
         targets[row, list(ids)] = 1.0 / len(ids)
     return targets
+
+
+def multiclass_log_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Veit's multi-class logistic loss: −mean_j Σ_h t_jh log softmax(logits_j)_h, with
+    ``targets`` from softmax_targets."""
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
 def train_user_mlp(features: np.ndarray, hashtags: Sequence[Sequence[int]],
@@ -71,8 +78,7 @@ def train_user_mlp(features: np.ndarray, hashtags: Sequence[Sequence[int]],
         network.train()
         for batch in torch.randperm(len(inputs), generator=generator).split(128):
             optimizer.zero_grad()
-            log_probabilities = torch.log_softmax(network(inputs[batch], users[batch]), dim=1)
-            (-(targets[batch] * log_probabilities).sum(dim=1).mean()).backward()
+            multiclass_log_loss(network(inputs[batch], users[batch]), targets[batch]).backward()
             optimizer.step()
     return network.eval()
 
@@ -92,8 +98,7 @@ def train_mcll(features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashta
     for _ in range(epochs):
         for batch in torch.randperm(len(inputs), generator=generator).split(128):
             optimizer.zero_grad()
-            log_probabilities = torch.log_softmax(classifier(inputs[batch]), dim=1)
-            (-(targets[batch] * log_probabilities).sum(dim=1).mean()).backward()
+            multiclass_log_loss(classifier(inputs[batch]), targets[batch]).backward()
             optimizer.step()
     return classifier.eval()
 
@@ -134,8 +139,7 @@ def fit_habit_x_photo(log_user_prior: np.ndarray, photo_evidence: np.ndarray,
     for _ in range(steps):
         optimizer.zero_grad()
         beta, gamma = torch.nn.functional.softplus(raw)
-        log_probabilities = torch.log_softmax(beta * prior + gamma * evidence, dim=1)
-        (-(tags * log_probabilities).sum(dim=1).mean()).backward()
+        multiclass_log_loss(beta * prior + gamma * evidence, tags).backward()
         optimizer.step()
     beta, gamma = torch.nn.functional.softplus(raw).tolist()
     return beta, gamma
@@ -171,14 +175,12 @@ def fitted_lift_x_photo(task: UserTask, out_of_fold: np.ndarray, test_log_probab
     by likelihood on the training posts held out as in fit_habit_x_photo: each post's lift
     leaves the post out of its user's counts and expected uses, its photo evidence and
     every expected use come out of fold."""
-    own = _counts(task.train_ids, np.arange(len(task.train_ids)),
-                  (len(task.train_ids), len(task.vocab)))
     expected_per_post = expected_uses(out_of_fold, task.train_ids)
     expected = np.zeros(task.counts.shape)
     np.add.at(expected, task.rows_train, expected_per_post)
     best: tuple[float, float, float, float] | None = None  # (likelihood, a, β, γ)
     for smoothing in LIFT_SMOOTHING:
-        lift = habit_lift(task.counts[task.rows_train] - own,
+        lift = habit_lift(task.leave_one_out_counts,
                           expected[task.rows_train] - expected_per_post, smoothing)
         beta, gamma = fit_habit_x_photo(lift, out_of_fold, task.train_ids)
         likelihood = mean_log_likelihood(beta * lift + gamma * out_of_fold, task.train_ids)
@@ -196,9 +198,8 @@ def fitted_lift_x_photo(task: UserTask, out_of_fold: np.ndarray, test_log_probab
 
 def mean_log_likelihood(scores: np.ndarray, hashtags: Sequence[Sequence[int]]) -> float:
     """Mean over posts of Σ_h 1/|H_j| log softmax(scores_j)_h."""
-    log_probabilities = torch.log_softmax(torch.from_numpy(scores.astype(np.float32)), dim=1)
-    return float((softmax_targets(hashtags, scores.shape[1]) * log_probabilities
-                  ).sum(dim=1).mean())
+    return -float(multiclass_log_loss(torch.from_numpy(scores.astype(np.float32)),
+                                      softmax_targets(hashtags, scores.shape[1])))
 
 
 @dataclass
@@ -264,6 +265,14 @@ class UserTask:
     x_test: np.ndarray
     truth: list[frozenset[int]]
     counts: np.ndarray  # users × hashtags, training posts
+
+    @functools.cached_property
+    def leave_one_out_counts(self) -> np.ndarray:
+        """Each training post's user's counts without that post (posts × hashtags): what
+        the user's habit says of a post it never saw, as it would of a test post."""
+        own = _counts(self.train_ids, np.arange(len(self.train_ids)),
+                      (len(self.train_ids), len(self.vocab)))
+        return self.counts[self.rows_train] - own
 
     def train_lookup(self, params: TensorParams, progress: bool = True) -> UserHashtagLookup:
         """Trains the tensor model with early stopping: each user's last training post
@@ -426,9 +435,7 @@ def habit_x_photo_scores(task: UserTask, lookup: UserHashtagLookup, out_of_fold:
     log-probabilities (mcll_log_probabilities); the global share P(h), the prior strength
     and the test posts' priors are ``lookup``'s."""
     log_share = lookup.log_prior.astype(np.float64)
-    own = _counts(task.train_ids, np.arange(len(task.train_ids)),
-                  (len(task.train_ids), len(task.vocab)))
-    train_prior = smoothed_log_prior(task.counts[task.rows_train] - own, lookup.global_share,
+    train_prior = smoothed_log_prior(task.leave_one_out_counts, lookup.global_share,
                                      lookup.prior_strength)
     beta, gamma = fit_habit_x_photo(train_prior, out_of_fold - log_share, task.train_ids)
     test_prior = np.stack([lookup.log_user_prior(u) for u in task.test_users])
