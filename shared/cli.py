@@ -55,9 +55,6 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                         help="user: hashtag, photo and user embedding sizes (Veit et al.)")
     parser.add_argument("--tensor-epochs", type=int, default=30,
                         help="user: at most; the best epoch on held-out posts is kept")
-    parser.add_argument("--prior-weight", type=float, default=1.0,
-                        help="user: β, weight of the user's log hashtag prior in the tensor "
-                             "score (0: Veit et al.'s tensor alone)")
     parser.add_argument("--save-model", type=Path, metavar="DIR",
                         help="user: write the trained user model (arrays + manifest) here")
     parser.add_argument("--image-methods", default="frequency,knn,mlp,word,graph",
@@ -241,7 +238,7 @@ def _user(args: argparse.Namespace) -> int:
         raise SystemExit(f"--tensor-dims must be three integers D,F,E, got "
                          f"{args.tensor_dims!r}") from error
     params = TensorParams(hashtag_dim, photo_dim, user_dim, epochs=args.tensor_epochs,
-                          prior_weight=args.prior_weight, seed=args.seed)
+                          seed=args.seed)
     result = run_user(train, test, features, params, seed=args.seed)
     report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from services.user.effects import MainEffects, PhotoModel
 from services.user.lookup import COLD_START_POSTS, UserHashtagLookup
 from services.user.model import (
-    PriorOffsets,
+    Offsets,
     TensorModel,
     TensorParams,
     ranking_loss,
@@ -57,8 +58,7 @@ def test_hard_negatives_never_use_an_observed_triplet() -> None:
     assert loss_observed < loss_free
 
 
-@pytest.fixture()
-def lookup() -> UserHashtagLookup:
+def _lookup(with_effects: bool) -> UserHashtagLookup:
     torch.manual_seed(0)
     params = TensorParams(hashtag_dim=16, photo_dim=12, user_dim=4)
     model = TensorModel(40, 3, 8, params)
@@ -67,12 +67,25 @@ def lookup() -> UserHashtagLookup:
     model.register_buffer("feature_mean", torch.zeros(8))
     model.register_buffer("feature_scale", torch.ones(8))
     rng = np.random.default_rng(0)
-    counts = rng.integers(0, 4, size=(3, 40)).astype(float)
+    counts = rng.integers(0, 4, size=(3, 40)) * (rng.random((3, 40)) < 0.3)
+    # Large β and expected uses on either side of the counts: lifts far above and below 1,
+    # so the lookup's threshold check has work to do.
+    effects = MainEffects(PhotoModel(rng.normal(size=(40, 8)).astype(np.float32),
+                                     rng.normal(size=40).astype(np.float32)),
+                          rng.gamma(0.5, 2.0, size=(3, 40)), smoothing=0.5, beta=3.0,
+                          gamma=0.7) if with_effects else None
     return UserHashtagLookup(model, [f"tag{i}" for i in range(40)], ["ann", "bob", "cy"],
-                             np.array([1.0, 10.0, 100.0]), counts)
+                             np.array([1.0, 10.0, 100.0]), counts.astype(float), effects)
 
 
-def test_faiss_lookup_equals_brute_force_ranking(lookup: UserHashtagLookup) -> None:
+@pytest.fixture()
+def lookup() -> UserHashtagLookup:
+    return _lookup(with_effects=True)
+
+
+@pytest.mark.parametrize("with_effects", [True, False])
+def test_faiss_lookup_equals_brute_force_ranking(with_effects: bool) -> None:
+    lookup = _lookup(with_effects)
     features = np.random.default_rng(1).normal(size=(25, 8)).astype(np.float32)
     users = ["ann", "bob", "cy", None, "stranger"] * 5
     scores, ids = lookup.top_k(features, users, k=10)
@@ -83,42 +96,40 @@ def test_faiss_lookup_equals_brute_force_ranking(lookup: UserHashtagLookup) -> N
 
 
 def test_cold_user_rule(lookup: UserHashtagLookup) -> None:
-    vector, weight = lookup.user_vector("never-seen")
-    np.testing.assert_allclose(vector, lookup.mean_user)
-    assert weight == lookup.prior_weight == 1.0
-    np.testing.assert_allclose(lookup.log_user_prior("never-seen"), lookup.log_prior)
-    vector, weight = lookup.user_vector("cy")  # 100 posts
+    np.testing.assert_allclose(lookup.user_vector("never-seen"), lookup.mean_user)
+    assert not lookup.log_lift("never-seen").any()  # a stranger's lift is 1: the photo alone
     expected = (100 * lookup.user_vectors[2] + COLD_START_POSTS * lookup.mean_user) \
         / (100 + COLD_START_POSTS)
-    np.testing.assert_allclose(vector, expected, rtol=1e-5)
-    # cy's own prior: her counts smoothed toward the global frequency by m uses.
-    counts, m = lookup.hashtag_counts[2], lookup.prior_strength
-    np.testing.assert_allclose(
-        lookup.log_user_prior("cy"),
-        np.log((counts + m * np.exp(lookup.log_prior)) / (counts.sum() + m)), rtol=1e-5)
+    np.testing.assert_allclose(lookup.user_vector("cy"), expected, rtol=1e-5)  # 100 posts
+    # cy's lift: her uses against what her photos predict, both smoothed by a.
+    counts, uses, a = lookup.hashtag_counts[2], lookup.expected_uses[2], 0.5
+    np.testing.assert_allclose(lookup.log_lift("cy"), np.log((counts + a) / (uses + a)))
+    # A stranger is scored by the agnostic model: ū and the photo model.
+    features = np.ones((1, 8), np.float32)
+    np.testing.assert_allclose(lookup.scores(features, ["never-seen"]),
+                               lookup.scores(features, ["cy"], agnostic=True))
 
 
-def test_the_prior_offset_leaves_the_scored_post_out() -> None:
-    # One user, two posts: post 0 = {0}, post 1 = {1}; counts (1, 1), m = 2, P = (0.5, 0.5).
-    # The tensor is zero, so the logits are the prior alone. Scoring post 0 its own use is
-    # left out: counts (0, 1) → P̃ = ((0 + 1) / 3, (1 + 1) / 3) and the loss is −log(1/3).
-    model = TensorModel(2, 1, 1, TensorParams(1, 1, 1))
-    with torch.no_grad():
-        model.core.zero_()
-    prior = PriorOffsets(torch.tensor([[1.0, 1.0]]), torch.tensor([0.5, 0.5]),
-                         torch.tensor([1.0, 1.0]), weight=1.0, strength=2.0)
-    loss = softmax_loss(model, torch.zeros(1, 1), torch.tensor([0]), torch.tensor([0]),
-                        torch.tensor([[True, False]]), prior)
-    assert loss.item() == pytest.approx(-np.log(1 / 3), rel=1e-5)
-    # The ranking loss sees the same offsets: positive log(1/3), hashtag negative log(2/3),
-    # so both hashtag negatives cost 1 − log(1/3) + log(2/3) = 1 + log 2. The photo
-    # negatives (the other post) keep the user and hashtag, hence the offset: 1 each. One
-    # user: no user negative, no cost. Both triplets are symmetric.
+def test_offsets_enter_every_score_of_both_losses() -> None:
+    # One user, two posts: post 0 = {0}, post 1 = {1}. The tensor is zero, so the scores
+    # are the offsets alone: post 0's logits (0, log 2), post 1's (log 2, 0).
+    model = TensorModel(2, 1, 1, TensorParams(1, 1, 1), zero_core=True)
+    log2 = float(np.log(2))
+    offsets = Offsets.from_arrays(habit=np.array([[0.0, 0.0], [log2, 0.0]]),
+                                  photo=np.array([[0.0, log2], [0.0, 0.0]]),
+                                  user_habit=np.zeros((1, 2)))
+    loss = softmax_loss(model, torch.zeros(2, 1), torch.tensor([0, 0]), torch.tensor([0, 1]),
+                        torch.tensor([[True, False], [False, True]]), offsets)
+    assert loss.item() == pytest.approx(np.log(3), rel=1e-5)  # each post's P = 1/3
+    # Ranking: each positive scores 0. Post 0: hashtag negative (h1, x0) = log 2, photo
+    # negative (h0, x1) = own habit 0 + photo[1, 0] = 0. Post 1: hashtag negative log 2,
+    # photo negative (h1, x0) = 0 + photo[0, 1] = log 2. Hard = intermediate with two in
+    # the batch, one user: no user negative. (2(1 + log 2) + 2 + 4(1 + log 2)) / 2.
     ranking = ranking_loss(model, torch.tensor([0, 1]), torch.zeros(2, 1),
                            torch.tensor([0, 0]), torch.tensor([0, 1]),
                            torch.tensor([[True, False], [False, True]]),
-                           torch.Generator().manual_seed(0), prior=prior)
-    assert ranking.item() == pytest.approx(2 * (1 + np.log(2)) + 2 * 1.0, rel=1e-5)
+                           torch.Generator().manual_seed(0), offsets=offsets)
+    assert ranking.item() == pytest.approx(4 + 3 * log2, rel=1e-5)
 
 
 def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None:
@@ -126,6 +137,7 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
     before = {u: lookup.scores(features, [u] * 4) for u in ("ann", "bob", "cy", None)}
     target = 7
     before_counts = lookup.hashtag_counts[0, target]
+    before_uses = lookup.expected_uses[0].copy()
     for _ in range(3):
         lookup.update("ann", features[0], [target])
     after = {u: lookup.scores(features, [u] * 4) for u in ("ann", "bob", "cy", None)}
@@ -133,16 +145,18 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
     assert rank(after["ann"]) < rank(before["ann"])
     assert lookup.post_counts[0] == 4 and lookup.hashtag_counts[0, target] == \
         before_counts + 3
+    photo = np.exp(lookup.effects.photo.log_probabilities(features[:1])[0])
+    np.testing.assert_allclose(lookup.expected_uses[0], before_uses + 3 * photo, rtol=1e-5)
     for other in ("bob", "cy", None):  # everyone else, the agnostic fallback too
         np.testing.assert_array_equal(after[other], before[other])
 
 
 def test_a_new_user_gets_a_profile_from_their_first_post(lookup: UserHashtagLookup) -> None:
-    np.testing.assert_allclose(lookup.log_user_prior("dee"), lookup.log_prior)
+    assert not lookup.log_lift("dee").any()
     lookup.update("dee", np.ones(8, np.float32), [3, 4])
     assert lookup.known("dee")
-    mine = lookup.log_user_prior("dee")
-    assert (mine[[3, 4]] > lookup.log_prior[[3, 4]]).all()  # their hashtags gained
+    mine = lookup.log_lift("dee")
+    assert (mine[[3, 4]] > 0).all() and (np.delete(mine, [3, 4]) < 0).all()
 
 
 def test_update_rejects_empty_and_unknown_hashtags(lookup: UserHashtagLookup) -> None:
@@ -209,20 +223,19 @@ def test_the_trained_tensor_recovers_each_users_favourite_hashtag() -> None:
     # Each user always writes their favourite hashtag (= their id) plus two random ones.
     hashtags = [[int(u), *rng.choice(range(6, 20), 2, replace=False).tolist()] for u in users]
     features = rng.normal(size=(n_posts, 8)).astype(np.float32)
-    for prior_weight in (0.0, 1.0):  # Veit's tensor alone, and with the user prior
-        params = TensorParams(hashtag_dim=12, photo_dim=6, user_dim=6, epochs=30,
-                              batch_size=64, learning_rate=0.02, prior_weight=prior_weight)
-        model = train_tensor(features, Triplets.from_posts(hashtags, users), 20, n_users,
-                             params, progress=False)
-        counts = np.zeros((n_users, 20))
-        for user, ids in zip(users, hashtags, strict=True):
-            counts[user, ids] += 1
-        lookup = UserHashtagLookup(model, [f"t{i}" for i in range(20)],
-                                   [f"u{i}" for i in range(n_users)],
-                                   np.bincount(users, minlength=n_users), counts)
-        mean_photo = np.tile(features.mean(axis=0), (n_users, 1))
-        top = lookup.scores(mean_photo, [f"u{i}" for i in range(n_users)])
-        assert (top.argmax(axis=1) == np.arange(n_users)).all(), prior_weight
+    params = TensorParams(hashtag_dim=12, photo_dim=6, user_dim=6, epochs=30, batch_size=64,
+                          learning_rate=0.02)  # Veit's tensor alone: no main effects
+    model = train_tensor(features, Triplets.from_posts(hashtags, users), 20, n_users,
+                         params, progress=False)
+    counts = np.zeros((n_users, 20))
+    for user, ids in zip(users, hashtags, strict=True):
+        counts[user, ids] += 1
+    lookup = UserHashtagLookup(model, [f"t{i}" for i in range(20)],
+                               [f"u{i}" for i in range(n_users)],
+                               np.bincount(users, minlength=n_users), counts)
+    mean_photo = np.tile(features.mean(axis=0), (n_users, 1))
+    top = lookup.scores(mean_photo, [f"u{i}" for i in range(n_users)])
+    assert (top.argmax(axis=1) == np.arange(n_users)).all()
 
 
 def test_retrieval_ranks_photos_by_the_users_tensor_score(lookup: UserHashtagLookup) -> None:
@@ -231,7 +244,7 @@ def test_retrieval_ranks_photos_by_the_users_tensor_score(lookup: UserHashtagLoo
     lookup.add_photos([f"p{i}" for i in range(20, 30)], features[20:])  # added later
     for user in ("ann", "cy", None):
         found = lookup.retrieve(5, user, k=7)
-        brute = lookup.scores(features, [user] * 30, prior=False)[:, 5]
+        brute = lookup.scores(features, [user] * 30)[:, 5]  # the lift: same for all
         assert [p for p, _ in found] == [f"p{i}" for i in np.argsort(-brute)[:7]]
     with pytest.raises(ValueError, match="hashtag id"):
         lookup.retrieve(40, "ann")
@@ -243,9 +256,9 @@ def _one_tag_posts(n: int, vocabulary: int, seed: int) -> tuple[np.ndarray, list
     return truth, [[int(t)] for t in truth]
 
 
-def test_habit_x_photo_weighs_the_expert_that_predicts_and_drops_the_one_that_does_not(
+def test_expert_weights_weigh_the_expert_that_predicts_and_drops_the_one_that_does_not(
         ) -> None:
-    from shared.eval.user import fit_habit_x_photo
+    from services.user.effects import fit_expert_weights
 
     rng = np.random.default_rng(0)
     truth, tags = _one_tag_posts(1000, 20, seed=0)
@@ -255,15 +268,15 @@ def test_habit_x_photo_weighs_the_expert_that_predicts_and_drops_the_one_that_do
     informative = np.full((1000, 20), np.log(0.5 / 19))
     informative[np.arange(1000), favourite] = np.log(0.5)
     noise = rng.normal(size=(1000, 20))
-    beta, gamma = fit_habit_x_photo(informative, noise, tags)
+    beta, gamma = fit_expert_weights(informative, noise, tags)
     assert 0.6 < beta < 1.5 and gamma < 0.1  # the habit predicts, the photo is noise
-    beta, gamma = fit_habit_x_photo(noise, informative, tags)
+    beta, gamma = fit_expert_weights(noise, informative, tags)
     assert 0.6 < gamma < 1.5 and beta < 0.1  # and the other way round
 
 
 def test_habit_lift_is_one_for_what_the_photos_explain_above_for_habits_below_for_avoided(
         ) -> None:
-    from shared.eval.user import expected_uses, habit_lift
+    from services.user.effects import expected_uses, habit_lift
 
     # Two posts whose photo alone predicts food 0.6, the signature 0.01, beach 0.39, with
     # three hashtags each: expected uses 3.6, 0.06, 2.34.
@@ -278,15 +291,14 @@ def test_habit_lift_is_one_for_what_the_photos_explain_above_for_habits_below_fo
 
 
 def test_mcll_scores_each_training_post_with_a_model_that_never_saw_it() -> None:
-    from shared.eval.user import mcll_log_probabilities
+    from services.user.effects import out_of_fold_photo_model
 
     # Each photo is pure noise and its hashtag a coin of its own: a model that saw the post
     # memorises it; one that did not can only guess.
     rng = np.random.default_rng(0)
     features = rng.normal(size=(200, 400)).astype(np.float32)
     truth, tags = _one_tag_posts(200, 10, seed=2)
-    out_of_fold, _ = mcll_log_probabilities(features, tags, features[:5], 10)
+    out_of_fold, model = out_of_fold_photo_model(features, tags, 10)
     held_out = (out_of_fold.argmax(axis=1) == truth).mean()
-    _, seen = mcll_log_probabilities(features, tags, features, 10)
-    memorised = (seen.argmax(axis=1) == truth).mean()
+    memorised = (model.log_probabilities(features).argmax(axis=1) == truth).mean()
     assert held_out < 0.3 < memorised - held_out  # chance is 0.1

@@ -1,29 +1,32 @@
 """Per-user hashtag lookup over the tensor model, cold users, online profiles, persistence.
 
-The score of hashtag i for photo x and user k (services/user/model.py):
+The score of hashtag i for photo x and user k (services/user/model.py, effects.py):
 
-    s_k(h_i | x) = h_iᵀ W^(u'_k) f + β log P̃_k(h_i)
+    s_k(h_i | x) = h_iᵀ W^(u'_k) f + β log lift_k(h_i) + γ log P(h_i | x)
 
-Exact top K by one FAISS search and a small rescoring: each hashtag is indexed as
-[h_i, log P(h_i)] and queried with [W^(u'_k) f, β]. For a hashtag user k never used,
-log P̃_k(h) = log P(h) + log(m / (n_k + m)), a shift the same for all of them, so FAISS
-orders those exactly; a hashtag the user did use only gains (c_kh > 0). The top K is
-therefore among FAISS's top K and the user's own hashtags, which are rescored exactly.
+Exact top K by FAISS and a threshold check. Each hashtag is indexed as [h_i, A_i, b_i]
+(A, b: the photo model's logits A x + b) and queried with [W^(u'_k) f, γ x, γ], which
+gives T(h) = the score without the lift and without log-softmax's normaliser (the same
+for every hashtag of a photo). A hashtag user k never used has lift (0 + a) / (E_kh + a)
+≤ 1, so its score is at most T(h): once the K-th best exact score among FAISS's top K'
+and the user's own hashtags reaches the K'-th T, no other hashtag can enter; otherwise
+K' grows. A stranger's lift is 1, and FAISS's order is already exact.
 
 Cold-user rule, with n_k the user's posts seen so far and C = COLD_START_POSTS = 1:
-    known user:    u'_k = (n_k u_k + C ū) / (n_k + C),  prior P̃_k (shrunk to P by m uses)
-    unknown user:  u' = ū (the user-agnostic model),     prior P (the global frequency)
-A stranger gets the agnostic tensor plus the global frequency prior (weight β, or 1 for a
-model trained without the prior); a known user their own embedding and habits, both pulled
-toward everyone's while they have posted little.
+    known user:    u'_k = (n_k u_k + C ū) / (n_k + C),  lift_k from their counts (a
+                   stranger's lift of 1 until their uses outweigh the smoothing a)
+    unknown user:  u' = ū, lift 1: the user-agnostic model, the photo alone
+A stranger gets the agnostic tensor over the photo model; a known user their own
+embedding and habits, both pulled toward everyone's while they have posted little.
 
 ``update`` learns from one accepted post (photo, hashtags) without retraining the rest:
 only that user's embedding moves (a few Adam steps on the softmax likelihood of the
-accepted hashtags), and that user's counts, hence their prior, grow.
+accepted hashtags), and that user's counts and expected uses grow (c_kh += 1 for each
+accepted hashtag, E_kh += |H| P(h | x) for every hashtag), hence their lift.
 
 Retrieval (Veit §4.3): the photos for hashtag h as user k would tag them, ranked by
-s(h, f_j, u_k) = (W^(u'_k)ᵀ h) · f_j (the prior is the same for every photo): one FAISS
-inner-product search over the projected photo vectors f_j = P x_j.
+s(h, f_j, u_k) (the lift is the same for every photo): one FAISS inner-product search,
+each photo indexed as [f_j, x_j, 1, −log Σ_h exp(A_h x_j + b_h)].
 """
 
 from __future__ import annotations
@@ -34,52 +37,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.user.effects import MainEffects, PhotoModel, log_normalisers
 from services.user.model import TensorModel, TensorParams, standardized
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex
 
 COLD_START_POSTS = 1.0
-KIND = "user-tensor"
+#: the artifact kind; "user-tensor" artifacts (the tensor over a user-frequency prior,
+#: before the main effects) are not read
+KIND = "user-tensor-effects"
 ARRAYS = ("hashtags.weight", "users.weight", "project.weight", "project.bias", "core",
           "feature_mean", "feature_scale")
-
-
-def smoothed_log_prior(counts: np.ndarray, global_share: np.ndarray, strength: float,
-                       ids: np.ndarray | slice = slice(None)) -> np.ndarray:
-    """log P̃(h) = log (c_h + m P(h)) / (n + m) along the last axis of ``counts`` (one user's
-    row, or many); ``ids`` keeps only those hashtags, the norm n still counting them all.
-    The numpy twin of services/user/model.py's PriorOffsets."""
-    return np.log(counts[..., ids] + strength * global_share[ids]) \
-        - np.log(counts.sum(axis=-1, keepdims=True) + strength)
 
 
 class UserHashtagLookup:
     def __init__(self, model: TensorModel, vocabulary: Sequence[str], user_ids: Sequence[str],
                  post_counts: np.ndarray, hashtag_counts: np.ndarray,
-                 mean_user: np.ndarray | None = None, log_prior: np.ndarray | None = None,
+                 effects: MainEffects | None = None, mean_user: np.ndarray | None = None,
                  ) -> None:
-        """``mean_user`` (ū) and ``log_prior`` belong to the trained model: taken from it
-        when not given, and never moved by online updates, so that one user's feedback
-        changes nobody else's ranking."""
+        """``effects`` None: Veit's tensor alone. ``mean_user`` (ū) belongs to the trained
+        model: taken from it when not given, and never moved by online updates, so that
+        one user's feedback changes nobody else's ranking."""
         self.model = model.eval()
         self.vocabulary = tuple(vocabulary)
         self.user_index = {user: row for row, user in enumerate(user_ids)}
         self.user_ids = list(user_ids)
         self.post_counts = np.asarray(post_counts, dtype=np.float64).copy()
         self.hashtag_counts = np.asarray(hashtag_counts, dtype=np.float64).copy()
+        self.effects = effects
+        if effects is not None:
+            self.expected_uses = np.asarray(effects.expected, dtype=np.float64).copy()
+            if self.expected_uses.shape != self.hashtag_counts.shape:
+                raise ValueError(f"expected uses {self.expected_uses.shape} do not match "
+                                 f"the counts {self.hashtag_counts.shape}")
         with torch.no_grad():
             self.user_vectors = self.model.users.weight.numpy().copy()
             self.mean_user = (self.model.mean_user().numpy() if mean_user is None
                               else np.asarray(mean_user, dtype=np.float32))
-            hashtag_vectors = self.model.hashtags.weight.numpy()
-        if log_prior is None:
-            total = self.hashtag_counts.sum(axis=0)
-            log_prior = np.log((total + 1.0) / (total.sum() + len(total)))
-        self.log_prior = np.asarray(log_prior, dtype=np.float32)
-        self.global_share = np.exp(self.log_prior.astype(np.float64))
-        self.prior_weight = float(model.params.prior_weight)
-        self.prior_strength = float(model.params.prior_strength)
-        self.hashtag_vectors = hashtag_vectors.copy()
+            self.hashtag_vectors = self.model.hashtags.weight.numpy().copy()
         # Serving runs in numpy (a single query costs a third of torch's per-op overhead):
         # the feature standardisation folded into the projection, f = x P'ᵀ + b'.
         with torch.no_grad():
@@ -90,8 +85,9 @@ class UserHashtagLookup:
             self.projection_bias = (self.model.project.bias.numpy()
                                     - weight @ (mean / scale)).astype(np.float32)
             self.core = self.model.core.numpy().copy()
-        self.index_vectors = np.hstack([hashtag_vectors, self.log_prior[:, None]])
-        self.index = InnerProductIndex(self.index_vectors)
+        index_vectors = self.hashtag_vectors if effects is None else np.hstack(
+            [self.hashtag_vectors, effects.photo.weight, effects.photo.bias[:, None]])
+        self.index = InnerProductIndex(index_vectors)
         self.hashtag_rows = {term: row for row, term in enumerate(self.vocabulary)}
         self.photo_ids: list[str] = []
         self.photo_features: np.ndarray | None = None
@@ -108,103 +104,142 @@ class UserHashtagLookup:
             photo_ids, features = [photo_ids[row] for row in new], features[new]
         if not photo_ids:
             return
-        projected = self.photo_vectors(features)
+        vectors = self.photo_vectors(features)
+        if self.effects is not None:
+            normalisers = log_normalisers(self.effects.photo.logits(features))
+            vectors = np.hstack([vectors, features, np.ones((len(features), 1)),
+                                 -normalisers[:, None]]).astype(np.float32)
         if self.photo_index is None:
-            self.photo_index = InnerProductIndex(projected)
+            self.photo_index = InnerProductIndex(vectors)
             self.photo_features = features
         else:
-            self.photo_index.add(projected)
+            self.photo_index.add(vectors)
             self.photo_features = np.vstack([self.photo_features, features])
         self.photo_ids.extend(photo_ids)
 
     def retrieve(self, hashtag: int, user: str | None, k: int = 10,
                  ) -> list[tuple[str, float]]:
-        """The k photos with the highest s(h, f_j, u) for this user (module docstring)."""
+        """The k photos with the highest s(h, f_j, u) for this user (module docstring);
+        the scores leave out the user's lift, the same for every photo."""
         if not 0 <= hashtag < len(self.vocabulary):
             raise ValueError(f"hashtag id must lie in [0, {len(self.vocabulary)})")
         if self.photo_index is None:
             return []
-        user_vector, _ = self.user_vector(user)
-        query = np.einsum("e,edf,d->f", user_vector, self.core, self.hashtag_vectors[hashtag])
+        query = np.einsum("e,edf,d->f", self.user_vector(user), self.core,
+                          self.hashtag_vectors[hashtag])
+        if self.effects is not None:
+            gamma, photo = self.effects.gamma, self.effects.photo
+            query = np.concatenate([query, gamma * photo.weight[hashtag],
+                                    [gamma * photo.bias[hashtag], gamma]])
         scores, ids = self.photo_index.search(query[None, :], k)
         return [(self.photo_ids[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True)]
 
     def known(self, user: str | None) -> bool:
         return user is not None and user in self.user_index
 
-    def user_vector(self, user: str | None) -> tuple[np.ndarray, float]:
-        """(u'_k, weight of the log prior) by the cold-user rule in the module docstring."""
+    def user_vector(self, user: str | None) -> np.ndarray:
+        """u'_k by the cold-user rule in the module docstring."""
         if not self.known(user):
-            return self.mean_user, self.prior_weight or 1.0
+            return self.mean_user
         row = self.user_index[user]
         n = self.post_counts[row]
         shrunk = (n * self.user_vectors[row] + COLD_START_POSTS * self.mean_user) \
             / (n + COLD_START_POSTS)
-        return shrunk.astype(np.float32), self.prior_weight
+        return shrunk.astype(np.float32)
 
-    def log_user_prior(self, user: str | None, ids: np.ndarray | None = None) -> np.ndarray:
-        """log P̃_k(h) for every hashtag, or for ``ids`` only; log P(h) for a stranger."""
+    def log_lift(self, user: str | None, ids: np.ndarray | None = None) -> np.ndarray:
+        """log lift_k(h) (without β) for every hashtag, or for ``ids`` only; 0 for a
+        stranger or a model without main effects."""
         ids = slice(None) if ids is None else ids
-        if not self.known(user):
-            return self.log_prior[ids].astype(np.float64)
-        return smoothed_log_prior(self.hashtag_counts[self.user_index[user]],
-                                  self.global_share, self.prior_strength, ids)
+        if self.effects is None or not self.known(user):
+            return np.zeros(len(self.vocabulary))[ids]
+        row = self.user_index[user]
+        return self.effects.log_lift(self.hashtag_counts[row, ids],
+                                     self.expected_uses[row, ids])
 
     def queries(self, features: np.ndarray, users: Sequence[str | None],
                 agnostic: bool = False) -> np.ndarray:
-        """[W^(u') f, weight of the log prior] for each photo; ``agnostic``: everyone a
-        stranger."""
-        vectors, weights = zip(*(self.user_vector(None if agnostic else user)
-                                 for user in users), strict=True)
+        """[W^(u') f, γ x, γ] for each photo (only W^(u') f without main effects);
+        ``agnostic``: everyone a stranger."""
+        vectors = [self.user_vector(None if agnostic else user) for user in users]
         photos = self.photo_vectors(features)
         # q = Σ_r u_r (W_r f): contract the photo first (E × D per photo), then the user.
         per_coordinate = self.core @ photos.T  # E × D × n
         q = np.einsum("ne,edn->nd", np.stack(vectors), per_coordinate)
-        return np.hstack([q, np.array(weights, np.float32)[:, None]]).astype(np.float32)
+        if self.effects is None:
+            return q.astype(np.float32)
+        gamma = self.effects.gamma
+        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        return np.hstack([q, gamma * features, np.full((len(q), 1), gamma)]).astype(np.float32)
 
     def photo_vectors(self, features: np.ndarray) -> np.ndarray:
         """f = P x (standardised features), one row per photo."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))
         return features @ self.projection + self.projection_bias
 
+    def _photo_normalisers(self, features: np.ndarray) -> np.ndarray:
+        """γ log Σ_h exp(A_h x + b_h) per photo: what T(h) leaves out of the score."""
+        if self.effects is None:
+            return np.zeros(len(np.atleast_2d(features)))
+        return self.effects.gamma * log_normalisers(self.effects.photo.logits(features))
+
     def top_k(self, features: np.ndarray, users: Sequence[str | None], k: int = 10,
               agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, hashtag ids), best first: FAISS, then the user's own hashtags rescored."""
+        """(scores, hashtag ids), best first: FAISS, then the threshold check of the
+        module docstring."""
         k = min(k, len(self.vocabulary))
         queries = self.queries(features, users, agnostic)
-        _, candidates = self.index.search(queries, k)
+        normalisers = self._photo_normalisers(features)
+        beta = 0.0 if self.effects is None else self.effects.beta
         out_scores = np.empty((len(users), k), np.float32)
         out_ids = np.empty((len(users), k), np.int64)
         for row, user in enumerate(users):
-            ids = candidates[row]
             user = None if agnostic else user
-            if self.known(user):
-                used = np.flatnonzero(self.hashtag_counts[self.user_index[user]])
-                ids = np.union1d(ids, used)
-            exact = self.hashtag_vectors[ids] @ queries[row, :-1] \
-                + queries[row, -1] * self.log_user_prior(user, ids)
-            order = np.argsort(-exact, kind="stable")[:k]
+            used = (np.flatnonzero(self.hashtag_counts[self.user_index[user]])
+                    if self.known(user) and self.effects is not None
+                    else np.zeros(0, np.int64))
+            depth = k
+            while True:
+                bounds, candidates = self.index.search(queries[row:row + 1], depth)
+                ids = np.union1d(candidates[0], used)
+                exact = self.index.vectors[ids] @ queries[row] - normalisers[row] \
+                    + beta * self.log_lift(user, ids)
+                order = np.argsort(-exact, kind="stable")[:k]
+                # Any hashtag FAISS did not return and the user never used scores at
+                # most the depth-th T (its lift ≤ 1); 1e-4 absorbs float32 rounding.
+                threshold = bounds[0, -1] - normalisers[row]
+                if depth >= len(self.vocabulary) or exact[order[-1]] >= threshold - 1e-4:
+                    break
+                depth = min(4 * depth, len(self.vocabulary))
             out_scores[row], out_ids[row] = exact[order], ids[order]
         return out_scores, out_ids
 
     def scores(self, features: np.ndarray, users: Sequence[str | None],
-               agnostic: bool = False, prior: bool = True) -> np.ndarray:
+               agnostic: bool = False, tensor: bool = True, effects: bool = True,
+               ) -> np.ndarray:
         """Every hashtag's score (brute force; for evaluation and to check ``top_k``);
-        ``prior=False`` leaves the log prior out (the tensor term alone)."""
-        queries = self.queries(features, users, agnostic)
-        scores = queries[:, :-1] @ self.hashtag_vectors.T
-        if prior:
-            scores = scores + queries[:, -1:] * np.stack(
-                [self.log_user_prior(None if agnostic else user) for user in users])
+        ``tensor=False`` leaves out the three-way term (the main effects alone),
+        ``effects=False`` the main effects (the tensor term alone)."""
+        vectors = np.stack([self.user_vector(None if agnostic else user) for user in users])
+        per_coordinate = self.core @ self.photo_vectors(features).T  # E × D × n
+        q = np.einsum("ne,edn->nd", vectors, per_coordinate)
+        scores = q @ self.hashtag_vectors.T if tensor else np.zeros((len(q), len(
+            self.vocabulary)))
+        if effects and self.effects is not None:
+            lift = np.stack([self.log_lift(None if agnostic else user) for user in users])
+            scores = scores + self.effects.beta * lift \
+                + self.effects.gamma * self.effects.photo.log_probabilities(features)
         return scores
 
     def update(self, user: str, features: np.ndarray, accepted: Sequence[int],
                steps: int = 30, learning_rate: float = 0.05) -> None:
-        """Learn from one post: this user's embedding and counts change, nothing else."""
+        """Learn from one post: this user's embedding, counts and expected uses change,
+        nothing else."""
         if not accepted:
             raise ValueError("an update needs at least one accepted hashtag")
         if any(not 0 <= i < len(self.vocabulary) for i in accepted):
             raise ValueError(f"hashtag ids must lie in [0, {len(self.vocabulary)})")
+        accepted = sorted(set(accepted))
         if user not in self.user_index:
             self.user_index[user] = len(self.user_ids)
             self.user_ids.append(user)
@@ -212,6 +247,9 @@ class UserHashtagLookup:
             self.post_counts = np.append(self.post_counts, 0.0)
             self.hashtag_counts = np.vstack([self.hashtag_counts,
                                              np.zeros(len(self.vocabulary))])
+            if self.effects is not None:
+                self.expected_uses = np.vstack([self.expected_uses,
+                                                np.zeros(len(self.vocabulary))])
         row = self.user_index[user]
         vector = torch.tensor(self.user_vectors[row], requires_grad=True)
         optimizer = torch.optim.Adam([vector], lr=learning_rate)
@@ -220,8 +258,8 @@ class UserHashtagLookup:
             hashtag_vectors = self.model.hashtags.weight
             # q = W^(u) f is linear in u: q = u · A with A_r = W_r f, computed once.
             per_coordinate = torch.einsum("edf,f->ed", self.model.core, photo[0])
-        target = torch.tensor(list(accepted))
-        offset = torch.from_numpy(self.prior_weight * self.log_user_prior(user)).float()
+        target = torch.tensor(accepted)
+        offset = torch.from_numpy(self.scores(features, [user], tensor=False)[0]).float()
         for _ in range(steps):
             optimizer.zero_grad()
             logits = hashtag_vectors @ (vector @ per_coordinate) + offset
@@ -230,7 +268,10 @@ class UserHashtagLookup:
             optimizer.step()
         self.user_vectors[row] = vector.detach().numpy()
         self.post_counts[row] += 1
-        self.hashtag_counts[row, list(accepted)] += 1
+        self.hashtag_counts[row, accepted] += 1
+        if self.effects is not None:
+            probabilities = np.exp(self.effects.photo.log_probabilities(features)[0])
+            self.expected_uses[row] += len(accepted) * probabilities
 
     # --- persistence: shared/artifacts.py (plain arrays, checksummed manifest) -----------
     def save(self, directory: Path) -> Path:
@@ -239,13 +280,21 @@ class UserHashtagLookup:
         writer = ArtifactWriter(directory)
         for name in ARRAYS:
             writer.array(name, state[name])
-        for name in ("post_counts", "hashtag_counts", "mean_user", "log_prior"):
+        for name in ("post_counts", "hashtag_counts", "mean_user"):
             writer.array(name, getattr(self, name))
+        effects = None
+        if self.effects is not None:
+            writer.array("photo_weight", self.effects.photo.weight)
+            writer.array("photo_bias", self.effects.photo.bias)
+            writer.array("expected_uses", self.expected_uses)
+            effects = {"smoothing": self.effects.smoothing, "beta": self.effects.beta,
+                       "gamma": self.effects.gamma}
         if self.photo_features is not None:
             writer.array("photo_features", self.photo_features)
         writer.json("photo_ids", self.photo_ids)
         return writer.close({"kind": KIND, "vocabulary": list(self.vocabulary),
-                             "users": self.user_ids, "params": self.model.params.__dict__})
+                             "users": self.user_ids, "params": self.model.params.__dict__,
+                             "main_effects": effects})
 
     @classmethod
     def load(cls, directory: Path) -> UserHashtagLookup:
@@ -254,15 +303,22 @@ class UserHashtagLookup:
         if manifest.get("kind") != KIND:
             raise ValueError(f"{directory}: not a {KIND} model")
         arrays = {name: reader.array(name) for name in
-                  (*ARRAYS, "post_counts", "hashtag_counts", "mean_user", "log_prior")}
+                  (*ARRAYS, "post_counts", "hashtag_counts", "mean_user")}
         model = TensorModel(len(manifest["vocabulary"]), len(manifest["users"]),
                             arrays["project.weight"].shape[1],
                             TensorParams(**manifest["params"]))
         model.register_buffer("feature_mean", torch.zeros(arrays["feature_mean"].shape))
         model.register_buffer("feature_scale", torch.ones(arrays["feature_scale"].shape))
         model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in ARRAYS})
+        effects = None
+        if manifest.get("main_effects") is not None:
+            weights = manifest["main_effects"]
+            effects = MainEffects(PhotoModel(reader.array("photo_weight"),
+                                             reader.array("photo_bias")),
+                                  reader.array("expected_uses"), float(weights["smoothing"]),
+                                  float(weights["beta"]), float(weights["gamma"]))
         lookup = cls(model, manifest["vocabulary"], manifest["users"], arrays["post_counts"],
-                     arrays["hashtag_counts"], arrays["mean_user"], arrays["log_prior"])
+                     arrays["hashtag_counts"], effects, arrays["mean_user"])
         photo_ids = reader.json("photo_ids") if "photo_ids.json" in manifest["files"] else []
         if photo_ids:
             lookup.add_photos(photo_ids, reader.array("photo_features"))

@@ -13,17 +13,15 @@ each axis one "intermediate" negative (that element replaced by a uniformly draw
 element of the batch) and one "hard" negative (replaced by the batch element that scores
 highest), never by an element that makes an observed triplet.
 
-User prior. With ``prior_weight`` β > 0 the score carries the user's own hashtag habit as a
-fixed offset, and the tensor learns what that habit does not explain:
+Main effects. With ``offsets`` (effects.py) the score carries what the user and the photo
+say each on their own, as fixed offsets, and the tensor learns what they say together:
 
-    s_k(h | x) = h_iᵀ W^(k) f + β log P̃_k(h),   P̃_k(h) = (c_kh + m P(h)) / (n_k + m)
+    s_u(h | x) = h_iᵀ W^(u) f + β log lift_u(h) + γ log P(h | x)
 
-c_kh counts user k's uses of h, n_k = Σ_h c_kh, P(h) the global frequency and m the
-prior strength (Dirichlet smoothing: a stranger's P̃ is P). In training each positive
-post's own hashtags are left out of its user's counts, so the offset never "knows" the
-post it is scored on. Without the offset the tensor memorises (photo, user) → hashtags:
-on the simulated-user benchmark it fits 99.6 % of its training posts at A@1 and 11.5 % of
-the test posts (bench/user_diagnostics.py).
+In training each post's offsets are held out from it (its user's lift without the post,
+its photo term out of fold), so they never "know" the post they score. Without them the
+tensor memorises (photo, user) → hashtags: on the simulated-user benchmark it fitted
+99.6 % of its training posts at A@1 and 11.5 % of the test posts.
 """
 
 from __future__ import annotations
@@ -52,30 +50,29 @@ class TensorParams:
     #: "ranking": Veit's hinge loss with in-batch negatives (§3.2); "softmax": the
     #: likelihood of each post's hashtags under a softmax over the whole vocabulary
     loss: str = "softmax"
-    #: β and m of the user prior (module docstring); β = 0: Veit's model alone
-    prior_weight: float = 1.0
-    prior_strength: float = 5.0
+    #: with validation: stop after this many epochs without a better one
+    patience: int = 5
     seed: int = 0
 
 
 @dataclass
-class PriorOffsets:
-    """The user prior as torch tensors for the loss; counts leave each post's own out."""
+class Offsets:
+    """The main effects of the training posts as torch tensors (effects.HeldOutEffects)."""
 
-    counts: torch.Tensor  # users × V
-    share: torch.Tensor  # V
-    post_sizes: torch.Tensor  # hashtags on each post
-    weight: float
-    strength: float
+    habit: torch.Tensor  # posts × V: β log lift of the post's user, the post left out
+    photo: torch.Tensor  # posts × V: γ log P(h | x), out of fold
+    user_habit: torch.Tensor  # users × V: β log lift of each user, all their posts
 
-    def __post_init__(self) -> None:
-        self.numerators = torch.log(self.counts + self.strength * self.share)
-        self.log_norms = torch.log(self.counts.sum(dim=1) + self.strength)
+    @classmethod
+    def from_arrays(cls, habit: np.ndarray, photo: np.ndarray, user_habit: np.ndarray,
+                    ) -> Offsets:
+        return cls(*(torch.from_numpy(np.asarray(a, dtype=np.float32))
+                     for a in (habit, photo, user_habit)))
 
 
 class TensorModel(torch.nn.Module):
     def __init__(self, n_hashtags: int, n_users: int, input_dim: int,
-                 params: TensorParams = TensorParams()) -> None:
+                 params: TensorParams = TensorParams(), zero_core: bool = False) -> None:
         super().__init__()
         self.params = params
         self.hashtags = torch.nn.Embedding(n_hashtags, params.hashtag_dim)
@@ -87,8 +84,8 @@ class TensorModel(torch.nn.Module):
         torch.nn.init.normal_(self.hashtags.weight, std=params.hashtag_dim ** -0.5)
         torch.nn.init.normal_(self.users.weight, mean=1.0 / params.user_dim,
                               std=0.1 / params.user_dim)
-        if params.prior_weight > 0:
-            # The score starts as the user prior alone; the tensor may only add to it.
+        if zero_core:
+            # Over main effects the score starts as those alone; the tensor may only add.
             torch.nn.init.zeros_(self.core)
         else:
             torch.nn.init.normal_(self.core, std=(params.hashtag_dim * params.photo_dim)
@@ -120,13 +117,14 @@ def _masked_random(scores: torch.Tensor, forbidden: torch.Tensor,
 def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Tensor,
                  user_ids: torch.Tensor, post_ids: torch.Tensor, positive: torch.Tensor,
                  generator: torch.Generator, margin: float = 1.0,
-                 prior: PriorOffsets | None = None) -> torch.Tensor:
+                 offsets: Offsets | None = None) -> torch.Tensor:
     """Mean hinge loss of a batch of positive triplets against their six in-batch negatives.
 
     ``positive[b, b']`` is True when hashtag b' is observed on post b (so (h_b', f_b, u_b) is
     no negative); posts are identified by ``post_ids`` (so photo b' of the same post, or of a
-    post with hashtag b, is no negative for b either). ``prior`` adds β log P̃ to every
-    score, post b's own hashtags left out of its user's counts.
+    post with hashtag b, is no negative for b either); ``post_ids`` also index the rows of
+    ``offsets``, whose main effects every score carries: the user's lift of the hashtag
+    (for the positive's own user without its post) and the photo's log-probability of it.
     """
     h = model.hashtags(hashtag_ids)  # B × D
     u = model.users(user_ids)  # B × E
@@ -145,20 +143,19 @@ def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Te
     per_user_axis = torch.einsum("bd,bed->be", h, w_f)
     user_scores = per_user_axis @ u.T
     user_forbidden = user_ids[None, :] == user_ids[:, None]
-    if prior is not None:
-        beta, m = prior.weight, prior.strength
-        # Post b left out: its user's norm loses the post's hashtags, h_b loses one use.
-        own_norm = torch.log(prior.counts[user_ids].sum(dim=1)
-                             - prior.post_sizes[post_ids] + m)
-        own = torch.log(prior.counts[user_ids, hashtag_ids] - 1
-                        + m * prior.share[hashtag_ids]) - own_norm
-        score = score + beta * own
-        hashtag_scores = hashtag_scores + beta * (
-            prior.numerators[user_ids][:, hashtag_ids] - own_norm[:, None])
-        photo_scores = photo_scores + beta * own[:, None]  # same user and hashtag
-        user_scores = user_scores + beta * (
-            prior.numerators[user_ids[None, :], hashtag_ids[:, None]]
-            - prior.log_norms[user_ids][None, :])
+    if offsets is not None:
+        habit = offsets.habit[post_ids]  # B × V: this post's user, the post left out
+        photo = offsets.photo[post_ids]  # B × V
+        own_habit = habit.gather(1, hashtag_ids[:, None]).squeeze(1)
+        own_photo = photo.gather(1, hashtag_ids[:, None]).squeeze(1)
+        score = score + own_habit + own_photo
+        hashtag_scores = hashtag_scores + habit[:, hashtag_ids] + photo[:, hashtag_ids]
+        # Photo axis: the user and hashtag stay, the photo is post b''s.
+        photo_scores = photo_scores + own_habit[:, None] + photo[:, hashtag_ids].T
+        # User axis: user b''s lift of hashtag b (every post of theirs), photo b's.
+        user_scores = user_scores + offsets.user_habit[user_ids[None, :],
+                                                       hashtag_ids[:, None]] \
+            + own_photo[:, None]
     negatives = []
     for scores, forbidden in ((hashtag_scores, hashtag_forbidden),
                               (photo_scores, photo_forbidden),
@@ -174,17 +171,14 @@ def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Te
 
 def softmax_loss(model: TensorModel, photos: torch.Tensor, user_ids: torch.Tensor,
                  post_ids: torch.Tensor, post_tags: torch.Tensor,
-                 prior: PriorOffsets | None = None) -> torch.Tensor:
+                 offsets: Offsets | None = None) -> torch.Tensor:
     """−mean log softmax_h(s(h, f, u)) over each post's hashtags, every hashtag of the
-    vocabulary competing; ``post_tags[b]`` marks post b's hashtags. ``prior`` adds
-    β log P̃_u(h), post b's own hashtags left out of its user's counts."""
+    vocabulary competing; ``post_tags[b]`` marks post b's hashtags; ``post_ids`` index the
+    rows of ``offsets``, the main effects added to every logit."""
     q = model.query(model.photo(photos), model.users(user_ids))  # B × D
     logits = q @ model.hashtags.weight.T  # B × V
-    if prior is not None:
-        own_counts = prior.counts[user_ids] - post_tags.float()
-        logits = logits + prior.weight * (
-            torch.log(own_counts + prior.strength * prior.share)
-            - torch.log(own_counts.sum(dim=1, keepdim=True) + prior.strength))
+    if offsets is not None:
+        logits = logits + offsets.habit[post_ids] + offsets.photo[post_ids]
     log_probabilities = torch.log_softmax(logits, dim=1)
     per_post = (log_probabilities * post_tags).sum(dim=1) / post_tags.sum(dim=1)
     return -per_post.mean()
@@ -211,12 +205,15 @@ class Triplets:
 
 def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_users: int,
                  params: TensorParams = TensorParams(), progress: bool = True,
-                 validate: Callable[[TensorModel], float] | None = None) -> TensorModel:
-    """Trains for ``params.epochs``; with ``validate`` (higher is better, called after each
+                 validate: Callable[[TensorModel], float] | None = None,
+                 offsets: Offsets | None = None) -> TensorModel:
+    """Trains for ``params.epochs``, over the main effects ``offsets`` of the posts when
+    given (the core then starts at zero); with ``validate`` (higher is better, called after each
     epoch) the best epoch's weights are kept: early stopping on held-out posts."""
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
-    model = TensorModel(n_hashtags, n_users, features.shape[1], params)
+    model = TensorModel(n_hashtags, n_users, features.shape[1], params,
+                        zero_core=offsets is not None)
     # Standardised features: the projection then starts on a sensible scale.
     mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
     model.register_buffer("feature_mean", torch.from_numpy(mean.astype(np.float32)))
@@ -233,26 +230,17 @@ def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_us
     user_ids = torch.from_numpy(triplets.user_ids)
     post_users = torch.zeros(len(triplets.post_hashtags), dtype=torch.long)
     post_users[photo_rows] = user_ids
-    prior = None
-    if params.prior_weight > 0:
-        counts = torch.zeros(n_users, n_hashtags)
-        for post, ids in enumerate(triplets.post_hashtags):
-            counts[post_users[post], list(ids)] += 1
-        uses = counts.sum(dim=0)
-        prior = PriorOffsets(counts, (uses + 1) / (uses.sum() + n_hashtags),
-                             post_tags.sum(dim=1).float(), params.prior_weight,
-                             params.prior_strength)
-    best_score, best_state = float("-inf"), None
+    best_score, best_state, best_epoch = float("-inf"), None, 0
 
     def keep_if_best(epoch: int) -> None:
-        nonlocal best_score, best_state
+        nonlocal best_score, best_state, best_epoch
         model.eval()
         with torch.no_grad():
             score = validate(model)
         model.train()
         log.info("tensor model: epoch %d, validation %.3f", epoch, score)
         if score > best_score:
-            best_score = score
+            best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     if validate is not None:
@@ -270,10 +258,11 @@ def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_us
             if params.loss == "ranking":
                 rows, tags = photo_rows[batch], hashtag_ids[batch]
                 loss = ranking_loss(model, tags, inputs[rows], user_ids[batch], rows,
-                                    post_tags[rows][:, tags], generator, params.margin, prior)
+                                    post_tags[rows][:, tags], generator, params.margin,
+                                    offsets)
             else:
                 loss = softmax_loss(model, inputs[batch], post_users[batch], batch,
-                                    post_tags[batch], prior)
+                                    post_tags[batch], offsets)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
@@ -282,9 +271,14 @@ def train_tensor(features: np.ndarray, triplets: Triplets, n_hashtags: int, n_us
         log.info("tensor model: epoch %d, %s loss %.4f", epoch + 1, params.loss, total / n)
         if validate is not None:
             keep_if_best(epoch + 1)
+            if epoch + 1 - best_epoch >= params.patience:
+                log.info("tensor model: no better epoch than %d in %d, stopping", best_epoch,
+                         params.patience)
+                break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+        log.info("tensor model: kept epoch %d (validation %.3f)", best_epoch, best_score)
     return model.eval()
 
 

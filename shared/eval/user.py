@@ -1,13 +1,14 @@
 """Veit et al.'s user experiments on the simulated-user benchmark (or real user ids).
 
 - tagging: A@1, A@10 of `global_frequency`, `user_frequency`, `agnostic` (the tensor model
-  with the user averaged out), `mcll` (Veit's user-agnostic photo model: softmax
-  regression of the hashtags on the photo's CNN features, multi-class logistic loss),
-  `habit_x_photo` (a product of two experts, no tensor: β log P̃_u(h) + γ log
-  P_mcll(h | x) / P(h), β and γ fit by likelihood on out-of-fold training posts; see
-  `fit_habit_x_photo`), `mlp` (Veit's concatenation of photo feature and user embedding
-  into an MLP) and `tensor` (user-conditional, cold-user rule of
-  services/user/lookup.py);
+  with the user averaged out: the photo alone), `mcll` (Veit's user-agnostic photo model:
+  softmax regression of the hashtags on the photo's CNN features), `habit_x_photo` (a
+  product of two experts, no tensor: β log P̃_u(h) + γ log P_mcll(h | x) / P(h), β and γ
+  fit by likelihood on out-of-fold training posts), `lift_x_photo` (the tensor model's
+  main effects alone, services/user/effects.py: β log lift_u(h) + γ log P_mcll(h | x)),
+  `mlp` (Veit's concatenation of photo feature and user embedding into an MLP) and
+  `tensor` (the three-way term over those main effects, cold-user rule of
+  services/user/lookup.py): tensor − lift_x_photo is what the three-way term adds;
 - retrieval: hashtag (+ the photo's poster) → test photos, P@10 (Veit eq. 8) averaged over
   the hashtags that tag at least one test photo.
 """
@@ -23,8 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.user.lookup import UserHashtagLookup, smoothed_log_prior
-from services.user.model import TensorModel, TensorParams, Triplets, train_tensor
+from services.user.effects import (
+    HeldOutEffects,
+    MainEffects,
+    fit_expert_weights,
+    fit_main_effects,
+    multiclass_log_loss,
+    softmax_targets,
+)
+from services.user.lookup import UserHashtagLookup
+from services.user.model import Offsets, TensorModel, TensorParams, Triplets, train_tensor
 from services.vision.store import FeatureStore
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
@@ -32,21 +41,6 @@ from shared.data.simulated_users import drop_spammers, split_by_user_time
 from shared.eval.metrics import accuracy_at_k, top_k
 
 log = logging.getLogger(__name__)
-
-
-def softmax_targets(hashtags: Sequence[Sequence[int]], n_hashtags: int) -> torch.Tensor:
-    """Each post's target distribution for the multi-class logistic loss: 1/|H_j| on each
-    of its hashtags."""
-    targets = torch.zeros(len(hashtags), n_hashtags)
-    for row, ids in enumerate(hashtags):
-        targets[row, list(ids)] = 1.0 / len(ids)
-    return targets
-
-
-def multiclass_log_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Veit's multi-class logistic loss: −mean_j Σ_h t_jh log softmax(logits_j)_h, with
-    ``targets`` from softmax_targets."""
-    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
 def train_user_mlp(features: np.ndarray, hashtags: Sequence[Sequence[int]],
@@ -83,125 +77,6 @@ def train_user_mlp(features: np.ndarray, hashtags: Sequence[Sequence[int]],
     return network.eval()
 
 
-def train_mcll(features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashtags: int,
-               epochs: int = 10, weight_decay: float = 1e-2, seed: int = 0,
-               ) -> torch.nn.Linear:
-    """Veit's user-agnostic MCLL model on fixed CNN features: logits = A x + b, trained with
-    the multi-class logistic loss (softmax, each post's hashtags weighted 1/|H_j|).
-    ``features`` must be standardised."""
-    torch.manual_seed(seed)
-    classifier = torch.nn.Linear(features.shape[1], n_hashtags)
-    inputs = torch.from_numpy(features.astype(np.float32))
-    targets = softmax_targets(hashtags, n_hashtags)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(inputs), generator=generator).split(128):
-            optimizer.zero_grad()
-            multiclass_log_loss(classifier(inputs[batch]), targets[batch]).backward()
-            optimizer.step()
-    return classifier.eval()
-
-
-def mcll_log_probabilities(x_train: np.ndarray, train_ids: Sequence[Sequence[int]],
-                           x_test: np.ndarray, n_hashtags: int, folds: int = 5,
-                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """log P_mcll(h | x) for the training posts out of fold (each post scored by a model
-    that never saw it, as a test post would be) and for the test posts (a model on every
-    training post)."""
-    train, test = standardize(x_train, x_train), standardize(x_test, x_train)
-
-    def log_probabilities(rows: np.ndarray, inputs: np.ndarray) -> np.ndarray:
-        model = train_mcll(train[rows], [train_ids[i] for i in rows], n_hashtags, seed=seed)
-        with torch.no_grad():
-            return torch.log_softmax(model(torch.from_numpy(inputs)), dim=1).numpy()
-
-    fold = np.arange(len(train)) % folds
-    out_of_fold = np.zeros((len(train), n_hashtags), dtype=np.float32)
-    for k in range(folds):
-        out_of_fold[fold == k] = log_probabilities(np.flatnonzero(fold != k), train[fold == k])
-    return out_of_fold, log_probabilities(np.arange(len(train)), test)
-
-
-def fit_habit_x_photo(log_user_prior: np.ndarray, photo_evidence: np.ndarray,
-                      hashtags: Sequence[Sequence[int]], steps: int = 200,
-                      ) -> tuple[float, float]:
-    """(β, γ) ≥ 0 maximising the mean log-likelihood of each post's hashtags under
-    softmax_h(β log P̃_u(h) + γ e(h)), with e(h) = log P(h | x) / P(h) the photo's evidence.
-    The rows must be held out from what made them: each post's prior without the post
-    (leave-one-out counts), its photo evidence out of fold. γ = 0 means the photo adds
-    nothing to the user's habits; β = 0 that the habits add nothing to the photo."""
-    prior = torch.from_numpy(np.asarray(log_user_prior, dtype=np.float32))
-    evidence = torch.from_numpy(np.asarray(photo_evidence, dtype=np.float32))
-    tags = softmax_targets(hashtags, prior.shape[1])
-    raw = torch.zeros(2, requires_grad=True)  # softplus(raw) = (β, γ)
-    optimizer = torch.optim.Adam([raw], lr=0.05)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        beta, gamma = torch.nn.functional.softplus(raw)
-        multiclass_log_loss(beta * prior + gamma * evidence, tags).backward()
-        optimizer.step()
-    beta, gamma = torch.nn.functional.softplus(raw).tolist()
-    return beta, gamma
-
-
-def expected_uses(photo_log_probabilities: np.ndarray, hashtags: Sequence[Sequence[int]],
-                  ) -> np.ndarray:
-    """E_j(h) = |H_j| P(h | x_j): how often post j's photo alone predicts each hashtag."""
-    sizes = np.array([len(ids) for ids in hashtags], dtype=np.float64)
-    return np.exp(photo_log_probabilities.astype(np.float64)) * sizes[:, None]
-
-
-def habit_lift(counts: np.ndarray, expected: np.ndarray, smoothing: float) -> np.ndarray:
-    """log (c_uh + a) / (E_uh + a): how much more (or less) user u writes hashtag h than the
-    photos they posted predict, c_uh their uses and E_uh = Σ_j E_j(h) over their posts.
-
-    Why not the plain habit P̃_u(h): users choose what they photograph, so a food lover's
-    P̃_u(food) is high *because* they post food photos; multiplied with a food photo's
-    evidence, the topic counts twice and outranks the user's real habits (their signature
-    hashtags, spelling, language). The lift is ≈ 1 for a topic the photos explain, > 1 for
-    a habit (a signature; "comida" where the photos predict "food"), < 1 for what the user
-    avoids ("food" for that user). A stranger's lift is 1: the photo alone decides."""
-    return np.log(counts + smoothing) - np.log(expected + smoothing)
-
-
-#: smoothing a of the habit lift, chosen per run by out-of-fold likelihood (lift_x_photo)
-LIFT_SMOOTHING = (0.25, 0.5, 1.0, 2.0)
-
-
-def fitted_lift_x_photo(task: UserTask, out_of_fold: np.ndarray, test_log_probabilities:
-                        np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-    """Scores β log lift_u(h) + γ log P_mcll(h | x) for the test posts, with (a, β, γ) fit
-    by likelihood on the training posts held out as in fit_habit_x_photo: each post's lift
-    leaves the post out of its user's counts and expected uses, its photo evidence and
-    every expected use come out of fold."""
-    expected_per_post = expected_uses(out_of_fold, task.train_ids)
-    expected = np.zeros(task.counts.shape)
-    np.add.at(expected, task.rows_train, expected_per_post)
-    best: tuple[float, float, float, float] | None = None  # (likelihood, a, β, γ)
-    for smoothing in LIFT_SMOOTHING:
-        lift = habit_lift(task.leave_one_out_counts,
-                          expected[task.rows_train] - expected_per_post, smoothing)
-        beta, gamma = fit_habit_x_photo(lift, out_of_fold, task.train_ids)
-        likelihood = mean_log_likelihood(beta * lift + gamma * out_of_fold, task.train_ids)
-        if best is None or likelihood > best[0]:
-            best = (likelihood, smoothing, beta, gamma)
-    assert best is not None
-    _, smoothing, beta, gamma = best
-    test_lift = np.stack([habit_lift(task.counts[task.user_row[u]],
-                                     expected[task.user_row[u]], smoothing)
-                          if u in task.user_row else np.zeros(len(task.vocab))
-                          for u in task.test_users])
-    return beta * test_lift + gamma * test_log_probabilities, {
-        "smoothing": smoothing, "beta": round(beta, 3), "gamma": round(gamma, 3)}
-
-
-def mean_log_likelihood(scores: np.ndarray, hashtags: Sequence[Sequence[int]]) -> float:
-    """Mean over posts of Σ_h 1/|H_j| log softmax(scores_j)_h."""
-    return -float(multiclass_log_loss(torch.from_numpy(scores.astype(np.float32)),
-                                      softmax_targets(hashtags, scores.shape[1])))
-
-
 @dataclass
 class UserResult:
     n_users: int
@@ -216,7 +91,7 @@ class UserResult:
     example: dict[str, object]
     #: β and γ of habit_x_photo, fit on out-of-fold training posts
     habit_x_photo: dict[str, float]
-    #: a, β and γ of lift_x_photo, fit on out-of-fold training posts
+    #: a, β and γ of the main effects (lift_x_photo), fit on out-of-fold training posts
     lift_x_photo: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -265,6 +140,16 @@ class UserTask:
     x_test: np.ndarray
     truth: list[frozenset[int]]
     counts: np.ndarray  # users × hashtags, training posts
+    _main_effects: dict[int, tuple[MainEffects, HeldOutEffects]] = dataclasses.field(
+        default_factory=dict, repr=False)
+
+    def main_effects(self, seed: int = 0) -> tuple[MainEffects, HeldOutEffects]:
+        """The main effects fit on every training post (effects.py), computed once."""
+        if seed not in self._main_effects:
+            self._main_effects[seed] = fit_main_effects(
+                self.x_train, self.train_ids, self.rows_train, len(self.users),
+                len(self.vocab), seed)
+        return self._main_effects[seed]
 
     @functools.cached_property
     def leave_one_out_counts(self) -> np.ndarray:
@@ -275,11 +160,11 @@ class UserTask:
         return self.counts[self.rows_train] - own
 
     def train_lookup(self, params: TensorParams, progress: bool = True) -> UserHashtagLookup:
-        """Trains the tensor model with early stopping: each user's last training post
-        (users with two or more) is held out, and the epoch with the best A@1 + A@10 on
-        those posts is kept, together with the serving weight β of the user prior
-        (PRIOR_WEIGHTS; the tensor was trained with ``params.prior_weight``: a larger β
-        trusts the photo less). The lookup then counts every training post."""
+        """Fits the main effects on every training post, then trains the tensor over them
+        with early stopping: each user's last training post (users with two or more) is
+        held out, and the epoch with the best A@1 + A@10 on those posts is kept (epoch 0:
+        the main effects alone). The lookup then counts every training post."""
+        effects, held = self.main_effects(params.seed)
         last = {row: i for i, row in enumerate(self.rows_train)}
         held_out = sorted(i for row, i in last.items()
                           if np.count_nonzero(self.rows_train == row) >= 2)
@@ -289,39 +174,24 @@ class UserTask:
         fit_posts = np.bincount(self.rows_train[fit], minlength=len(self.users))
         held_users = [self.users[self.rows_train[i]] for i in held_out]
         held_truth = [frozenset(self.train_ids[i]) for i in held_out]
-        chosen: list[tuple[float, float]] = []  # (validation score, β), one per call
+        base = effects.beta * held.lift[held_out] + effects.gamma * held.out_of_fold[held_out]
 
         def validate(model: TensorModel) -> float:
             lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
-                                       fit_counts)
-            tensor = lookup.scores(self.x_train[held_out], held_users, prior=False)
-            prior = np.stack([lookup.log_user_prior(u) for u in held_users])
-            weights = PRIOR_WEIGHTS if params.prior_weight > 0 else (0.0,)
-            # Accuracy, not held-out log-likelihood: on the benchmark the likelihood
-            # favoured an early epoch and a small β that ranked worse.
-            found = [(sum(accuracies(tensor + beta * prior, held_truth).values()), beta)
-                     for beta in weights]
-            # Ties (e.g. a tensor term still zero) keep the β the tensor was trained with.
-            chosen.append(max(found, key=lambda pair: (
-                pair[0], -abs(pair[1] - params.prior_weight))))
-            return chosen[-1][0]
+                                       fit_counts)  # the tensor term alone
+            tensor = lookup.scores(self.x_train[held_out], held_users)
+            return sum(accuracies(tensor + base, held_truth).values())
 
+        offsets = Offsets.from_arrays(effects.beta * held.lift[fit],
+                                      effects.gamma * held.out_of_fold[fit],
+                                      effects.beta * held.user_lift)
         model = train_tensor(self.x_train[fit], Triplets.from_posts(fit_ids,
                                                                     self.rows_train[fit]),
                              len(self.vocab), len(self.users), params, progress,
-                             validate if held_out else None)
-        if chosen:
-            best = max(range(len(chosen)), key=lambda i: (chosen[i][0], -i))
-            model.params = dataclasses.replace(params, prior_weight=chosen[best][1])
-            log.info("user prior weight %.2f (validation A@1 + A@10 %.2f)",
-                     chosen[best][1], chosen[best][0])
+                             validate if held_out else None, offsets)
         post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
         return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
-                                 self.counts)
-
-
-#: serving weights of the user prior tried on the held-out posts (see train_lookup)
-PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 32.0)
+                                 self.counts, effects)
 
 
 def _counts(hashtags: Sequence[Sequence[int]], rows: np.ndarray,
@@ -392,14 +262,14 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     scores = {"global_frequency": np.tile(task.counts.sum(axis=0), (len(x_test), 1)),
               "user_frequency": user_frequency_scores(task)}
     scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True)
-    out_of_fold, scores["mcll"] = mcll_log_probabilities(x_train, train_ids, x_test,
-                                                         len(vocab), seed=seed)
-    scores["habit_x_photo"], combination = habit_x_photo_scores(task, lookup, out_of_fold,
+    effects, held = task.main_effects(params.seed)
+    scores["mcll"] = effects.photo.log_probabilities(x_test)
+    scores["habit_x_photo"], combination = habit_x_photo_scores(task, held.out_of_fold,
                                                                 scores["mcll"])
     log.info("habit x photo: beta %.3f, gamma %.3f", *combination)
-    scores["lift_x_photo"], lift_weights = fitted_lift_x_photo(task, out_of_fold,
-                                                               scores["mcll"])
-    log.info("lift x photo: %s", lift_weights)
+    scores["lift_x_photo"] = lookup.scores(x_test, test_users, tensor=False)
+    lift_weights = {"smoothing": effects.smoothing, "beta": round(effects.beta, 3),
+                    "gamma": round(effects.gamma, 3)}
     mlp = train_user_mlp(standardize(x_train, x_train), train_ids, rows_train, len(users),
                          len(vocab), seed=seed)
     with torch.no_grad():
@@ -429,16 +299,29 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
                       lift_weights)
 
 
-def habit_x_photo_scores(task: UserTask, lookup: UserHashtagLookup, out_of_fold: np.ndarray,
-                         test: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-    """(habit × photo scores, (β, γ)) for the test posts from MCLL's out-of-fold and test
-    log-probabilities (mcll_log_probabilities); the global share P(h), the prior strength
-    and the test posts' priors are ``lookup``'s."""
-    log_share = lookup.log_prior.astype(np.float64)
-    train_prior = smoothed_log_prior(task.leave_one_out_counts, lookup.global_share,
-                                     lookup.prior_strength)
-    beta, gamma = fit_habit_x_photo(train_prior, out_of_fold - log_share, task.train_ids)
-    test_prior = np.stack([lookup.log_user_prior(u) for u in task.test_users])
+#: m of habit_x_photo's user prior P̃_u(h) = (c_uh + m P(h)) / (n_u + m)
+PRIOR_STRENGTH = 5.0
+
+
+def smoothed_log_prior(counts: np.ndarray, global_share: np.ndarray,
+                       strength: float = PRIOR_STRENGTH) -> np.ndarray:
+    """log P̃(h) = log (c_h + m P(h)) / (n + m) along the last axis of ``counts`` (one user's
+    row, or many): Dirichlet smoothing, a stranger's P̃ is P."""
+    return np.log(counts + strength * global_share) \
+        - np.log(counts.sum(axis=-1, keepdims=True) + strength)
+
+
+def habit_x_photo_scores(task: UserTask, out_of_fold: np.ndarray, test: np.ndarray,
+                         ) -> tuple[np.ndarray, tuple[float, float]]:
+    """(β log P̃_u(h) + γ log P(h | x) / P(h) for the test posts, (β, γ)), from the photo
+    model's out-of-fold and test log-probabilities; P(h) the add-one global share."""
+    total = task.counts.sum(axis=0)
+    share = (total + 1.0) / (total.sum() + len(total))
+    log_share = np.log(share)
+    train_prior = smoothed_log_prior(task.leave_one_out_counts, share)
+    beta, gamma = fit_expert_weights(train_prior, out_of_fold - log_share, task.train_ids)
+    test_prior = np.stack([smoothed_log_prior(task.counts[task.user_row[u]], share)
+                           if u in task.user_row else log_share for u in task.test_users])
     return beta * test_prior + gamma * (test - log_share), (beta, gamma)
 
 

@@ -1,0 +1,214 @@
+"""The main effects under the user tensor: what the photo says on its own, and how a
+user's habits differ from what their photos predict.
+
+    photo:  log P(h | x) = log softmax(A x + b)_h         (Veit's user-agnostic MCLL model)
+    habit:  log lift_u(h) = log (c_uh + a) / (E_uh + a),  E_uh = Σ_{j ∈ posts(u)} |H_j| P(h | x_j)
+
+c_uh counts user u's uses of hashtag h. The tensor score (model.py) is
+
+    s_u(h | x) = h_iᵀ W^(u) f  +  β log lift_u(h)  +  γ log P(h | x)
+
+as the user and item biases under a matrix factorisation: the main effects carry what
+the user and the photo say each on their own, the three-way term what they say together.
+
+Why the lift and not the user's plain frequency P̃_u(h): users choose what they
+photograph, so a food lover's P̃_u(food) is high *because* they post food photos;
+multiplied with a food photo's evidence the topic counts twice and outranks the user's
+real habits (a signature hashtag, a spelling, a language). The lift is ≈ 1 for what the
+photos explain, > 1 for a habit ("comida" where the photos predict "food"), < 1 for
+what the user avoids ("food" for that user), and 1 for a stranger: the photo decides.
+
+(a, β, γ) are fit by likelihood on the training posts, each scored as a test post would
+be: its photo term by a model that never saw it (out of fold), its lift without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+#: smoothing a of the habit lift, chosen by likelihood on held-out training posts
+LIFT_SMOOTHING = (0.25, 0.5, 1.0, 2.0)
+
+
+def softmax_targets(hashtags: Sequence[Sequence[int]], n_hashtags: int) -> torch.Tensor:
+    """Each post's target distribution for the multi-class logistic loss: 1/|H_j| on each
+    of its hashtags."""
+    targets = torch.zeros(len(hashtags), n_hashtags)
+    for row, ids in enumerate(hashtags):
+        targets[row, list(ids)] = 1.0 / len(ids)
+    return targets
+
+
+def multiclass_log_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Veit's multi-class logistic loss: −mean_j Σ_h t_jh log softmax(logits_j)_h, with
+    ``targets`` from softmax_targets."""
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def mean_log_likelihood(scores: np.ndarray, hashtags: Sequence[Sequence[int]]) -> float:
+    """Mean over posts of Σ_h 1/|H_j| log softmax(scores_j)_h."""
+    return -float(multiclass_log_loss(torch.from_numpy(scores.astype(np.float32)),
+                                      softmax_targets(hashtags, scores.shape[1])))
+
+
+def train_mcll(features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashtags: int,
+               epochs: int = 10, weight_decay: float = 1e-2, seed: int = 0,
+               ) -> torch.nn.Linear:
+    """Veit's user-agnostic MCLL model on fixed CNN features: logits = A x + b, trained with
+    the multi-class logistic loss. ``features`` must be standardised."""
+    torch.manual_seed(seed)
+    classifier = torch.nn.Linear(features.shape[1], n_hashtags)
+    inputs = torch.from_numpy(features.astype(np.float32))
+    targets = softmax_targets(hashtags, n_hashtags)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(inputs), generator=generator).split(128):
+            optimizer.zero_grad()
+            multiclass_log_loss(classifier(inputs[batch]), targets[batch]).backward()
+            optimizer.step()
+    return classifier.eval()
+
+
+@dataclass
+class PhotoModel:
+    """log P(h | x) = log softmax(A x + b) on raw CNN features (standardisation folded in)."""
+
+    weight: np.ndarray  # V × d
+    bias: np.ndarray  # V
+
+    @classmethod
+    def fit(cls, features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashtags: int,
+            seed: int = 0) -> PhotoModel:
+        mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
+        standard = ((features - mean) / scale).astype(np.float32)
+        linear = train_mcll(standard, hashtags, n_hashtags, seed=seed)
+        with torch.no_grad():
+            weight = linear.weight.numpy().astype(np.float64) / scale
+            bias = linear.bias.numpy().astype(np.float64) - weight @ mean
+        return cls(weight.astype(np.float32), bias.astype(np.float32))
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return np.atleast_2d(features).astype(np.float32) @ self.weight.T + self.bias
+
+    def log_probabilities(self, features: np.ndarray) -> np.ndarray:
+        logits = self.logits(features).astype(np.float64)
+        return logits - log_normalisers(logits)[:, None]
+
+
+def log_normalisers(logits: np.ndarray) -> np.ndarray:
+    """log Σ_h exp(logits_h) of each row, computed stably."""
+    logits = np.atleast_2d(logits).astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def out_of_fold_photo_model(features: np.ndarray, hashtags: Sequence[Sequence[int]],
+                            n_hashtags: int, folds: int = 5, seed: int = 0,
+                            ) -> tuple[np.ndarray, PhotoModel]:
+    """(log P(h | x_j) of every training post by a model that never saw it, as a test post
+    would be scored; the photo model on every post)."""
+    out_of_fold = np.zeros((len(features), n_hashtags), dtype=np.float32)
+    fold = np.arange(len(features)) % folds
+    for k in range(folds):
+        rows = np.flatnonzero(fold != k)
+        model = PhotoModel.fit(features[rows], [hashtags[i] for i in rows], n_hashtags, seed)
+        out_of_fold[fold == k] = model.log_probabilities(features[fold == k])
+    return out_of_fold, PhotoModel.fit(features, hashtags, n_hashtags, seed)
+
+
+def expected_uses(photo_log_probabilities: np.ndarray, hashtags: Sequence[Sequence[int]],
+                  ) -> np.ndarray:
+    """E_j(h) = |H_j| P(h | x_j): how often post j's photo alone predicts each hashtag."""
+    sizes = np.array([len(ids) for ids in hashtags], dtype=np.float64)
+    return np.exp(photo_log_probabilities.astype(np.float64)) * sizes[:, None]
+
+
+def habit_lift(counts: np.ndarray, expected: np.ndarray, smoothing: float) -> np.ndarray:
+    """log (c_uh + a) / (E_uh + a) (module docstring). Never above 0 for a hashtag the user
+    has not used, which keeps the lookup's FAISS search exact (services/user/lookup.py)."""
+    return np.log(counts + smoothing) - np.log(expected + smoothing)
+
+
+def fit_expert_weights(first: np.ndarray, second: np.ndarray,
+                       hashtags: Sequence[Sequence[int]], steps: int = 200,
+                       ) -> tuple[float, float]:
+    """(β, γ) ≥ 0 maximising the mean log-likelihood of each post's hashtags under
+    softmax_h(β first(h) + γ second(h)), a product of two experts. The rows must be held
+    out from what made them. γ = 0 means the second adds nothing to the first."""
+    first_t = torch.from_numpy(np.asarray(first, dtype=np.float32))
+    second_t = torch.from_numpy(np.asarray(second, dtype=np.float32))
+    tags = softmax_targets(hashtags, first_t.shape[1])
+    raw = torch.zeros(2, requires_grad=True)  # softplus(raw) = (β, γ)
+    optimizer = torch.optim.Adam([raw], lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        beta, gamma = torch.nn.functional.softplus(raw)
+        multiclass_log_loss(beta * first_t + gamma * second_t, tags).backward()
+        optimizer.step()
+    beta, gamma = torch.nn.functional.softplus(raw).tolist()
+    return beta, gamma
+
+
+@dataclass
+class MainEffects:
+    """β log lift_u(h) + γ log P(h | x), ready to serve (module docstring)."""
+
+    photo: PhotoModel
+    expected: np.ndarray  # users × V: E_uh from the out-of-fold photo model
+    smoothing: float  # a
+    beta: float
+    gamma: float
+
+    def log_lift(self, counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        return habit_lift(counts, expected, self.smoothing)
+
+
+@dataclass
+class HeldOutEffects:
+    """The main effects' inputs for each training post as a test post would see them
+    (unweighted: the tensor's offsets are β lift + γ out_of_fold)."""
+
+    lift: np.ndarray  # posts × V: log lift of the post's user without the post
+    out_of_fold: np.ndarray  # posts × V: log P(h | x) by a model that never saw the post
+    user_lift: np.ndarray  # users × V: log lift of each user from all their posts
+
+
+def fit_main_effects(features: np.ndarray, hashtags: Sequence[Sequence[int]],
+                     user_rows: np.ndarray, n_users: int, n_hashtags: int, seed: int = 0,
+                     ) -> tuple[MainEffects, HeldOutEffects]:
+    """Fits the photo model, the user's expected uses and (a, β, γ) on the training posts."""
+    out_of_fold, photo = out_of_fold_photo_model(features, hashtags, n_hashtags, seed=seed)
+    per_post_expected = expected_uses(out_of_fold, hashtags)
+    per_post_counts = np.zeros((len(hashtags), n_hashtags))
+    for row, ids in enumerate(hashtags):
+        per_post_counts[row, list(set(ids))] = 1.0
+    counts = np.zeros((n_users, n_hashtags))
+    expected = np.zeros((n_users, n_hashtags))
+    np.add.at(counts, user_rows, per_post_counts)
+    np.add.at(expected, user_rows, per_post_expected)
+    held_out_counts = counts[user_rows] - per_post_counts
+    held_out_expected = expected[user_rows] - per_post_expected
+    best: tuple[float, float, float, float] | None = None  # (likelihood, a, β, γ)
+    for smoothing in LIFT_SMOOTHING:
+        lift = habit_lift(held_out_counts, held_out_expected, smoothing)
+        beta, gamma = fit_expert_weights(lift, out_of_fold, hashtags)
+        likelihood = mean_log_likelihood(beta * lift + gamma * out_of_fold, hashtags)
+        if best is None or likelihood > best[0]:
+            best = (likelihood, smoothing, beta, gamma)
+    assert best is not None
+    likelihood, smoothing, beta, gamma = best
+    log.info("main effects: lift smoothing %.2f, beta %.3f, gamma %.3f (held-out "
+             "log-likelihood %.3f)", smoothing, beta, gamma, likelihood)
+    effects = MainEffects(photo, expected, smoothing, beta, gamma)
+    held_out = HeldOutEffects(
+        habit_lift(held_out_counts, held_out_expected, smoothing).astype(np.float32),
+        out_of_fold, habit_lift(counts, expected, smoothing).astype(np.float32))
+    return effects, held_out
