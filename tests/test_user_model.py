@@ -211,7 +211,19 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
     assert set(report["lift_x_photo"]) == {"smoothing", "beta", "gamma"}
     assert set(report["results"]["tensor"]) == {"A@1", "A@10"}
     assert set(report["retrieval"]["tensor"]) == {"P@10"}
-    assert UserHashtagLookup.load(tmp_path / "user-model").known(posts[0].user)
+    trained = UserHashtagLookup.load(tmp_path / "user-model")
+    assert trained.known(posts[0].user)
+    # The exact lookup on real vectors: trained main effects and real photo features.
+    from services.vision.store import FeatureStore
+
+    store = FeatureStore(tmp_path / "models" / "features")
+    embedding, _ = store.embed_paths(sorted({p.image for p in posts})[:12])
+    users = [p.user for p in posts[:12]]
+    scores, ids = trained.top_k(embedding.features, users, k=10)
+    brute = trained.scores(embedding.features, users)
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :10]
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, axis=1), atol=1e-4)
+    assert (ids == expected).mean() > 0.98  # equal up to float ties
 
 
 def test_the_trained_tensor_recovers_each_users_favourite_hashtag() -> None:
