@@ -182,19 +182,16 @@ class HeldOutEffects:
 
 
 def fit_main_effects(features: np.ndarray, hashtags: Sequence[Sequence[int]],
-                     user_rows: np.ndarray, n_users: int, n_hashtags: int, seed: int = 0,
-                     ) -> tuple[MainEffects, HeldOutEffects]:
-    """Fits the photo model, the user's expected uses and (a, β, γ) on the training posts."""
+                     user_rows: np.ndarray, counts: np.ndarray, held_out_counts: np.ndarray,
+                     seed: int = 0) -> tuple[MainEffects, HeldOutEffects]:
+    """Fits the photo model, the users' expected uses and (a, β, γ) on the training posts;
+    ``counts`` are the users' hashtag counts (users × V), ``held_out_counts`` each post's
+    user's counts without the post (posts × V)."""
+    n_hashtags = counts.shape[1]
     out_of_fold, photo = out_of_fold_photo_model(features, hashtags, n_hashtags, seed=seed)
     per_post_expected = expected_uses(out_of_fold, hashtags)
-    per_post_counts = np.zeros((len(hashtags), n_hashtags))
-    for row, ids in enumerate(hashtags):
-        per_post_counts[row, list(set(ids))] = 1.0
-    counts = np.zeros((n_users, n_hashtags))
-    expected = np.zeros((n_users, n_hashtags))
-    np.add.at(counts, user_rows, per_post_counts)
+    expected = np.zeros(counts.shape)
     np.add.at(expected, user_rows, per_post_expected)
-    held_out_counts = counts[user_rows] - per_post_counts
     held_out_expected = expected[user_rows] - per_post_expected
     best: tuple[float, float, float, float] | None = None  # (likelihood, a, β, γ)
     for smoothing in LIFT_SMOOTHING:

@@ -161,16 +161,20 @@ class UserHashtagLookup:
                 agnostic: bool = False) -> np.ndarray:
         """[W^(u') f, γ x, γ] for each photo (only W^(u') f without main effects);
         ``agnostic``: everyone a stranger."""
-        vectors = [self.user_vector(None if agnostic else user) for user in users]
-        photos = self.photo_vectors(features)
-        # q = Σ_r u_r (W_r f): contract the photo first (E × D per photo), then the user.
-        per_coordinate = self.core @ photos.T  # E × D × n
-        q = np.einsum("ne,edn->nd", np.stack(vectors), per_coordinate)
+        q = self.tensor_queries(features, users, agnostic)
         if self.effects is None:
             return q.astype(np.float32)
         gamma = self.effects.gamma
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))
         return np.hstack([q, gamma * features, np.full((len(q), 1), gamma)]).astype(np.float32)
+
+    def tensor_queries(self, features: np.ndarray, users: Sequence[str | None],
+                       agnostic: bool = False) -> np.ndarray:
+        """q = W^(u') f for each photo."""
+        vectors = np.stack([self.user_vector(None if agnostic else user) for user in users])
+        # q = Σ_r u_r (W_r f): contract the photo first (E × D per photo), then the user.
+        per_coordinate = self.core @ self.photo_vectors(features).T  # E × D × n
+        return np.einsum("ne,edn->nd", vectors, per_coordinate)
 
     def photo_vectors(self, features: np.ndarray) -> np.ndarray:
         """f = P x (standardised features), one row per photo."""
@@ -220,11 +224,8 @@ class UserHashtagLookup:
         """Every hashtag's score (brute force; for evaluation and to check ``top_k``);
         ``tensor=False`` leaves out the three-way term (the main effects alone),
         ``effects=False`` the main effects (the tensor term alone)."""
-        vectors = np.stack([self.user_vector(None if agnostic else user) for user in users])
-        per_coordinate = self.core @ self.photo_vectors(features).T  # E × D × n
-        q = np.einsum("ne,edn->nd", vectors, per_coordinate)
-        scores = q @ self.hashtag_vectors.T if tensor else np.zeros((len(q), len(
-            self.vocabulary)))
+        scores = (self.tensor_queries(features, users, agnostic) @ self.hashtag_vectors.T
+                  if tensor else np.zeros((len(users), len(self.vocabulary))))
         if effects and self.effects is not None:
             lift = np.stack([self.log_lift(None if agnostic else user) for user in users])
             scores = scores + self.effects.beta * lift \

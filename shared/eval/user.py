@@ -147,8 +147,8 @@ class UserTask:
         """The main effects fit on every training post (effects.py), computed once."""
         if seed not in self._main_effects:
             self._main_effects[seed] = fit_main_effects(
-                self.x_train, self.train_ids, self.rows_train, len(self.users),
-                len(self.vocab), seed)
+                self.x_train, self.train_ids, self.rows_train, self.counts,
+                self.leave_one_out_counts, seed)
         return self._main_effects[seed]
 
     @functools.cached_property
