@@ -31,6 +31,7 @@ each photo indexed as [f_j, x_j, 1, −log Σ_h exp(A_h x_j + b_h)].
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,12 +65,12 @@ class UserHashtagLookup:
         self.user_ids = list(user_ids)
         self.post_counts = np.asarray(post_counts, dtype=np.float64).copy()
         self.hashtag_counts = np.asarray(hashtag_counts, dtype=np.float64).copy()
-        self.effects = effects
-        if effects is not None:
-            self.expected_uses = np.asarray(effects.expected, dtype=np.float64).copy()
-            if self.expected_uses.shape != self.hashtag_counts.shape:
-                raise ValueError(f"expected uses {self.expected_uses.shape} do not match "
-                                 f"the counts {self.hashtag_counts.shape}")
+        # A copy: online updates grow the expected uses, never the caller's arrays.
+        self.effects = None if effects is None else dataclasses.replace(
+            effects, expected=np.asarray(effects.expected, dtype=np.float64).copy())
+        if effects is not None and self.expected_uses.shape != self.hashtag_counts.shape:
+            raise ValueError(f"expected uses {self.expected_uses.shape} do not match "
+                             f"the counts {self.hashtag_counts.shape}")
         with torch.no_grad():
             self.user_vectors = self.model.users.weight.numpy().copy()
             self.mean_user = (self.model.mean_user().numpy() if mean_user is None
@@ -133,6 +134,13 @@ class UserHashtagLookup:
                                     [gamma * photo.bias[hashtag], gamma]])
         scores, ids = self.photo_index.search(query[None, :], k)
         return [(self.photo_ids[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True)]
+
+    @property
+    def expected_uses(self) -> np.ndarray:
+        """E_kh: users × hashtags, how often each user's photos predict each hashtag."""
+        if self.effects is None:
+            raise AttributeError("a lookup without main effects has no expected uses")
+        return self.effects.expected
 
     def known(self, user: str | None) -> bool:
         return user is not None and user in self.user_index
@@ -249,8 +257,8 @@ class UserHashtagLookup:
             self.hashtag_counts = np.vstack([self.hashtag_counts,
                                              np.zeros(len(self.vocabulary))])
             if self.effects is not None:
-                self.expected_uses = np.vstack([self.expected_uses,
-                                                np.zeros(len(self.vocabulary))])
+                self.effects.expected = np.vstack([self.effects.expected,
+                                                   np.zeros(len(self.vocabulary))])
         row = self.user_index[user]
         vector = torch.tensor(self.user_vectors[row], requires_grad=True)
         optimizer = torch.optim.Adam([vector], lr=learning_rate)
@@ -260,7 +268,13 @@ class UserHashtagLookup:
             # q = W^(u) f is linear in u: q = u · A with A_r = W_r f, computed once.
             per_coordinate = torch.einsum("edf,f->ed", self.model.core, photo[0])
         target = torch.tensor(accepted)
-        offset = torch.from_numpy(self.scores(features, [user], tensor=False)[0]).float()
+        # The main effects are the embedding's offset, taken before this post counts.
+        offset = np.zeros(len(self.vocabulary))
+        if self.effects is not None:
+            photo_log_probabilities = self.effects.photo.log_probabilities(features)[0]
+            offset = self.effects.beta * self.log_lift(user) \
+                + self.effects.gamma * photo_log_probabilities
+        offset = torch.from_numpy(offset).float()
         for _ in range(steps):
             optimizer.zero_grad()
             logits = hashtag_vectors @ (vector @ per_coordinate) + offset
@@ -271,8 +285,7 @@ class UserHashtagLookup:
         self.post_counts[row] += 1
         self.hashtag_counts[row, accepted] += 1
         if self.effects is not None:
-            probabilities = np.exp(self.effects.photo.log_probabilities(features)[0])
-            self.expected_uses[row] += len(accepted) * probabilities
+            self.effects.expected[row] += len(accepted) * np.exp(photo_log_probabilities)
 
     # --- persistence: shared/artifacts.py (plain arrays, checksummed manifest) -----------
     def save(self, directory: Path) -> Path:

@@ -21,7 +21,8 @@ say each on their own, as fixed offsets, and the tensor learns what they say tog
 In training each post's offsets are held out from it (its user's lift without the post,
 its photo term out of fold), so they never "know" the post they score. Without them the
 tensor memorises (photo, user) → hashtags: on the simulated-user benchmark it fitted
-99.6 % of its training posts at A@1 and 11.5 % of the test posts.
+99.6 % of its training posts at A@1 and 11.5 % of the test posts (bench/user_diagnostics.py,
+removed with the user-frequency offset it studied: `git show d4d72f7:bench/user_diagnostics.py`).
 """
 
 from __future__ import annotations
