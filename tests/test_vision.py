@@ -86,6 +86,47 @@ def test_preprocess_gives_a_centre_crop_in_minus_one_to_one() -> None:
     assert tensor[0].mean() > 0.9 and tensor[2].mean() < -0.9  # red stays red
 
 
+def test_preprocess_keeps_the_centre_of_an_elongated_photo() -> None:
+    """Left third red, middle green, right third blue: the crop shows the middle only."""
+    image = Image.new("RGB", (900, 100), (255, 0, 0))
+    image.paste((0, 255, 0), (300, 0, 600, 100))
+    image.paste((0, 0, 255), (600, 0, 900, 100))
+    tensor = preprocess(image)
+    assert tensor[1].mean() > 0.99 and tensor[0].max() < -0.9 and tensor[2].max() < -0.9
+
+
+ELONGATED = """
+import io, resource, sys
+from PIL import Image
+from services.vision.model import decode_image, preprocess
+images = []
+for size in ((1, 8000), (8000, 1), (2, 19000)):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buffer, "PNG")
+    images.append(buffer.getvalue())
+print("largest file", max(map(len, images)), "bytes", flush=True)
+with open("/proc/self/status") as status:
+    used = next(int(line.split()[1]) for line in status if line.startswith("VmSize")) * 1024
+budget = 256 * 1024 * 1024  # resizing 1 x 8000 whole took 2.1 GiB
+resource.setrlimit(resource.RLIMIT_AS, (used + budget, resource.RLIM_INFINITY))
+for data in images:
+    assert tuple(preprocess(decode_image(data)).shape) == (3, 224, 224)
+print("ok")
+"""
+
+
+def test_an_extreme_aspect_ratio_is_preprocessed_within_a_memory_budget() -> None:
+    """The audit's 110-byte 1 x 8000 PNG, and friends, in a child process whose address
+    space may grow by 256 MiB only: resizing the whole image would not fit."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", ELONGATED], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).parents[1])
+    assert run.returncode == 0 and run.stdout.endswith("ok\n"), run.stderr[-2000:]
+    assert int(run.stdout.split()[2]) < 1000  # tiny files: the header check cannot help
+
+
 @pytest.fixture(scope="module")
 def vision_model() -> VisionModel:
     return VisionModel(device="cpu")

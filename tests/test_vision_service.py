@@ -148,10 +148,28 @@ def test_a_message_over_the_size_limit_is_refused(channel: grpc.Channel) -> None
     assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_one_pixel_wide_photo_is_answered_and_the_service_stays_up(
+        channel: grpc.Channel) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 8000), (30, 120, 200)).save(buffer, "PNG")  # ~110 bytes
+    stub = vision_pb2_grpc.VisionServiceStub(channel)
+    for _ in range(3):
+        reply = stub.Embed(vision_pb2.EmbedRequest(image=buffer.getvalue()), timeout=30)
+        assert len(reply.features) == 1280
+    assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_health_turns_not_serving_on_shutdown(data_dir: Path) -> None:
+    """A watcher of the health stream (a load balancer) hears NOT_SERVING from stop()
+    itself, before the server drains and closes."""
+    import asyncio
+
     running = ServerThread(VisionModel(device="cpu"))
     with grpc.insecure_channel(running.server.address) as channel:
-        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
-        running.call(running.server.set_serving(False))  # what stop() does first
-        assert _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
-    running.close()
+        updates = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=60)
+        assert next(updates).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.run_coroutine_threadsafe(running.server.stop(), running.loop)
+        assert next(updates).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stopping.result(timeout=60)
+    super(ServerThread, running).close()

@@ -64,15 +64,26 @@ def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
     return image.convert("RGB")
 
 
-def preprocess(image: Image.Image) -> torch.Tensor:
-    """(3, 224, 224) float tensor: bicubic resize of the short side, centre crop, x/127.5 − 1."""
-    width, height = image.size
+def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The region of a width × height image that the model sees: the 224 × 224 centre crop
+    of the image resized (short side to 256), in the original image's coordinates."""
     scale = RESIZE_SHORT_SIDE / min(width, height)
-    resized = image.resize((max(IMAGE_SIZE, round(width * scale)),
-                            max(IMAGE_SIZE, round(height * scale))), Image.Resampling.BICUBIC)
-    left = (resized.width - IMAGE_SIZE) // 2
-    top = (resized.height - IMAGE_SIZE) // 2
-    crop = resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    resized_width = max(IMAGE_SIZE, round(width * scale))
+    resized_height = max(IMAGE_SIZE, round(height * scale))
+    left = (resized_width - IMAGE_SIZE) // 2
+    top = (resized_height - IMAGE_SIZE) // 2
+    x, y = width / resized_width, height / resized_height
+    return (left * x, top * y, (left + IMAGE_SIZE) * x, (top + IMAGE_SIZE) * y)
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    """(3, 224, 224) float tensor: bicubic resize of the short side to 256, centre crop 224,
+    x/127.5 − 1. Only the cropped region is resampled (Pillow's ``box``: the same output
+    pixels, with the filter still reading the pixels around the box), so the work is
+    224² output pixels whatever the aspect ratio: resizing a 1 × 8000 image whole would
+    allocate 256 × 2,048,000 pixels (1.5 GB) to keep 224²."""
+    box = crop_box(*image.size)
+    crop = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC, box=box)
     pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
     return pixels.float().div_(127.5).sub_(1.0)
 
@@ -129,6 +140,13 @@ def decode_jpeg_on_gpu(data: bytes, device: torch.device) -> torch.Tensor:
                             apply_exif_orientation=True)
     except RuntimeError as error:
         raise ImageError(f"image is truncated or corrupt: {error}") from error
+    # The centre square (plus a margin for the filter) holds every pixel the crop keeps:
+    # cut it first so an extreme aspect ratio cannot blow up the resize (preprocess).
+    height, width = image.shape[-2:]
+    side = min(height, width)
+    margin = max(2, side // 16)
+    image = functional.center_crop(image, [min(height, side + 2 * margin),
+                                           min(width, side + 2 * margin)])
     image = functional.resize(image, RESIZE_SHORT_SIDE,
                               interpolation=functional.InterpolationMode.BICUBIC,
                               antialias=True)
