@@ -57,3 +57,11 @@ def test_top_k_orders_best_first_and_breaks_ties_by_index() -> None:
     scores = np.array([[0.1, 0.9, 0.5, 0.9], [3.0, 2.0, 1.0, 0.0]])
     assert top_k(scores, 3).tolist() == [[1, 3, 2], [0, 1, 2]]
     assert top_k(scores, 10).shape == (2, 4)
+
+
+def test_top_k_keeps_the_lower_index_of_a_tie_across_the_cut() -> None:
+    # Many equal scores around the k-th place: argpartition alone keeps an arbitrary one.
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(200, 300)).astype(float)
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(top_k(scores, 10), expected)

@@ -70,4 +70,11 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part.sort(axis=1)
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    ranked = np.take_along_axis(part, order, axis=1)
+    # argpartition keeps an arbitrary member of a tie at the cut: where the k-th score has
+    # a twin outside the top k, rank that row by a full stable sort instead.
+    kth = np.take_along_axis(scores, ranked[:, -1:], axis=1)
+    tied = (scores >= kth).sum(axis=1) > k
+    if tied.any():
+        ranked[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+    return ranked
