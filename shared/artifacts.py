@@ -11,6 +11,7 @@ sha256 checksums that is verified before anything is served.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,29 @@ class ArtifactWriter:
         path.write_text(json.dumps(value, ensure_ascii=False))
         self._record(path)
 
-    def close(self, metadata: dict[str, Any]) -> Path:
+    def close(self, metadata: dict[str, Any], durable: bool = False) -> Path:
+        """Writes the manifest; ``durable``: every file and folder reaches the disk
+        (fsync) before this returns, as a rename that publishes the directory needs."""
         path = self.directory / MANIFEST
         path.write_text(json.dumps({**metadata, "files": self.files}, ensure_ascii=False,
                                    indent=1))
+        if durable:
+            for name in (*self.files, MANIFEST):
+                with (self.directory / name).open("rb") as written:
+                    os.fsync(written.fileno())
+            folders = {(self.directory / name).parent for name in self.files}
+            for folder in sorted(folders | {self.directory}, reverse=True):
+                fsync_directory(folder)
         return path
+
+
+def fsync_directory(directory: Path) -> None:
+    """Makes the names in ``directory`` (files created, renamed, removed) durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class ArtifactReader:
@@ -73,6 +92,11 @@ class ArtifactReader:
 
     def array(self, name: str) -> np.ndarray:
         return np.load(self._path(name, ".npy"), allow_pickle=False)
+
+    def arrays(self) -> list[str]:
+        """The names of every array in the artifact."""
+        return [name.removesuffix(".npy") for name in self.manifest["files"]
+                if name.endswith(".npy")]
 
     def json(self, name: str) -> Any:
         return json.loads(self._path(name, ".json").read_text())

@@ -99,6 +99,8 @@ class GrpcServer:
         """``services``: (full service name, function adding the servicer to a server).
         ``metrics_port``: serve Prometheus metrics there (0: any free port)."""
         self.names = [name for name, _ in services]
+        #: the servicer answering calls, once its models are loaded (for tests and tools)
+        self.servicer: object | None = None
         self.grace = grace
         self.registry = registry or CollectorRegistry()  # one per server: no clashes
         self.metrics = _Metrics(self.registry)

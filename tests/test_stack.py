@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,6 +183,7 @@ def test_user_update_learns_ignores_bad_hashtags_and_survives_a_restart(
         user_id="zoë-new", photo=photo, photo_id="photo-x",
         hashtags=[f"#{target.upper()}", "", "🙂", "東京タワー", target]), timeout=30)
     assert list(reply.accepted) == [target] and reply.posts == 1
+    assert reply.embedding_updated == stack["user"].servicer.lookup.tensor_active
     assert any("no letters or digits" in reason for reason in reply.ignored)
     assert any("'東京タワー': not in the vocabulary" in reason for reason in reply.ignored)
     for bad, message in ((user_pb2.UserUpdateRequest(user_id="", photo=photo,
@@ -201,9 +203,12 @@ def test_user_update_learns_ignores_bad_hashtags_and_survives_a_restart(
 
     before_restart = rank(stub)
     assert before_restart < len(vocabulary.hashtags) - 1  # the update moved it up
-    # A second user service on the same model and state: the journal is replayed.
+    # A second user service on the same model and a copy of the state: the journal is
+    # replayed.
     loop = stack["loop"]
-    again = loop.call(serve_user("127.0.0.1", 0, stack["user_dir"], stack["state"]))
+    state = stack["state"].parent / "state-copy"
+    shutil.copytree(stack["state"], state)
+    again = loop.call(serve_user("127.0.0.1", 0, stack["user_dir"], state))
     with grpc.insecure_channel(again.address, options=CHANNEL_OPTIONS) as channel:
         restarted = user_pb2_grpc.UserProfileServiceStub(channel)
         assert rank(restarted) == before_restart
@@ -211,6 +216,27 @@ def test_user_update_learns_ignores_bad_hashtags_and_survives_a_restart(
                                    timeout=10)
         assert "photo-x" in [p.photo_id for p in found.photos]
     loop.call(again.stop())
+
+
+def test_score_answers_while_an_update_holds_the_writer(stack: dict, data_dir: Path,
+                                                       ) -> None:
+    """Score never waits behind Update: with the writer thread busy, it still answers."""
+    stub = user_pb2_grpc.UserProfileServiceStub(stack["channels"]["user"])
+    photo = _describe(stack, _photo(data_dir, "0000009.jpg"))
+    busy, release = threading.Event(), threading.Event()
+    servicer = stack["user"].servicer
+    servicer.writer.submit(lambda: (busy.set(), release.wait(60)))
+    try:
+        assert busy.wait(10)
+        queued = stub.Update.future(user_pb2.UserUpdateRequest(
+            user_id="queued", photo=photo, hashtags=[servicer.lookup.vocabulary[0]]),
+            timeout=60)
+        reply = stub.Score(user_pb2.UserScoreRequest(photo=photo, user_id="queued", k=3),
+                           timeout=10)
+        assert len(reply.hashtags) == 3 and not reply.known_user and not queued.done()
+    finally:
+        release.set()
+    assert queued.result().posts == 1
 
 
 # --- the whole stack ------------------------------------------------------------------------

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.user.effects import MainEffects, PhotoModel
-from services.user.lookup import COLD_START_POSTS, UserHashtagLookup
+from services.user.lookup import COLD_START_POSTS, UserHashtagLookup, _softmax_adam
 from services.user.model import (
     Offsets,
     TensorModel,
@@ -17,6 +16,7 @@ from services.user.model import (
     ranking_loss,
     softmax_loss,
 )
+from tests.lookups import small_lookup
 
 ONE = TensorParams(hashtag_dim=1, photo_dim=1, user_dim=1)
 
@@ -58,34 +58,14 @@ def test_hard_negatives_never_use_an_observed_triplet() -> None:
     assert loss_observed < loss_free
 
 
-def _lookup(with_effects: bool) -> UserHashtagLookup:
-    torch.manual_seed(0)
-    params = TensorParams(hashtag_dim=16, photo_dim=12, user_dim=4)
-    model = TensorModel(40, 3, 8, params)
-    with torch.no_grad():  # as if trained: a tensor term that is not zero
-        model.core.normal_(std=0.3)
-    model.register_buffer("feature_mean", torch.zeros(8))
-    model.register_buffer("feature_scale", torch.ones(8))
-    rng = np.random.default_rng(0)
-    counts = rng.integers(0, 4, size=(3, 40)) * (rng.random((3, 40)) < 0.3)
-    # Large β and expected uses on either side of the counts: lifts far above and below 1,
-    # so the lookup's threshold check has work to do.
-    effects = MainEffects(PhotoModel(rng.normal(size=(40, 8)).astype(np.float32),
-                                     rng.normal(size=40).astype(np.float32)),
-                          rng.gamma(0.5, 2.0, size=(3, 40)), smoothing=0.5, beta=3.0,
-                          gamma=0.7) if with_effects else None
-    return UserHashtagLookup(model, [f"tag{i}" for i in range(40)], ["ann", "bob", "cy"],
-                             np.array([1.0, 10.0, 100.0]), counts.astype(float), effects)
-
-
 @pytest.fixture()
 def lookup() -> UserHashtagLookup:
-    return _lookup(with_effects=True)
+    return small_lookup(with_effects=True)
 
 
 @pytest.mark.parametrize("with_effects", [True, False])
 def test_faiss_lookup_equals_brute_force_ranking(with_effects: bool) -> None:
-    lookup = _lookup(with_effects)
+    lookup = small_lookup(with_effects)
     features = np.random.default_rng(1).normal(size=(25, 8)).astype(np.float32)
     users = ["ann", "bob", "cy", None, "stranger"] * 5
     scores, ids = lookup.top_k(features, users, k=10)
@@ -149,6 +129,33 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
     np.testing.assert_allclose(lookup.expected_uses[0], before_uses + 3 * photo, rtol=1e-5)
     for other in ("bob", "cy", None):  # everyone else, the agnostic fallback too
         np.testing.assert_array_equal(after[other], before[other])
+
+
+def test_online_step_equals_torch_adam_on_the_softmax_likelihood() -> None:
+    rng = np.random.default_rng(4)
+    start, per_coordinate = rng.normal(size=4), rng.normal(size=(4, 16))
+    hashtags, offset = rng.normal(size=(40, 16)), rng.normal(size=40)
+    vector = torch.tensor(start, requires_grad=True)
+    optimizer = torch.optim.Adam([vector], lr=0.05)
+    for _ in range(30):
+        optimizer.zero_grad()
+        logits = torch.from_numpy(hashtags) @ (vector @ torch.from_numpy(per_coordinate)) \
+            + torch.from_numpy(offset)
+        (-torch.log_softmax(logits, dim=0)[[2, 9]].mean()).backward()
+        optimizer.step()
+    ours = _softmax_adam(start, per_coordinate, hashtags, offset, [2, 9], 30, 0.05)
+    np.testing.assert_allclose(ours, vector.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_with_a_zero_core_an_update_moves_counts_not_the_embedding() -> None:
+    lookup = small_lookup(with_effects=True)
+    assert lookup.tensor_active and lookup.update("ann", np.ones(8, np.float32), [5])
+    lookup.core[:] = 0.0  # early stopping kept epoch 0: the three-way term is off
+    assert not lookup.tensor_active
+    vector, counts = lookup.user_vectors[0].copy(), lookup.hashtag_counts[0, 5]
+    assert not lookup.update("ann", np.ones(8, np.float32), [5])
+    np.testing.assert_array_equal(lookup.user_vectors[0], vector)
+    assert lookup.hashtag_counts[0, 5] == counts + 1
 
 
 def test_a_new_user_gets_a_profile_from_their_first_post(lookup: UserHashtagLookup) -> None:

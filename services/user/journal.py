@@ -1,63 +1,241 @@
 """Durable online profiles: every accepted post is appended to a journal before the
-profile learns from it, and the journal is replayed onto the trained model at start.
+profile learns from it; the newest snapshot of the profiles plus the journal's newer
+records rebuild them at start.
 
-One JSON object a line: user, hashtags (terms, so a retrained vocabulary can replay what it
-still knows), the photo's CNN features as base64 float32, and an optional photo id. A line
-cut short by a crash is skipped with a warning; nothing acknowledged is ever lost, because
-``append`` returns only after fsync.
+State of one model version, in its own folder:
+
+    updates.jsonl        one record a line: "<crc32 hex> <json>\\n", the JSON holding seq
+                         (1, 2, …), user, hashtags (terms, so a retrained vocabulary can
+                         replay what it still knows), the photo's CNN features as base64
+                         float32 and an optional photo id
+    snapshots/<seq>/     the profiles after every record up to seq (UserHashtagLookup.
+                         profiles), as checksummed arrays (shared/artifacts.py)
+
+Why nothing acknowledged is lost:
+- ``append`` returns only after fsync; a write or fsync that fails is cut back off the file
+  (the caller answers an error and never acknowledges);
+- a crash mid-write leaves a partial last line: opening the journal truncates it, so the
+  next record starts on a line of its own (a record glued to a torn one would be lost);
+  the CRC catches a line that is complete but damaged;
+- a snapshot is written under a temporary name, fsync'd, then renamed into place: a crash
+  leaves either no new snapshot or a whole one. Only then is the journal truncated; a crash
+  between the two replays the records again, and ``recover`` skips every record the
+  snapshot already holds (seq ≤ the snapshot's), so none is applied twice.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import shutil
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.user.lookup import UserHashtagLookup
+from shared.artifacts import ArtifactReader, ArtifactWriter, fsync_directory
 
 log = logging.getLogger(__name__)
 
+SNAPSHOT_KIND = "user-profiles"
+
+
+class JournalError(OSError):
+    """An update could not be made durable; it was not recorded and must not be
+    acknowledged."""
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    seq: int
+    user: str
+    hashtags: tuple[str, ...]
+    features: np.ndarray
+    photo_id: str = ""
+
+
+def encode_record(record: JournalRecord) -> bytes:
+    body = json.dumps({"seq": record.seq, "user": record.user,
+                       "hashtags": list(record.hashtags), "photo_id": record.photo_id,
+                       "features": base64.b64encode(np.asarray(record.features, dtype="<f4")
+                                                    .tobytes()).decode("ascii")},
+                      ensure_ascii=False).encode("utf-8")
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def decode_record(line: bytes, fallback_seq: int) -> JournalRecord:
+    """One journal line; ValueError when it is damaged. Lines written before records were
+    framed (a bare JSON object) take ``fallback_seq``."""
+    line = line.rstrip(b"\n")
+    if line.startswith(b"{"):
+        body = line
+    else:
+        checksum, _, body = line.partition(b" ")
+        if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(body):
+            raise ValueError("checksum does not match")
+    record = json.loads(body)
+    try:
+        return JournalRecord(int(record.get("seq", fallback_seq)), record["user"],
+                             tuple(record["hashtags"]),
+                             np.frombuffer(base64.b64decode(record["features"]), "<f4"),
+                             record.get("photo_id", ""))
+    except KeyError as missing:
+        raise ValueError(f"field {missing} is missing") from None
+
 
 class UpdateJournal:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "updates.jsonl"
+        self.snapshots = directory / "snapshots"
+        directory.mkdir(parents=True, exist_ok=True)
+        #: seq of the last record written (or held by the newest snapshot)
+        self.last_seq = 0
+        self.since_snapshot = 0
+        self._repair_tail()
 
-    def append(self, user: str, hashtags: Sequence[str], features: np.ndarray,
-               photo_id: str = "") -> None:
-        record = {"user": user, "hashtags": list(hashtags), "photo_id": photo_id,
-                  "features": base64.b64encode(
-                      np.asarray(features, dtype="<f4").tobytes()).decode("ascii")}
-        with self.path.open("a", encoding="utf-8") as journal:
-            journal.write(json.dumps(record, ensure_ascii=False) + "\n")
+    def _repair_tail(self) -> None:
+        """Cuts a partial last line (a write the process did not finish) off the file."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb+") as journal:
+            size = journal.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            journal.seek(size - 1)
+            if journal.read(1) == b"\n":
+                return
+            keep = size
+            while keep > 0:  # scan back for the last complete line
+                start = max(0, keep - 65536)
+                journal.seek(start)
+                block = journal.read(keep - start)
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                keep = start
+            journal.truncate(keep)
             journal.flush()
             os.fsync(journal.fileno())
+        log.warning("%s: cut %d bytes of a record the process did not finish writing",
+                    self.path, size - keep)
 
-    def replay(self, lookup: UserHashtagLookup) -> int:
-        """Applies every journaled post to ``lookup``; returns how many were applied."""
+    def append(self, user: str, hashtags: Sequence[str], features: np.ndarray,
+               photo_id: str = "") -> int:
+        """Writes and fsyncs one record; returns its seq. JournalError when the record
+        could not be made durable (the file is cut back to what it was)."""
+        seq = self.last_seq + 1
+        line = encode_record(JournalRecord(seq, user, tuple(hashtags), features, photo_id))
+        try:
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise JournalError(error.errno, f"cannot open the update journal "
+                               f"{self.path}: {error.strerror}") from error
+        try:
+            size = os.lseek(descriptor, 0, os.SEEK_END)
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(descriptor, line[written:])
+                os.fsync(descriptor)
+            except OSError as error:
+                with contextlib.suppress(OSError):  # else the next open cuts the line
+                    os.ftruncate(descriptor, size)
+                raise JournalError(error.errno, f"cannot write the update journal "
+                                   f"{self.path}: {error.strerror}") from error
+        finally:
+            os.close(descriptor)
+        self.last_seq = seq
+        self.since_snapshot += 1
+        return seq
+
+    def records(self) -> Iterator[JournalRecord]:
+        """Every readable record, in order; damaged lines are logged and skipped."""
         if not self.path.exists():
-            return 0
-        applied = 0
-        with self.path.open(encoding="utf-8") as journal:
+            return
+        seq = self.last_seq
+        with self.path.open("rb") as journal:
             for number, line in enumerate(journal, start=1):
                 try:
-                    record = json.loads(line)
-                    features = np.frombuffer(base64.b64decode(record["features"]), "<f4")
-                except (ValueError, KeyError) as error:
-                    log.warning("%s:%d: unreadable update skipped (%s)", self.path, number,
-                                error)
+                    record = decode_record(line, seq + 1)
+                except (ValueError, UnicodeDecodeError) as error:
+                    log.error("%s:%d: damaged update record skipped (%s)", self.path,
+                              number, error)
                     continue
-                ids = [lookup.hashtag_rows[t] for t in record["hashtags"]
-                       if t in lookup.hashtag_rows]
-                if ids:
-                    lookup.update(record["user"], features, ids)
-                    applied += 1
-                if record.get("photo_id"):
-                    lookup.add_photos([record["photo_id"]], features[None, :])
+                seq = record.seq
+                yield record
+
+    def recover(self, lookup: UserHashtagLookup) -> int:
+        """Restores the newest snapshot onto ``lookup`` (the trained model it was taken
+        from), then applies every newer record; returns how many records were applied."""
+        for stale in self.snapshots.glob(".tmp-*"):  # a snapshot a crash left unfinished
+            shutil.rmtree(stale, ignore_errors=True)
+        snapshot = self.newest_snapshot()
+        if snapshot is not None:
+            reader = ArtifactReader(snapshot)  # refuses a damaged snapshot
+            lists = reader.json("lists")
+            lookup.restore_profiles({name: reader.array(name) for name in reader.arrays()},
+                                    lists)
+            self.last_seq = int(reader.manifest["seq"])
+            log.info("restored %d users' profiles from %s", len(lists["users"]), snapshot)
+        applied = 0
+        for record in self.records():
+            if record.seq <= self.last_seq:
+                continue  # already in the snapshot
+            self.last_seq = record.seq
+            self.since_snapshot += 1
+            if apply_record(lookup, record):
+                applied += 1
         log.info("replayed %d profile updates from %s", applied, self.path)
         return applied
+
+    def newest_snapshot(self) -> Path | None:
+        done = sorted(p for p in self.snapshots.glob("[0-9]*") if p.is_dir())
+        return done[-1] if done else None
+
+    def snapshot(self, lookup: UserHashtagLookup) -> Path:
+        """Writes the profiles as of the last appended record, atomically, then empties
+        the journal. Call between appends (from the one writer)."""
+        arrays, lists = lookup.profiles()
+        seq = self.last_seq
+        final = self.snapshots / f"{seq:012d}"
+        temporary = self.snapshots / f".tmp-{seq:012d}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        writer = ArtifactWriter(temporary)
+        for name, array in arrays.items():
+            writer.array(name, array)
+        writer.json("lists", lists)
+        writer.close({"kind": SNAPSHOT_KIND, "seq": seq}, durable=True)
+        if final.exists():  # a snapshot of the same seq: nothing new since
+            shutil.rmtree(temporary)
+        else:
+            os.replace(temporary, final)
+            fsync_directory(self.snapshots)
+        # Only now may the journal forget: every record is in the snapshot.
+        with self.path.open("ab") as journal:
+            journal.truncate(0)
+            os.fsync(journal.fileno())
+        self.since_snapshot = 0
+        for older in self.snapshots.glob("[0-9]*"):
+            if older != final:
+                shutil.rmtree(older, ignore_errors=True)
+        log.info("snapshot of %d users' profiles at update %d: %s", len(lists["users"]),
+                 seq, final)
+        return final
+
+
+def apply_record(lookup: UserHashtagLookup, record: JournalRecord) -> bool:
+    """Applies one journaled post; False when none of its hashtags is in the vocabulary."""
+    ids = [lookup.hashtag_rows[t] for t in record.hashtags if t in lookup.hashtag_rows]
+    if ids:
+        lookup.update(record.user, record.features, ids)
+    if record.photo_id:
+        lookup.add_photos([record.photo_id], record.features[None, :])
+    return bool(ids)

@@ -32,6 +32,7 @@ each photo indexed as [f_j, x_j, 1, −log Σ_h exp(A_h x_j + b_h)].
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from services.user.effects import MainEffects, PhotoModel, log_normalisers
-from services.user.model import TensorModel, TensorParams, standardized
+from services.user.model import TensorModel, TensorParams
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex
 
@@ -91,16 +92,24 @@ class UserHashtagLookup:
         self.index = InnerProductIndex(index_vectors)
         self.hashtag_rows = {term: row for row, term in enumerate(self.vocabulary)}
         self.photo_ids: list[str] = []
-        self.photo_features: np.ndarray | None = None
+        self._photo_rows: dict[str, int] = {}
+        self._photo_chunks: list[np.ndarray] = []  # raw features, concatenated on demand
         self.photo_index: InnerProductIndex | None = None
+        #: how many photos came with the trained model (``profiles`` keeps the rest)
+        self.trained_photos = 0
+        #: held while state changes and while a read needs one user's rows consistent
+        self.lock = threading.RLock()
 
     def add_photos(self, photo_ids: Sequence[str], features: np.ndarray) -> None:
         """Makes photos retrievable (their raw CNN features are kept for persistence)."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))
         if len(photo_ids) != len(features):
             raise ValueError(f"{len(photo_ids)} photo ids for {len(features)} feature rows")
-        known = set(self.photo_ids)  # a photo posted again is indexed once
-        new = [row for row, photo in enumerate(photo_ids) if photo not in known]
+        new, seen = [], set()  # a photo posted again is indexed once
+        for row, photo in enumerate(photo_ids):
+            if photo not in self._photo_rows and photo not in seen:
+                new.append(row)
+                seen.add(photo)
         if len(new) < len(photo_ids):
             photo_ids, features = [photo_ids[row] for row in new], features[new]
         if not photo_ids:
@@ -110,13 +119,29 @@ class UserHashtagLookup:
             normalisers = log_normalisers(self.effects.photo.logits(features))
             vectors = np.hstack([vectors, features, np.ones((len(features), 1)),
                                  -normalisers[:, None]]).astype(np.float32)
+        with self.lock:
+            self._index_photos(photo_ids, features, vectors)
+
+    def _index_photos(self, photo_ids: Sequence[str], features: np.ndarray,
+                      vectors: np.ndarray) -> None:
         if self.photo_index is None:
             self.photo_index = InnerProductIndex(vectors)
-            self.photo_features = features
         else:
             self.photo_index.add(vectors)
-            self.photo_features = np.vstack([self.photo_features, features])
+        self._photo_chunks.append(features)
+        self._photo_rows.update((photo, len(self.photo_ids) + row)
+                                for row, photo in enumerate(photo_ids))
         self.photo_ids.extend(photo_ids)
+
+    @property
+    def photo_features(self) -> np.ndarray | None:
+        """The raw CNN features of every retrievable photo, in ``photo_ids`` order."""
+        with self.lock:
+            if not self._photo_chunks:
+                return None
+            if len(self._photo_chunks) > 1:
+                self._photo_chunks = [np.concatenate(self._photo_chunks)]
+            return self._photo_chunks[0]
 
     def retrieve(self, hashtag: int, user: str | None, k: int = 10,
                  ) -> list[tuple[str, float]]:
@@ -124,6 +149,10 @@ class UserHashtagLookup:
         the scores leave out the user's lift, the same for every photo."""
         if not 0 <= hashtag < len(self.vocabulary):
             raise ValueError(f"hashtag id must lie in [0, {len(self.vocabulary)})")
+        with self.lock:
+            return self._retrieve(hashtag, user, k)
+
+    def _retrieve(self, hashtag: int, user: str | None, k: int) -> list[tuple[str, float]]:
         if self.photo_index is None:
             return []
         query = np.einsum("e,edf,d->f", self.user_vector(user), self.core,
@@ -199,6 +228,11 @@ class UserHashtagLookup:
               agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, hashtag ids), best first: FAISS, then the threshold check of the
         module docstring."""
+        with self.lock:  # one consistent state of each user's rows
+            return self._top_k(features, users, k, agnostic)
+
+    def _top_k(self, features: np.ndarray, users: Sequence[str | None], k: int,
+               agnostic: bool) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self.vocabulary))
         queries = self.queries(features, users, agnostic)
         normalisers = self._photo_normalisers(features)
@@ -240,52 +274,108 @@ class UserHashtagLookup:
                 + self.effects.gamma * self.effects.photo.log_probabilities(features)
         return scores
 
+    @property
+    def tensor_active(self) -> bool:
+        """Whether the three-way term contributes: False when early stopping kept epoch 0
+        (the core W is zero), and then a user's embedding cannot move any score."""
+        return bool(np.any(self.core))
+
     def update(self, user: str, features: np.ndarray, accepted: Sequence[int],
-               steps: int = 30, learning_rate: float = 0.05) -> None:
-        """Learn from one post: this user's embedding, counts and expected uses change,
-        nothing else."""
+               steps: int = 30, learning_rate: float = 0.05) -> bool:
+        """Learn from one post: this user's counts and expected uses grow (hence their lift)
+        and, when the three-way term is active, their embedding takes ``steps`` Adam steps
+        on the softmax likelihood of the accepted hashtags; nothing else changes. Returns
+        whether the embedding moved. Safe beside concurrent readers: the new state is
+        computed first, then published under ``lock``."""
         if not accepted:
             raise ValueError("an update needs at least one accepted hashtag")
         if any(not 0 <= i < len(self.vocabulary) for i in accepted):
             raise ValueError(f"hashtag ids must lie in [0, {len(self.vocabulary)})")
         accepted = sorted(set(accepted))
-        if user not in self.user_index:
-            self.user_index[user] = len(self.user_ids)
-            self.user_ids.append(user)
-            self.user_vectors = np.vstack([self.user_vectors, self.mean_user])
-            self.post_counts = np.append(self.post_counts, 0.0)
-            self.hashtag_counts = np.vstack([self.hashtag_counts,
-                                             np.zeros(len(self.vocabulary))])
-            if self.effects is not None:
-                self.effects.expected = np.vstack([self.effects.expected,
-                                                   np.zeros(len(self.vocabulary))])
-        row = self.user_index[user]
-        vector = torch.tensor(self.user_vectors[row], requires_grad=True)
-        optimizer = torch.optim.Adam([vector], lr=learning_rate)
-        with torch.no_grad():
-            photo = self.model.photo(standardized(self.model, np.atleast_2d(features)))
-            hashtag_vectors = self.model.hashtags.weight
-            # q = W^(u) f is linear in u: q = u · A with A_r = W_r f, computed once.
-            per_coordinate = torch.einsum("edf,f->ed", self.model.core, photo[0])
-        target = torch.tensor(accepted)
-        # The main effects are the embedding's offset, taken before this post counts.
-        offset = np.zeros(len(self.vocabulary))
+        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        row = self.user_index.get(user)  # one writer at a time: read without the lock
+        vector = (self.user_vectors[row] if row is not None else self.mean_user)
+        photo_log_probabilities = np.zeros(len(self.vocabulary))
         if self.effects is not None:
             photo_log_probabilities = self.effects.photo.log_probabilities(features)[0]
-            offset = self.effects.beta * self.log_lift(user) \
-                + self.effects.gamma * photo_log_probabilities
-        offset = torch.from_numpy(offset).float()
-        for _ in range(steps):
-            optimizer.zero_grad()
-            logits = hashtag_vectors @ (vector @ per_coordinate) + offset
-            loss = -torch.log_softmax(logits, dim=0)[target].mean()
-            loss.backward()
-            optimizer.step()
-        self.user_vectors[row] = vector.detach().numpy()
-        self.post_counts[row] += 1
-        self.hashtag_counts[row, accepted] += 1
+        moved = self.tensor_active
+        if moved:
+            # The main effects are the embedding's offset, taken before this post counts.
+            offset = np.zeros(len(self.vocabulary))
+            if self.effects is not None:
+                offset = self.effects.beta * self.log_lift(user) \
+                    + self.effects.gamma * photo_log_probabilities
+            # q = W^(u) f is linear in u: q = u · A with A_r = W_r f, computed once.
+            per_coordinate = (self.core @ self.photo_vectors(features)[0]).astype(np.float64)
+            vector = _softmax_adam(vector, per_coordinate, self.hashtag_vectors, offset,
+                                   accepted, steps, learning_rate)
+        with self.lock:
+            if row is None:
+                row = self._add_user(user)
+            self.user_vectors[row] = vector
+            self.post_counts[row] += 1
+            self.hashtag_counts[row, accepted] += 1
+            if self.effects is not None:
+                self.effects.expected[row] += len(accepted) * np.exp(photo_log_probabilities)
+        return moved
+
+    def _add_user(self, user: str) -> int:
+        """A new user's rows (ū, no posts); call with ``lock`` held."""
+        row = len(self.user_ids)
+        self.user_vectors = np.vstack([self.user_vectors, self.mean_user])
+        self.post_counts = np.append(self.post_counts, 0.0)
+        self.hashtag_counts = np.vstack([self.hashtag_counts, np.zeros(len(self.vocabulary))])
         if self.effects is not None:
-            self.effects.expected[row] += len(accepted) * np.exp(photo_log_probabilities)
+            self.effects.expected = np.vstack([self.effects.expected,
+                                               np.zeros(len(self.vocabulary))])
+        # Published last: a reader that finds the user finds every row.
+        self.user_ids.append(user)
+        self.user_index[user] = row
+        return row
+
+    # --- profiles: what online updates change, for snapshots of the serving state -------
+    def profiles(self) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        """(arrays, lists) of everything ``update`` and ``add_photos`` changed since the
+        trained model: every user's rows and the photos added after training. A copy,
+        taken under ``lock``."""
+        with self.lock:
+            arrays = {"user_vectors": self.user_vectors.copy(),
+                      "post_counts": self.post_counts.copy(),
+                      "hashtag_counts": self.hashtag_counts.copy()}
+            if self.effects is not None:
+                arrays["expected_uses"] = self.effects.expected.copy()
+            added = slice(self.trained_photos, None)
+            arrays["added_photo_features"] = (
+                self.photo_features[added].copy() if self.photo_features is not None
+                else np.zeros((0, self.projection.shape[0]), np.float32))
+            lists = {"users": list(self.user_ids), "added_photo_ids": self.photo_ids[added]}
+        return arrays, lists
+
+    def restore_profiles(self, arrays: dict[str, np.ndarray],
+                         lists: dict[str, list[str]]) -> None:
+        """Puts back what ``profiles`` returned (on this lookup's trained model)."""
+        users = lists["users"]
+        if users[:len(self.user_ids)] != self.user_ids or len(self.photo_ids) \
+                != self.trained_photos:
+            raise ValueError("profiles belong to another model: its users or photos differ")
+        n, vocabulary = len(users), len(self.vocabulary)
+        shapes = {"user_vectors": (n, self.user_vectors.shape[1]), "post_counts": (n,),
+                  "hashtag_counts": (n, vocabulary)}
+        if self.effects is not None:
+            shapes["expected_uses"] = (n, vocabulary)
+        for name, shape in shapes.items():
+            if arrays[name].shape != shape:
+                raise ValueError(f"profile array {name} is {arrays[name].shape}, not {shape}")
+        with self.lock:
+            self.user_vectors = arrays["user_vectors"].astype(np.float32)
+            self.post_counts = arrays["post_counts"].astype(np.float64)
+            self.hashtag_counts = arrays["hashtag_counts"].astype(np.float64)
+            if self.effects is not None:
+                self.effects.expected = arrays["expected_uses"].astype(np.float64)
+            self.user_ids = list(users)
+            self.user_index = {user: row for row, user in enumerate(users)}
+        if lists["added_photo_ids"]:
+            self.add_photos(lists["added_photo_ids"], arrays["added_photo_features"])
 
     # --- persistence: shared/artifacts.py (plain arrays, checksummed manifest) -----------
     def save(self, directory: Path) -> Path:
@@ -336,4 +426,29 @@ class UserHashtagLookup:
         photo_ids = reader.json("photo_ids") if "photo_ids.json" in manifest["files"] else []
         if photo_ids:
             lookup.add_photos(photo_ids, reader.array("photo_features"))
+        lookup.trained_photos = len(lookup.photo_ids)
         return lookup
+
+
+def _softmax_adam(vector: np.ndarray, per_coordinate: np.ndarray, hashtags: np.ndarray,
+                  offset: np.ndarray, targets: Sequence[int], steps: int,
+                  learning_rate: float, betas: tuple[float, float] = (0.9, 0.999),
+                  eps: float = 1e-8) -> np.ndarray:
+    """Adam (as torch.optim.Adam) on u for L(u) = −mean_{t ∈ targets} log softmax(H (u A) +
+    offset)_t, with its closed-form gradient ∇_u L = A Hᵀ (softmax − y), y = 1/|T| on the
+    targets. Only u moves: the hashtag embeddings and the core stay as trained."""
+    u = np.asarray(vector, dtype=np.float64).copy()
+    hashtags = np.asarray(hashtags, dtype=np.float64)
+    target = np.zeros(len(hashtags))
+    target[list(targets)] = 1.0 / len(targets)
+    first, second = np.zeros_like(u), np.zeros_like(u)
+    for step in range(1, steps + 1):
+        logits = hashtags @ (u @ per_coordinate) + offset
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        gradient = per_coordinate @ (hashtags.T @ (probabilities - target))
+        first = betas[0] * first + (1 - betas[0]) * gradient
+        second = betas[1] * second + (1 - betas[1]) * gradient ** 2
+        corrected = np.sqrt(second / (1 - betas[1] ** step)) + eps
+        u -= learning_rate * (first / (1 - betas[0] ** step)) / corrected
+    return u.astype(np.float32)

@@ -1,13 +1,16 @@
 """UserProfileService over gRPC: transport only; the math is in services/user/lookup.py.
 
-Every call on the lookup runs in one worker thread, in arrival order: Score reads and
-Update writes never interleave, and the event loop stays free for health checks.
-Updates are journaled (fsync) before they are applied (services/user/journal.py).
+Updates run on one writer thread, in arrival order: each is journaled (fsync) before it
+is applied (services/user/journal.py), and every HASHREC_USER_SNAPSHOT_EVERY updates (and
+at shutdown) the profiles are snapshotted and the journal emptied, so a start replays at
+most that many. Score and Retrieve run on reader threads of their own: a burst of
+Feedback never queues a Score behind it (the lookup publishes each update under a lock).
 
 Config from the environment: HASHREC_USER_HOST (127.0.0.1), HASHREC_USER_PORT (50054),
 HASHREC_USER_METRICS_PORT (9104),
 HASHREC_USER_MODEL_DIR (from services/user/train.py, or a folder of them: the newest),
-HASHREC_USER_STATE (where the update journal lives; default beside the model).
+HASHREC_USER_STATE (where the update journal lives; default beside the model),
+HASHREC_USER_SNAPSHOT_EVERY (1000).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import grpc
 import numpy as np
 from hashrec.v1 import user_pb2, user_pb2_grpc
 
-from services.user.journal import UpdateJournal
+from services.user.journal import JournalError, UpdateJournal
 from services.user.lookup import KIND, UserHashtagLookup
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
@@ -38,24 +41,43 @@ DEFAULT_PORT, DEFAULT_METRICS_PORT = "50054", "9104"
 MAX_SCORE_K = 1000
 MAX_RETRIEVE_K = 100
 MAX_USER_ID = 256
+SNAPSHOT_EVERY = 1000
 T = TypeVar("T")
 
 
 class UserServicer:
     def __init__(self, lookup: UserHashtagLookup, journal: UpdateJournal,
-                 model_version: str) -> None:
+                 model_version: str, snapshot_every: int = SNAPSHOT_EVERY) -> None:
         self.lookup, self.journal, self.model_version = lookup, journal, model_version
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="user-lookup")
+        self.snapshot_every = snapshot_every
+        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="user-read")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="user-write")
 
-    async def _run(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.worker, work)
+    async def _read(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.readers, work)
+
+    async def _write(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.writer, work)
+
+    def close(self) -> None:
+        """After the drain: the last updates into a snapshot, so the next start is quick."""
+        self.readers.shutdown(wait=True)
+        self.writer.submit(self._snapshot_if_new).result()
+        self.writer.shutdown(wait=True)
+
+    def _snapshot_if_new(self) -> None:
+        if self.journal.since_snapshot:
+            try:
+                self.journal.snapshot(self.lookup)
+            except OSError as error:  # the journal still holds every update
+                log.error("user: snapshot failed, the journal keeps the updates: %s", error)
 
     async def Score(self, request: user_pb2.UserScoreRequest,  # noqa: N802
                     context: grpc.aio.ServicerContext) -> user_pb2.UserScoreResponse:
         k = await k_or_abort(request.k, MAX_SCORE_K, context)
         photo = await photo_or_abort(request.photo, context)
         user = request.user_id or None
-        scores, ids = await self._run(lambda: self.lookup.top_k(photo.features, [user], k))
+        scores, ids = await self._read(lambda: self.lookup.top_k(photo.features, [user], k))
         relative = np.exp(scores[0] - scores[0, 0]).tolist()
         vocabulary = self.lookup.vocabulary
         return user_pb2.UserScoreResponse(
@@ -87,16 +109,24 @@ class UserServicer:
                                 "no usable hashtag: " + ("; ".join(ignored) or "none given"))
         features = photo.features[0]
 
-        def learn() -> int:
+        def learn() -> tuple[int, bool]:
             self.journal.append(request.user_id, accepted, features, request.photo_id)
-            self.lookup.update(request.user_id, features,
-                               [self.lookup.hashtag_rows[h] for h in accepted])
+            moved = self.lookup.update(request.user_id, features,
+                                       [self.lookup.hashtag_rows[h] for h in accepted])
             if request.photo_id:
                 self.lookup.add_photos([request.photo_id], features[None, :])
-            return int(self.lookup.post_counts[self.lookup.user_index[request.user_id]])
+            if self.journal.since_snapshot >= self.snapshot_every:
+                self._snapshot_if_new()
+            return int(self.lookup.post_counts[self.lookup.user_index[request.user_id]]), moved
 
-        posts = await self._run(learn)
-        return user_pb2.UserUpdateResponse(accepted=accepted, ignored=ignored, posts=posts)
+        try:
+            posts, moved = await self._write(learn)
+        except JournalError as error:
+            log.error("user: update not recorded: %s", error)
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the update was not recorded (nothing was learned): {error}")
+        return user_pb2.UserUpdateResponse(accepted=accepted, ignored=ignored, posts=posts,
+                                           embedding_updated=moved)
 
     async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:
@@ -108,7 +138,7 @@ class UserServicer:
         if hashtag not in self.lookup.hashtag_rows:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"hashtag {hashtag!r} is not in the vocabulary")
-        found = await self._run(lambda: self.lookup.retrieve(
+        found = await self._read(lambda: self.lookup.retrieve(
             self.lookup.hashtag_rows[hashtag], request.user_id or None, k))
         return user_pb2.RetrieveResponse(
             photos=[user_pb2.RetrievedPhoto(photo_id=p, score=s) for p, s in found],
@@ -117,28 +147,31 @@ class UserServicer:
 
 def load_with_journal(model_dir: Path, state_dir: Path | None,
                       ) -> tuple[UserHashtagLookup, UpdateJournal]:
-    """The verified trained model with every journaled update replayed onto it."""
+    """The verified trained model with its newest profile snapshot and every later
+    journaled update on it."""
     lookup = UserHashtagLookup.load(model_dir)
-    journal = UpdateJournal((state_dir or model_dir.parent / "state") / model_dir.name
-                            / "updates.jsonl")
-    journal.replay(lookup)
+    journal = UpdateJournal((state_dir or model_dir.parent / "state") / model_dir.name)
+    journal.recover(lookup)
     return lookup, journal
 
 
 async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = None,
-                metrics_port: int | None = None) -> GrpcServer:
+                metrics_port: int | None = None,
+                snapshot_every: int = SNAPSHOT_EVERY) -> GrpcServer:
     """Starts NOT_SERVING, loads and verifies the model, replays the journal, SERVING."""
     server, late = await start_loading(
         SERVICE_NAME, user_pb2_grpc.add_UserProfileServiceServicer_to_server, "user model",
         host, port, metrics_port)
     lookup, journal = await asyncio.get_running_loop().run_in_executor(
         None, load_with_journal, model_dir, state_dir)
-    servicer = UserServicer(lookup, journal, model_dir.name)
-    server.on_stop(lambda: servicer.worker.shutdown(wait=True))
-    late.target = servicer
+    servicer = UserServicer(lookup, journal, model_dir.name, snapshot_every)
+    server.on_stop(servicer.close)
+    late.target = server.servicer = servicer
     await server.set_serving(True)
-    log.info("user: model %s, %d users, %d hashtags, %d photos", model_dir.name,
-             len(lookup.user_ids), len(lookup.vocabulary), len(lookup.photo_ids))
+    log.info("user: model %s, %d users, %d hashtags, %d photos; the three-way term is %s",
+             model_dir.name, len(lookup.user_ids), len(lookup.vocabulary),
+             len(lookup.photo_ids), "active" if lookup.tensor_active else
+             "zero (serving the main effects; updates move counts and lifts only)")
     return server
 
 
@@ -150,7 +183,8 @@ async def _main() -> None:
                          resolve_artifact(Path(os.environ["HASHREC_USER_MODEL_DIR"]), KIND),
                          Path(state) if state else None,
                          int(os.environ.get("HASHREC_USER_METRICS_PORT",
-                                        DEFAULT_METRICS_PORT)))
+                                            DEFAULT_METRICS_PORT)),
+                         int(os.environ.get("HASHREC_USER_SNAPSHOT_EVERY", SNAPSHOT_EVERY)))
     server.stop_on_signals()
     await server.wait()
 

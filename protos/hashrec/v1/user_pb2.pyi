@@ -50,14 +50,16 @@ class UserUpdateRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., photo: _Optional[_Union[_photo_pb2.PhotoDescription, _Mapping]] = ..., hashtags: _Optional[_Iterable[str]] = ..., photo_id: _Optional[str] = ...) -> None: ...
 
 class UserUpdateResponse(_message.Message):
-    __slots__ = ("accepted", "ignored", "posts")
+    __slots__ = ("accepted", "ignored", "posts", "embedding_updated")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     IGNORED_FIELD_NUMBER: _ClassVar[int]
     POSTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_UPDATED_FIELD_NUMBER: _ClassVar[int]
     accepted: _containers.RepeatedScalarFieldContainer[str]
     ignored: _containers.RepeatedScalarFieldContainer[str]
     posts: int
-    def __init__(self, accepted: _Optional[_Iterable[str]] = ..., ignored: _Optional[_Iterable[str]] = ..., posts: _Optional[int] = ...) -> None: ...
+    embedding_updated: bool
+    def __init__(self, accepted: _Optional[_Iterable[str]] = ..., ignored: _Optional[_Iterable[str]] = ..., posts: _Optional[int] = ..., embedding_updated: _Optional[bool] = ...) -> None: ...
 
 class RetrieveRequest(_message.Message):
     __slots__ = ("hashtag", "user_id", "k")

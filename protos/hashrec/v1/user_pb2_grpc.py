@@ -69,9 +69,11 @@ class UserProfileServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Update(self, request, context):
-        """Learns from one post: the user's embedding and hashtag counts move, nobody else's.
+        """Learns from one post: the user's hashtag counts and lift (and, when the three-way
+        term is active, their embedding) move, nobody else's. Durable before it answers.
         Hashtags are normalised; those outside the vocabulary are returned as ignored.
-        INVALID_ARGUMENT for an empty user id or when no hashtag is usable.
+        INVALID_ARGUMENT for an empty user id or when no hashtag is usable; UNAVAILABLE when
+        the update could not be recorded (nothing was learned).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
