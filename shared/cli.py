@@ -243,10 +243,18 @@ def _user(args: argparse.Namespace) -> int:
     report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
               "vocab": result.vocab, "results": result.results, "retrieval": result.retrieval,
-              "habit_x_photo": result.habit_x_photo, "lift_x_photo": result.lift_x_photo}
+              "habit_x_photo": result.habit_x_photo, "lift_x_photo": result.lift_x_photo,
+              "by_photo": result.by_photo}
     if args.task == "user":
         _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
                      f"{result.n_train} train / {result.n_test} test posts", result.results)
+        for part in ("seen", "unseen"):
+            if "results" in result.by_photo[part] and result.by_photo["seen"]["posts"]:
+                _print_table(f"the {result.by_photo[part]['posts']} test posts whose photo "
+                             f"was {'' if part == 'seen' else 'not '}a training photo",
+                             result.by_photo[part]["results"])
+        print(f"test posts with a photo seen in training: {result.by_photo['seen']['posts']}"
+              f" of {result.n_test}")
         print("habit_x_photo: β log P_user(h) + γ log P_mcll(h | photo) / P(h), fit on "
               f"out-of-fold training posts: β {result.habit_x_photo['beta']}, "
               f"γ {result.habit_x_photo['gamma']}")

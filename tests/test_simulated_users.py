@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from shared.data.simulated_users import (
+    HELD_OUT_PHOTOS,
     SIGNATURE_PROBABILITY,
     TRANSLATIONS,
     drop_spammers,
+    image_digest,
+    photo_pools,
     simulate,
     source_posts,
     split_by_user_time,
@@ -87,3 +90,19 @@ def test_personal_meanings_add_each_users_hashtag_to_its_topic_only(sources: lis
     fitting = sum(tied == p.labels[0] for p in meant for tied in users[p.user].meanings.values()
                   if not users[p.user].spammer)
     assert 0.4 < added / fitting < 0.6  # probability 0.5 where the topic fits
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_no_test_post_shows_a_training_photo(sources: list, seed: int) -> None:
+    train, test = split_by_user_time(drop_spammers(simulate(sources, 300, seed=seed)))
+    seen = {image_digest(post.image) for post in train}
+    assert len(test) > 300 and not [p for p in test if image_digest(p.image) in seen]
+
+
+def test_photo_pools_split_by_content(sources: list) -> None:
+    train, held_out = photo_pools(sources, seed=0)
+    train_photos = {image_digest(p.image) for posts in train.values() for p in posts}
+    held_photos = {image_digest(p.image) for posts in held_out.values() for p in posts}
+    assert not train_photos & held_photos
+    share = len(held_photos) / len(train_photos | held_photos)
+    assert share == pytest.approx(HELD_OUT_PHOTOS, abs=0.02)

@@ -321,3 +321,129 @@ def test_mcll_scores_each_training_post_with_a_model_that_never_saw_it() -> None
     held_out = (out_of_fold.argmax(axis=1) == truth).mean()
     memorised = (model.log_probabilities(features).argmax(axis=1) == truth).mean()
     assert held_out < 0.3 < memorised - held_out  # chance is 0.1
+
+
+# --- the evaluation's numbers, on a population whose answers are known ---------------------
+
+KINDS = ("beach", "pasta", "dog", "car", "tree")
+
+
+def planted_posts(n_users: int = 24, posts_per_user: int = 30, seed: int = 0,
+                  ) -> tuple[list, dict[str, np.ndarray]]:
+    """Five kinds of photo (well-separated feature clusters); each user prefers one kind
+    and writes every kind in one of two dialects ("beach0" or "beach1", as rule 5's
+    languages). The photo decides the kind, the user the dialect: only a model of both
+    ranks the one true hashtag first nearly always."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.data.readers import Post
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(KINDS), 32)) * 4
+    posts, features = [], {}
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for user in range(n_users):
+        for index in range(posts_per_user):
+            kind = user % len(KINDS) if rng.random() < 0.5 else int(rng.integers(len(KINDS)))
+            post_id = f"u{user}-{index:02d}"
+            posts.append(Post(id=post_id, image=None, hashtags=(f"{KINDS[kind]}{user % 2}",),
+                              user=f"u{user}", time=start + timedelta(hours=index)))
+            features[post_id] = (centres[kind] + rng.normal(size=32)).astype(np.float32)
+    return posts, features
+
+
+@pytest.fixture(scope="module")
+def planted_result():
+    from shared.data.simulated_users import split_by_user_time
+    from shared.eval.user import run_user
+
+    posts, features = planted_posts()
+    train, test = split_by_user_time(posts)
+    params = TensorParams(hashtag_dim=8, photo_dim=8, user_dim=4, epochs=4)
+    return run_user(train, test, features, params, min_count=1, progress=False), \
+        (train, test, features)
+
+
+def test_user_evaluation_finds_what_was_planted(planted_result) -> None:
+    result, _ = planted_result
+    table = result.results
+    # The photo alone knows the kind, the user alone the dialect (and favourite kind).
+    alone = max(table["mcll"]["A@1"], table["user_frequency"]["A@1"])
+    assert alone > table["global_frequency"]["A@1"] + 20
+    for method in ("tensor", "lift_x_photo", "habit_x_photo"):  # photo and user together
+        assert table[method]["A@1"] > alone + 15, method  # measured +21 to +24
+    assert result.by_photo["seen"]["posts"] == 0
+    assert result.by_photo["unseen"]["posts"] == result.n_test
+
+
+def test_the_tensor_row_is_the_served_lookups_ranking_of_the_test_posts(planted_result,
+                                                                        ) -> None:
+    from shared.eval.user import accuracies, prepare_user_task
+
+    result, (train, test, features) = planted_result
+    task = prepare_user_task(train, test, features, min_count=1)
+    scores = result.lookup.scores(task.x_test, task.test_users)
+    assert result.results["tensor"] == accuracies(scores, task.truth)
+    without_tensor = result.lookup.scores(task.x_test, task.test_users, tensor=False)
+    assert result.results["lift_x_photo"] == accuracies(without_tensor, task.truth)
+
+
+def test_retrieval_precision_by_hand() -> None:
+    from shared.eval.user import retrieval_precision
+
+    # hashtag 0 ranks photos 0, 2 first: one relevant of two; hashtag 1 ranks 1, 2: both.
+    scores = np.array([[0.9, 0.1], [0.1, 0.9], [0.8, 0.8], [0.2, 0.3]])
+    truth = [frozenset({0}), frozenset({1}), frozenset({1}), frozenset()]
+    assert retrieval_precision(scores, truth, k=2) == pytest.approx(75.0)
+
+
+def test_user_frequency_counts_the_users_posts_and_strangers_get_everyones() -> None:
+    from shared.data.readers import Post
+    from shared.eval.user import prepare_user_task, user_frequency_scores
+
+    train = [Post(id="1", image=None, hashtags=("a", "b"), user="ann"),
+             Post(id="2", image=None, hashtags=("b",), user="ann"),
+             Post(id="3", image=None, hashtags=("c",), user="bob"),
+             Post(id="4", image=None, hashtags=("c",), user="bob"),
+             Post(id="5", image=None, hashtags=("c",), user="bob")]
+    test = [Post(id="6", image=None, hashtags=("a",), user="ann"),
+            Post(id="7", image=None, hashtags=("a",), user="zed")]
+    features = {p.id: np.zeros(2, np.float32) for p in (*train, *test)}
+    task = prepare_user_task(train, test, features, min_count=1)
+    scores = user_frequency_scores(task)
+    column = {term: task.vocab.terms.index(term) for term in "abc"}
+    ann, stranger = scores
+    assert ann[column["b"]] > ann[column["a"]] > ann[column["c"]]  # 2, 1, 0 (+ tie-break)
+    assert ann[column["a"]] == pytest.approx(1.0, abs=0.1)
+    assert [stranger[column[t]] for t in "abc"] == [1.0, 2.0, 3.0]
+
+
+def test_main_effects_weigh_a_habit_and_a_photo_that_both_inform() -> None:
+    from services.user.effects import mean_log_likelihood
+    from shared.eval.user import prepare_user_task
+
+    posts, features = planted_posts(seed=1)
+    task = prepare_user_task(posts, [], features, min_count=1)
+    effects, held = task.main_effects()
+    assert effects.beta > 0.3 and effects.gamma > 0.3
+    both = mean_log_likelihood(effects.beta * held.lift + effects.gamma * held.out_of_fold,
+                               task.fit_ids)
+    for alone in (effects.beta * held.lift, effects.gamma * held.out_of_fold):
+        assert both > mean_log_likelihood(alone, task.fit_ids) + 0.1
+    # The habit lift of a user's dialect is above 1; of the other dialect, far below.
+    ann = task.user_row["u0"]
+    lift = effects.log_lift(task.counts[ann], effects.expected[ann])
+    assert lift[task.vocab.terms.index("beach0")] > np.log(1.5)
+    assert lift[task.vocab.terms.index("beach1")] < np.log(1 / 3)
+
+
+def test_out_of_fold_photo_scores_come_from_a_model_that_never_saw_the_photo() -> None:
+    from services.user.effects import out_of_fold_photo_model
+
+    rng = np.random.default_rng(2)
+    photos = rng.normal(size=(150, 16)).astype(np.float32)
+    features = np.repeat(photos, 2, axis=0)  # every photo posted twice, one after the other
+    hashtags = [[int(i)] for i in rng.integers(0, 10, 300)]
+    out_of_fold, _ = out_of_fold_photo_model(features, hashtags, 10)
+    # Both posts of a photo are scored by the one model that saw neither.
+    np.testing.assert_array_equal(out_of_fold[0::2], out_of_fold[1::2])

@@ -110,13 +110,22 @@ def log_normalisers(logits: np.ndarray) -> np.ndarray:
     return (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
+def photo_groups(features: np.ndarray) -> np.ndarray:
+    """One id per distinct photo: rows with identical features (the same image content,
+    however often it was posted) share an id."""
+    _, groups = np.unique(np.ascontiguousarray(features), axis=0, return_inverse=True)
+    return groups.reshape(-1)
+
+
 def out_of_fold_photo_model(features: np.ndarray, hashtags: Sequence[Sequence[int]],
                             n_hashtags: int, folds: int = 5, seed: int = 0,
                             ) -> tuple[np.ndarray, PhotoModel]:
-    """(log P(h | x_j) of every training post by a model that never saw it, as a test post
-    would be scored; the photo model on every post)."""
+    """(log P(h | x_j) of every training post by a model that never saw its photo, as a
+    test post would be scored; the photo model on every post). Folds are drawn by photo,
+    not by post: a photo posted twice would otherwise be scored by a model trained on it."""
     out_of_fold = np.zeros((len(features), n_hashtags), dtype=np.float32)
-    fold = np.arange(len(features)) % folds
+    groups = photo_groups(features)
+    fold = np.random.default_rng([seed, 5]).permutation(groups.max() + 1)[groups] % folds
     for k in range(folds):
         rows = np.flatnonzero(fold != k)
         model = PhotoModel.fit(features[rows], [hashtags[i] for i in rows], n_hashtags, seed)

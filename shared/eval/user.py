@@ -27,6 +27,7 @@ import torch
 from services.user.effects import (
     HeldOutEffects,
     MainEffects,
+    expected_uses,
     fit_expert_weights,
     fit_main_effects,
     multiclass_log_loss,
@@ -93,6 +94,9 @@ class UserResult:
     habit_x_photo: dict[str, float]
     #: a, β and γ of the main effects (lift_x_photo), fit on out-of-fold training posts
     lift_x_photo: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: "seen" / "unseen": the test posts whose photo is / is not a training photo, their
+    #: count and (when any) the table over them
+    by_photo: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
 
 
 def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
@@ -143,55 +147,91 @@ class UserTask:
     _main_effects: dict[int, tuple[MainEffects, HeldOutEffects]] = dataclasses.field(
         default_factory=dict, repr=False)
 
-    def main_effects(self, seed: int = 0) -> tuple[MainEffects, HeldOutEffects]:
-        """The main effects fit on every training post (effects.py), computed once."""
-        if seed not in self._main_effects:
-            self._main_effects[seed] = fit_main_effects(
-                self.x_train, self.train_ids, self.rows_train, self.counts,
-                self.leave_one_out_counts, seed)
-        return self._main_effects[seed]
+    @functools.cached_property
+    def validation_rows(self) -> np.ndarray:
+        """Each user's last training post (users with two or more): the tensor's early
+        stopping scores these, so no fit ever sees them."""
+        last = {row: i for i, row in enumerate(self.rows_train)}
+        posts = np.bincount(self.rows_train, minlength=len(self.users))
+        return np.array(sorted(i for row, i in last.items() if posts[row] >= 2), np.int64)
+
+    @functools.cached_property
+    def fit_rows(self) -> np.ndarray:
+        """The training posts every model is fit on: all but ``validation_rows``."""
+        return np.setdiff1d(np.arange(len(self.rows_train)), self.validation_rows)
+
+    @property
+    def fit_ids(self) -> list[list[int]]:
+        return [self.train_ids[i] for i in self.fit_rows]
+
+    @functools.cached_property
+    def fit_counts(self) -> np.ndarray:
+        """users × hashtags, counted over the fit posts."""
+        return _counts(self.fit_ids, self.rows_train[self.fit_rows], self.counts.shape)
 
     @functools.cached_property
     def leave_one_out_counts(self) -> np.ndarray:
-        """Each training post's user's counts without that post (posts × hashtags): what
+        """Each fit post's user's fit counts without that post (fit posts × hashtags): what
         the user's habit says of a post it never saw, as it would of a test post."""
-        own = _counts(self.train_ids, np.arange(len(self.train_ids)),
-                      (len(self.train_ids), len(self.vocab)))
-        return self.counts[self.rows_train] - own
+        fit = self.fit_rows
+        own = _counts(self.fit_ids, np.arange(len(fit)), (len(fit), len(self.vocab)))
+        return self.fit_counts[self.rows_train[fit]] - own
+
+    def main_effects(self, seed: int = 0) -> tuple[MainEffects, HeldOutEffects]:
+        """The main effects fit on the fit posts (effects.py; the expected uses count those
+        posts), and their held-out inputs for each fit post; computed once."""
+        if seed not in self._main_effects:
+            fit = self.fit_rows
+            self._main_effects[seed] = fit_main_effects(
+                self.x_train[fit], self.fit_ids, self.rows_train[fit], self.fit_counts,
+                self.leave_one_out_counts, seed)
+        return self._main_effects[seed]
+
+    def served_effects(self, seed: int = 0) -> MainEffects:
+        """The main effects with every training post's expected uses, for a lookup that
+        counts every training post: a validation post's by the photo model, which never
+        saw it."""
+        effects, _ = self.main_effects(seed)
+        validation = self.validation_rows
+        expected = effects.expected.copy()
+        np.add.at(expected, self.rows_train[validation], expected_uses(
+            effects.photo.log_probabilities(self.x_train[validation]),
+            [self.train_ids[i] for i in validation]))
+        return dataclasses.replace(effects, expected=expected)
 
     def train_lookup(self, params: TensorParams, progress: bool = True) -> UserHashtagLookup:
-        """Fits the main effects on every training post, then trains the tensor over them
-        with early stopping: each user's last training post (users with two or more) is
-        held out, and the epoch with the best A@1 + A@10 on those posts is kept (epoch 0:
-        the main effects alone). The lookup then counts every training post."""
+        """Fits the main effects on the fit posts, then trains the tensor over them with
+        early stopping on each user's last training post (``validation_rows``): the epoch
+        with the best A@1 + A@10 on those posts is kept (epoch 0: the main effects alone).
+        The lookup then counts every training post."""
         effects, held = self.main_effects(params.seed)
-        last = {row: i for i, row in enumerate(self.rows_train)}
-        held_out = sorted(i for row, i in last.items()
-                          if np.count_nonzero(self.rows_train == row) >= 2)
-        fit = np.setdiff1d(np.arange(len(self.rows_train)), held_out)
-        fit_ids = [self.train_ids[i] for i in fit]
-        fit_counts = _counts(fit_ids, self.rows_train[fit], self.counts.shape)
+        fit, held_out = self.fit_rows, self.validation_rows
         fit_posts = np.bincount(self.rows_train[fit], minlength=len(self.users))
         held_users = [self.users[self.rows_train[i]] for i in held_out]
         held_truth = [frozenset(self.train_ids[i]) for i in held_out]
-        base = effects.beta * held.lift[held_out] + effects.gamma * held.out_of_fold[held_out]
+        # A validation post is scored as a test post would be: its user's lift from the
+        # fit posts, its photo by the photo model (which never saw it).
+        held_lift = effects.log_lift(self.fit_counts[self.rows_train[held_out]],
+                                     effects.expected[self.rows_train[held_out]])
+        base = effects.beta * held_lift \
+            + effects.gamma * effects.photo.log_probabilities(self.x_train[held_out])
 
         def validate(model: TensorModel) -> float:
             lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
-                                       fit_counts)  # the tensor term alone
+                                       self.fit_counts)  # the tensor term alone
             tensor = lookup.scores(self.x_train[held_out], held_users)
             return sum(accuracies(tensor + base, held_truth).values())
 
-        offsets = Offsets.from_arrays(effects.beta * held.lift[fit],
-                                      effects.gamma * held.out_of_fold[fit],
+        offsets = Offsets.from_arrays(effects.beta * held.lift,
+                                      effects.gamma * held.out_of_fold,
                                       effects.beta * held.user_lift)
-        model = train_tensor(self.x_train[fit], Triplets.from_posts(fit_ids,
+        model = train_tensor(self.x_train[fit], Triplets.from_posts(self.fit_ids,
                                                                     self.rows_train[fit]),
                              len(self.vocab), len(self.users), params, progress,
-                             validate if held_out else None, offsets)
+                             validate if len(held_out) else None, offsets)
         post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
         return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
-                                 self.counts, effects)
+                                 self.counts, self.served_effects(params.seed))
 
 
 def _counts(hashtags: Sequence[Sequence[int]], rows: np.ndarray,
@@ -280,6 +320,7 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     results = {name: accuracies(method_scores, truth) for name, method_scores in scores.items()}
     for name, row in results.items():
         log.info("%s: %s", name, row)
+    by_photo = results_by_photo(scores, truth, seen_photos(x_train, x_test))
     retrieval = {name: {"P@10": round(retrieval_precision(scores[name], truth), 2)}
                  for name in ("agnostic", "mlp", "tensor")}
     post_counts = np.bincount(rows_train, minlength=len(users))
@@ -296,7 +337,30 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     return UserResult(len(users), len(x_train), len(x_test), len(vocab), results, retrieval,
                       lookup, example,
                       {"beta": round(combination[0], 3), "gamma": round(combination[1], 3)},
-                      lift_weights)
+                      lift_weights, by_photo)
+
+
+def seen_photos(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """For each test post, whether its photo (its exact features) is a training photo."""
+    known = {row.tobytes() for row in np.ascontiguousarray(train, dtype=np.float32)}
+    return np.array([row.tobytes() in known
+                     for row in np.ascontiguousarray(test, dtype=np.float32)], dtype=bool)
+
+
+def results_by_photo(scores: dict[str, np.ndarray], truth: Sequence[frozenset[int]],
+                     seen: np.ndarray) -> dict[str, dict[str, object]]:
+    """The table over test posts whose photo was seen in training, and over the rest:
+    a method that memorises photos shines on the first only."""
+    parts: dict[str, dict[str, object]] = {}
+    for name, mask in (("seen", seen), ("unseen", ~seen)):
+        rows = np.flatnonzero(mask)
+        parts[name] = {"posts": len(rows)}
+        if len(rows):
+            parts[name]["results"] = {method: accuracies(s[rows], [truth[i] for i in rows])
+                                      for method, s in scores.items()}
+    log.info("test posts: %d with a photo seen in training, %d with a new photo",
+             parts["seen"]["posts"], parts["unseen"]["posts"])
+    return parts
 
 
 #: m of habit_x_photo's user prior P̃_u(h) = (c_uh + m P(h)) / (n_u + m)
@@ -319,7 +383,7 @@ def habit_x_photo_scores(task: UserTask, out_of_fold: np.ndarray, test: np.ndarr
     share = (total + 1.0) / (total.sum() + len(total))
     log_share = np.log(share)
     train_prior = smoothed_log_prior(task.leave_one_out_counts, share)
-    beta, gamma = fit_expert_weights(train_prior, out_of_fold - log_share, task.train_ids)
+    beta, gamma = fit_expert_weights(train_prior, out_of_fold - log_share, task.fit_ids)
     test_prior = np.stack([smoothed_log_prior(task.counts[task.user_row[u]], share)
                            if u in task.user_row else log_share for u in task.test_users])
     return beta * test_prior + gamma * (test - log_share), (beta, gamma)
