@@ -15,7 +15,14 @@ from services.vision.store import FeatureStore
 from shared.cli import main
 from shared.data.normalize import Vocabulary, normalize_post_hashtags
 from shared.data.readers import read_posts
-from shared.eval.image2tag import METHODS, make_methods, photo_metrics, run_image2tag
+from shared.eval.image2tag import (
+    METHODS,
+    fit_fusion,
+    make_methods,
+    photo_metrics,
+    run_image2tag,
+    training_photos,
+)
 from shared.photos import PhotoSet
 
 
@@ -105,3 +112,21 @@ def test_cli_image2tag_writes_the_table_as_json(tmp_path: Path, data_dir: Path,
     assert report["task"] == "image2tag" and report["ignored"] == ["food", "yummy"]
     assert set(report["results"]) == {"frequency", "knn", "fusion"}
     assert report["n_train"] > 0 and report["n_test"] > 0 and report["vocab"] > 0
+
+
+def test_the_fusion_is_fit_on_training_photos_alone(data_dir: Path, store: FeatureStore,
+                                                    ) -> None:
+    """The reported fusion equals one fit on the training photos' out-of-fold scores, and
+    the test photos' hashtags cannot move it."""
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:200]
+    train, test = posts[:150], posts[150:]
+    settings = {"methods": ("frequency", "knn", "word"), "min_count": 2, "folds": 3}
+    result = run_image2tag(train, test, store, progress=False, **settings)
+    photos, vocab = training_photos(train, store, frozenset(), 2, 1000, progress=False)
+    alone = fit_fusion(photos, vocab.terms, settings["methods"], settings["folds"], seed=0)
+    assert result.fusion_weights == alone.weights and result.fusion_mode == alone.mode
+    assert sum(weight > 0 for weight in alone.weights.values()) >= 2  # a real fusion
+    # Give every test photo the hashtags of another: the fusion does not notice.
+    shuffled = [replace(p, hashtags=q.hashtags) for p, q in zip(test, test[::-1], strict=True)]
+    again = run_image2tag(train, shuffled, store, progress=False, **settings)
+    assert again.fusion_weights == result.fusion_weights

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -18,7 +19,7 @@ from services.vision.store import FeatureStore
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.grpc_server import CHANNEL_OPTIONS
-from shared.train import train_image_models
+from shared.train import load_image_models, train_image_models
 from tests.servers import LoopThread
 
 
@@ -57,8 +58,21 @@ def test_a_photo_gets_ranked_hashtags_with_their_signals(stack: dict, data_dir: 
     assert all(h.signals for h in reply.hashtags[:3])  # the top ones have support
     methods = {s.method for h in reply.hashtags for s in h.signals}
     assert {"knn", "mlp"} <= methods
-    assert "food" in [h.hashtag for h in reply.hashtags]
     assert len(_recommend(stack["channel"], photo).hashtags) == 10  # k = 0 means 10
+
+
+def test_a_new_photo_gets_its_own_hashtags_that_frequency_would_miss(stack: dict,
+                                                                    data_dir: Path) -> None:
+    """A coffee photo the models never saw: its top 8 holds at least two of its poster's
+    hashtags that global frequency's top 8 lacks ("food" alone would pass a prior)."""
+    post = next(p for p in normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))
+                if p.image.name == "0000508.jpg")
+    models = load_image_models(stack["model_dir"])
+    prior = models.methods["frequency"].prior
+    frequency_top = {models.vocabulary[i] for i in np.argsort(-prior)[:8]}
+    reply = _recommend(stack["channel"], post.image.read_bytes(), k=8)
+    gained = {h.hashtag for h in reply.hashtags} & set(post.hashtags) - frequency_top
+    assert len(gained) >= 2, (gained, [h.hashtag for h in reply.hashtags])
 
 
 @pytest.mark.parametrize(("image", "k", "message"), [

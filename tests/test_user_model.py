@@ -118,11 +118,17 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
     target = 7
     before_counts = lookup.hashtag_counts[0, target]
     before_uses = lookup.expected_uses[0].copy()
+    tensor_before = lookup.scores(features[:1], ["ann"], effects=False)[0]
     for _ in range(3):
         lookup.update("ann", features[0], [target])
     after = {u: lookup.scores(features, [u] * 4) for u in ("ann", "bob", "cy", None)}
     rank = lambda s: int((s[0] > s[0, target]).sum())  # noqa: E731
     assert rank(after["ann"]) < rank(before["ann"])
+    # The embedding moved too, not only the counts: the three-way term alone now ranks
+    # the chosen hashtag higher against the rest.
+    tensor_after = lookup.scores(features[:1], ["ann"], effects=False)[0]
+    assert (tensor_after[target] - tensor_after.mean()
+            > tensor_before[target] - tensor_before.mean() + 0.5)
     assert lookup.post_counts[0] == 4 and lookup.hashtag_counts[0, target] == \
         before_counts + 3
     photo = np.exp(lookup.effects.photo.log_probabilities(features[:1])[0])
