@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from shared.config import DATA_ROOT_ENV, setup_logging
@@ -67,7 +68,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     embedding.add_argument("--dim", type=int, default=256)
     embedding.add_argument("--walks-per-node", type=int, default=10)
     embedding.add_argument("--walk-length", type=int, default=80)
-    embedding.add_argument("--window", type=int, default=5)
+    embedding.add_argument("--window", default="5",
+                           help="DeepWalk's skip-gram window; several (5,10): the one with "
+                                "the best O-F1 on a validation split of the training images")
     embedding.add_argument("--negative", type=int, default=5)
     embedding.add_argument("--walk-epochs", type=int, default=1,
                            help="skip-gram passes over the walks (10 walks/node already "
@@ -111,7 +114,7 @@ def _print_table(title: str, results: dict[str, dict[str, float]],
 def _evaluate(args: argparse.Namespace) -> int:
     from services.graph.model import DeepWalkParams, SkipGramParams
     from services.word.model import Word2VecParams
-    from shared.eval.zhong import Example, ks_test, run_bidirectional
+    from shared.eval.zhong import Example, choose_window, ks_test, run_bidirectional
 
     if args.task in ("user", "retrieval"):
         return _user(args)
@@ -139,16 +142,29 @@ def _evaluate(args: argparse.Namespace) -> int:
             make = lambda p: Example(p.hashtags, p.labels or ())  # noqa: E731
         else:
             make = lambda p: Example(p.labels or (), p.hashtags)  # noqa: E731
+        try:
+            windows = [int(w) for w in args.window.split(",")]
+        except ValueError as error:
+            raise SystemExit(f"--window must be integers separated by commas, got "
+                             f"{args.window!r}") from error
         walks = DeepWalkParams(
             walks_per_node=args.walks_per_node, walk_length=args.walk_length, seed=args.seed,
-            skipgram=SkipGramParams(dim=args.dim, window=args.window, negative=args.negative,
+            skipgram=SkipGramParams(dim=args.dim, window=windows[0], negative=args.negative,
                                     epochs=args.walk_epochs, sample=args.sample,
                                     seed=args.seed, workers=args.workers))
         words = Word2VecParams(dim=args.dim, epochs=args.word_epochs, seed=args.seed,
                                workers=args.workers)
+        frequency_name = "label_frequency" if args.task == "h2l" else "hashtag_frequency"
+        train_examples = [make(p) for p in train]
+        if len(windows) > 1:
+            window, validation = choose_window(train_examples, windows, frequency_name,
+                                               words, walks, args.min_count or 5, args.seed)
+            print(f"skip-gram window {window}, by DeepWalk's O-F1 on a validation split of "
+                  f"the training images: {validation}")
+            report["window_choice"] = {"chosen": window, "validation_o_f1": validation}
+            walks = replace(walks, skipgram=replace(walks.skipgram, window=window))
         result = run_bidirectional(
-            [make(p) for p in train], [make(p) for p in test],
-            "label_frequency" if args.task == "h2l" else "hashtag_frequency", words, walks,
+            train_examples, [make(p) for p in test], frequency_name, words, walks,
             min_input_count=args.min_count or 5, seed=args.seed,
             methods=args.methods.split(","))
         report.update(n_train=result.n_train, n_test=result.n_test, results=result.results,

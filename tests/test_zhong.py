@@ -96,3 +96,31 @@ def test_cli_writes_the_h2l_table_as_json(tmp_path: Path, data_dir: Path, capsys
 def test_cli_says_when_a_data_set_has_no_labels(data_dir: Path, capsys) -> None:
     with pytest.raises(SystemExit, match="has no labels"):
         main(["evaluate", "h2l", "--train", f"food:{data_dir / 'food'}"])
+
+
+def test_the_skip_gram_window_is_chosen_without_the_test_images(tmp_path: Path,
+                                                                data_dir: Path) -> None:
+    """--window 2,5: chosen on a validation split of the training images, so two different
+    test sets leave the choice and its validation figures exactly as they were."""
+    rows = read_posts(f"dcmr:{data_dir / 'mirflickr25k'}")[:2400]
+    files = {}
+    for name, part in (("train", rows[:1600]), ("test_a", rows[1600:2000]),
+                       ("test_b", rows[2000:])):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps({"hashtags": list(p.hashtags),
+                                                   "labels": list(p.labels)}) + "\n"
+                                       for p in part))
+    reports = []
+    for test in ("test_a", "test_b"):
+        out = tmp_path / f"{test}.json"
+        assert main(["evaluate", "h2l", "--train", f"jsonl:{files['train']}", "--test",
+                     f"jsonl:{files[test]}", "--json", str(out), "--methods", "deepwalk",
+                     "--window", "2,5", "--dim", "32", "--walks-per-node", "2",
+                     "--walk-length", "10", "--min-count", "2",
+                     "--workers", "1"]) == 0  # one gensim thread: deterministic
+        reports.append(json.loads(out.read_text()))
+    choice = reports[0]["window_choice"]
+    assert choice == reports[1]["window_choice"]
+    scores = {int(w): s for w, s in choice["validation_o_f1"].items()}
+    assert set(scores) == {2, 5} and choice["chosen"] == max(scores, key=scores.get)
+    assert reports[0]["results"] != reports[1]["results"]  # the test sets did differ

@@ -145,6 +145,30 @@ def run_bidirectional(train: Sequence[Example], test: Sequence[Example], frequen
     return result
 
 
+VALIDATION_SHARE = 0.2
+
+
+def choose_window(train: Sequence[Example], windows: Sequence[int], frequency_name: str,
+                  word2vec: Word2VecParams, deepwalk_params: DeepWalkParams,
+                  min_input_count: int = 5, seed: int = 0,
+                  ) -> tuple[int, dict[int, float]]:
+    """(the skip-gram window whose DeepWalk features give the best O-F1, each window's
+    O-F1), measured on a seeded validation split of the *training* images: the test
+    images take no part in the choice. Ties go to the smaller (cheaper) window."""
+    order = np.random.default_rng([seed, 11]).permutation(len(train))
+    cut = round(len(train) * (1 - VALIDATION_SHARE))
+    fit, validation = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
+    scores = {}
+    for window in windows:
+        params = replace(deepwalk_params,
+                         skipgram=replace(deepwalk_params.skipgram, window=window))
+        result = run_bidirectional(fit, validation, frequency_name, word2vec, params,
+                                   min_input_count, seed, methods=("deepwalk",))
+        scores[window] = result.results["deepwalk"]["O-F1"]
+        log.info("window %d: validation O-F1 %.2f", window, scores[window])
+    return max(windows, key=lambda w: (scores[w], -w)), scores
+
+
 @dataclass
 class KsResult:
     statistic: float
