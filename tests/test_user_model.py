@@ -172,6 +172,23 @@ def test_a_new_user_gets_a_profile_from_their_first_post(lookup: UserHashtagLook
     assert (mine[[3, 4]] > 0).all() and (np.delete(mine, [3, 4]) < 0).all()
 
 
+def test_many_new_users_each_keep_their_own_rows(lookup: UserHashtagLookup) -> None:
+    before = lookup.hashtag_counts.copy()
+    for number in range(40):  # past every buffer's spare room, twice
+        lookup.update(f"new{number}", np.ones(8, np.float32), [number % 40])
+    np.testing.assert_array_equal(lookup.hashtag_counts[:3], before)
+    for number in range(40):
+        row = lookup.user_index[f"new{number}"]
+        assert lookup.hashtag_counts[row].sum() == 1
+        assert lookup.hashtag_counts[row, number % 40] == 1 and lookup.post_counts[row] == 1
+    arrays, lists = lookup.profiles()
+    again = small_lookup(with_effects=True)
+    again.restore_profiles(arrays, lists)
+    again.update("new41", np.ones(8, np.float32), [2])
+    assert again.hashtag_counts.shape == (3 + 41, 40)
+    np.testing.assert_array_equal(again.hashtag_counts[:43], lookup.hashtag_counts)
+
+
 def test_update_rejects_empty_and_unknown_hashtags(lookup: UserHashtagLookup) -> None:
     with pytest.raises(ValueError, match="at least one accepted hashtag"):
         lookup.update("ann", np.ones(8, np.float32), [])

@@ -99,6 +99,7 @@ class UserHashtagLookup:
         self.trained_photos = 0
         #: held while state changes and while a read needs one user's rows consistent
         self.lock = threading.RLock()
+        self._spare_rows: dict[str, np.ndarray] = {}  # _with_row's buffers
 
     def add_photos(self, photo_ids: Sequence[str], features: np.ndarray) -> None:
         """Makes photos retrievable (their raw CNN features are kept for persistence)."""
@@ -322,16 +323,28 @@ class UserHashtagLookup:
     def _add_user(self, user: str) -> int:
         """A new user's rows (ū, no posts); call with ``lock`` held."""
         row = len(self.user_ids)
-        self.user_vectors = np.vstack([self.user_vectors, self.mean_user])
-        self.post_counts = np.append(self.post_counts, 0.0)
-        self.hashtag_counts = np.vstack([self.hashtag_counts, np.zeros(len(self.vocabulary))])
+        self.user_vectors = self._with_row("user_vectors", self.user_vectors, self.mean_user)
+        self.post_counts = self._with_row("post_counts", self.post_counts, 0.0)
+        self.hashtag_counts = self._with_row("hashtag_counts", self.hashtag_counts, 0.0)
         if self.effects is not None:
-            self.effects.expected = np.vstack([self.effects.expected,
-                                               np.zeros(len(self.vocabulary))])
+            self.effects.expected = self._with_row("expected", self.effects.expected, 0.0)
         # Published last: a reader that finds the user finds every row.
         self.user_ids.append(user)
         self.user_index[user] = row
         return row
+
+    def _with_row(self, name: str, rows: np.ndarray, fill: object) -> np.ndarray:
+        """``rows`` and one more row set to ``fill``, as a view of a buffer with spare
+        room: n new users cost O(n) row copies in all, not O(n²) (a replay of thousands
+        of new users' posts would otherwise copy every user's rows for each)."""
+        n = len(rows)
+        buffer = self._spare_rows.get(name)
+        if buffer is None or len(buffer) <= n or not np.shares_memory(buffer, rows):
+            buffer = np.empty((max(2 * n, 16), *rows.shape[1:]), rows.dtype)
+            buffer[:n] = rows
+            self._spare_rows[name] = buffer
+        buffer[n] = fill
+        return buffer[:n + 1]
 
     # --- profiles: what online updates change, for snapshots of the serving state -------
     def profiles(self) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
