@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,3 +172,35 @@ def test_spec_resolves_under_the_configured_data_root(data_dir: Path, monkeypatc
 def test_bad_specs_say_what_is_wrong(spec: str, message: str) -> None:
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         parse_spec(spec)
+
+
+def test_howyoutag_reads_every_tweet_with_its_user_in_file_order(data_dir: Path) -> None:
+    posts = read_posts(f"howyoutag:{data_dir / 'howyoutag'}")
+    assert len(posts) == 21226 + 6235 and len({p.user for p in posts}) == 2571
+    first = posts[0]
+    assert first.image is None and first.user == "458716389"
+    assert first.text.startswith("rupee gain on fund inflow")
+    assert first.hashtags == ("rupee", "gain", "india", "inflow", "economy", "budget")
+    # A user's posts keep the authors' order: train.csv's lines, then valid.csv's.
+    mine = [p for p in posts if p.user == first.user]
+    assert [p.time for p in mine] == sorted(p.time for p in mine)
+    assert mine[0].id.startswith("train-") and mine[-1].id.startswith("valid-")
+    only_train = read_posts(f"howyoutag:{data_dir / 'howyoutag' / 'train.csv'}")
+    assert len(only_train) == 21226
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("just some text without tabs", "1 tab-separated fields"),
+    ("text\t\tfood", "the user id (second field) is empty"),
+    ("text\tu1", "2 tab-separated fields"),
+])
+def test_a_malformed_howyoutag_line_is_named(tmp_path: Path, line: str, message: str) -> None:
+    good = "a tweet about lunch\tu1\tfood\tlunch\n"
+    (tmp_path / "tweets.csv").write_text(good + line + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=re.escape(f"tweets.csv:2: {message}")):
+        read_posts(f"howyoutag:{tmp_path}")
+
+
+def test_a_howyoutag_folder_without_csv_files_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match=r"no \.csv file in this folder"):
+        read_posts(f"howyoutag:{tmp_path}")

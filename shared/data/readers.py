@@ -7,6 +7,10 @@ A data set is named by a spec ``FORMAT:PATH``:
                     and label_names.txt — the cross-modal layout (MIRFlickr, NUS-WIDE, ...).
 - ``instagram:DIR`` posts.jsonl as collected from Instagram.
 - ``food:DIR``      images/NAME + tags/NAME.txt (comma-separated tags).
+- ``howyoutag:PATH`` #HowYouTagTweets: a ``.csv`` file, or a folder (every ``.csv`` in it,
+                    by name), one tweet a line, tab-separated: the text (lemmatised,
+                    hashtags removed), the user id, then one field per hashtag. A user's
+                    lines keep their file order, which is their time order.
 - ``jsonl:FILE``    hashrec's own format, one post a line::
 
       {"id": "p1", "image": "photos/p1.jpg", "hashtags": ["#beach", "sunset"],
@@ -43,6 +47,8 @@ class Post:
     labels: tuple[str, ...] | None = None
     user: str | None = None
     time: datetime | None = None
+    #: the post's words, for text content (howyoutag's tweets)
+    text: str | None = None
 
 
 class DataFormatError(ValueError):
@@ -209,12 +215,37 @@ def read_food(directory: Path) -> Iterator[Post]:
                    hashtags=tags)
 
 
+def read_howyoutag(path: Path) -> Iterator[Post]:
+    """#HowYouTagTweets (module docstring). Each post's ``time`` is its user's sequence
+    number (seconds after the epoch), so that a per-user time-ordered split keeps the
+    authors' order: earlier files first, then line order."""
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise DataFormatError(path, None, "no .csv file in this folder")
+    sequence: dict[str, int] = {}
+    for file in files:
+        for number, line in enumerate(_read_lines(file), start=1):
+            fields = line.split("\t")
+            if len(fields) < 3:
+                raise DataFormatError(file, number, f"{len(fields)} tab-separated fields; "
+                                      "expected the text, the user id and at least one "
+                                      "hashtag")
+            text, user, hashtags = fields[0].strip(), fields[1].strip(), fields[2:]
+            if not user:
+                raise DataFormatError(file, number, "the user id (second field) is empty")
+            sequence[user] = sequence.get(user, 0) + 1
+            yield Post(id=f"{file.stem}-{number}", image=None,
+                       hashtags=tuple(h.strip() for h in hashtags if h.strip()), user=user,
+                       time=datetime.fromtimestamp(sequence[user], tz=UTC), text=text)
+
+
 READERS: dict[str, Callable[[Path], Iterator[Post]]] = {
     "harrison": read_harrison,
     "dcmr": read_dcmr,
     "instagram": read_instagram,
     "food": read_food,
     "jsonl": read_jsonl,
+    "howyoutag": read_howyoutag,
 }
 
 

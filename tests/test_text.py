@@ -1,0 +1,86 @@
+"""Hashtag segmentation, the offline text encoder and its checksum, the text vector store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.data.readers import read_posts
+from shared.text import (
+    HashtagSegmenter,
+    TextEncoder,
+    TextStore,
+    segmenter_accuracy,
+    text_model_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def segmenter(data_dir: Path) -> HashtagSegmenter:
+    return HashtagSegmenter(p.text for p in read_posts(f"howyoutag:{data_dir / 'howyoutag'}"))
+
+
+def test_the_segmenter_recovers_the_words_of_real_compound_tags(segmenter, data_dir: Path,
+                                                                ) -> None:
+    """The food set's multi-word tags ("french fries") joined as hashtags are: 263 compounds
+    with known word boundaries. Measured 90.3 %; English alone ("self ie") is no better."""
+    phrases = {t for p in read_posts(f"food:{data_dir / 'food'}") for t in p.hashtags
+               if " " in t.strip()}
+    accuracy, misses = segmenter_accuracy(segmenter, phrases)
+    assert accuracy > 0.88, misses[:20]
+
+
+@pytest.mark.parametrize(("hashtag", "words"), [
+    ("foodporn", "food porn"), ("picoftheday", "pic of the day"), ("nofilter", "no filter"),
+    ("catsofinstagram", "cats of instagram"), ("instagram", "instagram"),
+    ("selfie", "selfie"), ("sunset", "sunset"), ("nikond3100", "nikon d3100"), ("", ""),
+])
+def test_social_words_stay_whole_and_compounds_split(segmenter, hashtag: str,
+                                                     words: str) -> None:
+    assert segmenter.segment(hashtag) == words
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder()
+
+
+def test_the_encoder_places_similar_sentences_close(encoder: TextEncoder) -> None:
+    vectors = encoder.encode(["a dog on the beach", "a puppy by the sea",
+                              "interest rates and the stock market"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.3
+
+
+def test_a_tampered_tokenizer_or_missing_weights_are_refused(tmp_path: Path) -> None:
+    source = text_model_dir()
+    copy = tmp_path / "model"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("model.safetensors"))
+    (copy / "model.safetensors").symlink_to(source / "model.safetensors")
+    TextEncoder(copy)  # an intact copy is accepted
+    tokenizer = copy / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"[UNK]"', '"[UNKNOWN]"', 1))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: sha256 .* is not the pinned"):
+        TextEncoder(copy)
+    (copy / "model.safetensors").unlink()
+    shutil.copy(source / "tokenizer.json", tokenizer)
+    with pytest.raises(ValueError, match=r"model\.safetensors: sha256 missing"):
+        TextEncoder(copy)
+
+
+def test_the_store_encodes_each_text_once(tmp_path: Path, encoder: TextEncoder) -> None:
+    store = TextStore(tmp_path, encoder)
+    texts = ["golden retriever", "street art", "golden retriever", "sunset over the sea"]
+    first = store.encode(texts, progress=False)
+    np.testing.assert_array_equal(first[0], first[2])
+    np.testing.assert_allclose(first[1], encoder.encode(["street art"])[0], atol=1e-6)
+    shards = {p: p.stat().st_mtime_ns for p in store.directory.glob("*.npz")}
+    again = TextStore(tmp_path)  # a new store: no encoder loaded unless a text is missing
+    np.testing.assert_array_equal(again.encode(texts[::-1], progress=False), first[::-1])
+    assert again._encoder is None
+    assert {p: p.stat().st_mtime_ns for p in store.directory.glob("*.npz")} == shards
