@@ -21,7 +21,9 @@ from services.graph.model import JointGraphMethod
 from services.recommender.model import FrequencyMethod, Fusion, KnnMethod, Method, MlpMethod
 from services.vision.model import class_names
 from services.vision.store import MODEL_ID, FeatureStore
+from services.word.autorec import AutoRecMethod
 from services.word.model import InstaHashMethod
+from services.word.semantic import SemanticMethod, TextResources
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.data.readers import Post
 from shared.eval.image2tag import METHODS, fit_fusion, make_methods, training_photos
@@ -34,17 +36,18 @@ KIND = "image-to-hashtag"
 def train_image_models(posts: Sequence[Post], store: FeatureStore, out: Path,
                        ignore: frozenset[str] = frozenset(), methods: Sequence[str] = METHODS,
                        min_count: int = 3, max_vocab: int = 1000, seed: int = 0,
-                       folds: int = 5, progress: bool = True) -> ImageModels:
+                       folds: int = 5, progress: bool = True,
+                       text: TextResources | None = None) -> ImageModels:
     """Fits and writes everything under ``out/<version>/``; returns the fitted models (their
     ``directory`` is where they were written)."""
     started = time.perf_counter()
     train, vocab = training_photos(posts, store, ignore, min_count, max_vocab, progress)
-    fusion = fit_fusion(train, vocab.terms, methods, folds, seed)
+    fusion = fit_fusion(train, vocab.terms, methods, folds, seed, text)
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
         "\n".join(vocab.terms).encode() + train.features.tobytes()).hexdigest()[:8]
     writer = ArtifactWriter(out / version)
     fitted = {}
-    for method in make_methods(methods, seed):
+    for method in make_methods(methods, seed, text):
         method.fit(train, vocab.terms)
         method.save(writer)
         fitted[method.name] = method
@@ -100,7 +103,12 @@ def _load(reader: ArtifactReader, name: str) -> Method:
     loaders = {"frequency": FrequencyMethod.load, "knn": KnnMethod.load,
                "mlp": MlpMethod.load,
                "word": lambda r: InstaHashMethod.load(r, class_names()),
-               "graph": lambda r: JointGraphMethod.load(r, class_names())}
+               "graph": lambda r: JointGraphMethod.load(r, class_names()),
+               "autorec": lambda r: AutoRecMethod.load(r, class_names(), "autorec"),
+               "instahash": lambda r: AutoRecMethod.load(r, class_names(), "instahash"),
+               "autorec_masked": lambda r: AutoRecMethod.load(r, class_names(),
+                                                              "autorec_masked"),
+               "semantic": lambda r: SemanticMethod.load(r, class_names())}
     if name not in reader.manifest["methods"]:
         raise ValueError(f"{reader.directory}: has no {name!r} method "
                          f"(it holds {reader.manifest['methods']})")

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from services.recommender.model import Fusion
-from services.vision.model import VisionModel
 from services.vision.store import FeatureStore
 from shared.cli import main
-from shared.data.normalize import Vocabulary, normalize_post_hashtags
+from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.eval.image2tag import (
     METHODS,
@@ -23,29 +22,16 @@ from shared.eval.image2tag import (
     run_image2tag,
     training_photos,
 )
-from shared.photos import PhotoSet
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
-    return FeatureStore(tmp_path_factory.mktemp("features"), VisionModel(device="cpu"))
+def store(feature_store: FeatureStore) -> FeatureStore:
+    return feature_store
 
 
 @pytest.fixture(scope="module")
-def labelled_photos(data_dir: Path, store: FeatureStore) -> tuple[PhotoSet, PhotoSet, list,
-                                                                   Vocabulary]:
-    """MIRFlickr's photos with their 24 content labels as the tags to recommend: 400 train,
-    the other 184 test. Content labels, unlike most hashtags, are decided by the photo,
-    so every photo-aware method must beat global frequency here."""
-    posts = [p for p in read_posts(f"dcmr:{data_dir / 'mirflickr25k'}")
-             if p.image is not None and p.labels]
-    embedding, ok = store.embed_paths([p.image for p in posts], progress=False)
-    assert ok.all() and len(posts) == 584
-    vocab = Vocabulary.build([p.labels for p in posts[:400]])
-    ids = [vocab.encode(p.labels) for p in posts]
-    train = PhotoSet(embedding.features[:400], embedding.probabilities[:400], ids[:400])
-    test = PhotoSet(embedding.features[400:], embedding.probabilities[400:])
-    return train, test, [frozenset(i) for i in ids[400:]], vocab
+def labelled_photos(mirflickr_labelled):
+    return mirflickr_labelled
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -94,7 +80,7 @@ def test_vocabulary_comes_from_training_photos_only(data_dir: Path, store: Featu
                            progress=False)
     assert "onlyinthetestset" not in result.vocabulary
     assert "food" not in result.vocabulary
-    assert set(result.results) == {"frequency", "knn", "fusion"}
+    assert set(result.results) == {"frequency", "knn", "fusion", "learned_fusion"}
     assert set(result.results["knn"]) == {"P@1", "R@5", "A@5", "A@1", "A@10"}
 
 
@@ -110,7 +96,7 @@ def test_cli_image2tag_writes_the_table_as_json(tmp_path: Path, data_dir: Path,
                  "--ignore-tags", "#Food,Yummy", "--image-methods", "frequency,knn"]) == 0
     report = json.loads(out.read_text())
     assert report["task"] == "image2tag" and report["ignored"] == ["food", "yummy"]
-    assert set(report["results"]) == {"frequency", "knn", "fusion"}
+    assert set(report["results"]) == {"frequency", "knn", "fusion", "learned_fusion"}
     assert report["n_train"] > 0 and report["n_test"] > 0 and report["vocab"] > 0
 
 

@@ -109,19 +109,21 @@ class InstaHashMethod:
     def scores(self, photos: PhotoSet) -> np.ndarray:
         return pmi_scores(self.queries(photos), self.hashtag_context, self.prior)
 
-    def save(self, writer: ArtifactWriter) -> None:
-        writer.json(f"{self.name}/terms", list(self.term_vectors.terms))
-        writer.array(f"{self.name}/vectors", self.term_vectors.vectors)
-        writer.array(f"{self.name}/hashtag_context", self.hashtag_context)
-        writer.array(f"{self.name}/prior", self.prior)
+    def save(self, writer: ArtifactWriter, prefix: str | None = None) -> None:
+        prefix = prefix or self.name
+        writer.json(f"{prefix}/terms", list(self.term_vectors.terms))
+        writer.array(f"{prefix}/vectors", self.term_vectors.vectors)
+        writer.array(f"{prefix}/hashtag_context", self.hashtag_context)
+        writer.array(f"{prefix}/prior", self.prior)
 
     @classmethod
-    def load(cls, reader: ArtifactReader, class_names: tuple[str, ...]) -> InstaHashMethod:
+    def load(cls, reader: ArtifactReader, class_names: tuple[str, ...],
+             prefix: str = "word") -> InstaHashMethod:
         method = cls(class_names)
-        method.term_vectors = TermVectors(tuple(reader.json("word/terms")),
-                                          reader.array("word/vectors"))
-        method.hashtag_context = reader.array("word/hashtag_context")
-        method.prior = reader.array("word/prior")
+        method.term_vectors = TermVectors(tuple(reader.json(f"{prefix}/terms")),
+                                          reader.array(f"{prefix}/vectors"))
+        method.hashtag_context = reader.array(f"{prefix}/hashtag_context")
+        method.prior = reader.array(f"{prefix}/prior")
         return method
 
 

@@ -27,10 +27,13 @@ from services.recommender.model import (
     KnnMethod,
     Method,
     MlpMethod,
+    RankFusion,
 )
 from services.vision.model import class_names
 from services.vision.store import FeatureStore
+from services.word.autorec import AutoRecMethod, AutoRecParams
 from services.word.model import InstaHashMethod
+from services.word.semantic import SemanticMethod, TextResources
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
 from shared.eval.metrics import accuracy_at_k, precision_at_k, recall_at_k, top_k
@@ -56,7 +59,9 @@ def top5_agreement(scores: np.ndarray, reference: np.ndarray) -> float:
                           for a, b in zip(ours.tolist(), theirs.tolist(), strict=True)]))
 
 
-def make_methods(names: Sequence[str], seed: int) -> list[Method]:
+def make_methods(names: Sequence[str], seed: int,
+                 text: TextResources | None = None) -> list[Method]:
+    """The named methods, unfitted; ``text``: what the semantic method reads."""
     names_of_classes = class_names()
     factories: dict[str, Callable[[], Method]] = {
         "frequency": FrequencyMethod,
@@ -64,6 +69,12 @@ def make_methods(names: Sequence[str], seed: int) -> list[Method]:
         "mlp": lambda: MlpMethod(seed=seed),
         "word": lambda: InstaHashMethod(names_of_classes),
         "graph": lambda: JointGraphMethod(names_of_classes),
+        "autorec": lambda: AutoRecMethod(names_of_classes, "autorec"),
+        "instahash": lambda: AutoRecMethod(names_of_classes, "intersection"),
+        "autorec_masked": lambda: AutoRecMethod(names_of_classes, "autorec",
+                                                AutoRecParams(masked=True),
+                                                name="autorec_masked"),
+        "semantic": lambda: SemanticMethod(names_of_classes, text),
     }
     unknown = set(names) - set(factories)
     if unknown:
@@ -113,28 +124,48 @@ def training_photos(posts: Sequence[Post], store: FeatureStore, ignore: frozense
                     [i for i in ids if i]), vocab
 
 
-def fit_fusion(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], folds: int,
-               seed: int) -> Fusion:
-    """Fusion weights from out-of-fold scores: each training photo is scored by methods fit
-    on the other folds, so every training photo serves as validation exactly once."""
+def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
+                       folds: int, seed: int, text: TextResources | None = None,
+                       ) -> dict[str, np.ndarray]:
+    """Every method's scores of every training photo, each by a model fit on the other
+    folds: every training photo serves as validation exactly once."""
     fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
     out_of_fold: dict[str, np.ndarray] = {}
     for fold in range(folds):
         held_out = np.flatnonzero(fold_of == fold)
         fit_set = train.subset(np.flatnonzero(fold_of != fold))
         validation = train.subset(held_out)
-        for method in make_methods(methods, seed):
+        for method in make_methods(methods, seed, text):
             method.fit(fit_set, vocab)
             scores = out_of_fold.setdefault(method.name,
                                             np.zeros((len(train), len(vocab)), np.float32))
             scores[held_out] = method.scores(validation)
-    return Fusion.fit(out_of_fold, [frozenset(ids) for ids in train.hashtags])
+    return out_of_fold
+
+
+def fit_fusion(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], folds: int,
+               seed: int, text: TextResources | None = None) -> Fusion:
+    """Linear fusion weights from out-of-fold scores of the training photos."""
+    return Fusion.fit(out_of_fold_scores(train, vocab, methods, folds, seed, text),
+                      [frozenset(ids) for ids in train.hashtags])
+
+
+def fit_fusions(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], folds: int,
+                seed: int, text: TextResources | None = None,
+                ) -> tuple[Fusion, RankFusion | None]:
+    """The linear fusion and the learned one (RankFusion; None for a single method), both
+    from one set of out-of-fold scores of the training photos."""
+    scores = out_of_fold_scores(train, vocab, methods, folds, seed, text)
+    truth = [frozenset(ids) for ids in train.hashtags]
+    ranker = RankFusion.fit(scores, truth, seed) if len(scores) > 1 else None
+    return Fusion.fit(scores, truth), ranker
 
 
 def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store: FeatureStore,
                   ignore: frozenset[str] = frozenset(), methods: Sequence[str] = METHODS,
                   min_count: int = 3, max_vocab: int = 1000, seed: int = 0, folds: int = 5,
-                  progress: bool = True) -> Image2TagResult:
+                  progress: bool = True, text: TextResources | None = None,
+                  ) -> Image2TagResult:
     train, vocab = training_photos(train_posts, store, ignore, min_count, max_vocab, progress)
     test_kept, test_photos = _photos(without_ignored(test_posts, ignore), store, progress)
     test_ids = [frozenset(vocab.encode(p.hashtags)) for p in test_kept]
@@ -147,10 +178,10 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
     if not truth:
         raise ValueError("no test photo has a hashtag in the training vocabulary")
 
-    fusion = fit_fusion(train, vocab.terms, methods, folds, seed)
+    fusion, ranker = fit_fusions(train, vocab.terms, methods, folds, seed, text)
 
     results, seconds, test_scores = {}, {}, {}
-    for method in make_methods(methods, seed):
+    for method in make_methods(methods, seed, text):
         started = time.perf_counter()
         method.fit(train, vocab.terms)
         test_scores[method.name] = method.scores(test)
@@ -158,6 +189,8 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
         results[method.name] = photo_metrics(test_scores[method.name], truth)
         log.info("%s: %s", method.name, {k: round(v, 2) for k, v in results[method.name].items()})
     results["fusion"] = photo_metrics(fusion.combine(test_scores), truth)
+    if ranker is not None:
+        results["learned_fusion"] = photo_metrics(ranker.combine(test_scores), truth)
     best = max(test_scores, key=lambda name: results[name]["R@5"])
     agreement = {name: round(top5_agreement(scores, test_scores[best]), 3)
                  for name, scores in test_scores.items()}

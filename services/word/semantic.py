@@ -1,0 +1,173 @@
+"""The semantic method: any hashtag, also one never seen with a photo, scored by how close
+its words are to the photo's machine labels and to its visual neighbours' hashtags, in a
+sentence-embedding space (all-MiniLM-L6-v2, shared/text.py), calibrated by its prior.
+
+    e_h = E(words of h)          (the segmented hashtag: "foodporn" → "food porn")
+    e_c = E(ImageNet class name c)
+    q_L(x) = Σ_{c ∈ top 5(x)} p(c | x) e_c                 (normalised)
+    q_N(x) = Σ_{j ∈ N_k(x)} cos(f_x, f_j) Σ_{g ∈ H_j} e_g  (normalised)
+    s(h | x) = σ(a · e_hᵀ q_L + b · e_hᵀ q_N + c · log P(h) + d)
+
+(a, b, c, d) come from a logistic regression on the training photos: every photo against
+every vocabulary hashtag, its neighbours found among the other training photos, so its own
+hashtags never vote for themselves. Hashtags outside the photo vocabulary (``extra``:
+hashtags of tag-only corpora, such as HARRISON's lists) take the same weights; their prior
+is their share in those corpora, brought to the photo vocabulary's scale by the median
+ratio of the two priors over the hashtags both know.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shared.artifacts import ArtifactReader, ArtifactWriter
+from shared.index import InnerProductIndex, l2_normalized
+from shared.photos import PhotoSet, log_prior
+
+log = logging.getLogger(__name__)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class TextResources:
+    """What the semantic method reads at training time: a way to embed hashtags (already
+    segmented) and class names, and hashtags of tag-only corpora with their counts."""
+
+    embed: object  # Callable[[Sequence[str]], np.ndarray]: texts → unit vectors
+    segment: object  # Callable[[str], str]: hashtag → its words
+    corpus_counts: dict[str, int] = field(default_factory=dict)
+    corpus_total: int = 0
+
+
+@dataclass
+class SemanticMethod:
+    class_names: tuple[str, ...]
+    resources: TextResources | None = None
+    neighbours: int = 20
+    max_extra: int = 5000
+    name: str = "semantic"
+    weights: np.ndarray | None = None  # a, b, c, d
+    hashtag_vectors: np.ndarray | None = None  # (V + E) × 384: vocabulary, then extra
+    class_vectors: np.ndarray | None = None  # 1000 × 384
+    priors: np.ndarray | None = None  # log P(h), V + E
+    extra: tuple[str, ...] = ()
+    n_vocabulary: int = 0
+    visual_index: InnerProductIndex | None = None
+    neighbour_text: np.ndarray | None = None  # training photo × 384: Σ_{g ∈ H_j} e_g
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
+        if self.resources is None:
+            raise ValueError("the semantic method needs TextResources to train")
+        resources = self.resources
+        vocab = list(vocab)
+        self.n_vocabulary = len(vocab)
+        self.extra = tuple(sorted(
+            (t for t, count in resources.corpus_counts.items() if t not in set(vocab)),
+            key=lambda t: -resources.corpus_counts[t])[:self.max_extra])
+        terms = [*vocab, *self.extra]
+        self.hashtag_vectors = resources.embed([resources.segment(t) for t in terms])
+        self.class_vectors = resources.embed(list(self.class_names))
+        vocabulary_prior = log_prior(photos.hashtags, len(vocab)).astype(np.float64)
+        self.priors = np.concatenate([vocabulary_prior, self._extra_prior(vocab,
+                                                                          vocabulary_prior)])
+        self.visual_index = InnerProductIndex(l2_normalized(photos.features))
+        self.neighbour_text = np.stack([
+            self.hashtag_vectors[list(ids)].sum(axis=0) if len(ids) else
+            np.zeros(self.hashtag_vectors.shape[1], np.float32) for ids in photos.hashtags])
+        label_part, neighbour_part = self._similarities(photos, exclude_self=True,
+                                                        columns=len(vocab))
+        self.weights = self._fit_weights(label_part, neighbour_part,
+                                         vocabulary_prior, photos.hashtags)
+        log.info("semantic: %d vocabulary + %d corpus hashtags; weights labels %.2f, "
+                 "neighbours %.2f, prior %.2f, bias %.2f", len(vocab), len(self.extra),
+                 *self.weights)
+
+    def _extra_prior(self, vocab: list[str], vocabulary_prior: np.ndarray) -> np.ndarray:
+        counts, total = self.resources.corpus_counts, max(self.resources.corpus_total, 1)
+        shared = [(row, counts[t]) for row, t in enumerate(vocab) if counts.get(t)]
+        shift = float(np.median([vocabulary_prior[row] - np.log(count / total)
+                                 for row, count in shared])) if shared else 0.0
+        return np.array([np.log(counts[t] / total) + shift for t in self.extra])
+
+    def _similarities(self, photos: PhotoSet, exclude_self: bool = False,
+                      columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(e_hᵀ q_L, e_hᵀ q_N) for every photo and hashtag (the first ``columns``)."""
+        top = np.argsort(-photos.probabilities, axis=1)[:, :5]
+        weights = np.take_along_axis(photos.probabilities, top, axis=1)
+        labels = _unit(np.einsum("nk,nkd->nd", weights, self.class_vectors[top]))
+        depth = self.neighbours + int(exclude_self)
+        similarity, ids = self.visual_index.search(l2_normalized(photos.features), depth)
+        if exclude_self:  # a training photo's own hashtags must not vote for themselves
+            similarity, ids = similarity[:, 1:], ids[:, 1:]
+        votes = np.einsum("nk,nkd->nd", np.clip(similarity, 0, None),
+                          self.neighbour_text[ids])
+        hashtags = self.hashtag_vectors[:columns]
+        return labels @ hashtags.T, _unit(votes) @ hashtags.T
+
+    @staticmethod
+    def _fit_weights(label_part: np.ndarray, neighbour_part: np.ndarray,
+                     prior: np.ndarray, hashtags: Sequence[Sequence[int]]) -> np.ndarray:
+        from sklearn.linear_model import LogisticRegression
+
+        truth = np.zeros(label_part.shape, dtype=bool)
+        for row, ids in enumerate(hashtags):
+            truth[row, list(ids)] = True
+        inputs = np.stack([label_part.ravel(), neighbour_part.ravel(),
+                           np.broadcast_to(prior, label_part.shape).ravel()], axis=1)
+        model = LogisticRegression(C=1.0, max_iter=1000).fit(inputs, truth.ravel())
+        return np.array([*model.coef_[0], model.intercept_[0]])
+
+    def scores_all(self, photos: PhotoSet) -> np.ndarray:
+        """s(h | x) for the vocabulary, then the extra hashtags (n × (V + E))."""
+        label_part, neighbour_part = self._similarities(photos)
+        a, b, c, d = self.weights
+        logits = a * label_part + b * neighbour_part + c * self.priors + d
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def scores(self, photos: PhotoSet) -> np.ndarray:
+        return self.scores_all(photos)[:, :self.n_vocabulary]
+
+    def save(self, writer: ArtifactWriter) -> None:
+        writer.json(f"{self.name}/config", {"neighbours": self.neighbours,
+                                            "extra": list(self.extra),
+                                            "n_vocabulary": self.n_vocabulary})
+        for name in ("weights", "hashtag_vectors", "class_vectors", "priors",
+                     "neighbour_text"):
+            writer.array(f"{self.name}/{name}", getattr(self, name))
+        writer.array(f"{self.name}/visual_features", self.visual_index.vectors)
+
+    @classmethod
+    def load(cls, reader: ArtifactReader, class_names: tuple[str, ...]) -> SemanticMethod:
+        config = reader.json("semantic/config")
+        method = cls(class_names, neighbours=config["neighbours"],
+                     extra=tuple(config["extra"]), n_vocabulary=config["n_vocabulary"])
+        for name in ("weights", "hashtag_vectors", "class_vectors", "priors",
+                     "neighbour_text"):
+            setattr(method, name, reader.array(f"semantic/{name}"))
+        method.visual_index = InnerProductIndex(reader.array("semantic/visual_features"))
+        return method
+
+
+def text_resources(corpora: Sequence[Sequence[str]] = (), segmenter_text: Sequence[str] = (),
+                   min_count: int = 10) -> TextResources:
+    """The semantic method's inputs: hashtags segmented by a HashtagSegmenter over
+    ``segmenter_text`` and embedded through the text store under $HASHREC_MODELS; the
+    hashtag lists of ``corpora`` counted (terms seen ``min_count`` times)."""
+    from collections import Counter
+
+    from shared.config import models_dir
+    from shared.text import HashtagSegmenter, TextStore
+
+    segmenter = HashtagSegmenter(segmenter_text)
+    store = TextStore(models_dir() / "text-features")
+    counts = Counter(term for hashtags in corpora for term in hashtags)
+    kept = {term: count for term, count in counts.items() if count >= min_count}
+    return TextResources(lambda texts: store.encode(texts, progress=False),
+                         segmenter.segment, kept, sum(counts.values()))
