@@ -43,6 +43,11 @@ class ArtifactWriter:
         path.write_text(json.dumps(value, ensure_ascii=False))
         self._record(path)
 
+    def scoped(self, prefix: str) -> ScopedWriter:
+        """A writer whose names all start with ``prefix/``: one model's files under its
+        own folder, written by code that names them as if alone."""
+        return ScopedWriter(self, prefix)
+
     def close(self, metadata: dict[str, Any], durable: bool = False) -> Path:
         """Writes the manifest; ``durable``: every file and folder reaches the disk
         (fsync) before this returns, as a rename that publishes the directory needs."""
@@ -57,6 +62,41 @@ class ArtifactWriter:
             for folder in sorted(folders | {self.directory}, reverse=True):
                 fsync_directory(folder)
         return path
+
+
+class ScopedWriter:
+    def __init__(self, writer: ArtifactWriter, prefix: str) -> None:
+        self.writer, self.prefix = writer, prefix
+
+    def array(self, name: str, value: np.ndarray) -> None:
+        self.writer.array(f"{self.prefix}/{name}", value)
+
+    def json(self, name: str, value: Any) -> None:
+        self.writer.json(f"{self.prefix}/{name}", value)
+
+    def scoped(self, prefix: str) -> ScopedWriter:
+        return ScopedWriter(self.writer, f"{self.prefix}/{prefix}")
+
+
+class ScopedReader:
+    """ArtifactReader's view of the files under ``prefix/``."""
+
+    def __init__(self, reader: ArtifactReader, prefix: str) -> None:
+        self.reader, self.prefix = reader, prefix
+        self.directory = reader.directory
+        self.manifest = reader.manifest
+
+    def array(self, name: str) -> np.ndarray:
+        return self.reader.array(f"{self.prefix}/{name}")
+
+    def json(self, name: str) -> Any:
+        return self.reader.json(f"{self.prefix}/{name}")
+
+    def has(self, name: str) -> bool:
+        return self.reader.has(f"{self.prefix}/{name}")
+
+    def scoped(self, prefix: str) -> ScopedReader:
+        return ScopedReader(self.reader, f"{self.prefix}/{prefix}")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -92,6 +132,13 @@ class ArtifactReader:
 
     def array(self, name: str) -> np.ndarray:
         return np.load(self._path(name, ".npy"), allow_pickle=False)
+
+    def has(self, name: str) -> bool:
+        """Whether a file of that name (with its suffix) is in the manifest."""
+        return name in self.manifest["files"]
+
+    def scoped(self, prefix: str) -> ScopedReader:
+        return ScopedReader(self, prefix)
 
     def arrays(self) -> list[str]:
         """The names of every array in the artifact."""

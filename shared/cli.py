@@ -17,7 +17,7 @@ from shared.data.simulated_users import SIGNATURE_PROBABILITY
 
 log = logging.getLogger("hashrec")
 
-TASKS = ("h2l", "l2h", "ks", "image2tag", "user", "retrieval")
+TASKS = ("h2l", "l2h", "ks", "image2tag", "user", "retrieval", "served")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -49,6 +49,15 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-count", type=int, default=None,
                         help="keep terms seen at least this often (default: 5, gensim's, for "
                              "h2l/l2h; 3 for the image2tag hashtag vocabulary)")
+    parser.add_argument("--hashtag-corpus", metavar="SPEC,...",
+                        help="image2tag: tag-only hashtag lists the semantic method reads "
+                             "(default harrison:harrison)")
+    parser.add_argument("--model", type=Path, metavar="DIR",
+                        help="served: the model directory (default: the newest under "
+                             "$HASHREC_MODELS)")
+    parser.add_argument("--target", metavar="HOST:PORT",
+                        help="served: ask a running RecommenderService instead of loading "
+                             "the model in process")
     parser.add_argument("--ignore-tags", default="", metavar="A,B,...",
                         help="image2tag: hashtags removed from ground truth and predictions "
                              "(e.g. the search hashtags a data set was collected by)")
@@ -118,6 +127,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.task in ("user", "retrieval"):
         return _user(args)
+    if args.task == "served":
+        return _served(args)
     if not args.train:
         raise SystemExit(f"evaluate {args.task} needs --train FORMAT:PATH")
     train, test = _load(args)
@@ -198,9 +209,16 @@ def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) 
     from shared.eval.image2tag import run_image2tag
 
     ignore = _ignored_tags(args.ignore_tags)
+    methods = args.image_methods.split(",")
+    text = None
+    if "semantic" in methods:
+        from shared.train import hashtag_knowledge
+
+        # HARRISON never shares a post with a test set; another corpus might.
+        text = hashtag_knowledge((args.hashtag_corpus or "harrison:harrison").split(","))
     result = run_image2tag(train, test, FeatureStore(models_dir() / "features"), ignore,
-                           methods=args.image_methods.split(","),
-                           min_count=args.min_count or 3, seed=args.seed)
+                           methods=methods, min_count=args.min_count or 3, seed=args.seed,
+                           text=text)
     report.update(n_train=result.n_train, n_test=result.n_test, vocab=len(result.vocabulary),
                   ignored=sorted(ignore), results=result.results, seconds=result.seconds,
                   fusion_weights=result.fusion_weights, fusion_mode=result.fusion_mode,
@@ -212,6 +230,47 @@ def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) 
     print(f"fusion ({result.fusion_mode}) weights, fit on out-of-fold scores of the training "
           f"photos: {result.fusion_weights}")
     print(f"top-5 agreement (Jaccard) with the best single method: {result.agreement}")
+    _write_json(args.json, report)
+    return 0
+
+
+def _served(args: argparse.Namespace) -> int:
+    from services.vision.store import FeatureStore
+    from shared.config import models_dir
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import parse_spec, read_posts
+    from shared.eval.served import evaluate_served, grpc_answer, in_process_answer
+    from shared.train import held_out_split
+
+    if not args.test:
+        raise SystemExit("evaluate served needs --test SPEC[,SPEC...]")
+    model_dir = args.model or newest_model(models_dir())
+    if model_dir is None:
+        raise SystemExit(f"no trained model under {models_dir()}: run `hashrec train`")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    trained = {str(parse_spec(spec)): community for spec, community in
+               zip(manifest.get("data", ()), manifest.get("communities", ()), strict=False)}
+    hold_out = manifest.get("hold_out")
+    store = FeatureStore(models_dir() / "features")
+    answer = grpc_answer(args.target) if args.target else in_process_answer(model_dir, store)
+    report: dict = {"task": "served", "model": model_dir.name, "hold_out": hold_out,
+                    "target": args.target, "results": {}}
+    for spec in args.test.split(","):
+        posts = normalize_post_hashtags(read_posts(spec))
+        community = trained.get(str(parse_spec(spec)))
+        if community is not None and hold_out is None:
+            raise SystemExit(f"{spec} trained {model_dir.name} in full: no photo of it is "
+                             "unseen (train with --hold-out SEED)")
+        seed = hold_out["seed"] if community is not None else args.seed
+        train, test = held_out_split(posts, seed)
+        ignore = (frozenset(community["ignored"]) if community is not None
+                  else _ignored_tags(args.ignore_tags))
+        result = evaluate_served(train, test, answer, ignore)
+        report["results"][spec] = result.results
+        for truth, row in result.results.items():
+            _print_table(f"{model_dir.name} on {spec}'s held-out photos ({row['photos']} "
+                         f"with a tag; truth: {truth})",
+                         {"served": {k: v for k, v in row.items() if k != "photos"}})
     _write_json(args.json, report)
     return 0
 
@@ -306,24 +365,50 @@ def _user(args: argparse.Namespace) -> int:
 def _add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train", help="train the photo -> hashtag models and write a versioned artifact",
-        description="Fits every photo -> hashtag method and the fusion on --train and writes "
-                    "OUT/<version>/ (plain arrays, JSON, a checksummed manifest).")
-    parser.add_argument("--train", required=True, metavar="SPEC")
+        description="Fits every photo -> hashtag method and the fusions and writes "
+                    "OUT/<version>/ (plain arrays, JSON, a checksummed manifest). Without "
+                    "--train: the served default, every shipped photo set as a community "
+                    "and the tag-only corpora as hashtag knowledge.")
+    parser.add_argument("--train", metavar="SPEC",
+                        help="one data set (FORMAT:PATH); default: the shipped photo sets")
     parser.add_argument("--out", type=Path, help="default: $HASHREC_MODELS (./models)")
     parser.add_argument("--ignore-tags", default="", metavar="A,B,...")
     parser.add_argument("--min-count", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default=None, metavar="A,B,...",
+                        help="photo -> hashtag methods (default: frequency,knn,mlp,word,graph "
+                             "with --train; the default model adds semantic, autorec_masked)")
+    parser.add_argument("--hashtag-corpus", default=None, metavar="SPEC,...",
+                        help="tag-only hashtag lists for hashtag knowledge (default model: "
+                             "harrison:harrison,dcmr:mirflickr25k)")
+    parser.add_argument("--hold-out", type=int, default=None, metavar="SEED",
+                        help="keep the seeded 20 %% of each data set out of training, as "
+                             "`evaluate image2tag` does, for `evaluate served`")
     parser.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from services.vision.store import FeatureStore
     from shared.config import models_dir
-    from shared.train import train_from_spec
+    from shared.train import DEFAULT_CORPORA, DEFAULT_METHODS, train_default, train_from_spec
 
-    models = train_from_spec(args.train, args.out or models_dir(),
-                             _ignored_tags(args.ignore_tags), args.min_count, args.seed)
+    out = args.out or models_dir()
+    if args.train:
+        if args.hold_out is not None or args.hashtag_corpus:
+            raise SystemExit("--hold-out and --hashtag-corpus go with the default model "
+                             "(no --train)")
+        models = train_from_spec(args.train, out, _ignored_tags(args.ignore_tags),
+                                 args.min_count, args.seed,
+                                 args.methods.split(",") if args.methods else None)
+    else:
+        corpora = args.hashtag_corpus.split(",") if args.hashtag_corpus else DEFAULT_CORPORA
+        methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
+        models = train_default(out, FeatureStore(models_dir() / "features"), args.hold_out,
+                               corpora=corpora, methods=methods, seed=args.seed)
+    fusion = (f"learned ({models.ranker.weights})" if models.ranker is not None
+              else f"{models.fusion.mode} {models.fusion.weights}")
     print(f"model {models.version}: {len(models.vocabulary)} hashtags, methods "
-          f"{', '.join(models.methods)}, fusion {models.fusion.mode} {models.fusion.weights}")
+          f"{', '.join(models.methods)}, fusion {fusion}")
     print(f"written to {models.directory}")
     return 0
 
@@ -436,7 +521,7 @@ def _printed(reply) -> int:
     return 0
 
 
-DEFAULT_SERVE_DATA = "instagram:instagram"
+
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -456,8 +541,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                         help="a user model directory (services/user/train.py); default: the "
                              "newest under $HASHREC_MODELS/user, trained on the simulated-user "
                              "benchmark when there is none")
-    parser.add_argument("--train", default=DEFAULT_SERVE_DATA, metavar="SPEC",
-                        help=f"data to train on when no model exists ({DEFAULT_SERVE_DATA})")
+    parser.add_argument("--train", default=None, metavar="SPEC",
+                        help="data to train on when no model exists (default: the default "
+                             "model, every shipped photo set: `hashrec train`)")
     parser.set_defaults(handler=_serve)
 
 
@@ -481,13 +567,15 @@ def _serve(args: argparse.Namespace) -> int:
     from services.word.server import serve as serve_word
     from shared.cache import make_cache
     from shared.config import models_dir
-    from shared.train import train_from_spec
+    from shared.train import train_default, train_from_spec
 
     model_dir = args.models or newest_model(models_dir())
     if model_dir is None:
-        print(f"no trained model under {models_dir()}: training on {args.train} first",
-              flush=True)
-        model_dir = train_from_spec(args.train, models_dir()).directory
+        print(f"no trained model under {models_dir()}: training "
+              f"{args.train or 'the default model'} first", flush=True)
+        model_dir = (train_from_spec(args.train, models_dir()) if args.train else
+                     train_default(models_dir(), FeatureStore(models_dir() / "features"))
+                     ).directory
     user_dir = args.user_model or newest_user_model(models_dir() / "user")
     if user_dir is None:
         print("no user model: training one on the simulated-user benchmark first", flush=True)

@@ -16,18 +16,20 @@ MACHINE_LABELS_PER_PHOTO = 5
 @dataclass(frozen=True, eq=False)
 class PhotoSet:
     """n photos: CNN features, ImageNet class probabilities, and (for training photos) the
-    vocabulary ids of their hashtags."""
+    vocabulary ids of their hashtags and the community (photo set) each was posted in."""
 
     features: np.ndarray  # (n, 1280) float32
     probabilities: np.ndarray  # (n, 1000) float32
     hashtags: Sequence[Sequence[int]] = ()
+    communities: np.ndarray | None = None  # (n,) int: index into the training's communities
 
     def __len__(self) -> int:
         return len(self.features)
 
     def subset(self, rows: np.ndarray) -> PhotoSet:
         return PhotoSet(self.features[rows], self.probabilities[rows],
-                        [self.hashtags[i] for i in rows] if self.hashtags else ())
+                        [self.hashtags[i] for i in rows] if self.hashtags else (),
+                        None if self.communities is None else self.communities[rows])
 
 
 @cache

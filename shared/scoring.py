@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from functools import cache
 
 import grpc
@@ -69,17 +68,39 @@ async def photo_or_abort(photo: photo_pb2.PhotoDescription,
         raise  # abort raises; this line only satisfies the type checker
 
 
-class VocabularyScorer:
-    """``Score(ScoreRequest) → VocabularyScores`` for one photo → hashtag method: the RPC of
-    WordEmbeddingService and GraphEmbeddingService. Scoring runs in a worker thread so the
-    event loop keeps answering health checks."""
+#: which service scores which photo → hashtag methods; the recommender runs the rest
+WORD_METHODS = ("word", "semantic", "autorec", "autorec_masked", "instahash")
+GRAPH_METHODS = ("graph",)
 
-    def __init__(self, scores: Callable[[PhotoSet], np.ndarray], model_version: str) -> None:
-        self.scores, self.model_version = scores, model_version
+
+class VocabularyScorer:
+    """``Score(ScoreRequest) → VocabularyScores`` for the photo → hashtag methods one
+    service holds: the RPC of WordEmbeddingService and GraphEmbeddingService. A method
+    with ``scores_all`` and ``extra`` (the semantic method) also scores hashtags outside
+    the vocabulary. Scoring runs in a worker thread so the event loop keeps answering
+    health checks."""
+
+    def __init__(self, methods: dict[str, object], model_version: str) -> None:
+        if not methods:
+            raise ValueError("a scoring service needs at least one method")
+        self.methods, self.model_version = methods, model_version
+
+    def _score(self, photos: PhotoSet) -> list[photo_pb2.MethodScores]:
+        answers = []
+        for name, method in self.methods.items():
+            if hasattr(method, "scores_all") and getattr(method, "extra", ()):  # semantic
+                every = method.scores_all(photos)[0]
+                inside = len(every) - len(method.extra)
+                answers.append(photo_pb2.MethodScores(
+                    method=name, scores=every[:inside].tolist(),
+                    outside_hashtags=method.extra, outside_scores=every[inside:].tolist()))
+            else:
+                answers.append(photo_pb2.MethodScores(
+                    method=name, scores=method.scores(photos)[0].tolist()))
+        return answers
 
     async def Score(self, request: photo_pb2.ScoreRequest,  # noqa: N802
                     context: grpc.aio.ServicerContext) -> photo_pb2.VocabularyScores:
         photos = await photo_or_abort(request.photo, context)
-        scores = await asyncio.get_running_loop().run_in_executor(None, self.scores, photos)
-        return photo_pb2.VocabularyScores(scores=scores[0].tolist(),
-                                          model_version=self.model_version)
+        methods = await asyncio.get_running_loop().run_in_executor(None, self._score, photos)
+        return photo_pb2.VocabularyScores(methods=methods, model_version=self.model_version)

@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from services.graph.model import JointGraphMethod
-from services.recommender.model import FrequencyMethod, Fusion, KnnMethod, Method, MlpMethod
+from services.recommender.model import (
+    FrequencyMethod,
+    Fusion,
+    GatedMethod,
+    KnnMethod,
+    Method,
+    MlpMethod,
+    RankFusion,
+)
 from services.vision.model import class_names
 from services.vision.store import MODEL_ID, FeatureStore
 from services.word.autorec import AutoRecMethod
@@ -26,7 +34,13 @@ from services.word.model import InstaHashMethod
 from services.word.semantic import SemanticMethod, TextResources
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.data.readers import Post
-from shared.eval.image2tag import METHODS, fit_fusion, make_methods, training_photos
+from shared.eval.image2tag import (
+    METHODS,
+    Community,
+    community_photos,
+    make_methods,
+    out_of_fold_scores,
+)
 from shared.photos import PhotoSet
 
 log = logging.getLogger(__name__)
@@ -38,40 +52,152 @@ def train_image_models(posts: Sequence[Post], store: FeatureStore, out: Path,
                        min_count: int = 3, max_vocab: int = 1000, seed: int = 0,
                        folds: int = 5, progress: bool = True,
                        text: TextResources | None = None) -> ImageModels:
-    """Fits and writes everything under ``out/<version>/``; returns the fitted models (their
-    ``directory`` is where they were written)."""
+    """One photo set's models (``train_communities`` with one community)."""
+    return train_communities([Community("photos", posts, ignore)], store, out, methods,
+                             min_count, max_vocab, seed, folds, progress, text)
+
+
+def train_communities(communities: Sequence[Community], store: FeatureStore, out: Path,
+                      methods: Sequence[str] = METHODS, min_count: int = 3,
+                      max_vocab: int = 1000, seed: int = 0, folds: int = 5,
+                      progress: bool = True, text: TextResources | None = None,
+                      about: dict | None = None) -> ImageModels:
+    """Fits every method on the photos of every community (their vocabularies' union), the
+    linear and the learned fusion on out-of-fold scores, and writes everything under
+    ``out/<version>/``; ``about`` joins the manifest (the recipe: data, hold-out)."""
     started = time.perf_counter()
-    train, vocab = training_photos(posts, store, ignore, min_count, max_vocab, progress)
-    fusion = fit_fusion(train, vocab.terms, methods, folds, seed, text)
+    train, terms, vocabularies = community_photos(communities, store, min_count, max_vocab,
+                                                  progress)
+    scores = out_of_fold_scores(train, terms, methods, folds, seed, text)
+    truth = [frozenset(ids) for ids in train.hashtags]
+    fusion = Fusion.fit(scores, truth)
+    ranker = RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
-        "\n".join(vocab.terms).encode() + train.features.tobytes()).hexdigest()[:8]
+        "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
     writer = ArtifactWriter(out / version)
     fitted = {}
-    for method in make_methods(methods, seed, text):
-        method.fit(train, vocab.terms)
+    for method in make_methods(methods, seed, text, len(communities)):
+        method.fit(train, terms)
         method.save(writer)
         fitted[method.name] = method
     fusion.save(writer)
-    writer.json("vocabulary", list(vocab.terms))
+    if ranker is not None:
+        ranker.save(writer)
+    writer.json("vocabulary", list(terms))
     writer.close({"kind": KIND, "version": version, "methods": list(methods),
-                  "vision_model": MODEL_ID, "ignored": sorted(ignore), "n_train": len(train),
-                  "seed": seed})
-    log.info("trained %s on %d photos in %.0f s -> %s", list(methods), len(train),
-             time.perf_counter() - started, out / version)
-    return ImageModels(version, vocab.terms, fitted, fusion, out / version)
+                  "vision_model": MODEL_ID, "n_train": len(train), "seed": seed,
+                  "communities": [{"name": c.name, "ignored": sorted(c.ignore),
+                                   "photos": int((train.communities == i).sum()),
+                                   "vocabulary": len(vocabularies[c.name])}
+                                  for i, c in enumerate(communities)],
+                  "fusion": "rank" if ranker is not None else fusion.mode, **(about or {})})
+    log.info("trained %s on %d photos of %d communities in %.0f s -> %s", list(methods),
+             len(train), len(communities), time.perf_counter() - started, out / version)
+    return ImageModels(version, terms, fitted, fusion, out / version, ranker)
+
+
+#: the search hashtags the Instagram posts were collected by: most posts carry their own
+#: (HARRISON's: 91 %), so as labels they would teach the collection rather than the photo,
+#: and as the most frequent tags they would top every prior (``search_tag_report`` logs
+#: each one's share and rank at training)
+INSTAGRAM_SEARCH_TAGS = frozenset({"animals", "cars", "fitness", "food", "selfie", "travel"})
+#: the default model's communities: (name, data set, collection artefacts)
+DEFAULT_COMMUNITIES = (("instagram", "instagram:instagram", INSTAGRAM_SEARCH_TAGS),
+                       ("food", "food:food", frozenset()),
+                       ("flickr", "dcmr:mirflickr25k", frozenset()))
+#: tag-only hashtag lists: hashtag knowledge (co-occurrence, words) without photos
+DEFAULT_CORPORA = ("harrison:harrison", "dcmr:mirflickr25k")
+#: running social-media text whose words teach the hashtag segmenter (shared/text.py)
+SEGMENTER_TEXT = "howyoutag:howyoutag"
+DEFAULT_METHODS = ("frequency", "knn", "mlp", "word", "graph", "semantic", "autorec_masked")
+
+
+def held_out_split(posts: Sequence[Post], hold_out: int | None,
+                   ) -> tuple[list[Post], list[Post]]:
+    """(training, held-out) posts: the seeded 80/20 split ``evaluate image2tag`` makes of a
+    data set (same seed, same order, same split), or every post when ``hold_out`` is None."""
+    from shared.data.split import seeded_split
+
+    return seeded_split(posts, hold_out) if hold_out is not None else (list(posts), [])
+
+
+def search_tag_report(posts: Sequence[Post], tags: frozenset[str]) -> dict[str, dict]:
+    """For each collection hashtag: the share of the posts carrying it, and its rank among
+    all the posts' hashtags by count (what it would do to a prior left in)."""
+    from collections import Counter
+
+    counts = Counter(t for p in posts for t in set(p.hashtags))
+    ranked = {t: rank for rank, (t, _) in enumerate(counts.most_common(), start=1)}
+    return {t: {"share": round(counts[t] / max(len(posts), 1), 3), "rank": ranked.get(t)}
+            for t in sorted(tags)}
+
+
+def hashtag_knowledge(corpora: Sequence[str], hold_out: int | None = None,
+                      already_read: dict[str, list[Post]] | None = None,
+                      store_dir: Path | None = None) -> TextResources:
+    """The semantic method's text resources: the hashtag lists of ``corpora`` (a corpus
+    that is also a photo set contributes its training split only: ``hold_out``), and the
+    tweets' words for the segmenter."""
+    from services.word.semantic import text_resources
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+
+    lists = []
+    for spec in corpora:
+        posts = (already_read or {}).get(spec) or held_out_split(
+            normalize_post_hashtags(read_posts(spec)), hold_out)[0]
+        lists += [p.hashtags for p in posts]
+    try:
+        tweets = [p.text or "" for p in read_posts(SEGMENTER_TEXT)]
+    except FileNotFoundError:
+        log.warning("%s is missing: the segmenter uses English frequencies alone",
+                    SEGMENTER_TEXT)
+        tweets = []
+    return text_resources(lists, tweets, store_dir=store_dir)
+
+
+def train_default(out: Path, store: FeatureStore, hold_out: int | None = None,
+                  communities: Sequence[tuple[str, str, frozenset[str]]] = DEFAULT_COMMUNITIES,
+                  corpora: Sequence[str] = DEFAULT_CORPORA,
+                  methods: Sequence[str] = DEFAULT_METHODS, seed: int = 0, folds: int = 3,
+                  progress: bool = True) -> ImageModels:
+    """The served default: every shipped photo set as a community, the tag-only corpora as
+    hashtag knowledge (the semantic method's outside hashtags and counts), the tweets'
+    words for the segmenter. ``hold_out``: keep the seeded 20 % of each data set (photo
+    sets and corpora alike) out, for `hashrec evaluate served`."""
+    from shared.config import data_root
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+
+    members, kept_by_spec = [], {}
+    for name, spec, ignore in communities:
+        posts, _ = held_out_split(normalize_post_hashtags(read_posts(spec)), hold_out)
+        kept_by_spec[spec] = posts
+        if ignore:
+            log.info("%s: collection hashtags %s", name, search_tag_report(posts, ignore))
+        members.append(Community(name, posts, ignore))
+    text = hashtag_knowledge(corpora, hold_out, kept_by_spec)
+    about = {"recipe": "default", "data": [spec for _, spec, _ in communities],
+             "corpora": list(corpora), "data_root": str(data_root()),
+             "hold_out": None if hold_out is None else {"seed": hold_out, "share": 0.2}}
+    return train_communities(members, store, out, methods, seed=seed, folds=folds,
+                             progress=progress, text=text, about=about)
 
 
 def train_from_spec(spec: str, out: Path, ignore: frozenset[str] = frozenset(),
-                    min_count: int = 3, seed: int = 0) -> ImageModels:
+                    min_count: int = 3, seed: int = 0,
+                    methods: Sequence[str] | None = None) -> ImageModels:
     """Reads and normalises a data set (FORMAT:PATH), then ``train_image_models`` with the
     shared feature store under $HASHREC_MODELS/features."""
     from shared.config import models_dir
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
 
+    methods = methods or METHODS
+    text = hashtag_knowledge(("harrison:harrison",)) if "semantic" in methods else None
     return train_image_models(normalize_post_hashtags(read_posts(spec)),
                               FeatureStore(models_dir() / "features"), out, ignore,
-                              min_count=min_count, seed=seed)
+                              methods=methods, min_count=min_count, seed=seed, text=text)
 
 
 @dataclass
@@ -81,11 +207,20 @@ class ImageModels:
     methods: dict[str, Method]
     fusion: Fusion
     directory: Path | None = None
+    #: the learned fusion, served when every method answers (the linear one otherwise)
+    ranker: RankFusion | None = None
+
+    def combine(self, per_method: dict[str, np.ndarray]) -> np.ndarray:
+        """The learned fusion of the methods' scores when all of them are there, else the
+        linear fusion of those that are."""
+        if self.ranker is not None and all(m in per_method for m in self.ranker.methods):
+            return self.ranker.combine(per_method)
+        return self.fusion.combine(per_method)
 
     def scores(self, photos: PhotoSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(fused scores, each method's scores), one row per photo, one column per hashtag."""
         per_method = {name: method.scores(photos) for name, method in self.methods.items()}
-        return self.fusion.combine(per_method), per_method
+        return self.combine(per_method), per_method
 
 
 def _open(directory: Path) -> ArtifactReader:
@@ -112,7 +247,18 @@ def _load(reader: ArtifactReader, name: str) -> Method:
     if name not in reader.manifest["methods"]:
         raise ValueError(f"{reader.directory}: has no {name!r} method "
                          f"(it holds {reader.manifest['methods']})")
+    if len(reader.manifest.get("communities", ())) > 1:
+        return GatedMethod.load(reader, name, loaders[name])
     return loaders[name](reader)
+
+
+def served_methods(directory: Path, candidates: Sequence[str]) -> list[str]:
+    """The ``candidates`` the model at ``directory`` holds (from its manifest, unverified:
+    load_image_models verifies)."""
+    import json
+
+    held = json.loads((directory / "manifest.json").read_text())["methods"]
+    return [m for m in candidates if m in held]
 
 
 def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> ImageModels:
@@ -121,6 +267,7 @@ def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> 
     reader = _open(directory)
     manifest = reader.manifest
     names = manifest["methods"] if methods is None else methods
+    ranker = RankFusion.load(reader) if "fusion_rank.json" in manifest["files"] else None
     return ImageModels(manifest["version"], tuple(reader.json("vocabulary")),
                        {name: _load(reader, name) for name in names}, Fusion.load(reader),
-                       directory)
+                       directory, ranker)

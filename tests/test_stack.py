@@ -42,9 +42,10 @@ from shared.cache import RedisCache
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.data.simulated_users import source_posts
+from shared.eval.image2tag import METHODS
 from shared.grpc_server import CHANNEL_OPTIONS
 from shared.scoring import photo_set
-from shared.train import train_image_models
+from shared.train import hashtag_knowledge, train_image_models
 from tests.servers import LoopThread, RedisServer, free_port
 
 
@@ -53,8 +54,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
     model = VisionModel(device="cpu")
     store = FeatureStore(tmp_path_factory.mktemp("features"), model)
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
-    trained = train_image_models(posts, store, tmp_path_factory.mktemp("models"),
-                                 min_count=2, folds=3, progress=False)
+    trained = train_image_models(
+        posts, store, tmp_path_factory.mktemp("models"), methods=(*METHODS, "semantic"),
+        min_count=2, folds=3, progress=False,
+        text=hashtag_knowledge(("harrison:harrison",),
+                               store_dir=tmp_path_factory.mktemp("text")))
     _, user_dir = train_user_model(
         tmp_path_factory.mktemp("user"), store, n_users=12, progress=False,
         params=TensorParams(16, 16, 4, epochs=5), sources=source_posts(data_dir)[::25])
@@ -114,9 +118,21 @@ def test_word_and_graph_score_the_whole_vocabulary(stack: dict, data_dir: Path,
     photo = _describe(stack, _photo(data_dir))
     reply = stub.Score(photo_pb2.ScoreRequest(photo=photo), timeout=30)
     assert reply.model_version == stack["trained"].version
-    # Exactly what the trained method computes in-process for the same description.
-    expected = stack["trained"].methods[name].scores(photo_set(photo))[0]
-    np.testing.assert_allclose(reply.scores, expected, rtol=1e-5, atol=1e-6)
+    served = {"word": ["word", "semantic"], "graph": ["graph"]}[name]
+    assert [m.method for m in reply.methods] == served
+    for answer in reply.methods:
+        # Exactly what the trained method computes in-process for the same description.
+        method = stack["trained"].methods[answer.method]
+        expected = method.scores(photo_set(photo))[0]
+        np.testing.assert_allclose(answer.scores, expected, rtol=1e-5, atol=1e-6)
+        if answer.method == "semantic":  # hashtags of HARRISON's lists the photos lack
+            assert list(answer.outside_hashtags) == list(method.extra)
+            assert len(answer.outside_hashtags) > 100
+            assert not set(answer.outside_hashtags) & set(stack["trained"].vocabulary)
+            np.testing.assert_allclose(answer.outside_scores, method.scores_all(
+                photo_set(photo))[0, len(expected):], rtol=1e-5, atol=1e-6)
+        else:
+            assert not answer.outside_hashtags
     assert _serving(stack["channels"][name])
 
 
@@ -253,6 +269,17 @@ def test_recommend_conditions_on_a_known_user(stack: dict, data_dir: Path) -> No
     unknown = _recommend(stack, image, user="never-seen-before", k=10)
     assert not unknown.degraded  # an unknown user is no error: the agnostic answer
     assert [h.hashtag for h in unknown.hashtags] == [h.hashtag for h in stranger.hashtags]
+
+
+def test_hashtags_from_outside_the_photo_vocabulary_are_flagged(stack: dict,
+                                                                data_dir: Path) -> None:
+    reply = _recommend(stack, _photo(data_dir, "0000010.jpg"), k=100)
+    vocabulary = set(stack["trained"].vocabulary)
+    outside = [h.hashtag for h in reply.hashtags if h.outside_vocabulary]
+    assert outside and not set(outside) & vocabulary
+    assert all(h.hashtag in vocabulary for h in reply.hashtags if not h.outside_vocabulary)
+    scores = [h.score for h in reply.hashtags]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_feedback_moves_that_users_ranking_and_retrieve_finds_the_photo(

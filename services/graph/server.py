@@ -20,8 +20,8 @@ from hashrec.v1 import graph_pb2, graph_pb2_grpc
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer, start_loading
-from shared.scoring import VocabularyScorer
-from shared.train import KIND, load_image_models
+from shared.scoring import GRAPH_METHODS, VocabularyScorer
+from shared.train import KIND, load_image_models, served_methods
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = graph_pb2.DESCRIPTOR.services_by_name["GraphEmbeddingService"].full_name
@@ -35,8 +35,8 @@ async def serve(host: str, port: int, model_dir: Path,
         SERVICE_NAME, graph_pb2_grpc.add_GraphEmbeddingServiceServicer_to_server,
         "graph model", host, port, metrics_port)
     models = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: load_image_models(model_dir, ["graph"]))
-    late.target = VocabularyScorer(models.methods["graph"].scores, models.version)
+        None, lambda: load_image_models(model_dir, served_methods(model_dir, GRAPH_METHODS)))
+    late.target = VocabularyScorer(models.methods, models.version)
     await server.set_serving(True)
     log.info("graph: model %s, %d hashtags", models.version, len(models.vocabulary))
     return server

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -182,6 +183,118 @@ class MlpMethod:
         with torch.no_grad():
             logits = self.network(torch.from_numpy(self._standardized(photos.features)))
         return torch.sigmoid(logits).numpy()
+
+
+@dataclass
+class CommunityGate:
+    """P(c | x): which community of posters a photo looks like theirs, a multinomial
+    logistic regression on the standardised CNN features (folded into the weights)."""
+
+    weight: np.ndarray  # communities × d, on raw features
+    bias: np.ndarray  # communities
+
+    @classmethod
+    def fit(cls, photos: PhotoSet, strength: float = 0.1) -> CommunityGate:
+        """One gate per training set, computed once however many methods ask."""
+        cached = _GATES.get(id(photos.features))
+        if cached is not None and cached[0]() is photos.features:
+            return cached[1]
+        from sklearn.linear_model import LogisticRegression
+
+        n_communities = int(photos.communities.max()) + 1
+        mean, scale = photos.features.mean(axis=0), photos.features.std(axis=0) + 1e-6
+        model = LogisticRegression(C=strength, max_iter=3000, class_weight="balanced")
+        model.fit((photos.features - mean) / scale, photos.communities)
+        weight = np.zeros((n_communities, photos.features.shape[1]))
+        bias = np.zeros(n_communities)
+        if len(model.classes_) == 2:  # sklearn's binary form: one row, for the second
+            weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], \
+                model.intercept_[0]
+        else:
+            weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+        weight /= scale
+        gate = cls(weight.astype(np.float32), (bias - weight @ mean).astype(np.float32))
+        while len(_GATES) >= 8:  # the last few training sets: a fold's methods share one
+            del _GATES[next(iter(_GATES))]
+        _GATES[id(photos.features)] = (weakref.ref(photos.features), gate)
+        return gate
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        logits = np.atleast_2d(features) @ self.weight.T + self.bias
+        odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return odds / odds.sum(axis=1, keepdims=True)
+
+
+_GATES: dict[int, tuple[weakref.ref, CommunityGate]] = {}
+
+
+@dataclass
+class GatedMethod:
+    """A method per community, mixed by the gate:
+
+        s(h | x) = Σ_c P(c | x) ŝ_c(h | x),   ŝ_c: the method fit on community c's photos
+                                              alone, its scores divided by their best
+
+    Photo sets differ in how people tag (Instagram's #instagood, Flickr's camera names, a
+    food site's dish names). One method over their union lets a photo's look-alikes from
+    another community vote their conventions (a Flickr photo's nearest neighbours are
+    often Instagram's); each community's own method answers in its own, and the gate says
+    how much each applies. Gated frequency is the community prior Σ_c P(c | x) P̂(h | c)."""
+
+    inner: list[Method]
+    name: str = ""
+    gate: CommunityGate | None = None
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.inner[0].name
+
+    def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
+        self.gate = CommunityGate.fit(photos)
+        for community, method in enumerate(self.inner):
+            rows = np.flatnonzero(photos.communities == community)
+            if not len(rows):
+                raise ValueError(f"{self.name}: no training photo of community {community}")
+            method.fit(photos.subset(rows), vocab)
+
+    def scores(self, photos: PhotoSet) -> np.ndarray:
+        return self._mixed(photos, "scores")
+
+    @property
+    def extra(self) -> tuple[str, ...]:
+        """Hashtags outside the vocabulary the inner methods score (the semantic
+        method's): the same for every community, which share vocabulary and corpora."""
+        extras = {tuple(getattr(method, "extra", ())) for method in self.inner}
+        if len(extras) != 1:
+            raise ValueError(f"{self.name}: communities score different outside hashtags")
+        return next(iter(extras))
+
+    def scores_all(self, photos: PhotoSet) -> np.ndarray:
+        """The vocabulary's scores, then ``extra``'s (methods that have them)."""
+        return self._mixed(photos, "scores_all")
+
+    def _mixed(self, photos: PhotoSet, how: str) -> np.ndarray:
+        weights = self.gate(photos.features)
+        total = None
+        for community, method in enumerate(self.inner):
+            part = weights[:, community:community + 1] \
+                * normalized_rows(getattr(method, how)(photos))
+            total = part if total is None else total + part
+        return total
+
+    def save(self, writer: ArtifactWriter) -> None:
+        scoped = writer.scoped(f"gated/{self.name}")
+        scoped.array("gate_weight", self.gate.weight)
+        scoped.array("gate_bias", self.gate.bias)
+        for community, method in enumerate(self.inner):
+            method.save(scoped.scoped(f"c{community}"))
+
+    @classmethod
+    def load(cls, reader: ArtifactReader, name: str,
+             load_inner: Callable[[object], Method]) -> GatedMethod:
+        scoped = reader.scoped(f"gated/{name}")
+        gate = CommunityGate(scoped.array("gate_weight"), scoped.array("gate_bias"))
+        inner = [load_inner(scoped.scoped(f"c{c}")) for c in range(len(gate.bias))]
+        return cls(inner, name, gate)
 
 
 def normalized_rows(scores: np.ndarray) -> np.ndarray:
@@ -385,6 +498,33 @@ class RankFusion:
         saved = reader.json("fusion_rank")
         return cls(tuple(saved["methods"]), lightgbm.Booster(model_str=saved["model"]),
                    saved["depth"])
+
+
+def outside_candidates(per_method: dict[str, np.ndarray],
+                       outside: dict[str, tuple[Sequence[str], np.ndarray]],
+                       fused: np.ndarray, vocabulary_index: dict[str, int],
+                       depth: int = 100) -> tuple[tuple[str, ...], np.ndarray]:
+    """Hashtags outside the vocabulary that a method scored (the semantic method's, from
+    tag-only corpora), each placed on the fused scale by rank: one that its method ranks
+    as it would the r-th hashtag of the vocabulary takes just under the r-th best fused
+    score. No fusion weight exists for a hashtag no other method knows; its method's own
+    calibrated score, compared with the vocabulary's, decides where it stands. Only those
+    that would reach the top ``depth`` are kept; a term two methods propose keeps its best."""
+    ranked_fused = np.sort(fused)[::-1]
+    best: dict[str, float] = {}
+    for method, (terms, scores) in outside.items():
+        inside = per_method.get(method)
+        if inside is None or not len(terms):
+            continue
+        descending = -np.sort(inside)[::-1]  # ascending, for searchsorted
+        ranks = np.searchsorted(descending, -np.asarray(scores), side="left")
+        for term, rank in zip(terms, ranks, strict=True):
+            if rank < depth and term not in vocabulary_index:
+                place = np.float32(ranked_fused[min(int(rank), len(ranked_fused) - 1)])
+                value = float(np.nextafter(place, np.float32(-np.inf)))
+                best[term] = max(best.get(term, -np.inf), value)
+    terms = tuple(sorted(best, key=best.get, reverse=True))
+    return terms, np.array([best[t] for t in terms], dtype=np.float32)
 
 
 #: weight of the user model's relative probability against the fused photo score (both

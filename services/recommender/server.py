@@ -47,7 +47,12 @@ from hashrec.v1 import (
     word_pb2_grpc,
 )
 
-from services.recommender.model import Fusion, condition_on_user, normalized_rows
+from services.recommender.model import (
+    Fusion,
+    condition_on_user,
+    normalized_rows,
+    outside_candidates,
+)
 from services.vision.model import FEATURE_DIM
 from services.vision.store import MODEL_ID
 from shared.artifacts import resolve_artifact
@@ -56,8 +61,8 @@ from shared.config import setup_logging
 from shared.eval.metrics import top_k
 from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, k_or_abort, start_loading
 from shared.photos import MACHINE_LABELS_PER_PHOTO
-from shared.scoring import describe, photo_set
-from shared.train import KIND, ImageModels, load_image_models
+from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
+from shared.train import KIND, ImageModels, load_image_models, served_methods
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
@@ -94,16 +99,33 @@ def _reason(backend: str, error: BaseException) -> str:
     return f"{backend}: {type(error).__name__}: {error}"
 
 
+@dataclass
+class PhotoScores:
+    """One photo's evidence: as vision described it, every photo method's scores over the
+    vocabulary, the hashtags outside the vocabulary a method scored (term → its score,
+    per method), and what could not contribute."""
+
+    description: photo_pb2.PhotoDescription
+    per_method: dict[str, np.ndarray]
+    outside: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    reasons: list[str]
+
+
 class RecommenderServicer:
-    def __init__(self, models: ImageModels, backends: Backends,
-                 cache: Cache | None = None) -> None:
+    def __init__(self, models: ImageModels, backends: Backends, remote_methods: dict[
+                 str, tuple[str, ...]], cache: Cache | None = None) -> None:
+        """``remote_methods``: backend ("word", "graph") → the methods it scores."""
         self.models, self.backends = models, backends
         self.cache = cache if cache is not None else LruCache()
         self.vocabulary_index = {term: row for row, term in enumerate(models.vocabulary)}
+        self.remote_methods = {backend: methods for backend, methods in
+                               remote_methods.items()
+                               if getattr(backends, backend) is not None and methods}
         #: the photo methods whose scores a complete answer holds, in a fixed order
         self.photo_methods = tuple(m for m in LOCAL_METHODS if m in models.methods) + tuple(
-            name for name, stub in (("word", backends.word), ("graph", backends.graph))
-            if stub is not None)
+            m for methods in self.remote_methods.values() for m in methods)
+        #: each method's hashtags outside the vocabulary, learned from its first answer
+        self.outside_terms: dict[str, tuple[str, ...]] = {}
 
     async def _embed(self, image: bytes, context: grpc.aio.ServicerContext,
                      ) -> vision_pb2.EmbedResponse:
@@ -119,21 +141,34 @@ class RecommenderServicer:
                                 f"vision service: {code.name}: {error.details()}")
             raise
 
+    def _cached(self, key: str) -> PhotoScores | None:
+        cached = self.cache.get(key)
+        sizes = [len(self.models.vocabulary) + len(self.outside_terms.get(m, ()))
+                 for m in self.photo_methods]
+        if cached is None or len(cached) != FEATURE_DIM + sum(sizes):
+            return None
+        per_method, outside, start = {}, {}, FEATURE_DIM
+        for method, size in zip(self.photo_methods, sizes, strict=True):
+            scores = cached[start:start + size]
+            start += size
+            per_method[method] = scores[:len(self.models.vocabulary)]
+            if method in self.outside_terms:
+                outside[method] = (self.outside_terms[method],
+                                   scores[len(self.models.vocabulary):])
+        return PhotoScores(photo_pb2.PhotoDescription(features=cached[:FEATURE_DIM].tolist(),
+                                                      vision_model_version=MODEL_ID),
+                           per_method, outside, [])
+
     async def _photo_scores(self, image: bytes, context: grpc.aio.ServicerContext,
-                            ) -> tuple[photo_pb2.PhotoDescription, dict[str, np.ndarray],
-                                       list[str]]:
-        """(the photo as vision described it, each photo method's scores, what failed).
-        Complete answers are cached by the image's sha256 and the model version, so a
-        photo seen before costs neither vision nor the photo methods."""
+                            ) -> PhotoScores:
+        """Every photo method's scores of the photo. Complete answers are cached by the
+        image's sha256 and the model version, so a photo seen before costs neither vision
+        nor the photo methods."""
         key = cache_key("photo_scores", self.models.version,
                         hashlib.sha256(image).hexdigest())
-        cached = self.cache.get(key)
-        if cached is not None and len(cached) == FEATURE_DIM + len(
-                self.photo_methods) * len(self.models.vocabulary):
-            rows = cached[FEATURE_DIM:].reshape(len(self.photo_methods), -1)
-            return (photo_pb2.PhotoDescription(features=cached[:FEATURE_DIM].tolist(),
-                                               vision_model_version=MODEL_ID),
-                    dict(zip(self.photo_methods, rows, strict=True)), [])
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         description = describe(await self._embed(image, context))
         photos = photo_set(description)
         loop, backends = asyncio.get_running_loop(), self.backends
@@ -142,33 +177,50 @@ class RecommenderServicer:
                            for name in LOCAL_METHODS if name in self.models.methods})}
         timeout = _timeout(backends.deadline, context)
         score_request = photo_pb2.ScoreRequest(photo=description)
-        if backends.word is not None:
-            calls["word"] = backends.word.Score(score_request, timeout=timeout)
-        if backends.graph is not None:
-            calls["graph"] = backends.graph.Score(score_request, timeout=timeout)
+        for backend in self.remote_methods:
+            calls[backend] = getattr(backends, backend).Score(score_request, timeout=timeout)
         results = dict(zip(calls, await asyncio.gather(*calls.values(),
                                                        return_exceptions=True), strict=True))
-        per_method: dict[str, np.ndarray] = {}
-        reasons: list[str] = []
+        answer = PhotoScores(description, {}, {}, [])
         for backend, result in results.items():
             if isinstance(result, BaseException):
                 if backend == "local":
                     raise result
-                reasons.append(_reason(backend, result))
+                answer.reasons.append(_reason(backend, result))
             elif backend == "local":
-                per_method.update(result)
+                answer.per_method.update(result)
             elif result.model_version != self.models.version:
-                reasons.append(f"{backend}: serves model {result.model_version}, the "
-                               f"recommender {self.models.version}")
-            elif len(result.scores) != len(self.models.vocabulary):
-                reasons.append(f"{backend}: {len(result.scores)} scores for "
-                               f"{len(self.models.vocabulary)} hashtags")
+                answer.reasons.append(f"{backend}: serves model {result.model_version}, the "
+                                      f"recommender {self.models.version}")
             else:
-                per_method[backend] = np.asarray(result.scores, dtype=np.float32)
-        if not reasons and set(per_method) == set(self.photo_methods):
-            self.cache.set(key, np.concatenate([photos.features[0],
-                                                *(per_method[m] for m in self.photo_methods)]))
-        return description, per_method, reasons
+                self._take(backend, result, answer)
+        if not answer.reasons and set(answer.per_method) == set(self.photo_methods):
+            self.cache.set(key, np.concatenate([photos.features[0], *(
+                np.concatenate([answer.per_method[m], answer.outside[m][1]])
+                if m in answer.outside else answer.per_method[m]
+                for m in self.photo_methods)]))
+        return answer
+
+    def _take(self, backend: str, result: photo_pb2.VocabularyScores,
+              answer: PhotoScores) -> None:
+        """A scoring service's methods into ``answer``, each checked against the model."""
+        vocabulary = len(self.models.vocabulary)
+        for method in result.methods:
+            if method.method not in self.remote_methods[backend]:
+                continue
+            if len(method.scores) != vocabulary:
+                answer.reasons.append(f"{backend}: {len(method.scores)} {method.method} "
+                                      f"scores for {vocabulary} hashtags")
+                continue
+            answer.per_method[method.method] = np.asarray(method.scores, dtype=np.float32)
+            if method.outside_hashtags:
+                terms = tuple(method.outside_hashtags)
+                self.outside_terms.setdefault(method.method, terms)
+                answer.outside[method.method] = (terms, np.asarray(method.outside_scores,
+                                                                   dtype=np.float32))
+        missing = set(self.remote_methods[backend]) - set(answer.per_method)
+        if missing:
+            answer.reasons.append(f"{backend}: no scores for {sorted(missing)}")
 
     async def _user_scores(self, description: photo_pb2.PhotoDescription, user_id: str,
                            k: int, context: grpc.aio.ServicerContext,
@@ -189,48 +241,54 @@ class RecommenderServicer:
     async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
         k = await k_or_abort(request.k, MAX_K, context)
-        description, per_method, reasons = await self._photo_scores(request.image, context)
-        user_hashtags, user_reasons = await self._user_scores(description, request.user_id,
-                                                              k, context)
-        reasons += user_reasons
-        rows = {m: s[None, :] for m, s in per_method.items()}
+        photo = await self._photo_scores(request.image, context)
+        user_hashtags, user_reasons = await self._user_scores(photo.description,
+                                                              request.user_id, k, context)
+        reasons = photo.reasons + user_reasons
+        rows = {m: s[None, :] for m, s in photo.per_method.items()}
         try:
-            fused = self.models.fusion.combine(rows)[0]
+            fused = self.models.combine(rows)[0]
         except ValueError:  # no method with a fusion weight answered: equal weights
             fused = Fusion({m: 1.0 for m in rows}).combine(rows)[0]
             reasons.append("fusion: no weighted method answered; equal weights")
-        combined, extra_terms = condition_on_user(self.vocabulary_index, fused,
-                                                  user_hashtags)
+        outside_terms, outside_scores = outside_candidates(photo.per_method, photo.outside,
+                                                          fused, self.vocabulary_index)
+        index = {**self.vocabulary_index,
+                 **{t: len(fused) + i for i, t in enumerate(outside_terms)}}
+        combined, user_terms = condition_on_user(
+            index, np.concatenate([fused, outside_scores]), user_hashtags)
+        terms = (*self.models.vocabulary, *outside_terms, *user_terms)
         return recommender_pb2.RecommendResponse(
-            hashtags=self._answer(combined, extra_terms, per_method, user_hashtags, k),
+            hashtags=self._answer(combined, terms, photo, user_hashtags, k),
             model_version=self.models.version, degraded=bool(reasons),
             degraded_reasons=reasons)
 
-    def _answer(self, combined: np.ndarray, extra_terms: list[str],
-                per_method: dict[str, np.ndarray], user_hashtags: list[tuple[str, float]],
-                k: int) -> list[recommender_pb2.HashtagScore]:
-        """The top k of ``combined`` (vocabulary, then ``extra_terms``), each with the
-        signals of the methods that rank it among their top SIGNAL_DEPTH."""
-        terms = self.models.vocabulary
+    def _answer(self, combined: np.ndarray, terms: tuple[str, ...], photo: PhotoScores,
+                user_hashtags: list[tuple[str, float]], k: int,
+                ) -> list[recommender_pb2.HashtagScore]:
+        """The top k of ``combined`` (over ``terms``: the vocabulary, then hashtags from
+        outside it), each with the signals of the methods that rank it among their top
+        SIGNAL_DEPTH."""
+        vocabulary = len(self.models.vocabulary)
         answer = top_k(combined[None, :], k)[0]
-        wanted = {int(i) for i in answer}
-        signals: dict[int, list[recommender_pb2.Signal]] = {i: [] for i in wanted}
-        for method, scores in per_method.items():
-            normalized = normalized_rows(scores[None, :])[0]
-            for rank, h in enumerate(top_k(scores[None, :], SIGNAL_DEPTH)[0], start=1):
-                if int(h) in wanted:
-                    signals[int(h)].append(recommender_pb2.Signal(
+        wanted = {terms[int(i)]: int(i) for i in answer}
+        signals: dict[str, list[recommender_pb2.Signal]] = {t: [] for t in wanted}
+        for method, scores in photo.per_method.items():
+            outside_terms, outside = photo.outside.get(method, ((), np.zeros(0)))
+            every = np.concatenate([scores, outside])
+            names = (*self.models.vocabulary, *outside_terms)
+            normalized = normalized_rows(every[None, :])[0]
+            for rank, h in enumerate(top_k(every[None, :], SIGNAL_DEPTH)[0], start=1):
+                if names[h] in wanted:
+                    signals[names[h]].append(recommender_pb2.Signal(
                         method=method, score=float(normalized[h]), rank=rank))
-        extra_rows = {term: len(terms) + i for i, term in enumerate(extra_terms)}
         for rank, (term, relative) in enumerate(user_hashtags[:SIGNAL_DEPTH], start=1):
-            row = self.vocabulary_index.get(term, extra_rows.get(term))
-            if row in wanted:
-                signals[row].append(
+            if term in wanted:
+                signals[term].append(
                     recommender_pb2.Signal(method="user", score=relative, rank=rank))
         return [recommender_pb2.HashtagScore(
-            hashtag=terms[i] if i < len(terms) else extra_terms[i - len(terms)],
-            score=float(combined[i]),
-            signals=sorted(signals[int(i)], key=lambda s: (s.rank, s.method)))
+            hashtag=terms[i], score=float(combined[i]), outside_vocabulary=i >= vocabulary,
+            signals=sorted(signals[terms[i]], key=lambda s: (s.rank, s.method)))
             for i in answer]
 
     async def Feedback(self, request: recommender_pb2.FeedbackRequest,  # noqa: N802
@@ -284,7 +342,7 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
         SERVICE_NAME, recommender_pb2_grpc.add_RecommenderServiceServicer_to_server,
         "recommender model", host, port, metrics_port)
     models = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: load_image_models(model_dir, LOCAL_METHODS))
+        None, lambda: load_image_models(model_dir, served_methods(model_dir, LOCAL_METHODS)))
     channels = []
 
     def channel(target: str | None) -> grpc.aio.Channel | None:
@@ -301,7 +359,9 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
         word and word_pb2_grpc.WordEmbeddingServiceStub(word),
         graph and graph_pb2_grpc.GraphEmbeddingServiceStub(graph),
         user and user_pb2_grpc.UserProfileServiceStub(user),
-        vision_deadline, backend_deadline), cache)
+        vision_deadline, backend_deadline),
+        {"word": tuple(served_methods(model_dir, WORD_METHODS)),
+         "graph": tuple(served_methods(model_dir, GRAPH_METHODS))}, cache)
     await server.set_serving(True)
     log.info("recommender: model %s, %d hashtags; vision %s, word %s, graph %s, user %s",
              models.version, len(models.vocabulary), vision_target, word_target,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -156,17 +157,18 @@ class SemanticMethod:
 
 
 def text_resources(corpora: Sequence[Sequence[str]] = (), segmenter_text: Sequence[str] = (),
-                   min_count: int = 10) -> TextResources:
+                   min_count: int = 10, store_dir: Path | None = None) -> TextResources:
     """The semantic method's inputs: hashtags segmented by a HashtagSegmenter over
-    ``segmenter_text`` and embedded through the text store under $HASHREC_MODELS; the
-    hashtag lists of ``corpora`` counted (terms seen ``min_count`` times)."""
+    ``segmenter_text`` and embedded through the text store in ``store_dir`` (default
+    $HASHREC_MODELS/text-features); the hashtag lists of ``corpora`` counted (terms seen
+    ``min_count`` times)."""
     from collections import Counter
 
     from shared.config import models_dir
     from shared.text import HashtagSegmenter, TextStore
 
     segmenter = HashtagSegmenter(segmenter_text)
-    store = TextStore(models_dir() / "text-features")
+    store = TextStore(store_dir or models_dir() / "text-features")
     counts = Counter(term for hashtags in corpora for term in hashtags)
     kept = {term: count for term, count in counts.items() if count >= min_count}
     return TextResources(lambda texts: store.encode(texts, progress=False),

@@ -1,7 +1,9 @@
 """WordEmbeddingService over gRPC: transport only; the math is in services/word/model.py.
 
-Score: InstaHash's label → hashtag expansion for one photo, over the vocabulary of the
-served `hashrec train` directory. Similar: nearest hashtags in the word-vector space.
+Score: the word-level photo → hashtag methods of the served `hashrec train` directory, for
+one photo: InstaHash's label → hashtag expansion (word), and where the model holds them
+the semantic method (with hashtags outside the vocabulary) and AutoRec. Similar: nearest
+hashtags in the word-vector space.
 
 Config from the environment: HASHREC_WORD_HOST (127.0.0.1), HASHREC_WORD_PORT (50052),
 HASHREC_WORD_METRICS_PORT (9102),
@@ -23,8 +25,8 @@ from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import GrpcServer, k_or_abort, start_loading
-from shared.scoring import VocabularyScorer
-from shared.train import KIND, load_image_models
+from shared.scoring import WORD_METHODS, VocabularyScorer
+from shared.train import KIND, load_image_models, served_methods
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = word_pb2.DESCRIPTOR.services_by_name["WordEmbeddingService"].full_name
@@ -33,10 +35,11 @@ MAX_K = 100
 
 
 class WordServicer(VocabularyScorer):
-    def __init__(self, method: InstaHashMethod, vocabulary: tuple[str, ...],
+    def __init__(self, methods: dict[str, object], vocabulary: tuple[str, ...],
                  model_version: str) -> None:
-        super().__init__(method.scores, model_version)
-        self.similar = SimilarHashtags(method.term_vectors, vocabulary)
+        super().__init__(methods, model_version)
+        word: InstaHashMethod = methods["word"]
+        self.similar = SimilarHashtags(word.term_vectors, vocabulary)
 
     async def Similar(self, request: word_pb2.SimilarRequest,  # noqa: N802
                       context: grpc.aio.ServicerContext) -> word_pb2.SimilarResponse:
@@ -61,10 +64,11 @@ async def serve(host: str, port: int, model_dir: Path,
         SERVICE_NAME, word_pb2_grpc.add_WordEmbeddingServiceServicer_to_server,
         "word model", host, port, metrics_port)
     models = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: load_image_models(model_dir, ["word"]))
-    late.target = WordServicer(models.methods["word"], models.vocabulary, models.version)
+        None, lambda: load_image_models(model_dir, served_methods(model_dir, WORD_METHODS)))
+    late.target = WordServicer(models.methods, models.vocabulary, models.version)
     await server.set_serving(True)
-    log.info("word: model %s, %d hashtags", models.version, len(models.vocabulary))
+    log.info("word: model %s, %d hashtags, methods %s", models.version,
+             len(models.vocabulary), list(models.methods))
     return server
 
 

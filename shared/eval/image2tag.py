@@ -24,6 +24,7 @@ from services.graph.model import JointGraphMethod
 from services.recommender.model import (
     FrequencyMethod,
     Fusion,
+    GatedMethod,
     KnnMethod,
     Method,
     MlpMethod,
@@ -60,8 +61,13 @@ def top5_agreement(scores: np.ndarray, reference: np.ndarray) -> float:
 
 
 def make_methods(names: Sequence[str], seed: int,
-                 text: TextResources | None = None) -> list[Method]:
-    """The named methods, unfitted; ``text``: what the semantic method reads."""
+                 text: TextResources | None = None, communities: int = 1) -> list[Method]:
+    """The named methods, unfitted; ``text``: what the semantic method reads;
+    ``communities`` > 1: each method one per community, mixed by a gate (GatedMethod)."""
+    if communities > 1:
+        per_community = [make_methods(names, seed, text) for _ in range(communities)]
+        return [GatedMethod([methods[i] for methods in per_community])
+                for i in range(len(names))]
     names_of_classes = class_names()
     factories: dict[str, Callable[[], Method]] = {
         "frequency": FrequencyMethod,
@@ -110,18 +116,64 @@ def without_ignored(posts: Sequence[Post], ignore: frozenset[str]) -> list[Post]
             for p in posts]
 
 
+@dataclass(frozen=True)
+class Community:
+    """One photo set: a community of posters with its own way of tagging; ``ignore``: its
+    collection artefacts (e.g. the search hashtags it was gathered by), removed from its
+    posts before anything else."""
+
+    name: str
+    posts: Sequence[Post]
+    ignore: frozenset[str] = frozenset()
+
+
+def community_photos(communities: Sequence[Community], store: FeatureStore, min_count: int,
+                     max_vocab: int, progress: bool = True,
+                     ) -> tuple[PhotoSet, tuple[str, ...], dict[str, Vocabulary]]:
+    """The training photos of every community with their in-vocabulary hashtags and
+    community index, the vocabulary (each community's own, ``min_count`` / ``max_vocab``
+    within it, then their union: a large community's many tags do not crowd out a small
+    one's), and each community's vocabulary."""
+    kept_by_community, vocabularies = [], {}
+    for community in communities:
+        kept, photos = _photos(without_ignored(community.posts, community.ignore), store,
+                               progress)
+        vocabularies[community.name] = Vocabulary.build([p.hashtags for p in kept],
+                                                        min_count, max_vocab)
+        kept_by_community.append((kept, photos))
+    terms = tuple(dict.fromkeys(t for v in vocabularies.values() for t in v.terms))
+    if not terms:
+        raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
+    index = {term: row for row, term in enumerate(terms)}
+    features, probabilities, hashtags, origin = [], [], [], []
+    for number, (community, (kept, photos)) in enumerate(zip(communities, kept_by_community,
+                                                             strict=True)):
+        own = vocabularies[community.name]
+        for row, post in enumerate(kept):
+            ids = [index[t] for t in dict.fromkeys(post.hashtags) if t in own.index]
+            if ids:
+                features.append(photos.features[row])
+                probabilities.append(photos.probabilities[row])
+                hashtags.append(ids)
+                origin.append(number)
+    if not hashtags:
+        raise ValueError("no training photo has a hashtag in the vocabulary")
+    return (PhotoSet(np.stack(features), np.stack(probabilities), hashtags,
+                     np.array(origin)), terms, vocabularies)
+
+
+def n_communities(photos: PhotoSet) -> int:
+    return 1 if photos.communities is None else int(photos.communities.max()) + 1
+
+
 def training_photos(posts: Sequence[Post], store: FeatureStore, ignore: frozenset[str],
                     min_count: int, max_vocab: int, progress: bool = True,
                     ) -> tuple[PhotoSet, Vocabulary]:
-    """The training photos with their in-vocabulary hashtags, and that vocabulary."""
-    kept, photos = _photos(without_ignored(posts, ignore), store, progress)
-    vocab = Vocabulary.build([p.hashtags for p in kept], min_count, max_vocab)
-    if not len(vocab):
-        raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
-    ids = [vocab.encode(p.hashtags) for p in kept]
-    has_tags = np.array([bool(i) for i in ids], dtype=bool)
-    return PhotoSet(photos.features[has_tags], photos.probabilities[has_tags],
-                    [i for i in ids if i]), vocab
+    """The training photos of one photo set with their in-vocabulary hashtags, and that
+    vocabulary."""
+    photos, _, vocabularies = community_photos([Community("photos", posts, ignore)], store,
+                                               min_count, max_vocab, progress)
+    return photos, vocabularies["photos"]
 
 
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
@@ -135,7 +187,7 @@ def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[
         held_out = np.flatnonzero(fold_of == fold)
         fit_set = train.subset(np.flatnonzero(fold_of != fold))
         validation = train.subset(held_out)
-        for method in make_methods(methods, seed, text):
+        for method in make_methods(methods, seed, text, n_communities(train)):
             method.fit(fit_set, vocab)
             scores = out_of_fold.setdefault(method.name,
                                             np.zeros((len(train), len(vocab)), np.float32))

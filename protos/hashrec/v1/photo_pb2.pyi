@@ -17,13 +17,25 @@ class PhotoDescription(_message.Message):
     vision_model_version: str
     def __init__(self, features: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[_Union[_vision_pb2.MachineLabel, _Mapping]]] = ..., vision_model_version: _Optional[str] = ...) -> None: ...
 
-class VocabularyScores(_message.Message):
-    __slots__ = ("scores", "model_version")
+class MethodScores(_message.Message):
+    __slots__ = ("method", "scores", "outside_hashtags", "outside_scores")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
-    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_HASHTAGS_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    method: str
     scores: _containers.RepeatedScalarFieldContainer[float]
+    outside_hashtags: _containers.RepeatedScalarFieldContainer[str]
+    outside_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, method: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., outside_hashtags: _Optional[_Iterable[str]] = ..., outside_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class VocabularyScores(_message.Message):
+    __slots__ = ("model_version", "methods")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    methods: _containers.RepeatedCompositeFieldContainer[MethodScores]
+    def __init__(self, model_version: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodScores, _Mapping]]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("photo",)

@@ -28,14 +28,16 @@ class Signal(_message.Message):
     def __init__(self, method: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class HashtagScore(_message.Message):
-    __slots__ = ("hashtag", "score", "signals")
+    __slots__ = ("hashtag", "score", "signals", "outside_vocabulary")
     HASHTAG_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_VOCABULARY_FIELD_NUMBER: _ClassVar[int]
     hashtag: str
     score: float
     signals: _containers.RepeatedCompositeFieldContainer[Signal]
-    def __init__(self, hashtag: _Optional[str] = ..., score: _Optional[float] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ...) -> None: ...
+    outside_vocabulary: bool
+    def __init__(self, hashtag: _Optional[str] = ..., score: _Optional[float] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., outside_vocabulary: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("hashtags", "model_version", "degraded", "degraded_reasons")

@@ -1,0 +1,123 @@
+"""The served model measured the way a user meets it: photos it never saw, each answered
+by the model as served, its top hashtags compared with the poster's own.
+
+For each photo set: the test photos are the seeded 20 % the model held out when trained
+with ``--hold-out`` (the split ``evaluate image2tag`` makes of that set), or every photo of
+a set it never trained on; a set it trained on in full is refused. Each photo is answered
+in process by the artifact (every method and the fusion the recommender uses) or, with a
+target, by a running RecommenderService over gRPC. Two truths:
+
+- ``set vocabulary``: the poster's hashtags among those seen 3 times in that set's training
+  photos (at most 1,000), the collection artefacts removed: exactly `evaluate image2tag`'s,
+  so the two tables compare;
+- ``all tags``: every one of the poster's hashtags (R@5 is then bounded by 5 / #tags).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.data.normalize import Vocabulary
+from shared.data.readers import Post
+from shared.eval.metrics import accuracy_at_k, precision_at_k, recall_at_k
+
+log = logging.getLogger(__name__)
+
+#: ranked hashtags (best first) for each photo path
+Answer = Callable[[Sequence[Post]], list[list[str]]]
+
+
+@dataclass
+class ServedResult:
+    photos: int
+    vocabulary: int
+    results: dict[str, dict[str, float]]  # truth → metric → percent
+
+
+def ranked_metrics(ranked: Sequence[Sequence[str]], truth: Sequence[set[str]],
+                   ) -> dict[str, float]:
+    """P@1, R@5, A@5, A@1, A@10 of hashtag lists against hashtag sets (percent)."""
+    index: dict[str, int] = {}
+    rows = [[index.setdefault(t, len(index)) for t in row] for row in ranked]
+    gold = [{index.setdefault(t, len(index)) for t in row} for row in truth]
+    return {"P@1": precision_at_k(rows, gold, 1), "R@5": recall_at_k(rows, gold, 5),
+            "A@5": accuracy_at_k(rows, gold, 5), "A@1": accuracy_at_k(rows, gold, 1),
+            "A@10": accuracy_at_k(rows, gold, 10)}
+
+
+def evaluate_served(train: Sequence[Post], test: Sequence[Post], answer: Answer,
+                    ignore: frozenset[str] = frozenset(), min_count: int = 3,
+                    max_vocab: int = 1000) -> ServedResult:
+    """``train``: the set's training posts (only for its vocabulary); ``test``: the posts
+    to answer (those with a photo)."""
+    train_tags = [[t for t in p.hashtags if t not in ignore]
+                  for p in train if p.image is not None]
+    vocabulary = Vocabulary.build(train_tags, min_count, max_vocab)
+    photos = [p for p in test if p.image is not None]
+    ranked = answer(photos)
+    results = {}
+    for name, keep in (("set vocabulary", lambda t: t in vocabulary.index),
+                       ("all tags", lambda t: True)):
+        rows = [(r, {t for t in p.hashtags if t not in ignore and keep(t)})
+                for r, p in zip(ranked, photos, strict=True)]
+        rows = [(r, gold) for r, gold in rows if gold]
+        if rows:
+            results[name] = {k: round(v, 2) for k, v in ranked_metrics(
+                [r for r, _ in rows], [gold for _, gold in rows]).items()}
+            results[name]["photos"] = len(rows)
+    return ServedResult(len(photos), len(vocabulary), results)
+
+
+def in_process_answer(model_dir: object, store: object, k: int = 10) -> Answer:
+    """Answers from the artifact itself: the methods and the fusion the recommender
+    serves, hashtags outside the vocabulary placed as the recommender places them."""
+    from services.recommender.model import outside_candidates
+    from shared.eval.metrics import top_k
+    from shared.train import load_image_models
+
+    models = load_image_models(model_dir)
+    index = {term: row for row, term in enumerate(models.vocabulary)}
+
+    def answer(posts: Sequence[Post]) -> list[list[str]]:
+        from shared.eval.image2tag import _photos
+
+        kept, photos = _photos(posts, store, progress=False)
+        if len(kept) != len(posts):
+            raise ValueError(f"{len(posts) - len(kept)} test photos could not be read")
+        fused, per_method = models.scores(photos)
+        outside_all = {name: (method.extra,
+                              method.scores_all(photos)[:, len(models.vocabulary):])
+                       for name, method in models.methods.items()
+                       if getattr(method, "extra", ())}
+        ranked = []
+        for row in range(len(posts)):
+            outside = {name: (terms, scores[row])
+                       for name, (terms, scores) in outside_all.items()}
+            scores = {m: s[row] for m, s in per_method.items()}
+            terms, extra = outside_candidates(scores, outside, fused[row], index)
+            every = np.concatenate([fused[row], extra])
+            names = (*models.vocabulary, *terms)
+            ranked.append([names[i] for i in top_k(every[None, :], k)[0]])
+        return ranked
+
+    return answer
+
+
+def grpc_answer(target: str, k: int = 10, timeout: float = 60.0) -> Answer:
+    """Answers from a running RecommenderService: the photo's bytes, no user."""
+    import grpc
+    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+    from shared.grpc_server import CHANNEL_OPTIONS
+
+    def answer(posts: Sequence[Post]) -> list[list[str]]:
+        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+            return [[h.hashtag for h in stub.Recommend(recommender_pb2.RecommendRequest(
+                image=p.image.read_bytes(), k=k), timeout=timeout).hashtags] for p in posts]
+
+    return answer

@@ -1,0 +1,63 @@
+"""`hashrec evaluate served`: the served artifact on held-out photos, comparable with
+`evaluate image2tag`, and refusing photos the model trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.vision.store import FeatureStore
+from shared.cli import main
+from shared.data.normalize import normalize_post_hashtags
+from shared.data.readers import read_posts
+from shared.eval.image2tag import Community, run_image2tag
+from shared.train import held_out_split, train_communities
+
+METHODS = ("frequency", "knn")
+
+
+@pytest.fixture(scope="module")
+def food_split(data_dir: Path) -> tuple[list, list]:
+    return held_out_split(normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}")),
+                          0)
+
+
+def _train(store: FeatureStore, posts: list, out: Path, spec: str, hold_out: int | None,
+           ) -> Path:
+    about = {"data": [spec], "hold_out": None if hold_out is None else {"seed": hold_out}}
+    return train_communities([Community("food", posts)], store, out, METHODS, folds=2,
+                             progress=False, about=about).directory
+
+
+def test_served_equals_image2tags_learned_fusion_on_the_same_held_out_photos(
+        feature_store: FeatureStore, food_split, data_dir: Path, tmp_path: Path,
+        monkeypatch) -> None:
+    monkeypatch.setenv("HASHREC_MODELS", str(feature_store.directory.parent.parent))
+    train, test = food_split
+    spec = f"food:{data_dir / 'food'}"
+    model = _train(feature_store, train, tmp_path / "models", spec, hold_out=0)
+    out = tmp_path / "served.json"
+    assert main(["evaluate", "served", "--test", spec, "--model", str(model),
+                 "--json", str(out)]) == 0
+    served = json.loads(out.read_text())["results"][spec]
+    reference = run_image2tag(train, test, feature_store, methods=METHODS, folds=2,
+                              progress=False)
+    assert served["set vocabulary"]["photos"] == reference.n_test
+    for metric in ("P@1", "R@5", "A@5", "A@1", "A@10"):
+        assert served["set vocabulary"][metric] == reference.results["learned_fusion"][metric]
+    # Against every tag the poster wrote, recall is lower: more truth, the same top 5.
+    assert served["all tags"]["R@5"] < served["set vocabulary"]["R@5"]
+
+
+def test_served_refuses_a_set_the_model_trained_on_in_full(feature_store: FeatureStore,
+                                                           food_split, data_dir: Path,
+                                                           tmp_path: Path, monkeypatch,
+                                                           capsys) -> None:
+    monkeypatch.setenv("HASHREC_MODELS", str(feature_store.directory.parent.parent))
+    train, test = food_split
+    spec = f"food:{data_dir / 'food'}"
+    model = _train(feature_store, [*train, *test], tmp_path / "models", spec, hold_out=None)
+    with pytest.raises(SystemExit, match=r"trained .* in full: no photo of it is unseen"):
+        main(["evaluate", "served", "--test", spec, "--model", str(model)])
