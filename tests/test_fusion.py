@@ -14,17 +14,22 @@ from shared.eval.image2tag import make_methods, out_of_fold_scores, photo_metric
 from shared.photos import PhotoSet
 
 
-def test_an_outside_hashtag_takes_the_fused_score_of_the_rank_its_method_gives_it() -> None:
-    # The semantic method scores the vocabulary (0.9, 0.5, 0.1) and two outside hashtags:
-    # 0.7 would be its 2nd, 0.05 its 4th (past the end). Fused scores: 3, 2, 1.
+def test_an_outside_hashtag_takes_the_fused_score_of_the_hashtag_scored_alike() -> None:
+    # The semantic method scores the vocabulary (0.9, 0.5, 0.1); the fusion ranks it
+    # (1, 3, 2): it trusts the semantic method's second choice most. Outside hashtags
+    # scored 0.6 and 0.05 sit nearest 0.5 and 0.1: they take fused 3 and 2 (just under).
     fused = np.array([1.0, 3.0, 2.0])
     terms, scores = outside_candidates(
         {"semantic": np.array([0.9, 0.5, 0.1])},
-        {"semantic": (("sunset", "haze", "tea"), np.array([0.7, 0.05, 0.7]))}, fused,
-        {"tea": 0, "cat": 1, "dog": 2})
+        {"semantic": (("sunset", "haze", "tea"), np.array([0.6, 0.05, 0.7]))}, fused,
+        {"tea": 0, "cat": 1, "dog": 2}, neighbours=1)
     assert terms == ("sunset", "haze")  # "tea" is in the vocabulary already
-    assert scores[0] == pytest.approx(2.0) and scores[0] < 2.0  # just under the 2nd best
-    assert scores[1] < 1.0 + 1e-6  # past the end: just under the last
+    assert scores[0] == pytest.approx(3.0) and scores[0] < 3.0
+    assert scores[1] == pytest.approx(2.0) and scores[1] < 2.0
+    # With depth 1 only one that would reach the top spot is kept: none (3.0 is taken).
+    assert outside_candidates({"semantic": np.array([0.9, 0.5, 0.1])},
+                              {"semantic": (("sunset",), np.array([0.6]))}, fused, {},
+                              depth=1, neighbours=1)[0] == ()
 
 
 def test_the_learned_fusion_ranks_as_well_as_the_best_method_and_round_trips(
