@@ -49,7 +49,8 @@ async def echo_server() -> tuple[grpc.aio.Server, str]:
 
 
 async def load(call: Callable[[int], Awaitable[object]], seconds: float, concurrency: int,
-               max_calls: int) -> dict[str, float]:
+               max_calls: int, failures: tuple[type[BaseException], ...] = (
+                   grpc.aio.AioRpcError,)) -> dict[str, float]:
     """``concurrency`` workers call ``call(i)`` until the time or the call budget is spent."""
     latencies: list[float] = []
     errors = 0
@@ -65,7 +66,7 @@ async def load(call: Callable[[int], Awaitable[object]], seconds: float, concurr
             try:
                 await call(number)
                 latencies.append(time.perf_counter() - started)
-            except grpc.aio.AioRpcError:
+            except failures:
                 errors += 1
 
     started = time.perf_counter()
@@ -139,11 +140,11 @@ def report(rows: dict[str, dict[str, float]], raw: float, args: argparse.Namespa
                   f"cold {kind} / raw model {rows[f'cold {kind}']['qps'] / raw:.2f}")
 
 
-async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,
-                         ) -> dict[str, dict[str, float]]:
-    """The whole stack, as `hashrec serve` runs it, under warm and cold Recommend."""
-    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
-
+async def start_stack(model: VisionModel, batch: int,
+                      ) -> tuple[list[grpc.aio.Server], str, list[str]]:
+    """The five services as `hashrec serve` runs them, on the newest trained models under
+    $HASHREC_MODELS (trained first when there are none): (servers, the recommender's
+    address, known user ids)."""
     from services.graph.server import serve as serve_graph
     from services.recommender.server import serve as serve_recommender
     from services.user.server import serve as serve_user
@@ -152,24 +153,32 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
     from services.word.server import serve as serve_word
     from shared.cli import newest_model
     from shared.config import models_dir
-    from shared.train import train_from_spec
+    from shared.train import train_default
 
-    model_dir = newest_model(models_dir()) or train_from_spec(
-        "instagram:instagram", models_dir()).directory
+    store = FeatureStore(models_dir() / "features")
+    model_dir = newest_model(models_dir()) or train_default(models_dir(), store).directory
     user_dir = newest_user_model(models_dir() / "user") or train_user_model(
-        models_dir() / "user", FeatureStore(models_dir() / "features"))[1]
+        models_dir() / "user", store)[1]
     # The user service loads and verifies the model; the bench only needs its user ids.
     users = json.loads((user_dir / "manifest.json").read_text())["users"][:50]
     state = models_dir() / "bench-state"  # the bench's own journal, never the served one
-    vision = await serve("127.0.0.1", 0, model, max_batch=args.batch)
+    vision = await serve("127.0.0.1", 0, model, max_batch=batch)
     word = await serve_word("127.0.0.1", 0, model_dir)
     graph = await serve_graph("127.0.0.1", 0, model_dir)
     user = await serve_user("127.0.0.1", 0, user_dir, state)
     recommender = await serve_recommender("127.0.0.1", 0, model_dir, vision.address,
                                           word.address, graph.address, user.address)
+    return [recommender, user, graph, word, vision], recommender.address, users
+
+
+async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,
+                         ) -> dict[str, dict[str, float]]:
+    """The whole stack, as `hashrec serve` runs it, under warm and cold Recommend."""
+    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+    servers, address, users = await start_stack(model, args.batch)
     rows = {}
-    async with grpc.aio.insecure_channel(recommender.address,
-                                         options=CHANNEL_OPTIONS) as channel:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
         degraded = 0
 
@@ -191,7 +200,7 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
             degraded = 0
             rows[name] = await load(call, args.seconds, args.concurrency, budget)
             rows[name]["errors"] += degraded  # a degraded answer counts as an error
-    for server in (recommender, user, graph, word, vision):
+    for server in servers:
         await server.stop()
     return rows
 

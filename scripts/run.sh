@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The main job: sets up .venv/ when missing, trains the models from the shipped data when
-# none exist (progress below; a few minutes the first time), serves the five services on
-# this machine, and shows the hashtags for a sample photo (or for the photo given as $1),
-# for a stranger and for a known user of the simulated-user benchmark. Stops the services
-# when done.
+# The main job: sets up .venv/ when missing, trains the default models from the shipped
+# data when none exist (progress below; a while the first time), serves the services and
+# the web page on this machine, shows the hashtags for a sample photo (or for the photo
+# given as an argument) for a stranger and for a known user of the simulated-user
+# benchmark, prints the page's URL, and keeps serving until Ctrl-C.
+#   bash scripts/run.sh [--once] [PHOTO]     --once: answer, then stop the services
 set -euo pipefail
 cd "$(dirname "$0")/.."
+once=0
+if [ "${1:-}" = "--once" ]; then once=1; shift; fi
 HASHREC_EXTRAS=dev bash scripts/setup.sh
 mkdir -p out
 port="${HASHREC_PORT:-50050}"
+http_port="${HASHREC_HTTP_PORT:-8080}"
 data="${HASHREC_DATA_ROOT:-../shared/data}"
 photo="${1:-$data/food/images/0000008.jpg}"
 
-.venv/bin/hashrec serve --port "$port" > >(tee out/serve.log) 2>&1 &
+.venv/bin/hashrec serve --port "$port" --http-port "$http_port" > >(tee out/serve.log) 2>&1 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 until grep -q "^serving " out/serve.log 2>/dev/null; do
@@ -29,3 +33,8 @@ echo; echo "hashtags for $photo:"
 echo; echo "the same photo posted by $user (a known user: the user signal joins in):"
 .venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 10 --user "$user"
 .venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 3 --user "$user" --json
+echo
+echo "the page: http://127.0.0.1:$http_port/  (upload a photo, see why each hashtag was chosen)"
+if [ "$once" = 1 ]; then exit 0; fi
+echo "serving until Ctrl-C"
+wait "$server"

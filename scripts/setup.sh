@@ -16,6 +16,21 @@ if [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/share/wordnet/index.sens
   fi
 fi
 
+# Chromium for the page's browser test (Playwright drives it; its own download cannot work
+# offline), from Debian's packages.
+case ",$extras," in *",dev,"*)
+  if ! command -v chromium >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      echo "setup: installing Debian's chromium for the browser test" >&2
+      apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; } \
+        || echo "setup: chromium could not be installed; the browser test will fail" >&2
+    else
+      echo "setup: chromium missing (apt-get install chromium) for the browser test" >&2
+    fi
+  fi ;;
+esac
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

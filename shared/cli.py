@@ -534,6 +534,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                     "HASHREC_REDIS_URL is set, else in-process.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50050)
+    parser.add_argument("--http-port", type=int, default=8080,
+                        help="the web page and JSON API (services/gateway); 0: not served")
     parser.add_argument("--models", type=Path,
                         help="a model directory from `hashrec train`; default: the newest "
                              "under $HASHREC_MODELS, trained from --train when there is none")
@@ -547,6 +549,15 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_serve)
 
 
+def example_users(user_model: Path, count: int = 5) -> tuple[str, ...]:
+    """The users of a user model with the most posts: the page offers them."""
+    from shared.artifacts import ArtifactReader
+
+    reader = ArtifactReader(user_model)
+    users, posts = reader.manifest["users"], reader.array("post_counts")
+    return tuple(users[i] for i in sorted(range(len(users)), key=lambda i: -posts[i])[:count])
+
+
 def newest_model(root: Path) -> Path | None:
     """The most recent `hashrec train` output under ``root``."""
     from shared.artifacts import newest_artifact
@@ -558,6 +569,8 @@ def newest_model(root: Path) -> Path | None:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from services.gateway.server import Settings as GatewaySettings
+    from services.gateway.server import serve as serve_gateway
     from services.graph.server import serve as serve_graph
     from services.recommender.server import serve as serve_recommender
     from services.user.server import serve as serve_user
@@ -593,13 +606,22 @@ def _serve(args: argparse.Namespace) -> int:
                                               word.address, graph.address, user.address,
                                               cache=cache)
         backends = (vision, word, graph, user)
+        gateway = None
+        if args.http_port:
+            gateway = await serve_gateway(host, args.http_port, GatewaySettings(
+                recommender=recommender.address, example_users=example_users(user_dir)))
         print(f"serving hashrec.v1.RecommenderService on {recommender.address} (vision, "
               f"word, graph, user on {', '.join(b.address for b in backends)}; model "
               f"{model_dir.name}, user model {user_dir.name})", flush=True)
+        if gateway is not None:
+            print(f"the page: http://{host}:{args.http_port}/", flush=True)
         stopped = asyncio.Event()
 
         async def shutdown() -> None:
-            await recommender.stop()  # first: no new calls reach the backends
+            if gateway is not None:  # first: no new requests reach the recommender
+                gateway.should_exit = True
+                await gateway.task
+            await recommender.stop()  # then no new calls reach the backends
             await asyncio.gather(*(backend.stop() for backend in backends))
             stopped.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,61 @@ def mirflickr_labelled(data_dir: Path, feature_store):
     train = PhotoSet(embedding.features[:400], embedding.probabilities[:400], ids[:400])
     test = PhotoSet(embedding.features[400:], embedding.probabilities[400:])
     return train, test, [frozenset(i) for i in ids[400:]], vocab
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
+          feature_store) -> Iterator[dict]:
+    """The five services over real sockets on one event loop in a thread: photo models
+    trained on 160 food photos (with the semantic method), a user model on 12 simulated
+    users; channels to each. Shared by the stack, gateway and page tests."""
+    import grpc
+
+    from services.graph.server import serve as serve_graph
+    from services.recommender.server import serve as serve_recommender
+    from services.user.model import TensorParams
+    from services.user.server import serve as serve_user
+    from services.user.train import train_user_model
+    from services.vision.server import serve as serve_vision
+    from services.word.server import serve as serve_word
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+    from shared.data.simulated_users import source_posts
+    from shared.eval.image2tag import METHODS
+    from shared.grpc_server import CHANNEL_OPTIONS
+    from shared.train import hashtag_knowledge, train_image_models
+    from tests.servers import LoopThread
+
+    store = feature_store
+    model = store.model
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
+    trained = train_image_models(
+        posts, store, tmp_path_factory.mktemp("models"), methods=(*METHODS, "semantic"),
+        min_count=2, folds=3, progress=False,
+        text=hashtag_knowledge(("harrison:harrison",),
+                               store_dir=tmp_path_factory.mktemp("text")))
+    _, user_dir = train_user_model(
+        tmp_path_factory.mktemp("user"), store, n_users=12, progress=False,
+        params=TensorParams(16, 16, 4, epochs=5), sources=source_posts(data_dir)[::25])
+    state = tmp_path_factory.mktemp("state")
+    loop = LoopThread()
+    vision = loop.call(serve_vision("127.0.0.1", 0, model))
+    word = loop.call(serve_word("127.0.0.1", 0, trained.directory))
+    graph = loop.call(serve_graph("127.0.0.1", 0, trained.directory))
+    user = loop.call(serve_user("127.0.0.1", 0, user_dir, state))
+    recommender = loop.call(serve_recommender(
+        "127.0.0.1", 0, trained.directory, vision.address, word.address, graph.address,
+        user.address, backend_deadline=30))
+    channels = {name: grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS)
+                for name, server in (("vision", vision), ("word", word), ("graph", graph),
+                                     ("user", user), ("recommender", recommender))}
+    yield {"loop": loop, "channels": channels, "trained": trained, "user_dir": user_dir,
+           "state": state, "vision": vision, "word": word, "graph": graph, "user": user,
+           "recommender": recommender, "model": model}
+    for channel in channels.values():
+        channel.close()
+    for server in (recommender, user, graph, word, vision):
+        loop.call(server.stop())
+    loop.close()
+
+

@@ -34,7 +34,7 @@ def _config() -> dict[str, str]:
 
 
 def test_every_service_runs_its_server_on_the_port_it_listens_on() -> None:
-    servers = [w for w in _workloads() if w["metadata"]["name"] != "redis"]
+    servers = [w for w in _workloads() if w["metadata"]["name"] not in ("redis", "gateway")]
     assert {w["metadata"]["name"] for w in servers} == {"vision", "word", "graph", "user",
                                                           "recommender"}
     for workload in servers:
@@ -57,7 +57,8 @@ def test_every_configured_target_is_a_service_port() -> None:
                 for d in _documents() if d["kind"] == "Service"}
     targets = {k: v for k, v in _config().items() if k.endswith("_TARGET")}
     assert set(targets) == {"HASHREC_VISION_TARGET", "HASHREC_WORD_TARGET",
-                            "HASHREC_GRAPH_TARGET", "HASHREC_USER_TARGET"}
+                            "HASHREC_GRAPH_TARGET", "HASHREC_USER_TARGET",
+                            "HASHREC_RECOMMENDER_TARGET"}
     for key, target in [*targets.items(), ("HASHREC_REDIS_URL",
                                            _config()["HASHREC_REDIS_URL"])]:
         host, port = re.fullmatch(r"(?:redis://)?([a-z-]+):(\d+)(?:/\d+)?", target).groups()
@@ -85,4 +86,20 @@ def test_kustomize_renders_the_manifests() -> None:
                               text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
-    assert kinds.count("Service") == 6 and "Namespace" in kinds
+    assert kinds.count("Service") == 7 and "Namespace" in kinds and "Ingress" in kinds
+
+
+def test_the_gateway_serves_http_and_is_ready_when_the_recommender_is() -> None:
+    from services.gateway import server
+
+    gateway = next(w for w in _workloads() if w["metadata"]["name"] == "gateway")
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "services.gateway.server"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    paths = {route.path for route in server.create_app(server.Settings()).routes}
+    assert {"/readyz", "/healthz", "/metrics"} <= paths
+    assert _config()["HASHREC_GATEWAY_HOST"] == "0.0.0.0"
+    assert "HASHREC_RECOMMENDER_TARGET" in server.__doc__
+    assert "HASHREC_PHOTO_ROOT" in server.__doc__

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -28,60 +27,14 @@ from hashrec.v1 import (
     word_pb2_grpc,
 )
 
-from services.graph.server import serve as serve_graph
 from services.recommender.server import SERVICE_NAME as RECOMMENDER
 from services.recommender.server import serve as serve_recommender
-from services.user.model import TensorParams
 from services.user.server import serve as serve_user
-from services.user.train import train_user_model
-from services.vision.model import VisionModel
 from services.vision.server import serve as serve_vision
-from services.vision.store import FeatureStore
-from services.word.server import serve as serve_word
 from shared.cache import RedisCache
-from shared.data.normalize import normalize_post_hashtags
-from shared.data.readers import read_posts
-from shared.data.simulated_users import source_posts
-from shared.eval.image2tag import METHODS
 from shared.grpc_server import CHANNEL_OPTIONS
 from shared.scoring import photo_set
-from shared.train import hashtag_knowledge, train_image_models
-from tests.servers import LoopThread, RedisServer, free_port
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict]:
-    model = VisionModel(device="cpu")
-    store = FeatureStore(tmp_path_factory.mktemp("features"), model)
-    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
-    trained = train_image_models(
-        posts, store, tmp_path_factory.mktemp("models"), methods=(*METHODS, "semantic"),
-        min_count=2, folds=3, progress=False,
-        text=hashtag_knowledge(("harrison:harrison",),
-                               store_dir=tmp_path_factory.mktemp("text")))
-    _, user_dir = train_user_model(
-        tmp_path_factory.mktemp("user"), store, n_users=12, progress=False,
-        params=TensorParams(16, 16, 4, epochs=5), sources=source_posts(data_dir)[::25])
-    state = tmp_path_factory.mktemp("state")
-    loop = LoopThread()
-    vision = loop.call(serve_vision("127.0.0.1", 0, model))
-    word = loop.call(serve_word("127.0.0.1", 0, trained.directory))
-    graph = loop.call(serve_graph("127.0.0.1", 0, trained.directory))
-    user = loop.call(serve_user("127.0.0.1", 0, user_dir, state))
-    recommender = loop.call(serve_recommender(
-        "127.0.0.1", 0, trained.directory, vision.address, word.address, graph.address,
-        user.address, backend_deadline=30))
-    channels = {name: grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS)
-                for name, server in (("vision", vision), ("word", word), ("graph", graph),
-                                     ("user", user), ("recommender", recommender))}
-    yield {"loop": loop, "channels": channels, "trained": trained, "user_dir": user_dir,
-           "state": state, "vision": vision, "word": word, "graph": graph, "user": user,
-           "recommender": recommender, "model": model}
-    for channel in channels.values():
-        channel.close()
-    for server in (recommender, user, graph, word, vision):
-        loop.call(server.stop())
-    loop.close()
+from tests.servers import RedisServer, free_port
 
 
 def _photo(data_dir: Path, name: str = "0000008.jpg") -> bytes:

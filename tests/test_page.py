@@ -1,0 +1,160 @@
+"""The page in a real headless browser: Debian's chromium, driven by Playwright, against the
+gateway in front of the real stack. Screenshots go to out/."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from services.gateway.server import Settings
+from services.gateway.server import serve as serve_gateway
+from tests.servers import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: as this machine's probe starts it: its closed network refuses background connections
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUT = Path(__file__).parents[1] / "out"
+WAIT = 120_000  # ms: the first answer trains nothing, but the CPU may be shared
+
+
+def _gateway(stack: dict, settings: Settings):
+    port = free_port()
+    return stack["loop"].call(serve_gateway("127.0.0.1", port, settings)), \
+        f"http://127.0.0.1:{port}/"
+
+
+def _stop(stack: dict, server) -> None:
+    async def stopped() -> None:
+        server.should_exit = True
+        await server.task
+
+    stack["loop"].call(stopped())
+
+
+@pytest.fixture(scope="module")
+def page_url(stack: dict, data_dir: Path) -> Iterator[str]:
+    server, url = _gateway(stack, Settings(recommender=stack["recommender"].address,
+                                           photo_root=data_dir, example_users=("u00003",)))
+    yield url
+    _stop(stack, server)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=ARGS)
+        yield browser
+        browser.close()
+
+
+def _page(browser: Browser, width: int = 1100, height: int = 900) -> tuple[Page, list]:
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda message: problems.append(message.text)
+            if message.type == "error" and "status of 4" not in message.text else None)
+    return page, problems
+
+
+def _hashtags(page: Page) -> list[str]:
+    return page.locator("#chips .chip").evaluate_all("els => els.map(e => e.dataset.hashtag)")
+
+
+def test_a_photo_gets_hashtags_with_why_and_keeping_two_changes_the_next_answer(
+        browser: Browser, page_url: str, stack: dict, data_dir: Path) -> None:
+    page, problems = _page(browser)
+    page.goto(page_url)
+    expect(page.locator("#users option")).to_have_count(1)  # an example user is offered
+    page.fill("#user", "page-user")
+    page.set_input_files("#file", str(data_dir / "food" / "images" / "0000022.jpg"))
+    chips = page.locator("#chips .chip")
+    expect(chips.first).to_be_visible(timeout=WAIT)
+    expect(page.locator("#preview")).to_be_visible()
+    before = _hashtags(page)
+    assert len(before) == 15
+    chips.first.locator(".toggle").hover()
+    why = chips.first.locator(".why")
+    expect(why).to_be_visible()
+    expect(why).to_contain_text("rank")
+    # Keep two the user model knows, from low in the list: the profile learns them.
+    known = stack["user"].servicer.lookup.hashtag_rows
+    kept = [h for h in reversed(before) if h in known][:2]
+    assert len(kept) == 2
+    for hashtag in kept:
+        toggle = page.locator(f'#chips .chip[data-hashtag="{hashtag}"] .toggle')
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-pressed", "true")
+    page.click("#save")
+    expect(page.locator("#saved")).to_contain_text("Saved to page-user's profile",
+                                                   timeout=WAIT)
+    page.wait_for_function("before => JSON.stringify([...document.querySelectorAll("
+                           "'#chips .chip')].map(e => e.dataset.hashtag)) !== before",
+                           arg=str(before).replace("'", '"'), timeout=WAIT)
+    after = _hashtags(page)
+    assert after != before
+    user_signals = page.locator(".why", has_text="your own habits")
+    assert user_signals.count() > 0  # the user model now speaks for this person
+    OUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUT / "page.png"), full_page=True)
+    # The gallery for a hashtag shows photos that load.
+    page.locator(f'#chips .chip[data-hashtag="{kept[0]}"] .grid').click()
+    photo = page.locator("#photos img").first
+    expect(photo).to_be_visible(timeout=WAIT)
+    page.wait_for_function("() => [...document.querySelectorAll('#photos img')]"
+                           ".some(i => i.complete && i.naturalWidth > 0)", timeout=WAIT)
+    assert not problems, problems
+
+
+def test_a_file_that_is_not_a_photo_gets_a_visible_error(browser: Browser, page_url: str,
+                                                         tmp_path: Path) -> None:
+    page, _ = _page(browser)
+    page.goto(page_url)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    page.set_input_files("#file", str(notes))
+    expect(page.locator("#error")).to_contain_text("not a photo")
+    junk = tmp_path / "junk.jpg"  # a photo by name only: the service says what it is
+    junk.write_bytes(bytes(range(256)) * 64)
+    page.set_input_files("#file", str(junk))
+    expect(page.locator("#error")).to_contain_text("not a decodable image", ignore_case=True,
+                                                   timeout=WAIT)
+    expect(page.locator("#results")).to_be_hidden()
+
+
+def test_the_service_down_is_said_plainly(browser: Browser, stack: dict,
+                                          data_dir: Path) -> None:
+    server, url = _gateway(stack, Settings(recommender=f"127.0.0.1:{free_port()}",
+                                           timeout=5))
+    try:
+        page, _ = _page(browser)
+        page.goto(url)
+        page.set_input_files("#file", str(data_dir / "food" / "images" / "0000008.jpg"))
+        expect(page.locator("#error")).to_contain_text("cannot answer now", timeout=WAIT)
+    finally:
+        _stop(stack, server)
+
+
+def test_the_page_fits_a_phone_and_works_by_keyboard(browser: Browser, page_url: str,
+                                                     data_dir: Path) -> None:
+    page, problems = _page(browser, width=390, height=844)
+    page.goto(page_url)
+    page.set_input_files("#file", str(data_dir / "food" / "images" / "0000008.jpg"))
+    expect(page.locator("#chips .chip").first).to_be_visible(timeout=WAIT)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.locator("#chips .chip .toggle").first.focus()
+    page.keyboard.press("Enter")  # a chip is a button: Enter keeps it
+    expect(page.locator("#chips .chip .toggle").first).to_have_attribute("aria-pressed",
+                                                                         "true")
+    expect(page.locator("#chips .chip .why").first).to_be_visible()  # focus shows why
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "grid"
+    OUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUT / "page-phone.png"), full_page=True)
+    assert not problems, problems
