@@ -148,7 +148,7 @@ def test_feedback_for_a_recent_photo_by_its_sha256_then_retrieve_finds_it(
     shown = client.get(mine[0]["url"])
     assert shown.status_code == 200 and shown.content == data
     assert shown.headers["content-type"] == "image/jpeg"
-    training = [p for p in photos if p["url"] and not p["photo_id"] == digest]
+    training = [p for p in photos if p["url"] and p["photo_id"] != digest]
     assert training and client.get(training[0]["url"]).status_code == 200
 
 
