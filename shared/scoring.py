@@ -14,8 +14,7 @@ import grpc
 import numpy as np
 from hashrec.v1 import photo_pb2, vision_pb2
 
-from services.vision.model import FEATURE_DIM, N_CLASSES, class_names
-from services.vision.store import MODEL_ID
+from services.vision.model import FEATURE_DIM, N_CLASSES, class_names, vision_model_id
 from shared.photos import PhotoSet
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,9 @@ def photo_set(photo: photo_pb2.PhotoDescription) -> PhotoSet:
     if len(photo.features) != FEATURE_DIM:
         raise ValueError(f"photo.features must hold {FEATURE_DIM} values, got "
                          f"{len(photo.features)}")
-    if photo.vision_model_version and photo.vision_model_version != MODEL_ID:
+    if photo.vision_model_version and photo.vision_model_version != vision_model_id():
         raise ValueError(f"features of vision model {photo.vision_model_version!r}; this "
-                         f"model was trained on {MODEL_ID!r}")
+                         f"model was trained on {vision_model_id()!r}")
     features = np.asarray(photo.features, dtype=np.float32)
     if not np.isfinite(features).all():
         raise ValueError("photo.features contain NaN or infinity")

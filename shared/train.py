@@ -27,8 +27,8 @@ from services.recommender.model import (
     MlpMethod,
     RankFusion,
 )
-from services.vision.model import class_names
-from services.vision.store import MODEL_ID, FeatureStore
+from services.vision.model import class_names, vision_model_id
+from services.vision.store import FeatureStore
 from services.word.autorec import AutoRecMethod
 from services.word.model import InstaHashMethod
 from services.word.semantic import SemanticMethod, TextResources
@@ -85,7 +85,7 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
         ranker.save(writer)
     writer.json("vocabulary", list(terms))
     writer.close({"kind": KIND, "version": version, "methods": list(methods),
-                  "vision_model": MODEL_ID, "n_train": len(train), "seed": seed,
+                  "vision_model": vision_model_id(), "n_train": len(train), "seed": seed,
                   "communities": [{"name": c.name, "ignored": sorted(c.ignore),
                                    "photos": int((train.communities == i).sum()),
                                    "vocabulary": len(vocabularies[c.name])}
@@ -228,9 +228,9 @@ def _open(directory: Path) -> ArtifactReader:
     manifest = reader.manifest
     if manifest.get("kind") != KIND:
         raise ValueError(f"{directory}: not an {KIND} model directory")
-    if manifest["vision_model"] != MODEL_ID:
+    if manifest["vision_model"] != vision_model_id():
         raise ValueError(f"{directory}: trained on features of {manifest['vision_model']}, "
-                         f"this vision model is {MODEL_ID}")
+                         f"this vision model is {vision_model_id()}")
     return reader
 
 

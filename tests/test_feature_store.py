@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from services.vision.model import VisionModel
-from services.vision.store import MODEL_ID, FeatureStore
+from services.vision.store import FeatureStore
 
 
 def test_features_are_computed_once_and_read_back(tmp_path: Path, data_dir: Path) -> None:
@@ -16,7 +16,7 @@ def test_features_are_computed_once_and_read_back(tmp_path: Path, data_dir: Path
     store = FeatureStore(tmp_path, VisionModel(device="cpu"))
     first, ok = store.embed_paths(photos, batch_size=4, progress=False)
     assert ok.all()
-    assert len(list((tmp_path / MODEL_ID).rglob("*.npz"))) == 6
+    assert len(list((store.directory).rglob("*.npz"))) == 6
 
     # A fresh store over the same folder reads every entry and never loads a model.
     again = FeatureStore(tmp_path)

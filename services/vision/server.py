@@ -36,7 +36,6 @@ from services.vision.model import (
     gpu_decoding_available,
     preprocess,
 )
-from services.vision.store import MODEL_ID
 from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer, start_loading
@@ -109,8 +108,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
     def _decode(self, data: bytes) -> torch.Tensor:
         if self.gpu_jpeg and check_header(data) == "JPEG":
-            return decode_jpeg_on_gpu(data, self.batcher.model.device)
-        return preprocess(decode_image(data))
+            return decode_jpeg_on_gpu(data, self.batcher.model.device,
+                                      self.batcher.model.image_size)
+        return preprocess(decode_image(data), self.batcher.model.image_size)
 
     async def Embed(self, request: vision_pb2.EmbedRequest,  # noqa: N802 - gRPC name
                     context: grpc.aio.ServicerContext) -> vision_pb2.EmbedResponse:
@@ -120,7 +120,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                                 f"top_labels must be between 1 and 1000, got {top}")
         data = request.image
         digest = hashlib.sha256(data).hexdigest()
-        key = cache_key("features", MODEL_ID, digest)
+        model_id = self.batcher.model.backbone.id
+        key = cache_key("features", model_id, digest)
         cached = self.cache.get(key)
         if cached is not None:
             features, probabilities = cached[:FEATURE_DIM], cached[FEATURE_DIM:]
@@ -134,7 +135,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             self.cache.set(key, np.concatenate([features, probabilities]))
         labels = self.batcher.model.top_labels(probabilities[None, :], top)[0]
         return vision_pb2.EmbedResponse(
-            features=features.tolist(), model_version=MODEL_ID, image_sha256=digest,
+            features=features.tolist(), model_version=model_id, image_sha256=digest,
             labels=[vision_pb2.MachineLabel(name=name, probability=p) for name, p in labels])
 
 

@@ -19,28 +19,32 @@ from tqdm import tqdm
 from services.vision.model import (
     FEATURE_DIM,
     N_CLASSES,
-    WEIGHTS_SHA256,
+    Backbone,
     Embedding,
     ImageError,
     VisionModel,
+    configured_backbone,
     decode_image,
     preprocess,
 )
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = f"efficientnet-lite0-{WEIGHTS_SHA256[:12]}"
-
 
 class FeatureStore:
-    def __init__(self, directory: Path, model: VisionModel | None = None) -> None:
-        self.directory = directory / MODEL_ID
+    """Features of one backbone: the model's, else the given one, else $HASHREC_BACKBONE's."""
+
+    def __init__(self, directory: Path, model: VisionModel | None = None,
+                 backbone: Backbone | None = None) -> None:
+        self.backbone = model.backbone if model is not None else (
+            backbone or configured_backbone())
+        self.directory = directory / self.backbone.id
         self._model = model
 
     @property
     def model(self) -> VisionModel:
         if self._model is None:  # loaded only when something is not cached yet
-            self._model = VisionModel()
+            self._model = VisionModel(backbone=self.backbone)
         return self._model
 
     def _entry(self, digest: str) -> Path:
@@ -90,7 +94,8 @@ class FeatureStore:
                 ok[row] = True
                 continue
             try:
-                pending.append((row, digest, preprocess(decode_image(data))))
+                pending.append((row, digest,
+                                preprocess(decode_image(data), self.backbone.image_size)))
             except ImageError as error:
                 failures[str(error)] += 1
                 continue
