@@ -222,7 +222,8 @@ def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) 
     report.update(n_train=result.n_train, n_test=result.n_test, vocab=len(result.vocabulary),
                   ignored=sorted(ignore), results=result.results, seconds=result.seconds,
                   fusion_weights=result.fusion_weights, fusion_mode=result.fusion_mode,
-                  top5_agreement_with_best=result.agreement)
+                  top5_agreement_with_best=result.agreement,
+                  instahash_similarity=result.similarity)
     _print_table(f"image -> hashtags on {report['test']}: {result.n_train} train / "
                  f"{result.n_test} test photos, vocabulary {len(result.vocabulary)}"
                  + (f", ignoring {', '.join(sorted(ignore))}" if ignore else ""),
@@ -230,6 +231,9 @@ def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) 
     print(f"fusion ({result.fusion_mode}) weights, fit on out-of-fold scores of the training "
           f"photos: {result.fusion_weights}")
     print(f"top-5 agreement (Jaccard) with the best single method: {result.agreement}")
+    _print_table("InstaHash's measure: the top 5 against the truth in the training hashtags' "
+                 "Word2Vec space (cosine of the means; shares and Jaccard in %)",
+                 result.similarity)
     _write_json(args.json, report)
     return 0
 

@@ -98,6 +98,11 @@ def test_cli_image2tag_writes_the_table_as_json(tmp_path: Path, data_dir: Path,
     assert report["task"] == "image2tag" and report["ignored"] == ["food", "yummy"]
     assert set(report["results"]) == {"frequency", "knn", "fusion", "learned_fusion"}
     assert report["n_train"] > 0 and report["n_test"] > 0 and report["vocab"] > 0
+    # InstaHash's measure beside P@1 / R@5: the kNN's hashtags lie nearer the truth in the
+    # training hashtags' Word2Vec space than the one global frequency list does.
+    similarity = report["instahash_similarity"]
+    assert set(similarity["knn"]) == {"cos", "cos>0", "cos>0.3", "cos>0.7", "Jaccard"}
+    assert similarity["knn"]["cos"] > similarity["frequency"]["cos"]
 
 
 def test_the_fusion_is_fit_on_training_photos_alone(data_dir: Path, store: FeatureStore,

@@ -10,6 +10,7 @@ from shared.eval.metrics import (
     overall_precision_recall_f1,
     precision_at_k,
     recall_at_k,
+    set_similarity,
     top_k,
 )
 
@@ -65,3 +66,16 @@ def test_top_k_keeps_the_lower_index_of_a_tie_across_the_cut() -> None:
     scores = rng.integers(0, 4, size=(200, 300)).astype(float)
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(top_k(scores, 10), expected)
+
+
+def test_instahash_similarity_is_the_cosine_of_mean_vectors_and_the_jaccard_overlap() -> None:
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    ranked = [[0, 1], [3, 1], [0, 2]]
+    truth = [{2}, {0}, {0, 1}]
+    # cosines: [.5,.5]·[1,1] → 1; [-.5,.5]·[1,0] → −1/√2; [1,.5]·[.5,.5] → 3/√10
+    got = set_similarity(ranked, truth, vectors, k=2)
+    assert got["cos"] == pytest.approx((1 - 2 ** -0.5 + 3 / 10 ** 0.5) / 3)
+    assert got["cos>0"] == pytest.approx(200 / 3)
+    assert got["cos>0.3"] == pytest.approx(200 / 3)
+    assert got["cos>0.7"] == pytest.approx(200 / 3)
+    assert got["Jaccard"] == pytest.approx(100 / 9)  # the last: 1 shared of 3 in the union

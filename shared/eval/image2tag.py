@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,11 +33,17 @@ from services.recommender.model import (
 from services.vision.model import class_names
 from services.vision.store import FeatureStore
 from services.word.autorec import AutoRecMethod, AutoRecParams
-from services.word.model import InstaHashMethod
+from services.word.model import InstaHashMethod, Word2VecParams, train_word2vec
 from services.word.semantic import SemanticMethod, TextResources
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
-from shared.eval.metrics import accuracy_at_k, precision_at_k, recall_at_k, top_k
+from shared.eval.metrics import (
+    accuracy_at_k,
+    precision_at_k,
+    recall_at_k,
+    set_similarity,
+    top_k,
+)
 from shared.photos import PhotoSet
 
 log = logging.getLogger(__name__)
@@ -99,6 +105,22 @@ class Image2TagResult:
     fusion_mode: str
     #: mean Jaccard overlap of each method's top 5 with the best single method's top 5
     agreement: dict[str, float]
+    #: InstaHash's own measure of each method's top 5 against the truth (metrics.py)
+    similarity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def hashtag_word_vectors(train: PhotoSet, terms: Sequence[str], seed: int) -> np.ndarray:
+    """One Word2Vec vector per vocabulary id, trained on the training photos' hashtag lists
+    alone (as InstaHash's own Word2Vec model is trained on its posts' hashtags): the space
+    InstaHash measures recommendations in. Terms Word2Vec never saw get a zero row."""
+    documents = [[terms[i] for i in ids] for ids in train.hashtags]
+    model = train_word2vec(documents, Word2VecParams(dim=128, min_count=1, epochs=20,
+                                                     permutations=3, seed=seed))
+    vectors = np.zeros((len(terms), model.dim), dtype=np.float32)
+    for row, term in enumerate(terms):
+        if term in model.index:
+            vectors[row] = model.vectors[model.index[term]]
+    return vectors
 
 
 def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
@@ -240,9 +262,15 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
         seconds[method.name] = round(time.perf_counter() - started, 2)
         results[method.name] = photo_metrics(test_scores[method.name], truth)
         log.info("%s: %s", method.name, {k: round(v, 2) for k, v in results[method.name].items()})
-    results["fusion"] = photo_metrics(fusion.combine(test_scores), truth)
+    fused = {"fusion": fusion.combine(test_scores)}
     if ranker is not None:
-        results["learned_fusion"] = photo_metrics(ranker.combine(test_scores), truth)
+        fused["learned_fusion"] = ranker.combine(test_scores)
+    for name, scores in fused.items():
+        results[name] = photo_metrics(scores, truth)
+    vectors = hashtag_word_vectors(train, vocab.terms, seed)
+    similarity = {name: {k: round(v, 3 if k == "cos" else 2) for k, v in
+                         set_similarity(top_k(scores, 5), truth, vectors).items()}
+                  for name, scores in {**test_scores, **fused}.items()}
     best = max(test_scores, key=lambda name: results[name]["R@5"])
     agreement = {name: round(top5_agreement(scores, test_scores[best]), 3)
                  for name, scores in test_scores.items()}
@@ -250,4 +278,4 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
     seconds["fusion"] = round(sum(seconds.values()), 2)
     results = {name: {k: round(v, 2) for k, v in row.items()} for name, row in results.items()}
     return Image2TagResult(len(train), len(test), vocab.terms, results, seconds, fusion.weights,
-                           fusion.mode, agreement)
+                           fusion.mode, agreement, similarity)

@@ -78,3 +78,26 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     if tied.any():
         ranked[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
     return ranked
+
+
+def set_similarity(ranked: Ranked, truth: Truth, vectors: np.ndarray, k: int = 5,
+                   ) -> dict[str, float]:
+    """InstaHash's own measure (Ray et al. §4, Tables 1–2): per example, the cosine of the
+    mean word vector of the top k to the mean vector of the true items (``vectors``: one row
+    per item id, from a Word2Vec model trained on the training hashtags), and the Jaccard
+    overlap of the two sets. The cosine is gensim's ``n_similarity``, which the paper's
+    Word2Vec model offers (means of the raw vectors). Returns the mean cosine, the share
+    of examples with cosine > 0, > 0.3 ("good") and > 0.7 ("great"), and the mean
+    Jaccard, all in percent except the mean cosine."""
+    pairs = _checked(ranked, truth, k)
+    cosines, jaccards = [], []
+    for top, gold in pairs:
+        a, b = vectors[top].mean(axis=0), vectors[sorted(gold)].mean(axis=0)
+        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosines.append(float(a @ b) / norms if norms > 0 else 0.0)
+        jaccards.append(len(set(top) & gold) / len(set(top) | gold))
+    cosine = np.array(cosines)
+    return {"cos": float(cosine.mean()), "cos>0": 100 * float((cosine > 0).mean()),
+            "cos>0.3": 100 * float((cosine > 0.3).mean()),
+            "cos>0.7": 100 * float((cosine > 0.7).mean()),
+            "Jaccard": 100 * float(np.mean(jaccards))}
