@@ -61,6 +61,12 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-tags", default="", metavar="A,B,...",
                         help="image2tag: hashtags removed from ground truth and predictions "
                              "(e.g. the search hashtags a data set was collected by)")
+    parser.add_argument("--encoder", default="minilm", choices=("minilm", "tfidf"),
+                        help="user with --test: the text encoder for posts with text "
+                             "(all-MiniLM-L6-v2, or TF-IDF + SVD fit on the training posts)")
+    parser.add_argument("--max-vocab", type=int, default=2000,
+                        help="user: at most this many hashtags (0: every hashtag seen "
+                             "--min-count times)")
     parser.add_argument("--tensor-dims", default="300,300,50", metavar="D,F,E",
                         help="user: hashtag, photo and user embedding sizes (Veit et al.)")
     parser.add_argument("--tensor-epochs", type=int, default=30,
@@ -107,14 +113,15 @@ def _load(args: argparse.Namespace) -> tuple[list, list]:
 def _print_table(title: str, results: dict[str, dict[str, float]],
                  seconds: dict[str, float] | None = None) -> None:
     columns = list(next(iter(results.values())))
-    header = f"{'method':<20}" + "".join(f"{c:>9}" for c in columns)
+    width = max(20, *(len(method) + 2 for method in results))
+    header = f"{'method':<{width}}" + "".join(f"{c:>9}" for c in columns)
     if seconds:
         header += f"{'seconds':>10}"
     print(title)
     print(header)
     print("-" * len(header))
     for method, row in results.items():
-        line = f"{method:<20}" + "".join(f"{row[c]:>9.2f}" for c in columns)
+        line = f"{method:<{width}}" + "".join(f"{row[c]:>9.2f}" for c in columns)
         if seconds:
             line += f"{seconds.get(method, 0.0):>10.1f}"
         print(line)
@@ -290,15 +297,29 @@ def _user(args: argparse.Namespace) -> int:
     from shared.config import data_root, models_dir
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
-    from shared.data.simulated_users import simulate, source_posts
-    from shared.eval.user import run_user, split_with_features
+    from shared.data.simulated_users import drop_spammers, simulate, source_posts
+    from shared.eval.content import text_features
+    from shared.eval.user import post_features, run_user, split_with_features
+
+    def content_features(train: list, test: list, encoder: str) -> dict:
+        """Photo features for posts with a photo, the encoder's text vectors for the rest."""
+        photos = [p for p in (*train, *test) if p.image is not None]
+        features = post_features(photos, FeatureStore(models_dir() / "features")) \
+            if photos else {}
+        texts = [p for p in train if p.image is None], [p for p in test if p.image is None]
+        if any(texts):
+            features |= text_features(*texts, encoder, models_dir() / "text-features",
+                                      args.seed)
+        return features
 
     if args.train:
         posts = normalize_post_hashtags(read_posts(args.train))
-        missing = sum(p.user is None or p.image is None for p in posts)
-        if missing:
-            raise SystemExit(f"{args.train}: {missing} posts lack a user id or a photo; "
-                             "the user task needs both")
+        test_posts = normalize_post_hashtags(read_posts(args.test)) if args.test else []
+        for spec, given in ((args.train, posts), (args.test, test_posts)):
+            missing = sum(p.user is None or (p.image is None and not p.text) for p in given)
+            if missing:
+                raise SystemExit(f"{spec}: {missing} posts lack a user id or content (a "
+                                 "photo or a text); the user task needs both")
         source = args.train
     else:
         posts = simulate(source_posts(data_root()), n_users=args.users, seed=args.seed,
@@ -308,7 +329,16 @@ def _user(args: argparse.Namespace) -> int:
                   f"probability {args.signature_probability}"
                   + (f", meaning probability {args.meaning_probability}"
                      if args.meaning_probability else "") + ")")
-    train, test, features = split_with_features(posts, FeatureStore(models_dir() / "features"))
+    if args.test:  # the authors' split (e.g. each user's earliest 80 % / next 10 %)
+        kept = {p.id for p in drop_spammers([*posts, *test_posts])}
+        train = [p for p in posts if p.id in kept]
+        test = [p for p in test_posts if p.id in kept]
+        features = content_features(train, test, args.encoder)
+        train = [p for p in train if p.id in features]
+        test = [p for p in test if p.id in features]
+    else:
+        train, test, features = split_with_features(posts,
+                                                    FeatureStore(models_dir() / "features"))
     from services.user.model import TensorParams
 
     try:
@@ -318,21 +348,31 @@ def _user(args: argparse.Namespace) -> int:
                          f"{args.tensor_dims!r}") from error
     params = TensorParams(hashtag_dim, photo_dim, user_dim, epochs=args.tensor_epochs,
                           seed=args.seed)
-    result = run_user(train, test, features, params, seed=args.seed)
-    report = {"task": args.task, "train": source, "test": "last 10 % of each user's posts",
+    result = run_user(train, test, features, params, seed=args.seed,
+                      min_count=args.min_count or 3, max_vocab=args.max_vocab or None)
+    report = {"task": args.task, "train": source,
+              "test": args.test or "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
-              "vocab": result.vocab, "results": result.results, "retrieval": result.retrieval,
+              "n_test_all": result.n_test_all, "vocab": result.vocab,
+              "content": args.encoder if args.test else "photo", "results": result.results,
+              "results_all_posts": result.results_all_posts, "retrieval": result.retrieval,
               "habit_x_photo": result.habit_x_photo, "lift_x_photo": result.lift_x_photo,
               "by_photo": result.by_photo}
     if args.task == "user":
         _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
-                     f"{result.n_train} train / {result.n_test} test posts", result.results)
+                     f"{result.n_train} train / {result.n_test} test posts, vocabulary "
+                     f"{result.vocab}", result.results)
+        if result.n_test_all > result.n_test:
+            _print_table(f"the same over all {result.n_test_all} test posts (the "
+                         f"{result.n_test_all - result.n_test} with no hashtag in the "
+                         "vocabulary count as misses)", result.results_all_posts)
         for part in ("seen", "unseen"):
             if "results" in result.by_photo[part] and result.by_photo["seen"]["posts"]:
-                _print_table(f"the {result.by_photo[part]['posts']} test posts whose photo "
-                             f"was {'' if part == 'seen' else 'not '}a training photo",
+                _print_table(f"the {result.by_photo[part]['posts']} test posts whose content "
+                             f"was {'' if part == 'seen' else 'not '}a training post's",
                              result.by_photo[part]["results"])
-        print(f"test posts with a photo seen in training: {result.by_photo['seen']['posts']}"
+        print(f"test posts whose content (photo or text) is a training post's: "
+              f"{result.by_photo['seen']['posts']}"
               f" of {result.n_test}")
         print("habit_x_photo: β log P_user(h) + γ log P_mcll(h | photo) / P(h), fit on "
               f"out-of-fold training posts: β {result.habit_x_photo['beta']}, "

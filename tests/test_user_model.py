@@ -234,9 +234,9 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
                  "--tensor-dims", "16,16,4", "--tensor-epochs", "2",
                  "--save-model", str(tmp_path / "user-model")]) == 0
     report = json.loads(out.read_text())
-    assert set(report["results"]) == {"global_frequency", "user_frequency", "agnostic",
-                                      "mcll", "habit_x_photo", "lift_x_photo", "mlp",
-                                      "tensor"}
+    assert set(report["results"]) == {"global_frequency", "user_frequency", "content_knn",
+                                      "content_knn+user_frequency", "agnostic", "mcll",
+                                      "habit_x_photo", "lift_x_photo", "mlp", "tensor"}
     assert set(report["habit_x_photo"]) == {"beta", "gamma"}
     assert set(report["lift_x_photo"]) == {"smoothing", "beta", "gamma"}
     assert set(report["results"]["tensor"]) == {"A@1", "A@10"}
@@ -254,6 +254,58 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
     expected = np.argsort(-brute, axis=1, kind="stable")[:, :10]
     np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, axis=1), atol=1e-4)
     assert (ids == expected).mean() > 0.98  # equal up to float ties
+
+
+def _howyoutag_slice(data_dir: Path, out: Path, n_users: int) -> dict[str, int]:
+    """The first n_users users' lines of the real train.csv and valid.csv, copied to out/;
+    the number of lines kept in each."""
+    kept: list[str] = []
+    lines = {}
+    for name in ("train", "valid"):
+        rows = (data_dir / "howyoutag" / f"{name}.csv").read_text(encoding="utf-8")
+        lines[name] = rows.splitlines()
+    for line in lines["train"]:
+        user = line.split("\t")[1]
+        if user not in kept and len(kept) < n_users:
+            kept.append(user)
+    chosen = set(kept)
+    out.mkdir()
+    sizes = {}
+    for name, rows in lines.items():
+        mine = [line for line in rows if line.split("\t")[1] in chosen]
+        (out / f"{name}.csv").write_text("\n".join(mine) + "\n", encoding="utf-8")
+        sizes[name] = len(mine)
+    return sizes
+
+
+def test_real_users_text_posts_run_end_to_end_on_the_authors_split(
+        tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    """#HowYouTagTweets: real users' hashtag habits, content from the tweets' text."""
+    import json
+
+    from shared.cli import main
+
+    monkeypatch.setenv("HASHREC_MODELS", str(tmp_path / "models"))
+    sizes = _howyoutag_slice(data_dir, tmp_path / "tweets", 40)
+    out = tmp_path / "user.json"
+    assert main(["evaluate", "user", "--train", f"howyoutag:{tmp_path / 'tweets/train.csv'}",
+                 "--test", f"howyoutag:{tmp_path / 'tweets/valid.csv'}", "--encoder", "tfidf",
+                 "--min-count", "1", "--max-vocab", "0", "--tensor-dims", "16,16,4",
+                 "--tensor-epochs", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["content"] == "tfidf" and report["n_users"] == 40
+    assert report["n_test_all"] == sizes["valid"]  # the authors' valid posts, every one
+    assert report["n_train"] <= sizes["train"] and report["n_test"] < report["n_test_all"]
+    results, everything = report["results"], report["results_all_posts"]
+    assert {"content_knn", "content_knn+user_frequency", "tensor"} <= set(results)
+    # Real people repeat their own hashtags: their history beats the crowd's by far, and
+    # the content's neighbours find hashtags the crowd's top 10 does not.
+    assert results["user_frequency"]["A@10"] > 2 * results["global_frequency"]["A@10"]
+    assert results["content_knn"]["A@10"] > results["global_frequency"]["A@10"] + 10
+    # Posts with no vocabulary hashtag count as misses over all posts.
+    share = report["n_test"] / report["n_test_all"]
+    for name, row in results.items():
+        assert everything[name]["A@10"] == pytest.approx(row["A@10"] * share, abs=0.01)
 
 
 def test_the_trained_tensor_recovers_each_users_favourite_hashtag() -> None:

@@ -1,6 +1,12 @@
 """Veit et al.'s user experiments on the simulated-user benchmark (or real user ids).
 
-- tagging: A@1, A@10 of `global_frequency`, `user_frequency`, `agnostic` (the tensor model
+The content x of a post is its photo's CNN features or, for text posts by real users
+(#HowYouTagTweets), its text's embedding (shared/eval/content.py); "photo" below means
+either.
+
+- tagging: A@1, A@10 of `global_frequency`, `user_frequency`, `content_knn` (the 50
+  nearest training posts by cosine vote for their hashtags, weighted by similarity),
+  `content_knn+user_frequency` (the sum of the two as distributions), `agnostic` (the tensor model
   with the user averaged out: the photo alone), `mcll` (Veit's user-agnostic photo model:
   softmax regression of the hashtags on the photo's CNN features), `habit_x_photo` (a
   product of two experts, no tensor: β log P̃_u(h) + γ log P_mcll(h | x) / P(h), β and γ
@@ -39,6 +45,7 @@ from services.vision.store import FeatureStore
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
 from shared.data.simulated_users import drop_spammers, split_by_user_time
+from shared.eval.content import as_distribution, knn_vote_scores
 from shared.eval.metrics import accuracy_at_k, top_k
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,9 @@ class UserResult:
     #: "seen" / "unseen": the test posts whose photo is / is not a training photo, their
     #: count and (when any) the table over them
     by_photo: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
+    #: every test post given, also those with no hashtag in the vocabulary (each a miss)
+    n_test_all: int = 0
+    results_all_posts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
@@ -244,7 +254,7 @@ def _counts(hashtags: Sequence[Sequence[int]], rows: np.ndarray,
 
 def prepare_user_task(train_posts: Sequence[Post], test_posts: Sequence[Post],
                       features: dict[str, np.ndarray], min_count: int = 3,
-                      max_vocab: int = 2000) -> UserTask:
+                      max_vocab: int | None = 2000) -> UserTask:
     """``features`` maps each post id to its photo's CNN features; posts left with no
     in-vocabulary hashtag are dropped."""
     vocab = Vocabulary.build([p.hashtags for p in train_posts], min_count, max_vocab)
@@ -289,7 +299,7 @@ def accuracies(scores: np.ndarray, truth: Sequence[frozenset[int]]) -> dict[str,
 
 def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
              features: dict[str, np.ndarray], params: TensorParams | None = None,
-             min_count: int = 3, max_vocab: int = 2000, seed: int = 0,
+             min_count: int = 3, max_vocab: int | None = 2000, seed: int = 0,
              progress: bool = True) -> UserResult:
     """``features`` maps each post id to its photo's CNN features."""
     params = params or TensorParams(seed=seed)
@@ -301,6 +311,9 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
 
     scores = {"global_frequency": np.tile(task.counts.sum(axis=0), (len(x_test), 1)),
               "user_frequency": user_frequency_scores(task)}
+    scores["content_knn"] = knn_vote_scores(x_train, train_ids, x_test, len(vocab))
+    scores["content_knn+user_frequency"] = as_distribution(scores["content_knn"]) \
+        + as_distribution(scores["user_frequency"])
     scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True)
     effects, held = task.main_effects(params.seed)
     scores["mcll"] = effects.photo.log_probabilities(x_test)
@@ -320,6 +333,9 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     results = {name: accuracies(method_scores, truth) for name, method_scores in scores.items()}
     for name, row in results.items():
         log.info("%s: %s", name, row)
+    share = len(x_test) / len(test_posts)  # a post with no vocabulary hashtag is a miss
+    results_all = {name: {metric: round(value * share, 2) for metric, value in row.items()}
+                   for name, row in results.items()}
     by_photo = results_by_photo(scores, truth, seen_photos(x_train, x_test))
     retrieval = {name: {"P@10": round(retrieval_precision(scores[name], truth), 2)}
                  for name in ("agnostic", "mlp", "tensor")}
@@ -337,7 +353,7 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     return UserResult(len(users), len(x_train), len(x_test), len(vocab), results, retrieval,
                       lookup, example,
                       {"beta": round(combination[0], 3), "gamma": round(combination[1], 3)},
-                      lift_weights, by_photo)
+                      lift_weights, by_photo, len(test_posts), results_all)
 
 
 def seen_photos(train: np.ndarray, test: np.ndarray) -> np.ndarray:
