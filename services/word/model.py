@@ -148,3 +148,29 @@ class SimilarHashtags:
         return [(self.hashtags[i], float(score)) for score, i in zip(scores[0], ids[0],
                                                                       strict=True)
                 if self.hashtags[i] != hashtag][:k]
+
+
+class SimilarAcrossSpaces:
+    """Nearest hashtags over several word spaces (one Word2Vec model per community of the
+    served default): each space that knows the hashtag answers, and a neighbour keeps its
+    best similarity. Communities tag in their own words, so no one space knows them all."""
+
+    def __init__(self, spaces: Sequence[TermVectors], vocabulary: Sequence[str]) -> None:
+        if not spaces:
+            raise ValueError("no word space to search")
+        self.spaces = [SimilarHashtags(space, vocabulary) for space in spaces]
+
+    def __contains__(self, hashtag: str) -> bool:
+        return any(hashtag in space for space in self.spaces)
+
+    def search(self, hashtag: str, k: int) -> list[tuple[str, float]]:
+        """The k nearest hashtags, the hashtag itself left out; KeyError when unknown."""
+        best: dict[str, float] = {}
+        for space in self.spaces:
+            if hashtag in space:
+                for neighbour, similarity in space.search(hashtag, k):
+                    best[neighbour] = max(similarity, best.get(neighbour, -1.0))
+        if not best and hashtag not in self:
+            raise KeyError(hashtag)
+        return sorted(best.items(), key=lambda item: (-item[1], item[0]))[:k]
+

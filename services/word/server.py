@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from hashrec.v1 import word_pb2, word_pb2_grpc
 
-from services.word.model import InstaHashMethod, SimilarHashtags
+from services.word.model import InstaHashMethod, SimilarAcrossSpaces
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
@@ -38,8 +38,10 @@ class WordServicer(VocabularyScorer):
     def __init__(self, methods: dict[str, object], vocabulary: tuple[str, ...],
                  model_version: str) -> None:
         super().__init__(methods, model_version)
-        word: InstaHashMethod = methods["word"]
-        self.similar = SimilarHashtags(word.term_vectors, vocabulary)
+        word = methods["word"]  # InstaHashMethod, or one per community (GatedMethod)
+        inner: list[InstaHashMethod] = getattr(word, "inner", [word])
+        self.similar = SimilarAcrossSpaces([method.term_vectors for method in inner],
+                                           vocabulary)
 
     async def Similar(self, request: word_pb2.SimilarRequest,  # noqa: N802
                       context: grpc.aio.ServicerContext) -> word_pb2.SimilarResponse:
