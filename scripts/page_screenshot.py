@@ -43,7 +43,7 @@ def main() -> None:
         chips.nth(1).locator(".toggle").hover()
         page.wait_for_timeout(300)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(args.out))
+        page.screenshot(path=str(args.out), full_page=True)
         browser.close()
     print(f"wrote {args.out}")
 
