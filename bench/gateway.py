@@ -1,20 +1,27 @@
 """The HTTP gateway against gRPC, warm, on the same stack in the same run.
 
-    python bench/gateway.py [--seconds 10] [--concurrency 32]
+    python bench/gateway.py [--seconds 10] [--concurrency 32] [--gateway-in-process]
 
-The five services as `hashrec serve` runs them and the gateway in front of the
-recommender, all on loopback. Warm photos (their features cached) go 1) straight to
-RecommenderService.Recommend over gRPC, 2) to POST /api/recommend as multipart uploads
-(httpx, one connection pool), with the same concurrency and no user. Prints QPS, p50 /
-p95 / p99 and errors (HTTP status >= 400 or a gRPC error) for both, and the ratio
-HTTP / gRPC QPS (the aim: 0.8 or better).
+The five services as `hashrec serve` runs them (one process), the gateway in front of the
+recommender in a process of its own (as deploy/gateway.yaml runs it; with
+--gateway-in-process it shares the services' process and GIL, as `hashrec serve` starts
+it), and the load generator in a third process, so that neither client's own work
+(httpx's multipart encoding is heavier than gRPC's C core) is charged to the server. Warm
+photos (their features cached) go 1) straight to RecommenderService.Recommend over gRPC,
+2) to POST /api/recommend as multipart uploads (httpx, one connection pool), with the same
+concurrency and no user. Prints QPS, p50 / p95 / p99 and errors (HTTP status >= 400 or a
+gRPC error) for both, and the ratio HTTP / gRPC QPS (the aim: 0.8 or better).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -23,61 +30,122 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the shared load loop
 from serving import load, start_stack
 
-from services.gateway.server import Settings
-from services.gateway.server import serve as serve_gateway
 from services.vision.model import VisionModel
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
 
 
-async def main(args: argparse.Namespace) -> None:
+def warm_photos() -> list[bytes]:
+    return [p.read_bytes() for p in sorted((data_root() / "food" / "images").glob("*.jpg"))
+            [:32]]
+
+
+async def client(args: argparse.Namespace) -> dict[str, float]:
+    """The load generator's process: one row against ``--client grpc:ADDRESS|http:URL``."""
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
 
-    photos = [p.read_bytes() for p in sorted((data_root() / "food" / "images").glob("*.jpg"))
-              [:32]]
-    servers, address, _ = await start_stack(VisionModel(device="cpu"), args.batch)
-    gateway = await serve_gateway("127.0.0.1", args.http_port, Settings(
-        recommender=address, photo_root=data_root()))
-    url = f"http://127.0.0.1:{args.http_port}"
-    rows = {}
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+    photos = warm_photos()
+    kind, target = args.client.split(":", 1)
+    if kind == "grpc":
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
 
-        async def over_grpc(i: int) -> None:
-            await stub.Recommend(recommender_pb2.RecommendRequest(
-                image=photos[i % len(photos)], k=10), timeout=60)
+            async def over_grpc(i: int) -> None:
+                await stub.Recommend(recommender_pb2.RecommendRequest(
+                    image=photos[i % len(photos)], k=10), timeout=60)
 
-        for i in range(len(photos)):  # warm: every photo's scores cached
-            await over_grpc(i)
-        rows["gRPC Recommend"] = await load(over_grpc, args.seconds, args.concurrency,
-                                            args.max_calls)
+            await over_grpc(0)
+            return await load(over_grpc, args.seconds, args.concurrency, args.max_calls)
+
+    class HttpError(Exception):
+        pass
+
     limits = httpx.Limits(max_connections=args.concurrency,
                           max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-
-        class HttpError(Exception):
-            pass
+    async with httpx.AsyncClient(base_url=target, timeout=60, limits=limits) as http:
 
         async def over_http(i: int) -> None:
-            response = await client.post("/api/recommend", data={"k": "10"}, files={
+            response = await http.post("/api/recommend", data={"k": "10"}, files={
                 "image": ("photo.jpg", photos[i % len(photos)], "image/jpeg")})
             if response.status_code >= 400:
                 raise HttpError(response.status_code)
 
         await over_http(0)
-        rows["POST /api/recommend"] = await load(over_http, args.seconds, args.concurrency,
-                                                 args.max_calls, (HttpError, httpx.HTTPError))
-    gateway.should_exit = True
-    await gateway.task
-    for server in servers:
-        await server.stop()
+        return await load(over_http, args.seconds, args.concurrency, args.max_calls,
+                          (HttpError, httpx.HTTPError))
+
+
+async def row(args: argparse.Namespace, target: str) -> dict[str, float]:
+    """One row, measured by a load generator in its own process."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", target, "--seconds", str(args.seconds),
+        "--concurrency", str(args.concurrency), "--max-calls", str(args.max_calls),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"load generator against {target} failed ({child.returncode})")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+async def ready(url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            try:
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+    raise SystemExit(f"the gateway at {url} never became ready")
+
+
+async def main(args: argparse.Namespace) -> None:
+    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+    servers, address, _ = await start_stack(VisionModel(device="cpu"), args.batch)
+    url = f"http://127.0.0.1:{args.http_port}"
+    gateway = process = None
+    if args.gateway_in_process:
+        from services.gateway.server import Settings
+        from services.gateway.server import serve as serve_gateway
+
+        gateway = await serve_gateway("127.0.0.1", args.http_port, Settings(
+            recommender=address, photo_root=data_root()))
+    else:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.gateway.server"],
+            env={**os.environ, "HASHREC_RECOMMENDER_TARGET": address,
+                 "HASHREC_GATEWAY_PORT": str(args.http_port),
+                 "HASHREC_PHOTO_ROOT": str(data_root()), "HASHREC_LOG_LEVEL": "WARNING"})
+    try:
+        await ready(url)
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+            for photo in warm_photos():  # warm: every photo's scores cached
+                await stub.Recommend(recommender_pb2.RecommendRequest(image=photo, k=10),
+                                     timeout=60)
+        rows = {"gRPC Recommend": await row(args, f"grpc:{address}"),
+                "POST /api/recommend": await row(args, f"http:{url}")}
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        if gateway is not None:
+            gateway.should_exit = True
+            await gateway.task
+        for server in servers:
+            await server.stop()
+    where = "sharing the services' process" if args.gateway_in_process else \
+        "in its own process"
     print(f"loopback, {args.concurrency} requests in flight, up to {args.seconds:.0f} s "
-          f"each, {len(photos)} warm photos, no user")
+          f"each, 32 warm photos, no user; the gateway {where}; load from a third process")
     print(f"{'':<22}{'calls':>8}{'QPS':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
           f"{'errors':>8}")
-    for name, row in rows.items():
-        print(f"{name:<22}{row['calls']:>8.0f}{row['qps']:>9.1f}{row['p50']:>9.1f}"
-              f"{row['p95']:>9.1f}{row['p99']:>9.1f}{row['errors']:>8.0f}")
+    for name, result in rows.items():
+        print(f"{name:<22}{result['calls']:>8.0f}{result['qps']:>9.1f}"
+              f"{result['p50']:>9.1f}{result['p95']:>9.1f}{result['p99']:>9.1f}"
+              f"{result['errors']:>8.0f}")
     ratio = rows["POST /api/recommend"]["qps"] / rows["gRPC Recommend"]["qps"]
     print(f"ratio: HTTP / gRPC QPS {ratio:.2f} (aim 0.8)")
 
@@ -90,5 +158,12 @@ if __name__ == "__main__":
     parser.add_argument("--max-calls", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--http-port", type=int, default=18080)
+    parser.add_argument("--gateway-in-process", action="store_true",
+                        help="the gateway on the services' event loop, as `hashrec serve`")
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # the load generator's process
+    arguments = parser.parse_args()
     setup_logging("WARNING")
-    asyncio.run(main(parser.parse_args()))
+    if arguments.client:
+        print(json.dumps(asyncio.run(client(arguments))))
+    else:
+        asyncio.run(main(arguments))
