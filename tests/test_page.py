@@ -3,6 +3,7 @@ gateway in front of the real stack. Screenshots go to out/."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,8 @@ def test_a_photo_gets_hashtags_with_why_and_keeping_two_changes_the_next_answer(
                                                    timeout=WAIT)
     page.wait_for_function("before => JSON.stringify([...document.querySelectorAll("
                            "'#chips .chip')].map(e => e.dataset.hashtag)) !== before",
-                           arg=str(before).replace("'", '"'), timeout=WAIT)
+                           arg=json.dumps(before, separators=(",", ":"), ensure_ascii=False),
+                           timeout=WAIT)
     after = _hashtags(page)
     assert after != before
     user_signals = page.locator(".why", has_text="your own habits")
