@@ -250,8 +250,13 @@ def _served(args: argparse.Namespace) -> int:
     from shared.config import models_dir
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import parse_spec, read_posts
-    from shared.eval.served import evaluate_served, grpc_answer, in_process_answer
-    from shared.train import held_out_split
+    from shared.eval.served import (
+        evaluate_served,
+        grpc_answer,
+        in_process_answer,
+        own_community_probability,
+    )
+    from shared.train import held_out_split, load_image_models
 
     if not args.test:
         raise SystemExit("evaluate served needs --test SPEC[,SPEC...]")
@@ -263,7 +268,8 @@ def _served(args: argparse.Namespace) -> int:
                zip(manifest.get("data", ()), manifest.get("communities", ()), strict=False)}
     hold_out = manifest.get("hold_out")
     store = FeatureStore(models_dir() / "features")
-    answer = grpc_answer(args.target) if args.target else in_process_answer(model_dir, store)
+    models = None if args.target else load_image_models(model_dir)  # loaded once
+    answer = grpc_answer(args.target) if args.target else in_process_answer(models, store)
     report: dict = {"task": "served", "model": model_dir.name, "hold_out": hold_out,
                     "target": args.target, "results": {}}
     for spec in args.test.split(","):
@@ -278,10 +284,26 @@ def _served(args: argparse.Namespace) -> int:
                   else _ignored_tags(args.ignore_tags))
         result = evaluate_served(train, test, answer, ignore)
         report["results"][spec] = result.results
-        for truth, row in result.results.items():
-            _print_table(f"{model_dir.name} on {spec}'s held-out photos ({row['photos']} "
-                         f"with a tag; truth: {truth})",
-                         {"served": {k: v for k, v in row.items() if k != "photos"}})
+        rows = {truth: {"served": row} for truth, row in result.results.items()}
+        if not args.target:  # in process, the same photos without outside hashtags
+            vocabulary_only = evaluate_served(train, test, in_process_answer(
+                models, store, with_outside=False), ignore).results
+            report.setdefault("vocabulary_only", {})[spec] = vocabulary_only
+            for truth, row in vocabulary_only.items():
+                rows[truth]["vocabulary only"] = row
+        for truth, table in rows.items():
+            _print_table(f"{model_dir.name} on {spec}'s held-out photos "
+                         f"({table['served']['photos']} with a tag; truth: {truth})",
+                         {name: {k: v for k, v in row.items() if k != "photos"}
+                          for name, row in table.items()})
+        if community is not None and not args.target:
+            index = [c["name"] for c in manifest["communities"]].index(community["name"])
+            gate = own_community_probability(models, store,
+                                             [p for p in test if p.image], index)
+            if gate is not None:
+                report.setdefault("gate", {})[spec] = gate
+                print(f"the gate on these photos: P(own photo set) {gate['mean_probability']}"
+                      f" on average; own set most probable for {gate['argmax_right']} %")
     _write_json(args.json, report)
     return 0
 

@@ -49,6 +49,10 @@ def test_served_equals_image2tags_learned_fusion_on_the_same_held_out_photos(
         assert served["set vocabulary"][metric] == reference.results["learned_fusion"][metric]
     # Against every tag the poster wrote, recall is lower: more truth, the same top 5.
     assert served["all tags"]["R@5"] < served["set vocabulary"]["R@5"]
+    # No method of this model scores outside hashtags: the vocabulary alone answers alike.
+    report = json.loads(out.read_text())
+    assert report["vocabulary_only"][spec] == report["results"][spec]
+    assert "gate" not in report  # one photo set: nothing to gate
 
 
 def test_served_refuses_a_set_the_model_trained_on_in_full(feature_store: FeatureStore,

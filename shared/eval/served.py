@@ -72,14 +72,14 @@ def evaluate_served(train: Sequence[Post], test: Sequence[Post], answer: Answer,
     return ServedResult(len(photos), len(vocabulary), results)
 
 
-def in_process_answer(model_dir: object, store: object, k: int = 10) -> Answer:
+def in_process_answer(models: object, store: object, k: int = 10,
+                      with_outside: bool = True) -> Answer:
     """Answers from the artifact itself: the methods and the fusion the recommender
-    serves, hashtags outside the vocabulary placed as the recommender places them."""
+    serves, hashtags outside the vocabulary placed as the recommender places them (with
+    ``with_outside``; without, the vocabulary alone: what the outside hashtags cost or add)."""
     from services.recommender.model import outside_candidates
     from shared.eval.metrics import top_k
-    from shared.train import load_image_models
 
-    models = load_image_models(model_dir)
     index = {term: row for row, term in enumerate(models.vocabulary)}
 
     def answer(posts: Sequence[Post]) -> list[list[str]]:
@@ -89,6 +89,8 @@ def in_process_answer(model_dir: object, store: object, k: int = 10) -> Answer:
         if len(kept) != len(posts):
             raise ValueError(f"{len(posts) - len(kept)} test photos could not be read")
         fused, per_method = models.scores(photos)
+        if not with_outside:
+            return [[models.vocabulary[i] for i in row] for row in top_k(fused, k)]
         outside_all = {name: (method.extra,
                               method.scores_all(photos)[:, len(models.vocabulary):])
                        for name, method in models.methods.items()
@@ -121,3 +123,21 @@ def grpc_answer(target: str, k: int = 10, timeout: float = 60.0) -> Answer:
                 image=p.image.read_bytes(), k=k), timeout=timeout).hashtags] for p in posts]
 
     return answer
+
+
+def own_community_probability(models: object, store: object, posts: Sequence[Post],
+                              community: int) -> dict[str, float] | None:
+    """How well the served gate recognises the photo set of ``posts`` (community index
+    ``community`` of the model): the mean P(own community | photo) and the share of photos
+    whose most probable community is their own; None for a model of one community."""
+    from shared.eval.image2tag import _photos
+
+    gate = next((m.gate for m in models.methods.values() if getattr(m, "gate", None)), None)
+    if gate is None:
+        return None
+    _, photos = _photos(posts, store, progress=False)
+    probabilities = gate(photos.features)
+    return {"mean_probability": round(float(probabilities[:, community].mean()), 3),
+            "argmax_right": round(100 * float((probabilities.argmax(axis=1) == community)
+                                              .mean()), 2)}
+
