@@ -32,6 +32,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_gateway(loop: LoopThread, settings: Any) -> tuple[Any, str]:
+    """The HTTP gateway on ``loop`` at a free port: (its server, its base URL)."""
+    from services.gateway.server import serve
+
+    port = free_port()
+    return loop.call(serve("127.0.0.1", port, settings)), f"http://127.0.0.1:{port}"
+
+
+def stop_gateway(loop: LoopThread, server: Any) -> None:
+    async def stopped() -> None:
+        server.should_exit = True
+        await server.task
+
+    loop.call(stopped())
+
+
 class RedisServer:
     """A redis-server of the test's own on a free loopback port; nothing kept on disk."""
 

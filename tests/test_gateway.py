@@ -15,31 +15,17 @@ import pytest
 from PIL import Image
 
 from services.gateway.server import Settings
-from services.gateway.server import serve as serve_gateway
 from services.gateway.uploads import RecentUploads
-from tests.servers import free_port
-
-
-def _start(stack: dict, settings: Settings):
-    port = free_port()
-    server = stack["loop"].call(serve_gateway("127.0.0.1", port, settings))
-    return server, f"http://127.0.0.1:{port}"
-
-
-def _stop(stack: dict, server) -> None:
-    async def stopped() -> None:
-        server.should_exit = True
-        await server.task
-
-    stack["loop"].call(stopped())
+from tests.servers import free_port, start_gateway, stop_gateway
 
 
 @pytest.fixture(scope="module")
 def gateway(stack: dict, data_dir: Path) -> Iterator[str]:
-    server, url = _start(stack, Settings(recommender=stack["recommender"].address,
-                                         photo_root=data_dir, example_users=("u00003",)))
+    server, url = start_gateway(stack["loop"], Settings(
+        recommender=stack["recommender"].address, photo_root=data_dir,
+        example_users=("u00003",)))
     yield url
-    _stop(stack, server)
+    stop_gateway(stack["loop"], server)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +202,8 @@ def test_health_readiness_and_metrics(client: httpx.Client, stack: dict) -> None
 
 
 def test_the_recommender_down_is_a_503_with_a_message(stack: dict, data_dir: Path) -> None:
-    server, url = _start(stack, Settings(recommender=f"127.0.0.1:{free_port()}", timeout=5))
+    server, url = start_gateway(stack["loop"], Settings(
+        recommender=f"127.0.0.1:{free_port()}", timeout=5))
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             response = _recommend(client, _photo(data_dir))
@@ -225,7 +212,7 @@ def test_the_recommender_down_is_a_503_with_a_message(stack: dict, data_dir: Pat
             assert client.get("/healthz").status_code == 200
             assert client.get("/readyz").status_code == 503
     finally:
-        _stop(stack, server)
+        stop_gateway(stack["loop"], server)
 
 
 def test_recent_uploads_keep_within_their_count_and_bytes() -> None:

@@ -12,8 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from services.gateway.server import Settings
-from services.gateway.server import serve as serve_gateway
-from tests.servers import free_port
+from tests.servers import free_port, start_gateway, stop_gateway
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: as this machine's probe starts it: its closed network refuses background connections
@@ -23,26 +22,13 @@ OUT = Path(__file__).parents[1] / "out"
 WAIT = 120_000  # ms: the first answer trains nothing, but the CPU may be shared
 
 
-def _gateway(stack: dict, settings: Settings):
-    port = free_port()
-    return stack["loop"].call(serve_gateway("127.0.0.1", port, settings)), \
-        f"http://127.0.0.1:{port}/"
-
-
-def _stop(stack: dict, server) -> None:
-    async def stopped() -> None:
-        server.should_exit = True
-        await server.task
-
-    stack["loop"].call(stopped())
-
-
 @pytest.fixture(scope="module")
 def page_url(stack: dict, data_dir: Path) -> Iterator[str]:
-    server, url = _gateway(stack, Settings(recommender=stack["recommender"].address,
-                                           photo_root=data_dir, example_users=("u00003",)))
-    yield url
-    _stop(stack, server)
+    server, url = start_gateway(stack["loop"], Settings(
+        recommender=stack["recommender"].address, photo_root=data_dir,
+        example_users=("u00003",)))
+    yield f"{url}/"
+    stop_gateway(stack["loop"], server)
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +118,15 @@ def test_a_file_that_is_not_a_photo_gets_a_visible_error(browser: Browser, page_
 
 def test_the_service_down_is_said_plainly(browser: Browser, stack: dict,
                                           data_dir: Path) -> None:
-    server, url = _gateway(stack, Settings(recommender=f"127.0.0.1:{free_port()}",
-                                           timeout=5))
+    server, url = start_gateway(stack["loop"], Settings(
+        recommender=f"127.0.0.1:{free_port()}", timeout=5))
     try:
         page, _ = _page(browser)
-        page.goto(url)
+        page.goto(f"{url}/")
         page.set_input_files("#file", str(data_dir / "food" / "images" / "0000008.jpg"))
         expect(page.locator("#error")).to_contain_text("cannot answer now", timeout=WAIT)
     finally:
-        _stop(stack, server)
+        stop_gateway(stack["loop"], server)
 
 
 def test_the_page_fits_a_phone_and_works_by_keyboard(browser: Browser, page_url: str,
