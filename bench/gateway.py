@@ -28,7 +28,7 @@ import grpc
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the shared load loop
-from serving import load, start_stack
+from serving import load, load_parser, start_stack
 
 from services.vision.model import VisionModel
 from shared.config import data_root, setup_logging
@@ -151,12 +151,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--max-calls", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=4)
+    parser = load_parser(__doc__, concurrency=32)
     parser.add_argument("--http-port", type=int, default=18080)
     parser.add_argument("--gateway-in-process", action="store_true",
                         help="the gateway on the services' event loop, as `hashrec serve`")

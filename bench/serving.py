@@ -205,13 +205,19 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
     return rows
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
+def load_parser(description: str, concurrency: int) -> argparse.ArgumentParser:
+    """The options every loopback load bench takes."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=concurrency)
     parser.add_argument("--max-calls", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4, help="the vision service's batch")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = load_parser(__doc__, concurrency=64)
     parser.add_argument("--only", choices=("vision", "recommend"))
     parser.add_argument("--user-share", type=float, default=0.5,
                         help="share of Recommend calls that carry a known user id")
