@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
+from commands.experiments.image2tag import run_image2tag
 from services.vision.model import BACKBONES, VisionModel, decode_image, preprocess
 from services.vision.store import FeatureStore
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.data.split import seeded_split
-from shared.eval.image2tag import run_image2tag
 
 #: The collection's search hashtags, as `evaluate image2tag --ignore-tags` drops them.
 INSTAGRAM_SEARCH_TAGS = frozenset({"animals", "cars", "fitness", "food", "selfie", "travel"})

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from commands.experiments.zhong import Example, prepare, rank_targets, target_matrix
 from services.graph.model import SkipGramParams, bipartite_graph, random_walks, skipgram
 from shared.config import setup_logging
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.data.split import seeded_split
 from shared.eval.metrics import overall_precision_recall_f1
-from shared.eval.zhong import Example, prepare, rank_targets, target_matrix
 
 WALKS_PER_NODE, WALK_LENGTH, DIM = 10, 80, 256
 

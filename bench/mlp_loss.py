@@ -14,14 +14,14 @@ import argparse
 
 import numpy as np
 
+from commands.experiments.image2tag import _photos, photo_metrics, training_photos, without_ignored
+from commands.train import INSTAGRAM_SEARCH_TAGS
 from services.recommender.model import MlpMethod
 from services.vision.store import FeatureStore
 from shared.config import models_dir, setup_logging
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.data.split import seeded_split
-from shared.eval.image2tag import _photos, photo_metrics, training_photos, without_ignored
-from shared.train import INSTAGRAM_SEARCH_TAGS
 
 SETS = (("instagram:instagram", INSTAGRAM_SEARCH_TAGS), ("food:food", frozenset()),
         ("dcmr:mirflickr25k", frozenset()))

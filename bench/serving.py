@@ -145,15 +145,15 @@ async def start_stack(model: VisionModel, batch: int,
     """The five services as `hashrec serve` runs them, on the newest trained models under
     $HASHREC_MODELS (trained first when there are none): (servers, the recommender's
     address, known user ids)."""
+    from commands.cli import newest_model
+    from commands.train import train_default
     from services.graph.server import serve as serve_graph
     from services.recommender.server import serve as serve_recommender
     from services.user.server import serve as serve_user
     from services.user.train import newest_user_model, train_user_model
     from services.vision.store import FeatureStore
     from services.word.server import serve as serve_word
-    from shared.cli import newest_model
     from shared.config import models_dir
-    from shared.train import train_default
 
     store = FeatureStore(models_dir() / "features")
     model_dir = newest_model(models_dir()) or train_default(models_dir(), store).directory

@@ -21,9 +21,10 @@ import time
 
 import numpy as np
 
+from commands.experiments.user import user_frequency_scores
+from services.user.task import accuracies, prepare_user_task
 from shared.config import data_root, setup_logging
 from shared.data.simulated_users import drop_spammers, simulate, source_posts, split_by_user_time
-from shared.eval.user import accuracies, prepare_user_task, user_frequency_scores
 
 #: Veit et al., Table 2: the user-frequency baseline on real Instagram users (%)
 VEIT_USER_FREQUENCY = {"A@1": 38.07, "A@10": 62.55}

@@ -5,7 +5,7 @@
 
 One seed of the simulated-user benchmark is ~400 test posts, so one post moves A@1 by
 ~0.25 points and a single seed can flip which method wins. This runs
-`hashrec evaluate user`'s experiment (shared/eval/user.py: run_user) once per seed, each
+`hashrec evaluate user`'s experiment (commands/experiments/user.py: run_user) once per seed, each
 seed a different population of users, and prints each method's A@1 / A@10 per seed, their
 mean and standard deviation, and on how many seeds each user-conditional method beats each
 baseline on both metrics. A few minutes per seed.
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from commands.experiments.user import run_user
 from services.user.model import TensorParams
+from services.user.task import split_with_features
 from services.vision.store import FeatureStore
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.simulated_users import SIGNATURE_PROBABILITY, simulate, source_posts
-from shared.eval.user import run_user, split_with_features
 
 BASELINES = ("user_frequency", "agnostic")
 #: the user-conditional methods counted against each baseline

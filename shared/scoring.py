@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 from hashrec.v1 import photo_pb2, vision_pb2
 
-from services.vision.model import FEATURE_DIM, N_CLASSES, class_names, vision_model_id
+from shared.backbone import FEATURE_DIM, N_CLASSES, class_names, vision_model_id
 from shared.photos import PhotoSet
 
 log = logging.getLogger(__name__)

@@ -56,6 +56,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
     users; channels to each. Shared by the stack, gateway and page tests."""
     import grpc
 
+    from commands.experiments.image2tag import METHODS
+    from commands.train import hashtag_knowledge, train_image_models
     from services.graph.server import serve as serve_graph
     from services.recommender.server import serve as serve_recommender
     from services.user.model import TensorParams
@@ -66,9 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
     from shared.data.simulated_users import source_posts
-    from shared.eval.image2tag import METHODS
     from shared.grpc_server import CHANNEL_OPTIONS
-    from shared.train import hashtag_knowledge, train_image_models
     from tests.servers import LoopThread
 
     store = feature_store

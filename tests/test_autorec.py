@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from commands.experiments.image2tag import photo_metrics
 from services.vision.model import class_names
 from services.word.autorec import (
     AutoRec,
@@ -17,7 +18,6 @@ from services.word.autorec import (
     intersection_scores,
     rating_profiles,
 )
-from shared.eval.image2tag import photo_metrics
 
 
 def test_autorec_loss_by_hand() -> None:
@@ -55,7 +55,7 @@ def test_the_intersection_comes_first_else_autorecs_top_five() -> None:
 def _fit_and_swap(photos, method: AutoRecMethod) -> tuple[float, float, float, np.ndarray]:
     """(R@5 given each test photo's own labels, given another photo's labels, of global
     frequency; the scores) on MIRFlickr's content labels."""
-    from shared.eval.image2tag import make_methods
+    from commands.experiments.image2tag import make_methods
     from shared.photos import PhotoSet
 
     train, test, truth, vocab = photos

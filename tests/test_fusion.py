@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from commands.experiments.image2tag import make_methods, out_of_fold_scores, photo_metrics
 from services.recommender.model import GatedMethod, RankFusion, outside_candidates
 from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.eval.image2tag import make_methods, out_of_fold_scores, photo_metrics
 from shared.photos import PhotoSet
 
 
@@ -62,9 +62,9 @@ def test_a_gated_method_mixes_each_communitys_own_method_by_the_gate(
     """Community 0: food photos with their tags; community 1: MIRFlickr photos with their
     content labels. The gate tells the two apart on photos it never saw, and a photo's
     scores are the gate-weighted mix of each community's own method."""
+    from commands.experiments.image2tag import Community, community_photos
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
-    from shared.eval.image2tag import Community, community_photos
 
     flickr_train, flickr_test, _, labels = mirflickr_labelled
     food = [p for p in normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))

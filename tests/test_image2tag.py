@@ -9,12 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.recommender.model import Fusion
-from services.vision.store import FeatureStore
-from shared.cli import main
-from shared.data.normalize import normalize_post_hashtags
-from shared.data.readers import read_posts
-from shared.eval.image2tag import (
+from commands.cli import main
+from commands.experiments.image2tag import (
     METHODS,
     fit_fusion,
     make_methods,
@@ -22,6 +18,10 @@ from shared.eval.image2tag import (
     run_image2tag,
     training_photos,
 )
+from services.recommender.model import Fusion
+from services.vision.store import FeatureStore
+from shared.data.normalize import normalize_post_hashtags
+from shared.data.readers import read_posts
 
 
 @pytest.fixture(scope="module")

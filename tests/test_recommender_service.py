@@ -11,6 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
 
+from commands.train import train_image_models
+from services.image_models import load_image_models
 from services.recommender.server import SERVICE_NAME
 from services.recommender.server import serve as serve_recommender
 from services.vision.model import VisionModel
@@ -19,7 +21,6 @@ from services.vision.store import FeatureStore
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.grpc_server import CHANNEL_OPTIONS
-from shared.train import load_image_models, train_image_models
 from tests.servers import LoopThread
 
 
@@ -114,7 +115,7 @@ def test_cli_recommend_prints_json_and_names_errors(stack: dict, data_dir: Path,
                                                     capsys) -> None:
     import json
 
-    from shared.cli import main
+    from commands.cli import main
 
     target = stack["recommender"].address
     photo = data_dir / "food" / "images" / "0000008.jpg"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from commands.cli import main
+from commands.experiments.image2tag import Community, run_image2tag
+from commands.train import held_out_split, train_communities
 from services.vision.store import FeatureStore
-from shared.cli import main
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
-from shared.eval.image2tag import Community, run_image2tag
-from shared.train import held_out_split, train_communities
 
 METHODS = ("frequency", "knn")
 

@@ -392,7 +392,7 @@ def test_cli_feedback_and_retrieve_print_json_and_name_errors(stack: dict, data_
                                                              capsys) -> None:
     import json
 
-    from shared.cli import main
+    from commands.cli import main
 
     target = stack["recommender"].address
     image = data_dir / "food" / "images" / "0000034.jpg"
@@ -443,7 +443,7 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
 
     port = _five_free_ports()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), "--models",
+        [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--models",
          str(stack["trained"].directory), "--user-model", str(stack["user_dir"])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**__import__("os").environ, "HASHREC_MODELS": str(tmp_path)})
@@ -474,12 +474,12 @@ def test_a_model_of_several_communities_serves_like_the_default(
     """`hashrec train`'s default gates each method over photo sets (communities): the word,
     graph and recommender services must serve that shape too, Similar searching every
     community's word space."""
+    from commands.experiments.image2tag import Community
+    from commands.train import train_communities
     from services.graph.server import serve as serve_graph
     from services.word.server import serve as serve_word
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
-    from shared.eval.image2tag import Community
-    from shared.train import train_communities
 
     food = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:80]
     instagram = normalize_post_hashtags(

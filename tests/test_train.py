@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from commands.experiments.image2tag import METHODS, training_photos
+from commands.train import train_image_models
+from services.image_models import load_image_models
 from services.vision.model import VisionModel
 from services.vision.store import FeatureStore
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
-from shared.eval.image2tag import METHODS, training_photos
-from shared.train import load_image_models, train_image_models
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_cli_train_writes_a_loadable_model(tmp_path: Path, data_dir: Path, monke
                                            capsys) -> None:
     import json
 
-    from shared.cli import main
+    from commands.cli import main
 
     monkeypatch.setenv("HASHREC_MODELS", str(tmp_path / "models"))
     posts = tmp_path / "posts.jsonl"

@@ -220,7 +220,7 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
                                                 monkeypatch) -> None:
     import json
 
-    from shared.cli import main
+    from commands.cli import main
     from shared.data.simulated_users import simulate, source_posts
 
     monkeypatch.setenv("HASHREC_MODELS", str(tmp_path / "models"))
@@ -283,7 +283,7 @@ def test_real_users_text_posts_run_end_to_end_on_the_authors_split(
     """#HowYouTagTweets: real users' hashtag habits, content from the tweets' text."""
     import json
 
-    from shared.cli import main
+    from commands.cli import main
 
     monkeypatch.setenv("HASHREC_MODELS", str(tmp_path / "models"))
     sizes = _howyoutag_slice(data_dir, tmp_path / "tweets", 40)
@@ -429,8 +429,8 @@ def planted_posts(n_users: int = 24, posts_per_user: int = 30, seed: int = 0,
 
 @pytest.fixture(scope="module")
 def planted_result():
+    from commands.experiments.user import run_user
     from shared.data.simulated_users import split_by_user_time
-    from shared.eval.user import run_user
 
     posts, features = planted_posts()
     train, test = split_by_user_time(posts)
@@ -453,7 +453,7 @@ def test_user_evaluation_finds_what_was_planted(planted_result) -> None:
 
 def test_the_tensor_row_is_the_served_lookups_ranking_of_the_test_posts(planted_result,
                                                                         ) -> None:
-    from shared.eval.user import accuracies, prepare_user_task
+    from services.user.task import accuracies, prepare_user_task
 
     result, (train, test, features) = planted_result
     task = prepare_user_task(train, test, features, min_count=1)
@@ -464,7 +464,7 @@ def test_the_tensor_row_is_the_served_lookups_ranking_of_the_test_posts(planted_
 
 
 def test_retrieval_precision_by_hand() -> None:
-    from shared.eval.user import retrieval_precision
+    from commands.experiments.user import retrieval_precision
 
     # hashtag 0 ranks photos 0, 2 first: one relevant of two; hashtag 1 ranks 1, 2: both.
     scores = np.array([[0.9, 0.1], [0.1, 0.9], [0.8, 0.8], [0.2, 0.3]])
@@ -473,8 +473,9 @@ def test_retrieval_precision_by_hand() -> None:
 
 
 def test_user_frequency_counts_the_users_posts_and_strangers_get_everyones() -> None:
+    from commands.experiments.user import user_frequency_scores
+    from services.user.task import prepare_user_task
     from shared.data.readers import Post
-    from shared.eval.user import prepare_user_task, user_frequency_scores
 
     train = [Post(id="1", image=None, hashtags=("a", "b"), user="ann"),
              Post(id="2", image=None, hashtags=("b",), user="ann"),
@@ -495,7 +496,7 @@ def test_user_frequency_counts_the_users_posts_and_strangers_get_everyones() -> 
 
 def test_main_effects_weigh_a_habit_and_a_photo_that_both_inform() -> None:
     from services.user.effects import mean_log_likelihood
-    from shared.eval.user import prepare_user_task
+    from services.user.task import prepare_user_task
 
     posts, features = planted_posts(seed=1)
     task = prepare_user_task(posts, [], features, min_count=1)

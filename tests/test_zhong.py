@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from commands.cli import main
+from commands.experiments.zhong import Example, ks_test, run_bidirectional
 from services.graph.model import DeepWalkParams, SkipGramParams
 from services.word.model import Word2VecParams
 from shared.classifier import fit_logistic, mean_average_precision
-from shared.cli import main
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
-from shared.eval.zhong import Example, ks_test, run_bidirectional
 
 SMALL_WALKS = DeepWalkParams(walks_per_node=4, walk_length=20,
                              skipgram=SkipGramParams(dim=64, epochs=2))

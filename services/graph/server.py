@@ -17,11 +17,11 @@ from pathlib import Path
 
 from hashrec.v1 import graph_pb2, graph_pb2_grpc
 
+from services.image_models import KIND, load_image_models, served_methods
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer, start_loading
 from shared.scoring import GRAPH_METHODS, VocabularyScorer
-from shared.train import KIND, load_image_models, served_methods
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = graph_pb2.DESCRIPTOR.services_by_name["GraphEmbeddingService"].full_name

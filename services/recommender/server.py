@@ -47,6 +47,7 @@ from hashrec.v1 import (
     word_pb2_grpc,
 )
 
+from services.image_models import KIND, ImageModels, load_image_models, served_methods
 from services.recommender.model import (
     Fusion,
     condition_on_user,
@@ -61,7 +62,6 @@ from shared.eval.metrics import top_k
 from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, k_or_abort, start_loading
 from shared.photos import MACHINE_LABELS_PER_PHOTO
 from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
-from shared.train import KIND, ImageModels, load_image_models, served_methods
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from services.user.lookup import KIND, UserHashtagLookup
 from services.user.model import TensorParams
+from services.user.task import post_features, prepare_user_task
 from services.vision.store import FeatureStore
 from shared.artifacts import newest_artifact
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.readers import Post
 from shared.data.simulated_users import drop_spammers, simulate, source_posts
-from shared.eval.user import post_features, prepare_user_task
 
 log = logging.getLogger(__name__)
 SERVING_PARAMS = TensorParams(hashtag_dim=64, photo_dim=64, user_dim=32, epochs=15)

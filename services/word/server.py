@@ -20,13 +20,13 @@ from pathlib import Path
 import grpc
 from hashrec.v1 import word_pb2, word_pb2_grpc
 
+from services.image_models import KIND, load_image_models, served_methods
 from services.word.model import InstaHashMethod, SimilarAcrossSpaces
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import GrpcServer, k_or_abort, start_loading
 from shared.scoring import WORD_METHODS, VocabularyScorer
-from shared.train import KIND, load_image_models, served_methods
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = word_pb2.DESCRIPTOR.services_by_name["WordEmbeddingService"].full_name

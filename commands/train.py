@@ -1,8 +1,8 @@
-"""Training the photo → hashtag models once and loading them for serving.
+"""Training the photo → hashtag models once, for serving.
 
 ``train_image_models`` fits every method on the training photos, fits the fusion weights
 on out-of-fold scores, and writes one versioned, checksummed artifact directory (plain
-arrays and JSON: shared/artifacts.py). ``load_image_models`` verifies it and rebuilds the
+arrays and JSON: shared/artifacts.py). services/image_models.py verifies it and rebuilds the
 methods without retraining and without unpickling anything.
 """
 
@@ -12,39 +12,24 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from services.graph.model import JointGraphMethod
-from services.recommender.model import (
-    FrequencyMethod,
-    Fusion,
-    GatedMethod,
-    KnnMethod,
-    Method,
-    MlpMethod,
-    RankFusion,
-)
-from services.vision.model import class_names, vision_model_id
-from services.vision.store import FeatureStore
-from services.word.autorec import AutoRecMethod
-from services.word.model import InstaHashMethod
-from services.word.semantic import SemanticMethod, TextResources
-from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.data.readers import Post
-from shared.eval.image2tag import (
+from commands.experiments.image2tag import (
     METHODS,
     Community,
     community_photos,
     make_methods,
     out_of_fold_scores,
 )
-from shared.photos import PhotoSet
+from services.image_models import KIND, ImageModels
+from services.recommender.model import Fusion, RankFusion
+from services.vision.store import FeatureStore
+from services.word.semantic import TextResources
+from shared.artifacts import ArtifactWriter
+from shared.backbone import vision_model_id
+from shared.data.readers import Post
 
 log = logging.getLogger(__name__)
-KIND = "image-to-hashtag"
 
 
 def train_image_models(posts: Sequence[Post], store: FeatureStore, out: Path,
@@ -198,76 +183,3 @@ def train_from_spec(spec: str, out: Path, ignore: frozenset[str] = frozenset(),
     return train_image_models(normalize_post_hashtags(read_posts(spec)),
                               FeatureStore(models_dir() / "features"), out, ignore,
                               methods=methods, min_count=min_count, seed=seed, text=text)
-
-
-@dataclass
-class ImageModels:
-    version: str
-    vocabulary: tuple[str, ...]
-    methods: dict[str, Method]
-    fusion: Fusion
-    directory: Path | None = None
-    #: the learned fusion, served when every method answers (the linear one otherwise)
-    ranker: RankFusion | None = None
-
-    def combine(self, per_method: dict[str, np.ndarray]) -> np.ndarray:
-        """The learned fusion of the methods' scores when all of them are there, else the
-        linear fusion of those that are."""
-        if self.ranker is not None and all(m in per_method for m in self.ranker.methods):
-            return self.ranker.combine(per_method)
-        return self.fusion.combine(per_method)
-
-    def scores(self, photos: PhotoSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(fused scores, each method's scores), one row per photo, one column per hashtag."""
-        per_method = {name: method.scores(photos) for name, method in self.methods.items()}
-        return self.combine(per_method), per_method
-
-
-def _open(directory: Path) -> ArtifactReader:
-    reader = ArtifactReader(directory)  # refuses a directory whose checksums do not match
-    manifest = reader.manifest
-    if manifest.get("kind") != KIND:
-        raise ValueError(f"{directory}: not an {KIND} model directory")
-    if manifest["vision_model"] != vision_model_id():
-        raise ValueError(f"{directory}: trained on features of {manifest['vision_model']}, "
-                         f"this vision model is {vision_model_id()}")
-    return reader
-
-
-def _load(reader: ArtifactReader, name: str) -> Method:
-    loaders = {"frequency": FrequencyMethod.load, "knn": KnnMethod.load,
-               "mlp": MlpMethod.load,
-               "word": lambda r: InstaHashMethod.load(r, class_names()),
-               "graph": lambda r: JointGraphMethod.load(r, class_names()),
-               "autorec": lambda r: AutoRecMethod.load(r, class_names(), "autorec"),
-               "instahash": lambda r: AutoRecMethod.load(r, class_names(), "instahash"),
-               "autorec_masked": lambda r: AutoRecMethod.load(r, class_names(),
-                                                              "autorec_masked"),
-               "semantic": lambda r: SemanticMethod.load(r, class_names())}
-    if name not in reader.manifest["methods"]:
-        raise ValueError(f"{reader.directory}: has no {name!r} method "
-                         f"(it holds {reader.manifest['methods']})")
-    if len(reader.manifest.get("communities", ())) > 1:
-        return GatedMethod.load(reader, name, loaders[name])
-    return loaders[name](reader)
-
-
-def served_methods(directory: Path, candidates: Sequence[str]) -> list[str]:
-    """The ``candidates`` the model at ``directory`` holds (from its manifest, unverified:
-    load_image_models verifies)."""
-    import json
-
-    held = json.loads((directory / "manifest.json").read_text())["methods"]
-    return [m for m in candidates if m in held]
-
-
-def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> ImageModels:
-    """The verified models of a `hashrec train` directory; ``methods``: only these (the
-    recommender leaves word and graph to their own services)."""
-    reader = _open(directory)
-    manifest = reader.manifest
-    names = manifest["methods"] if methods is None else methods
-    ranker = RankFusion.load(reader) if "fusion_rank.json" in manifest["files"] else None
-    return ImageModels(manifest["version"], tuple(reader.json("vocabulary")),
-                       {name: _load(reader, name) for name in names}, Fusion.load(reader),
-                       directory, ranker)

@@ -83,7 +83,7 @@ def in_process_answer(models: object, store: object, k: int = 10,
     index = {term: row for row, term in enumerate(models.vocabulary)}
 
     def answer(posts: Sequence[Post]) -> list[list[str]]:
-        from shared.eval.image2tag import _photos
+        from commands.experiments.image2tag import _photos
 
         kept, photos = _photos(posts, store, progress=False)
         if len(kept) != len(posts):
@@ -130,7 +130,7 @@ def own_community_probability(models: object, store: object, posts: Sequence[Pos
     """How well the served gate recognises the photo set of ``posts`` (community index
     ``community`` of the model): the mean P(own community | photo) and the share of photos
     whose most probable community is their own; None for a model of one community."""
-    from shared.eval.image2tag import _photos
+    from commands.experiments.image2tag import _photos
 
     gate = next((m.gate for m in models.methods.values() if getattr(m, "gate", None)), None)
     if gate is None:

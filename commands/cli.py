@@ -128,9 +128,9 @@ def _print_table(title: str, results: dict[str, dict[str, float]],
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from commands.experiments.zhong import Example, choose_window, ks_test, run_bidirectional
     from services.graph.model import DeepWalkParams, SkipGramParams
     from services.word.model import Word2VecParams
-    from shared.eval.zhong import Example, choose_window, ks_test, run_bidirectional
 
     if args.task in ("user", "retrieval"):
         return _user(args)
@@ -211,15 +211,15 @@ def _ignored_tags(text: str) -> frozenset[str]:
 
 
 def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) -> int:
+    from commands.experiments.image2tag import run_image2tag
     from services.vision.store import FeatureStore
     from shared.config import models_dir
-    from shared.eval.image2tag import run_image2tag
 
     ignore = _ignored_tags(args.ignore_tags)
     methods = args.image_methods.split(",")
     text = None
     if "semantic" in methods:
-        from shared.train import hashtag_knowledge
+        from commands.train import hashtag_knowledge
 
         # HARRISON never shares a post with a test set; another corpus might.
         text = hashtag_knowledge((args.hashtag_corpus or "harrison:harrison").split(","))
@@ -246,17 +246,18 @@ def _image2tag(args: argparse.Namespace, train: list, test: list, report: dict) 
 
 
 def _served(args: argparse.Namespace) -> int:
-    from services.vision.store import FeatureStore
-    from shared.config import models_dir
-    from shared.data.normalize import normalize_post_hashtags
-    from shared.data.readers import parse_spec, read_posts
-    from shared.eval.served import (
+    from commands.experiments.served import (
         evaluate_served,
         grpc_answer,
         in_process_answer,
         own_community_probability,
     )
-    from shared.train import held_out_split, load_image_models
+    from commands.train import held_out_split
+    from services.image_models import load_image_models
+    from services.vision.store import FeatureStore
+    from shared.config import models_dir
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import parse_spec, read_posts
 
     if not args.test:
         raise SystemExit("evaluate served needs --test SPEC[,SPEC...]")
@@ -315,13 +316,14 @@ def _write_json(path: Path | None, report: dict) -> None:
 
 
 def _user(args: argparse.Namespace) -> int:
+    from commands.experiments.user import run_user
+    from services.user.task import post_features, split_with_features
     from services.vision.store import FeatureStore
     from shared.config import data_root, models_dir
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
     from shared.data.simulated_users import drop_spammers, simulate, source_posts
     from shared.eval.content import text_features
-    from shared.eval.user import post_features, run_user, split_with_features
 
     def content_features(train: list, test: list, encoder: str) -> dict:
         """Photo features for posts with a photo, the encoder's text vectors for the rest."""
@@ -454,9 +456,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from commands.train import DEFAULT_CORPORA, DEFAULT_METHODS, train_default, train_from_spec
     from services.vision.store import FeatureStore
     from shared.config import models_dir
-    from shared.train import DEFAULT_CORPORA, DEFAULT_METHODS, train_default, train_from_spec
 
     out = args.out or models_dir()
     if args.train:
@@ -626,8 +628,8 @@ def example_users(user_model: Path, count: int = 5) -> tuple[str, ...]:
 
 def newest_model(root: Path) -> Path | None:
     """The most recent `hashrec train` output under ``root``."""
+    from services.image_models import KIND
     from shared.artifacts import newest_artifact
-    from shared.train import KIND
 
     return newest_artifact(root, KIND)
 
@@ -635,6 +637,7 @@ def newest_model(root: Path) -> Path | None:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from commands.train import train_default, train_from_spec
     from services.gateway.server import Settings as GatewaySettings
     from services.gateway.server import serve as serve_gateway
     from services.graph.server import serve as serve_graph
@@ -646,7 +649,6 @@ def _serve(args: argparse.Namespace) -> int:
     from services.word.server import serve as serve_word
     from shared.cache import make_cache
     from shared.config import models_dir
-    from shared.train import train_default, train_from_spec
 
     model_dir = args.models or newest_model(models_dir())
     if model_dir is None:

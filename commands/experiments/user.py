@@ -22,7 +22,6 @@ either.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,22 +30,16 @@ import numpy as np
 import torch
 
 from services.user.effects import (
-    HeldOutEffects,
-    MainEffects,
-    expected_uses,
     fit_expert_weights,
-    fit_main_effects,
     multiclass_log_loss,
     softmax_targets,
 )
 from services.user.lookup import UserHashtagLookup
-from services.user.model import Offsets, TensorModel, TensorParams, Triplets, train_tensor
-from services.vision.store import FeatureStore
-from shared.data.normalize import Vocabulary
+from services.user.model import TensorParams
+from services.user.task import UserTask, accuracies, prepare_user_task
 from shared.data.readers import Post
-from shared.data.simulated_users import drop_spammers, split_by_user_time
 from shared.eval.content import as_distribution, knn_vote_scores
-from shared.eval.metrics import accuracy_at_k, top_k
+from shared.eval.metrics import top_k
 
 log = logging.getLogger(__name__)
 
@@ -121,167 +114,6 @@ def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
     return 100 * float(hits.sum(axis=1).mean() / k)
 
 
-def post_features(posts: Sequence[Post], store: FeatureStore) -> dict[str, np.ndarray]:
-    """Post id → CNN features of its photo, each distinct photo computed (or read) once;
-    posts whose photo cannot be read are left out."""
-    images = sorted({p.image for p in posts if p.image is not None})
-    embedding, ok = store.embed_paths(images)
-    by_image = {image: embedding.features[row] for row, image in enumerate(images) if ok[row]}
-    return {p.id: by_image[p.image] for p in posts if p.image in by_image}
-
-
-def split_with_features(posts: Sequence[Post], store: FeatureStore,
-                        ) -> tuple[list[Post], list[Post], dict[str, np.ndarray]]:
-    """Veit's spam filter and per-user time-ordered split, then each post's photo features;
-    (train, test, features), posts whose photo cannot be read left out of both."""
-    train, test = split_by_user_time(drop_spammers(posts))
-    features = post_features((*train, *test), store)
-    return ([p for p in train if p.id in features], [p for p in test if p.id in features],
-            features)
-
-
-@dataclass
-class UserTask:
-    """Posts encoded for the user models: in-vocabulary hashtags, user rows, features."""
-
-    vocab: Vocabulary
-    users: list[str]
-    user_row: dict[str, int]
-    train_ids: list[list[int]]
-    rows_train: np.ndarray
-    x_train: np.ndarray
-    test_users: list[str | None]
-    x_test: np.ndarray
-    truth: list[frozenset[int]]
-    counts: np.ndarray  # users × hashtags, training posts
-    _main_effects: dict[int, tuple[MainEffects, HeldOutEffects]] = dataclasses.field(
-        default_factory=dict, repr=False)
-
-    @functools.cached_property
-    def validation_rows(self) -> np.ndarray:
-        """Each user's last training post (users with two or more): the tensor's early
-        stopping scores these, so no fit ever sees them."""
-        last = {row: i for i, row in enumerate(self.rows_train)}
-        posts = np.bincount(self.rows_train, minlength=len(self.users))
-        return np.array(sorted(i for row, i in last.items() if posts[row] >= 2), np.int64)
-
-    @functools.cached_property
-    def fit_rows(self) -> np.ndarray:
-        """The training posts every model is fit on: all but ``validation_rows``."""
-        return np.setdiff1d(np.arange(len(self.rows_train)), self.validation_rows)
-
-    @property
-    def fit_ids(self) -> list[list[int]]:
-        return [self.train_ids[i] for i in self.fit_rows]
-
-    @functools.cached_property
-    def fit_counts(self) -> np.ndarray:
-        """users × hashtags, counted over the fit posts."""
-        return _counts(self.fit_ids, self.rows_train[self.fit_rows], self.counts.shape)
-
-    @functools.cached_property
-    def leave_one_out_counts(self) -> np.ndarray:
-        """Each fit post's user's fit counts without that post (fit posts × hashtags): what
-        the user's habit says of a post it never saw, as it would of a test post."""
-        fit = self.fit_rows
-        own = _counts(self.fit_ids, np.arange(len(fit)), (len(fit), len(self.vocab)))
-        return self.fit_counts[self.rows_train[fit]] - own
-
-    def main_effects(self, seed: int = 0) -> tuple[MainEffects, HeldOutEffects]:
-        """The main effects fit on the fit posts (effects.py; the expected uses count those
-        posts), and their held-out inputs for each fit post; computed once."""
-        if seed not in self._main_effects:
-            fit = self.fit_rows
-            self._main_effects[seed] = fit_main_effects(
-                self.x_train[fit], self.fit_ids, self.rows_train[fit], self.fit_counts,
-                self.leave_one_out_counts, seed)
-        return self._main_effects[seed]
-
-    def served_effects(self, seed: int = 0) -> MainEffects:
-        """The main effects with every training post's expected uses, for a lookup that
-        counts every training post: a validation post's by the photo model, which never
-        saw it."""
-        effects, _ = self.main_effects(seed)
-        validation = self.validation_rows
-        expected = effects.expected.copy()
-        np.add.at(expected, self.rows_train[validation], expected_uses(
-            effects.photo.log_probabilities(self.x_train[validation]),
-            [self.train_ids[i] for i in validation]))
-        return dataclasses.replace(effects, expected=expected)
-
-    def train_lookup(self, params: TensorParams, progress: bool = True) -> UserHashtagLookup:
-        """Fits the main effects on the fit posts, then trains the tensor over them with
-        early stopping on each user's last training post (``validation_rows``): the epoch
-        with the best A@1 + A@10 on those posts is kept (epoch 0: the main effects alone).
-        The lookup then counts every training post."""
-        effects, held = self.main_effects(params.seed)
-        fit, held_out = self.fit_rows, self.validation_rows
-        fit_posts = np.bincount(self.rows_train[fit], minlength=len(self.users))
-        held_users = [self.users[self.rows_train[i]] for i in held_out]
-        held_truth = [frozenset(self.train_ids[i]) for i in held_out]
-        # A validation post is scored as a test post would be: its user's lift from the
-        # fit posts, its photo by the photo model (which never saw it).
-        held_lift = effects.log_lift(self.fit_counts[self.rows_train[held_out]],
-                                     effects.expected[self.rows_train[held_out]])
-        base = effects.beta * held_lift \
-            + effects.gamma * effects.photo.log_probabilities(self.x_train[held_out])
-
-        def validate(model: TensorModel) -> float:
-            lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
-                                       self.fit_counts)  # the tensor term alone
-            tensor = lookup.scores(self.x_train[held_out], held_users)
-            return sum(accuracies(tensor + base, held_truth).values())
-
-        offsets = Offsets.from_arrays(effects.beta * held.lift,
-                                      effects.gamma * held.out_of_fold,
-                                      effects.beta * held.user_lift)
-        model = train_tensor(self.x_train[fit], Triplets.from_posts(self.fit_ids,
-                                                                    self.rows_train[fit]),
-                             len(self.vocab), len(self.users), params, progress,
-                             validate if len(held_out) else None, offsets)
-        post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
-        return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
-                                 self.counts, self.served_effects(params.seed))
-
-
-def _counts(hashtags: Sequence[Sequence[int]], rows: np.ndarray,
-            shape: tuple[int, int]) -> np.ndarray:
-    counts = np.zeros(shape)
-    for row, ids in zip(rows, hashtags, strict=True):
-        counts[row, list(set(ids))] += 1
-    return counts
-
-
-def prepare_user_task(train_posts: Sequence[Post], test_posts: Sequence[Post],
-                      features: dict[str, np.ndarray], min_count: int = 3,
-                      max_vocab: int | None = 2000) -> UserTask:
-    """``features`` maps each post id to its photo's CNN features; posts left with no
-    in-vocabulary hashtag are dropped."""
-    vocab = Vocabulary.build([p.hashtags for p in train_posts], min_count, max_vocab)
-    users = sorted({p.user for p in train_posts if p.user is not None})
-    user_row = {user: row for row, user in enumerate(users)}
-
-    def encode(posts: Sequence[Post]) -> tuple[list[Post], list[list[int]]]:
-        kept = [(p, vocab.encode(p.hashtags)) for p in posts]
-        kept = [(p, ids) for p, ids in kept if ids]
-        return [p for p, _ in kept], [ids for _, ids in kept]
-
-    train, train_ids = encode(train_posts)
-    test, test_ids = encode(test_posts)
-    rows_train = np.array([user_row[p.user] for p in train])
-    counts = _counts(train_ids, rows_train, (len(users), len(vocab)))
-    log.info("user task: %d users, vocabulary %d, %d train / %d test posts", len(users),
-             len(vocab), len(train), len(test))
-    return UserTask(vocab, users, user_row, train_ids, rows_train,
-                    _rows(features, train), [p.user for p in test], _rows(features, test),
-                    [frozenset(ids) for ids in test_ids], counts)
-
-
-def _rows(features: dict[str, np.ndarray], posts: Sequence[Post]) -> np.ndarray:
-    dim = len(next(iter(features.values()))) if features else 0
-    return np.stack([features[p.id] for p in posts]) if posts else np.zeros((0, dim))
-
-
 def user_frequency_scores(task: UserTask) -> np.ndarray:
     """Each test post's user's hashtag counts (global counts for strangers; the global
     counts also break ties, never outweighing one use)."""
@@ -289,12 +121,6 @@ def user_frequency_scores(task: UserTask) -> np.ndarray:
     tie_break = global_counts / (global_counts.sum() * 10)
     return np.stack([task.counts[task.user_row[u]] + tie_break if u in task.user_row
                      else global_counts for u in task.test_users])
-
-
-def accuracies(scores: np.ndarray, truth: Sequence[frozenset[int]]) -> dict[str, float]:
-    ranked = top_k(scores, 10)
-    return {"A@1": round(accuracy_at_k(ranked, truth, 1), 2),
-            "A@10": round(accuracy_at_k(ranked, truth, 10), 2)}
 
 
 def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],

@@ -1,0 +1,106 @@
+"""The photo → hashtag artifact as the scoring services load it: verified, and rebuilt
+into the methods without retraining and without unpickling anything.
+
+`hashrec train` (commands/train.py) writes it; the recommender, word and graph services
+each load the methods they serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.graph.model import JointGraphMethod
+from services.recommender.model import (
+    FrequencyMethod,
+    Fusion,
+    GatedMethod,
+    KnnMethod,
+    Method,
+    MlpMethod,
+    RankFusion,
+)
+from services.word.autorec import AutoRecMethod
+from services.word.model import InstaHashMethod
+from services.word.semantic import SemanticMethod
+from shared.artifacts import ArtifactReader
+from shared.backbone import class_names, vision_model_id
+from shared.photos import PhotoSet
+
+KIND = "image-to-hashtag"
+
+
+@dataclass
+class ImageModels:
+    version: str
+    vocabulary: tuple[str, ...]
+    methods: dict[str, Method]
+    fusion: Fusion
+    directory: Path | None = None
+    #: the learned fusion, served when every method answers (the linear one otherwise)
+    ranker: RankFusion | None = None
+
+    def combine(self, per_method: dict[str, np.ndarray]) -> np.ndarray:
+        """The learned fusion of the methods' scores when all of them are there, else the
+        linear fusion of those that are."""
+        if self.ranker is not None and all(m in per_method for m in self.ranker.methods):
+            return self.ranker.combine(per_method)
+        return self.fusion.combine(per_method)
+
+    def scores(self, photos: PhotoSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(fused scores, each method's scores), one row per photo, one column per hashtag."""
+        per_method = {name: method.scores(photos) for name, method in self.methods.items()}
+        return self.combine(per_method), per_method
+
+
+def _open(directory: Path) -> ArtifactReader:
+    reader = ArtifactReader(directory)  # refuses a directory whose checksums do not match
+    manifest = reader.manifest
+    if manifest.get("kind") != KIND:
+        raise ValueError(f"{directory}: not an {KIND} model directory")
+    if manifest["vision_model"] != vision_model_id():
+        raise ValueError(f"{directory}: trained on features of {manifest['vision_model']}, "
+                         f"this vision model is {vision_model_id()}")
+    return reader
+
+
+def _load(reader: ArtifactReader, name: str) -> Method:
+    loaders = {"frequency": FrequencyMethod.load, "knn": KnnMethod.load,
+               "mlp": MlpMethod.load,
+               "word": lambda r: InstaHashMethod.load(r, class_names()),
+               "graph": lambda r: JointGraphMethod.load(r, class_names()),
+               "autorec": lambda r: AutoRecMethod.load(r, class_names(), "autorec"),
+               "instahash": lambda r: AutoRecMethod.load(r, class_names(), "instahash"),
+               "autorec_masked": lambda r: AutoRecMethod.load(r, class_names(),
+                                                              "autorec_masked"),
+               "semantic": lambda r: SemanticMethod.load(r, class_names())}
+    if name not in reader.manifest["methods"]:
+        raise ValueError(f"{reader.directory}: has no {name!r} method "
+                         f"(it holds {reader.manifest['methods']})")
+    if len(reader.manifest.get("communities", ())) > 1:
+        return GatedMethod.load(reader, name, loaders[name])
+    return loaders[name](reader)
+
+
+def served_methods(directory: Path, candidates: Sequence[str]) -> list[str]:
+    """The ``candidates`` the model at ``directory`` holds (from its manifest, unverified:
+    load_image_models verifies)."""
+    import json
+
+    held = json.loads((directory / "manifest.json").read_text())["methods"]
+    return [m for m in candidates if m in held]
+
+
+def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> ImageModels:
+    """The verified models of a `hashrec train` directory; ``methods``: only these (the
+    recommender leaves word and graph to their own services)."""
+    reader = _open(directory)
+    manifest = reader.manifest
+    names = manifest["methods"] if methods is None else methods
+    ranker = RankFusion.load(reader) if "fusion_rank.json" in manifest["files"] else None
+    return ImageModels(manifest["version"], tuple(reader.json("vocabulary")),
+                       {name: _load(reader, name) for name in names}, Fusion.load(reader),
+                       directory, ranker)
