@@ -182,3 +182,10 @@ async def k_or_abort(k: int, limit: int, context: grpc.aio.ServicerContext,
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"k must be between 1 and {limit} (0 means {default}), got {k}")
     return k
+
+
+async def limits_or_abort(context: grpc.aio.ServicerContext, *problems: str | None) -> None:
+    """INVALID_ARGUMENT with the first problem found by shared/limits.py's checks, if any."""
+    for problem in problems:
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)

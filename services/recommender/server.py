@@ -59,7 +59,14 @@ from shared.artifacts import resolve_artifact
 from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
 from shared.eval.metrics import top_k
-from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, k_or_abort, start_loading
+from shared.grpc_server import (
+    CHANNEL_OPTIONS,
+    GrpcServer,
+    k_or_abort,
+    limits_or_abort,
+    start_loading,
+)
+from shared.limits import hashtag_problem, hashtags_problem, user_id_problem
 from shared.photos import MACHINE_LABELS_PER_PHOTO
 from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
 
@@ -240,6 +247,7 @@ class RecommenderServicer:
     async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
         k = await k_or_abort(request.k, MAX_K, context)
+        await limits_or_abort(context, user_id_problem(request.user_id))
         photo = await self._photo_scores(request.image, context)
         user_hashtags, user_reasons = await self._user_scores(photo.description,
                                                               request.user_id, k, context)
@@ -292,8 +300,8 @@ class RecommenderServicer:
 
     async def Feedback(self, request: recommender_pb2.FeedbackRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
-        if not request.user_id.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is empty")
+        await limits_or_abort(context, user_id_problem(request.user_id, required=True),
+                              hashtags_problem(request.hashtags))
         if not request.hashtags:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no hashtags given")
         if self.backends.user is None:
@@ -310,6 +318,8 @@ class RecommenderServicer:
 
     async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:
+        await limits_or_abort(context, hashtag_problem(request.hashtag),
+                              user_id_problem(request.user_id))
         if self.backends.user is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
         try:

@@ -32,7 +32,8 @@ from services.user.lookup import KIND, UserHashtagLookup
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
-from shared.grpc_server import GrpcServer, k_or_abort, start_loading
+from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, start_loading
+from shared.limits import hashtag_problem, hashtags_problem, quoted, user_id_problem
 from shared.scoring import photo_or_abort
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ SERVICE_NAME = user_pb2.DESCRIPTOR.services_by_name["UserProfileService"].full_n
 DEFAULT_PORT, DEFAULT_METRICS_PORT = "50054", "9104"
 MAX_SCORE_K = 1000
 MAX_RETRIEVE_K = 100
-MAX_USER_ID = 256
 SNAPSHOT_EVERY = 1000
 T = TypeVar("T")
 
@@ -75,6 +75,7 @@ class UserServicer:
     async def Score(self, request: user_pb2.UserScoreRequest,  # noqa: N802
                     context: grpc.aio.ServicerContext) -> user_pb2.UserScoreResponse:
         k = await k_or_abort(request.k, MAX_SCORE_K, context)
+        await limits_or_abort(context, user_id_problem(request.user_id))
         photo = await photo_or_abort(request.photo, context)
         user = request.user_id or None
         scores, ids = await self._read(lambda: self.lookup.top_k(photo.features, [user], k))
@@ -89,19 +90,16 @@ class UserServicer:
 
     async def Update(self, request: user_pb2.UserUpdateRequest,  # noqa: N802
                      context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
-        if not request.user_id.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is empty")
-        if len(request.user_id) > MAX_USER_ID:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"user_id is longer than {MAX_USER_ID} characters")
+        await limits_or_abort(context, user_id_problem(request.user_id, required=True),
+                              hashtags_problem(request.hashtags))
         photo = await photo_or_abort(request.photo, context)
         accepted, ignored = [], []
         for raw in request.hashtags:
             hashtag = normalize_hashtag(raw)
             if hashtag is None:
-                ignored.append(f"{raw!r}: no letters or digits")
+                ignored.append(f"{quoted(raw)}: no letters or digits")
             elif hashtag not in self.lookup.hashtag_rows:
-                ignored.append(f"{hashtag!r}: not in the vocabulary")
+                ignored.append(f"{quoted(hashtag)}: not in the vocabulary")
             elif hashtag not in accepted:
                 accepted.append(hashtag)
         if not accepted:
@@ -131,13 +129,15 @@ class UserServicer:
     async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:
         k = await k_or_abort(request.k, MAX_RETRIEVE_K, context)
+        await limits_or_abort(context, hashtag_problem(request.hashtag),
+                              user_id_problem(request.user_id))
         hashtag = normalize_hashtag(request.hashtag)
         if hashtag is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"hashtag {request.hashtag!r} has no letters or digits")
+                                f"hashtag {quoted(request.hashtag)} has no letters or digits")
         if hashtag not in self.lookup.hashtag_rows:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"hashtag {hashtag!r} is not in the vocabulary")
+                                f"hashtag {quoted(hashtag)} is not in the vocabulary")
         found = await self._read(lambda: self.lookup.retrieve(
             self.lookup.hashtag_rows[hashtag], request.user_id or None, k))
         return user_pb2.RetrieveResponse(

@@ -25,7 +25,8 @@ from services.word.model import InstaHashMethod, SimilarAcrossSpaces
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
-from shared.grpc_server import GrpcServer, k_or_abort, start_loading
+from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, start_loading
+from shared.limits import hashtag_problem, quoted
 from shared.scoring import WORD_METHODS, VocabularyScorer
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,14 @@ class WordServicer(VocabularyScorer):
     async def Similar(self, request: word_pb2.SimilarRequest,  # noqa: N802
                       context: grpc.aio.ServicerContext) -> word_pb2.SimilarResponse:
         k = await k_or_abort(request.k, MAX_K, context)
+        await limits_or_abort(context, hashtag_problem(request.hashtag))
         hashtag = normalize_hashtag(request.hashtag)
         if hashtag is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"hashtag {request.hashtag!r} has no letters or digits")
+                                f"hashtag {quoted(request.hashtag)} has no letters or digits")
         if hashtag not in self.similar:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"hashtag {hashtag!r} is not in the vocabulary")
+                                f"hashtag {quoted(hashtag)} is not in the vocabulary")
         return word_pb2.SimilarResponse(
             hashtags=[word_pb2.SimilarHashtag(hashtag=h, similarity=s)
                       for h, s in self.similar.search(hashtag, k)],
