@@ -71,6 +71,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                         help="user: hashtag, photo and user embedding sizes (Veit et al.)")
     parser.add_argument("--tensor-epochs", type=int, default=30,
                         help="user: at most; the best epoch on held-out posts is kept")
+    parser.add_argument("--tensor-seeds", type=int, default=1, metavar="N",
+                        help="user: train the three-way term over the mixture with N seeds "
+                             "(0..N-1; the mixture fixed) and report its gain as mean ± sd")
     parser.add_argument("--save-model", type=Path, metavar="DIR",
                         help="user: write the trained user model (arrays + manifest) here")
     parser.add_argument("--image-methods", default="frequency,knn,mlp,word,graph",
@@ -373,7 +376,8 @@ def _user(args: argparse.Namespace) -> int:
     params = TensorParams(hashtag_dim, photo_dim, user_dim, epochs=args.tensor_epochs,
                           seed=args.seed)
     result = run_user(train, test, features, params, seed=args.seed,
-                      min_count=args.min_count or 3, max_vocab=args.max_vocab or None)
+                      min_count=args.min_count or 3, max_vocab=args.max_vocab or None,
+                      tensor_seeds=range(args.tensor_seeds))
     report = {"task": args.task, "train": source,
               "test": args.test or "last 10 % of each user's posts",
               "n_users": result.n_users, "n_train": result.n_train, "n_test": result.n_test,
@@ -381,7 +385,8 @@ def _user(args: argparse.Namespace) -> int:
               "content": args.encoder if args.test else "photo", "results": result.results,
               "results_all_posts": result.results_all_posts, "retrieval": result.retrieval,
               "habit_x_photo": result.habit_x_photo, "lift_x_photo": result.lift_x_photo,
-              "by_photo": result.by_photo}
+              "by_photo": result.by_photo, "mixture": result.mixture,
+              "three_way": result.three_way, "by_user_posts": result.by_user_posts}
     if args.task == "user":
         _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
                      f"{result.n_train} train / {result.n_test} test posts, vocabulary "
@@ -405,6 +410,20 @@ def _user(args: argparse.Namespace) -> int:
         print("lift_x_photo: β log lift_user(h) + γ log P_mcll(h | photo), lift = (uses + a) / "
               f"(uses the user's photos predict + a), fit on out-of-fold training posts: "
               f"a {lift['smoothing']}, β {lift['beta']}, γ {lift['gamma']}")
+        print("mixture: w_user P_user(h) + w_photo P_mcll(h | content) + w_neighbours "
+              "P_knn(h | content), weights chosen on held-out training posts: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in result.mixture.items()))
+        three_way = result.three_way
+        _print_table("the three-way term over the mixture, per seed (tensor_kept: early "
+                     "stopping kept a trained tensor, not epoch 0)", {
+                         f"seed {seed}": row for seed, row in three_way["per_seed"].items()})
+        print("its gain over the mixture alone, mean ± sd over seeds: " + ", ".join(
+            f"{metric} {g['mean']:+.2f} ± {g['sd']:.2f}"
+            for metric, g in three_way["gain_over_mixture"].items()))
+        for part, table in result.by_user_posts.items():
+            if "results" in table:
+                _print_table(f"the {table['posts']} test posts whose user has {part} "
+                             "training posts", table["results"])
     _print_table("hashtag (+ user) -> photos retrieval", result.retrieval)
     example = dict(result.example)
     if not args.train:  # the planted habits of that simulated user
@@ -596,10 +615,12 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "serve", help="run the five services on this machine, training models first if none "
                       "exist",
-        description="Embedded mode: RecommenderService on PORT; VisionService, "
-                    "WordEmbeddingService, GraphEmbeddingService and UserProfileService on "
-                    "PORT+1..PORT+4, in one process, over real sockets. Cache: Redis when "
-                    "HASHREC_REDIS_URL is set, else in-process.")
+        description="RecommenderService on PORT; VisionService, WordEmbeddingService, "
+                    "GraphEmbeddingService and UserProfileService on PORT+1..PORT+4; the "
+                    "page on --http-port. Each service is its own process (python -m "
+                    "services.<name>.server), supervised: restarted with backoff when it "
+                    "dies; SIGTERM or Ctrl-C drains them all (commands/supervisor.py). "
+                    "Cache: Redis when HASHREC_REDIS_URL is set, else in-process per service.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50050)
     parser.add_argument("--http-port", type=int, default=8080,
@@ -614,6 +635,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--train", default=None, metavar="SPEC",
                         help="data to train on when no model exists (default: the default "
                              "model, every shipped photo set: `hashrec train`)")
+    parser.add_argument("--single-process", action="store_true",
+                        help="every service in this one process (small machines, tests)")
     parser.set_defaults(handler=_serve)
 
 
@@ -641,27 +664,39 @@ def _serve(args: argparse.Namespace) -> int:
     from services.gateway.server import Settings as GatewaySettings
     from services.gateway.server import serve as serve_gateway
     from services.graph.server import serve as serve_graph
+    from services.image_models import KIND as IMAGE_KIND
     from services.recommender.server import serve as serve_recommender
+    from services.user.lookup import KIND as USER_KIND
     from services.user.server import serve as serve_user
     from services.user.train import newest_user_model, train_user_model
     from services.vision.server import serve as serve_vision
     from services.vision.store import FeatureStore
     from services.word.server import serve as serve_word
+    from shared.artifacts import resolve_artifact
     from shared.cache import make_cache
     from shared.config import models_dir
 
-    model_dir = args.models or newest_model(models_dir())
+    try:  # the flags take what the services' environment variables take
+        model_dir = resolve_artifact(args.models, IMAGE_KIND) if args.models \
+            else newest_model(models_dir())
+        user_dir = resolve_artifact(args.user_model, USER_KIND) if args.user_model else None
+    except (FileNotFoundError, ValueError) as error:
+        print(f"hashrec serve: {error}", file=sys.stderr)
+        return 2
     if model_dir is None:
         print(f"no trained model under {models_dir()}: training "
               f"{args.train or 'the default model'} first", flush=True)
         model_dir = (train_from_spec(args.train, models_dir()) if args.train else
                      train_default(models_dir(), FeatureStore(models_dir() / "features"))
                      ).directory
-    user_dir = args.user_model or newest_user_model(models_dir() / "user")
+    user_dir = user_dir or newest_user_model(models_dir() / "user")
     if user_dir is None:
         print("no user model: training one on the simulated-user benchmark first", flush=True)
         _, user_dir = train_user_model(models_dir() / "user",
                                        FeatureStore(models_dir() / "features"))
+
+    if not args.single_process:
+        return _serve_processes(args, model_dir, user_dir)
 
     async def run() -> None:
         host, port = args.host, args.port
@@ -700,6 +735,47 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) -> int:
+    """Every service its own supervised child process (commands/supervisor.py)."""
+    import asyncio
+
+    from commands.supervisor import ChildSpec, Supervisor, grpc_ready, http_ready
+
+    host, port = args.host, args.port
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    backends = {"vision": port + 1, "word": port + 2, "graph": port + 3, "user": port + 4}
+    specs = [ChildSpec(name, f"services.{name}.server",
+                       {f"HASHREC_{name.upper()}_HOST": host,
+                        f"HASHREC_{name.upper()}_PORT": str(backend_port),
+                        "HASHREC_MODEL_DIR": str(model_dir),
+                        "HASHREC_USER_MODEL_DIR": str(user_dir)},
+                       grpc_ready(f"{probe}:{backend_port}"))
+             for name, backend_port in backends.items()]
+    specs.append(ChildSpec(
+        "recommender", "services.recommender.server",
+        {"HASHREC_RECOMMENDER_HOST": host, "HASHREC_RECOMMENDER_PORT": str(port),
+         "HASHREC_MODEL_DIR": str(model_dir),
+         **{f"HASHREC_{name.upper()}_TARGET": f"{probe}:{backend_port}"
+            for name, backend_port in backends.items()}},
+        grpc_ready(f"{probe}:{port}"), after=tuple(backends)))
+    if args.http_port:
+        specs.append(ChildSpec(
+            "gateway", "services.gateway.server",
+            {"HASHREC_GATEWAY_HOST": host, "HASHREC_GATEWAY_PORT": str(args.http_port),
+             "HASHREC_RECOMMENDER_TARGET": f"{probe}:{port}",
+             "HASHREC_GATEWAY_EXAMPLE_USERS": ",".join(example_users(user_dir))},
+            http_ready(f"http://{probe}:{args.http_port}/readyz"), after=("recommender",)))
+
+    def announce() -> None:
+        print(f"serving hashrec.v1.RecommenderService on {host}:{port} (vision, word, graph, "
+              f"user on {', '.join(f'{host}:{p}' for p in backends.values())}, one process "
+              f"each; model {model_dir.name}, user model {user_dir.name})", flush=True)
+        if args.http_port:
+            print(f"the page: http://{host}:{args.http_port}/", flush=True)
+
+    return asyncio.run(Supervisor(specs).run(on_ready=announce))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,3 +34,5 @@ def setup_logging(level: str | None = None) -> None:
     )
     # gensim logs every lifecycle event and progress tick at INFO; our own logs say enough.
     logging.getLogger("gensim").setLevel(logging.WARNING)
+    # faiss logs which CPU build it tried at every import; a clear error should stand alone.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -32,6 +32,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """A port P with P..P+count-1 free (hashrec serve takes five in a row)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count - 1 > 65535:
+            continue
+        probes = []
+        try:
+            for offset in range(count):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 def start_gateway(loop: LoopThread, settings: Any) -> tuple[Any, str]:
     """The HTTP gateway on ``loop`` at a free port: (its server, its base URL)."""
     from services.gateway.server import serve

@@ -34,7 +34,7 @@ from services.vision.server import serve as serve_vision
 from shared.cache import RedisCache
 from shared.grpc_server import CHANNEL_OPTIONS
 from shared.scoring import photo_set
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, free_port, free_ports_in_a_row
 
 
 def _photo(data_dir: Path, name: str = "0000008.jpg") -> bytes:
@@ -312,6 +312,52 @@ def test_feedback_with_no_usable_hashtag_is_invalid_argument(stack: dict,
         assert message in error.value.details()
 
 
+@pytest.mark.parametrize("call, message", [
+    ("feedback_many", "10000 hashtags; at most 100"),
+    ("feedback_huge_hashtag", "is too long; at most 100 characters"),
+    ("feedback_huge_user", "user_id has 100000 characters; at most 256"),
+    ("recommend_huge_user", "user_id has 100000 characters; at most 256"),
+    ("recommend_control_user", "holds control characters"),
+    ("retrieve_huge_hashtag", "is too long; at most 100 characters"),
+    ("update_many", "10000 hashtags; at most 100"),
+    ("score_huge_user", "user_id has 100000 characters; at most 256"),
+    ("similar_huge_hashtag", "is too long; at most 100 characters"),
+])
+def test_oversized_input_is_refused_by_name_without_being_echoed(
+        stack: dict, data_dir: Path, call: str, message: str) -> None:
+    # A bad-input probe once got UNAVAILABLE here: the error details echoed the input and
+    # overflowed gRPC's metadata limit.
+    photo_bytes = _photo(data_dir)
+    recommender = recommender_pb2_grpc.RecommenderServiceStub(stack["channels"]["recommender"])
+    user = user_pb2_grpc.UserProfileServiceStub(stack["channels"]["user"])
+    many, huge, long_user = [f"tag{i}" for i in range(10_000)], "x" * 1_000_000, "u" * 100_000
+    calls = {
+        "feedback_many": lambda: recommender.Feedback(recommender_pb2.FeedbackRequest(
+            image=photo_bytes, user_id="u1", hashtags=many), timeout=30),
+        "feedback_huge_hashtag": lambda: recommender.Feedback(recommender_pb2.FeedbackRequest(
+            image=photo_bytes, user_id="u1", hashtags=["food", huge]), timeout=30),
+        "feedback_huge_user": lambda: recommender.Feedback(recommender_pb2.FeedbackRequest(
+            image=photo_bytes, user_id=long_user, hashtags=["food"]), timeout=30),
+        "recommend_huge_user": lambda: _recommend(stack, photo_bytes, user=long_user),
+        "recommend_control_user": lambda: _recommend(stack, photo_bytes, user="ann\x00"),
+        "retrieve_huge_hashtag": lambda: recommender.Retrieve(user_pb2.RetrieveRequest(
+            hashtag=huge), timeout=30),
+        "update_many": lambda: user.Update(user_pb2.UserUpdateRequest(
+            user_id="u1", photo=_describe(stack, photo_bytes), hashtags=many), timeout=30),
+        "score_huge_user": lambda: user.Score(user_pb2.UserScoreRequest(
+            photo=_describe(stack, photo_bytes), user_id=long_user), timeout=30),
+        "similar_huge_hashtag": lambda: word_pb2_grpc.WordEmbeddingServiceStub(
+            stack["channels"]["word"]).Similar(word_pb2.SimilarRequest(hashtag=huge),
+                                               timeout=30),
+    }
+    with pytest.raises(grpc.RpcError) as error:
+        calls[call]()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+    assert len(error.value.details()) < 300  # named, not echoed
+    assert len(_recommend(stack, photo_bytes, k=3).hashtags) == 3
+
+
 def test_a_backend_down_or_late_gives_a_degraded_answer_not_an_error(
         stack: dict, data_dir: Path) -> None:
     loop = stack["loop"]
@@ -411,29 +457,6 @@ def test_cli_feedback_and_retrieve_print_json_and_name_errors(stack: dict, data_
     assert capsys.readouterr().err.startswith("NOT_FOUND: ")
 
 
-def _five_free_ports() -> int:
-    """A port P with P..P+4 free (hashrec serve takes five in a row)."""
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        if base + 4 > 65535:
-            continue
-        probes = []
-        try:
-            for offset in range(5):
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError("no five free ports in a row")
-
-
 def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_dir: Path,
                                                             tmp_path: Path) -> None:
     import signal
@@ -441,7 +464,7 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
     import sys
     import time
 
-    port = _five_free_ports()
+    port = free_ports_in_a_row(5)
     serve = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--models",
          str(stack["trained"].directory), "--user-model", str(stack["user_dir"])],

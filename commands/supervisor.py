@@ -1,0 +1,252 @@
+"""`hashrec serve`: one process per service, supervised.
+
+Each service runs as its own child, ``python -m services.<name>.server``, configured by the
+environment variables the service reads anyway (the same ones a Kubernetes pod sets).
+Start order follows the call graph: vision, word, graph and user together; the recommender
+once they answer their health checks; the gateway last. A child that dies after it was
+ready is logged (exit code or signal) and restarted with exponential backoff, 1 s doubling
+to 30 s, back to 1 s once it has run for a minute. One that dies before it was ever ready
+is a bad start: the supervisor stops the rest and exits 1, naming the child and quoting its
+last lines of output.
+
+SIGTERM or SIGINT stops the children in reverse order, the gateway first (so no new
+request reaches the recommender), then the recommender (so no new call reaches the
+backends), then the backends; each child drains on SIGTERM (health NOT_SERVING, calls in
+flight finish) and is killed only if it outlasts ``stop_timeout``. Then the supervisor
+exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger("hashrec.serve")
+
+#: restart backoff: first delay, ceiling, and how long a child must run to reset it
+BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 60.0
+#: how long a child may take from its start to ready (loading and verifying models)
+READY_TIMEOUT = 300.0
+#: lines of a child's output kept to explain a bad start
+TAIL_LINES = 20
+
+
+@dataclass
+class ChildSpec:
+    """One service: its module (``python -m``), its environment on top of ours, how to
+    tell it is ready, and which children must be ready before it starts."""
+
+    name: str
+    module: str
+    env: Mapping[str, str]
+    ready: Callable[[], Awaitable[bool]]
+    after: tuple[str, ...] = ()
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    restarts: int = 0
+    ever_ready: bool = False
+    relay: asyncio.Task | None = None  # copies its output to ours
+    tail: collections.deque = field(default_factory=lambda: collections.deque(
+        maxlen=TAIL_LINES))
+
+
+class BadStartError(RuntimeError):
+    """A child exited, or never became ready, before it had ever served."""
+
+
+class Supervisor:
+    def __init__(self, specs: Sequence[ChildSpec], stop_timeout: float = 30.0,
+                 ready_timeout: float = READY_TIMEOUT) -> None:
+        self.children = {spec.name: Child(spec) for spec in specs}
+        self.stop_timeout = stop_timeout
+        self.ready_timeout = ready_timeout
+        self._stopping = asyncio.Event()
+        self._watchers: list[asyncio.Task] = []
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Starts every child, keeps them alive until SIGTERM / SIGINT, stops them;
+        0 after a clean stop, 1 after a bad start."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self.start_all()
+        except BadStartError as error:
+            log.error("%s", error)
+            await self.stop_all()
+            return 1
+        if on_ready is not None:
+            on_ready()
+        self._watchers = [asyncio.create_task(self._watch(child))
+                          for child in self.children.values()]
+        await self._stopping.wait()
+        await self.stop_all()
+        return 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def start_all(self) -> None:
+        """Starts the children wave by wave: each once everything it comes after is
+        ready."""
+        pending = dict(self.children)
+        while pending:
+            wave = [c for c in pending.values()
+                    if all(self.children[a].ever_ready for a in c.spec.after)]
+            if not wave:
+                raise BadStartError(f"children {sorted(pending)} wait on each other")
+            for child in wave:
+                await self._spawn(child)
+            await asyncio.gather(*(self._until_ready(child) for child in wave))
+            for child in wave:
+                del pending[child.spec.name]
+            if self._stopping.is_set():
+                return
+
+    async def stop_all(self) -> None:
+        """SIGTERM in reverse start order, one wave at a time, each child given
+        ``stop_timeout`` to drain."""
+        self._stopping.set()
+        for task in self._watchers:
+            task.cancel()
+        order = list(self.children.values())
+        waves: list[list[Child]] = []
+        done: set[str] = set()
+        while len(done) < len(order):  # the start waves, computed again
+            wave = [c for c in order if c.spec.name not in done
+                    and all(a in done for a in c.spec.after)]
+            waves.append(wave)
+            done |= {c.spec.name for c in wave}
+        for wave in reversed(waves):
+            await asyncio.gather(*(self._terminate(child) for child in wave))
+
+    # --- one child --------------------------------------------------------------------
+
+    async def _spawn(self, child: Child) -> None:
+        env = {**os.environ, **child.spec.env, "PYTHONUNBUFFERED": "1"}
+        child.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", child.spec.module, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True)  # Ctrl-C reaches the supervisor, which stops in order
+        child.started = time.monotonic()
+        child.relay = asyncio.create_task(self._relay(child, child.process))
+        log.info("%s: started (pid %d): python -m %s", child.spec.name, child.process.pid,
+                 child.spec.module)
+
+    async def _relay(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        """Copies the child's output to ours, each line prefixed with its name."""
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            text = line.decode(errors="replace").rstrip()
+            child.tail.append(text)
+            print(f"[{child.spec.name}] {text}", flush=True)
+
+    async def _until_ready(self, child: Child) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        process = child.process
+        assert process is not None
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if process.returncode is not None:
+                await asyncio.sleep(0.2)  # the last lines of its output
+                raise BadStartError(
+                    f"{child.spec.name} exited with {describe_exit(process.returncode)} "
+                    "before it was ready; its last output:\n  " + "\n  ".join(child.tail))
+            try:
+                if await child.spec.ready():
+                    child.ever_ready = True
+                    log.info("%s: ready in %.1f s", child.spec.name,
+                             time.monotonic() - child.started)
+                    return
+            except Exception:
+                pass
+            await asyncio.sleep(0.2)
+        if not self._stopping.is_set():
+            raise BadStartError(f"{child.spec.name} was not ready within "
+                                f"{self.ready_timeout:.0f} s")
+
+    async def _watch(self, child: Child) -> None:
+        """Restarts ``child`` whenever it dies, with backoff, until the supervisor stops."""
+        backoff = BACKOFF_START
+        while not self._stopping.is_set():
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping.is_set():
+                return
+            ran = time.monotonic() - child.started
+            if ran >= BACKOFF_RESET:
+                backoff = BACKOFF_START
+            log.warning("%s: exited with %s after %.1f s; restarting in %.0f s",
+                        child.spec.name, describe_exit(code), ran, backoff)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+                return
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            child.restarts += 1
+            await self._spawn(child)
+
+    async def _terminate(self, child: Child) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.stop_timeout)
+            log.info("%s: stopped (%s)", child.spec.name, describe_exit(process.returncode))
+        except TimeoutError:
+            log.warning("%s: still running %.0f s after SIGTERM; killing it",
+                        child.spec.name, self.stop_timeout)
+            process.kill()
+            await process.wait()
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+# --- readiness probes -------------------------------------------------------------------
+
+def grpc_ready(address: str) -> Callable[[], Awaitable[bool]]:
+    """A gRPC health check: SERVING once the service has loaded and verified its models."""
+    async def check() -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        async with grpc.aio.insecure_channel(address) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return check
+
+
+def http_ready(url: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        import urllib.request
+
+        def get() -> int:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status
+        return await asyncio.to_thread(get) == 200
+    return check
