@@ -20,6 +20,17 @@ def test_the_k_nearest_posts_vote_their_hashtags_by_cosine_similarity() -> None:
     np.testing.assert_allclose(scores[1], [0.0, 0.0])
 
 
+def test_leave_one_out_votes_never_count_the_post_itself() -> None:
+    # Posts 0 and 1 point the same way; post 2 elsewhere. With k = 1, post 0's only
+    # neighbour is post 1 (never itself), and so on.
+    train = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    scores = knn_vote_scores(train, [[0], [1], [2]], None, 3, k=1)
+    np.testing.assert_allclose(scores, [[0, 1, 0], [1, 0, 0], [0, 0, 0]], atol=1e-6)
+    # Asked about the same rows as new posts, each finds itself first.
+    np.testing.assert_allclose(knn_vote_scores(train, [[0], [1], [2]], train, 3, k=1)[2],
+                               [0, 0, 1], atol=1e-6)
+
+
 def test_scores_become_distributions_and_empty_rows_stay_empty() -> None:
     np.testing.assert_allclose(as_distribution(np.array([[1.0, 3.0], [0.0, 0.0]])),
                                [[0.25, 0.75], [0.0, 0.0]])

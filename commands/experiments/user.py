@@ -15,6 +15,10 @@ either.
   `mlp` (Veit's concatenation of photo feature and user embedding into an MLP) and
   `tensor` (the three-way term over those main effects, cold-user rule of
   services/user/lookup.py): tensor − lift_x_photo is what the three-way term adds;
+  `mixture` (the main effects as a mixture of the user's own shares, the MCLL photo model
+  and the content kNN votes, services/user/effects.py: Mixture, weights chosen on held-out
+  training posts) and `mixture+tensor` (the three-way term over it; over several seeds with
+  ``tensor_seeds``);
 - retrieval: hashtag (+ the photo's poster) → test photos, P@10 (Veit eq. 8) averaged over
   the hashtags that tag at least one test photo.
 """
@@ -30,13 +34,14 @@ import numpy as np
 import torch
 
 from services.user.effects import (
+    MIXTURE_EXPERTS,
     fit_expert_weights,
     multiclass_log_loss,
     softmax_targets,
 )
 from services.user.lookup import UserHashtagLookup
 from services.user.model import TensorParams
-from services.user.task import UserTask, accuracies, prepare_user_task
+from services.user.task import MIXTURE_FLOOR, UserTask, accuracies, prepare_user_task
 from shared.data.readers import Post
 from shared.eval.content import as_distribution, knn_vote_scores
 from shared.eval.metrics import top_k
@@ -100,6 +105,12 @@ class UserResult:
     #: every test post given, also those with no hashtag in the vocabulary (each a miss)
     n_test_all: int = 0
     results_all_posts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    #: the mixture's weights (user, photo, neighbours), chosen on held-out training posts
+    mixture: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the three-way term over the mixture: each seed's A@1 / A@10, the gain's mean ± sd
+    three_way: dict[str, object] = dataclasses.field(default_factory=dict)
+    #: the table by the test post's user's number of training posts
+    by_user_posts: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
 
 
 def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
@@ -126,8 +137,9 @@ def user_frequency_scores(task: UserTask) -> np.ndarray:
 def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
              features: dict[str, np.ndarray], params: TensorParams | None = None,
              min_count: int = 3, max_vocab: int | None = 2000, seed: int = 0,
-             progress: bool = True) -> UserResult:
-    """``features`` maps each post id to its photo's CNN features."""
+             progress: bool = True, tensor_seeds: Sequence[int] = ()) -> UserResult:
+    """``features`` maps each post id to its photo's CNN features; ``tensor_seeds``: more
+    seeds of the three-way term over the mixture (the mixture fixed), for its spread."""
     params = params or TensorParams(seed=seed)
     task = prepare_user_task(train_posts, test_posts, features, min_count, max_vocab)
     lookup = task.train_lookup(params, progress)
@@ -156,6 +168,18 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
         test_rows = torch.tensor([user_row.get(u, unknown) for u in test_users])
         scores["mlp"] = mlp(torch.from_numpy(standardize(x_test, x_train)), test_rows).numpy()
     scores["tensor"] = lookup.scores(x_test, test_users)
+    mixture_tensor, mixture = task.train_mixture_tensor(params, progress, params.seed)
+    scores["mixture"] = mixture.probabilities(task.mixture_experts(
+        x_test, test_users, task.counts, np.arange(len(x_train)), train_ids, params.seed))
+    log_mixture = np.log(scores["mixture"] + MIXTURE_FLOOR)
+    scores["mixture+tensor"] = mixture_tensor.scores(x_test, test_users) + log_mixture
+    three_way = {params.seed: (scores["mixture+tensor"], mixture_tensor.tensor_active)}
+    for extra in tensor_seeds:
+        if extra not in three_way:
+            other, _ = task.train_mixture_tensor(dataclasses.replace(params, seed=extra),
+                                                 progress, params.seed)
+            three_way[extra] = (other.scores(x_test, test_users) + log_mixture,
+                                other.tensor_active)
     results = {name: accuracies(method_scores, truth) for name, method_scores in scores.items()}
     for name, row in results.items():
         log.info("%s: %s", name, row)
@@ -179,7 +203,49 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     return UserResult(len(users), len(x_train), len(x_test), len(vocab), results, retrieval,
                       lookup, example,
                       {"beta": round(combination[0], 3), "gamma": round(combination[1], 3)},
-                      lift_weights, by_photo, len(test_posts), results_all)
+                      lift_weights, by_photo, len(test_posts), results_all,
+                      dict(zip(MIXTURE_EXPERTS, mixture.weights, strict=True)),
+                      three_way_report(results["mixture"], three_way, truth),
+                      results_by_user_posts(scores, truth, [
+                          post_counts[user_row[u]] if u in user_row else 0
+                          for u in test_users]))
+
+
+def three_way_report(mixture: dict[str, float],
+                     runs: dict[int, tuple[np.ndarray, bool]],
+                     truth: Sequence[frozenset[int]]) -> dict[str, object]:
+    """What the three-way term adds over the mixture, per seed and as mean ± sd; a seed
+    whose early stopping kept epoch 0 adds exactly nothing."""
+    per_seed = {seed: {**accuracies(scores, truth), "tensor_kept": active}
+                for seed, (scores, active) in runs.items()}
+    gains = {metric: [row[metric] - mixture[metric] for row in per_seed.values()]
+             for metric in ("A@1", "A@10")}
+    return {"per_seed": per_seed, "gain_over_mixture": {
+        metric: {"mean": round(float(np.mean(g)), 2), "sd": round(float(np.std(g)), 2)}
+        for metric, g in gains.items()}}
+
+
+#: test posts grouped by how many training posts their user has
+USER_POST_BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
+
+
+def results_by_user_posts(scores: dict[str, np.ndarray], truth: Sequence[frozenset[int]],
+                          user_posts: Sequence[int]) -> dict[str, dict[str, object]]:
+    """The table over test posts whose user has few or many training posts: what a
+    per-user term can learn grows with them."""
+    counts = np.asarray(user_posts)
+    parts: dict[str, dict[str, object]] = {}
+    for low, high in USER_POST_BUCKETS:
+        mask = (counts >= low) & (counts <= (high if high is not None else counts.max()))
+        rows = np.flatnonzero(mask)
+        name = f"{low}+" if high is None else (f"{low}" if low == high else f"{low}-{high}")
+        parts[name] = {"posts": len(rows)}
+        if len(rows):
+            parts[name]["results"] = {
+                method: accuracies(scores[method][rows], [truth[i] for i in rows])
+                for method in ("user_frequency", "content_knn+user_frequency", "mixture",
+                               "lift_x_photo", "tensor", "mixture+tensor")}
+    return parts
 
 
 def seen_photos(train: np.ndarray, test: np.ndarray) -> np.ndarray:

@@ -61,8 +61,15 @@ class Offsets:
     """The main effects of the training posts as torch tensors (effects.HeldOutEffects)."""
 
     habit: torch.Tensor  # posts × V: β log lift of the post's user, the post left out
-    photo: torch.Tensor  # posts × V: γ log P(h | x), out of fold
-    user_habit: torch.Tensor  # users × V: β log lift of each user, all their posts
+    photo: torch.Tensor | None  # posts × V: γ log P(h | x), out of fold
+    user_habit: torch.Tensor | None  # users × V: β log lift of each user, all their posts
+
+    @classmethod
+    def one_term(cls, log_probabilities: np.ndarray) -> Offsets:
+        """Main effects that are one held-out log-probability per post and hashtag (a
+        mixture of experts, effects.Mixture); the softmax loss reads them."""
+        return cls(torch.from_numpy(np.asarray(log_probabilities, dtype=np.float32)),
+                   None, None)
 
     @classmethod
     def from_arrays(cls, habit: np.ndarray, photo: np.ndarray, user_habit: np.ndarray,
@@ -145,6 +152,8 @@ def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Te
     user_scores = per_user_axis @ u.T
     user_forbidden = user_ids[None, :] == user_ids[:, None]
     if offsets is not None:
+        if offsets.photo is None or offsets.user_habit is None:
+            raise ValueError("the ranking loss needs the habit, photo and user offsets")
         habit = offsets.habit[post_ids]  # B × V: this post's user, the post left out
         photo = offsets.photo[post_ids]  # B × V
         own_habit = habit.gather(1, hashtag_ids[:, None]).squeeze(1)
@@ -179,7 +188,9 @@ def softmax_loss(model: TensorModel, photos: torch.Tensor, user_ids: torch.Tenso
     q = model.query(model.photo(photos), model.users(user_ids))  # B × D
     logits = q @ model.hashtags.weight.T  # B × V
     if offsets is not None:
-        logits = logits + offsets.habit[post_ids] + offsets.photo[post_ids]
+        logits = logits + offsets.habit[post_ids]
+        if offsets.photo is not None:
+            logits = logits + offsets.photo[post_ids]
     log_probabilities = torch.log_softmax(logits, dim=1)
     per_post = (log_probabilities * post_tags).sum(dim=1) / post_tags.sum(dim=1)
     return -per_post.mean()

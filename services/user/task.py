@@ -14,13 +14,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.user.effects import HeldOutEffects, MainEffects, expected_uses, fit_main_effects
+from services.user.effects import (
+    HeldOutEffects,
+    MainEffects,
+    Mixture,
+    expected_uses,
+    fit_main_effects,
+    user_shares,
+)
 from services.user.lookup import UserHashtagLookup
 from services.user.model import Offsets, TensorModel, TensorParams, Triplets, train_tensor
 from services.vision.store import FeatureStore
 from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
 from shared.data.simulated_users import drop_spammers, split_by_user_time
+from shared.eval.content import as_distribution, knn_vote_scores
 from shared.eval.metrics import accuracy_at_k, top_k
 
 log = logging.getLogger(__name__)
@@ -153,6 +161,76 @@ class UserTask:
         post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
         return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
                                  self.counts, self.served_effects(params.seed))
+
+    @functools.cached_property
+    def global_share(self) -> np.ndarray:
+        """Each hashtag's share of the fit posts' uses: a stranger's P_u."""
+        uses = self.fit_counts.sum(axis=0)
+        return uses / max(uses.sum(), 1.0)
+
+    def mixture(self, seed: int = 0) -> tuple[Mixture, np.ndarray]:
+        """(the mixture of user, photo and neighbours fit on the fit posts, its held-out
+        probabilities for each fit post): each post scored as a test post would be, its
+        user's shares without it, its photo out of fold, its neighbours without itself."""
+        _, held = self.main_effects(seed)
+        fit = self.fit_rows
+        experts = (user_shares(self.leave_one_out_counts, self.global_share),
+                   np.exp(held.out_of_fold),
+                   as_distribution(knn_vote_scores(self.x_train[fit], self.fit_ids, None,
+                                                   len(self.vocab))))
+        mixture = Mixture.fit(experts, self.fit_ids)
+        return mixture, mixture.probabilities(experts)
+
+    def mixture_experts(self, features: np.ndarray, users: Sequence[str | None],
+                        counts: np.ndarray, posts: np.ndarray,
+                        hashtags: Sequence[Sequence[int]], seed: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The three experts for new posts by ``users``: their shares from ``counts``
+        (users × V), the photo model fit on the fit posts, the votes of ``posts`` (rows of
+        x_train) tagged ``hashtags``."""
+        effects, _ = self.main_effects(seed)
+        rows = [self.user_row.get(u) if u is not None else None for u in users]
+        user = user_shares(np.stack([counts[r] if r is not None
+                                     else np.zeros(len(self.vocab)) for r in rows]),
+                           self.global_share)
+        votes = knn_vote_scores(self.x_train[posts], hashtags, features, len(self.vocab))
+        return (user, np.exp(effects.photo.log_probabilities(features)),
+                as_distribution(votes))
+
+    def train_mixture_tensor(self, params: TensorParams, progress: bool = True,
+                             effects_seed: int = 0) -> tuple[UserHashtagLookup, Mixture]:
+        """Veit's three-way term over the mixture (``mixture``, fit once with
+        ``effects_seed``): the tensor learns only what the user and the content say together
+        beyond it. Early stopping as ``train_lookup``'s (epoch 0: the mixture alone). The
+        lookup scores the tensor term alone; add log P(h | x, u) of the mixture."""
+        mixture, held = self.mixture(effects_seed)
+        fit, held_out = self.fit_rows, self.validation_rows
+        fit_posts = np.bincount(self.rows_train[fit], minlength=len(self.users))
+        held_users = [self.users[self.rows_train[i]] for i in held_out]
+        held_truth = [frozenset(self.train_ids[i]) for i in held_out]
+        base = np.log(mixture.probabilities(self.mixture_experts(
+            self.x_train[held_out], held_users, self.fit_counts, fit, self.fit_ids,
+            effects_seed)) + MIXTURE_FLOOR) if len(held_out) else None
+
+        def validate(model: TensorModel) -> float:
+            lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
+                                       self.fit_counts)
+            tensor = lookup.scores(self.x_train[held_out], held_users)
+            return sum(accuracies(tensor + base, held_truth).values())
+
+        model = train_tensor(self.x_train[fit], Triplets.from_posts(self.fit_ids,
+                                                                    self.rows_train[fit]),
+                             len(self.vocab), len(self.users), params, progress,
+                             validate if len(held_out) else None,
+                             Offsets.one_term(np.log(held + MIXTURE_FLOOR)))
+        post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
+        return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
+                                 self.counts), mixture
+
+
+#: added to the mixture's probabilities before the log: a hashtag no expert gives any
+#: probability stays rankable by the tensor term
+MIXTURE_FLOOR = 1e-6
 
 
 def _counts(hashtags: Sequence[Sequence[int]], rows: np.ndarray,

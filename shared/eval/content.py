@@ -53,16 +53,19 @@ def text_features(train: Sequence[Post], test: Sequence[Post], encoder: str,
 
 
 def knn_vote_scores(train: np.ndarray, train_hashtags: Sequence[Sequence[int]],
-                    test: np.ndarray, n_hashtags: int, k: int = 50,
+                    test: np.ndarray | None, n_hashtags: int, k: int = 50,
                     chunk: int = 1024) -> np.ndarray:
     """Each test row's k most cosine-similar training rows vote for their hashtags, each
-    vote weighted by the similarity (negative similarities vote nothing)."""
+    vote weighted by the similarity (negative similarities vote nothing). ``test`` None:
+    every training row votes on, never for itself (leave one out)."""
+    leave_one_out = test is None
+    test = train if test is None else test
     def unit(x: np.ndarray) -> np.ndarray:
         return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
                 ).astype(np.float32)
 
     train_unit, test_unit = unit(train), unit(test)
-    k = min(k, len(train_unit))
+    k = min(k, len(train_unit) - int(leave_one_out))
     rows = np.repeat(np.arange(len(train_hashtags)), [len(ids) for ids in train_hashtags])
     cols = np.fromiter((h for ids in train_hashtags for h in ids), dtype=np.int64)
     from scipy.sparse import csr_matrix
@@ -72,6 +75,9 @@ def knn_vote_scores(train: np.ndarray, train_hashtags: Sequence[Sequence[int]],
     scores = np.zeros((len(test_unit), n_hashtags), dtype=np.float32)
     for start in range(0, len(test_unit), chunk):
         similarity = test_unit[start:start + chunk] @ train_unit.T
+        if leave_one_out:
+            own = np.arange(start, start + len(similarity))
+            similarity[own - start, own] = -np.inf
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         weights = np.zeros_like(similarity)
         np.put_along_axis(weights, nearest, np.maximum(
