@@ -28,7 +28,7 @@ import grpc
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the shared load loop
-from serving import load, load_parser, start_stack
+from serving import load, load_parser, served_models, start_stack
 
 from services.vision.model import VisionModel
 from shared.config import data_root, setup_logging
@@ -103,7 +103,9 @@ async def ready(url: str, seconds: float = 120) -> None:
 async def main(args: argparse.Namespace) -> None:
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
 
-    servers, address, _ = await start_stack(VisionModel(device="cpu"), args.batch)
+    args.models = args.user_model = None  # the newest trained
+    servers, address = await start_stack(VisionModel(device="cpu"), args.batch,
+                                         *served_models(args))
     url = f"http://127.0.0.1:{args.http_port}"
     gateway = process = None
     if args.gateway_in_process:

@@ -5,9 +5,10 @@
 
 Every load loop is bounded in time and count and targets 127.0.0.1 only. Prints QPS,
 p50 / p95 / p99 latency and errors for: a bare gRPC echo server (the reference); warm and
-cold Embed on the vision service alone; warm and cold Recommend on the whole stack as
-`hashrec serve` runs it (five services in one process, the newest trained models under
-$HASHREC_MODELS, trained first when there are none), half the calls with a known user
+cold Embed on the vision service alone; warm and cold Recommend on the whole stack in both
+of `hashrec serve`'s modes, one process per service (its default) and all five in this
+process (`--single-process`), on the newest trained models under $HASHREC_MODELS (trained
+first when there are none; or --models / --user-model), half the calls with a known user
 (--user-share).
 Warm: photos whose features are cached; cold: a new photo every call. Then the ratios
 warm / echo and cold / raw model images/s (the raw model measured in-process at the
@@ -18,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -104,7 +108,8 @@ async def main(args: argparse.Namespace) -> None:
     await server.stop(None)
 
     if args.only in (None, "recommend"):
-        rows.update(await recommend_rows(model, photos, args))
+        for mode in ("processes", "single"):
+            rows.update(await recommend_rows(model, photos, args, mode))
     if args.only == "recommend":
         report(rows, raw_images_per_second(model, photos, args.batch), args)
         return
@@ -128,55 +133,126 @@ async def main(args: argparse.Namespace) -> None:
 def report(rows: dict[str, dict[str, float]], raw: float, args: argparse.Namespace) -> None:
     print(f"loopback, {args.concurrency} calls in flight, up to {args.seconds:.0f} s each; "
           f"vision max batch {args.batch}")
-    print(f"{'':<16}{'calls':>8}{'QPS':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    width = max(16, *(len(name) + 2 for name in rows))
+    print(f"{'':<{width}}{'calls':>8}{'QPS':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}")
     for name, row in rows.items():
-        print(f"{name:<16}{row['calls']:>8.0f}{row['qps']:>9.1f}{row['p50']:>9.1f}"
+        print(f"{name:<{width}}{row['calls']:>8.0f}{row['qps']:>9.1f}{row['p50']:>9.1f}"
               f"{row['p95']:>9.1f}{row['p99']:>9.1f}{row['errors']:>8.0f}")
     print(f"raw model, batch {args.batch}, in-process: {raw:.1f} images/s")
     echo = rows["echo"]["qps"]
-    for kind in ("Embed", "Recommend"):
+    kinds = ["Embed"] + [f"Recommend{mode}" for mode in ("", " (processes)", " (single)")]
+    for kind in kinds:
         if f"warm {kind}" in rows:
             print(f"ratios: warm {kind} / echo {rows[f'warm {kind}']['qps'] / echo:.2f}; "
                   f"cold {kind} / raw model {rows[f'cold {kind}']['qps'] / raw:.2f}")
 
 
-async def start_stack(model: VisionModel, batch: int,
-                      ) -> tuple[list[grpc.aio.Server], str, list[str]]:
-    """The five services as `hashrec serve` runs them, on the newest trained models under
-    $HASHREC_MODELS (trained first when there are none): (servers, the recommender's
-    address, known user ids)."""
+def served_models(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(--models, --user-model), else the newest under $HASHREC_MODELS, trained first when
+    there are none."""
     from commands.cli import newest_model
     from commands.train import train_default
-    from services.graph.server import serve as serve_graph
-    from services.recommender.server import serve as serve_recommender
-    from services.user.server import serve as serve_user
     from services.user.train import newest_user_model, train_user_model
     from services.vision.store import FeatureStore
-    from services.word.server import serve as serve_word
     from shared.config import models_dir
 
     store = FeatureStore(models_dir() / "features")
-    model_dir = newest_model(models_dir()) or train_default(models_dir(), store).directory
-    user_dir = newest_user_model(models_dir() / "user") or train_user_model(
-        models_dir() / "user", store)[1]
-    # The user service loads and verifies the model; the bench only needs its user ids.
-    users = json.loads((user_dir / "manifest.json").read_text())["users"][:50]
-    state = models_dir() / "bench-state"  # the bench's own journal, never the served one
+    model_dir = args.models or newest_model(models_dir()) or train_default(
+        models_dir(), store).directory
+    user_dir = args.user_model or newest_user_model(models_dir() / "user") or \
+        train_user_model(models_dir() / "user", store)[1]
+    return model_dir, user_dir
+
+
+@contextlib.asynccontextmanager
+async def serve_processes(model_dir: Path, user_dir: Path, batch: int,
+                          ) -> AsyncIterator[str]:
+    """`hashrec serve` (one process per service) on free ports: the recommender's address."""
+    import os
+    import socket
+    import sys
+
+    def free_run(count: int = 5) -> int:
+        for _ in range(100):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                base = probe.getsockname()[1]
+            try:
+                for offset in range(count):
+                    with socket.socket() as taken:
+                        taken.bind(("127.0.0.1", base + offset))
+                return base
+            except OSError:
+                continue
+        raise RuntimeError("no five free ports in a row")
+
+    port = free_run()
+    env = {**os.environ, "HASHREC_VISION_MAX_BATCH": str(batch),
+           "HASHREC_USER_STATE": str(user_dir.parent / "bench-state"),
+           **{f"HASHREC_{n}_METRICS_PORT": "0"
+              for n in ("VISION", "WORD", "GRAPH", "USER", "RECOMMENDER")}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--http-port",
+        "0", "--models", str(model_dir), "--user-model", str(user_dir), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    drain = None
+    try:
+        while not (line := (await process.stdout.readline()).decode()).startswith("serving "):
+            if not line:
+                raise RuntimeError("hashrec serve stopped before serving")
+        drain = asyncio.create_task(process.stdout.read())  # keep its pipe from filling
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.wait()
+        if drain is not None:
+            drain.cancel()
+
+
+async def start_stack(model: VisionModel, batch: int, model_dir: Path, user_dir: Path,
+                      ) -> tuple[list[grpc.aio.Server], str]:
+    """The five services in this process (`hashrec serve --single-process`): (servers, the
+    recommender's address)."""
+    from services.graph.server import serve as serve_graph
+    from services.recommender.server import serve as serve_recommender
+    from services.user.server import serve as serve_user
+    from services.word.server import serve as serve_word
+
+    state = user_dir.parent / "bench-state"  # the bench's own journal, never the served one
     vision = await serve("127.0.0.1", 0, model, max_batch=batch)
     word = await serve_word("127.0.0.1", 0, model_dir)
     graph = await serve_graph("127.0.0.1", 0, model_dir)
     user = await serve_user("127.0.0.1", 0, user_dir, state)
     recommender = await serve_recommender("127.0.0.1", 0, model_dir, vision.address,
                                           word.address, graph.address, user.address)
-    return [recommender, user, graph, word, vision], recommender.address, users
+    return [recommender, user, graph, word, vision], recommender.address
 
 
 async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,
-                         ) -> dict[str, dict[str, float]]:
-    """The whole stack, as `hashrec serve` runs it, under warm and cold Recommend."""
+                         mode: str) -> dict[str, dict[str, float]]:
+    """The whole stack, as `hashrec serve` runs it in ``mode`` ("processes": one process
+    per service; "single": all in this process), under warm and cold Recommend."""
+    model_dir, user_dir = served_models(args)
+    # The user service loads and verifies the model; the bench only needs its user ids.
+    users = json.loads((user_dir / "manifest.json").read_text())["users"][:50]
+    async with contextlib.AsyncExitStack() as stack:
+        if mode == "processes":
+            servers, address = [], await stack.enter_async_context(
+                serve_processes(model_dir, user_dir, args.batch))
+        else:
+            servers, address = await start_stack(model, args.batch, model_dir, user_dir)
+        rows = await _recommend_load(address, users, photos, args, mode)
+        for server in servers:
+            await server.stop()
+    return rows
+
+
+async def _recommend_load(address: str, users: list[str], photos: list[bytes],
+                          args: argparse.Namespace, mode: str) -> dict[str, dict[str, float]]:
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
 
-    servers, address, users = await start_stack(model, args.batch)
     rows = {}
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
@@ -195,13 +271,13 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
             await recommend(photo, i)
         cold_set = photos[32:-32]
         for name, call, budget in (
-                ("warm Recommend", lambda i: recommend(warm_set[i % 32], i), args.max_calls),
-                ("cold Recommend", lambda i: recommend(cold_set[i], i), len(cold_set))):
+                (f"warm Recommend ({mode})", lambda i: recommend(warm_set[i % 32], i),
+                 args.max_calls),
+                (f"cold Recommend ({mode})", lambda i: recommend(cold_set[i], i),
+                 len(cold_set))):
             degraded = 0
             rows[name] = await load(call, args.seconds, args.concurrency, budget)
             rows[name]["errors"] += degraded  # a degraded answer counts as an error
-    for server in servers:
-        await server.stop()
     return rows
 
 
@@ -219,6 +295,8 @@ def load_parser(description: str, concurrency: int) -> argparse.ArgumentParser:
 if __name__ == "__main__":
     parser = load_parser(__doc__, concurrency=64)
     parser.add_argument("--only", choices=("vision", "recommend"))
+    parser.add_argument("--models", type=Path, help="default: the newest trained")
+    parser.add_argument("--user-model", type=Path, help="default: the newest trained")
     parser.add_argument("--user-share", type=float, default=0.5,
                         help="share of Recommend calls that carry a known user id")
     setup_logging("WARNING")

@@ -4,6 +4,7 @@ bounded in time and talks over loopback only."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -79,20 +80,21 @@ class Served:
         assert self.pids[service] != old_pid, f"{service} was not restarted"
 
 
-@pytest.fixture(scope="module")
-def served(stack: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+@contextlib.contextmanager
+def serving(stack: dict, folder: Path, **env: str) -> Iterator[Served]:
     """`hashrec serve` over the stack fixture's small models, every service its own
-    process; metrics on free ports; the user journal in a folder of the test's own."""
+    process; metrics on free ports; the user journal in ``folder``; ``env`` on top."""
     port = free_ports_in_a_row(5)
-    env = {**os.environ, "HASHREC_MODELS": str(tmp_path_factory.mktemp("serve-models")),
-           "HASHREC_USER_STATE": str(tmp_path_factory.mktemp("serve-state")),
-           "HASHREC_BACKEND_DEADLINE_S": "2", "PYTHONUNBUFFERED": "1",
-           **{f"HASHREC_{name.upper()}_METRICS_PORT": "0" for name in SERVICES}}
+    environment = {**os.environ, "HASHREC_MODELS": str(folder / "models"),
+                   "HASHREC_USER_STATE": str(folder / "state"),
+                   "HASHREC_BACKEND_DEADLINE_S": "2", "PYTHONUNBUFFERED": "1",
+                   **{f"HASHREC_{name.upper()}_METRICS_PORT": "0" for name in SERVICES},
+                   **env}
     process = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--http-port",
          "0", "--models", str(stack["trained"].directory), "--user-model",
          str(stack["user_dir"])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
     served = Served(process, port)
     try:
         served.wait_for(r"^serving hashrec\.v1\.RecommenderService")
@@ -104,6 +106,12 @@ def served(stack: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="module")
+def served(stack: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serving(stack, tmp_path_factory.mktemp("served")) as running:
+        yield running
 
 
 @dataclass
@@ -288,6 +296,31 @@ def test_the_user_service_killed_mid_feedback_keeps_every_acknowledged_update(
                     time.sleep(0.5)
             # Every acknowledged update is there once; a refused one at most once.
             assert acknowledged[user] <= posts <= acknowledged[user] + refused[user], user
+
+
+def test_redis_killed_and_restarted_under_load_fails_no_call(stack: dict, data_dir: Path,
+                                                            tmp_path: Path) -> None:
+    import redis as redis_client
+
+    from tests.servers import RedisServer
+
+    redis = RedisServer()
+    redis.start()
+    try:
+        with serving(stack, tmp_path, HASHREC_REDIS_URL=redis.url) as running, \
+                Load(f"127.0.0.1:{running.port}", _photo(data_dir)) as load:
+            load.wait_until_whole(time.monotonic() - 1, 30)
+            redis.kill()
+            time.sleep(2.0)
+            redis.start()  # back, empty
+            time.sleep(3.0)
+            keys = redis_client.Redis.from_url(redis.url).keys("hashrec:*")
+        assert load.outcomes and all(o.code == "OK" and not o.degraded_reasons
+                                     for o in load.outcomes)
+        # Both vision and the recommender, each in its own process, filled it again.
+        assert {key.split(b":")[1] for key in keys} >= {b"features", b"photo_scores"}
+    finally:
+        redis.kill()
 
 
 def test_a_bad_start_is_one_clear_line_and_a_nonzero_exit(stack: dict,

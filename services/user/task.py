@@ -75,6 +75,8 @@ class UserTask:
     counts: np.ndarray  # users × hashtags, training posts
     _main_effects: dict[int, tuple[MainEffects, HeldOutEffects]] = dataclasses.field(
         default_factory=dict, repr=False)
+    _mixtures: dict[int, tuple[Mixture, np.ndarray]] = dataclasses.field(
+        default_factory=dict, repr=False)
 
     @functools.cached_property
     def validation_rows(self) -> np.ndarray:
@@ -171,7 +173,10 @@ class UserTask:
     def mixture(self, seed: int = 0) -> tuple[Mixture, np.ndarray]:
         """(the mixture of user, photo and neighbours fit on the fit posts, its held-out
         probabilities for each fit post): each post scored as a test post would be, its
-        user's shares without it, its photo out of fold, its neighbours without itself."""
+        user's shares without it, its photo out of fold, its neighbours without itself;
+        computed once per seed."""
+        if seed in self._mixtures:
+            return self._mixtures[seed]
         _, held = self.main_effects(seed)
         fit = self.fit_rows
         experts = (user_shares(self.leave_one_out_counts, self.global_share),
@@ -179,7 +184,8 @@ class UserTask:
                    as_distribution(knn_vote_scores(self.x_train[fit], self.fit_ids, None,
                                                    len(self.vocab))))
         mixture = Mixture.fit(experts, self.fit_ids)
-        return mixture, mixture.probabilities(experts)
+        self._mixtures[seed] = mixture, mixture.probabilities(experts)
+        return self._mixtures[seed]
 
     def mixture_experts(self, features: np.ndarray, users: Sequence[str | None],
                         counts: np.ndarray, posts: np.ndarray,
