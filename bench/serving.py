@@ -167,17 +167,19 @@ def served_models(args: argparse.Namespace) -> tuple[Path, Path]:
 
 @contextlib.asynccontextmanager
 async def serve_processes(model_dir: Path, user_dir: Path, batch: int,
-                          ) -> AsyncIterator[str]:
-    """`hashrec serve` (one process per service) on free ports: the recommender's address."""
+                          report_pid: bool = False) -> AsyncIterator:
+    """`hashrec serve` (one process per service) on free ports: the recommender's address
+    (with ``report_pid``: and the supervisor's pid)."""
     import os
     import socket
     import sys
 
     def free_run(count: int = 5) -> int:
-        for _ in range(100):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                base = probe.getsockname()[1]
+        """Below the ephemeral range, where outgoing connections never take a port."""
+        import random
+
+        for _ in range(200):
+            base = random.randrange(10_000, 32_000)
             try:
                 for offset in range(count):
                     with socket.socket() as taken:
@@ -203,7 +205,7 @@ async def serve_processes(model_dir: Path, user_dir: Path, batch: int,
             if not line:
                 raise RuntimeError("hashrec serve stopped before serving")
         drain = asyncio.create_task(process.stdout.read())  # keep its pipe from filling
-        yield f"127.0.0.1:{port}"
+        yield (f"127.0.0.1:{port}", process.pid) if report_pid else f"127.0.0.1:{port}"
     finally:
         process.send_signal(signal.SIGTERM)
         await process.wait()

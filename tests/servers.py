@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 
@@ -33,11 +35,16 @@ def free_port() -> int:
 
 
 def free_ports_in_a_row(count: int) -> int:
-    """A port P with P..P+count-1 free (hashrec serve takes five in a row)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count - 1 > 65535:
-            continue
+    """A port P with P..P+count-1 free (hashrec serve takes five in a row), below the
+    kernel's ephemeral range: a port from inside it can be taken as the source port of
+    any outgoing connection (a health probe) before the service that was given it binds."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, low - count)
         probes = []
         try:
             for offset in range(count):

@@ -207,6 +207,11 @@ def _fault_under_load(served: Served, data_dir: Path, service: str,
         old = served.kill(service, sig)
         served.restarted(service, old)
         recovered = load.wait_until_whole(fault, RECOVERY_S + 30)
+    during = load.since(fault)
+    print(f"\nfault table: {sig.name} {service}: {len(during)} calls, "
+          f"{sum(o.code != 'OK' for o in during)} failed, "
+          f"{sum(bool(o.degraded_reasons) for o in during) / max(len(during), 1):.1%} "
+          f"degraded, whole again after {recovered:.1f} s")
     return load, fault, recovered
 
 
@@ -313,7 +318,7 @@ def test_redis_killed_and_restarted_under_load_fails_no_call(stack: dict, data_d
             redis.kill()
             time.sleep(2.0)
             redis.start()  # back, empty
-            time.sleep(3.0)
+            time.sleep(7.0)  # past each cache's open circuit (5 s: shared/cache.py)
             keys = redis_client.Redis.from_url(redis.url).keys("hashrec:*")
         assert load.outcomes and all(o.code == "OK" and not o.degraded_reasons
                                      for o in load.outcomes)
