@@ -457,8 +457,10 @@ def test_cli_feedback_and_retrieve_print_json_and_name_errors(stack: dict, data_
     assert capsys.readouterr().err.startswith("NOT_FOUND: ")
 
 
+@pytest.mark.parametrize("mode", [[], ["--single-process"]], ids=["processes", "single"])
 def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_dir: Path,
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path,
+                                                            mode: list[str]) -> None:
     import signal
     import subprocess
     import sys
@@ -467,7 +469,7 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
     port = free_ports_in_a_row(5)
     serve = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--models",
-         str(stack["trained"].directory), "--user-model", str(stack["user_dir"])],
+         str(stack["trained"].directory), "--user-model", str(stack["user_dir"]), *mode],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**__import__("os").environ, "HASHREC_MODELS": str(tmp_path)})
     try:
