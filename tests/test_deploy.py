@@ -103,3 +103,17 @@ def test_the_gateway_serves_http_and_is_ready_when_the_recommender_is() -> None:
     assert _config()["HASHREC_GATEWAY_HOST"] == "0.0.0.0"
     assert "HASHREC_RECOMMENDER_TARGET" in server.__doc__
     assert "HASHREC_PHOTO_ROOT" in server.__doc__
+
+
+def test_the_image_copies_every_package_the_install_includes() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    found = pyproject["tool"]["setuptools"]["packages"]["find"]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for where in found["where"]:
+        for pattern in found["include"]:
+            package = pattern.rstrip("*")
+            if (DEPLOY.parent / where / package).is_dir():
+                source = package if where == "." else where
+                assert f"COPY {source} {source}" in dockerfile, package
