@@ -169,8 +169,11 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
         scores["mlp"] = mlp(torch.from_numpy(standardize(x_test, x_train)), test_rows).numpy()
     scores["tensor"] = lookup.scores(x_test, test_users)
     mixture_tensor, mixture = task.train_mixture_tensor(params, progress, params.seed)
-    scores["mixture"] = mixture.probabilities(task.mixture_experts(
-        x_test, test_users, task.counts, np.arange(len(x_train)), train_ids, params.seed))
+    # The experts on the test posts are rows above: MCLL and the kNN votes over every
+    # training post (what mixture_experts would compute again).
+    scores["mixture"] = mixture.probabilities((
+        task.user_shares_of(test_users, task.counts), np.exp(scores["mcll"]),
+        as_distribution(scores["content_knn"])))
     log_mixture = np.log(scores["mixture"] + MIXTURE_FLOOR)
     scores["mixture+tensor"] = mixture_tensor.scores(x_test, test_users) + log_mixture
     three_way = {params.seed: (scores["mixture+tensor"], mixture_tensor.tensor_active)}

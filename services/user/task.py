@@ -195,13 +195,17 @@ class UserTask:
         (users × V), the photo model fit on the fit posts, the votes of ``posts`` (rows of
         x_train) tagged ``hashtags``."""
         effects, _ = self.main_effects(seed)
+        votes = knn_vote_scores(self.x_train[posts], hashtags, features, len(self.vocab))
+        return (self.user_shares_of(users, counts),
+                np.exp(effects.photo.log_probabilities(features)), as_distribution(votes))
+
+    def user_shares_of(self, users: Sequence[str | None], counts: np.ndarray) -> np.ndarray:
+        """P_u(h) of each of ``users`` from ``counts`` (users × V); a stranger's is the
+        global share."""
         rows = [self.user_row.get(u) if u is not None else None for u in users]
-        user = user_shares(np.stack([counts[r] if r is not None
+        return user_shares(np.stack([counts[r] if r is not None
                                      else np.zeros(len(self.vocab)) for r in rows]),
                            self.global_share)
-        votes = knn_vote_scores(self.x_train[posts], hashtags, features, len(self.vocab))
-        return (user, np.exp(effects.photo.log_probabilities(features)),
-                as_distribution(votes))
 
     def train_mixture_tensor(self, params: TensorParams, progress: bool = True,
                              effects_seed: int = 0) -> tuple[UserHashtagLookup, Mixture]:
