@@ -161,7 +161,7 @@ def served_models(args: argparse.Namespace) -> tuple[Path, Path]:
     model_dir = args.models or newest_model(models_dir()) or train_default(
         models_dir(), store).directory
     user_dir = args.user_model or newest_user_model(models_dir() / "user") or \
-        train_user_model(models_dir() / "user", store)[1]
+        train_user_model(models_dir() / "user", store, image_model=model_dir)[1]
     return model_dir, user_dir
 
 

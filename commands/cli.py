@@ -693,7 +693,8 @@ def _serve(args: argparse.Namespace) -> int:
     if user_dir is None:
         print("no user model: training one on the simulated-user benchmark first", flush=True)
         _, user_dir = train_user_model(models_dir() / "user",
-                                       FeatureStore(models_dir() / "features"))
+                                       FeatureStore(models_dir() / "features"),
+                                       image_model=model_dir)
 
     if not args.single_process:
         return _serve_processes(args, model_dir, user_dir)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from commands.experiments.image2tag import (
     METHODS,
     Community,
@@ -21,8 +23,8 @@ from commands.experiments.image2tag import (
     make_methods,
     out_of_fold_scores,
 )
-from services.image_models import KIND, ImageModels
-from services.recommender.model import Fusion, RankFusion
+from services.image_models import KIND, OUT_OF_FOLD_PHOTOS, OUT_OF_FOLD_SCORES, ImageModels
+from services.recommender.model import Fusion, RankFusion, min_max_rows
 from services.vision.store import FeatureStore
 from services.word.semantic import TextResources
 from shared.artifacts import ArtifactWriter
@@ -68,6 +70,13 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     fusion.save(writer)
     if ranker is not None:
         ranker.save(writer)
+    # What stands on this model and is fit later (the recommender's user weight,
+    # services/user/train.py) needs photo scores from a model that never saw the photo:
+    # the fused out-of-fold scores of every training photo, each row scaled to [0, 1] as
+    # the recommender scales them.
+    fused = ranker.combine(scores) if ranker is not None else fusion.combine(scores)
+    writer.array(OUT_OF_FOLD_SCORES, min_max_rows(fused).astype(np.float16))
+    writer.json(OUT_OF_FOLD_PHOTOS, list(train.keys))
     writer.json("vocabulary", list(terms))
     writer.close({"kind": KIND, "version": version, "methods": list(methods),
                   "vision_model": vision_model_id(), "n_train": len(train), "seed": seed,

@@ -31,6 +31,11 @@ from shared.backbone import class_names, vision_model_id
 from shared.photos import PhotoSet
 
 KIND = "image-to-hashtag"
+#: the fused out-of-fold scores of the training photos (each row min-max scaled), and the
+#: photo_key of each row: photo scores from a model that never saw the photo, for what is
+#: fit on top of this model (the recommender's user weight)
+OUT_OF_FOLD_SCORES = "out_of_fold_fused"
+OUT_OF_FOLD_PHOTOS = "out_of_fold_photos"
 
 
 @dataclass
@@ -104,3 +109,13 @@ def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> 
     return ImageModels(manifest["version"], tuple(reader.json("vocabulary")),
                        {name: _load(reader, name) for name in names}, Fusion.load(reader),
                        directory, ranker)
+
+
+def out_of_fold_scores(directory: Path) -> tuple[tuple[str, ...], list[str], np.ndarray] | None:
+    """(vocabulary, photo keys, scaled fused scores: one row per key) of a verified
+    artifact, or None for one written before they were kept."""
+    reader = _open(directory)
+    if f"{OUT_OF_FOLD_PHOTOS}.json" not in reader.manifest["files"]:
+        return None
+    return (tuple(reader.json("vocabulary")), reader.json(OUT_OF_FOLD_PHOTOS),
+            reader.array(OUT_OF_FOLD_SCORES).astype(np.float32))

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
+from shared.config import data_root
 from shared.data.normalize import normalize_hashtag
 
 MACHINE_LABELS_PER_PHOTO = 5
@@ -22,6 +24,7 @@ class PhotoSet:
     probabilities: np.ndarray  # (n, 1000) float32
     hashtags: Sequence[Sequence[int]] = ()
     communities: np.ndarray | None = None  # (n,) int: index into the training's communities
+    keys: Sequence[str] = ()  # each photo's photo_key, where known
 
     def __len__(self) -> int:
         return len(self.features)
@@ -29,7 +32,16 @@ class PhotoSet:
     def subset(self, rows: np.ndarray) -> PhotoSet:
         return PhotoSet(self.features[rows], self.probabilities[rows],
                         [self.hashtags[i] for i in rows] if self.hashtags else (),
-                        None if self.communities is None else self.communities[rows])
+                        None if self.communities is None else self.communities[rows],
+                        [self.keys[i] for i in rows] if self.keys else ())
+
+
+def photo_key(path: Path) -> str:
+    """A photo's name across artifacts and machines: its path under the data root (the
+    same photo read from another checkout has the same key), else the path as given."""
+    root = data_root().resolve()
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 @cache

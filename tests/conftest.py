@@ -52,8 +52,9 @@ def mirflickr_labelled(data_dir: Path, feature_store):
 def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
           feature_store) -> Iterator[dict]:
     """The five services over real sockets on one event loop in a thread: photo models
-    trained on 160 food photos (with the semantic method), a user model on 12 simulated
-    users; channels to each. Shared by the stack, gateway and page tests."""
+    trained on 160 food photos (with the semantic method), a user model on 30 simulated
+    users with its recommender weight fitted against those; channels to each. Shared by
+    the stack, gateway and page tests."""
     import grpc
 
     from commands.experiments.image2tag import METHODS
@@ -79,9 +80,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
         min_count=2, folds=3, progress=False,
         text=hashtag_knowledge(("harrison:harrison",),
                                store_dir=tmp_path_factory.mktemp("text")))
+    # Users post every photo set, and the photos the image model learned from (their
+    # out-of-fold scores fit the recommender's user weight).
+    sources = source_posts(data_dir)
+    images = {p.image for p in posts}
+    food_sources = [p for p in sources if p.image in images]
     _, user_dir = train_user_model(
-        tmp_path_factory.mktemp("user"), store, n_users=12, progress=False,
-        params=TensorParams(16, 16, 4, epochs=5), sources=source_posts(data_dir)[::25])
+        tmp_path_factory.mktemp("user"), store, n_users=30, progress=False,
+        params=TensorParams(16, 16, 4, epochs=5), sources=[*sources[::25], *food_sources],
+        image_model=trained.directory)
     state = tmp_path_factory.mktemp("state")
     loop = LoopThread()
     vision = loop.call(serve_vision("127.0.0.1", 0, model))

@@ -224,6 +224,26 @@ def test_recommend_conditions_on_a_known_user(stack: dict, data_dir: Path) -> No
     assert [h.hashtag for h in unknown.hashtags] == [h.hashtag for h in stranger.hashtags]
 
 
+def test_a_known_users_own_hashtag_is_weighed_by_the_fitted_user_weight(stack: dict,
+                                                                       data_dir: Path) -> None:
+    from services.user.lookup import UserHashtagLookup
+
+    fitted = UserHashtagLookup.load(stack["user_dir"]).user_weight
+    assert fitted is not None  # the stack's user model was fitted against its photo model
+    reply = _recommend(stack, _photo(data_dir), user="u00003", k=100)
+    vocabulary = set(stack["trained"].vocabulary)
+    # The user's best hashtag is a signature ("<handle>life"): outside the photo
+    # vocabulary and proposed by no photo method, it scores the weighted user term alone,
+    # weight · relative probability (1 for the best). Other hashtags outside the
+    # vocabulary may also carry a photo method's placement (outside_candidates).
+    signature = [h for h in reply.hashtags if h.hashtag not in vocabulary
+                 and [(s.method, s.rank) for s in h.signals] == [("user", 1)]]
+    assert len(signature) == 1, [(h.hashtag, h.signals) for h in reply.hashtags]
+    assert signature[0].hashtag.endswith(("life", "daily"))
+    assert signature[0].score == pytest.approx(fitted * signature[0].signals[0].score,
+                                               rel=1e-5)
+
+
 def test_hashtags_from_outside_the_photo_vocabulary_are_flagged(stack: dict,
                                                                 data_dir: Path) -> None:
     reply = _recommend(stack, _photo(data_dir, "0000010.jpg"), k=100)

@@ -44,7 +44,7 @@ from shared.eval.metrics import (
     set_similarity,
     top_k,
 )
-from shared.photos import PhotoSet
+from shared.photos import PhotoSet, photo_key
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def community_photos(communities: Sequence[Community], store: FeatureStore, min_
     if not terms:
         raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
     index = {term: row for row, term in enumerate(terms)}
-    features, probabilities, hashtags, origin = [], [], [], []
+    features, probabilities, hashtags, origin, keys = [], [], [], [], []
     for number, (community, (kept, photos)) in enumerate(zip(communities, kept_by_community,
                                                              strict=True)):
         own = vocabularies[community.name]
@@ -178,10 +178,11 @@ def community_photos(communities: Sequence[Community], store: FeatureStore, min_
                 probabilities.append(photos.probabilities[row])
                 hashtags.append(ids)
                 origin.append(number)
+                keys.append(photo_key(post.image))
     if not hashtags:
         raise ValueError("no training photo has a hashtag in the vocabulary")
     return (PhotoSet(np.stack(features), np.stack(probabilities), hashtags,
-                     np.array(origin)), terms, vocabularies)
+                     np.array(origin), keys), terms, vocabularies)
 
 
 def n_communities(photos: PhotoSet) -> int:

@@ -577,8 +577,25 @@ def outside_candidates(per_method: dict[str, np.ndarray],
 
 
 #: weight of the user model's relative probability against the fused photo score (both
-#: on [0, 1]); the user term decides among hashtags the photo methods find close
+#: on [0, 1]) when the user model carries no fitted weight (``fit_user_weight``): a model
+#: trained before the fit existed
 USER_WEIGHT = 1.0
+#: the user model is asked for this many hashtags at least, so that its opinion of the
+#: photo methods' candidates is known
+USER_DEPTH = 50
+#: the weights ``fit_user_weight`` tries: 0 is the photo alone, the largest the user alone
+#: but for ties
+USER_WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0)
+
+
+def min_max_rows(scores: np.ndarray) -> np.ndarray:
+    """Each row scaled to [0, 1] (a constant row to 0): the photo score's scale in
+    ``condition_on_user``."""
+    scores = np.asarray(scores, dtype=np.float32)
+    low = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - low
+    return np.where(span > 0, (scores - low) / np.where(span > 0, span, 1), 0).astype(
+        np.float32)
 
 
 def condition_on_user(vocabulary_index: dict[str, int], fused: np.ndarray,
@@ -590,9 +607,7 @@ def condition_on_user(vocabulary_index: dict[str, int], fused: np.ndarray,
 
     Returns the scores of the vocabulary followed by those of the extra hashtags, and the
     extra hashtags."""
-    low, high = float(fused.min()), float(fused.max())
-    scaled = (fused - low) / (high - low) if high > low else np.zeros_like(fused)
-    scaled = scaled.astype(np.float64)
+    scaled = min_max_rows(np.asarray(fused)[None, :])[0].astype(np.float64)
     extra_terms: list[str] = []
     extra_scores: list[float] = []
     for term, relative in user_hashtags:
@@ -603,3 +618,50 @@ def condition_on_user(vocabulary_index: dict[str, int], fused: np.ndarray,
         else:
             scaled[row] += weight * relative
     return np.concatenate([scaled, extra_scores]), extra_terms
+
+
+@dataclass(frozen=True)
+class UserWeightFit:
+    """The chosen weight of ``condition_on_user`` and, for every weight tried, the A@1 and
+    A@10 (%) of the held-out posts it was chosen on."""
+
+    weight: float
+    accuracy: dict[float, tuple[float, float]]
+    posts: int
+
+    def about(self) -> dict:
+        """For a manifest: plain JSON."""
+        return {"user_weight": self.weight, "posts": self.posts,
+                "accuracy": [{"weight": w, "a1": round(a1, 2), "a10": round(a10, 2)}
+                             for w, (a1, a10) in sorted(self.accuracy.items())]}
+
+
+def fit_user_weight(photo_scores: np.ndarray, vocabulary: Sequence[str],
+                    user_hashtags: Sequence[Sequence[tuple[str, float]]],
+                    truth: Sequence[frozenset[str]],
+                    grid: Sequence[float] = USER_WEIGHT_GRID) -> UserWeightFit:
+    """The weight of ``condition_on_user`` with the best A@1 + A@10 (the user model's own
+    criterion) on held-out posts that carry both a photo and a known user: row i of
+    ``photo_scores`` is post i's fused photo score (its photo scored out of fold), and
+    ``user_hashtags[i]`` the user model's answer for it (a model that never saw the post).
+    Ties go to the smaller weight: the photo alone is the default."""
+    if not len(truth):
+        raise ValueError("fitting the user weight needs at least one held-out post")
+    if not len(photo_scores) == len(user_hashtags) == len(truth):
+        raise ValueError("photo scores, user answers and truth must have one row per post")
+    index = {term: row for row, term in enumerate(vocabulary)}
+    accuracy: dict[float, tuple[float, float]] = {}
+    for weight in grid:
+        first = tenth = 0
+        for scores, answer, gold in zip(photo_scores, user_hashtags, truth, strict=True):
+            combined, extra = condition_on_user(index, scores, answer, weight)
+            terms = (*vocabulary, *extra)
+            ranked = [terms[i] for i in top_k(combined[None, :], 10)[0]]
+            first += ranked[0] in gold
+            tenth += bool(gold.intersection(ranked))
+        accuracy[float(weight)] = (100 * first / len(truth), 100 * tenth / len(truth))
+    best = max(accuracy, key=lambda w: (sum(accuracy[w]), -w))
+    log.info("user weight: %g (held-out A@1 %.2f, A@10 %.2f on %d posts; photo alone "
+             "%.2f / %.2f)", best, *accuracy[best], len(truth),
+             *accuracy.get(0.0, (float("nan"), float("nan"))))
+    return UserWeightFit(best, accuracy, len(truth))

@@ -49,6 +49,8 @@ from hashrec.v1 import (
 
 from services.image_models import KIND, ImageModels, load_image_models, served_methods
 from services.recommender.model import (
+    USER_DEPTH,
+    USER_WEIGHT,
     Fusion,
     condition_on_user,
     normalized_rows,
@@ -75,9 +77,6 @@ SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"]
 DEFAULT_PORT, DEFAULT_METRICS_PORT = "50050", "9100"
 MAX_K = 100
 SIGNAL_DEPTH = 20
-#: the user model is asked for this many hashtags at least, so that its opinion of the
-#: photo methods' candidates is known
-USER_DEPTH = 50
 LOCAL_METHODS = ("frequency", "knn", "mlp")
 
 
@@ -230,27 +229,29 @@ class RecommenderServicer:
 
     async def _user_scores(self, description: photo_pb2.PhotoDescription, user_id: str,
                            k: int, context: grpc.aio.ServicerContext,
-                           ) -> tuple[list[tuple[str, float]], list[str]]:
-        """The user model's top hashtags with relative probabilities, for a known user."""
+                           ) -> tuple[list[tuple[str, float]], float, list[str]]:
+        """The user model's top hashtags with relative probabilities, for a known user, and
+        the weight the user model was fitted to be given (USER_WEIGHT when it has none)."""
         if self.backends.user is None or not user_id:
-            return [], []
+            return [], USER_WEIGHT, []
         try:
             reply = await self.backends.user.Score(user_pb2.UserScoreRequest(
                 photo=description, user_id=user_id, k=max(k, USER_DEPTH)),
                 timeout=_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            return [], [_reason("user", error)]
+            return [], USER_WEIGHT, [_reason("user", error)]
         if not reply.known_user:
-            return [], []
-        return [(h.hashtag, h.relative_probability) for h in reply.hashtags], []
+            return [], USER_WEIGHT, []
+        weight = reply.user_weight if reply.user_weight > 0 else USER_WEIGHT
+        return [(h.hashtag, h.relative_probability) for h in reply.hashtags], weight, []
 
     async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
         k = await k_or_abort(request.k, MAX_K, context)
         await limits_or_abort(context, user_id_problem(request.user_id))
         photo = await self._photo_scores(request.image, context)
-        user_hashtags, user_reasons = await self._user_scores(photo.description,
-                                                              request.user_id, k, context)
+        user_hashtags, user_weight, user_reasons = await self._user_scores(
+            photo.description, request.user_id, k, context)
         reasons = photo.reasons + user_reasons
         rows = {m: s[None, :] for m, s in photo.per_method.items()}
         try:
@@ -263,7 +264,7 @@ class RecommenderServicer:
         index = {**self.vocabulary_index,
                  **{t: len(fused) + i for i, t in enumerate(outside_terms)}}
         combined, user_terms = condition_on_user(
-            index, np.concatenate([fused, outside_scores]), user_hashtags)
+            index, np.concatenate([fused, outside_scores]), user_hashtags, user_weight)
         terms = (*self.models.vocabulary, *outside_terms, *user_terms)
         return recommender_pb2.RecommendResponse(
             hashtags=self._answer(combined, terms, photo, user_hashtags, k),

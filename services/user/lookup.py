@@ -100,6 +100,15 @@ class UserHashtagLookup:
         #: held while state changes and while a read needs one user's rows consistent
         self.lock = threading.RLock()
         self._spare_rows: dict[str, np.ndarray] = {}  # _with_row's buffers
+        #: how the recommender should weigh this model's answer against the photo's, as
+        #: fitted at training (fit_user_weight's ``about()``); None: not fitted
+        self.recommender_fit: dict | None = None
+
+    @property
+    def user_weight(self) -> float | None:
+        """The fitted weight of this model's relative probability in the recommender."""
+        return None if self.recommender_fit is None else float(
+            self.recommender_fit["user_weight"])
 
     def add_photos(self, photo_ids: Sequence[str], features: np.ndarray) -> None:
         """Makes photos retrievable (their raw CNN features are kept for persistence)."""
@@ -411,7 +420,7 @@ class UserHashtagLookup:
         writer.json("photo_ids", self.photo_ids)
         return writer.close({"kind": KIND, "vocabulary": list(self.vocabulary),
                              "users": self.user_ids, "params": self.model.params.__dict__,
-                             "main_effects": effects})
+                             "main_effects": effects, "recommender": self.recommender_fit})
 
     @classmethod
     def load(cls, directory: Path) -> UserHashtagLookup:
@@ -440,6 +449,7 @@ class UserHashtagLookup:
         if photo_ids:
             lookup.add_photos(photo_ids, reader.array("photo_features"))
         lookup.trained_photos = len(lookup.photo_ids)
+        lookup.recommender_fit = manifest.get("recommender")
         return lookup
 
 

@@ -86,7 +86,8 @@ class UserServicer:
                                            relative_probability=r)
                       for s, i, r in zip(scores[0].tolist(), ids[0].tolist(), relative,
                                          strict=True)],
-            known_user=self.lookup.known(user), model_version=self.model_version)
+            known_user=self.lookup.known(user), model_version=self.model_version,
+            user_weight=self.lookup.user_weight or 0.0)
 
     async def Update(self, request: user_pb2.UserUpdateRequest,  # noqa: N802
                      context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:

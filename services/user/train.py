@@ -1,7 +1,7 @@
 """Training the served user model: the tensor model on every post of the simulated-user
 benchmark (its photos are the shipped photo sets), with those photos made retrievable.
 
-    python -m services.user.train [--users 300] [--dims 64,64,32] [--out DIR]
+    python -m services.user.train [--users 300] [--out DIR] [--image-model DIR]
 
 (or `hashrec train --user-model`). Writes a versioned, checksummed directory
 (shared/artifacts.py) that services/user/server.py verifies and loads.
@@ -16,6 +16,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from services.image_models import KIND as IMAGE_KIND
+from services.image_models import out_of_fold_scores
+from services.recommender.model import USER_DEPTH, fit_user_weight
 from services.user.lookup import KIND, UserHashtagLookup
 from services.user.model import TensorParams
 from services.user.task import post_features, prepare_user_task
@@ -23,7 +28,13 @@ from services.vision.store import FeatureStore
 from shared.artifacts import newest_artifact
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.readers import Post
-from shared.data.simulated_users import drop_spammers, simulate, source_posts
+from shared.data.simulated_users import (
+    drop_spammers,
+    simulate,
+    source_posts,
+    split_by_user_time,
+)
+from shared.photos import photo_key
 
 log = logging.getLogger(__name__)
 SERVING_PARAMS = TensorParams(hashtag_dim=64, photo_dim=64, user_dim=32, epochs=15)
@@ -31,23 +42,26 @@ SERVING_PARAMS = TensorParams(hashtag_dim=64, photo_dim=64, user_dim=32, epochs=
 
 def train_user_model(out: Path, store: FeatureStore, n_users: int = 300, seed: int = 0,
                      params: TensorParams = SERVING_PARAMS, progress: bool = True,
-                     sources: Sequence[Post] | None = None,
+                     sources: Sequence[Post] | None = None, image_model: Path | None = None,
                      ) -> tuple[UserHashtagLookup, Path]:
     """Trains on every post of ``n_users`` simulated users posting ``sources`` (default:
     every shipped photo set); returns the lookup and the directory it was written to
-    (``out/<version>``)."""
+    (``out/<version>``). With ``image_model`` (a `hashrec train` directory) it also fits
+    the weight the recommender gives this model against that one's photo scores
+    (``fit_recommender_weight``) and keeps it in the manifest."""
     started = time.perf_counter()
     sources = source_posts(data_root()) if sources is None else sources
     posts = drop_spammers(simulate(sources, n_users=n_users, seed=seed))
     features = post_features(posts, store)
     posts = [p for p in posts if p.id in features]
+    fitted = (fit_recommender_weight(posts, features, image_model, params, progress)
+              if image_model is not None else None)
     task = prepare_user_task(posts, [], features)
     lookup = task.train_lookup(params, progress)
+    lookup.recommender_fit = fitted
     photos = sorted({p.image for p in posts})
     by_image = {p.image: features[p.id] for p in posts}
-    root = data_root()
-    lookup.add_photos([str(image.relative_to(root)) if image.is_relative_to(root)
-                       else str(image) for image in photos],
+    lookup.add_photos([photo_key(image) for image in photos],
                       [by_image[image] for image in photos])
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
         "\n".join(task.vocab.terms).encode() + task.x_train.tobytes()).hexdigest()[:8]
@@ -56,6 +70,43 @@ def train_user_model(out: Path, store: FeatureStore, n_users: int = 300, seed: i
              len(task.users), len(task.vocab), len(photos), time.perf_counter() - started,
              directory)
     return lookup, directory
+
+
+def fit_recommender_weight(posts: Sequence[Post], features: dict[str, np.ndarray],
+                           image_model: Path, params: TensorParams = SERVING_PARAMS,
+                           progress: bool = True) -> dict | None:
+    """The recommender's weight for the user model's answer (fit_user_weight), fitted on
+    posts no model saw: each user's last 10 % (whose photos the simulation draws from a
+    held-out pool no training post shows), the user side by a user model trained on the
+    first 90 % alone, the photo side by ``image_model``'s out-of-fold scores. None when the
+    image model kept no out-of-fold scores or no held-out post has them."""
+    held = out_of_fold_scores(image_model)
+    if held is None:
+        log.warning("%s keeps no out-of-fold photo scores (trained before they were "
+                    "kept): the recommender's default user weight applies", image_model)
+        return None
+    vocabulary, keys, scaled = held
+    row_of: dict[str, int] = {}
+    for row, key in enumerate(keys):
+        row_of.setdefault(key, row)
+    train, held_out = split_by_user_time(posts)
+    lookup = prepare_user_task(train, [], features).train_lookup(params, progress)
+    held_out = [p for p in held_out if p.image is not None and lookup.known(p.user)
+                and photo_key(p.image) in row_of]
+    if not held_out:
+        log.warning("no held-out post of a known user has an out-of-fold photo score: "
+                    "the recommender's default user weight applies")
+        return None
+    scores, ids = lookup.top_k(np.stack([features[p.id] for p in held_out]),
+                               [p.user for p in held_out], USER_DEPTH)
+    relative = np.exp(scores - scores[:, :1])
+    answers = [[(lookup.vocabulary[i], float(r)) for i, r in zip(row_ids, row, strict=True)]
+               for row_ids, row in zip(ids.tolist(), relative, strict=True)]
+    fit = fit_user_weight(scaled[[row_of[photo_key(p.image)] for p in held_out]], vocabulary,
+                          answers, [frozenset(p.hashtags) for p in held_out])
+    return {**fit.about(), "image_model": image_model.name,
+            "held_out": "each simulated user's last 10 % of posts, photos from the "
+                        "held-out pool, scored out of fold by the image model"}
 
 
 def newest_user_model(root: Path) -> Path | None:
@@ -69,10 +120,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="default: $HASHREC_MODELS/user")
+    parser.add_argument("--image-model", type=Path, default=None,
+                        help="the `hashrec train` directory whose photo scores the "
+                             "recommender's user weight is fitted against (default: the "
+                             "newest under $HASHREC_MODELS; none: the weight is not fitted)")
     args = parser.parse_args()
     setup_logging()
+    image_model = args.image_model or newest_artifact(models_dir(), IMAGE_KIND)
     train_user_model(args.out or models_dir() / "user",
-                     FeatureStore(models_dir() / "features"), args.users, args.seed)
+                     FeatureStore(models_dir() / "features"), args.users, args.seed,
+                     image_model=image_model)
 
 
 if __name__ == "__main__":

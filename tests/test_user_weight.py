@@ -1,0 +1,91 @@
+"""The recommender's weight for the user model's answer: fitted on held-out posts (photos
+scored out of fold, users by a model that never saw the post) and served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.recommender.model import condition_on_user, fit_user_weight
+
+
+def test_the_fitted_user_weight_is_the_smallest_that_lets_each_side_win_where_it_knows(
+) -> None:
+    # Post A: the photo is right (truth 1.0 over a decoy at 0.5) and the user prefers the
+    # decoy, so a weight above 0.5 turns it wrong. Post B: the photo prefers a decoy (1.0
+    # over the truth's 0.75) and the user knows the truth, so a weight above 0.25 turns it
+    # right. Only weights in (0.25, 0.5] get both; 0.3 is the smallest in the grid.
+    vocabulary = ("truth", "decoy", "other")
+    photo = np.array([[1.0, 0.5, 0.0], [0.75, 1.0, 0.0]], dtype=np.float32)
+    user = [[("decoy", 1.0)], [("truth", 1.0)]]
+    truth = [frozenset({"truth"})] * 2
+    fit = fit_user_weight(photo, vocabulary, user, truth)
+    assert fit.weight == 0.3
+    assert fit.accuracy[0.3][0] == 100 and fit.accuracy[0.0][0] == 50
+    assert fit.accuracy[100.0][0] == 50 and fit.posts == 2
+    assert [row["weight"] for row in fit.about()["accuracy"]] == sorted(fit.accuracy)
+
+
+def test_a_hashtag_only_the_user_knows_enters_with_the_weighted_user_term() -> None:
+    scores, extra = condition_on_user({"a": 0, "b": 1}, np.array([2.0, 4.0]),
+                                      [("b", 0.5), ("mine", 0.25)], weight=2.0)
+    assert extra == ["mine"]
+    np.testing.assert_allclose(scores, [0.0, 1.0 + 2.0 * 0.5, 2.0 * 0.25])
+
+
+def test_fitting_without_held_out_posts_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one held-out post"):
+        fit_user_weight(np.zeros((0, 2)), ("a", "b"), [], [])
+
+
+def test_training_fits_the_weight_on_held_out_posts_and_the_user_service_serves_it(
+        tmp_path: Path, data_dir: Path, feature_store) -> None:
+    import grpc
+    from hashrec.v1 import photo_pb2, user_pb2, user_pb2_grpc
+
+    from commands.train import train_image_models
+    from services.user.lookup import UserHashtagLookup
+    from services.user.model import TensorParams
+    from services.user.server import serve as serve_user
+    from services.user.train import train_user_model
+    from shared.backbone import vision_model_id
+    from shared.data.readers import read_posts
+    from shared.data.simulated_users import source_posts
+    from shared.grpc_server import CHANNEL_OPTIONS
+    from tests.servers import LoopThread
+
+    photos = read_posts(f"food:{data_dir / 'food'}")[:240]
+    images = {p.image for p in photos}
+    food = [p for p in source_posts(data_dir) if p.image in images]  # users post those
+    image_model = train_image_models(photos, feature_store, tmp_path / "models",
+                                     methods=("frequency", "knn", "mlp"), min_count=2,
+                                     folds=3, progress=False)
+    lookup, user_dir = train_user_model(
+        tmp_path / "user", feature_store, n_users=40, progress=False,
+        params=TensorParams(16, 16, 4, epochs=5), sources=food,
+        image_model=image_model.directory)
+    fit = lookup.recommender_fit
+    assert fit is not None and fit["image_model"] == image_model.directory.name
+    accuracy = {row["weight"]: row["a1"] + row["a10"] for row in fit["accuracy"]}
+    # Every simulated user writes two signature hashtags no photo predicts: knowing the
+    # user must help, so the photo alone (weight 0) cannot be the fit.
+    assert fit["user_weight"] > 0 and accuracy[fit["user_weight"]] > accuracy[0.0]
+    assert fit["posts"] > 0
+    assert UserHashtagLookup.load(user_dir).user_weight == fit["user_weight"]
+
+    loop = LoopThread()
+    server = loop.call(serve_user("127.0.0.1", 0, user_dir, tmp_path / "state"))
+    try:
+        with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+            features = feature_store.embed_paths([food[0].image], progress=False)[0]
+            photo = photo_pb2.PhotoDescription(features=features.features[0].tolist(),
+                                               vision_model_version=vision_model_id())
+            reply = user_pb2_grpc.UserProfileServiceStub(channel).Score(
+                user_pb2.UserScoreRequest(photo=photo, user_id=lookup.user_ids[0], k=5),
+                timeout=30)
+        assert reply.known_user and reply.user_weight == pytest.approx(fit["user_weight"])
+    finally:
+        loop.call(server.stop())
+        loop.close()
