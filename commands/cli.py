@@ -386,7 +386,8 @@ def _user(args: argparse.Namespace) -> int:
               "results_all_posts": result.results_all_posts, "retrieval": result.retrieval,
               "habit_x_photo": result.habit_x_photo, "lift_x_photo": result.lift_x_photo,
               "by_photo": result.by_photo, "mixture": result.mixture,
-              "three_way": result.three_way, "by_user_posts": result.by_user_posts}
+              "three_way": result.three_way, "by_user_posts": result.by_user_posts,
+              "recommender_form": result.recommender_form}
     if args.task == "user":
         _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
                      f"{result.n_train} train / {result.n_test} test posts, vocabulary "
@@ -413,6 +414,12 @@ def _user(args: argparse.Namespace) -> int:
         print("mixture: w_user P_user(h) + w_photo P_mcll(h | content) + w_neighbours "
               "P_knn(h | content), weights chosen on held-out training posts: "
               + ", ".join(f"{k} {v:.1f}" for k, v in result.mixture.items()))
+        form = result.recommender_form
+        print("recommender_form: the recommender's combination, content (P_mcll + P_knn "
+              "scaled to [0, 1]) + w · P_user(h) / max P_user, w chosen on held-out training "
+              f"posts: w {form['user_weight']} (held-out A@1 / A@10 by w: "
+              + ", ".join(f"{row['weight']:g}: {row['a1']:.1f}/{row['a10']:.1f}"
+                          for row in form["accuracy"]) + ")")
         three_way = result.three_way
         _print_table("the three-way term over the mixture, per seed (tensor_kept: early "
                      "stopping kept a trained tensor, not epoch 0)", {

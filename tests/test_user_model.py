@@ -269,7 +269,9 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
     assert set(report["results"]) == {"global_frequency", "user_frequency", "content_knn",
                                       "content_knn+user_frequency", "agnostic", "mcll",
                                       "habit_x_photo", "lift_x_photo", "mlp", "tensor",
-                                      "mixture", "mixture+tensor"}
+                                      "mixture", "mixture+tensor", "recommender_form"}
+    assert report["recommender_form"]["user_weight"] in {
+        row["weight"] for row in report["recommender_form"]["accuracy"]}
     assert set(report["habit_x_photo"]) == {"beta", "gamma"}
     assert set(report["mixture"]) == {"user", "photo", "neighbours"}
     assert sum(report["mixture"].values()) == pytest.approx(1.0)
@@ -490,6 +492,10 @@ def test_user_evaluation_finds_what_was_planted(planted_result) -> None:
     # term over it learns some of the AND (measured +4).
     assert table["mixture"]["A@1"] > alone + 5
     assert table["mixture+tensor"]["A@1"] > table["mixture"]["A@1"]
+    # The recommender's form (content scaled to [0, 1] + w · the user's relative share,
+    # w fitted on held-out training posts) is also an OR: measured +13.9 over each alone.
+    assert table["recommender_form"]["A@1"] > alone + 5
+    assert 0 < result.recommender_form["user_weight"] < 100
     assert result.by_photo["seen"]["posts"] == 0
     assert result.by_photo["unseen"]["posts"] == result.n_test
 

@@ -18,7 +18,9 @@ either.
   `mixture` (the main effects as a mixture of the user's own shares, the MCLL photo model
   and the content kNN votes, services/user/effects.py: Mixture, weights chosen on held-out
   training posts) and `mixture+tensor` (the three-way term over it; over several seeds with
-  ``tensor_seeds``);
+  ``tensor_seeds``); `recommender_form` (the same experts combined as the recommender
+  combines the photo methods and the user model: content scaled to [0, 1] plus a fitted
+  weight times the user's relative probability, ``recommender_form_scores``);
 - retrieval: hashtag (+ the photo's poster) → test photos, P@10 (Veit eq. 8) averaged over
   the hashtags that tag at least one test photo.
 """
@@ -33,6 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from services.recommender.model import (
+    USER_DEPTH,
+    UserWeightFit,
+    condition_on_user,
+    fit_user_weight,
+    min_max_rows,
+)
 from services.user.effects import (
     MIXTURE_EXPERTS,
     fit_expert_weights,
@@ -111,6 +120,8 @@ class UserResult:
     three_way: dict[str, object] = dataclasses.field(default_factory=dict)
     #: the table by the test post's user's number of training posts
     by_user_posts: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
+    #: recommender_form's user weight, and the held-out accuracy of every weight tried
+    recommender_form: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
@@ -174,6 +185,10 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     scores["mixture"] = mixture.probabilities((
         task.user_shares_of(test_users, task.counts), np.exp(scores["mcll"]),
         as_distribution(scores["content_knn"])))
+    scores["recommender_form"], user_weight = recommender_form_scores(
+        task.held_out_experts(params.seed), task.fit_ids,
+        (task.user_shares_of(test_users, task.counts), np.exp(scores["mcll"]),
+         as_distribution(scores["content_knn"])), vocab.terms)
     log_mixture = np.log(scores["mixture"] + MIXTURE_FLOOR)
     scores["mixture+tensor"] = mixture_tensor.scores(x_test, test_users) + log_mixture
     three_way = {params.seed: (scores["mixture+tensor"], mixture_tensor.tensor_active)}
@@ -211,7 +226,35 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
                       three_way_report(results["mixture"], three_way, truth),
                       results_by_user_posts(scores, truth, [
                           post_counts[user_row[u]] if u in user_row else 0
-                          for u in test_users]))
+                          for u in test_users]), user_weight.about())
+
+
+def recommender_form_scores(held_out: Sequence[np.ndarray], held_out_ids: Sequence[Sequence[int]],
+                            test: Sequence[np.ndarray], terms: Sequence[str],
+                            ) -> tuple[np.ndarray, UserWeightFit]:
+    """The recommender's form of the combination on real users, from the mixture's experts
+    (user shares P_u, content model, content neighbours): the content score is the sum of
+    the two content distributions scaled to [0, 1] (as the recommender scales its fused
+    photo score), the user term P_u(h) / max P_u over the user's top USER_DEPTH (as the
+    user service answers), s(h) = ŝ_content(h) + w · relative_u(h) (condition_on_user),
+    with w fitted by fit_user_weight on the held-out training posts."""
+    index = {term: row for row, term in enumerate(terms)}
+
+    def parts(experts: Sequence[np.ndarray]) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+        user, content, neighbours = experts
+        best = top_k(user, USER_DEPTH)
+        relative = np.take_along_axis(user, best, axis=1)
+        relative = relative / np.maximum(relative[:, :1], 1e-12)
+        answers = [[(terms[h], float(r)) for h, r in zip(ids, row, strict=True)]
+                   for ids, row in zip(best.tolist(), relative.tolist(), strict=True)]
+        return min_max_rows(content + neighbours), answers
+
+    content, answers = parts(held_out)
+    fit = fit_user_weight(content, terms, answers,
+                          [frozenset(terms[h] for h in ids) for ids in held_out_ids])
+    content, answers = parts(test)
+    return np.stack([condition_on_user(index, row, answer, fit.weight)[0]
+                     for row, answer in zip(content, answers, strict=True)]), fit
 
 
 def three_way_report(mixture: dict[str, float],

@@ -77,6 +77,8 @@ class UserTask:
         default_factory=dict, repr=False)
     _mixtures: dict[int, tuple[Mixture, np.ndarray]] = dataclasses.field(
         default_factory=dict, repr=False)
+    _held_experts: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclasses.field(
+        default_factory=dict, repr=False)
 
     @functools.cached_property
     def validation_rows(self) -> np.ndarray:
@@ -185,7 +187,14 @@ class UserTask:
                                                    len(self.vocab))))
         mixture = Mixture.fit(experts, self.fit_ids)
         self._mixtures[seed] = mixture, mixture.probabilities(experts)
+        self._held_experts[seed] = experts
         return self._mixtures[seed]
+
+    def held_out_experts(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mixture's three experts on the fit posts, each post held out (``mixture``):
+        rows of the fit posts (``fit_ids``) × hashtags."""
+        self.mixture(seed)
+        return self._held_experts[seed]
 
     def mixture_experts(self, features: np.ndarray, users: Sequence[str | None],
                         counts: np.ndarray, posts: np.ndarray,
