@@ -41,8 +41,8 @@ RECOVERY_S = 30.0
 class Served:
     """A running `hashrec serve` (multi-process) and what its output says."""
 
-    def __init__(self, process: subprocess.Popen, port: int) -> None:
-        self.process, self.port = process, port
+    def __init__(self, process: subprocess.Popen, port: int, folder: Path) -> None:
+        self.process, self.port, self.folder = process, port, folder
         self.lines: list[str] = []
         self.pids: dict[str, int] = {}
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -95,7 +95,7 @@ def serving(stack: dict, folder: Path, **env: str) -> Iterator[Served]:
          "0", "--models", str(stack["trained"].directory), "--user-model",
          str(stack["user_dir"])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
-    served = Served(process, port)
+    served = Served(process, port, folder)
     try:
         served.wait_for(r"^serving hashrec\.v1\.RecommenderService")
         yield served
@@ -303,6 +303,52 @@ def test_the_user_service_killed_mid_feedback_keeps_every_acknowledged_update(
             assert acknowledged[user] <= posts <= acknowledged[user] + refused[user], user
 
 
+def test_a_full_journal_refuses_feedback_naming_the_cause_and_acknowledges_nothing(
+        served: Served, stack: dict, data_dir: Path) -> None:
+    """The user service's journal cannot grow (a file-size limit set on the running
+    process: what a full disk does to a write): Feedback answers an error naming the cause,
+    no update it answered with an error is learned, Recommend keeps answering, and once the
+    journal can grow again Feedback works."""
+    import resource
+
+    target = f"127.0.0.1:{served.port}"
+    user, image = "full-journal", _photo(data_dir)
+    journal = served.folder / "state" / stack["user_dir"].name / "updates.jsonl"
+
+    def feedback(stub: recommender_pb2_grpc.RecommenderServiceStub) -> int:
+        hashtag = stack["trained"].vocabulary[0]
+        return stub.Feedback(recommender_pb2.FeedbackRequest(
+            image=image, user_id=user, hashtags=[hashtag]), timeout=DEADLINE_S).posts
+
+    pid = served.pids["user"]
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        before = feedback(stub)
+        size = journal.stat().st_size
+        with Load(target, image) as load:
+            load.wait_until_whole(time.monotonic() - 1, 30)
+            fault = time.monotonic()
+            _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (size, hard))
+            try:
+                for _ in range(5):
+                    with pytest.raises(grpc.RpcError) as refused:
+                        feedback(stub)
+                    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert "cannot write the update journal" in refused.value.details()
+                    assert "File too large" in refused.value.details()
+                time.sleep(1.0)  # Recommend calls while the journal is still full
+            finally:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, hard))
+        during = load.since(fault)
+        assert during and all(o.code == "OK" for o in during), {o.code for o in during}
+        assert journal.stat().st_size == size  # every refused record was cut back
+        assert served.pids["user"] == pid  # the service lived through it
+        assert feedback(stub) == before + 1  # none of the five refused updates was learned
+    print(f"\nfault table: full journal: {len(during)} calls, 0 failed, 5 of 5 Feedback "
+          "refused with the cause, none learned")
+
+
 def test_redis_killed_and_restarted_under_load_fails_no_call(stack: dict, data_dir: Path,
                                                             tmp_path: Path) -> None:
     import redis as redis_client
@@ -353,7 +399,7 @@ def test_sigterm_drains_every_child_and_exits_zero(stack: dict, data_dir: Path,
          "0", "--models", str(stack["trained"].directory), "--user-model",
          str(stack["user_dir"].parent)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    served = Served(process, port)
+    served = Served(process, port, tmp_path)
     try:
         served.wait_for(r"^serving hashrec\.v1\.RecommenderService")
         children = list(served.pids.values())
