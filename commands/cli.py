@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from shared.data.simulated_users import SIGNATURE_PROBABILITY
 
 log = logging.getLogger("hashrec")
 
+#: where `hashrec serve` writes its pid under $HASHREC_MODELS, for `hashrec rollout`
+PID_FILE = "serve.pid"
 TASKS = ("h2l", "l2h", "ks", "image2tag", "user", "retrieval", "served")
 
 
@@ -736,12 +739,18 @@ def _serve(args: argparse.Namespace) -> int:
             await asyncio.gather(*(backend.stop() for backend in backends))
             stopped.set()
 
+        async def roll_out() -> None:  # the recommender waits for word and graph
+            await asyncio.gather(*(server.reload() for server in (word, graph, recommender)
+                                   if server.reload is not None))
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(roll_out()))
         await stopped.wait()
 
-    asyncio.run(run())
+    with _pid_file():
+        asyncio.run(run())
     return 0
 
 
@@ -754,12 +763,16 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
     host, port = args.host, args.port
     probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     backends = {"vision": port + 1, "word": port + 2, "graph": port + 3, "user": port + 4}
+    # After a rollout (SIGHUP: `hashrec rollout`) a restarted service takes the newest
+    # version in the folder, the one the others switched to.
+    rolled_out = {"HASHREC_MODEL_DIR": str(model_dir.parent)}
     specs = [ChildSpec(name, f"services.{name}.server",
                        {f"HASHREC_{name.upper()}_HOST": host,
                         f"HASHREC_{name.upper()}_PORT": str(backend_port),
                         "HASHREC_MODEL_DIR": str(model_dir),
                         "HASHREC_USER_MODEL_DIR": str(user_dir)},
-                       grpc_ready(f"{probe}:{backend_port}"))
+                       grpc_ready(f"{probe}:{backend_port}"),
+                       reloads=name in ("word", "graph"), rollout_env=rolled_out)
              for name, backend_port in backends.items()]
     specs.append(ChildSpec(
         "recommender", "services.recommender.server",
@@ -767,7 +780,8 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
          "HASHREC_MODEL_DIR": str(model_dir),
          **{f"HASHREC_{name.upper()}_TARGET": f"{probe}:{backend_port}"
             for name, backend_port in backends.items()}},
-        grpc_ready(f"{probe}:{port}"), after=tuple(backends)))
+        grpc_ready(f"{probe}:{port}"), after=tuple(backends), reloads=True,
+        rollout_env=rolled_out))
     if args.http_port:
         specs.append(ChildSpec(
             "gateway", "services.gateway.server",
@@ -783,7 +797,55 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
         if args.http_port:
             print(f"the page: http://{host}:{args.http_port}/", flush=True)
 
-    return asyncio.run(Supervisor(specs).run(on_ready=announce))
+    with _pid_file():
+        return asyncio.run(Supervisor(specs).run(on_ready=announce))
+
+
+@contextlib.contextmanager
+def _pid_file() -> Iterator[None]:
+    """$HASHREC_MODELS/serve.pid while `hashrec serve` runs: `hashrec rollout` finds it."""
+    from shared.config import models_dir
+
+    path = models_dir() / PID_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from shared.config import models_dir
+
+    path = models_dir() / PID_FILE
+    try:
+        pid = args.pid or int(path.read_text())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as error:
+        print(f"hashrec rollout: no running `hashrec serve` found ({path}: {error}); give "
+              "--pid", file=sys.stderr)
+        return 2
+    print(f"asked hashrec serve (pid {pid}) to switch to the newest verified models under "
+          f"its model folder; its log shows each service's switch (or why it refused one)")
+    return 0
+
+
+def _add_rollout(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rollout", help="switch a running `hashrec serve` to the newest trained models",
+        description="Sends SIGHUP to the running `hashrec serve` (its pid from "
+                    "$HASHREC_MODELS/serve.pid): word and graph load and verify the newest "
+                    "version beside the one they serve and keep the old one for callers "
+                    "still on it; the recommender switches once they serve the new one. A "
+                    "version that fails verification is refused with the reason in the log, "
+                    "and the old one keeps serving. Answers name the version that served "
+                    "them (model_version).")
+    parser.add_argument("--pid", type=int, default=None,
+                        help="the `hashrec serve` process (default: from its pid file)")
+    parser.set_defaults(handler=_rollout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -798,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recommend(commands)
     _add_feedback_and_retrieve(commands)
     _add_serve(commands)
+    _add_rollout(commands)
     return parser
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import signal
@@ -48,6 +49,11 @@ class ChildSpec:
     env: Mapping[str, str]
     ready: Callable[[], Awaitable[bool]]
     after: tuple[str, ...] = ()
+    #: whether SIGHUP to the supervisor reaches it (it switches to its newest model)
+    reloads: bool = False
+    #: its environment from the first rollout on, so that a restart after a rollout
+    #: starts on the rolled-out version (e.g. the folder of versions, not the first one)
+    rollout_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.roll_out)
         try:
             await self.start_all()
         except BadStartError as error:
@@ -99,6 +106,20 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def roll_out(self) -> None:
+        """SIGHUP to every child that reloads: each switches to the newest verified model
+        beside its own, the backends first in effect (the recommender waits until they
+        serve the new version before it switches, and they keep the old one for it until
+        then), so no answer is left without a backend's scores."""
+        children = [c for c in self.children.values() if c.spec.reloads
+                    and c.process is not None and c.process.returncode is None]
+        log.info("rollout: SIGHUP to %s", ", ".join(c.spec.name for c in children))
+        for child in children:
+            assert child.process is not None
+            child.spec = dataclasses.replace(
+                child.spec, env={**child.spec.env, **child.spec.rollout_env})
+            child.process.send_signal(signal.SIGHUP)
 
     async def start_all(self) -> None:
         """Starts the children wave by wave: each once everything it comes after is

@@ -7,7 +7,7 @@ each load the methods they serve.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +26,9 @@ from services.recommender.model import (
 from services.word.autorec import AutoRecMethod
 from services.word.model import InstaHashMethod
 from services.word.semantic import SemanticMethod
-from shared.artifacts import ArtifactReader
+from shared.artifacts import ArtifactReader, newest_artifact
 from shared.backbone import class_names, vision_model_id
+from shared.grpc_server import GrpcServer, LateServicer
 from shared.photos import PhotoSet
 
 KIND = "image-to-hashtag"
@@ -119,3 +120,52 @@ def out_of_fold_scores(directory: Path) -> tuple[tuple[str, ...], list[str], np.
         return None
     return (tuple(reader.json("vocabulary")), reader.json(OUT_OF_FOLD_PHOTOS),
             reader.array(OUT_OF_FOLD_SCORES).astype(np.float32))
+
+
+async def load_newer(service: str, current: Path, methods: Sequence[str],
+                     ) -> tuple[Path, ImageModels] | None:
+    """The newest version beside ``current`` (in its folder of versions), loaded and
+    verified in a worker thread, when it is newer than ``current``; None when there is
+    none, or when it fails to load or verify (logged with the reason: the caller keeps
+    serving ``current``)."""
+    import asyncio
+    import logging
+
+    log = logging.getLogger(f"services.{service}")
+    newest = newest_artifact(current.parent, KIND)
+    if newest is None or newest.name <= current.name:
+        log.info("%s: no model newer than %s; serving it still", service, current.name)
+        return None
+    try:
+        models = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: load_image_models(newest, served_methods(newest, methods)))
+    except Exception as error:  # any failure to load keeps the serving version
+        log.error("%s: refused model %s (%s: %s); still serving %s", service, newest.name,
+                  type(error).__name__, error, current.name)
+        return None
+    return newest, models
+
+
+def swap_on_reload(server: GrpcServer, late: LateServicer, service: str, model_dir: Path,
+                   methods: Sequence[str],
+                   make: Callable[[ImageModels, object], Awaitable[object]]) -> None:
+    """Gives ``server`` its ``reload``: the newest verified version beside the serving one
+    (``load_newer``) replaces it, as the servicer ``make(models, serving servicer)``
+    builds. Calls in flight finish on the servicer they started on; new calls go to the
+    new one from the moment it is set."""
+    import logging
+
+    log = logging.getLogger(f"services.{service}")
+    current = [model_dir]
+
+    async def reload() -> None:
+        found = await load_newer(service, current[0], methods)
+        if found is None:
+            return
+        directory, models = found
+        late.target = server.servicer = await make(models, late.target)
+        log.info("%s: now serving model %s (was %s)", service, models.version,
+                 current[0].name)
+        current[0] = directory
+
+    server.reload = reload

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -101,6 +101,10 @@ class GrpcServer:
         self.names = [name for name, _ in services]
         #: the servicer answering calls, once its models are loaded (for tests and tools)
         self.servicer: object | None = None
+        #: switches to the newest verified model version, if the service can (SIGHUP:
+        #: ``reload_on_signal``); in-flight calls finish on the servicer they started on
+        self.reload: Callable[[], Awaitable[None]] | None = None
+        self._reloading = asyncio.Lock()
         self.grace = grace
         self.registry = registry or CollectorRegistry()  # one per server: no clashes
         self.metrics = _Metrics(self.registry)
@@ -155,6 +159,19 @@ class GrpcServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP runs ``reload``, one at a time; without one SIGHUP is logged and ignored
+        (its default would end the process)."""
+        async def run() -> None:
+            if self.reload is None:
+                log.info("%s: SIGHUP: this service has no model to reload", self.address)
+                return
+            async with self._reloading:
+                await self.reload()
+
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: asyncio.ensure_future(run()))
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

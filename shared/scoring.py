@@ -79,10 +79,16 @@ class VocabularyScorer:
     the vocabulary. Scoring runs in a worker thread so the event loop keeps answering
     health checks."""
 
-    def __init__(self, methods: dict[str, object], model_version: str) -> None:
+    def __init__(self, methods: dict[str, object], model_version: str,
+                 previous: VocabularyScorer | None = None) -> None:
+        """``previous``: the scorer this one replaces in a rollout, kept (without its own
+        previous) for callers still on its version."""
         if not methods:
             raise ValueError("a scoring service needs at least one method")
         self.methods, self.model_version = methods, model_version
+        if previous is not None:
+            previous.previous = None  # two versions at most stay in memory
+        self.previous = previous
 
     def _score(self, photos: PhotoSet) -> list[photo_pb2.MethodScores]:
         answers = []
@@ -101,5 +107,8 @@ class VocabularyScorer:
     async def Score(self, request: photo_pb2.ScoreRequest,  # noqa: N802
                     context: grpc.aio.ServicerContext) -> photo_pb2.VocabularyScores:
         photos = await photo_or_abort(request.photo, context)
-        methods = await asyncio.get_running_loop().run_in_executor(None, self._score, photos)
-        return photo_pb2.VocabularyScores(methods=methods, model_version=self.model_version)
+        scorer = self
+        if self.previous is not None and request.model_version == self.previous.model_version:
+            scorer = self.previous
+        methods = await asyncio.get_running_loop().run_in_executor(None, scorer._score, photos)
+        return photo_pb2.VocabularyScores(methods=methods, model_version=scorer.model_version)

@@ -5,8 +5,10 @@ bounded in time and talks over loopback only."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,9 +83,11 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(stack: dict, folder: Path, **env: str) -> Iterator[Served]:
-    """`hashrec serve` over the stack fixture's small models, every service its own
-    process; metrics on free ports; the user journal in ``folder``; ``env`` on top."""
+def serving(stack: dict, folder: Path, models: Path | None = None,
+            **env: str) -> Iterator[Served]:
+    """`hashrec serve` over the stack fixture's small models (or ``models``), every
+    service its own process; metrics on free ports; the user journal and the pid file in
+    ``folder``; ``env`` on top."""
     port = free_ports_in_a_row(5)
     environment = {**os.environ, "HASHREC_MODELS": str(folder / "models"),
                    "HASHREC_USER_STATE": str(folder / "state"),
@@ -92,7 +96,7 @@ def serving(stack: dict, folder: Path, **env: str) -> Iterator[Served]:
                    **env}
     process = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--http-port",
-         "0", "--models", str(stack["trained"].directory), "--user-model",
+         "0", "--models", str(models or stack["trained"].directory), "--user-model",
          str(stack["user_dir"])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
     served = Served(process, port, folder)
@@ -120,6 +124,7 @@ class Outcome:
     seconds: float
     code: str  # "OK" or the gRPC status name
     degraded_reasons: tuple[str, ...] = ()
+    version: str = ""  # the model version that answered
 
 
 @dataclass
@@ -156,7 +161,7 @@ class Load:
                         user_id="u00003" if calls % 3 == 0 else "", k=5),
                         timeout=DEADLINE_S)
                     outcome = Outcome(started, time.monotonic() - started, "OK",
-                                      tuple(reply.degraded_reasons))
+                                      tuple(reply.degraded_reasons), reply.model_version)
                 except grpc.RpcError as error:
                     outcome = Outcome(started, time.monotonic() - started, error.code().name)
                 self.outcomes.append(outcome)
@@ -347,6 +352,62 @@ def test_a_full_journal_refuses_feedback_naming_the_cause_and_acknowledges_nothi
         assert feedback(stub) == before + 1  # none of the five refused updates was learned
     print(f"\nfault table: full journal: {len(during)} calls, 0 failed, 5 of 5 Feedback "
           "refused with the cause, none learned")
+
+
+def _new_version(source: Path, name: str, tamper: bool = False) -> Path:
+    """``source`` copied beside itself as version ``name``: the same weights under a new
+    version id, as a retraining writes it; ``tamper``: one array file altered after its
+    checksum was written."""
+    target = source.parent / name
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = name
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    if tamper:
+        victim = target / next(f for f in manifest["files"] if f.endswith(".npy"))
+        victim.write_bytes(victim.read_bytes() + b"\0")
+    return target
+
+
+def _roll_out(folder: Path) -> None:
+    subprocess.run([sys.executable, "-m", "commands.cli", "rollout"], check=True, timeout=30,
+                   env={**os.environ, "HASHREC_MODELS": str(folder / "models")})
+
+
+def test_a_rollout_under_load_fails_no_call_and_a_tampered_version_is_refused(
+        stack: dict, data_dir: Path, tmp_path: Path) -> None:
+    first = stack["trained"].directory
+    first = Path(shutil.copytree(first, tmp_path / "versions" / first.name))
+    with serving(stack, tmp_path, models=first) as served, \
+            Load(f"127.0.0.1:{served.port}", _photo(data_dir)) as load:
+        load.wait_until_whole(time.monotonic() - 1, 30)
+        second = _new_version(first, "29990101-000000-second")
+        start = time.monotonic()
+        _roll_out(tmp_path)
+        served.wait_for(r"recommender: now serving model 29990101-000000-second", 120)
+        switched = time.monotonic()
+        time.sleep(1.0)
+        _new_version(second, "29990101-000001-tampered", tamper=True)
+        refusal = time.monotonic()
+        _roll_out(tmp_path)
+        for service in ("word", "graph", "recommender"):
+            served.wait_for(rf"{service}: refused model 29990101-000001-tampered "
+                            r"\(ValueError: .*checksum", 120)
+        time.sleep(1.0)
+    during = load.since(start)
+    failed = [o for o in during if o.code != "OK"]
+    degraded = [o for o in during if o.degraded_reasons]
+    assert during and not failed, {o.code for o in failed}
+    # Word and graph kept the old version for the recommender until it switched: no
+    # answer lacked their scores.
+    assert not degraded, {r for o in degraded for r in o.degraded_reasons}
+    versions = [o.version for o in during]
+    assert versions[0] == first.name and versions[-1] == second.name
+    assert versions == sorted(versions)  # one switch, never back
+    assert {o.version for o in load.since(refusal)} == {second.name}  # the refusal kept it
+    print(f"\nfault table: rollout: {len(during)} calls, {len(failed)} failed, "
+          f"{len(degraded) / len(during):.1%} degraded, switched {switched - start:.1f} s "
+          "after the signal; a tampered version refused by word, graph and recommender")
 
 
 def test_redis_killed_and_restarted_under_load_fails_no_call(stack: dict, data_dir: Path,

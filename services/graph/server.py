@@ -17,7 +17,13 @@ from pathlib import Path
 
 from hashrec.v1 import graph_pb2, graph_pb2_grpc
 
-from services.image_models import KIND, load_image_models, served_methods
+from services.image_models import (
+    KIND,
+    ImageModels,
+    load_image_models,
+    served_methods,
+    swap_on_reload,
+)
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer, start_loading
@@ -37,6 +43,11 @@ async def serve(host: str, port: int, model_dir: Path,
     models = await asyncio.get_running_loop().run_in_executor(
         None, lambda: load_image_models(model_dir, served_methods(model_dir, GRAPH_METHODS)))
     late.target = VocabularyScorer(models.methods, models.version)
+
+    async def successor(models: ImageModels, serving: object) -> VocabularyScorer:
+        return VocabularyScorer(models.methods, models.version, serving)
+
+    swap_on_reload(server, late, "graph", model_dir, GRAPH_METHODS, successor)
     await server.set_serving(True)
     log.info("graph: model %s, %d hashtags", models.version, len(models.vocabulary))
     return server
@@ -50,6 +61,7 @@ async def _main() -> None:
                          int(os.environ.get("HASHREC_GRAPH_METRICS_PORT",
                                         DEFAULT_METRICS_PORT)))
     server.stop_on_signals()
+    server.reload_on_signal()
     await server.wait()
 
 

@@ -47,7 +47,13 @@ from hashrec.v1 import (
     word_pb2_grpc,
 )
 
-from services.image_models import KIND, ImageModels, load_image_models, served_methods
+from services.image_models import (
+    KIND,
+    ImageModels,
+    load_image_models,
+    served_methods,
+    swap_on_reload,
+)
 from services.recommender.model import (
     USER_DEPTH,
     USER_WEIGHT,
@@ -132,6 +138,32 @@ class RecommenderServicer:
         #: each method's hashtags outside the vocabulary, learned from its first answer
         self.outside_terms: dict[str, tuple[str, ...]] = {}
 
+    async def until_backends_serve(self, version: str, timeout: float) -> bool:
+        """Waits until every backend answers a Score for ``version`` with that version
+        (they load a new version before the recommender switches to it: the rollout's
+        order), or ``timeout`` seconds; whether they all did."""
+        probe = photo_pb2.ScoreRequest(photo=photo_pb2.PhotoDescription(
+            features=[0.0] * FEATURE_DIM, vision_model_version=vision_model_id()),
+            model_version=version)
+        deadline = asyncio.get_running_loop().time() + timeout
+        waiting = list(self.remote_methods)
+        while waiting:
+            try:
+                reply = await getattr(self.backends, waiting[0]).Score(
+                    probe, timeout=self.backends.deadline)
+                if reply.model_version == version:
+                    waiting.pop(0)
+                    continue
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("recommender: %s not on model %s after %.0f s; switching anyway "
+                            "(their answers are left out until they are)", waiting, version,
+                            timeout)
+                return False
+            await asyncio.sleep(0.5)
+        return True
+
     async def _embed(self, image: bytes, context: grpc.aio.ServicerContext,
                      ) -> vision_pb2.EmbedResponse:
         try:
@@ -181,7 +213,8 @@ class RecommenderServicer:
             None, lambda: {name: self.models.methods[name].scores(photos)[0]
                            for name in LOCAL_METHODS if name in self.models.methods})}
         timeout = _timeout(backends.deadline, context)
-        score_request = photo_pb2.ScoreRequest(photo=description)
+        score_request = photo_pb2.ScoreRequest(photo=description,
+                                               model_version=self.models.version)
         for backend in self.remote_methods:
             calls[backend] = getattr(backends, backend).Score(score_request, timeout=timeout)
         results = dict(zip(calls, await asyncio.gather(*calls.values(),
@@ -345,9 +378,11 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
                 word_target: str | None = None, graph_target: str | None = None,
                 user_target: str | None = None, metrics_port: int | None = None,
                 vision_deadline: float = 10.0, backend_deadline: float = 2.0,
-                cache: Cache | None = None) -> GrpcServer:
+                cache: Cache | None = None, rollout_wait: float = 120.0) -> GrpcServer:
     """Starts NOT_SERVING, loads and verifies the models, connects the backends, then
-    SERVING. A target left None is not used (its signal never appears)."""
+    SERVING. A target left None is not used (its signal never appears). On ``reload`` it
+    switches to a newer verified version once word and graph serve it too (at most
+    ``rollout_wait`` seconds later)."""
     server, late = await start_loading(
         SERVICE_NAME, recommender_pb2_grpc.add_RecommenderServiceServicer_to_server,
         "recommender model", host, port, metrics_port)
@@ -364,14 +399,27 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
     vision, word, graph, user = (channel(t) for t in (vision_target, word_target,
                                                         graph_target, user_target))
     server.on_stop(lambda: [asyncio.ensure_future(c.close()) for c in channels])
-    late.target = RecommenderServicer(models, Backends(
+    backends = Backends(
         vision_pb2_grpc.VisionServiceStub(vision),
         word and word_pb2_grpc.WordEmbeddingServiceStub(word),
         graph and graph_pb2_grpc.GraphEmbeddingServiceStub(graph),
         user and user_pb2_grpc.UserProfileServiceStub(user),
-        vision_deadline, backend_deadline),
-        {"word": tuple(served_methods(model_dir, WORD_METHODS)),
-         "graph": tuple(served_methods(model_dir, GRAPH_METHODS))}, cache)
+        vision_deadline, backend_deadline)
+
+    def servicer(models: ImageModels) -> RecommenderServicer:
+        directory = models.directory or model_dir
+        return RecommenderServicer(models, backends, {
+            "word": tuple(served_methods(directory, WORD_METHODS)),
+            "graph": tuple(served_methods(directory, GRAPH_METHODS))}, cache)
+
+    late.target = server.servicer = servicer(models)
+
+    async def successor(models: ImageModels, serving: object) -> RecommenderServicer:
+        new = servicer(models)
+        await new.until_backends_serve(models.version, rollout_wait)
+        return new
+
+    swap_on_reload(server, late, "recommender", model_dir, LOCAL_METHODS, successor)
     await server.set_serving(True)
     log.info("recommender: model %s, %d hashtags; vision %s, word %s, graph %s, user %s",
              models.version, len(models.vocabulary), vision_target, word_target,
@@ -394,8 +442,10 @@ async def _main() -> None:
                                         DEFAULT_METRICS_PORT)),
         vision_deadline=float(env("HASHREC_VISION_DEADLINE_S", "10")),
         backend_deadline=float(env("HASHREC_BACKEND_DEADLINE_S", "2")),
-        cache=make_cache(env("HASHREC_REDIS_URL")))
+        cache=make_cache(env("HASHREC_REDIS_URL")),
+        rollout_wait=float(env("HASHREC_ROLLOUT_WAIT_S", "120")))
     server.stop_on_signals()
+    server.reload_on_signal()
     await server.wait()
 
 

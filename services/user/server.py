@@ -187,6 +187,7 @@ async def _main() -> None:
                                             DEFAULT_METRICS_PORT)),
                          int(os.environ.get("HASHREC_USER_SNAPSHOT_EVERY", SNAPSHOT_EVERY)))
     server.stop_on_signals()
+    server.reload_on_signal()  # nothing to reload: SIGHUP is logged, not fatal
     await server.wait()
 
 

@@ -169,6 +169,7 @@ async def _main() -> None:
                          metrics_port=int(os.environ.get("HASHREC_VISION_METRICS_PORT",
                                         DEFAULT_METRICS_PORT)))
     server.stop_on_signals()
+    server.reload_on_signal()  # nothing to reload: SIGHUP is logged, not fatal
     await server.wait()
 
 

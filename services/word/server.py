@@ -20,7 +20,13 @@ from pathlib import Path
 import grpc
 from hashrec.v1 import word_pb2, word_pb2_grpc
 
-from services.image_models import KIND, load_image_models, served_methods
+from services.image_models import (
+    KIND,
+    ImageModels,
+    load_image_models,
+    served_methods,
+    swap_on_reload,
+)
 from services.word.model import InstaHashMethod, SimilarAcrossSpaces
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
@@ -37,8 +43,8 @@ MAX_K = 100
 
 class WordServicer(VocabularyScorer):
     def __init__(self, methods: dict[str, object], vocabulary: tuple[str, ...],
-                 model_version: str) -> None:
-        super().__init__(methods, model_version)
+                 model_version: str, previous: VocabularyScorer | None = None) -> None:
+        super().__init__(methods, model_version, previous)
         word = methods["word"]  # InstaHashMethod, or one per community (GatedMethod)
         inner: list[InstaHashMethod] = getattr(word, "inner", [word])
         self.similar = SimilarAcrossSpaces([method.term_vectors for method in inner],
@@ -70,6 +76,11 @@ async def serve(host: str, port: int, model_dir: Path,
     models = await asyncio.get_running_loop().run_in_executor(
         None, lambda: load_image_models(model_dir, served_methods(model_dir, WORD_METHODS)))
     late.target = WordServicer(models.methods, models.vocabulary, models.version)
+
+    async def successor(models: ImageModels, serving: object) -> WordServicer:
+        return WordServicer(models.methods, models.vocabulary, models.version, serving)
+
+    swap_on_reload(server, late, "word", model_dir, WORD_METHODS, successor)
     await server.set_serving(True)
     log.info("word: model %s, %d hashtags, methods %s", models.version,
              len(models.vocabulary), list(models.methods))
@@ -84,6 +95,7 @@ async def _main() -> None:
                          int(os.environ.get("HASHREC_WORD_METRICS_PORT",
                                         DEFAULT_METRICS_PORT)))
     server.stop_on_signals()
+    server.reload_on_signal()
     await server.wait()
 
 

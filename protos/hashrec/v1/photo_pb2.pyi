@@ -38,7 +38,9 @@ class VocabularyScores(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodScores, _Mapping]]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("photo",)
+    __slots__ = ("photo", "model_version")
     PHOTO_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     photo: PhotoDescription
-    def __init__(self, photo: _Optional[_Union[PhotoDescription, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, photo: _Optional[_Union[PhotoDescription, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
