@@ -48,7 +48,7 @@ def torch_update(lookup: UserHashtagLookup, user: str, features: np.ndarray,
     hashtag_vectors = model.hashtags.weight  # requires_grad: the cost the audit found
     offset = torch.from_numpy(lookup.effects.beta * lookup.log_lift(user)
                               + lookup.effects.gamma
-                              * lookup.effects.photo.log_probabilities(features)[0]).float()
+                              * lookup.effects.content.log_probabilities(features)[0]).float()
     target = torch.tensor(accepted)
     for _ in range(steps):
         optimizer.zero_grad()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from services.user.effects import MainEffects, PhotoModel
+from services.user.effects import ContentModel, MainEffects
 from services.user.lookup import UserHashtagLookup
 from services.user.model import TensorModel, TensorParams
 
@@ -24,7 +24,7 @@ def small_lookup(with_effects: bool) -> UserHashtagLookup:
     counts = rng.integers(0, 4, size=(3, 40)) * (rng.random((3, 40)) < 0.3)
     # Large β and expected uses on either side of the counts: lifts far above and below 1,
     # so the lookup's threshold check has work to do.
-    effects = MainEffects(PhotoModel(rng.normal(size=(40, 8)).astype(np.float32),
+    effects = MainEffects(ContentModel(rng.normal(size=(40, 8)).astype(np.float32),
                                      rng.normal(size=40).astype(np.float32)),
                           rng.gamma(0.5, 2.0, size=(3, 40)), smoothing=0.5, beta=3.0,
                           gamma=0.7) if with_effects else None

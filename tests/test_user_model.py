@@ -96,7 +96,7 @@ def test_offsets_enter_every_score_of_both_losses() -> None:
     model = TensorModel(2, 1, 1, TensorParams(1, 1, 1), zero_core=True)
     log2 = float(np.log(2))
     offsets = Offsets.from_arrays(habit=np.array([[0.0, 0.0], [log2, 0.0]]),
-                                  photo=np.array([[0.0, log2], [0.0, 0.0]]),
+                                  content=np.array([[0.0, log2], [0.0, 0.0]]),
                                   user_habit=np.zeros((1, 2)))
     loss = softmax_loss(model, torch.zeros(2, 1), torch.tensor([0, 0]), torch.tensor([0, 1]),
                         torch.tensor([[True, False], [False, True]]), offsets)
@@ -163,7 +163,7 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
             > tensor_before[target] - tensor_before.mean() + 0.5)
     assert lookup.post_counts[0] == 4 and lookup.hashtag_counts[0, target] == \
         before_counts + 3
-    photo = np.exp(lookup.effects.photo.log_probabilities(features[:1])[0])
+    photo = np.exp(lookup.effects.content.log_probabilities(features[:1])[0])
     np.testing.assert_allclose(lookup.expected_uses[0], before_uses + 3 * photo, rtol=1e-5)
     for other in ("bob", "cy", None):  # everyone else, the agnostic fallback too
         np.testing.assert_array_equal(after[other], before[other])
@@ -425,14 +425,14 @@ def test_habit_lift_is_one_for_what_the_photos_explain_above_for_habits_below_fo
 
 
 def test_mcll_scores_each_training_post_with_a_model_that_never_saw_it() -> None:
-    from services.user.effects import out_of_fold_photo_model
+    from services.user.effects import out_of_fold_content_model
 
     # Each photo is pure noise and its hashtag a coin of its own: a model that saw the post
     # memorises it; one that did not can only guess.
     rng = np.random.default_rng(0)
     features = rng.normal(size=(200, 400)).astype(np.float32)
     truth, tags = _one_tag_posts(200, 10, seed=2)
-    out_of_fold, model = out_of_fold_photo_model(features, tags, 10)
+    out_of_fold, model = out_of_fold_content_model(features, tags, 10)
     held_out = (out_of_fold.argmax(axis=1) == truth).mean()
     memorised = (model.log_probabilities(features).argmax(axis=1) == truth).mean()
     assert held_out < 0.3 < memorised - held_out  # chance is 0.1
@@ -563,12 +563,12 @@ def test_main_effects_weigh_a_habit_and_a_photo_that_both_inform() -> None:
 
 
 def test_out_of_fold_photo_scores_come_from_a_model_that_never_saw_the_photo() -> None:
-    from services.user.effects import out_of_fold_photo_model
+    from services.user.effects import out_of_fold_content_model
 
     rng = np.random.default_rng(2)
     photos = rng.normal(size=(150, 16)).astype(np.float32)
     features = np.repeat(photos, 2, axis=0)  # every photo posted twice, one after the other
     hashtags = [[int(i)] for i in rng.integers(0, 10, 300)]
-    out_of_fold, _ = out_of_fold_photo_model(features, hashtags, 10)
+    out_of_fold, _ = out_of_fold_content_model(features, hashtags, 10)
     # Both posts of a photo are scored by the one model that saw neither.
     np.testing.assert_array_equal(out_of_fold[0::2], out_of_fold[1::2])

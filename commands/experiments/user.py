@@ -165,7 +165,7 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
         + as_distribution(scores["user_frequency"])
     scores["agnostic"] = lookup.scores(x_test, test_users, agnostic=True)
     effects, held = task.main_effects(params.seed)
-    scores["mcll"] = effects.photo.log_probabilities(x_test)
+    scores["mcll"] = effects.content.log_probabilities(x_test)
     scores["habit_x_photo"], combination = habit_x_photo_scores(task, held.out_of_fold,
                                                                 scores["mcll"])
     log.info("habit x photo: beta %.3f, gamma %.3f", *combination)

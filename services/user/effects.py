@@ -1,7 +1,10 @@
-"""The main effects under the user tensor: what the photo says on its own, and how a
-user's habits differ from what their photos predict.
+"""The main effects under the user tensor: what the content says on its own, and how a
+user's habits differ from what their content predicts.
 
-    photo:  log P(h | x) = log softmax(A x + b)_h         (Veit's user-agnostic MCLL model)
+The content x is any feature vector of a post: a photo's CNN features (Veit et al.), or a
+text's embedding (real users' posts, services/user/task.py); "content" below is either.
+
+    content: log P(h | x) = log softmax(A x + b)_h        (Veit's user-agnostic MCLL model)
     habit:  log lift_u(h) = log (c_uh + a) / (E_uh + a),  E_uh = Σ_{j ∈ posts(u)} |H_j| P(h | x_j)
 
 c_uh counts user u's uses of hashtag h. The tensor score (model.py) is
@@ -65,15 +68,16 @@ def train_mcll(features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashta
 
 
 @dataclass
-class PhotoModel:
-    """log P(h | x) = log softmax(A x + b) on raw CNN features (standardisation folded in)."""
+class ContentModel:
+    """log P(h | x) = log softmax(A x + b) on raw content features (photo or text;
+    standardisation folded in)."""
 
     weight: np.ndarray  # V × d
     bias: np.ndarray  # V
 
     @classmethod
     def fit(cls, features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashtags: int,
-            seed: int = 0) -> PhotoModel:
+            seed: int = 0) -> ContentModel:
         mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
         standard = ((features - mean) / scale).astype(np.float32)
         linear = train_mcll(standard, hashtags, n_hashtags, seed=seed)
@@ -97,27 +101,27 @@ def log_normalisers(logits: np.ndarray) -> np.ndarray:
     return (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
-def photo_groups(features: np.ndarray) -> np.ndarray:
+def content_groups(features: np.ndarray) -> np.ndarray:
     """One id per distinct photo: rows with identical features (the same image content,
     however often it was posted) share an id."""
     _, groups = np.unique(np.ascontiguousarray(features), axis=0, return_inverse=True)
     return groups.reshape(-1)
 
 
-def out_of_fold_photo_model(features: np.ndarray, hashtags: Sequence[Sequence[int]],
+def out_of_fold_content_model(features: np.ndarray, hashtags: Sequence[Sequence[int]],
                             n_hashtags: int, folds: int = 5, seed: int = 0,
-                            ) -> tuple[np.ndarray, PhotoModel]:
+                            ) -> tuple[np.ndarray, ContentModel]:
     """(log P(h | x_j) of every training post by a model that never saw its photo, as a
     test post would be scored; the photo model on every post). Folds are drawn by photo,
     not by post: a photo posted twice would otherwise be scored by a model trained on it."""
     out_of_fold = np.zeros((len(features), n_hashtags), dtype=np.float32)
-    groups = photo_groups(features)
+    groups = content_groups(features)
     fold = np.random.default_rng([seed, 5]).permutation(groups.max() + 1)[groups] % folds
     for k in range(folds):
         rows = np.flatnonzero(fold != k)
-        model = PhotoModel.fit(features[rows], [hashtags[i] for i in rows], n_hashtags, seed)
+        model = ContentModel.fit(features[rows], [hashtags[i] for i in rows], n_hashtags, seed)
         out_of_fold[fold == k] = model.log_probabilities(features[fold == k])
-    return out_of_fold, PhotoModel.fit(features, hashtags, n_hashtags, seed)
+    return out_of_fold, ContentModel.fit(features, hashtags, n_hashtags, seed)
 
 
 def expected_uses(photo_log_probabilities: np.ndarray, hashtags: Sequence[Sequence[int]],
@@ -168,7 +172,7 @@ def fit_expert_weights(first: np.ndarray, second: np.ndarray,
 class MainEffects:
     """β log lift_u(h) + γ log P(h | x), ready to serve (module docstring)."""
 
-    photo: PhotoModel
+    content: ContentModel
     expected: np.ndarray  # users × V: E_uh from the out-of-fold photo model
     smoothing: float  # a
     beta: float
@@ -195,7 +199,7 @@ def fit_main_effects(features: np.ndarray, hashtags: Sequence[Sequence[int]],
     ``counts`` are the users' hashtag counts (users × V), ``held_out_counts`` each post's
     user's counts without the post (posts × V)."""
     n_hashtags = counts.shape[1]
-    out_of_fold, photo = out_of_fold_photo_model(features, hashtags, n_hashtags, seed=seed)
+    out_of_fold, photo = out_of_fold_content_model(features, hashtags, n_hashtags, seed=seed)
     per_post_expected = expected_uses(out_of_fold, hashtags)
     expected = np.zeros(counts.shape)
     np.add.at(expected, user_rows, per_post_expected)

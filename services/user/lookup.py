@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.user.effects import MainEffects, PhotoModel, log_normalisers
+from services.user.effects import ContentModel, MainEffects, log_normalisers
 from services.user.model import TensorModel, TensorParams
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex
@@ -88,7 +88,7 @@ class UserHashtagLookup:
                                     - weight @ (mean / scale)).astype(np.float32)
             self.core = self.model.core.numpy().copy()
         index_vectors = self.hashtag_vectors if effects is None else np.hstack(
-            [self.hashtag_vectors, effects.photo.weight, effects.photo.bias[:, None]])
+            [self.hashtag_vectors, effects.content.weight, effects.content.bias[:, None]])
         self.index = InnerProductIndex(index_vectors)
         self.hashtag_rows = {term: row for row, term in enumerate(self.vocabulary)}
         self.photo_ids: list[str] = []
@@ -126,7 +126,7 @@ class UserHashtagLookup:
             return
         vectors = self.photo_vectors(features)
         if self.effects is not None:
-            normalisers = log_normalisers(self.effects.photo.logits(features))
+            normalisers = log_normalisers(self.effects.content.logits(features))
             vectors = np.hstack([vectors, features, np.ones((len(features), 1)),
                                  -normalisers[:, None]]).astype(np.float32)
         with self.lock:
@@ -168,7 +168,7 @@ class UserHashtagLookup:
         query = np.einsum("e,edf,d->f", self.user_vector(user), self.core,
                           self.hashtag_vectors[hashtag])
         if self.effects is not None:
-            gamma, photo = self.effects.gamma, self.effects.photo
+            gamma, photo = self.effects.gamma, self.effects.content
             query = np.concatenate([query, gamma * photo.weight[hashtag],
                                     [gamma * photo.bias[hashtag], gamma]])
         scores, ids = self.photo_index.search(query[None, :], k)
@@ -232,7 +232,7 @@ class UserHashtagLookup:
         """γ log Σ_h exp(A_h x + b_h) per photo: what T(h) leaves out of the score."""
         if self.effects is None:
             return np.zeros(len(np.atleast_2d(features)))
-        return self.effects.gamma * log_normalisers(self.effects.photo.logits(features))
+        return self.effects.gamma * log_normalisers(self.effects.content.logits(features))
 
     def top_k(self, features: np.ndarray, users: Sequence[str | None], k: int = 10,
               agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +281,7 @@ class UserHashtagLookup:
         if effects and self.effects is not None:
             lift = np.stack([self.log_lift(None if agnostic else user) for user in users])
             scores = scores + self.effects.beta * lift \
-                + self.effects.gamma * self.effects.photo.log_probabilities(features)
+                + self.effects.gamma * self.effects.content.log_probabilities(features)
         return scores
 
     @property
@@ -307,7 +307,7 @@ class UserHashtagLookup:
         vector = (self.user_vectors[row] if row is not None else self.mean_user)
         photo_log_probabilities = np.zeros(len(self.vocabulary))
         if self.effects is not None:
-            photo_log_probabilities = self.effects.photo.log_probabilities(features)[0]
+            photo_log_probabilities = self.effects.content.log_probabilities(features)[0]
         moved = self.tensor_active
         if moved:
             # The main effects are the embedding's offset, taken before this post counts.
@@ -410,8 +410,8 @@ class UserHashtagLookup:
             writer.array(name, getattr(self, name))
         effects = None
         if self.effects is not None:
-            writer.array("photo_weight", self.effects.photo.weight)
-            writer.array("photo_bias", self.effects.photo.bias)
+            writer.array("photo_weight", self.effects.content.weight)
+            writer.array("photo_bias", self.effects.content.bias)
             writer.array("expected_uses", self.expected_uses)
             effects = {"smoothing": self.effects.smoothing, "beta": self.effects.beta,
                        "gamma": self.effects.gamma}
@@ -439,7 +439,7 @@ class UserHashtagLookup:
         effects = None
         if manifest.get("main_effects") is not None:
             weights = manifest["main_effects"]
-            effects = MainEffects(PhotoModel(reader.array("photo_weight"),
+            effects = MainEffects(ContentModel(reader.array("photo_weight"),
                                              reader.array("photo_bias")),
                                   reader.array("expected_uses"), float(weights["smoothing"]),
                                   float(weights["beta"]), float(weights["gamma"]))

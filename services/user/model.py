@@ -61,7 +61,7 @@ class Offsets:
     """The main effects of the training posts as torch tensors (effects.HeldOutEffects)."""
 
     habit: torch.Tensor  # posts × V: β log lift of the post's user, the post left out
-    photo: torch.Tensor | None  # posts × V: γ log P(h | x), out of fold
+    content: torch.Tensor | None  # posts × V: γ log P(h | x), x the content, out of fold
     user_habit: torch.Tensor | None  # users × V: β log lift of each user, all their posts
 
     @classmethod
@@ -72,10 +72,10 @@ class Offsets:
                    None, None)
 
     @classmethod
-    def from_arrays(cls, habit: np.ndarray, photo: np.ndarray, user_habit: np.ndarray,
+    def from_arrays(cls, habit: np.ndarray, content: np.ndarray, user_habit: np.ndarray,
                     ) -> Offsets:
         return cls(*(torch.from_numpy(np.asarray(a, dtype=np.float32))
-                     for a in (habit, photo, user_habit)))
+                     for a in (habit, content, user_habit)))
 
 
 class TensorModel(torch.nn.Module):
@@ -152,10 +152,10 @@ def ranking_loss(model: TensorModel, hashtag_ids: torch.Tensor, photos: torch.Te
     user_scores = per_user_axis @ u.T
     user_forbidden = user_ids[None, :] == user_ids[:, None]
     if offsets is not None:
-        if offsets.photo is None or offsets.user_habit is None:
+        if offsets.content is None or offsets.user_habit is None:
             raise ValueError("the ranking loss needs the habit, photo and user offsets")
         habit = offsets.habit[post_ids]  # B × V: this post's user, the post left out
-        photo = offsets.photo[post_ids]  # B × V
+        photo = offsets.content[post_ids]  # B × V
         own_habit = habit.gather(1, hashtag_ids[:, None]).squeeze(1)
         own_photo = photo.gather(1, hashtag_ids[:, None]).squeeze(1)
         score = score + own_habit + own_photo
@@ -189,8 +189,8 @@ def softmax_loss(model: TensorModel, photos: torch.Tensor, user_ids: torch.Tenso
     logits = q @ model.hashtags.weight.T  # B × V
     if offsets is not None:
         logits = logits + offsets.habit[post_ids]
-        if offsets.photo is not None:
-            logits = logits + offsets.photo[post_ids]
+        if offsets.content is not None:
+            logits = logits + offsets.content[post_ids]
     log_probabilities = torch.log_softmax(logits, dim=1)
     per_post = (log_probabilities * post_tags).sum(dim=1) / post_tags.sum(dim=1)
     return -per_post.mean()

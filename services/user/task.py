@@ -128,7 +128,7 @@ class UserTask:
         validation = self.validation_rows
         expected = effects.expected.copy()
         np.add.at(expected, self.rows_train[validation], expected_uses(
-            effects.photo.log_probabilities(self.x_train[validation]),
+            effects.content.log_probabilities(self.x_train[validation]),
             [self.train_ids[i] for i in validation]))
         return dataclasses.replace(effects, expected=expected)
 
@@ -147,7 +147,7 @@ class UserTask:
         held_lift = effects.log_lift(self.fit_counts[self.rows_train[held_out]],
                                      effects.expected[self.rows_train[held_out]])
         base = effects.beta * held_lift \
-            + effects.gamma * effects.photo.log_probabilities(self.x_train[held_out])
+            + effects.gamma * effects.content.log_probabilities(self.x_train[held_out])
 
         def validate(model: TensorModel) -> float:
             lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
@@ -206,7 +206,7 @@ class UserTask:
         effects, _ = self.main_effects(seed)
         votes = knn_vote_scores(self.x_train[posts], hashtags, features, len(self.vocab))
         return (self.user_shares_of(users, counts),
-                np.exp(effects.photo.log_probabilities(features)), as_distribution(votes))
+                np.exp(effects.content.log_probabilities(features)), as_distribution(votes))
 
     def user_shares_of(self, users: Sequence[str | None], counts: np.ndarray) -> np.ndarray:
         """P_u(h) of each of ``users`` from ``counts`` (users × V); a stranger's is the
