@@ -89,6 +89,34 @@ def test_kustomize_renders_the_manifests() -> None:
     assert kinds.count("Service") == 7 and "Namespace" in kinds and "Ingress" in kinds
 
 
+#: the Kubernetes version the manifests are checked against (kubernetes-validate's newest)
+KUBERNETES_VERSION = "1.37.0"
+
+
+def test_every_manifest_is_valid_kubernetes_in_strict_mode() -> None:
+    """Against the API's own schemas, unknown fields rejected (a misspelt or misplaced key
+    is silently dropped by a lenient apply)."""
+    import kubernetes_validate
+
+    problems = []
+    for document in _documents():
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{document['kind']}/{document['metadata']['name']}: "
+                            f"{'.'.join(map(str, error.path))}: {error.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_strict_validation_catches_a_misplaced_field() -> None:
+    import kubernetes_validate
+
+    service = next(d for d in _documents() if d["kind"] == "Service")
+    broken = {**service, "spec": {**service["spec"], "replicas": 2}}  # not a Service field
+    with pytest.raises(kubernetes_validate.ValidationError, match="replicas"):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
 def test_the_gateway_serves_http_and_is_ready_when_the_recommender_is() -> None:
     from services.gateway import server
 
