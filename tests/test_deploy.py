@@ -108,6 +108,50 @@ def test_every_manifest_is_valid_kubernetes_in_strict_mode() -> None:
     assert not problems, "\n".join(problems)
 
 
+def _restricted_problems(pod: dict) -> list[str]:
+    """What breaks Pod Security "restricted" (kubernetes.io/docs/concepts/security/
+    pod-security-standards), plus the service account token, which no hashrec pod needs."""
+    problems = []
+    pod_context = pod.get("securityContext", {})
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append("mounts a service account token")
+    if pod_context.get("seccompProfile", {}).get("type") not in ("RuntimeDefault",
+                                                                  "Localhost"):
+        problems.append("no RuntimeDefault seccomp profile")
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        context = container.get("securityContext", {})
+        name = container["name"]
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: may run as root")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: privilege escalation allowed")
+        if "ALL" not in context.get("capabilities", {}).get("drop", []):
+            problems.append(f"{name}: capabilities not dropped")
+        if context.get("privileged") or set(context.get("capabilities", {}).get(
+                "add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: privileged or added capabilities")
+    return problems
+
+
+def test_every_pod_meets_pod_security_restricted_and_the_namespace_enforces_it() -> None:
+    pods = {f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"]
+            for d in _documents() if d["kind"] in ("Deployment", "StatefulSet", "Job")}
+    assert len(pods) == 8, sorted(pods)  # six services, Redis, the training Job
+    problems = {name: _restricted_problems(pod) for name, pod in pods.items()}
+    assert not any(problems.values()), {n: p for n, p in problems.items() if p}
+    namespace = next(d for d in _documents() if d["kind"] == "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == \
+        "restricted"
+
+
+def test_the_restricted_check_finds_a_root_pod() -> None:
+    redis = next(d for d in _documents() if d["metadata"]["name"] == "redis"
+                 and d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert not _restricted_problems(redis)
+    loose = {**redis, "securityContext": {}, "automountServiceAccountToken": True}
+    assert len(_restricted_problems(loose)) == 3  # token, seccomp, root
+
+
 def test_strict_validation_catches_a_misplaced_field() -> None:
     import kubernetes_validate
 

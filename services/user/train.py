@@ -25,7 +25,7 @@ from services.user.lookup import KIND, UserHashtagLookup
 from services.user.model import TensorParams
 from services.user.task import post_features, prepare_user_task
 from services.vision.store import FeatureStore
-from shared.artifacts import newest_artifact
+from shared.artifacts import newest_artifact, resolve_artifact
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.readers import Post
 from shared.data.simulated_users import (
@@ -121,12 +121,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="default: $HASHREC_MODELS/user")
     parser.add_argument("--image-model", type=Path, default=None,
-                        help="the `hashrec train` directory whose photo scores the "
-                             "recommender's user weight is fitted against (default: the "
-                             "newest under $HASHREC_MODELS; none: the weight is not fitted)")
+                        help="the `hashrec train` directory (or folder of them: the newest) "
+                             "whose photo scores the recommender's user weight is fitted "
+                             "against (default: the newest under $HASHREC_MODELS; none: the "
+                             "weight is not fitted)")
     args = parser.parse_args()
     setup_logging()
-    image_model = args.image_model or newest_artifact(models_dir(), IMAGE_KIND)
+    image_model = (resolve_artifact(args.image_model, IMAGE_KIND) if args.image_model
+                   else newest_artifact(models_dir(), IMAGE_KIND))
     train_user_model(args.out or models_dir() / "user",
                      FeatureStore(models_dir() / "features"), args.users, args.seed,
                      image_model=image_model)
