@@ -152,6 +152,43 @@ def test_the_restricted_check_finds_a_root_pod() -> None:
     assert len(_restricted_problems(loose)) == 3  # token, seccomp, root
 
 
+def _app_containers() -> dict[str, tuple[dict, dict]]:
+    """Each hashrec service's (pod spec, container)."""
+    return {w["metadata"]["name"]: (w["spec"]["template"]["spec"],
+                                    w["spec"]["template"]["spec"]["containers"][0])
+            for w in _workloads() if w["metadata"]["name"] != "redis"}
+
+
+def test_no_autoscaled_workload_sets_its_replicas() -> None:
+    """An apply would reset the autoscaler's count to the file's."""
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in _documents()
+              if d["kind"] == "HorizontalPodAutoscaler"}
+    assert scaled == {"vision", "recommender"}
+    assert not [w["metadata"]["name"] for w in _workloads()
+                if w["metadata"]["name"] in scaled and "replicas" in w["spec"]]
+
+
+def test_every_service_keeps_answering_while_endpoints_drop_it_and_probes_wait() -> None:
+    for name, (pod, container) in _app_containers().items():
+        pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        # the pause, then the server's own drain (5 s gRPC grace, 10 s uvicorn), in time
+        assert pause + 10 < pod["terminationGracePeriodSeconds"], name
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in container:
+                assert container[probe].get("timeoutSeconds", 1) >= 2, (name, probe)
+
+
+def test_thread_pools_follow_the_cpu_limit_not_the_nodes_cores() -> None:
+    jobs = [d["spec"]["template"]["spec"] for d in _documents() if d["kind"] == "Job"]
+    containers = {n: c for n, (_, c) in _app_containers().items()}
+    containers |= {"train": jobs[0]["containers"][0]}
+    for name, container in containers.items():
+        env = {e["name"]: e.get("valueFrom", {}) for e in container.get("env", [])}
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            assert env.get(variable, {}).get("resourceFieldRef", {}).get("resource") == \
+                "limits.cpu", (name, variable)
+
+
 def test_strict_validation_catches_a_misplaced_field() -> None:
     import kubernetes_validate
 
