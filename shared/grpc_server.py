@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -26,8 +28,26 @@ log = logging.getLogger(__name__)
 
 #: An image may be 20 MiB; the rest of a message is small.
 MAX_MESSAGE_BYTES = 24 * 1024 * 1024
+#: Clients spread calls over every address a target resolves to (round_robin): behind a
+#: headless Service, ``dns:///word:50052`` resolves to every word pod, where the default
+#: pick_first would pin each client to one pod for the connection's life.
 CHANNEL_OPTIONS = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES))
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.service_config",
+                    json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})))
+#: seconds a server keeps a client connection before asking it to reconnect (then a
+#: grace for its calls in flight): clients resolve again and find pods an autoscaler
+#: added; unset or 0, connections live on
+MAX_CONNECTION_AGE_ENV = "HASHREC_MAX_CONNECTION_AGE_S"
+
+
+def server_options() -> tuple[tuple[str, object], ...]:
+    """CHANNEL_OPTIONS plus the connection age limit from the environment."""
+    age = float(os.environ.get(MAX_CONNECTION_AGE_ENV) or 0)
+    if age <= 0:
+        return CHANNEL_OPTIONS
+    return (*CHANNEL_OPTIONS, ("grpc.max_connection_age_ms", int(age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max(age / 2, 5) * 1000)))
 
 Register = Callable[[grpc.aio.Server], None]
 
@@ -108,7 +128,7 @@ class GrpcServer:
         self.grace = grace
         self.registry = registry or CollectorRegistry()  # one per server: no clashes
         self.metrics = _Metrics(self.registry)
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS,
+        self.server = grpc.aio.server(options=server_options(),
                                       interceptors=[MetricsInterceptor(self.metrics)])
         self.metrics_port: int | None = None
         if metrics_port is not None:

@@ -61,8 +61,27 @@ def test_every_configured_target_is_a_service_port() -> None:
                             "HASHREC_RECOMMENDER_TARGET"}
     for key, target in [*targets.items(), ("HASHREC_REDIS_URL",
                                            _config()["HASHREC_REDIS_URL"])]:
-        host, port = re.fullmatch(r"(?:redis://)?([a-z-]+):(\d+)(?:/\d+)?", target).groups()
+        host, port = re.fullmatch(r"(?:redis://|dns:///)?([a-z-]+):(\d+)(?:/\d+)?",
+                                  target).groups()
         assert int(port) in services.get(host, set()), f"{key}={target}: no such Service"
+
+
+def test_grpc_clients_reach_every_pod_of_a_headless_service_round_robin() -> None:
+    """A ClusterIP Service pins each gRPC connection to one pod (kube-proxy balances
+    connections, not calls): the targets resolve every pod and the channels balance."""
+    import json
+
+    from shared.grpc_server import CHANNEL_OPTIONS
+
+    headless = {d["metadata"]["name"] for d in _documents()
+                if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"}
+    grpc_targets = {k: v for k, v in _config().items() if k.endswith("_TARGET")}
+    for key, target in grpc_targets.items():
+        assert target.startswith("dns:///"), key
+        assert target.removeprefix("dns:///").split(":")[0] in headless, key
+    config = json.loads(dict(CHANNEL_OPTIONS)["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert float(_config()["HASHREC_MAX_CONNECTION_AGE_S"]) > 0
 
 
 def test_every_container_is_bounded_and_its_volumes_exist() -> None:

@@ -1,0 +1,51 @@
+"""gRPC connections as Kubernetes needs them: clients balance calls over every address a
+target resolves to, and servers recycle connections so that clients resolve again."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, server_options
+from tests.servers import LoopThread
+
+
+def test_servers_recycle_connections_only_when_configured(monkeypatch) -> None:
+    monkeypatch.delenv("HASHREC_MAX_CONNECTION_AGE_S", raising=False)
+    assert "grpc.max_connection_age_ms" not in dict(server_options())
+    monkeypatch.setenv("HASHREC_MAX_CONNECTION_AGE_S", "60")
+    options = dict(server_options())
+    assert options["grpc.max_connection_age_ms"] == 60_000
+    assert options["grpc.max_connection_age_grace_ms"] == 30_000
+
+
+def test_calls_over_a_dns_target_keep_succeeding_while_connections_are_recycled(
+        monkeypatch) -> None:
+    monkeypatch.setenv("HASHREC_MAX_CONNECTION_AGE_S", "0.5")
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer([], "127.0.0.1", 0)  # the health service alone
+        await server.start()
+        await server.set_serving(True)
+        return server
+
+    server = loop.call(start())
+    answered = 0
+    try:
+        with grpc.insecure_channel(f"dns:///{server.address}",
+                                   options=CHANNEL_OPTIONS) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            until = time.monotonic() + 3  # six connection lifetimes
+            while time.monotonic() < until:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                answered += 1
+                time.sleep(0.02)
+    finally:
+        loop.call(server.stop())
+        loop.close()
+    assert answered > 20
+
