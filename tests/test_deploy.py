@@ -245,3 +245,23 @@ def test_the_image_copies_every_package_the_install_includes() -> None:
             if (DEPLOY.parent / where / package).is_dir():
                 source = package if where == "." else where
                 assert f"COPY {source} {source}" in dockerfile, package
+
+
+def test_the_build_context_holds_only_what_the_image_copies() -> None:
+    """No .venv, models/ or .git in the context (gigabytes sent to the daemon)."""
+    ignore = (DEPLOY.parent / ".dockerignore").read_text().split("\n")
+    rules = [line for line in ignore if line and not line.startswith("#")]
+    assert rules[0] == "*"  # everything out, then what the Dockerfile copies back in
+    allowed = {rule.removeprefix("!").rstrip("/") for rule in rules if rule.startswith("!")}
+    copied = set(re.findall(r"^COPY (\S+)", (DEPLOY / "Dockerfile").read_text(), re.M))
+    assert allowed == {"pyproject.toml", "README.md", "protos", "shared", "services",
+                       "commands"}
+    assert {"protos", "shared", "services", "commands", "pyproject.toml"} <= copied
+
+
+def test_dependencies_are_installed_before_the_code_is_copied() -> None:
+    """A code change then rebuilds one small layer, not torch's."""
+    lines = (DEPLOY / "Dockerfile").read_text().split("\n")
+    install = next(i for i, line in enumerate(lines) if "-r /tmp/requirements.txt" in line)
+    first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY shared"))
+    assert install < first_code
