@@ -265,3 +265,19 @@ def test_dependencies_are_installed_before_the_code_is_copied() -> None:
     install = next(i for i, line in enumerate(lines) if "-r /tmp/requirements.txt" in line)
     first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY shared"))
     assert install < first_code
+
+
+def test_every_stateless_service_spreads_over_nodes_and_keeps_one_pod_through_a_drain(
+) -> None:
+    budgets = {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]: d["spec"]
+               for d in _documents() if d["kind"] == "PodDisruptionBudget"}
+    stateless = [w for w in _workloads() if w["kind"] == "Deployment"
+                 and w["metadata"]["name"] != "redis"]
+    assert len(stateless) == 5
+    for workload in stateless:
+        name = workload["metadata"]["name"]
+        assert budgets[name].get("minAvailable", 0) >= 1, name
+        spread = workload["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert any(c["topologyKey"] == "kubernetes.io/hostname"
+                   and c["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+                   for c in spread), name
