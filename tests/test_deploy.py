@@ -281,3 +281,51 @@ def test_every_stateless_service_spreads_over_nodes_and_keeps_one_pod_through_a_
         assert any(c["topologyKey"] == "kubernetes.io/hostname"
                    and c["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
                    for c in spread), name
+
+
+def _call_graph() -> set[tuple[str, str, int]]:
+    """(caller, callee, port) from the code: a service calls X when its server.py reads
+    HASHREC_X_TARGET, and Redis when it reads HASHREC_REDIS_URL."""
+    services = {d["metadata"]["name"]: {p["name"]: p.get("targetPort") for p in
+                                        d["spec"]["ports"]}
+                for d in _documents() if d["kind"] == "Service"}
+    containers = {w["metadata"]["name"]: {p["name"]: p["containerPort"] for p in
+                                          w["spec"]["template"]["spec"]["containers"][0]
+                                          ["ports"]} for w in _workloads()}
+    edges = set()
+    for caller in ("vision", "word", "graph", "user", "recommender", "gateway"):
+        code = (DEPLOY.parent / "services" / caller / "server.py").read_text()
+        for callee in services:
+            if f"HASHREC_{callee.upper()}_TARGET" in code or (
+                    callee == "redis" and "HASHREC_REDIS_URL" in code):
+                port_name = "redis" if callee == "redis" else "grpc"
+                assert services[callee][port_name] == port_name
+                edges.add((caller, callee, containers[callee][port_name]))
+    return edges
+
+
+def test_network_policies_deny_by_default_and_open_exactly_the_call_graph() -> None:
+    edges = _call_graph()
+    assert ("gateway", "recommender", 50050) in edges and ("vision", "redis", 6379) in edges
+    assert len(edges) == 7
+    policies = {d["metadata"]["name"]: d["spec"] for d in _documents()
+                if d["kind"] == "NetworkPolicy"}
+    assert policies["default-deny"] == {"podSelector": {},
+                                        "policyTypes": ["Ingress", "Egress"]}
+
+    def peers(rules: list[dict], side: str) -> set[tuple[str, int]]:
+        found = set()
+        for rule in rules:
+            for peer in rule.get(side, []):
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    name = peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                    found |= {(name, port["port"]) for port in rule["ports"]}
+        return found
+
+    for pod in ("gateway", "recommender", "vision", "word", "graph", "user", "redis"):
+        spec = policies[pod]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == pod
+        assert peers(spec.get("ingress", []), "from") == {
+            (caller, port) for caller, callee, port in edges if callee == pod}, pod
+        assert peers(spec.get("egress", []), "to") == {
+            (callee, port) for caller, callee, port in edges if caller == pod}, pod
