@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import signal
@@ -259,6 +260,7 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
         degraded = 0
+        reasons: collections.Counter[str] = collections.Counter()
 
         async def recommend(photo: bytes, i: int) -> None:
             nonlocal degraded
@@ -267,6 +269,8 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                 if i % 100 < 100 * args.user_share else "", k=10),
                 timeout=60)
             degraded += reply.degraded
+            # "word: DEADLINE_EXCEEDED: …" → "word: DEADLINE_EXCEEDED"
+            reasons.update(":".join(r.split(":")[:2]) for r in reply.degraded_reasons)
 
         warm_set = photos[-32:]
         for i, photo in enumerate(warm_set):  # fill the feature cache
@@ -278,8 +282,12 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                 (f"cold Recommend ({mode})", lambda i: recommend(cold_set[i], i),
                  len(cold_set))):
             degraded = 0
+            reasons.clear()
             rows[name] = await load(call, args.seconds, args.concurrency, budget)
             rows[name]["errors"] += degraded  # a degraded answer counts as an error
+            if reasons:
+                print(f"{name}: {degraded} degraded answers; reasons "
+                      + ", ".join(f"{r} ×{n}" for r, n in reasons.most_common(4)), flush=True)
     return rows
 
 
