@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -90,11 +91,13 @@ class LruCache:
 
 class RedisCache:
     def __init__(self, url: str, default_ttl: float = 24 * 3600, timeout: float = 0.05,
-                 retry_after: float = 5.0) -> None:
+                 retry_after: float = 5.0, password: str | None = None) -> None:
+        """``password``: Redis AUTH (kept out of the URL, which config and logs show)."""
         import redis
 
         self._client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                            socket_connect_timeout=timeout)
+                                            socket_connect_timeout=timeout,
+                                            **({"password": password} if password else {}))
         self._errors = (redis.RedisError, OSError)
         self.default_ttl = default_ttl
         self.retry_after = retry_after
@@ -130,5 +133,8 @@ class RedisCache:
 
 
 def make_cache(redis_url: str | None) -> Cache:
-    """Redis when a URL is configured (HASHREC_REDIS_URL), else the in-process LRU."""
-    return RedisCache(redis_url) if redis_url else LruCache()
+    """Redis when a URL is configured (HASHREC_REDIS_URL; its password, if any, in
+    HASHREC_REDIS_PASSWORD, from a Secret), else the in-process LRU."""
+    if not redis_url:
+        return LruCache()
+    return RedisCache(redis_url, password=os.environ.get("HASHREC_REDIS_PASSWORD") or None)

@@ -79,15 +79,18 @@ def stop_gateway(loop: LoopThread, server: Any) -> None:
 class RedisServer:
     """A redis-server of the test's own on a free loopback port; nothing kept on disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+             "--save", "", "--appendonly", "no",
+             *(["--requirepass", self.password] if self.password else [])],
+            stdout=subprocess.DEVNULL)
         for _ in range(100):
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", self.port)) == 0:

@@ -85,3 +85,23 @@ def test_lru_evicts_the_least_recently_used_and_honours_ttl() -> None:
 def test_without_a_redis_url_the_cache_is_in_process() -> None:
     assert isinstance(make_cache(None), LruCache)
     assert isinstance(make_cache("redis://127.0.0.1:1/0"), RedisCache)
+
+
+def test_a_redis_with_a_password_serves_the_cache_given_it_and_refuses_without(
+        monkeypatch) -> None:
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is missing: apt-get install redis-server")
+    server = RedisServer(password="s3cret-from-a-secret")
+    server.start()
+    try:
+        monkeypatch.setenv("HASHREC_REDIS_PASSWORD", "s3cret-from-a-secret")
+        value = np.arange(3, dtype=np.float32)
+        with_password = make_cache(server.url)
+        with_password.set("k", value)
+        np.testing.assert_array_equal(with_password.get("k"), value)
+        monkeypatch.delenv("HASHREC_REDIS_PASSWORD")
+        without = make_cache(server.url)
+        without.set("k2", value)  # refused by Redis: a miss, never an error
+        assert without.get("k") is None and without.get("k2") is None
+    finally:
+        server.kill()

@@ -329,3 +329,22 @@ def test_network_policies_deny_by_default_and_open_exactly_the_call_graph() -> N
             (caller, port) for caller, callee, port in edges if callee == pod}, pod
         assert peers(spec.get("egress", []), "to") == {
             (callee, port) for caller, callee, port in edges if caller == pod}, pod
+
+
+def test_redis_requires_the_secrets_password_and_its_clients_have_it() -> None:
+    redis = next(w for w in _workloads() if w["metadata"]["name"] == "redis")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    secret = {"secretKeyRef": {"name": "hashrec-redis", "key": "password"}}
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["REDIS_PASSWORD"] == secret
+    assert container["args"][container["args"].index("--requirepass") + 1] == \
+        "$(REDIS_PASSWORD)"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "redis-cli" in " ".join(container[probe]["exec"]["command"])
+        assert "ping" in " ".join(container[probe]["exec"]["command"])
+    assert "PASSWORD" not in " ".join(_config())  # never in the ConfigMap
+    clients = {caller for caller, callee, _ in _call_graph() if callee == "redis"}
+    assert clients == {"vision", "recommender"}
+    for name, (_, app) in _app_containers().items():
+        given = {e["name"]: e.get("valueFrom") for e in app.get("env", [])}
+        assert (given.get("HASHREC_REDIS_PASSWORD") == secret) == (name in clients), name

@@ -20,7 +20,9 @@ HASHREC_MODEL_DIR (a `hashrec train` directory, or a folder of them: the newest)
 HASHREC_VISION_TARGET (127.0.0.1:50051),
 HASHREC_WORD_TARGET (:50052), HASHREC_GRAPH_TARGET (:50053), HASHREC_USER_TARGET (:50054)
 (an empty target: that backend is not used), HASHREC_VISION_DEADLINE_S (10),
-HASHREC_BACKEND_DEADLINE_S (2: word, graph, user), HASHREC_REDIS_URL (unset: in-process).
+HASHREC_BACKEND_DEADLINE_S (2: word, graph, user), HASHREC_REDIS_URL (unset: in-process),
+HASHREC_REDIS_PASSWORD (Redis AUTH), HASHREC_ROLLOUT_WAIT_S (120: how long a rollout waits for
+word and graph to serve the new version).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ HASHREC_REDIS_URL is set, else in-process), so a photo seen before skips decode 
 
 Config from the environment: HASHREC_VISION_HOST (127.0.0.1), HASHREC_VISION_PORT (50051),
 HASHREC_VISION_METRICS_PORT (9101), HASHREC_VISION_MAX_BATCH (4, 32 on CUDA),
-HASHREC_VISION_MAX_DELAY_MS (5), HASHREC_REDIS_URL (unset: in-process cache).
+HASHREC_VISION_MAX_DELAY_MS (5), HASHREC_REDIS_URL (unset: in-process cache),
+HASHREC_REDIS_PASSWORD (Redis AUTH).
 """
 
 from __future__ import annotations
