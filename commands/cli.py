@@ -833,6 +833,48 @@ def _rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Waits for a model directory to appear, then checks every file against its manifest:
+    the initContainer that keeps a pod from starting on a version not yet (or badly)
+    written."""
+    import time
+
+    from shared.artifacts import MANIFEST, ArtifactReader
+
+    deadline = time.monotonic() + args.wait
+    while not (args.directory / MANIFEST).is_file():
+        if time.monotonic() >= deadline:
+            print(f"hashrec verify: {args.directory}: no {MANIFEST} after {args.wait:.0f} s",
+                  file=sys.stderr)
+            return 1
+        time.sleep(min(5.0, max(deadline - time.monotonic(), 0.1)))
+    try:
+        manifest = ArtifactReader(args.directory).manifest
+    except (OSError, ValueError) as error:
+        print(f"hashrec verify: {error}", file=sys.stderr)
+        return 1
+    if args.kind and manifest.get("kind") != args.kind:
+        print(f"hashrec verify: {args.directory}: a {manifest.get('kind')!r} model, not "
+              f"{args.kind!r}", file=sys.stderr)
+        return 1
+    print(f"verified {args.directory}: {len(manifest['files'])} files match their checksums")
+    return 0
+
+
+def _add_verify(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "verify", help="wait for a model directory, then check its files' checksums",
+        description="Exit 0 once DIRECTORY's manifest exists and every file matches its "
+                    "sha256; 1 (with the reason) when it never appears within --wait or a "
+                    "file does not match.")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--wait", type=float, default=0.0,
+                        help="seconds to wait for the directory to be written (default 0)")
+    parser.add_argument("--kind", default=None,
+                        help="the manifest's kind, e.g. image-to-hashtag, user-tensor-effects")
+    parser.set_defaults(handler=_verify)
+
+
 def _add_rollout(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "rollout", help="switch a running `hashrec serve` to the newest trained models",
@@ -861,6 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feedback_and_retrieve(commands)
     _add_serve(commands)
     _add_rollout(commands)
+    _add_verify(commands)
     return parser
 
 

@@ -16,13 +16,18 @@ import yaml
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def _documents() -> list[dict]:
-    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+def _documents(folder: Path = DEPLOY) -> list[dict]:
+    """The objects of one kustomization (deploy/: the base; deploy/training: the Job)."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
-    on_disk = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk, f"kustomization.yaml lists {listed}, deploy/ holds {on_disk}"
+    on_disk = {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk, f"kustomization.yaml lists {listed}, {folder} holds {on_disk}"
     return [doc for name in kustomization["resources"]
-            for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc]
+            for doc in yaml.safe_load_all((folder / name).read_text()) if doc]
+
+
+def _every_document() -> list[dict]:
+    return _documents() + _documents(DEPLOY / "training")
 
 
 def _workloads() -> list[dict]:
@@ -86,10 +91,10 @@ def test_grpc_clients_reach_every_pod_of_a_headless_service_round_robin() -> Non
 
 def test_every_container_is_bounded_and_its_volumes_exist() -> None:
     pods = [w["spec"]["template"]["spec"] for w in _workloads()]
-    pods += [d["spec"]["template"]["spec"] for d in _documents() if d["kind"] == "Job"]
+    pods += [d["spec"]["template"]["spec"] for d in _every_document() if d["kind"] == "Job"]
     for pod in pods:
         volumes = {v["name"] for v in pod.get("volumes", [])}
-        for container in pod["containers"]:
+        for container in pod.get("initContainers", []) + pod["containers"]:
             resources = container["resources"]
             assert set(resources) == {"requests", "limits"}, container["name"]
             assert {"cpu", "memory"} <= set(resources["limits"]), container["name"]
@@ -118,7 +123,7 @@ def test_every_manifest_is_valid_kubernetes_in_strict_mode() -> None:
     import kubernetes_validate
 
     problems = []
-    for document in _documents():
+    for document in _every_document():
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -154,7 +159,7 @@ def _restricted_problems(pod: dict) -> list[str]:
 
 def test_every_pod_meets_pod_security_restricted_and_the_namespace_enforces_it() -> None:
     pods = {f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"]
-            for d in _documents() if d["kind"] in ("Deployment", "StatefulSet", "Job")}
+            for d in _every_document() if d["kind"] in ("Deployment", "StatefulSet", "Job")}
     assert len(pods) == 8, sorted(pods)  # six services, Redis, the training Job
     problems = {name: _restricted_problems(pod) for name, pod in pods.items()}
     assert not any(problems.values()), {n: p for n, p in problems.items() if p}
@@ -198,7 +203,7 @@ def test_every_service_keeps_answering_while_endpoints_drop_it_and_probes_wait()
 
 
 def test_thread_pools_follow_the_cpu_limit_not_the_nodes_cores() -> None:
-    jobs = [d["spec"]["template"]["spec"] for d in _documents() if d["kind"] == "Job"]
+    jobs = [d["spec"]["template"]["spec"] for d in _every_document() if d["kind"] == "Job"]
     containers = {n: c for n, (_, c) in _app_containers().items()}
     containers |= {"train": jobs[0]["containers"][0]}
     for name, container in containers.items():
@@ -348,3 +353,36 @@ def test_redis_requires_the_secrets_password_and_its_clients_have_it() -> None:
     for name, (_, app) in _app_containers().items():
         given = {e["name"]: e.get("valueFrom") for e in app.get("env", [])}
         assert (given.get("HASHREC_REDIS_PASSWORD") == secret) == (name in clients), name
+
+
+def test_every_pod_serves_the_pinned_version_and_verifies_it_before_starting() -> None:
+    """No pod serves "the newest on the volume": the versions are in models.env, whose
+    generated ConfigMap's name changes with them, so a new version rolls every pod and a
+    rollback brings the old version back with the old pods."""
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    generated = {g["name"]: g for g in kustomization["configMapGenerator"]}
+    assert generated["hashrec-model-versions"]["envs"] == ["models.env"]
+    versions = dict(line.split("=", 1) for line in
+                    (DEPLOY / "models.env").read_text().split("\n")
+                    if line and not line.startswith("#"))
+    assert set(versions) == {"HASHREC_MODEL_VERSION", "HASHREC_USER_MODEL_VERSION"}
+    assert not {"HASHREC_MODEL_DIR", "HASHREC_USER_MODEL_DIR"} & set(_config())
+    pinned = {"word": ("HASHREC_MODEL_DIR", "/models/image/$(HASHREC_MODEL_VERSION)",
+                       "image-to-hashtag"),
+              "graph": ("HASHREC_MODEL_DIR", "/models/image/$(HASHREC_MODEL_VERSION)",
+                        "image-to-hashtag"),
+              "recommender": ("HASHREC_MODEL_DIR", "/models/image/$(HASHREC_MODEL_VERSION)",
+                              "image-to-hashtag"),
+              "user": ("HASHREC_USER_MODEL_DIR", "/models/user/$(HASHREC_USER_MODEL_VERSION)",
+                       "user-tensor-effects")}
+    apps = _app_containers()
+    for name, (variable, directory, kind) in pinned.items():
+        pod, container = apps[name]
+        assert {"configMapRef": {"name": "hashrec-model-versions"}} in container["envFrom"]
+        assert {"name": variable, "value": directory} in container["env"], name
+        (verify,) = pod["initContainers"]
+        assert verify["command"][:3] == ["hashrec", "verify", directory], name
+        assert verify["command"][3:5] == ["--kind", kind], name
+    from services.image_models import KIND as IMAGE_KIND
+    from services.user.lookup import KIND as USER_KIND
+    assert (IMAGE_KIND, USER_KIND) == ("image-to-hashtag", "user-tensor-effects")

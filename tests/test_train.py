@@ -57,6 +57,27 @@ def test_a_tampered_artifact_is_refused(trained, tmp_path: Path) -> None:
         load_image_models(copy)
 
 
+def test_verify_passes_a_whole_version_and_fails_a_tampered_or_missing_one(
+        trained, tmp_path: Path, capsys) -> None:
+    """`hashrec verify`, the initContainer of every pod that serves a pinned version."""
+    import shutil
+
+    from commands.cli import main
+
+    models, _ = trained
+    assert main(["verify", str(models.directory), "--kind", "image-to-hashtag"]) == 0
+    assert main(["verify", str(models.directory), "--kind", "user-tensor-effects"]) == 1
+    assert "not 'user-tensor-effects'" in capsys.readouterr().err
+    copy = tmp_path / "copy"
+    shutil.copytree(models.directory, copy)
+    prior = copy / "frequency" / "prior.npy"
+    prior.write_bytes(prior.read_bytes() + b"\0")
+    assert main(["verify", str(copy)]) == 1
+    assert "checksum does not match" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "not-yet"), "--wait", "0.3"]) == 1
+    assert "no manifest.json after 0 s" in capsys.readouterr().err
+
+
 def test_cli_train_writes_a_loadable_model(tmp_path: Path, data_dir: Path, monkeypatch,
                                            capsys) -> None:
     import json
