@@ -22,7 +22,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ def server_options() -> tuple[tuple[str, object], ...]:
             ("grpc.max_connection_age_grace_ms", int(max(age / 2, 5) * 1000)))
 
 Register = Callable[[grpc.aio.Server], None]
+#: the gauge of calls in flight, per server process
+IN_FLIGHT_METRIC = "hashrec_grpc_in_flight"
 
 
 class _Metrics:
@@ -58,6 +66,11 @@ class _Metrics:
                                 ["method", "code"], registry=registry)
         self.latency = Histogram("hashrec_grpc_seconds", "gRPC handling time", ["method"],
                                  registry=registry)
+        # What an autoscaler should scale on (deploy/: the HPAs through prometheus-adapter):
+        # calls being handled now. CPU says little for a service that mostly waits on its
+        # backends, and nothing for a GPU.
+        self.in_flight = Gauge(IN_FLIGHT_METRIC, "gRPC calls being handled now",
+                               registry=registry)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -75,12 +88,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         async def timed(request, context):
             started = asyncio.get_running_loop().time()
             code = "OK"
+            metrics.in_flight.inc()
             try:
                 return await inner(request, context)
             except BaseException:
                 code = (context.code() or grpc.StatusCode.UNKNOWN).name
                 raise
             finally:
+                metrics.in_flight.dec()
                 metrics.requests.labels(method, code).inc()
                 metrics.latency.labels(method).observe(
                     asyncio.get_running_loop().time() - started)

@@ -49,3 +49,52 @@ def test_calls_over_a_dns_target_keep_succeeding_while_connections_are_recycled(
         loop.close()
     assert answered > 20
 
+
+
+def test_the_in_flight_gauge_counts_calls_being_handled() -> None:
+    """The metric the autoscalers scale on (deploy/: HorizontalPodAutoscaler)."""
+    import asyncio
+    import threading
+
+    from shared.grpc_server import IN_FLIGHT_METRIC
+
+    loop = LoopThread()
+    release = asyncio.Event()
+
+    async def wait(request: bytes, context) -> bytes:
+        await release.wait()
+        return request
+
+    handler = grpc.method_handlers_generic_handler("test.Slow", {
+        "Wait": grpc.unary_unary_rpc_method_handler(wait)})
+
+    async def start() -> GrpcServer:
+        server = GrpcServer([("test.Slow", lambda s: s.add_generic_rpc_handlers((handler,)))],
+                            "127.0.0.1", 0)
+        await server.start()
+        return server
+
+    server = loop.call(start())
+
+    def in_flight() -> float:
+        return server.registry.get_sample_value(IN_FLIGHT_METRIC) or 0.0
+
+    try:
+        with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+            call = channel.unary_unary("/test.Slow/Wait")
+            replies = []
+            callers = [threading.Thread(target=lambda: replies.append(call(b"x", timeout=30)))
+                       for _ in range(3)]
+            for caller in callers:
+                caller.start()
+            until = time.monotonic() + 10
+            while in_flight() < 3 and time.monotonic() < until:
+                time.sleep(0.02)
+            assert in_flight() == 3
+            loop.loop.call_soon_threadsafe(release.set)
+            for caller in callers:
+                caller.join(timeout=10)
+            assert replies == [b"x"] * 3 and in_flight() == 0
+    finally:
+        loop.call(server.stop())
+        loop.close()

@@ -386,3 +386,12 @@ def test_every_pod_serves_the_pinned_version_and_verifies_it_before_starting() -
     from services.image_models import KIND as IMAGE_KIND
     from services.user.lookup import KIND as USER_KIND
     assert (IMAGE_KIND, USER_KIND) == ("image-to-hashtag", "user-tensor-effects")
+
+
+def test_autoscalers_scale_on_calls_in_flight_with_cpu_as_the_fallback() -> None:
+    from shared.grpc_server import IN_FLIGHT_METRIC
+
+    for hpa in (d for d in _documents() if d["kind"] == "HorizontalPodAutoscaler"):
+        kinds = {m["type"]: m for m in hpa["spec"]["metrics"]}
+        assert kinds["Pods"]["pods"]["metric"]["name"] == IN_FLIGHT_METRIC  # what we export
+        assert kinds["Resource"]["resource"]["name"] == "cpu"
