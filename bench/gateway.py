@@ -3,7 +3,7 @@
     python bench/gateway.py [--seconds 10] [--concurrency 32] [--gateway-in-process]
 
 The five services as `hashrec serve` runs them (one process), the gateway in front of the
-recommender in a process of its own (as deploy/gateway.yaml runs it; with
+recommender in a process of its own (as deploy/base/gateway.yaml runs it; with
 --gateway-in-process it shares the services' process and GIL, as `hashrec serve` starts
 it), and the load generator in a third process, so that neither client's own work
 (httpx's multipart encoding is heavier than gRPC's C core) is charged to the server. Warm

@@ -14,10 +14,12 @@ import pytest
 import yaml
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+BASE = DEPLOY / "base"
+OVERLAYS = ("local", "gpu")
 
 
-def _documents(folder: Path = DEPLOY) -> list[dict]:
-    """The objects of one kustomization (deploy/: the base; deploy/training: the Job)."""
+def _documents(folder: Path = BASE) -> list[dict]:
+    """The objects of one kustomization (deploy/base; deploy/training: the Job)."""
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     on_disk = {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
@@ -106,11 +108,50 @@ def test_kustomize_renders_the_manifests() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed; the checks above still ran")
-    rendered = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True,
+    rendered = subprocess.run([kubectl, "kustomize", str(BASE)], capture_output=True,
                               text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
     assert kinds.count("Service") == 7 and "Namespace" in kinds and "Ingress" in kinds
+
+
+def _render(folder: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the checks of the files still ran")
+    rendered = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True,
+                              text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    return [d for d in yaml.safe_load_all(rendered.stdout) if d]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_renders_valid_strict_kubernetes(overlay: str) -> None:
+    import kubernetes_validate
+
+    documents = _render(DEPLOY / "overlays" / overlay)
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in documents
+            if d["kind"] in ("Deployment", "StatefulSet")}
+    assert not any(_restricted_problems(pod) for pod in pods.values())  # still restricted
+    if overlay == "local":  # one small pod of everything
+        assert all(d["spec"].get("replicas") == 1 for d in documents
+                   if d["kind"] in ("Deployment", "StatefulSet"))
+        assert all(d["spec"]["maxReplicas"] == 1 for d in documents
+                   if d["kind"] == "HorizontalPodAutoscaler")
+        assert all(pod["containers"][0]["resources"]["requests"]["cpu"] in ("100m", "50m")
+                   for pod in pods.values())
+    else:  # vision on a GPU node, with the GPU image and batch
+        vision = pods["vision"]
+        container = vision["containers"][0]
+        assert container["image"] == "hashrec:gpu"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert vision["nodeSelector"] and vision["tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert {"name": "HASHREC_VISION_MAX_BATCH", "value": "32"} in container["env"]
+        word = pods["word"]["containers"][0]
+        assert "nvidia.com/gpu" not in word["resources"]["limits"]
+        assert word["image"] == "hashrec:dev"  # the CUDA image only where it is used
 
 
 #: the Kubernetes version the manifests are checked against (kubernetes-validate's newest)
@@ -359,11 +400,11 @@ def test_every_pod_serves_the_pinned_version_and_verifies_it_before_starting() -
     """No pod serves "the newest on the volume": the versions are in models.env, whose
     generated ConfigMap's name changes with them, so a new version rolls every pod and a
     rollback brings the old version back with the old pods."""
-    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     generated = {g["name"]: g for g in kustomization["configMapGenerator"]}
     assert generated["hashrec-model-versions"]["envs"] == ["models.env"]
     versions = dict(line.split("=", 1) for line in
-                    (DEPLOY / "models.env").read_text().split("\n")
+                    (BASE / "models.env").read_text().split("\n")
                     if line and not line.startswith("#"))
     assert set(versions) == {"HASHREC_MODEL_VERSION", "HASHREC_USER_MODEL_VERSION"}
     assert not {"HASHREC_MODEL_DIR", "HASHREC_USER_MODEL_DIR"} & set(_config())
