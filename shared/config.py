@@ -13,6 +13,9 @@ DATA_ROOT_ENV = "HASHREC_DATA_ROOT"
 #: Where trained models and computed features are written.
 MODELS_ENV = "HASHREC_MODELS"
 LOG_LEVEL_ENV = "HASHREC_LOG_LEVEL"
+#: "json": one JSON object a line (time, level, logger, message), for log collectors;
+#: anything else: plain text
+LOG_FORMAT_ENV = "HASHREC_LOG_FORMAT"
 
 
 def data_root() -> Path:
@@ -28,10 +31,18 @@ def models_dir() -> Path:
 
 def setup_logging(level: str | None = None) -> None:
     """One logging format for every command and service."""
-    logging.basicConfig(
-        level=(level or os.environ.get(LOG_LEVEL_ENV, "INFO")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = (level or os.environ.get(LOG_LEVEL_ENV, "INFO")).upper()
+    if os.environ.get(LOG_FORMAT_ENV, "").lower() == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # gensim logs every lifecycle event and progress tick at INFO; our own logs say enough.
     logging.getLogger("gensim").setLevel(logging.WARNING)
     # faiss logs which CPU build it tried at every import; a clear error should stand alone.
