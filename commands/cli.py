@@ -770,14 +770,15 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
                        {f"HASHREC_{name.upper()}_HOST": host,
                         f"HASHREC_{name.upper()}_PORT": str(backend_port),
                         "HASHREC_MODEL_DIR": str(model_dir),
-                        "HASHREC_USER_MODEL_DIR": str(user_dir)},
+                        "HASHREC_USER_MODEL_DIR": str(user_dir),
+                        "OTEL_SERVICE_NAME": f"hashrec-{name}"},
                        grpc_ready(f"{probe}:{backend_port}"),
                        reloads=name in ("word", "graph"), rollout_env=rolled_out)
              for name, backend_port in backends.items()]
     specs.append(ChildSpec(
         "recommender", "services.recommender.server",
         {"HASHREC_RECOMMENDER_HOST": host, "HASHREC_RECOMMENDER_PORT": str(port),
-         "HASHREC_MODEL_DIR": str(model_dir),
+         "HASHREC_MODEL_DIR": str(model_dir), "OTEL_SERVICE_NAME": "hashrec-recommender",
          **{f"HASHREC_{name.upper()}_TARGET": f"{probe}:{backend_port}"
             for name, backend_port in backends.items()}},
         grpc_ready(f"{probe}:{port}"), after=tuple(backends), reloads=True,
@@ -786,6 +787,7 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
         specs.append(ChildSpec(
             "gateway", "services.gateway.server",
             {"HASHREC_GATEWAY_HOST": host, "HASHREC_GATEWAY_PORT": str(args.http_port),
+             "OTEL_SERVICE_NAME": "hashrec-gateway",
              "HASHREC_RECOMMENDER_TARGET": f"{probe}:{port}",
              "HASHREC_GATEWAY_EXAMPLE_USERS": ",".join(example_users(user_dir))},
             http_ready(f"http://{probe}:{args.http_port}/readyz"), after=("recommender",)))

@@ -30,6 +30,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from shared.tracing import server_interceptors
+
 log = logging.getLogger(__name__)
 
 #: An image may be 20 MiB; the rest of a message is small.
@@ -143,8 +145,8 @@ class GrpcServer:
         self.grace = grace
         self.registry = registry or CollectorRegistry()  # one per server: no clashes
         self.metrics = _Metrics(self.registry)
-        self.server = grpc.aio.server(options=server_options(),
-                                      interceptors=[MetricsInterceptor(self.metrics)])
+        self.server = grpc.aio.server(options=server_options(), interceptors=[
+            MetricsInterceptor(self.metrics), *server_interceptors()])
         self.metrics_port: int | None = None
         if metrics_port is not None:
             http_server, _ = start_http_server(metrics_port, addr=host, registry=self.registry)

@@ -34,3 +34,40 @@ def test_json_logs_are_one_object_a_line_with_time_level_logger_and_message() ->
 def test_plain_logs_by_default() -> None:
     line = _log(HASHREC_LOG_FORMAT="")
     assert line.endswith("WARNING services.word: refused model v2 (ünïcode)")
+
+
+LOG_IN_A_SPAN = """
+import logging
+from opentelemetry import trace
+from shared.config import setup_logging
+from shared.tracing import setup_tracing
+setup_logging()
+assert setup_tracing()
+with trace.get_tracer("test").start_as_current_span("call") as span:
+    print(format(span.get_span_context().trace_id, "032x"), flush=True)
+    logging.getLogger("services.user").warning("inside the call")
+"""
+
+
+def test_with_tracing_on_a_json_log_line_carries_its_trace_id(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", LOG_IN_A_SPAN], capture_output=True,
+                         text=True, timeout=60, cwd=Path(__file__).parents[1],
+                         env={**os.environ, "HASHREC_LOG_FORMAT": "json",
+                              "HASHREC_TRACING": "file",
+                              "HASHREC_TRACING_FILE": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    trace_id = run.stdout.split()[0]
+    record = json.loads(run.stderr.strip().splitlines()[-1])
+    assert record["message"] == "inside the call" and record["trace_id"] == trace_id
+    (spans,) = tmp_path.glob("*.jsonl")
+    assert json.loads(spans.read_text())["context"]["trace_id"] == f"0x{trace_id}"
+
+
+def test_an_unknown_tracing_mode_is_refused_naming_the_choices() -> None:
+    run = subprocess.run([sys.executable, "-c",
+                          "from shared.tracing import setup_tracing; setup_tracing()"],
+                         capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parents[1],
+                         env={**os.environ, "HASHREC_TRACING": "jaeger"})
+    assert run.returncode == 1
+    assert "choose off, console, file or otlp" in run.stderr

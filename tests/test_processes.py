@@ -410,6 +410,51 @@ def test_a_rollout_under_load_fails_no_call_and_a_tampered_version_is_refused(
           "after the signal; a tampered version refused by word, graph and recommender")
 
 
+def test_one_recommend_is_one_trace_across_the_service_processes(
+        stack: dict, data_dir: Path, tmp_path: Path) -> None:
+    """HASHREC_TRACING=file: each process writes its spans; the recommender's call to
+    vision, word, graph and user continue its trace in their own processes."""
+    spans_dir = tmp_path / "spans"
+    with serving(stack, tmp_path, HASHREC_TRACING="file",
+                 HASHREC_TRACING_FILE=str(spans_dir)) as served, \
+            grpc.insecure_channel(f"127.0.0.1:{served.port}", options=CHANNEL_OPTIONS) as channel:
+        reply = recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
+            recommender_pb2.RecommendRequest(image=_photo(data_dir) + b"\0trace",
+                                             user_id="u00003", k=5), timeout=60)
+        assert not reply.degraded, reply.degraded_reasons
+        time.sleep(1.0)  # spans are written as they end
+    spans = [json.loads(line) for path in spans_dir.glob("*.jsonl")
+             for line in path.read_text().splitlines() if line]
+    (root,) = [s for s in spans if s["name"] == "/hashrec.v1.RecommenderService/Recommend"
+               and s["kind"] == "SpanKind.SERVER"]
+    trace_id = root["context"]["trace_id"]
+    servers = {s["resource"]["attributes"]["service.name"]: s["name"] for s in spans
+               if s["context"]["trace_id"] == trace_id and s["kind"] == "SpanKind.SERVER"}
+    assert servers == {"hashrec-recommender": "/hashrec.v1.RecommenderService/Recommend",
+                       "hashrec-vision": "/hashrec.v1.VisionService/Embed",
+                       "hashrec-word": "/hashrec.v1.WordEmbeddingService/Score",
+                       "hashrec-graph": "/hashrec.v1.GraphEmbeddingService/Score",
+                       "hashrec-user": "/hashrec.v1.UserProfileService/Score"}
+    # every backend span hangs under one of the recommender's client spans
+    clients = {s["context"]["span_id"] for s in spans if s["context"]["trace_id"] == trace_id
+               and s["kind"] == "SpanKind.CLIENT"
+               and s["resource"]["attributes"]["service.name"] == "hashrec-recommender"}
+    assert all(s["parent_id"] in clients for s in spans
+               if s["context"]["trace_id"] == trace_id and s["kind"] == "SpanKind.SERVER"
+               and s is not root)
+    print("\ntrace of one Recommend: " + json.dumps(sorted(
+        (s["resource"]["attributes"]["service.name"], s["kind"], s["name"],
+         round((_ns(s["end_time"]) - _ns(s["start_time"])) / 1e6, 1))
+        for s in spans if s["context"]["trace_id"] == trace_id)))
+
+
+def _ns(timestamp: str) -> float:
+    """Nanoseconds since the epoch of an OpenTelemetry JSON timestamp."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1e9
+
+
 def test_redis_killed_and_restarted_under_load_fails_no_call(stack: dict, data_dir: Path,
                                                             tmp_path: Path) -> None:
     import redis as redis_client

@@ -58,6 +58,7 @@ from pydantic import BaseModel, Field
 from services.gateway.uploads import RecentUploads
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
+from shared.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = grpc.aio.insecure_channel(settings.recommender, options=CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(settings.recommender, options=CHANNEL_OPTIONS,
+                                            interceptors=client_interceptors())
         state["stub"] = recommender_pb2_grpc.RecommenderServiceStub(channel)
         state["health"] = health_pb2_grpc.HealthStub(channel)
         log.info("gateway: recommender at %s", settings.recommender)

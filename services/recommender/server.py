@@ -79,6 +79,7 @@ from shared.grpc_server import (
 from shared.limits import hashtag_problem, hashtags_problem, user_id_problem
 from shared.photos import MACHINE_LABELS_PER_PHOTO
 from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
+from shared.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
@@ -395,7 +396,8 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
     def channel(target: str | None) -> grpc.aio.Channel | None:
         if not target:
             return None
-        channels.append(grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS))
+        channels.append(grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS,
+                                                  interceptors=client_interceptors()))
         return channels[-1]
 
     vision, word, graph, user = (channel(t) for t in (vision_target, word_target,
