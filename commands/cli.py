@@ -535,9 +535,9 @@ def _call(target: str, rpc: str, request, timeout: float):
     import grpc
     from hashrec.v1 import recommender_pb2_grpc
 
-    from shared.grpc_server import CHANNEL_OPTIONS
+    from shared.grpc_server import blocking_channel
 
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    with blocking_channel(target) as channel:
         try:
             return getattr(recommender_pb2_grpc.RecommenderServiceStub(channel), rpc)(
                 request, timeout=timeout)

@@ -252,10 +252,11 @@ def describe_exit(code: int | None) -> str:
 def grpc_ready(address: str) -> Callable[[], Awaitable[bool]]:
     """A gRPC health check: SERVING once the service has loaded and verified its models."""
     async def check() -> bool:
-        import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        async with grpc.aio.insecure_channel(address) as channel:
+        from shared.grpc_server import aio_channel
+
+        async with aio_channel(address) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=2)
             return reply.status == health_pb2.HealthCheckResponse.SERVING

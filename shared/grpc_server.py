@@ -57,6 +57,57 @@ def server_options() -> tuple[tuple[str, object], ...]:
     return (*CHANNEL_OPTIONS, ("grpc.max_connection_age_ms", int(age * 1000)),
             ("grpc.max_connection_age_grace_ms", int(max(age / 2, 5) * 1000)))
 
+#: TLS, off unless set: a server with a certificate and key serves only TLS; a client
+#: with a CA verifies the server against it (files, mounted from Secrets in deploy/)
+TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV = "HASHREC_TLS_CERT", "HASHREC_TLS_KEY", "HASHREC_TLS_CA"
+#: with TLS on, a plaintext port that serves the health service alone: the kubelet's
+#: native gRPC probes cannot speak TLS (deploy/overlays/tls points them there)
+HEALTH_PORT_ENV = "HASHREC_HEALTH_PORT"
+
+
+def _tls_file(variable: str) -> bytes | None:
+    path = os.environ.get(variable)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ValueError(f"{variable}={path}: {error.strerror}") from error
+
+
+def server_credentials() -> grpc.ServerCredentials | None:
+    """TLS credentials from HASHREC_TLS_CERT and HASHREC_TLS_KEY, or None (plaintext)."""
+    cert, key = _tls_file(TLS_CERT_ENV), _tls_file(TLS_KEY_ENV)
+    if (cert is None) != (key is None):
+        raise ValueError(f"TLS needs both {TLS_CERT_ENV} and {TLS_KEY_ENV}")
+    return None if cert is None else grpc.ssl_server_credentials([(key, cert)])
+
+
+def channel_credentials() -> grpc.ChannelCredentials | None:
+    """TLS that trusts HASHREC_TLS_CA, or None (plaintext)."""
+    ca = _tls_file(TLS_CA_ENV)
+    return None if ca is None else grpc.ssl_channel_credentials(root_certificates=ca)
+
+
+def aio_channel(target: str, interceptors: Sequence | None = None) -> grpc.aio.Channel:
+    """A channel with CHANNEL_OPTIONS, over TLS when HASHREC_TLS_CA is set."""
+    credentials = channel_credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS,
+                                         interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS,
+                                   interceptors=interceptors)
+
+
+def blocking_channel(target: str) -> grpc.Channel:
+    """The same for blocking callers (the command line)."""
+    credentials = channel_credentials()
+    if credentials is None:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+
+
 Register = Callable[[grpc.aio.Server], None]
 #: the gauge of calls in flight, per server process
 IN_FLIGHT_METRIC = "hashrec_grpc_in_flight"
@@ -162,7 +213,16 @@ class GrpcServer:
         self._on_stop: list[Callable[[], None]] = []
         if self.metrics_port is not None:
             self._on_stop.append(self._on_stop_metrics)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        credentials = server_credentials()
+        self.tls = credentials is not None
+        self.port = (self.server.add_secure_port(f"{host}:{port}", credentials) if self.tls
+                     else self.server.add_insecure_port(f"{host}:{port}"))
+        self.health_server: grpc.aio.Server | None = None
+        if self.tls and os.environ.get(HEALTH_PORT_ENV):
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(
+                f"{host}:{os.environ[HEALTH_PORT_ENV]}")
         if self.port == 0:
             raise OSError(f"could not bind {host}:{port}")
         self.address = f"{host}:{self.port}"
@@ -174,6 +234,8 @@ class GrpcServer:
     async def start(self) -> None:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         log.info("serving %s on %s (health NOT_SERVING until ready)", self.names, self.address)
 
     async def set_serving(self, serving: bool) -> None:
@@ -188,6 +250,8 @@ class GrpcServer:
         """Health NOT_SERVING first (load balancers stop sending), then drain and stop."""
         await self.set_serving(False)
         await self.server.stop(self.grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         for callback in self._on_stop:
             callback()
         log.info("stopped %s", self.address)

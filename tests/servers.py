@@ -103,3 +103,26 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+def certificates(folder: Path) -> dict[str, str]:
+    """A CA made for the test, and a server certificate it signed for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is missing: apt-get install openssl")
+    folder.mkdir()
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True,
+                       timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+        "ca.pem", "-days", "1", "-subj", "/CN=hashrec test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+        "server.csr", "-subj", "/CN=localhost")
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.cnf")
+    return {"HASHREC_TLS_CERT": str(folder / "server.pem"),
+            "HASHREC_TLS_KEY": str(folder / "server.key"),
+            "HASHREC_TLS_CA": str(folder / "ca.pem")}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, server_options
@@ -95,6 +96,45 @@ def test_the_in_flight_gauge_counts_calls_being_handled() -> None:
             for caller in callers:
                 caller.join(timeout=10)
             assert replies == [b"x"] * 3 and in_flight() == 0
+    finally:
+        loop.call(server.stop())
+        loop.close()
+
+
+def test_under_tls_only_the_health_port_speaks_plaintext(monkeypatch, tmp_path) -> None:
+    """The kubelet's gRPC probes cannot do TLS: HASHREC_HEALTH_PORT serves health alone in
+    plaintext, while the service's own port refuses plaintext."""
+    from pathlib import Path
+
+    from tests.servers import certificates, free_port
+
+    tls = certificates(tmp_path / "tls")
+    for variable, path in tls.items():
+        monkeypatch.setenv(variable, path)
+    health_port = free_port()
+    monkeypatch.setenv("HASHREC_HEALTH_PORT", str(health_port))
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer([], "127.0.0.1", 0)
+        await server.start()
+        await server.set_serving(True)
+        return server
+
+    server = loop.call(start())
+    request = health_pb2.HealthCheckRequest()
+    try:
+        assert server.tls and server.health_port == health_port
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as plain:
+            assert health_pb2_grpc.HealthStub(plain).Check(request, timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(server.address) as plain, pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(plain).Check(request, timeout=5)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls["HASHREC_TLS_CA"]).read_bytes())
+        with grpc.secure_channel(server.address, credentials) as secure:
+            assert health_pb2_grpc.HealthStub(secure).Check(request, timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
     finally:
         loop.call(server.stop())
         loop.close()

@@ -15,7 +15,7 @@ import yaml
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 BASE = DEPLOY / "base"
-OVERLAYS = ("local", "gpu")
+OVERLAYS = ("local", "gpu", "tls")
 
 
 def _documents(folder: Path = BASE) -> list[dict]:
@@ -142,6 +142,22 @@ def test_every_overlay_renders_valid_strict_kubernetes(overlay: str) -> None:
                    if d["kind"] == "HorizontalPodAutoscaler")
         assert all(pod["containers"][0]["resources"]["requests"]["cpu"] in ("100m", "50m")
                    for pod in pods.values())
+    elif overlay == "tls":  # every gRPC server and client reads the Secret's files
+        for name, pod in pods.items():
+            if name == "redis":
+                continue
+            container = pod["containers"][0]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["HASHREC_TLS_CERT"] == "/tls/tls.crt", name
+            assert env["HASHREC_TLS_KEY"] == "/tls/tls.key", name
+            assert env["HASHREC_TLS_CA"] == "/tls/ca.crt", name
+            assert {"name": "tls", "secret": {"secretName": "hashrec-tls"}} in pod["volumes"]
+            assert {"name": "tls", "mountPath": "/tls", "readOnly": True} in \
+                container["volumeMounts"], name
+            if name != "gateway":  # kubelet probes speak plaintext: the health port
+                assert env["HASHREC_HEALTH_PORT"] == "8086"
+                assert {container[probe]["grpc"]["port"] for probe in
+                        ("startupProbe", "readinessProbe", "livenessProbe")} == {8086}
     else:  # vision on a GPU node, with the GPU image and batch
         vision = pods["vision"]
         container = vision["containers"][0]

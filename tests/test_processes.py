@@ -31,7 +31,7 @@ from hashrec.v1 import (
 
 from shared.grpc_server import CHANNEL_OPTIONS
 from shared.scoring import describe
-from tests.servers import free_ports_in_a_row
+from tests.servers import certificates, free_ports_in_a_row
 
 SERVICES = ("vision", "word", "graph", "user", "recommender")
 #: the caller's deadline for one Recommend under load
@@ -453,6 +453,28 @@ def _ns(timestamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1e9
+
+
+def test_with_a_certificate_every_service_speaks_only_tls(stack: dict, data_dir: Path,
+                                                         tmp_path: Path) -> None:
+    tls = certificates(tmp_path / "tls")
+    with serving(stack, tmp_path, **tls) as served:
+        target = f"127.0.0.1:{served.port}"
+        request = recommender_pb2.RecommendRequest(image=_photo(data_dir), user_id="u00003",
+                                                   k=5)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls["HASHREC_TLS_CA"]).read_bytes())
+        with grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS) as channel:
+            reply = recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
+                request, timeout=60)
+        # the recommender reached vision, word, graph and user over TLS too
+        assert reply.hashtags and not reply.degraded, reply.degraded_reasons
+        for port in (served.port, served.port + 4):  # the recommender, the user service
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as plain, \
+                    pytest.raises(grpc.RpcError) as refused:
+                recommender_pb2_grpc.RecommenderServiceStub(plain).Recommend(request,
+                                                                             timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_redis_killed_and_restarted_under_load_fails_no_call(stack: dict, data_dir: Path,

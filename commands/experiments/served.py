@@ -111,13 +111,12 @@ def in_process_answer(models: object, store: object, k: int = 10,
 
 def grpc_answer(target: str, k: int = 10, timeout: float = 60.0) -> Answer:
     """Answers from a running RecommenderService: the photo's bytes, no user."""
-    import grpc
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
 
-    from shared.grpc_server import CHANNEL_OPTIONS
+    from shared.grpc_server import blocking_channel
 
     def answer(posts: Sequence[Post]) -> list[list[str]]:
-        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        with blocking_channel(target) as channel:
             stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
             return [[h.hashtag for h in stub.Recommend(recommender_pb2.RecommendRequest(
                 image=p.image.read_bytes(), k=k), timeout=timeout).hashtags] for p in posts]

@@ -57,7 +57,7 @@ from pydantic import BaseModel, Field
 
 from services.gateway.uploads import RecentUploads
 from shared.config import data_root, setup_logging
-from shared.grpc_server import CHANNEL_OPTIONS
+from shared.grpc_server import aio_channel
 from shared.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
@@ -275,8 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = grpc.aio.insecure_channel(settings.recommender, options=CHANNEL_OPTIONS,
-                                            interceptors=client_interceptors())
+        channel = aio_channel(settings.recommender, client_interceptors())
         state["stub"] = recommender_pb2_grpc.RecommenderServiceStub(channel)
         state["health"] = health_pb2_grpc.HealthStub(channel)
         log.info("gateway: recommender at %s", settings.recommender)

@@ -70,8 +70,8 @@ from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
 from shared.eval.metrics import top_k
 from shared.grpc_server import (
-    CHANNEL_OPTIONS,
     GrpcServer,
+    aio_channel,
     k_or_abort,
     limits_or_abort,
     start_loading,
@@ -396,8 +396,7 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
     def channel(target: str | None) -> grpc.aio.Channel | None:
         if not target:
             return None
-        channels.append(grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS,
-                                                  interceptors=client_interceptors()))
+        channels.append(aio_channel(target, client_interceptors()))
         return channels[-1]
 
     vision, word, graph, user = (channel(t) for t in (vision_target, word_target,
