@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -133,8 +134,13 @@ class RedisCache:
 
 
 def make_cache(redis_url: str | None) -> Cache:
-    """Redis when a URL is configured (HASHREC_REDIS_URL; its password, if any, in
-    HASHREC_REDIS_PASSWORD, from a Secret), else the in-process LRU."""
+    """Redis when a URL is configured (HASHREC_REDIS_URL; its password, if any, in the file
+    HASHREC_REDIS_PASSWORD_FILE names (a mounted Secret) or in HASHREC_REDIS_PASSWORD),
+    else the in-process LRU."""
     if not redis_url:
         return LruCache()
-    return RedisCache(redis_url, password=os.environ.get("HASHREC_REDIS_PASSWORD") or None)
+    password = os.environ.get("HASHREC_REDIS_PASSWORD")
+    password_file = os.environ.get("HASHREC_REDIS_PASSWORD_FILE")
+    if password_file:
+        password = Path(password_file).read_text().strip()
+    return RedisCache(redis_url, password=password or None)

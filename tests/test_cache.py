@@ -88,7 +88,7 @@ def test_without_a_redis_url_the_cache_is_in_process() -> None:
 
 
 def test_a_redis_with_a_password_serves_the_cache_given_it_and_refuses_without(
-        monkeypatch) -> None:
+        monkeypatch, tmp_path) -> None:
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is missing: apt-get install redis-server")
     server = RedisServer(password="s3cret-from-a-secret")
@@ -100,6 +100,12 @@ def test_a_redis_with_a_password_serves_the_cache_given_it_and_refuses_without(
         with_password.set("k", value)
         np.testing.assert_array_equal(with_password.get("k"), value)
         monkeypatch.delenv("HASHREC_REDIS_PASSWORD")
+        secret = tmp_path / "password"  # as a Secret mounted as a file
+        secret.write_text("s3cret-from-a-secret\n")
+        monkeypatch.setenv("HASHREC_REDIS_PASSWORD_FILE", str(secret))
+        from_file = make_cache(server.url)
+        np.testing.assert_array_equal(from_file.get("k"), value)
+        monkeypatch.delenv("HASHREC_REDIS_PASSWORD_FILE")
         without = make_cache(server.url)
         without.set("k2", value)  # refused by Redis: a miss, never an error
         assert without.get("k") is None and without.get("k2") is None
