@@ -47,14 +47,20 @@ def real_features() -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
-def resampled(features: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n vectors: real ones (all of them first), then real ones plus noise."""
-    spread = features.std(axis=0, keepdims=True)
-    picks = rng.integers(len(features), size=n)
-    noise = rng.normal(size=(n, features.shape[1])).astype(np.float32) * 0.3 * spread
-    noise[:min(n, len(features))] = 0
-    picks[:min(n, len(features))] = np.arange(min(n, len(features)))
-    return l2_normalized(features[picks] + noise)
+def resampled(features: np.ndarray, n: int, rng: np.random.Generator,
+              chunk: int = 100_000) -> np.ndarray:
+    """n vectors: real ones (all of them first), then real ones plus noise; built in
+    chunks, so a million 1280-d vectors cost their own 5 GB and little more."""
+    spread = 0.3 * features.std(axis=0, keepdims=True)
+    out = np.empty((n, features.shape[1]), np.float32)
+    real = min(n, len(features))
+    out[:real] = features[:real]
+    for start in range(real, n, chunk):
+        stop = min(start + chunk, n)
+        picks = rng.integers(len(features), size=stop - start)
+        out[start:stop] = features[picks] + rng.normal(
+            size=(stop - start, features.shape[1])).astype(np.float32) * spread
+    return l2_normalized(out)
 
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
@@ -71,6 +77,17 @@ def per_second(function: Callable[[], object], seconds: float) -> float:
     return calls / (time.perf_counter() - started)
 
 
+def index_megabytes(index: faiss.Index) -> float:
+    """The index's size as written to disk (streamed: no second copy in memory)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "index")
+        faiss.write_index(index, path)
+        return os.path.getsize(path) / 2**20
+
+
 def tuned(index: faiss.Index, set_knob: Callable[[int], None], knobs: tuple[int, ...],
           queries: np.ndarray, truth: np.ndarray, target: float) -> int:
     """The smallest knob whose recall@10 on the tuning queries reaches ``target``."""
@@ -79,6 +96,64 @@ def tuned(index: faiss.Index, set_knob: Callable[[int], None], knobs: tuple[int,
         if recall_at_10(index.search(queries, 10)[1], truth) >= target:
             return knob
     return knobs[-1]
+
+
+def measure(n: int, features: np.ndarray, rng: np.random.Generator,
+            args: argparse.Namespace) -> None:
+    """One size's rows: every index built, measured, printed and freed in turn."""
+    vectors = resampled(features, n, rng)
+    # queries: new photos like the collection's (other noisy copies), half to tune
+    queries = resampled(features, 2 * args.queries + len(features), rng)[len(features):]
+    tune, test = queries[:args.queries], queries[args.queries:]
+    singles = [test[i:i + 1] for i in range(len(test))]
+    batches = [test[i:i + 64] for i in range(0, len(test) - 63, 64)]
+    reference: dict[str, float] = {}
+
+    def report(name: str, index: faiss.Index, setting: str, build: float) -> None:
+        """Measures one index and prints its row; the caller then frees it (at 1M
+        each holds gigabytes)."""
+        counter = iter(range(10**9))
+        single = per_second(lambda: index.search(
+            singles[next(counter) % len(singles)], 10), args.seconds)
+        batch = 64 * per_second(lambda: index.search(
+            batches[next(counter) % len(batches)], 10), args.seconds)
+        reference.setdefault("single", single)
+        reference.setdefault("batch", batch)
+        recall = recall_at_10(index.search(test, 10)[1], test_truth)
+        print(f"{n:>9} {name:<10} {setting:>12} {recall:>10.3f} {single:>9.0f} "
+              f"{batch:>9.0f} {single / reference['single']:>10.1f} "
+              f"{batch / reference['batch']:>11.1f} {index_megabytes(index):>8.1f} "
+              f"{build:>8.1f}", flush=True)
+
+    started = time.perf_counter()
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    build = time.perf_counter() - started
+    tune_truth, test_truth = exact.search(tune, 10)[1], exact.search(test, 10)[1]
+    report("exact", exact, "", build)
+    del exact
+    lists = int(4 * np.sqrt(n))
+    for name, spec in (("IVF-Flat", f"IVF{lists},Flat"), ("IVF-SQ8", f"IVF{lists},SQ8")):
+        started = time.perf_counter()
+        index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors[rng.choice(n, size=min(n, 64 * lists), replace=False)])
+        index.add(vectors)
+        build = time.perf_counter() - started
+        ivf = faiss.extract_index_ivf(index)
+        probe = tuned(index, lambda k, ivf=ivf: setattr(ivf, "nprobe", k), PROBES, tune,
+                      tune_truth, args.target)
+        report(name, index, f"nprobe {probe}/{lists}", build)
+        del index, ivf
+    if n <= args.hnsw_max:
+        started = time.perf_counter()
+        hnsw = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.add(vectors)
+        build = time.perf_counter() - started
+        ef = tuned(hnsw, lambda k, hnsw=hnsw: setattr(hnsw.hnsw, "efSearch", k),
+                   EF_SEARCH, tune, tune_truth, args.target)
+        report("HNSW32", hnsw, f"efSearch {ef}", build)
+        del hnsw
+    del vectors
 
 
 def main() -> None:
@@ -100,55 +175,7 @@ def main() -> None:
     print(f"{'vectors':>9} {'index':<10} {'setting':>12} {'recall@10':>10} {'QPS 1':>9} "
           f"{'QPS 64':>9} {'x exact 1':>10} {'x exact 64':>11} {'MB':>8} {'build s':>8}")
     for n in (int(s) for s in args.sizes.split(",")):
-        vectors = resampled(features, n, rng)
-        # queries: new photos like the collection's (other noisy copies), half to tune
-        queries = resampled(features, 2 * args.queries + len(features), rng)[len(features):]
-        tune, test = queries[:args.queries], queries[args.queries:]
-        started = time.perf_counter()
-        exact = faiss.IndexFlatIP(vectors.shape[1])
-        exact.add(vectors)
-        built = {"exact": (exact, "", time.perf_counter() - started)}
-        tune_truth, test_truth = exact.search(tune, 10)[1], exact.search(test, 10)[1]
-        lists = int(4 * np.sqrt(n))
-        for name, spec in (("IVF-Flat", f"IVF{lists},Flat"), ("IVF-SQ8", f"IVF{lists},SQ8")):
-            started = time.perf_counter()
-            index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
-            sample = vectors[rng.choice(n, size=min(n, 64 * lists), replace=False)]
-            index.train(sample)
-            index.add(vectors)
-            build = time.perf_counter() - started
-            ivf = faiss.extract_index_ivf(index)
-            probe = tuned(index, lambda k, ivf=ivf: setattr(ivf, "nprobe", k), PROBES, tune,
-                          tune_truth, args.target)
-            built[name] = (index, f"nprobe {probe}/{lists}", build)
-        if n <= args.hnsw_max:
-            started = time.perf_counter()
-            hnsw = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-            hnsw.add(vectors)
-            build = time.perf_counter() - started
-            ef = tuned(hnsw, lambda k, hnsw=hnsw: setattr(hnsw.hnsw, "efSearch", k),
-                       EF_SEARCH, tune, tune_truth, args.target)
-            built["HNSW32"] = (hnsw, f"efSearch {ef}", build)
-        single: dict[str, float] = {}
-        batch: dict[str, float] = {}
-        singles = [test[i:i + 1] for i in range(len(test))]
-        batches = [test[i:i + 64] for i in range(0, len(test) - 63, 64)]
-        for name, (index, setting, build) in built.items():
-            counter = iter(range(10**9))
-            single[name] = per_second(
-                lambda index=index, counter=counter, singles=singles: index.search(
-                    singles[next(counter) % len(singles)], 10), args.seconds)
-            counter = iter(range(10**9))
-            batch[name] = 64 * per_second(
-                lambda index=index, counter=counter, batches=batches: index.search(
-                    batches[next(counter) % len(batches)], 10), args.seconds)
-            recall = recall_at_10(index.search(test, 10)[1], test_truth)
-            megabytes = len(faiss.serialize_index(index)) / 2**20
-            print(f"{n:>9} {name:<10} {setting:>12} {recall:>10.3f} {single[name]:>9.0f} "
-                  f"{batch[name]:>9.0f} {single[name] / single['exact']:>10.1f} "
-                  f"{batch[name] / batch['exact']:>11.1f} {megabytes:>8.1f} {build:>8.1f}",
-                  flush=True)
-
+        measure(n, features, rng, args)
 
 if __name__ == "__main__":
     main()
