@@ -218,6 +218,7 @@ class GrpcServer:
         self.port = (self.server.add_secure_port(f"{host}:{port}", credentials) if self.tls
                      else self.server.add_insecure_port(f"{host}:{port}"))
         self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None  # the plaintext health-only port, if any
         if self.tls and os.environ.get(HEALTH_PORT_ENV):
             self.health_server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
