@@ -13,7 +13,9 @@ L2-normalised, as the visual kNN indexes them). For each size, in one run:
   trained on the data; the number of lists probed is the smallest that reaches
   ``--target`` recall@10 on tuning queries;
 - HNSW (32 links; efSearch chosen the same way), up to --hnsw-max vectors (its build
-  grows fastest).
+  grows fastest);
+- auto: what the services build (shared/index.photo_index: exact up to 50k vectors, else
+  IVF-Flat), its probes tuned on the collection's own vectors, as a service must.
 
 Recall@10 against exact search is then measured on other queries (the tuning queries
 never score the setting they chose), with QPS for single queries and batches of 64,
@@ -29,11 +31,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from shared.index import l2_normalized
-
-#: the settings tried, smallest first: lists probed (IVF) or efSearch (HNSW)
-PROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-EF_SEARCH = (16, 32, 64, 128, 256, 512)
+from shared.index import EF_SEARCH, PROBES, IndexConfig, l2_normalized, photo_index, recall_at_10
 
 
 def real_features() -> np.ndarray:
@@ -61,11 +59,6 @@ def resampled(features: np.ndarray, n: int, rng: np.random.Generator,
         out[start:stop] = features[picks] + rng.normal(
             size=(stop - start, features.shape[1])).astype(np.float32) * spread
     return l2_normalized(out)
-
-
-def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth,
-                                                                     strict=True)]))
 
 
 def per_second(function: Callable[[], object], seconds: float) -> float:
@@ -153,6 +146,13 @@ def measure(n: int, features: np.ndarray, rng: np.random.Generator,
                    EF_SEARCH, tune, tune_truth, args.target)
         report("HNSW32", hnsw, f"efSearch {ef}", build)
         del hnsw
+    # what the services build (shared/index.photo_index): the kind by size, its probes
+    # tuned on the collection's own vectors rather than on outside queries
+    started = time.perf_counter()
+    chosen = photo_index(vectors, IndexConfig(recall_target=args.target))
+    build = time.perf_counter() - started
+    report(f"auto:{chosen.kind}", chosen.faiss_index, f"{chosen.setting or ''}", build)
+    del chosen
     del vectors
 
 

@@ -1,9 +1,32 @@
-"""Exact maximum-inner-product search with FAISS (nearest hashtags, nearest photos)."""
+"""Maximum-inner-product search with FAISS (nearest hashtags, nearest photos).
+
+Hashtag indexes are small and their callers rely on exact bounds: they stay flat. Photo
+indexes grow with the photos, so ``photo_index`` chooses by size (``IndexConfig``): exact
+below a threshold; above it an IVF index (4·√n lists, trained on the data), or HNSW, with
+the number of lists probed (or efSearch) the smallest that reaches a recall@10 target
+against exact search, measured on the data's own vectors; and 8-bit scalar quantisation
+(IVF-SQ8, a quarter of the memory) when the flat vectors would not fit a memory budget.
+bench/index.py measures the trade-offs at 10k, 100k and 1M vectors.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass
+
 import faiss
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: the index kinds: flat (exact), ivf (IVF-Flat), ivf-sq8, hnsw (HNSW32)
+KINDS = ("flat", "ivf", "ivf-sq8", "hnsw")
+#: the settings tried, smallest first: lists probed (IVF) or efSearch (HNSW)
+PROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+#: how many of the data's vectors measure recall while tuning
+TUNING_QUERIES = 256
 
 
 def l2_normalized(vectors: np.ndarray) -> np.ndarray:
@@ -13,18 +36,115 @@ def l2_normalized(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-class InnerProductIndex:
-    """Top-k rows of ``vectors`` by inner product with each query (a flat, exact index)."""
+@dataclass(frozen=True)
+class IndexConfig:
+    """How a photo index is chosen. ``kind``: auto (by size) or one of KINDS."""
 
-    def __init__(self, vectors: np.ndarray) -> None:
+    kind: str = "auto"
+    #: up to this many vectors the index is exact (bench/index.py: at 10k exact search
+    #: still answers a single query in well under a millisecond)
+    exact_max: int = 50_000
+    #: the recall@10 against exact search that the probes are chosen to reach
+    recall_target: float = 0.95
+    #: above this many MB of float32 vectors, quantise (IVF-SQ8); 0: no budget
+    memory_mb: float = 0.0
+    #: seed of the IVF's k-means and of the tuning queries' choice
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind != "auto" and self.kind not in KINDS:
+            raise ValueError(f"index kind must be auto or one of {', '.join(KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.exact_max < 0:
+            raise ValueError(f"exact_max must be >= 0, got {self.exact_max}")
+        if not 0 < self.recall_target <= 1:
+            raise ValueError(f"recall target must be in (0, 1], got {self.recall_target}")
+        if self.memory_mb < 0:
+            raise ValueError(f"memory budget must be >= 0 MB, got {self.memory_mb}")
+
+    @classmethod
+    def from_env(cls) -> IndexConfig:
+        """HASHREC_INDEX (auto|flat|ivf|ivf-sq8|hnsw), HASHREC_INDEX_EXACT_MAX,
+        HASHREC_INDEX_RECALL, HASHREC_INDEX_MEMORY_MB."""
+        def number(name: str, default: float, kind: type) -> float:
+            raw = os.environ.get(name, "").strip()
+            try:
+                return kind(raw) if raw else default
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+        return cls(kind=os.environ.get("HASHREC_INDEX", "auto").strip() or "auto",
+                   exact_max=int(number("HASHREC_INDEX_EXACT_MAX", cls.exact_max, int)),
+                   recall_target=number("HASHREC_INDEX_RECALL", cls.recall_target, float),
+                   memory_mb=number("HASHREC_INDEX_MEMORY_MB", cls.memory_mb, float))
+
+    def kind_for(self, n: int, dim: int) -> str:
+        if self.kind != "auto":
+            return self.kind
+        if n <= self.exact_max:
+            return "flat"
+        if self.memory_mb and n * dim * 4 / 2**20 > self.memory_mb:
+            return "ivf-sq8"
+        return "ivf"
+
+
+class InnerProductIndex:
+    """Top-k rows of ``vectors`` by inner product with each query: exact (flat) unless
+    ``config`` chooses otherwise for their number (``photo_index``)."""
+
+    def __init__(self, vectors: np.ndarray, config: IndexConfig | None = None) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) == 0:
             raise ValueError(f"index needs a non-empty 2-D array, got shape {vectors.shape}")
+        self.config = config or IndexConfig(kind="flat")
         self.vectors = vectors
         self.dim = vectors.shape[1]
         self.size = len(vectors)
-        self._index = faiss.IndexFlatIP(self.dim)
-        self._index.add(vectors)
+        self._index = self._build()
+
+    def _build(self) -> faiss.Index:
+        config = self.config
+        self.kind = config.kind_for(self.size, self.dim)
+        self.built_size = self.size
+        #: lists probed (IVF) or efSearch (HNSW); None for flat
+        self.setting: int | None = None
+        #: recall@10 against exact search on the tuning queries; 1.0 for flat
+        self.recall = 1.0
+        if self.kind == "flat":
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(self.vectors)
+            return index
+        if self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
+            index.add(self.vectors)
+            self.setting, self.recall = _tuned(
+                index, lambda ef: setattr(index.hnsw, "efSearch", ef), EF_SEARCH,
+                self.vectors, config)
+        else:
+            lists = max(1, min(int(4 * np.sqrt(self.size)), self.size // 39))
+            spec = f"IVF{lists},{'SQ8' if self.kind == 'ivf-sq8' else 'Flat'}"
+            index = faiss.index_factory(self.dim, spec, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(config.seed)
+            # FAISS's k-means wants ≥ 39 points a list; 64 a list is plenty
+            sample = min(self.size, 64 * lists)
+            index.train(self.vectors[np.sort(rng.choice(self.size, sample, replace=False))])
+            index.add(self.vectors)
+            ivf = faiss.extract_index_ivf(index)
+            self.setting, self.recall = _tuned(
+                index, lambda k: setattr(ivf, "nprobe", k),
+                (*(p for p in PROBES if p < lists), lists), self.vectors, config)
+        if self.recall < config.recall_target:
+            log.warning("%s index over %d vectors reaches recall@10 %.3f at most, under "
+                        "the target %.2f", self.kind, self.size, self.recall,
+                        config.recall_target)
+        log.info("%s index over %d vectors: setting %s, recall@10 %.3f", self.kind,
+                 self.size, self.setting, self.recall)
+        return index
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The FAISS index itself (for measuring it: bench/index.py)."""
+        return self._index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (queries × min(k, size)), best first."""
@@ -33,13 +153,64 @@ class InnerProductIndex:
             raise ValueError(f"queries have dimension {queries.shape[1]}, index {self.dim}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        return self._index.search(queries, min(k, self.size))
+        k = min(k, self.size)
+        scores, ids = self._index.search(queries, k)
+        short = np.flatnonzero((ids < 0).any(axis=1))
+        if len(short):  # the probed lists held fewer than k: those queries go exact
+            scores[short], ids[short] = faiss.knn(queries[short], self.vectors, k,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        return scores, ids
 
     def add(self, vectors: np.ndarray) -> None:
-        """Appends rows; their ids continue from ``size``."""
+        """Appends rows; their ids continue from ``size``. The index is built anew when
+        the size calls for another kind, or when an approximate one has doubled since it
+        was built (its lists and probes were fit to fewer vectors)."""
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index {self.dim}")
-        self._index.add(vectors)
         self.vectors = np.vstack([self.vectors, vectors])
         self.size += len(vectors)
+        if (self.config.kind_for(self.size, self.dim) != self.kind
+                or (self.kind != "flat" and self.size > 2 * self.built_size)):
+            self._index = self._build()
+        else:
+            self._index.add(vectors)
+
+
+def photo_index(vectors: np.ndarray, config: IndexConfig | None = None) -> InnerProductIndex:
+    """An index over photo vectors, its kind chosen by their number (``IndexConfig``,
+    from the environment unless given)."""
+    return InnerProductIndex(vectors, config or IndexConfig.from_env())
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth``'s ids that ``found``'s row holds."""
+    return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t)
+                          for f, t in zip(found, truth, strict=True)]))
+
+
+def _tuned(index: faiss.Index, set_knob, knobs: tuple[int, ...], vectors: np.ndarray,
+           config: IndexConfig) -> tuple[int, float]:
+    """The smallest knob whose recall@10 reaches the target, and that recall. The queries
+    are some of the data's own vectors; each one's own row is left out of both answers,
+    so recall counts the neighbours a new photo like it would get."""
+    rng = np.random.default_rng(config.seed + 1)
+    rows = np.sort(rng.choice(len(vectors), min(TUNING_QUERIES, len(vectors)),
+                              replace=False))
+    queries = vectors[rows]
+    # brute force over the array itself: no second copy of the vectors in memory
+    truth = _without_self(faiss.knn(queries, vectors, 11, faiss.METRIC_INNER_PRODUCT)[1],
+                          rows)
+    recall = 0.0
+    for knob in knobs:
+        set_knob(knob)
+        recall = recall_at_10(_without_self(index.search(queries, 11)[1], rows), truth)
+        if recall >= config.recall_target:
+            break
+    return knob, recall
+
+
+def _without_self(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each row's first 10 ids other than its own query's."""
+    return np.stack([[i for i in found if i != row][:10] for found, row in
+                     zip(ids, rows, strict=True)])

@@ -22,7 +22,7 @@ from gensim.models import Word2Vec
 from tqdm import tqdm
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.index import InnerProductIndex, l2_normalized
+from shared.index import InnerProductIndex, l2_normalized, photo_index
 from shared.photos import PhotoSet, label_weights, log_prior, machine_labels, pmi_scores
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class JointGraphMethod:
         self.hashtag_context = nodes.context[n_images:n_images + n_hashtags]
         self.label_vectors = nodes.vectors[n_images + n_hashtags:]
         self.prior = log_prior(photos.hashtags, n_hashtags)
-        self.visual_index = InnerProductIndex(l2_normalized(photos.features))
+        self.visual_index = photo_index(l2_normalized(photos.features))
 
     def queries(self, photos: PhotoSet) -> np.ndarray:
         by_labels = np.zeros((len(photos), self.label_vectors.shape[1]), dtype=np.float32)
@@ -241,5 +241,5 @@ class JointGraphMethod:
         method.label_index = {t: i for i, t in enumerate(reader.json("graph/labels"))}
         for name in ("label_vectors", "image_vectors", "hashtag_context", "prior"):
             setattr(method, name, reader.array(f"graph/{name}"))
-        method.visual_index = InnerProductIndex(reader.array("graph/visual_features"))
+        method.visual_index = photo_index(reader.array("graph/visual_features"))
         return method

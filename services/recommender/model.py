@@ -28,7 +28,7 @@ import torch
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.eval.metrics import recall_at_k, top_k
-from shared.index import InnerProductIndex, l2_normalized
+from shared.index import InnerProductIndex, l2_normalized, photo_index
 from shared.losses import multiclass_log_loss, softmax_targets
 from shared.photos import PhotoSet
 
@@ -77,7 +77,7 @@ class KnnMethod:
     train_tags: np.ndarray | None = None
 
     def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
-        self.index = InnerProductIndex(l2_normalized(photos.features))
+        self.index = photo_index(l2_normalized(photos.features))
         self.train_tags = hashtag_matrix(photos.hashtags, len(vocab))
 
     def neighbours(self, photos: PhotoSet) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +91,7 @@ class KnnMethod:
     @classmethod
     def load(cls, reader: ArtifactReader) -> KnnMethod:
         method = cls(k=reader.json("knn/config")["k"])
-        method.index = InnerProductIndex(reader.array("knn/features"))
+        method.index = photo_index(reader.array("knn/features"))
         method.train_tags = reader.array("knn/train_tags")
         return method
 

@@ -42,7 +42,7 @@ import torch
 from services.user.effects import ContentModel, MainEffects, log_normalisers
 from services.user.model import TensorModel, TensorParams
 from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.index import InnerProductIndex
+from shared.index import InnerProductIndex, photo_index
 
 COLD_START_POSTS = 1.0
 #: the artifact kind; "user-tensor" artifacts (the tensor over a user-frequency prior,
@@ -135,7 +135,7 @@ class UserHashtagLookup:
     def _index_photos(self, photo_ids: Sequence[str], features: np.ndarray,
                       vectors: np.ndarray) -> None:
         if self.photo_index is None:
-            self.photo_index = InnerProductIndex(vectors)
+            self.photo_index = photo_index(vectors)
         else:
             self.photo_index.add(vectors)
         self._photo_chunks.append(features)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.index import InnerProductIndex, l2_normalized
+from shared.index import InnerProductIndex, l2_normalized, photo_index
 from shared.photos import PhotoSet, log_prior
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class SemanticMethod:
         vocabulary_prior = log_prior(photos.hashtags, len(vocab)).astype(np.float64)
         self.priors = np.concatenate([vocabulary_prior, self._extra_prior(vocab,
                                                                           vocabulary_prior)])
-        self.visual_index = InnerProductIndex(l2_normalized(photos.features))
+        self.visual_index = photo_index(l2_normalized(photos.features))
         self.neighbour_text = np.stack([
             self.hashtag_vectors[list(ids)].sum(axis=0) if len(ids) else
             np.zeros(self.hashtag_vectors.shape[1], np.float32) for ids in photos.hashtags])
@@ -152,7 +152,7 @@ class SemanticMethod:
         for name in ("weights", "hashtag_vectors", "class_vectors", "priors",
                      "neighbour_text"):
             setattr(method, name, reader.array(f"semantic/{name}"))
-        method.visual_index = InnerProductIndex(reader.array("semantic/visual_features"))
+        method.visual_index = photo_index(reader.array("semantic/visual_features"))
         return method
 
 

@@ -1,0 +1,145 @@
+"""The photo indexes choose their FAISS index by size and tune it to a recall target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.recommender.model import KnnMethod
+from shared.index import (
+    IndexConfig,
+    InnerProductIndex,
+    l2_normalized,
+    photo_index,
+    recall_at_10,
+)
+from shared.photos import PhotoSet
+
+
+def clustered(n: int, dim: int = 64, clusters: int = 50, seed: int = 0) -> np.ndarray:
+    """Unit vectors around ``clusters`` centres (the same for every seed: new photos like
+    the collection's), as photo features cluster by subject."""
+    centres = np.random.default_rng(dim).normal(size=(clusters, dim))
+    rng = np.random.default_rng(seed)
+    return l2_normalized(centres[rng.integers(clusters, size=n)]
+                         + 0.5 * rng.normal(size=(n, dim)))
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
+
+
+def test_small_collections_get_an_exact_index():
+    vectors = clustered(600)
+    index = photo_index(vectors, IndexConfig(exact_max=1000))
+    queries = clustered(20, seed=1)
+    assert index.kind == "flat" and index.recall == 1.0
+    assert recall_at_10(index.search(queries, 10)[1], exact_top(vectors, queries, 10)) == 1.0
+
+
+def test_large_collections_get_an_ivf_index_tuned_to_the_recall_target():
+    vectors = clustered(8000)
+    index = photo_index(vectors, IndexConfig(exact_max=1000, recall_target=0.95))
+    assert index.kind == "ivf"
+    lists = int(4 * np.sqrt(8000))
+    # fewer lists probed than there are: the index searches less than all of them
+    assert index.setting is not None and index.setting < lists
+    assert index.recall >= 0.95
+    # new queries, never seen while tuning, still find most of their true neighbours
+    queries = clustered(200, seed=2)
+    assert recall_at_10(index.search(queries, 10)[1], exact_top(vectors, queries, 10)) >= 0.9
+
+
+def test_a_higher_recall_target_probes_more_lists():
+    vectors = clustered(8000)
+    low = photo_index(vectors, IndexConfig(exact_max=1000, recall_target=0.5))
+    high = photo_index(vectors, IndexConfig(exact_max=1000, recall_target=0.99))
+    assert low.setting < high.setting
+    assert high.recall >= 0.99
+
+
+def test_a_memory_budget_quantises_the_vectors():
+    vectors = clustered(4000)
+    flat_mb = vectors.nbytes / 2**20
+    index = photo_index(vectors, IndexConfig(exact_max=1000, memory_mb=flat_mb / 2))
+    assert index.kind == "ivf-sq8"
+    queries = clustered(100, seed=3)
+    assert recall_at_10(index.search(queries, 10)[1], exact_top(vectors, queries, 10)) >= 0.8
+
+
+def test_hnsw_when_asked_for():
+    vectors = clustered(3000)
+    index = photo_index(vectors, IndexConfig(kind="hnsw", recall_target=0.95))
+    assert index.kind == "hnsw" and index.recall >= 0.95
+    queries = clustered(100, seed=4)
+    assert recall_at_10(index.search(queries, 10)[1], exact_top(vectors, queries, 10)) >= 0.9
+
+
+def test_photos_added_to_an_ivf_index_are_found():
+    vectors = clustered(5000)
+    index = photo_index(vectors, IndexConfig(exact_max=1000))
+    added = clustered(10, seed=5)
+    index.add(added)
+    _, ids = index.search(added, 1)
+    assert list(ids[:, 0]) == list(range(5000, 5010))
+    assert index.size == 5010 and len(index.vectors) == 5010
+
+
+def test_an_approximate_search_never_answers_with_missing_rows():
+    # one list probed and k larger than most lists: FAISS pads with -1, which would index
+    # the last photo; those queries are answered exactly instead
+    vectors = clustered(2000)
+    index = photo_index(vectors, IndexConfig(kind="ivf", recall_target=0.01))
+    assert index.setting == 1
+    queries = clustered(50, seed=6)
+    scores, ids = index.search(queries, 300)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+
+
+def test_hashtag_indexes_stay_exact_whatever_their_size(monkeypatch):
+    monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "10")
+    assert InnerProductIndex(clustered(500)).kind == "flat"
+    assert photo_index(clustered(500)).kind == "ivf"
+
+
+def test_the_visual_knn_uses_the_configured_index(monkeypatch):
+    features = clustered(3000, dim=32)
+    photos = PhotoSet(features, np.zeros((3000, 4), np.float32),
+                      [[i % 7] for i in range(3000)])
+    monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "1000")
+    approximate = KnnMethod()
+    approximate.fit(photos, [f"t{i}" for i in range(7)])
+    monkeypatch.setenv("HASHREC_INDEX", "flat")
+    exact = KnnMethod()
+    exact.fit(photos, [f"t{i}" for i in range(7)])
+    assert approximate.index.kind == "ivf" and exact.index.kind == "flat"
+    queries = PhotoSet(clustered(100, dim=32, seed=7), np.zeros((100, 4), np.float32))
+    agree = np.mean(approximate.scores(queries).argmax(1) == exact.scores(queries).argmax(1))
+    assert agree >= 0.9
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("HASHREC_INDEX", "kd-tree", "index kind"),
+    ("HASHREC_INDEX_RECALL", "most", "HASHREC_INDEX_RECALL"),
+    ("HASHREC_INDEX_RECALL", "1.5", "recall target"),
+    ("HASHREC_INDEX_EXACT_MAX", "-1", "exact_max"),
+    ("HASHREC_INDEX_MEMORY_MB", "lots", "HASHREC_INDEX_MEMORY_MB"),
+])
+def test_bad_index_settings_are_named(monkeypatch, name, value, words):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=words):
+        IndexConfig.from_env()
+
+
+def test_a_growing_collection_moves_from_exact_to_approximate():
+    vectors = clustered(900)
+    index = photo_index(vectors, IndexConfig(exact_max=1000))
+    assert index.kind == "flat"
+    index.add(clustered(300, seed=8))
+    assert index.kind == "ivf" and index.size == 1200
+    queries = clustered(50, seed=9)
+    everything = np.vstack([vectors, clustered(300, seed=8)])
+    assert recall_at_10(index.search(queries, 10)[1], exact_top(everything, queries, 10)) >= 0.9
+    # doubled since it was built: the lists are trained again, for 2,500 vectors
+    index.add(clustered(1300, seed=10))
+    assert index.built_size == 2500
