@@ -481,27 +481,40 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--hold-out", type=int, default=None, metavar="SEED",
                         help="keep the seeded 20 %% of each data set out of training, as "
                              "`evaluate image2tag` does, for `evaluate served`")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="where feature extraction and the independent fits run: this "
+                             "process, or Ray (the same artifact either way)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --engine ray: an existing cluster (e.g. KubeRay's head, "
+                             "ray://HOST:10001); default: a local Ray started here")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="with --engine ray: vision actors, and the local Ray's CPUs "
+                             "(default: every CPU, or every GPU)")
     parser.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from commands.engine import make_engine
     from commands.train import DEFAULT_CORPORA, DEFAULT_METHODS, train_default, train_from_spec
     from services.vision.store import FeatureStore
     from shared.config import models_dir
 
     out = args.out or models_dir()
+    engine = make_engine(args.engine, args.address, args.workers)
     if args.train:
         if args.hold_out is not None or args.hashtag_corpus:
             raise SystemExit("--hold-out and --hashtag-corpus go with the default model "
                              "(no --train)")
         models = train_from_spec(args.train, out, _ignored_tags(args.ignore_tags),
                                  args.min_count, args.seed,
-                                 args.methods.split(",") if args.methods else None)
+                                 args.methods.split(",") if args.methods else None,
+                                 engine)
     else:
         corpora = args.hashtag_corpus.split(",") if args.hashtag_corpus else DEFAULT_CORPORA
         methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
         models = train_default(out, FeatureStore(models_dir() / "features"), args.hold_out,
-                               corpora=corpora, methods=methods, seed=args.seed)
+                               corpora=corpora, methods=methods, seed=args.seed,
+                               engine=engine)
     fusion = (f"learned ({models.ranker.weights})" if models.ranker is not None
               else f"{models.fusion.mode} {models.fusion.weights}")
     print(f"model {models.version}: {len(models.vocabulary)} hashtags, methods "

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from commands.engine import Engine
 from commands.experiments.image2tag import (
     METHODS,
     Community,
     community_photos,
-    make_methods,
+    fitted_methods,
     out_of_fold_scores,
 )
 from services.image_models import KIND, OUT_OF_FOLD_PHOTOS, OUT_OF_FOLD_SCORES, ImageModels
@@ -38,24 +39,29 @@ def train_image_models(posts: Sequence[Post], store: FeatureStore, out: Path,
                        ignore: frozenset[str] = frozenset(), methods: Sequence[str] = METHODS,
                        min_count: int = 3, max_vocab: int = 1000, seed: int = 0,
                        folds: int = 5, progress: bool = True,
-                       text: TextResources | None = None) -> ImageModels:
+                       text: TextResources | None = None,
+                       engine: Engine | None = None) -> ImageModels:
     """One photo set's models (``train_communities`` with one community)."""
     return train_communities([Community("photos", posts, ignore)], store, out, methods,
-                             min_count, max_vocab, seed, folds, progress, text)
+                             min_count, max_vocab, seed, folds, progress, text,
+                             engine=engine)
 
 
 def train_communities(communities: Sequence[Community], store: FeatureStore, out: Path,
                       methods: Sequence[str] = METHODS, min_count: int = 3,
                       max_vocab: int = 1000, seed: int = 0, folds: int = 5,
                       progress: bool = True, text: TextResources | None = None,
-                      about: dict | None = None) -> ImageModels:
+                      about: dict | None = None, engine: Engine | None = None,
+                      ) -> ImageModels:
     """Fits every method on the photos of every community (their vocabularies' union), the
     linear and the learned fusion on out-of-fold scores, and writes everything under
-    ``out/<version>/``; ``about`` joins the manifest (the recipe: data, hold-out)."""
+    ``out/<version>/``; ``about`` joins the manifest (the recipe: data, hold-out).
+    ``engine``: where feature extraction and the independent fits run (commands/engine.py);
+    the artifact does not depend on it."""
     started = time.perf_counter()
     train, terms, vocabularies = community_photos(communities, store, min_count, max_vocab,
-                                                  progress)
-    scores = out_of_fold_scores(train, terms, methods, folds, seed, text)
+                                                  progress, engine)
+    scores = out_of_fold_scores(train, terms, methods, folds, seed, text, engine)
     truth = [frozenset(ids) for ids in train.hashtags]
     fusion = Fusion.fit(scores, truth)
     ranker = RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None
@@ -63,8 +69,7 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
         "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
     writer = ArtifactWriter(out / version)
     fitted = {}
-    for method in make_methods(methods, seed, text, len(communities)):
-        method.fit(train, terms)
+    for method in fitted_methods(train, terms, methods, seed, text, engine):
         method.save(writer)
         fitted[method.name] = method
     fusion.save(writer)
@@ -154,7 +159,7 @@ def train_default(out: Path, store: FeatureStore, hold_out: int | None = None,
                   communities: Sequence[tuple[str, str, frozenset[str]]] = DEFAULT_COMMUNITIES,
                   corpora: Sequence[str] = DEFAULT_CORPORA,
                   methods: Sequence[str] = DEFAULT_METHODS, seed: int = 0, folds: int = 3,
-                  progress: bool = True) -> ImageModels:
+                  progress: bool = True, engine: Engine | None = None) -> ImageModels:
     """The served default: every shipped photo set as a community, the tag-only corpora as
     hashtag knowledge (the semantic method's outside hashtags and counts), the tweets'
     words for the segmenter. ``hold_out``: keep the seeded 20 % of each data set (photo
@@ -175,12 +180,13 @@ def train_default(out: Path, store: FeatureStore, hold_out: int | None = None,
              "corpora": list(corpora), "data_root": str(data_root()),
              "hold_out": None if hold_out is None else {"seed": hold_out, "share": 0.2}}
     return train_communities(members, store, out, methods, seed=seed, folds=folds,
-                             progress=progress, text=text, about=about)
+                             progress=progress, text=text, about=about, engine=engine)
 
 
 def train_from_spec(spec: str, out: Path, ignore: frozenset[str] = frozenset(),
                     min_count: int = 3, seed: int = 0,
-                    methods: Sequence[str] | None = None) -> ImageModels:
+                    methods: Sequence[str] | None = None,
+                    engine: Engine | None = None) -> ImageModels:
     """Reads and normalises a data set (FORMAT:PATH), then ``train_image_models`` with the
     shared feature store under $HASHREC_MODELS/features."""
     from shared.config import models_dir
@@ -191,4 +197,5 @@ def train_from_spec(spec: str, out: Path, ignore: frozenset[str] = frozenset(),
     text = hashtag_knowledge(("harrison:harrison",)) if "semantic" in methods else None
     return train_image_models(normalize_post_hashtags(read_posts(spec)),
                               FeatureStore(models_dir() / "features"), out, ignore,
-                              methods=methods, min_count=min_count, seed=seed, text=text)
+                              methods=methods, min_count=min_count, seed=seed, text=text,
+                              engine=engine)

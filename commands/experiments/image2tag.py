@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from commands.engine import Engine, LocalEngine
 from services.graph.model import JointGraphMethod
 from services.recommender.model import (
     FrequencyMethod,
@@ -124,9 +125,10 @@ def hashtag_word_vectors(train: PhotoSet, terms: Sequence[str], seed: int) -> np
 
 
 def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
-            ) -> tuple[list[Post], PhotoSet]:
+            engine: Engine | None = None) -> tuple[list[Post], PhotoSet]:
     with_images = [p for p in posts if p.image is not None]
-    embedding, ok = store.embed_paths([p.image for p in with_images], progress=progress)
+    embedding, ok = (engine or LocalEngine()).embed(store, [p.image for p in with_images],
+                                                    progress=progress)
     kept = [p for p, good in zip(with_images, ok, strict=True) if good]
     if len(kept) < len(posts):
         log.info("image2tag: %d of %d posts have a readable photo", len(kept), len(posts))
@@ -150,7 +152,7 @@ class Community:
 
 
 def community_photos(communities: Sequence[Community], store: FeatureStore, min_count: int,
-                     max_vocab: int, progress: bool = True,
+                     max_vocab: int, progress: bool = True, engine: Engine | None = None,
                      ) -> tuple[PhotoSet, tuple[str, ...], dict[str, Vocabulary]]:
     """The training photos of every community with their in-vocabulary hashtags and
     community index, the vocabulary (each community's own, ``min_count`` / ``max_vocab``
@@ -159,7 +161,7 @@ def community_photos(communities: Sequence[Community], store: FeatureStore, min_
     kept_by_community, vocabularies = [], {}
     for community in communities:
         kept, photos = _photos(without_ignored(community.posts, community.ignore), store,
-                               progress)
+                               progress, engine)
         vocabularies[community.name] = Vocabulary.build([p.hashtags for p in kept],
                                                         min_count, max_vocab)
         kept_by_community.append((kept, photos))
@@ -201,21 +203,44 @@ def training_photos(posts: Sequence[Post], store: FeatureStore, ignore: frozense
 
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
                        folds: int, seed: int, text: TextResources | None = None,
-                       ) -> dict[str, np.ndarray]:
+                       engine: Engine | None = None) -> dict[str, np.ndarray]:
     """Every method's scores of every training photo, each by a model fit on the other
-    folds: every training photo serves as validation exactly once."""
+    folds: every training photo serves as validation exactly once. Each (fold, method)
+    fit is independent of the others: ``engine`` may run them side by side."""
     fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
+    tasks = [(fold, name) for fold in range(folds) for name in methods]
+    held = (engine or LocalEngine()).map(_held_out_scores, tasks, train=train, vocab=vocab,
+                                         fold_of=fold_of, seed=seed, text=text)
     out_of_fold: dict[str, np.ndarray] = {}
-    for fold in range(folds):
-        held_out = np.flatnonzero(fold_of == fold)
-        fit_set = train.subset(np.flatnonzero(fold_of != fold))
-        validation = train.subset(held_out)
-        for method in make_methods(methods, seed, text, n_communities(train)):
-            method.fit(fit_set, vocab)
-            scores = out_of_fold.setdefault(method.name,
-                                            np.zeros((len(train), len(vocab)), np.float32))
-            scores[held_out] = method.scores(validation)
+    for (fold, _), (name, scores) in zip(tasks, held, strict=True):
+        out_of_fold.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
+            fold_of == fold] = scores
     return out_of_fold
+
+
+def _held_out_scores(task: tuple[int, str], train: PhotoSet, vocab: Sequence[str],
+                     fold_of: np.ndarray, seed: int, text: TextResources | None,
+                     ) -> tuple[str, np.ndarray]:
+    """One method fit on every fold but one, scoring that one: (its name, the scores)."""
+    fold, name = task
+    (method,) = make_methods([name], seed, text, n_communities(train))
+    method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
+    return method.name, method.scores(train.subset(np.flatnonzero(fold_of == fold)))
+
+
+def fitted_methods(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], seed: int,
+                   text: TextResources | None = None, engine: Engine | None = None,
+                   ) -> list[Method]:
+    """Every method fit on all the training photos (side by side on a Ray ``engine``)."""
+    return (engine or LocalEngine()).map(_fitted, list(methods), train=train, vocab=vocab,
+                                         seed=seed, text=text)
+
+
+def _fitted(name: str, train: PhotoSet, vocab: Sequence[str], seed: int,
+            text: TextResources | None) -> Method:
+    (method,) = make_methods([name], seed, text, n_communities(train))
+    method.fit(train, vocab)
+    return method
 
 
 def fit_fusion(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], folds: int,

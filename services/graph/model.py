@@ -114,7 +114,10 @@ class SkipGramParams:
     # Sub-sampling of frequent nodes (Mikolov et al.); hub hashtags fill most walk positions.
     sample: float = 1e-4
     seed: int = 0
-    workers: int = 2
+    # One thread: gensim's worker threads update the vectors in whatever order they run
+    # (Hogwild), so two runs differ; with one, the same walks give the same bytes. A
+    # Ray engine runs the fits side by side instead (commands/engine.py).
+    workers: int = 1
 
 
 def write_walks(walks: np.ndarray, path: Path) -> None:

@@ -57,6 +57,18 @@ class FeatureStore:
         np.savez(partial, features=features, probabilities=probabilities)
         partial.replace(path)  # atomic: a reader never sees half an entry
 
+    def missing(self, paths: Sequence[Path]) -> list[Path]:
+        """The readable paths whose bytes have no entry yet (what a run must compute)."""
+        missing = []
+        for path in paths:
+            try:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                continue
+            if not self._entry(digest).is_file():
+                missing.append(path)
+        return missing
+
     def embed_paths(self, paths: Sequence[Path], batch_size: int = 32,
                     progress: bool = True) -> tuple[Embedding, np.ndarray]:
         """Features of every image and a mask of those that decoded; the others (unreadable
@@ -72,9 +84,16 @@ class FeatureStore:
                 return
             import torch
 
-            result = self.model.embed_tensors(torch.stack([tensor for _, _, tensor in pending]))
+            batch = torch.stack([tensor for _, _, tensor in pending])
+            # Always a full batch (the last one padded with zeros): the backbone's kernels
+            # depend on the batch's shape, so a photo's features would otherwise depend on
+            # how many photos shared its batch, and two runs that group photos differently
+            # (a re-run, Ray's actors) would store different bits for the same photo.
+            padded = torch.cat([batch, batch.new_zeros((batch_size - len(batch),
+                                                        *batch.shape[1:]))])
+            result = self.model.embed_tensors(padded)
             for (row, digest, _), feature, probability in zip(
-                    pending, result.features, result.probabilities, strict=True):
+                    pending, result.features, result.probabilities, strict=False):
                 features[row], probabilities[row], ok[row] = feature, probability, True
                 self._save(digest, feature, probability)
             pending.clear()

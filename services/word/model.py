@@ -33,7 +33,10 @@ class Word2VecParams:
     epochs: int = 5
     permutations: int = 1
     seed: int = 0
-    workers: int = 2
+    # One thread: gensim's worker threads update the vectors in whatever order they run
+    # (Hogwild), so two runs differ; with one, the same walks give the same bytes. A
+    # Ray engine runs the fits side by side instead (commands/engine.py).
+    workers: int = 1
 
 
 def hashtag_sentences(documents: Sequence[Sequence[str]], permutations: int,
