@@ -484,3 +484,52 @@ def test_checkov_finds_no_failed_check(kustomization: str, tmp_path: Path) -> No
     assert report["summary"]["passed"] > 50
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     assert skipped <= {"CKV_K8S_43", "CKV_K8S_15"}, skipped
+
+
+def _ray_job_and_pods() -> tuple[dict, dict[str, dict]]:
+    """deploy/ray's RayJob and the pod spec of each of its groups (head, workers)."""
+    job = next(d for d in _render(DEPLOY / "ray") if d["kind"] == "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = {"head": cluster["headGroupSpec"]["template"]["spec"]}
+    pods |= {g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]}
+    return job, pods
+
+
+def test_the_ray_job_runs_hashrec_train_on_the_ray_engine_of_its_cluster() -> None:
+    import shlex
+
+    from commands.cli import build_parser
+
+    job, _ = _ray_job_and_pods()
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[0] == "hashrec"
+    args = build_parser().parse_args(argv[1:])  # the real CLI: a wrong flag exits here
+    assert (args.command, args.engine, args.address) == ("train", "ray", "auto")
+
+
+def test_every_ray_node_is_a_valid_restricted_pod_sharing_the_training_volumes() -> None:
+    import kubernetes_validate
+
+    _, pods = _ray_job_and_pods()
+    assert set(pods) == {"head", "cpu", "gpu"}
+    training = next(d for d in _documents(DEPLOY / "training") if d["kind"] == "Job")
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in training["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    for name, spec in pods.items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        assert not _restricted_problems(spec), name
+        assert {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
+                if "persistentVolumeClaim" in v} == claims, name
+        (container,) = spec["containers"]
+        assert container["image"].startswith("hashrec:ray"), name
+    assert "nvidia.com/gpu" in pods["gpu"]["containers"][0]["resources"]["limits"]
+
+
+def test_ray_nodes_reach_each_other_and_nothing_else() -> None:
+    (policy,) = [d for d in _documents(DEPLOY / "ray") if d["kind"] == "NetworkPolicy"]
+    ray_nodes = {"matchLabels": {"ray.io/is-ray-node": "yes"}}
+    assert policy["spec"]["podSelector"] == ray_nodes
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": ray_nodes}]}]
+    assert policy["spec"]["egress"] == [{"to": [{"podSelector": ray_nodes}]}]
