@@ -129,10 +129,6 @@ class RayEngine:
 
 
 def _call(function: Callable[..., Any], item: Any, **shared: Any) -> Any:
-    # a Ray worker: one thread for torch, as the task holds one CPU
-    import torch
-
-    torch.set_num_threads(1)
     return function(item, **shared)
 
 

@@ -83,6 +83,40 @@ def test_ray_embeds_only_the_photos_the_store_lacks(both_trained, food_posts, ra
     assert store.missing(paths) == []
 
 
+def test_a_fit_gives_the_same_bits_whatever_the_callers_thread_count(
+        data_dir: Path, feature_store, food_posts, tmp_path: Path):
+    # Large enough that torch and the BLAS split their sums over threads (two communities
+    # of 300 photos: the gate's logistic regression, an MLP each): what a Ray task (one
+    # CPU) and the local engine (every core) would otherwise fit differently.
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from commands.experiments.image2tag import Community, community_photos, fitted_methods
+    from commands.train import INSTAGRAM_SEARCH_TAGS
+    from shared.artifacts import ArtifactWriter
+
+    instagram = normalize_post_hashtags(read_posts(f"instagram:{data_dir / 'instagram'}"))
+    photos, terms, _ = community_photos(
+        [Community("food", food_posts[:300], frozenset({"food"})),
+         Community("instagram", instagram[:300], INSTAGRAM_SEARCH_TAGS)],
+        feature_store, 2, 1000, progress=False)
+    manifests = []
+    threads = torch.get_num_threads()
+    for count in (2, 1):
+        torch.set_num_threads(count)
+        try:
+            with threadpool_limits(limits=count):
+                (method,) = fitted_methods(photos, terms, ["mlp"], seed=0)
+        finally:
+            torch.set_num_threads(threads)
+        writer = ArtifactWriter(tmp_path / str(count))
+        method.save(writer)
+        writer.close({"kind": "test"})
+        manifests.append(json.loads((tmp_path / str(count) / "manifest.json").read_text()))
+    assert any("gate_weight" in name for name in manifests[0]["files"])
+    assert manifests[0]["files"] == manifests[1]["files"]
+
+
 def test_an_unknown_engine_or_a_stray_address_is_refused():
     with pytest.raises(SystemExit, match="unknown engine 'spark'"):
         make_engine("spark")

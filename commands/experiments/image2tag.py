@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -223,9 +224,10 @@ def _held_out_scores(task: tuple[int, str], train: PhotoSet, vocab: Sequence[str
                      ) -> tuple[str, np.ndarray]:
     """One method fit on every fold but one, scoring that one: (its name, the scores)."""
     fold, name = task
-    (method,) = make_methods([name], seed, text, n_communities(train))
-    method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
-    return method.name, method.scores(train.subset(np.flatnonzero(fold_of == fold)))
+    with one_thread():
+        (method,) = make_methods([name], seed, text, n_communities(train))
+        method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
+        return method.name, method.scores(train.subset(np.flatnonzero(fold_of == fold)))
 
 
 def fitted_methods(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], seed: int,
@@ -238,9 +240,28 @@ def fitted_methods(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str]
 
 def _fitted(name: str, train: PhotoSet, vocab: Sequence[str], seed: int,
             text: TextResources | None) -> Method:
-    (method,) = make_methods([name], seed, text, n_communities(train))
-    method.fit(train, vocab)
-    return method
+    with one_thread():
+        (method,) = make_methods([name], seed, text, n_communities(train))
+        method.fit(train, vocab)
+        return method
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """A fit runs on one thread (torch's and the BLAS's), on whichever engine: both split a
+    large sum (a bias's gradient over the batch, a logistic regression's Xᵀv) into one chunk
+    a thread, so the bits of a fitted model depend on the thread count. An engine gains
+    speed by running fits side by side instead (bench/scale.py)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fit_fusion(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], folds: int,
