@@ -73,12 +73,13 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['engine']} ×{r['workers']}" for r in rows]
+    labels = ["local" if r["engine"] == "local" else f"ray ×{r['workers']}" for r in rows]
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for axis, key, title in ((axes[0], "extract_per_s", "feature extraction"),
                              (axes[1], "train_per_s", "training")):
         axis.bar(labels, [r[key] for r in rows], color=["#888", "#4a7", "#2a5"][:len(rows)])
         axis.set_title(f"{title} (photos / s)")
+        axis.set_ylim(0, 1.15 * max(r[key] for r in rows))
         for x, row in enumerate(rows):
             axis.annotate(f"{row[key] / rows[0][key]:.2f}×", (x, row[key]), ha="center",
                           va="bottom")
