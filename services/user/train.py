@@ -3,8 +3,8 @@ benchmark (its photos are the shipped photo sets), with those photos made retrie
 
     python -m services.user.train [--users 300] [--out DIR] [--image-model DIR]
 
-(or `hashrec train --user-model`). Writes a versioned, checksummed directory
-(shared/artifacts.py) that services/user/server.py verifies and loads.
+(`hashrec serve` runs it when no user model exists). Writes a versioned, checksummed
+directory (shared/artifacts.py) that services/user/server.py verifies and loads.
 """
 
 from __future__ import annotations
