@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.vision.model import Embedding
+from services.vision.model import FEATURE_DIM, N_CLASSES, Embedding
 from services.vision.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,18 @@ class LocalEngine:
 
 
 class _EmbedBatch:
-    """A Ray Data actor: one vision model, kept loaded across batches; each batch's
-    features go into the shared feature store."""
+    """A Ray Data actor: one feature store, its vision model loaded only once a photo is
+    not in the store yet, kept across batches. Each batch's features come back with their
+    rows; the new ones are also written into the shared store."""
 
     def __init__(self, directory: str, backbone: Any) -> None:
         self.store = FeatureStore(Path(directory), backbone=backbone)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        _, ok = self.store.embed_paths([Path(p) for p in batch["path"]],
-                                       batch_size=EMBED_BATCH, progress=False)
-        return {"path": batch["path"], "ok": ok}
+        embedding, ok = self.store.embed_paths([Path(p) for p in batch["path"]],
+                                               batch_size=EMBED_BATCH, progress=False)
+        return {"row": batch["row"], "ok": ok, "features": embedding.features,
+                "probabilities": embedding.probabilities}
 
 
 class RayEngine:
@@ -98,22 +100,30 @@ class RayEngine:
 
     def embed(self, store: FeatureStore, paths: Sequence[Path],
               progress: bool = True) -> tuple[Embedding, np.ndarray]:
-        missing = store.missing(paths)
-        if missing:
-            log.info("ray: embedding %d of %d photos on %d actors", len(missing),
-                     len(paths), self.workers)
-            dataset = self.ray.data.from_items([{"path": str(p)} for p in missing])
-            # one CPU an actor: the vision model's threads stay within its share
-            actors = dataset.map_batches(
-                _EmbedBatch, batch_size=EMBED_BATCH,
-                compute=self.ray.data.ActorPoolStrategy(size=self.workers),
-                fn_constructor_args=(str(store.directory.parent), store.backbone),
-                num_gpus=1 if self.gpus else 0, num_cpus=0 if self.gpus else 1)
-            done = sum(int(batch["ok"].sum()) for batch in actors.iter_batches(
-                batch_size=None, batch_format="numpy"))
-            log.info("ray: %d photos embedded", done)
-        # everything that decodes is in the store now: this reads it back, in order
-        return store.embed_paths(paths, batch_size=EMBED_BATCH, progress=False)
+        """The actors read every photo (the driver reads none): a photo in the store is
+        loaded from it, any other embedded and stored."""
+        features = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
+        probabilities = np.zeros((len(paths), N_CLASSES), dtype=np.float32)
+        ok = np.zeros(len(paths), dtype=bool)
+        if not paths:
+            return Embedding(features, probabilities), ok
+        log.info("ray: %d photos through %d actors", len(paths), self.workers)
+        dataset = self.ray.data.from_items([{"row": row, "path": str(path)}
+                                            for row, path in enumerate(paths)])
+        # one CPU an actor: the vision model's threads stay within its share
+        batches = dataset.map_batches(
+            _EmbedBatch, batch_size=EMBED_BATCH,
+            compute=self.ray.data.ActorPoolStrategy(size=self.workers),
+            fn_constructor_args=(str(store.directory.parent), store.backbone),
+            num_gpus=1 if self.gpus else 0, num_cpus=0 if self.gpus else 1)
+        for batch in batches.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = batch["row"]  # batches arrive in any order; each names its rows
+            features[rows], probabilities[rows] = batch["features"], batch["probabilities"]
+            ok[rows] = batch["ok"]
+        if not ok.all():  # each actor logs its reasons
+            log.warning("ray: %d of %d images skipped (unreadable or not an image)",
+                        int((~ok).sum()), len(paths))
+        return Embedding(features, probabilities), ok
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
             **shared: Any) -> list[Any]:
@@ -121,19 +131,17 @@ class RayEngine:
         # the large shared inputs (the photo set, the text resources) go to the object
         # store once, not once a task
         refs = {name: ray.put(value) for name, value in shared.items()}
-        task = ray.remote(_call).options(num_cpus=1)
-        return ray.get([task.remote(function, item, **refs) for item in items])
+        task = ray.remote(num_cpus=1)(function)
+        return ray.get([task.remote(item, **refs) for item in items])
 
     def close(self) -> None:
         self.ray.shutdown()
 
 
-def _call(function: Callable[..., Any], item: Any, **shared: Any) -> Any:
-    return function(item, **shared)
-
-
 def make_engine(name: str = "local", address: str | None = None,
                 workers: int | None = None) -> Engine:
+    if workers is not None and workers < 1:
+        raise SystemExit(f"--workers must be at least 1, got {workers}")
     if name == "local":
         if address:
             raise SystemExit("--address goes with --engine ray")

@@ -92,3 +92,15 @@ def test_cli_train_writes_a_loadable_model(tmp_path: Path, data_dir: Path, monke
     assert main(["train", "--train", f"jsonl:{posts}", "--min-count", "2"]) == 0
     written = capsys.readouterr().out.split("written to ")[1].strip()
     assert load_image_models(Path(written)).methods.keys() == set(METHODS)
+
+
+def test_loaded_photo_indexes_follow_the_index_configuration(trained, monkeypatch) -> None:
+    """The kNN's and the graph's neighbour indexes are built by shared/index.photo_index on
+    load: above the configured size they are approximate, and still answer."""
+    models, photos = trained
+    monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "50")  # 160 training photos
+    loaded = load_image_models(models.directory)
+    assert loaded.methods["knn"].index.kind == "ivf"
+    assert loaded.methods["graph"].visual_index.kind == "ivf"
+    fused, _ = loaded.scores(photos.subset(np.arange(5)))
+    assert np.isfinite(fused).all()
