@@ -47,3 +47,13 @@ def setup_logging(level: str | None = None) -> None:
     logging.getLogger("gensim").setLevel(logging.WARNING)
     # faiss logs which CPU build it tried at every import; a clear error should stand alone.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def env_number(name: str, default: float, kind: type = float) -> float:
+    """$name as a ``kind`` (int or float), ``default`` when unset or blank; a value that is
+    not a number is refused with the variable's name."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return kind(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None

@@ -30,6 +30,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from shared.config import env_number
 from shared.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ MAX_CONNECTION_AGE_ENV = "HASHREC_MAX_CONNECTION_AGE_S"
 
 def server_options() -> tuple[tuple[str, object], ...]:
     """CHANNEL_OPTIONS plus the connection age limit from the environment."""
-    age = float(os.environ.get(MAX_CONNECTION_AGE_ENV) or 0)
+    age = env_number(MAX_CONNECTION_AGE_ENV, 0.0)
     if age <= 0:
         return CHANNEL_OPTIONS
     return (*CHANNEL_OPTIONS, ("grpc.max_connection_age_ms", int(age * 1000)),

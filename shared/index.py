@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from shared.config import env_number
+
 log = logging.getLogger(__name__)
 
 #: the index kinds: flat (exact), ivf (IVF-Flat), ivf-sq8, hnsw (HNSW32)
@@ -66,17 +68,10 @@ class IndexConfig:
     def from_env(cls) -> IndexConfig:
         """HASHREC_INDEX (auto|flat|ivf|ivf-sq8|hnsw), HASHREC_INDEX_EXACT_MAX,
         HASHREC_INDEX_RECALL, HASHREC_INDEX_MEMORY_MB."""
-        def number(name: str, default: float, kind: type) -> float:
-            raw = os.environ.get(name, "").strip()
-            try:
-                return kind(raw) if raw else default
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
         return cls(kind=os.environ.get("HASHREC_INDEX", "auto").strip() or "auto",
-                   exact_max=int(number("HASHREC_INDEX_EXACT_MAX", cls.exact_max, int)),
-                   recall_target=number("HASHREC_INDEX_RECALL", cls.recall_target, float),
-                   memory_mb=number("HASHREC_INDEX_MEMORY_MB", cls.memory_mb, float))
+                   exact_max=int(env_number("HASHREC_INDEX_EXACT_MAX", cls.exact_max, int)),
+                   recall_target=env_number("HASHREC_INDEX_RECALL", cls.recall_target),
+                   memory_mb=env_number("HASHREC_INDEX_MEMORY_MB", cls.memory_mb))
 
     def kind_for(self, n: int, dim: int) -> str:
         if self.kind != "auto":

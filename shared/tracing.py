@@ -24,6 +24,8 @@ import logging
 import os
 from pathlib import Path
 
+from shared.config import env_number
+
 TRACING_ENV = "HASHREC_TRACING"
 _state: dict[str, bool] = {}
 
@@ -57,7 +59,7 @@ def setup_tracing() -> bool:
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     name = os.environ.get("OTEL_SERVICE_NAME", "hashrec")
-    ratio = float(os.environ.get("HASHREC_TRACING_SAMPLE", "1.0"))
+    ratio = env_number("HASHREC_TRACING_SAMPLE", 1.0)
     provider = TracerProvider(resource=Resource.create({"service.name": name}),
                               sampler=ParentBased(TraceIdRatioBased(ratio)))
     if chosen == "console":
