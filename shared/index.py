@@ -92,7 +92,7 @@ class InnerProductIndex:
         if vectors.ndim != 2 or len(vectors) == 0:
             raise ValueError(f"index needs a non-empty 2-D array, got shape {vectors.shape}")
         self.config = config or IndexConfig(kind="flat")
-        self.vectors = vectors
+        self._chunks = [vectors]  # added rows, joined only when ``vectors`` is read
         self.dim = vectors.shape[1]
         self.size = len(vectors)
         self._index = self._build()
@@ -137,6 +137,14 @@ class InnerProductIndex:
         return index
 
     @property
+    def vectors(self) -> np.ndarray:
+        """Every indexed row, in id order (joined on first read after ``add``: adding a
+        photo copies nothing)."""
+        if len(self._chunks) > 1:
+            self._chunks = [np.vstack(self._chunks)]
+        return self._chunks[0]
+
+    @property
     def faiss_index(self) -> faiss.Index:
         """The FAISS index itself (for measuring it: bench/index.py)."""
         return self._index
@@ -163,7 +171,7 @@ class InnerProductIndex:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index {self.dim}")
-        self.vectors = np.vstack([self.vectors, vectors])
+        self._chunks.append(vectors)
         self.size += len(vectors)
         if (self.config.kind_for(self.size, self.dim) != self.kind
                 or (self.kind != "flat" and self.size > 2 * self.built_size)):
