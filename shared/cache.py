@@ -27,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KINDS = ("features", "photo_scores")
+KINDS = ("features", "photo_scores", "answer")
 
 
 def cache_key(kind: str, model_version: str, item: str) -> str:

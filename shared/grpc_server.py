@@ -30,6 +30,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from shared.batching import limit_numeric_threads
 from shared.config import env_number
 from shared.tracing import server_interceptors
 
@@ -286,7 +287,10 @@ async def start_loading(service_name: str, add_servicer: Callable[[object, grpc.
                         ) -> tuple[GrpcServer, LateServicer]:
     """A started server for one service whose models are still loading (health
     NOT_SERVING, calls UNAVAILABLE); set ``late.target`` and ``set_serving(True)`` when
-    they are loaded and verified."""
+    they are loaded and verified. Numeric libraries' threads are capped at the service's
+    CPU allowance first (HASHREC_THREADS; shared/batching.py)."""
+    threads = limit_numeric_threads()
+    log.info("%s: numeric threads %s", service_name.rsplit(".", 1)[-1], threads)
     late = LateServicer(what)
     server = GrpcServer([(service_name, lambda s: add_servicer(late, s))], host, port,
                         metrics_port=metrics_port)

@@ -6,7 +6,6 @@ Transport-side glue (protobuf ↔ numpy); the math stays in each service's model
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from functools import cache
 
@@ -14,7 +13,9 @@ import grpc
 import numpy as np
 from hashrec.v1 import photo_pb2, vision_pb2
 
+from shared.admission import abort_overloaded
 from shared.backbone import FEATURE_DIM, N_CLASSES, class_names, vision_model_id
+from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.photos import PhotoSet
 
 log = logging.getLogger(__name__)
@@ -76,32 +77,56 @@ class VocabularyScorer:
     """``Score(ScoreRequest) → VocabularyScores`` for the photo → hashtag methods one
     service holds: the RPC of WordEmbeddingService and GraphEmbeddingService. A method
     with ``scores_all`` and ``extra`` (the semantic method) also scores hashtags outside
-    the vocabulary. Scoring runs in a worker thread so the event loop keeps answering
-    health checks."""
+    the vocabulary.
+
+    The photos of concurrent calls are scored as one batch (shared/batching.py): each
+    method, and each community's method inside it, runs once a batch, never once a call,
+    on the service's one numeric worker thread, so the event loop keeps answering health
+    checks. A full queue answers RESOURCE_EXHAUSTED with a retry hint."""
 
     def __init__(self, methods: dict[str, object], model_version: str,
-                 previous: VocabularyScorer | None = None) -> None:
+                 previous: VocabularyScorer | None = None,
+                 worker: NumericWorker | None = None, max_batch: int = 64,
+                 max_queued: int = 1024) -> None:
         """``previous``: the scorer this one replaces in a rollout, kept (without its own
-        previous) for callers still on its version."""
+        previous) for callers still on its version; its worker is shared."""
         if not methods:
             raise ValueError("a scoring service needs at least one method")
         self.methods, self.model_version = methods, model_version
         if previous is not None:
             previous.previous = None  # two versions at most stay in memory
         self.previous = previous
+        self.worker = worker or (previous.worker if previous is not None
+                                 else NumericWorker("score"))
+        self.batcher: Batcher[PhotoSet, list[photo_pb2.MethodScores]] = Batcher(
+            f"scoring ({model_version})", self._score_batch, self.worker, max_batch,
+            max_queued=max_queued)
 
-    def _score(self, photos: PhotoSet) -> list[photo_pb2.MethodScores]:
-        answers = []
+    def stop(self) -> None:
+        """Ends the batches, of this version and the one it replaced, and the worker."""
+        self.batcher.stop()
+        if self.previous is not None:
+            self.previous.batcher.stop()
+        self.worker.stop()
+
+    def _score_batch(self, photos: list[PhotoSet]) -> list[list[photo_pb2.MethodScores]]:
+        batch = PhotoSet(np.concatenate([p.features for p in photos]),
+                         np.concatenate([p.probabilities for p in photos]))
+        answers: list[list[photo_pb2.MethodScores]] = [[] for _ in photos]
         for name, method in self.methods.items():
             if hasattr(method, "scores_all") and getattr(method, "extra", ()):  # semantic
-                every = method.scores_all(photos)[0]
-                inside = len(every) - len(method.extra)
-                answers.append(photo_pb2.MethodScores(
-                    method=name, scores=every[:inside].tolist(),
-                    outside_hashtags=method.extra, outside_scores=every[inside:].tolist()))
+                every = method.scores_all(batch)
+                inside = every.shape[1] - len(method.extra)
+                for row, answer in enumerate(answers):
+                    answer.append(photo_pb2.MethodScores(
+                        method=name, scores=every[row, :inside].tolist(),
+                        outside_hashtags=method.extra,
+                        outside_scores=every[row, inside:].tolist()))
             else:
-                answers.append(photo_pb2.MethodScores(
-                    method=name, scores=method.scores(photos)[0].tolist()))
+                scores = method.scores(batch)
+                for row, answer in enumerate(answers):
+                    answer.append(photo_pb2.MethodScores(method=name,
+                                                         scores=scores[row].tolist()))
         return answers
 
     async def Score(self, request: photo_pb2.ScoreRequest,  # noqa: N802
@@ -110,5 +135,8 @@ class VocabularyScorer:
         scorer = self
         if self.previous is not None and request.model_version == self.previous.model_version:
             scorer = self.previous
-        methods = await asyncio.get_running_loop().run_in_executor(None, scorer._score, photos)
+        try:
+            methods = await scorer.batcher.submit(photos)
+        except OverloadedError as error:
+            await abort_overloaded(context, error)
         return photo_pb2.VocabularyScores(methods=methods, model_version=scorer.model_version)

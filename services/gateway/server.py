@@ -12,8 +12,9 @@
     GET  /healthz, /readyz, /metrics
 
 Errors are JSON {"error": "<STATUS>", "message": "..."}: gRPC INVALID_ARGUMENT → 400,
-NOT_FOUND → 404, RESOURCE_EXHAUSTED or an upload over the limit → 413 (refused from its
-Content-Length, or as soon as the streamed body passes the limit), UNAVAILABLE → 503,
+NOT_FOUND → 404, RESOURCE_EXHAUSTED with a retry hint (the recommender at capacity) → 429
+with Retry-After, other RESOURCE_EXHAUSTED or an upload over the limit → 413 (refused from
+its Content-Length, or as soon as the streamed body passes the limit), UNAVAILABLE → 503,
 DEADLINE_EXCEEDED → 504. Every response carries a Content-Security-Policy with no inline
 script and no frame ancestors, and X-Content-Type-Options: nosniff.
 
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -56,6 +58,7 @@ from prometheus_client import (
 from pydantic import BaseModel, Field
 
 from services.gateway.uploads import RecentUploads
+from shared.admission import retry_after_seconds
 from shared.config import data_root, setup_logging
 from shared.grpc_server import aio_channel
 from shared.tracing import client_interceptors
@@ -107,19 +110,31 @@ class Settings:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(self, status: int, error: str, message: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
+        self.retry_after = retry_after
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
+def _error(status: int, error: str, message: str,
+           retry_after: float | None = None) -> JSONResponse:
+    """The JSON error; with ``retry_after``, a Retry-After header in whole seconds (at
+    least 1, as HTTP counts them)."""
+    headers = None if retry_after is None else {
+        "retry-after": str(max(1, math.ceil(retry_after)))}
+    return JSONResponse({"error": error, "message": message}, status_code=status,
+                        headers=headers)
 
 
 def _from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
     code = error.code()
     status = HTTP_STATUS.get(code, 502)
     message = error.details() or code.name
+    retry_after = retry_after_seconds(error)
+    if retry_after is not None:  # the recommender at capacity, not a message too large
+        return ApiError(429, "RESOURCE_EXHAUSTED", "the recommender is busy; try again in "
+                        f"{max(1, math.ceil(retry_after))} s", retry_after)
     if code == grpc.StatusCode.UNAVAILABLE:
         message = f"the recommender cannot answer now ({message}); try again in a moment"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -260,7 +275,7 @@ class ErrorBody(BaseModel):
     message: str
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 413, 503, 504)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 413, 429, 503, 504)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -288,7 +303,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return _error(error.status, error.error, error.message)
+        return _error(error.status, error.error, error.message, error.retry_after)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:

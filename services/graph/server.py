@@ -42,11 +42,12 @@ async def serve(host: str, port: int, model_dir: Path,
         "graph model", host, port, metrics_port)
     models = await asyncio.get_running_loop().run_in_executor(
         None, lambda: load_image_models(model_dir, served_methods(model_dir, GRAPH_METHODS)))
-    late.target = VocabularyScorer(models.methods, models.version)
+    late.target = server.servicer = VocabularyScorer(models.methods, models.version)
 
     async def successor(models: ImageModels, serving: object) -> VocabularyScorer:
         return VocabularyScorer(models.methods, models.version, serving)
 
+    server.on_stop(lambda: late.target.stop())
     swap_on_reload(server, late, "graph", model_dir, GRAPH_METHODS, successor)
     await server.set_serving(True)
     log.info("graph: model %s, %d hashtags", models.version, len(models.vocabulary))

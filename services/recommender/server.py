@@ -8,10 +8,16 @@ Recommend:
 3. fusion of the photo methods that answered (model.py: Fusion), conditioned on the user
    when the user service knows them (model.py: condition_on_user);
 4. the top k, each hashtag with its score and the signals (method, normalised score, rank).
+Steps 2 (the local methods) to 4 run batched across concurrent calls on the service's one
+numeric thread (answer.py; shared/batching.py), as do word, graph, user and vision.
+
 A backend that is down, late, or serves another model version is left out, and the answer
-says degraded, with the reasons; only vision is required. Complete photo-side results
-(features and every photo method's scores) are cached by the image's sha256 and the model
-version, so a photo seen before costs only the user call.
+says degraded, with the reasons; only vision is required. At most HASHREC_MAX_IN_FLIGHT
+calls are worked on at once: the next is refused at once with RESOURCE_EXHAUSTED and a
+retry hint (shared/admission.py), so an admitted call is never degraded for our own
+queueing. Complete photo-side results (features, every photo method's scores and their
+fusion) are cached by the image's sha256 and the model version, so a photo seen before
+costs only the user call; a stranger's answer is cached whole (one read).
 
 Config from the environment: HASHREC_RECOMMENDER_HOST (127.0.0.1),
 HASHREC_RECOMMENDER_PORT (50050), HASHREC_RECOMMENDER_METRICS_PORT (9100),
@@ -20,7 +26,8 @@ HASHREC_MODEL_DIR (a `hashrec train` directory, or a folder of them: the newest)
 HASHREC_VISION_TARGET (127.0.0.1:50051),
 HASHREC_WORD_TARGET (:50052), HASHREC_GRAPH_TARGET (:50053), HASHREC_USER_TARGET (:50054)
 (an empty target: that backend is not used), HASHREC_VISION_DEADLINE_S (10),
-HASHREC_BACKEND_DEADLINE_S (2: word, graph, user), HASHREC_REDIS_URL (unset: in-process),
+HASHREC_BACKEND_DEADLINE_S (5: word, graph, user), HASHREC_MAX_IN_FLIGHT (64),
+HASHREC_REDIS_URL (unset: in-process),
 HASHREC_REDIS_PASSWORD (Redis AUTH), HASHREC_ROLLOUT_WAIT_S (120: how long a rollout waits for
 word and graph to serve the new version).
 """
@@ -56,19 +63,14 @@ from services.image_models import (
     served_methods,
     swap_on_reload,
 )
-from services.recommender.model import (
-    USER_DEPTH,
-    USER_WEIGHT,
-    Fusion,
-    condition_on_user,
-    normalized_rows,
-    outside_candidates,
-)
+from services.recommender.answer import Answers, PhotoScores, Request
+from services.recommender.model import USER_DEPTH, USER_WEIGHT
 from services.vision.model import FEATURE_DIM, vision_model_id
+from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact
+from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.cache import Cache, LruCache, cache_key, make_cache
-from shared.config import setup_logging
-from shared.eval.metrics import top_k
+from shared.config import env_number, setup_logging
 from shared.grpc_server import (
     GrpcServer,
     aio_channel,
@@ -77,7 +79,7 @@ from shared.grpc_server import (
     start_loading,
 )
 from shared.limits import hashtag_problem, hashtags_problem, user_id_problem
-from shared.photos import MACHINE_LABELS_PER_PHOTO
+from shared.photos import MACHINE_LABELS_PER_PHOTO, PhotoSet
 from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
 from shared.tracing import client_interceptors
 
@@ -85,7 +87,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_PORT, DEFAULT_METRICS_PORT = "50050", "9100"
 MAX_K = 100
-SIGNAL_DEPTH = 20
+#: Recommend calls worked on at once; past it, RESOURCE_EXHAUSTED with a retry hint
+DEFAULT_MAX_IN_FLIGHT = 64
 LOCAL_METHODS = ("frequency", "knn", "mlp")
 
 
@@ -98,7 +101,7 @@ class Backends:
     graph: graph_pb2_grpc.GraphEmbeddingServiceStub | None = None
     user: user_pb2_grpc.UserProfileServiceStub | None = None
     vision_deadline: float = 10.0
-    deadline: float = 2.0
+    deadline: float = 5.0
 
 
 def _timeout(limit: float, context: grpc.aio.ServicerContext) -> float:
@@ -113,25 +116,16 @@ def _reason(backend: str, error: BaseException) -> str:
     return f"{backend}: {type(error).__name__}: {error}"
 
 
-@dataclass
-class PhotoScores:
-    """One photo's evidence: as vision described it, every photo method's scores over the
-    vocabulary, the hashtags outside the vocabulary a method scored (term → its score,
-    per method), and what could not contribute."""
-
-    description: photo_pb2.PhotoDescription
-    per_method: dict[str, np.ndarray]
-    outside: dict[str, tuple[tuple[str, ...], np.ndarray]]
-    reasons: list[str]
-
-
 class RecommenderServicer:
     def __init__(self, models: ImageModels, backends: Backends, remote_methods: dict[
-                 str, tuple[str, ...]], cache: Cache | None = None) -> None:
-        """``remote_methods``: backend ("word", "graph") → the methods it scores."""
+                 str, tuple[str, ...]], cache: Cache | None = None,
+                 worker: NumericWorker | None = None, admission: Admission | None = None,
+                 max_batch: int = 64) -> None:
+        """``remote_methods``: backend ("word", "graph") → the methods it scores.
+        ``worker``: the one thread for numeric work (shared with the servicer this one
+        replaces in a rollout); ``admission``: how many Recommend calls run at once."""
         self.models, self.backends = models, backends
         self.cache = cache if cache is not None else LruCache()
-        self.vocabulary_index = {term: row for row, term in enumerate(models.vocabulary)}
         self.remote_methods = {backend: methods for backend, methods in
                                remote_methods.items()
                                if getattr(backends, backend) is not None and methods}
@@ -140,6 +134,28 @@ class RecommenderServicer:
             m for methods in self.remote_methods.values() for m in methods)
         #: each method's hashtags outside the vocabulary, learned from its first answer
         self.outside_terms: dict[str, tuple[str, ...]] = {}
+        self.answers = Answers(models, self.photo_methods, self.outside_terms)
+        self.worker = worker or NumericWorker("recommender")
+        self.admission = admission or Admission("the recommender", DEFAULT_MAX_IN_FLIGHT)
+        # The local methods of a batch's photos, and the fusion and answers of a batch's
+        # requests: one batch each at a time, on the one worker.
+        self.local = Batcher("local methods", self._local_batch, self.worker, max_batch)
+        self.finish = Batcher("fusion", self.answers.answer, self.worker, max_batch)
+
+    def stop(self) -> None:
+        self.local.stop()
+        self.finish.stop()
+
+    def queued(self) -> int:
+        return self.local.queued + self.finish.queued
+
+    def _local_batch(self, photos: list[PhotoSet]) -> list[dict[str, np.ndarray]]:
+        batch = PhotoSet(np.concatenate([p.features for p in photos]),
+                         np.concatenate([p.probabilities for p in photos]))
+        scores = {name: self.models.methods[name].scores(batch)
+                  for name in LOCAL_METHODS if name in self.models.methods}
+        return [{name: rows[row] for name, rows in scores.items()}
+                for row in range(len(photos))]
 
     async def until_backends_serve(self, version: str, timeout: float) -> bool:
         """Waits until every backend answers a Score for ``version`` with that version
@@ -177,44 +193,30 @@ class RecommenderServicer:
             code = error.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 await context.abort(code, error.details())
+            retry = retry_after_seconds(error)
+            if retry is not None:  # vision at capacity: so are we, for this call
+                await abort_overloaded(context, OverloadedError("the vision service", retry))
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"vision service: {code.name}: {error.details()}")
             raise
 
-    def _cached(self, key: str) -> PhotoScores | None:
-        cached = self.cache.get(key)
-        sizes = [len(self.models.vocabulary) + len(self.outside_terms.get(m, ()))
-                 for m in self.photo_methods]
-        if cached is None or len(cached) != FEATURE_DIM + sum(sizes):
-            return None
-        per_method, outside, start = {}, {}, FEATURE_DIM
-        for method, size in zip(self.photo_methods, sizes, strict=True):
-            scores = cached[start:start + size]
-            start += size
-            per_method[method] = scores[:len(self.models.vocabulary)]
-            if method in self.outside_terms:
-                outside[method] = (self.outside_terms[method],
-                                   scores[len(self.models.vocabulary):])
-        return PhotoScores(photo_pb2.PhotoDescription(features=cached[:FEATURE_DIM].tolist(),
-                                                      vision_model_version=vision_model_id()),
-                           per_method, outside, [])
-
-    async def _photo_scores(self, image: bytes, context: grpc.aio.ServicerContext,
-                            ) -> PhotoScores:
-        """Every photo method's scores of the photo. Complete answers are cached by the
-        image's sha256 and the model version, so a photo seen before costs neither vision
-        nor the photo methods."""
+    async def _photo_scores(self, image: bytes, user_id: str, k: int,
+                            context: grpc.aio.ServicerContext,
+                            ) -> tuple[PhotoScores, asyncio.Task | None]:
+        """Every photo method's scores of the photo, and the user call (started as soon
+        as the photo's description is known) when there is a user. Complete answers are
+        cached by the image's sha256 and the model version, so a photo seen before costs
+        neither vision nor the photo methods nor the fusion."""
         key = cache_key("photo_scores", self.models.version,
                         hashlib.sha256(image).hexdigest())
-        cached = self._cached(key)
+        cached = self.answers.from_cache(self.cache.get(key))
         if cached is not None:
-            return cached
+            return cached, self._user_call(cached.description, user_id, k, context)
         description = describe(await self._embed(image, context))
+        user = self._user_call(description, user_id, k, context)
         photos = photo_set(description)
-        loop, backends = asyncio.get_running_loop(), self.backends
-        calls: dict[str, Awaitable] = {"local": loop.run_in_executor(
-            None, lambda: {name: self.models.methods[name].scores(photos)[0]
-                           for name in LOCAL_METHODS if name in self.models.methods})}
+        backends = self.backends
+        calls: dict[str, Awaitable] = {"local": self.local.submit(photos)}
         timeout = _timeout(backends.deadline, context)
         score_request = photo_pb2.ScoreRequest(photo=description,
                                                model_version=self.models.version)
@@ -235,12 +237,7 @@ class RecommenderServicer:
                                       f"recommender {self.models.version}")
             else:
                 self._take(backend, result, answer)
-        if not answer.reasons and set(answer.per_method) == set(self.photo_methods):
-            self.cache.set(key, np.concatenate([photos.features[0], *(
-                np.concatenate([answer.per_method[m], answer.outside[m][1]])
-                if m in answer.outside else answer.per_method[m]
-                for m in self.photo_methods)]))
-        return answer
+        return answer, user
 
     def _take(self, backend: str, result: photo_pb2.VocabularyScores,
               answer: PhotoScores) -> None:
@@ -263,13 +260,17 @@ class RecommenderServicer:
         if missing:
             answer.reasons.append(f"{backend}: no scores for {sorted(missing)}")
 
+    def _user_call(self, description: photo_pb2.PhotoDescription, user_id: str, k: int,
+                   context: grpc.aio.ServicerContext) -> asyncio.Task | None:
+        if self.backends.user is None or not user_id:
+            return None
+        return asyncio.ensure_future(self._user_scores(description, user_id, k, context))
+
     async def _user_scores(self, description: photo_pb2.PhotoDescription, user_id: str,
                            k: int, context: grpc.aio.ServicerContext,
                            ) -> tuple[list[tuple[str, float]], float, list[str]]:
         """The user model's top hashtags with relative probabilities, for a known user, and
         the weight the user model was fitted to be given (USER_WEIGHT when it has none)."""
-        if self.backends.user is None or not user_id:
-            return [], USER_WEIGHT, []
         try:
             reply = await self.backends.user.Score(user_pb2.UserScoreRequest(
                 photo=description, user_id=user_id, k=max(k, USER_DEPTH)),
@@ -285,55 +286,40 @@ class RecommenderServicer:
                         context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
         k = await k_or_abort(request.k, MAX_K, context)
         await limits_or_abort(context, user_id_problem(request.user_id))
-        photo = await self._photo_scores(request.image, context)
-        user_hashtags, user_weight, user_reasons = await self._user_scores(
-            photo.description, request.user_id, k, context)
-        reasons = photo.reasons + user_reasons
-        rows = {m: s[None, :] for m, s in photo.per_method.items()}
         try:
-            fused = self.models.combine(rows)[0]
-        except ValueError:  # no method with a fusion weight answered: equal weights
-            fused = Fusion({m: 1.0 for m in rows}).combine(rows)[0]
-            reasons.append("fusion: no weighted method answered; equal weights")
-        outside_terms, outside_scores = outside_candidates(photo.per_method, photo.outside,
-                                                          fused, self.vocabulary_index)
-        index = {**self.vocabulary_index,
-                 **{t: len(fused) + i for i, t in enumerate(outside_terms)}}
-        combined, user_terms = condition_on_user(
-            index, np.concatenate([fused, outside_scores]), user_hashtags, user_weight)
-        terms = (*self.models.vocabulary, *outside_terms, *user_terms)
-        return recommender_pb2.RecommendResponse(
-            hashtags=self._answer(combined, terms, photo, user_hashtags, k),
-            model_version=self.models.version, degraded=bool(reasons),
-            degraded_reasons=reasons)
+            with self.admission.slot():
+                return await self._recommend(request, k, context)
+        except OverloadedError as error:
+            await abort_overloaded(context, error)
+            raise
 
-    def _answer(self, combined: np.ndarray, terms: tuple[str, ...], photo: PhotoScores,
-                user_hashtags: list[tuple[str, float]], k: int,
-                ) -> list[recommender_pb2.HashtagScore]:
-        """The top k of ``combined`` (over ``terms``: the vocabulary, then hashtags from
-        outside it), each with the signals of the methods that rank it among their top
-        SIGNAL_DEPTH."""
-        vocabulary = len(self.models.vocabulary)
-        answer = top_k(combined[None, :], k)[0]
-        wanted = {terms[int(i)]: int(i) for i in answer}
-        signals: dict[str, list[recommender_pb2.Signal]] = {t: [] for t in wanted}
-        for method, scores in photo.per_method.items():
-            outside_terms, outside = photo.outside.get(method, ((), np.zeros(0)))
-            every = np.concatenate([scores, outside])
-            names = (*self.models.vocabulary, *outside_terms)
-            normalized = normalized_rows(every[None, :])[0]
-            for rank, h in enumerate(top_k(every[None, :], SIGNAL_DEPTH)[0], start=1):
-                if names[h] in wanted:
-                    signals[names[h]].append(recommender_pb2.Signal(
-                        method=method, score=float(normalized[h]), rank=rank))
-        for rank, (term, relative) in enumerate(user_hashtags[:SIGNAL_DEPTH], start=1):
-            if term in wanted:
-                signals[term].append(
-                    recommender_pb2.Signal(method="user", score=relative, rank=rank))
-        return [recommender_pb2.HashtagScore(
-            hashtag=terms[i], score=float(combined[i]), outside_vocabulary=i >= vocabulary,
-            signals=sorted(signals[terms[i]], key=lambda s: (s.rank, s.method)))
-            for i in answer]
+    async def _recommend(self, request: recommender_pb2.RecommendRequest, k: int,
+                         context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
+        digest = hashlib.sha256(request.image).hexdigest()
+        anonymous = not request.user_id or self.backends.user is None
+        answer_key = cache_key("answer", self.models.version, f"{digest}:{k}")
+        if anonymous:  # a photo seen before, without a user: one cache read
+            cached = self.cache.get(answer_key)
+            if cached is not None:
+                return recommender_pb2.RecommendResponse.FromString(cached.tobytes())
+        photo, user = await self._photo_scores(request.image, request.user_id, k, context)
+        was_cached = photo.fused is not None
+        complete = was_cached or self.answers.complete(photo)  # before the user's part
+        call = Request(photo, k)
+        if user is not None:
+            call.user_hashtags, call.user_weight, user_reasons = await user
+            photo.reasons = photo.reasons + user_reasons
+        try:
+            reply = await self.finish.submit(call)
+        except OverloadedError as error:
+            await abort_overloaded(context, error)
+            raise
+        if complete and not was_cached:
+            self.cache.set(cache_key("photo_scores", self.models.version, digest),
+                           self.answers.to_cache(photo))
+        if complete and anonymous:
+            self.cache.set(answer_key, np.frombuffer(reply.SerializeToString(), np.uint8))
+        return reply
 
     async def Feedback(self, request: recommender_pb2.FeedbackRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
@@ -380,8 +366,9 @@ class RecommenderServicer:
 async def serve(host: str, port: int, model_dir: Path, vision_target: str,
                 word_target: str | None = None, graph_target: str | None = None,
                 user_target: str | None = None, metrics_port: int | None = None,
-                vision_deadline: float = 10.0, backend_deadline: float = 2.0,
-                cache: Cache | None = None, rollout_wait: float = 120.0) -> GrpcServer:
+                vision_deadline: float = 10.0, backend_deadline: float = 5.0,
+                cache: Cache | None = None, rollout_wait: float = 120.0,
+                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> GrpcServer:
     """Starts NOT_SERVING, loads and verifies the models, connects the backends, then
     SERVING. A target left None is not used (its signal never appears). On ``reload`` it
     switches to a newer verified version once word and graph serve it too (at most
@@ -409,11 +396,20 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
         user and user_pb2_grpc.UserProfileServiceStub(user),
         vision_deadline, backend_deadline)
 
+    worker = NumericWorker("recommender")
+    servicers: list[RecommenderServicer] = []
+    admission = Admission("the recommender", max_in_flight, server.registry,
+                          queued=lambda: sum(s.queued() for s in servicers[-2:]))
+    server.on_stop(lambda: [s.stop() for s in servicers])
+    server.on_stop(worker.stop)
+
     def servicer(models: ImageModels) -> RecommenderServicer:
         directory = models.directory or model_dir
-        return RecommenderServicer(models, backends, {
+        servicers.append(RecommenderServicer(models, backends, {
             "word": tuple(served_methods(directory, WORD_METHODS)),
-            "graph": tuple(served_methods(directory, GRAPH_METHODS))}, cache)
+            "graph": tuple(served_methods(directory, GRAPH_METHODS))}, cache, worker,
+            admission))
+        return servicers[-1]
 
     late.target = server.servicer = servicer(models)
 
@@ -444,9 +440,10 @@ async def _main() -> None:
         metrics_port=int(env("HASHREC_RECOMMENDER_METRICS_PORT",
                                         DEFAULT_METRICS_PORT)),
         vision_deadline=float(env("HASHREC_VISION_DEADLINE_S", "10")),
-        backend_deadline=float(env("HASHREC_BACKEND_DEADLINE_S", "2")),
+        backend_deadline=float(env("HASHREC_BACKEND_DEADLINE_S", "5")),
         cache=make_cache(env("HASHREC_REDIS_URL")),
-        rollout_wait=float(env("HASHREC_ROLLOUT_WAIT_S", "120")))
+        rollout_wait=float(env("HASHREC_ROLLOUT_WAIT_S", "120")),
+        max_in_flight=int(env_number("HASHREC_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, int)))
     server.stop_on_signals()
     server.reload_on_signal()
     await server.wait()

@@ -249,14 +249,16 @@ class UserHashtagLookup:
         beta = 0.0 if self.effects is None else self.effects.beta
         out_scores = np.empty((len(users), k), np.float32)
         out_ids = np.empty((len(users), k), np.int64)
+        # One search for the batch; a row whose threshold check fails searches deeper alone.
+        first_bounds, first_candidates = self.index.search(queries, k)
         for row, user in enumerate(users):
             user = None if agnostic else user
             used = (np.flatnonzero(self.hashtag_counts[self.user_index[user]])
                     if self.known(user) and self.effects is not None
                     else np.zeros(0, np.int64))
             depth = k
+            bounds, candidates = first_bounds[row:row + 1], first_candidates[row:row + 1]
             while True:
-                bounds, candidates = self.index.search(queries[row:row + 1], depth)
                 ids = np.union1d(candidates[0], used)
                 exact = self.index.vectors[ids] @ queries[row] - normalisers[row] \
                     + beta * self.log_lift(user, ids)
@@ -267,6 +269,7 @@ class UserHashtagLookup:
                 if depth >= len(self.vocabulary) or exact[order[-1]] >= threshold - 1e-4:
                     break
                 depth = min(4 * depth, len(self.vocabulary))
+                bounds, candidates = self.index.search(queries[row:row + 1], depth)
             out_scores[row], out_ids[row] = exact[order], ids[order]
         return out_scores, out_ids
 

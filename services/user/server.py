@@ -3,7 +3,8 @@
 Updates run on one writer thread, in arrival order: each is journaled (fsync) before it
 is applied (services/user/journal.py), and every HASHREC_USER_SNAPSHOT_EVERY updates (and
 at shutdown) the profiles are snapshotted and the journal emptied, so a start replays at
-most that many. Score and Retrieve run on reader threads of their own: a burst of
+most that many. Score runs batched across concurrent calls on a
+numeric thread of its own (shared/batching.py), Retrieve on reader threads: a burst of
 Feedback never queues a Score behind it (the lookup publishes each update under a lock).
 
 Config from the environment: HASHREC_USER_HOST (127.0.0.1), HASHREC_USER_PORT (50054),
@@ -29,7 +30,9 @@ from hashrec.v1 import user_pb2, user_pb2_grpc
 
 from services.user.journal import JournalError, UpdateJournal
 from services.user.lookup import KIND, UserHashtagLookup
+from shared.admission import abort_overloaded
 from shared.artifacts import resolve_artifact
+from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, start_loading
@@ -52,6 +55,11 @@ class UserServicer:
         self.snapshot_every = snapshot_every
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="user-read")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="user-write")
+        # Score: the photos of concurrent calls in one lookup, on one numeric thread.
+        self.worker = NumericWorker("user-score")
+        self.scoring: Batcher[tuple[np.ndarray, str | None, int],
+                              user_pb2.UserScoreResponse] = Batcher(
+            "user scoring", self._score_batch, self.worker)
 
     async def _read(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.readers, work)
@@ -61,6 +69,8 @@ class UserServicer:
 
     def close(self) -> None:
         """After the drain: the last updates into a snapshot, so the next start is quick."""
+        self.scoring.stop()
+        self.worker.stop()
         self.readers.shutdown(wait=True)
         self.writer.submit(self._snapshot_if_new).result()
         self.writer.shutdown(wait=True)
@@ -72,22 +82,36 @@ class UserServicer:
             except OSError as error:  # the journal still holds every update
                 log.error("user: snapshot failed, the journal keeps the updates: %s", error)
 
+    def _score_batch(self, calls: list[tuple[np.ndarray, str | None, int]],
+                     ) -> list[user_pb2.UserScoreResponse]:
+        """The top hashtags of a batch of (photo features, user, k): one lookup."""
+        depth = max(k for _, _, k in calls)
+        scores, ids = self.lookup.top_k(np.stack([features for features, _, _ in calls]),
+                                        [user for _, user, _ in calls], depth)
+        vocabulary, weight = self.lookup.vocabulary, self.lookup.user_weight or 0.0
+        answers = []
+        for row, (_, user, k) in enumerate(calls):
+            top, rows = scores[row, :k], ids[row, :k]
+            relative = np.exp(top - top[0]).tolist()
+            answers.append(user_pb2.UserScoreResponse(
+                hashtags=[user_pb2.UserHashtag(hashtag=vocabulary[i], score=s,
+                                               relative_probability=r)
+                          for s, i, r in zip(top.tolist(), rows.tolist(), relative,
+                                             strict=True)],
+                known_user=self.lookup.known(user), model_version=self.model_version,
+                user_weight=weight))
+        return answers
+
     async def Score(self, request: user_pb2.UserScoreRequest,  # noqa: N802
                     context: grpc.aio.ServicerContext) -> user_pb2.UserScoreResponse:
         k = await k_or_abort(request.k, MAX_SCORE_K, context)
         await limits_or_abort(context, user_id_problem(request.user_id))
         photo = await photo_or_abort(request.photo, context)
-        user = request.user_id or None
-        scores, ids = await self._read(lambda: self.lookup.top_k(photo.features, [user], k))
-        relative = np.exp(scores[0] - scores[0, 0]).tolist()
-        vocabulary = self.lookup.vocabulary
-        return user_pb2.UserScoreResponse(
-            hashtags=[user_pb2.UserHashtag(hashtag=vocabulary[i], score=s,
-                                           relative_probability=r)
-                      for s, i, r in zip(scores[0].tolist(), ids[0].tolist(), relative,
-                                         strict=True)],
-            known_user=self.lookup.known(user), model_version=self.model_version,
-            user_weight=self.lookup.user_weight or 0.0)
+        try:
+            return await self.scoring.submit((photo.features[0], request.user_id or None, k))
+        except OverloadedError as error:
+            await abort_overloaded(context, error)
+            raise
 
     async def Update(self, request: user_pb2.UserUpdateRequest,  # noqa: N802
                      context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:

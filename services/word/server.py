@@ -75,11 +75,13 @@ async def serve(host: str, port: int, model_dir: Path,
         "word model", host, port, metrics_port)
     models = await asyncio.get_running_loop().run_in_executor(
         None, lambda: load_image_models(model_dir, served_methods(model_dir, WORD_METHODS)))
-    late.target = WordServicer(models.methods, models.vocabulary, models.version)
+    late.target = server.servicer = WordServicer(models.methods, models.vocabulary,
+                                                 models.version)
 
     async def successor(models: ImageModels, serving: object) -> WordServicer:
         return WordServicer(models.methods, models.vocabulary, models.version, serving)
 
+    server.on_stop(lambda: late.target.stop())
     swap_on_reload(server, late, "word", model_dir, WORD_METHODS, successor)
     await server.set_serving(True)
     log.info("word: model %s, %d hashtags, methods %s", models.version,
