@@ -1,25 +1,31 @@
-"""Load on the services over loopback gRPC, next to a bare echo server in the same run.
+"""Load on the whole stack over loopback gRPC: the curve of QPS and latency against calls
+in flight, next to a bare echo server and the raw vision model in the same run.
 
-    python bench/serving.py [--seconds 10] [--concurrency 64] [--max-calls 20000]
-        [--only vision|recommend]
+    python bench/serving.py [--seconds 10] [--concurrency 1,4,16,64,256] [--deadline 10]
+        [--mode processes|single] [--only vision]
 
-Every load loop is bounded in time and count and targets 127.0.0.1 only. Prints QPS,
-p50 / p95 / p99 latency and errors for: a bare gRPC echo server (the reference); warm and
-cold Embed on the vision service alone; warm and cold Recommend on the whole stack in both
-of `hashrec serve`'s modes, one process per service (its default) and all five in this
-process (`--single-process`), on the newest trained models under $HASHREC_MODELS (trained
-first when there are none; or --models / --user-model), half the calls with a known user
-(--user-share).
-Warm: photos whose features are cached; cold: a new photo every call. Then the ratios
-warm / echo and cold / raw model images/s (the raw model measured in-process at the
-service's batch size).
+`hashrec serve`'s services (one process per service, its default; or all five in this
+process with --mode single) on the newest trained models under $HASHREC_MODELS (trained
+first when there are none; or --models / --user-model). At each concurrency, two rows:
+warm (32 photos whose evidence is cached; half the calls with a known user, --user-share)
+and cold (a photo no service has seen, every call: a shipped photo made new by a JPEG
+comment, so it misses every cache and is decoded and embedded again). Every call carries
+a deadline (--deadline); a refused call (RESOURCE_EXHAUSTED with a retry hint) is shed,
+and its client waits the hint before its next call, as a well-behaved client does.
+
+For each row: whole answers/s, p50 / p99 of admitted calls, degraded answers (%), shed
+calls (%) and their p99 refusal time, errors (any other failure, a missed deadline
+included). Then the ratios cold / raw model images/s (at the vision batch size) and warm /
+echo, and for the overload row the admitted p99 against the 64-in-flight one. Writes
+out/serving.json and docs/serving.png (QPS and p99 against calls in flight).
+
+Every load loop is bounded in time and count and targets 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import signal
@@ -34,10 +40,20 @@ from hashrec.v1 import vision_pb2, vision_pb2_grpc
 
 from services.vision.model import VisionModel, decode_image, preprocess
 from services.vision.server import serve
+from shared.admission import retry_after_seconds
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
 
 ECHO_METHOD = "/bench.Echo/Echo"
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Shed(Exception):  # noqa: N818 - an outcome, not a fault
+    """A call refused at capacity, with the server's retry hint in seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"shed; retry after {retry_after} s")
+        self.retry_after = retry_after
 
 
 async def echo_server() -> tuple[grpc.aio.Server, str]:
@@ -56,21 +72,29 @@ async def echo_server() -> tuple[grpc.aio.Server, str]:
 async def load(call: Callable[[int], Awaitable[object]], seconds: float, concurrency: int,
                max_calls: int, failures: tuple[type[BaseException], ...] = (
                    grpc.aio.AioRpcError,)) -> dict[str, float]:
-    """``concurrency`` workers call ``call(i)`` until the time or the call budget is spent."""
+    """``concurrency`` workers call ``call(i)`` until the time or the call budget is spent.
+    A call that returns True was answered degraded; one that raises ``Shed`` was refused
+    (its worker waits the hint, within the time left); one that raises ``failures`` is an
+    error."""
     latencies: list[float] = []
-    errors = 0
+    refusals: list[float] = []
+    errors = degraded = 0
     issued = 0
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
-        nonlocal errors, issued
+        nonlocal errors, degraded, issued
         while time.perf_counter() < deadline and issued < max_calls:
             number = issued
             issued += 1
             started = time.perf_counter()
             try:
-                await call(number)
+                degraded += bool(await call(number))
                 latencies.append(time.perf_counter() - started)
+            except Shed as shed:
+                refusals.append(time.perf_counter() - started)
+                await asyncio.sleep(min(shed.retry_after, max(0.0, deadline
+                                                              - time.perf_counter())))
             except failures:
                 errors += 1
 
@@ -78,16 +102,34 @@ async def load(call: Callable[[int], Awaitable[object]], seconds: float, concurr
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
-    return {"calls": len(latencies), "qps": len(latencies) / elapsed, "errors": errors,
+    refused_ms = np.array(refusals) * 1000 if refusals else np.zeros(1)
+    calls = len(latencies) + len(refusals) + errors
+    return {"concurrency": concurrency, "calls": len(latencies),
+            "qps": (len(latencies) - degraded) / elapsed, "errors": errors,
+            "degraded": degraded, "degraded_pct": 100 * degraded / max(len(latencies), 1),
+            "shed": len(refusals), "shed_pct": 100 * len(refusals) / max(calls, 1),
+            "shed_p99": float(np.percentile(refused_ms, 99)),
             "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99))}
+            "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
 
 
-def raw_images_per_second(model: VisionModel, photos: list[bytes], batch: int) -> float:
+def new_photo(jpeg: bytes, number: int) -> bytes:
+    """``jpeg`` made a photo no cache has seen: a comment segment (COM) with ``number``
+    right after the start-of-image marker. The pixels are the same; the bytes, and so
+    every sha256-keyed cache entry, are new."""
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG")
+    text = f"hashrec bench {number}".encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
+def raw_images_per_second(model: VisionModel, photos: list[bytes], batch: int,
+                          seconds: float = 5.0) -> float:
+    """The vision model alone, in this process, on batches of ``batch`` decoded photos."""
     tensors = torch.stack([preprocess(decode_image(p)) for p in photos[:batch]])
     model.embed_tensors(tensors)
     done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < 5:
+    while time.perf_counter() - started < seconds:
         model.embed_tensors(tensors)
         done += batch
     return done / (time.perf_counter() - started)
@@ -99,54 +141,120 @@ async def main(args: argparse.Namespace) -> None:
               sorted((root / "instagram" / "images").rglob("*.jpg"))
               + sorted((root / "food" / "images").glob("*.jpg"))]
     model = VisionModel(device="cpu")
-    rows = {}
-
     server, address = await echo_server()
     async with grpc.aio.insecure_channel(address) as channel:
         echo = channel.unary_unary(ECHO_METHOD)
-        rows["echo"] = await load(lambda i: echo(b"x" * 64), args.seconds, args.concurrency,
-                                  args.max_calls)
+        reference = await load(lambda i: echo(b"x" * 64), args.seconds, 64, args.max_calls)
     await server.stop(None)
+    raw = raw_images_per_second(model, photos, args.batch)
+    if args.only == "vision":
+        rows = await vision_rows(model, photos, args)
+    else:
+        rows = await recommend_rows(model, photos, args, args.mode)
+    report(rows, reference, raw, args)
 
-    if args.only in (None, "recommend"):
-        for mode in ("processes", "single"):
-            rows.update(await recommend_rows(model, photos, args, mode))
-    if args.only == "recommend":
-        report(rows, raw_images_per_second(model, photos, args.batch), args)
-        return
+
+async def vision_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,
+                      ) -> dict[str, dict[str, float]]:
+    """VisionService.Embed alone, warm and cold, at each concurrency."""
+    rows = {}
     vision = await serve("127.0.0.1", 0, model, max_batch=args.batch)
     async with grpc.aio.insecure_channel(vision.address, options=CHANNEL_OPTIONS) as channel:
         stub = vision_pb2_grpc.VisionServiceStub(channel)
         warm_set = photos[:32]
         for photo in warm_set:  # fill the cache
             await stub.Embed(vision_pb2.EmbedRequest(image=photo))
-        rows["warm Embed"] = await load(
-            lambda i: stub.Embed(vision_pb2.EmbedRequest(image=warm_set[i % 32]), timeout=30),
-            args.seconds, args.concurrency, args.max_calls)
-        cold_set = photos[32:]
-        rows["cold Embed"] = await load(
-            lambda i: stub.Embed(vision_pb2.EmbedRequest(image=cold_set[i]), timeout=60),
-            args.seconds, args.concurrency, len(cold_set))
+        fresh = iter(range(10**9))
+
+        async def embed(photo: bytes) -> bool:
+            try:
+                await stub.Embed(vision_pb2.EmbedRequest(image=photo), timeout=args.deadline)
+            except grpc.aio.AioRpcError as error:
+                retry = retry_after_seconds(error)
+                if retry is None:
+                    raise
+                raise Shed(retry) from None
+            return False
+
+        for concurrency in args.concurrency:
+            rows[f"warm Embed @{concurrency}"] = await load(
+                lambda i: embed(warm_set[i % 32]), args.seconds, concurrency, args.max_calls)
+            rows[f"cold Embed @{concurrency}"] = await load(
+                lambda i: embed(new_photo(photos[i % len(photos)], next(fresh))),
+                args.seconds, concurrency, args.max_calls)
     await vision.stop()
-    report(rows, raw_images_per_second(model, photos, args.batch), args)
+    return rows
 
 
-def report(rows: dict[str, dict[str, float]], raw: float, args: argparse.Namespace) -> None:
-    print(f"loopback, {args.concurrency} calls in flight, up to {args.seconds:.0f} s each; "
-          f"vision max batch {args.batch}")
-    width = max(16, *(len(name) + 2 for name in rows))
-    print(f"{'':<{width}}{'calls':>8}{'QPS':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}")
+def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float,
+           args: argparse.Namespace) -> None:
+    print(f"loopback, up to {args.seconds:.0f} s a row, deadline {args.deadline:.0f} s a "
+          f"call; vision max batch {args.batch}; mode {args.mode}")
+    width = max(26, *(len(name) + 2 for name in rows))
+    print(f"{'':<{width}}{'calls':>7}{'QPS':>8}{'p50 ms':>8}{'p99 ms':>8}{'degr %':>8}"
+          f"{'shed %':>8}{'shed p99':>9}{'errors':>7}")
+    print(f"{'echo @64 (reference)':<{width}}{echo['calls']:>7.0f}{echo['qps']:>8.1f}"
+          f"{echo['p50']:>8.1f}{echo['p99']:>8.1f}")
     for name, row in rows.items():
-        print(f"{name:<{width}}{row['calls']:>8.0f}{row['qps']:>9.1f}{row['p50']:>9.1f}"
-              f"{row['p95']:>9.1f}{row['p99']:>9.1f}{row['errors']:>8.0f}")
+        print(f"{name:<{width}}{row['calls']:>7.0f}{row['qps']:>8.1f}{row['p50']:>8.1f}"
+              f"{row['p99']:>8.1f}{row['degraded_pct']:>8.1f}{row['shed_pct']:>8.1f}"
+              f"{row['shed_p99'] if row['shed'] else 0:>9.1f}{row['errors']:>7.0f}")
     print(f"raw model, batch {args.batch}, in-process: {raw:.1f} images/s")
-    echo = rows["echo"]["qps"]
-    kinds = ["Embed"] + [f"Recommend{mode}" for mode in ("", " (processes)", " (single)")]
-    for kind in kinds:
-        if f"warm {kind}" in rows:
-            print(f"ratios: warm {kind} / echo {rows[f'warm {kind}']['qps'] / echo:.2f}; "
-                  f"cold {kind} / raw model {rows[f'cold {kind}']['qps'] / raw:.2f}")
+    kind = "Embed" if args.only == "vision" else "Recommend"
+    ratios = {}
+    for concurrency in args.concurrency:
+        warm, cold = rows[f"warm {kind} @{concurrency}"], rows[f"cold {kind} @{concurrency}"]
+        ratios[concurrency] = {"warm_vs_echo": warm["qps"] / echo["qps"],
+                               "cold_vs_raw": cold["qps"] / raw}
+        print(f"@{concurrency:<4} ratios: warm / echo {ratios[concurrency]['warm_vs_echo']:.2f}"
+              f"; cold / raw model {ratios[concurrency]['cold_vs_raw']:.2f}")
+    if 64 in args.concurrency and max(args.concurrency) > 64:
+        top = max(args.concurrency)
+        for temperature in ("cold", "warm"):
+            over, base = rows[f"{temperature} {kind} @{top}"], rows[f"{temperature} {kind} @64"]
+            print(f"overload @{top}, {temperature}: admitted p99 {over['p99']:.0f} ms = "
+                  f"{over['p99'] / base['p99']:.2f}x the p99 @64; refused in p99 "
+                  f"{over['shed_p99']:.1f} ms; slowest admitted {over['max']:.0f} ms "
+                  f"(deadline {args.deadline * 1000:.0f})")
+    out = REPO / "out"
+    out.mkdir(exist_ok=True)
+    (out / "serving.json").write_text(json.dumps({
+        "rows": rows, "echo": echo, "raw_images_per_second": raw, "ratios": ratios,
+        "seconds": args.seconds, "deadline": args.deadline, "batch": args.batch,
+        "mode": args.mode, "kind": kind}, indent=1))
+    plot(rows, kind, args.concurrency, echo["qps"], raw,
+         REPO / "docs" / ("serving.png" if kind == "Recommend" else "serving-vision.png"))
+
+
+def plot(rows: dict[str, dict[str, float]], kind: str, levels: list[int], echo: float,
+         raw: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for temperature, colour in (("warm", "tab:orange"), ("cold", "tab:blue")):
+        series = [rows[f"{temperature} {kind} @{c}"] for c in levels]
+        left.plot(levels, [r["qps"] for r in series], "o-", color=colour,
+                  label=f"{temperature}: whole answers/s")
+        left.plot(levels, [r["shed"] / (r["calls"] / max(r["qps"], 1e-9) or 1)
+                           for r in series], "x:", color=colour, alpha=0.6,
+                  label=f"{temperature}: refused/s")
+        right.plot(levels, [r["p99"] for r in series], "o-", color=colour,
+                   label=f"{temperature}: admitted p99")
+    left.axhline(raw, color="grey", linestyle="--", label=f"raw model {raw:.0f} images/s")
+    left.set(xscale="log", yscale="log", xlabel="calls in flight", ylabel="per second",
+             title=f"{kind} throughput (echo {echo:.0f}/s)")
+    right.set(xscale="log", yscale="log", xlabel="calls in flight", ylabel="ms",
+              title=f"{kind} p99 latency")
+    for axis in (left, right):
+        axis.set_xticks(levels, [str(c) for c in levels])
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path.relative_to(REPO)} and out/serving.json")
 
 
 def served_models(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -236,7 +344,8 @@ async def start_stack(model: VisionModel, batch: int, model_dir: Path, user_dir:
 async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,
                          mode: str) -> dict[str, dict[str, float]]:
     """The whole stack, as `hashrec serve` runs it in ``mode`` ("processes": one process
-    per service; "single": all in this process), under warm and cold Recommend."""
+    per service; "single": all in this process), under warm and cold Recommend at each
+    concurrency."""
     model_dir, user_dir = served_models(args)
     # The user service loads and verifies the model; the bench only needs its user ids.
     users = json.loads((user_dir / "manifest.json").read_text())["users"][:50]
@@ -246,48 +355,55 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
                 serve_processes(model_dir, user_dir, args.batch))
         else:
             servers, address = await start_stack(model, args.batch, model_dir, user_dir)
-        rows = await _recommend_load(address, users, photos, args, mode)
+        rows = await _recommend_load(address, users, photos, args)
         for server in servers:
             await server.stop()
     return rows
 
 
 async def _recommend_load(address: str, users: list[str], photos: list[bytes],
-                          args: argparse.Namespace, mode: str) -> dict[str, dict[str, float]]:
+                          args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    import collections
+
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
 
     rows = {}
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
-        degraded = 0
         reasons: collections.Counter[str] = collections.Counter()
 
-        async def recommend(photo: bytes, i: int) -> None:
-            nonlocal degraded
-            reply = await stub.Recommend(recommender_pb2.RecommendRequest(
-                image=photo, user_id=users[i % len(users)]
-                if i % 100 < 100 * args.user_share else "", k=10),
-                timeout=60)
-            degraded += reply.degraded
+        async def recommend(photo: bytes, i: int) -> bool:
+            try:
+                reply = await stub.Recommend(recommender_pb2.RecommendRequest(
+                    image=photo, user_id=users[i % len(users)]
+                    if i % 100 < 100 * args.user_share else "", k=10),
+                    timeout=args.deadline)
+            except grpc.aio.AioRpcError as error:
+                retry = retry_after_seconds(error)
+                if retry is None:
+                    reasons[f"error: {error.code().name}"] += 1
+                    raise
+                raise Shed(retry) from None
             # "word: DEADLINE_EXCEEDED: …" → "word: DEADLINE_EXCEEDED"
             reasons.update(":".join(r.split(":")[:2]) for r in reply.degraded_reasons)
+            return reply.degraded
 
         warm_set = photos[-32:]
-        for i, photo in enumerate(warm_set):  # fill the feature cache
+        for i, photo in enumerate(warm_set):  # fill the caches, as a stranger and a user
             await recommend(photo, i)
-        cold_set = photos[32:-32]
-        for name, call, budget in (
-                (f"warm Recommend ({mode})", lambda i: recommend(warm_set[i % 32], i),
-                 args.max_calls),
-                (f"cold Recommend ({mode})", lambda i: recommend(cold_set[i], i),
-                 len(cold_set))):
-            degraded = 0
-            reasons.clear()
-            rows[name] = await load(call, args.seconds, args.concurrency, budget)
-            rows[name]["errors"] += degraded  # a degraded answer counts as an error
-            if reasons:
-                print(f"{name}: {degraded} degraded answers; reasons "
-                      + ", ".join(f"{r} ×{n}" for r, n in reasons.most_common(4)), flush=True)
+            await recommend(photo, i + 1)
+        fresh = iter(range(10**9))
+        for concurrency in args.concurrency:
+            for name, call in (
+                    (f"warm Recommend @{concurrency}", lambda i: recommend(warm_set[i % 32], i)),
+                    (f"cold Recommend @{concurrency}", lambda i: recommend(
+                        new_photo(photos[i % len(photos)], next(fresh)), i))):
+                reasons.clear()
+                rows[name] = await load(call, args.seconds, concurrency, args.max_calls)
+                if reasons:
+                    print(f"{name}: " + ", ".join(f"{r} ×{n}"
+                                                  for r, n in reasons.most_common(4)),
+                          flush=True)
     return rows
 
 
@@ -303,8 +419,17 @@ def load_parser(description: str, concurrency: int) -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    parser = load_parser(__doc__, concurrency=64)
-    parser.add_argument("--only", choices=("vision", "recommend"))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="a row")
+    parser.add_argument("--concurrency", default=[1, 4, 16, 64, 256],
+                        type=lambda text: [int(c) for c in text.split(",")],
+                        help="calls in flight, comma-separated: one pair of rows each")
+    parser.add_argument("--max-calls", type=int, default=20_000, help="a row")
+    parser.add_argument("--batch", type=int, default=4, help="the vision service's batch")
+    parser.add_argument("--deadline", type=float, default=10.0, help="seconds a call")
+    parser.add_argument("--mode", choices=("processes", "single"), default="processes")
+    parser.add_argument("--only", choices=("vision",))
     parser.add_argument("--models", type=Path, help="default: the newest trained")
     parser.add_argument("--user-model", type=Path, help="default: the newest trained")
     parser.add_argument("--user-share", type=float, default=0.5,
