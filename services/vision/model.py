@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 #: Largest encoded image accepted, and largest decoded size: 40 megapixels is above any
 #: phone camera's photo and below what would let one request exhaust a server's memory.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: "1": the CUDA model runs in fp16
+HALF_ENV = "HASHREC_VISION_HALF"
 MAX_PIXELS = 40_000_000
 
 
@@ -209,20 +211,29 @@ class VisionModel:
     """Batched inference; TorchScript-frozen and channels_last when ``optimize``."""
 
     def __init__(self, device: str | None = None, optimize: bool = True,
-                 backbone: Backbone | None = None) -> None:
+                 backbone: Backbone | None = None, half: bool | None = None) -> None:
+        """``half``: fp16 weights and activations (CUDA only; default HASHREC_VISION_HALF,
+        else off). Features then agree with fp32's to about 1e-3 (bench/vision_cuda.py)."""
         from efficientnet_lite_pytorch import EfficientNet
 
         self.backbone = backbone or configured_backbone()
         self.image_size = self.backbone.image_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if half is None:
+            half = os.environ.get(HALF_ENV, "").lower() in ("1", "true", "yes")
+        if half and self.device.type != "cuda":
+            raise ValueError(f"fp16 inference ({HALF_ENV}) needs a CUDA device, not "
+                             f"{self.device.type}")
+        self.dtype = torch.float16 if half else torch.float32
         network = EfficientNet.from_name(self.backbone.name)
         network.load_state_dict(_verified_state_dict(weights_path(self.backbone), self.backbone),
                                 strict=True)
-        module = FeaturesAndProbabilities(network).eval().to(self.device)
+        module = FeaturesAndProbabilities(network).eval().to(self.device, self.dtype)
         self.optimized = optimize
         if optimize:
             module = module.to(memory_format=torch.channels_last)
-            example = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+            example = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device,
+                                  dtype=self.dtype)
             with torch.inference_mode():
                 module = torch.jit.freeze(torch.jit.trace(
                     module, example.to(memory_format=torch.channels_last)))
@@ -231,7 +242,7 @@ class VisionModel:
 
     @torch.inference_mode()
     def embed_tensors(self, batch: torch.Tensor) -> Embedding:
-        batch = batch.to(self.device, non_blocking=True)
+        batch = batch.to(self.device, self.dtype, non_blocking=True)
         if self.optimized:
             batch = batch.contiguous(memory_format=torch.channels_last)
         features, probabilities = self.module(batch)

@@ -11,7 +11,8 @@ HASHREC_REDIS_URL is set, else in-process), so a photo seen before skips decode 
 
 Config from the environment: HASHREC_VISION_HOST (127.0.0.1), HASHREC_VISION_PORT (50051),
 HASHREC_VISION_METRICS_PORT (9101), HASHREC_VISION_MAX_BATCH (4, 32 on CUDA),
-HASHREC_VISION_MAX_DELAY_MS (5), HASHREC_REDIS_URL (unset: in-process cache),
+HASHREC_VISION_MAX_DELAY_MS (5), HASHREC_VISION_HALF (1: fp16 on CUDA),
+HASHREC_REDIS_URL (unset: in-process cache),
 HASHREC_REDIS_PASSWORD (Redis AUTH).
 """
 
@@ -40,7 +41,7 @@ from services.vision.model import (
     preprocess,
 )
 from shared.admission import abort_overloaded
-from shared.batching import Batcher, NumericWorker, OverloadedError
+from shared.batching import Batcher, NumericWorker, OverloadedError, service_threads
 from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
 from shared.grpc_server import GrpcServer, start_loading
@@ -50,24 +51,40 @@ SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
 DEFAULT_PORT, DEFAULT_METRICS_PORT = "50051", "9101"
 
 
-def embed_batch(model: VisionModel) -> Callable[[list[torch.Tensor]], list[tuple[
-        np.ndarray, np.ndarray]]]:
+def embed_batch(model: VisionModel, buckets: bool = False) -> Callable[
+        [list[torch.Tensor]], list[tuple[np.ndarray, np.ndarray]]]:
     """One forward pass over a batch of preprocessed photos: (features, class
-    probabilities) for each."""
+    probabilities) for each. ``buckets``: the batch is padded to the next power of two, so
+    that a compiled model meets a handful of shapes (a CUDA model compiles its kernels
+    once per shape: unpadded, every new batch size stalled the service for seconds)."""
     def run(tensors: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
         # GPU-decoded JPEGs already sit on the device; Pillow's tensors join them there.
-        result = model.embed_tensors(torch.stack([t.to(model.device) for t in tensors]))
+        batch = torch.stack([t.to(model.device) for t in tensors])
+        if buckets:
+            size = bucket(len(tensors))
+            if size > len(tensors):
+                batch = torch.cat([batch, batch.new_zeros((size - len(tensors),
+                                                           *batch.shape[1:]))])
+        result = model.embed_tensors(batch)
         return [(result.features[row], result.probabilities[row])
                 for row in range(len(tensors))]
 
     return run
 
 
+def bucket(size: int) -> int:
+    """The padded batch size: the next power of two."""
+    return 1 << (size - 1).bit_length()
+
+
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     def __init__(self, model: VisionModel, batcher: Batcher, cache: Cache) -> None:
         self.model, self.batcher = model, batcher
         self.cache = cache
-        self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        # Decoding (Pillow releases the GIL) on as many threads as the service has cores:
+        # on a GPU machine the CPU's decoding, not the model, bounds the photos a second.
+        self.decoder = ThreadPoolExecutor(max_workers=max(2, service_threads()),
+                                          thread_name_prefix="decode")
         # nvJPEG with the gpu extra on a CUDA model; Pillow otherwise and for other formats.
         self.gpu_jpeg = model.device.type == "cuda" and gpu_decoding_available()
 
@@ -119,7 +136,15 @@ async def serve(host: str, port: int, model: VisionModel | None = None,
     model = model or await loop.run_in_executor(None, VisionModel)
     batch = max_batch or (32 if model.device.type == "cuda" else 4)
     worker = NumericWorker("vision-model")
-    batcher = Batcher("vision", embed_batch(model), worker, batch, max_delay, max_queued)
+    on_gpu = model.device.type == "cuda"
+    if on_gpu:  # every padded shape compiled before the first caller waits for it
+        shape = (3, model.image_size, model.image_size)
+        for size in sorted({bucket(n) for n in range(1, batch + 1)}):
+            for _ in range(3):  # TorchScript optimises a shape on its second or third run
+                await worker.run(lambda size=size: model.embed_tensors(
+                    torch.zeros(size, *shape)))
+    batcher = Batcher("vision", embed_batch(model, buckets=on_gpu), worker, batch, max_delay,
+                      max_queued)
     server.on_stop(batcher.stop)
     server.on_stop(worker.stop)
     late.target = VisionServicer(model, batcher, cache if cache is not None else LruCache())
