@@ -123,6 +123,31 @@ def new_photo(jpeg: bytes, number: int) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
 
 
+def service_cpu_seconds(supervisor: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) each of `hashrec serve`'s children has used, by service,
+    and this process's own ("client"), from /proc."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"client": sum(os.times()[:2])}
+    if supervisor is None:
+        return used
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return used
+    for child in children:
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        module = next((part.decode() for part in command if part.startswith(b"services.")),
+                      f"pid {child}")
+        used[module.split(".")[1]] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def raw_images_per_second(model: VisionModel, photos: list[bytes], batch: int,
                           seconds: float = 5.0) -> float:
     """The vision model alone, in this process, on batches of ``batch`` decoded photos."""
@@ -200,6 +225,11 @@ def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float
               f"{row['p99']:>8.1f}{row['degraded_pct']:>8.1f}{row['shed_pct']:>8.1f}"
               f"{row['shed_p99'] if row['shed'] else 0:>9.1f}{row['errors']:>7.0f}")
     print(f"raw model, batch {args.batch}, in-process: {raw:.1f} images/s")
+    for name, row in rows.items():
+        if "cpu_ms_per_answer" in row:
+            print(f"{name}: CPU ms an answer " + ", ".join(
+                f"{service} {ms:.1f}" for service, ms in row["cpu_ms_per_answer"].items())
+                + f"; {row['cpu_utilisation']:.2f} cores busy")
     kind = "Embed" if args.only == "vision" else "Recommend"
     ratios = {}
     for concurrency in args.concurrency:
@@ -350,19 +380,24 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
     # The user service loads and verifies the model; the bench only needs its user ids.
     users = json.loads((user_dir / "manifest.json").read_text())["users"][:50]
     async with contextlib.AsyncExitStack() as stack:
+        supervisor = None
         if mode == "processes":
-            servers, address = [], await stack.enter_async_context(
-                serve_processes(model_dir, user_dir, args.batch))
+            servers = []
+            address, supervisor = await stack.enter_async_context(
+                serve_processes(model_dir, user_dir, args.batch, report_pid=True))
         else:
             servers, address = await start_stack(model, args.batch, model_dir, user_dir)
-        rows = await _recommend_load(address, users, photos, args)
+        rows = await _recommend_load(address, users, photos, args, supervisor)
         for server in servers:
             await server.stop()
     return rows
 
 
 async def _recommend_load(address: str, users: list[str], photos: list[bytes],
-                          args: argparse.Namespace) -> dict[str, dict[str, float]]:
+                          args: argparse.Namespace, supervisor: int | None = None,
+                          ) -> dict[str, dict[str, float]]:
+    """The rows; each with the CPU milliseconds each service (and the client) spent an
+    answer, where the services are `hashrec serve`'s children (``supervisor``)."""
     import collections
 
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -399,7 +434,15 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                     (f"cold Recommend @{concurrency}", lambda i: recommend(
                         new_photo(photos[i % len(photos)], next(fresh)), i))):
                 reasons.clear()
+                before, started = service_cpu_seconds(supervisor), time.perf_counter()
                 rows[name] = await load(call, args.seconds, concurrency, args.max_calls)
+                after, elapsed = service_cpu_seconds(supervisor), time.perf_counter() - started
+                answered = max(rows[name]["calls"], 1)
+                rows[name]["cpu_ms_per_answer"] = {
+                    service: round(1000 * (after[service] - before.get(service, 0.0))
+                                   / answered, 2) for service in after}
+                rows[name]["cpu_utilisation"] = round(sum(
+                    after[s] - before.get(s, 0.0) for s in after) / elapsed, 2)
                 if reasons:
                     print(f"{name}: " + ", ".join(f"{r} ×{n}"
                                                   for r, n in reasons.most_common(4)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
@@ -767,6 +768,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def child_threads() -> dict[str, dict[str, str]]:
+    """Each child's HASHREC_THREADS when the operator set none: the vision model's passes
+    take every core; the scoring services, whose batches are small matrix products, take
+    one each, so five processes' thread pools do not spin against each other on the same
+    cores (bench/serving.py: cold QPS 27 → NN on 2 cores)."""
+    from shared.batching import THREADS_ENV
+
+    if os.environ.get(THREADS_ENV):
+        return collections.defaultdict(dict)
+    return collections.defaultdict(lambda: {THREADS_ENV: "1"}, vision={})
+
+
 def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) -> int:
     """Every service its own supervised child process (commands/supervisor.py)."""
     import asyncio
@@ -779,8 +792,9 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
     # After a rollout (SIGHUP: `hashrec rollout`) a restarted service takes the newest
     # version in the folder, the one the others switched to.
     rolled_out = {"HASHREC_MODEL_DIR": str(model_dir.parent)}
+    threads = child_threads()
     specs = [ChildSpec(name, f"services.{name}.server",
-                       {f"HASHREC_{name.upper()}_HOST": host,
+                       {**threads[name], f"HASHREC_{name.upper()}_HOST": host,
                         f"HASHREC_{name.upper()}_PORT": str(backend_port),
                         "HASHREC_MODEL_DIR": str(model_dir),
                         "HASHREC_USER_MODEL_DIR": str(user_dir),
@@ -790,7 +804,8 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
              for name, backend_port in backends.items()]
     specs.append(ChildSpec(
         "recommender", "services.recommender.server",
-        {"HASHREC_RECOMMENDER_HOST": host, "HASHREC_RECOMMENDER_PORT": str(port),
+        {**threads["recommender"], "HASHREC_RECOMMENDER_HOST": host,
+         "HASHREC_RECOMMENDER_PORT": str(port),
          "HASHREC_MODEL_DIR": str(model_dir), "OTEL_SERVICE_NAME": "hashrec-recommender",
          **{f"HASHREC_{name.upper()}_TARGET": f"{probe}:{backend_port}"
             for name, backend_port in backends.items()}},

@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from shared.config import env_number
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -36,6 +38,8 @@ R = TypeVar("R")
 
 #: the CPU allowance a service's numeric work may use; default: the cores it may run on
 THREADS_ENV = "HASHREC_THREADS"
+#: how long a batch waits for more items once nothing else is queued
+DELAY_ENV, DEFAULT_DELAY_MS = "HASHREC_BATCH_DELAY_MS", 2.0
 
 
 class OverloadedError(Exception):
@@ -122,8 +126,11 @@ class Batcher(Generic[T, R]):
     one result per item, in order), run on ``worker``."""
 
     def __init__(self, name: str, run: Callable[[list[T]], Sequence[R]],
-                 worker: NumericWorker, max_batch: int = 64, max_delay: float = 0.002,
+                 worker: NumericWorker, max_batch: int = 64, max_delay: float | None = None,
                  max_queued: int = 1024) -> None:
+        """``max_delay``: default HASHREC_BATCH_DELAY_MS (DEFAULT_DELAY_MS) milliseconds."""
+        if max_delay is None:
+            max_delay = env_number(DELAY_ENV, DEFAULT_DELAY_MS) / 1000
         if max_batch < 1 or max_queued < 1:
             raise ValueError(f"{name}: max_batch and max_queued must be at least 1")
         self.name, self.run, self.worker = name, run, worker

@@ -98,7 +98,10 @@ class VocabularyScorer:
         self.previous = previous
         self.worker = worker or (previous.worker if previous is not None
                                  else NumericWorker("score"))
-        self.batcher: Batcher[PhotoSet, list[photo_pb2.MethodScores]] = Batcher(
+        #: each method's hashtags outside the vocabulary (the semantic method's), once
+        self.extra = {name: tuple(getattr(method, "extra", ()))
+                      for name, method in methods.items() if hasattr(method, "scores_all")}
+        self.batcher: Batcher[tuple[PhotoSet, bool], list[photo_pb2.MethodScores]] = Batcher(
             f"scoring ({model_version})", self._score_batch, self.worker, max_batch,
             max_queued=max_queued)
 
@@ -109,18 +112,21 @@ class VocabularyScorer:
             self.previous.batcher.stop()
         self.worker.stop()
 
-    def _score_batch(self, photos: list[PhotoSet]) -> list[list[photo_pb2.MethodScores]]:
-        batch = PhotoSet(np.concatenate([p.features for p in photos]),
-                         np.concatenate([p.probabilities for p in photos]))
-        answers: list[list[photo_pb2.MethodScores]] = [[] for _ in photos]
+    def _score_batch(self, calls: list[tuple[PhotoSet, bool]],
+                     ) -> list[list[photo_pb2.MethodScores]]:
+        """Each call's scores: (photo, whether the caller knows the outside hashtags)."""
+        batch = PhotoSet(np.concatenate([photo.features for photo, _ in calls]),
+                         np.concatenate([photo.probabilities for photo, _ in calls]))
+        answers: list[list[photo_pb2.MethodScores]] = [[] for _ in calls]
         for name, method in self.methods.items():
-            if hasattr(method, "scores_all") and getattr(method, "extra", ()):  # semantic
+            extra = self.extra.get(name)
+            if extra:  # the semantic method
                 every = method.scores_all(batch)
-                inside = every.shape[1] - len(method.extra)
+                inside = every.shape[1] - len(extra)
                 for row, answer in enumerate(answers):
                     answer.append(photo_pb2.MethodScores(
                         method=name, scores=every[row, :inside].tolist(),
-                        outside_hashtags=method.extra,
+                        outside_hashtags=() if calls[row][1] else extra,
                         outside_scores=every[row, inside:].tolist()))
             else:
                 scores = method.scores(batch)
@@ -136,7 +142,7 @@ class VocabularyScorer:
         if self.previous is not None and request.model_version == self.previous.model_version:
             scorer = self.previous
         try:
-            methods = await scorer.batcher.submit(photos)
+            methods = await scorer.batcher.submit((photos, request.outside_hashtags_known))
         except OverloadedError as error:
             await abort_overloaded(context, error)
         return photo_pb2.VocabularyScores(methods=methods, model_version=scorer.model_version)

@@ -40,14 +40,32 @@ class PhotoScores:
     fused: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The part of every answer for a photo that no user changes (``Answers.prepare``):
+    its description, fused scores, the outside hashtags placed on the fused scale, the
+    methods' signals by hashtag ((method, normalised score, rank) each), and what could
+    not contribute. Small enough to keep in memory for the photos seen lately."""
+
+    description: photo_pb2.PhotoDescription
+    fused: np.ndarray
+    outside_terms: tuple[str, ...]
+    outside_scores: np.ndarray
+    signals: dict[str, list[tuple[str, float, int]]]
+    reasons: tuple[str, ...]
+
+
 @dataclass
 class Request:
-    """What the finishing batch needs of one Recommend call."""
+    """What the finishing batch needs of one Recommend call: the photo's evidence, or
+    what was prepared of it before."""
 
-    photo: PhotoScores
+    photo: PhotoScores | None
     k: int
+    prepared: Prepared | None = None
     user_hashtags: list[tuple[str, float]] = field(default_factory=list)
     user_weight: float = 1.0
+    reasons: list[str] = field(default_factory=list)  # the user's part's
 
 
 class Answers:
@@ -119,51 +137,70 @@ class Answers:
             for photo, row in zip(group, fused, strict=True):
                 photo.fused = row.astype(np.float32, copy=False)
 
+    def prepare(self, photo: PhotoScores) -> Prepared:
+        """What every answer for this photo shares, whoever asks: the hashtags from
+        outside the vocabulary placed on the fused scale, and each method's top
+        SIGNAL_DEPTH as signals. Computed once a photo; a user's answer adds only the
+        user's part."""
+        outside_terms, outside_scores = outside_candidates(
+            photo.per_method, photo.outside, photo.fused, self.vocabulary_index)
+        signals: dict[str, list[tuple[str, float, int]]] = {}
+        methods = list(photo.per_method)
+        every = {m: np.concatenate([photo.per_method[m], photo.outside[m][1]])
+                 if m in photo.outside else photo.per_method[m] for m in methods}
+        for method in methods:
+            names = self.models.vocabulary if method not in photo.outside else (
+                *self.models.vocabulary, *photo.outside[method][0])
+            row = every[method][None, :]
+            normalized = normalized_rows(row)[0]
+            for rank, h in enumerate(top_k(row, SIGNAL_DEPTH)[0].tolist(), start=1):
+                signals.setdefault(names[h], []).append((method, float(normalized[h]), rank))
+        return Prepared(photo.description, photo.fused, outside_terms, outside_scores,
+                        signals, tuple(photo.reasons))
+
     def answer(self, requests: Sequence[Request]) -> list[recommender_pb2.RecommendResponse]:
-        """The batch's answers, in order."""
-        self.fuse([request.photo for request in requests])
+        """The batch's answers, in order; each request's ``prepared`` filled in."""
+        self.fuse([r.photo for r in requests if r.prepared is None])
+        for request in requests:
+            if request.prepared is None:
+                request.prepared = self.prepare(request.photo)
         return [self._answer(request) for request in requests]
 
     def _answer(self, request: Request) -> recommender_pb2.RecommendResponse:
-        photo = request.photo
-        outside_terms, outside_scores = outside_candidates(
-            photo.per_method, photo.outside, photo.fused, self.vocabulary_index)
+        photo = request.prepared
         fused = photo.fused
         index = {**self.vocabulary_index,
-                 **{t: len(fused) + i for i, t in enumerate(outside_terms)}}
+                 **{t: len(fused) + i for i, t in enumerate(photo.outside_terms)}}
         combined, user_terms = condition_on_user(
-            index, np.concatenate([fused, outside_scores]), request.user_hashtags,
+            index, np.concatenate([fused, photo.outside_scores]), request.user_hashtags,
             request.user_weight)
-        terms = (*self.models.vocabulary, *outside_terms, *user_terms)
+        terms = (*self.models.vocabulary, *photo.outside_terms, *user_terms)
+        reasons = [*photo.reasons, *request.reasons]
         return recommender_pb2.RecommendResponse(
             hashtags=self._top(combined, terms, photo, request.user_hashtags, request.k),
-            model_version=self.models.version, degraded=bool(photo.reasons),
-            degraded_reasons=photo.reasons)
+            model_version=self.models.version, degraded=bool(reasons),
+            degraded_reasons=reasons)
 
-    def _top(self, combined: np.ndarray, terms: tuple[str, ...], photo: PhotoScores,
+    def _top(self, combined: np.ndarray, terms: tuple[str, ...], photo: Prepared,
              user_hashtags: list[tuple[str, float]], k: int,
              ) -> list[recommender_pb2.HashtagScore]:
         """The top k of ``combined`` (over ``terms``: the vocabulary, then hashtags from
         outside it), each with the signals of the methods that rank it among their top
         SIGNAL_DEPTH."""
         vocabulary = len(self.models.vocabulary)
-        answer = top_k(combined[None, :], k)[0]
-        wanted = {terms[int(i)]: int(i) for i in answer}
-        signals: dict[str, list[recommender_pb2.Signal]] = {t: [] for t in wanted}
-        for method, scores in photo.per_method.items():
-            outside_terms, outside = photo.outside.get(method, ((), np.zeros(0)))
-            every = np.concatenate([scores, outside])
-            names = (*self.models.vocabulary, *outside_terms)
-            normalized = normalized_rows(every[None, :])[0]
-            for rank, h in enumerate(top_k(every[None, :], SIGNAL_DEPTH)[0], start=1):
-                if names[h] in wanted:
-                    signals[names[h]].append(recommender_pb2.Signal(
-                        method=method, score=float(normalized[h]), rank=rank))
-        for rank, (term, relative) in enumerate(user_hashtags[:SIGNAL_DEPTH], start=1):
-            if term in wanted:
-                signals[term].append(
-                    recommender_pb2.Signal(method="user", score=relative, rank=rank))
-        return [recommender_pb2.HashtagScore(
-            hashtag=terms[i], score=float(combined[i]), outside_vocabulary=i >= vocabulary,
-            signals=sorted(signals[terms[i]], key=lambda s: (s.rank, s.method)))
-            for i in answer]
+        answer = top_k(combined[None, :], k)[0].tolist()
+        users = {term: (relative, rank) for rank, (term, relative) in
+                 enumerate(user_hashtags[:SIGNAL_DEPTH], start=1)}
+        hashtags = []
+        for i in answer:
+            term = terms[i]
+            signals = [recommender_pb2.Signal(method=method, score=score, rank=rank)
+                       for method, score, rank in photo.signals.get(term, ())]
+            if term in users:
+                relative, rank = users[term]
+                signals.append(recommender_pb2.Signal(method="user", score=relative,
+                                                      rank=rank))
+            hashtags.append(recommender_pb2.HashtagScore(
+                hashtag=term, score=float(combined[i]), outside_vocabulary=i >= vocabulary,
+                signals=sorted(signals, key=lambda s: (s.rank, s.method))))
+        return hashtags

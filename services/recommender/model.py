@@ -311,10 +311,15 @@ class GatedMethod:
 
     def _mixed(self, photos: PhotoSet, how: str) -> np.ndarray:
         weights = self.gate(photos.features)
+        # A method type may score every community at once (``joint_<how>``: the semantic
+        # method, whose communities share the hashtag vectors); else one by one.
+        joint = getattr(type(self.inner[0]), f"joint_{how}", None)
+        parts = joint(self.inner, photos) if joint is not None else None
+        if parts is None:
+            parts = [getattr(method, how)(photos) for method in self.inner]
         total = None
-        for community, method in enumerate(self.inner):
-            part = weights[:, community:community + 1] \
-                * normalized_rows(getattr(method, how)(photos))
+        for community, scores in enumerate(parts):
+            part = weights[:, community:community + 1] * normalized_rows(scores)
             total = part if total is None else total + part
         return total
 
@@ -331,6 +336,13 @@ class GatedMethod:
         scoped = reader.scoped(f"gated/{name}")
         gate = CommunityGate(scoped.array("gate_weight"), scoped.array("gate_bias"))
         inner = [load_inner(scoped.scoped(f"c{c}")) for c in range(len(gate.bias))]
+        # Arrays the communities hold alike (the semantic method's text vectors) are kept
+        # once: less memory, and one product can serve every community (``joint_*``).
+        for attribute in getattr(type(inner[0]), "shared_arrays", ()):
+            first = getattr(inner[0], attribute)
+            for method in inner[1:]:
+                if np.array_equal(getattr(method, attribute), first):
+                    setattr(method, attribute, first)
         return cls(inner, name, gate)
 
 

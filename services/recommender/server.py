@@ -35,6 +35,7 @@ word and graph to serve the new version).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import os
@@ -63,7 +64,7 @@ from services.image_models import (
     served_methods,
     swap_on_reload,
 )
-from services.recommender.answer import Answers, PhotoScores, Request
+from services.recommender.answer import Answers, PhotoScores, Prepared, Request
 from services.recommender.model import USER_DEPTH, USER_WEIGHT
 from services.vision.model import FEATURE_DIM, vision_model_id
 from shared.admission import Admission, abort_overloaded, retry_after_seconds
@@ -89,6 +90,8 @@ DEFAULT_PORT, DEFAULT_METRICS_PORT = "50050", "9100"
 MAX_K = 100
 #: Recommend calls worked on at once; past it, RESOURCE_EXHAUSTED with a retry hint
 DEFAULT_MAX_IN_FLIGHT = 64
+#: photos whose prepared answers (answer.py: Prepared, about 20 KB each) stay in memory
+PREPARED_PHOTOS = 2048
 LOCAL_METHODS = ("frequency", "knn", "mlp")
 
 
@@ -135,6 +138,8 @@ class RecommenderServicer:
         #: each method's hashtags outside the vocabulary, learned from its first answer
         self.outside_terms: dict[str, tuple[str, ...]] = {}
         self.answers = Answers(models, self.photo_methods, self.outside_terms)
+        #: what every answer for a photo seen lately shares, by its sha256 (newest last)
+        self.prepared: collections.OrderedDict[str, Prepared] = collections.OrderedDict()
         self.worker = worker or NumericWorker("recommender")
         self.admission = admission or Admission("the recommender", DEFAULT_MAX_IN_FLIGHT)
         # The local methods of a batch's photos, and the fusion and answers of a batch's
@@ -218,8 +223,9 @@ class RecommenderServicer:
         backends = self.backends
         calls: dict[str, Awaitable] = {"local": self.local.submit(photos)}
         timeout = _timeout(backends.deadline, context)
-        score_request = photo_pb2.ScoreRequest(photo=description,
-                                               model_version=self.models.version)
+        score_request = photo_pb2.ScoreRequest(
+            photo=description, model_version=self.models.version,
+            outside_hashtags_known=bool(self.outside_terms))
         for backend in self.remote_methods:
             calls[backend] = getattr(backends, backend).Score(score_request, timeout=timeout)
         results = dict(zip(calls, await asyncio.gather(*calls.values(),
@@ -250,12 +256,18 @@ class RecommenderServicer:
                 answer.reasons.append(f"{backend}: {len(method.scores)} {method.method} "
                                       f"scores for {vocabulary} hashtags")
                 continue
-            answer.per_method[method.method] = np.asarray(method.scores, dtype=np.float32)
-            if method.outside_hashtags:
-                terms = tuple(method.outside_hashtags)
+            if method.outside_scores:
+                # the hashtags travel until we know them, then only their scores
+                terms = self.outside_terms.get(method.method) or tuple(
+                    method.outside_hashtags)
+                if len(terms) != len(method.outside_scores):
+                    answer.reasons.append(f"{backend}: {len(method.outside_scores)} outside "
+                                          f"{method.method} scores for {len(terms)} hashtags")
+                    continue
                 self.outside_terms.setdefault(method.method, terms)
                 answer.outside[method.method] = (terms, np.asarray(method.outside_scores,
                                                                    dtype=np.float32))
+            answer.per_method[method.method] = np.asarray(method.scores, dtype=np.float32)
         missing = set(self.remote_methods[backend]) - set(answer.per_method)
         if missing:
             answer.reasons.append(f"{backend}: no scores for {sorted(missing)}")
@@ -302,21 +314,32 @@ class RecommenderServicer:
             cached = self.cache.get(answer_key)
             if cached is not None:
                 return recommender_pb2.RecommendResponse.FromString(cached.tobytes())
-        photo, user = await self._photo_scores(request.image, request.user_id, k, context)
-        was_cached = photo.fused is not None
-        complete = was_cached or self.answers.complete(photo)  # before the user's part
-        call = Request(photo, k)
+        prepared = self.prepared.get(digest)
+        if prepared is not None:  # seen here lately: only the user's part is new
+            self.prepared.move_to_end(digest)
+            call = Request(None, k, prepared)
+            user = self._user_call(prepared.description, request.user_id, k, context)
+            complete = was_cached = True
+        else:
+            photo, user = await self._photo_scores(request.image, request.user_id, k,
+                                                   context)
+            call = Request(photo, k)
+            was_cached = photo.fused is not None
+            complete = was_cached or self.answers.complete(photo)
         if user is not None:
-            call.user_hashtags, call.user_weight, user_reasons = await user
-            photo.reasons = photo.reasons + user_reasons
+            call.user_hashtags, call.user_weight, call.reasons = await user
         try:
             reply = await self.finish.submit(call)
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
-        if complete and not was_cached:
-            self.cache.set(cache_key("photo_scores", self.models.version, digest),
-                           self.answers.to_cache(photo))
+        if complete and call.photo is not None:
+            if not was_cached:
+                self.cache.set(cache_key("photo_scores", self.models.version, digest),
+                               self.answers.to_cache(call.photo))
+            self.prepared[digest] = call.prepared
+            while len(self.prepared) > PREPARED_PHOTOS:
+                self.prepared.popitem(last=False)
         if complete and anonymous:
             self.cache.set(answer_key, np.frombuffer(reply.SerializeToString(), np.uint8))
         return reply

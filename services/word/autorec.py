@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -166,14 +166,36 @@ class AutoRecMethod:
     n_hashtags: int = 0
     model: AutoRec | None = None
     word_method: object | None = None  # InstaHashMethod
+    # what scoring reads that no photo changes, built on first use (_word_rows, _unit_words)
+    _rows: dict[str, int] | None = field(default=None, repr=False, compare=False)
+    _unit: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False,
+                                                        compare=False)
 
     def __post_init__(self) -> None:
         if self.rule not in ("autorec", "intersection"):
             raise ValueError(f"rule must be autorec or intersection, got {self.rule!r}")
         self.name = self.name or ("autorec" if self.rule == "autorec" else "instahash")
 
+    def _word_rows(self) -> dict[str, int]:
+        """Word → row, built once a fitted model (not on every call)."""
+        if self._rows is None or len(self._rows) != len(self.words):
+            self._rows = {word: row for row, word in enumerate(self.words)}
+        return self._rows
+
+    def _unit_words(self) -> tuple[np.ndarray, np.ndarray]:
+        """(unit Word2Vec vector of each word, whether Word2Vec knows it), once a model."""
+        if self._unit is None:
+            vectors = self.word_method.term_vectors
+            rows = np.array([vectors.index.get(word, -1) for word in self.words])
+            known = rows >= 0
+            unit = np.zeros((len(self.words), vectors.dim), np.float32)
+            unit[known] = vectors.vectors[rows[known]]
+            unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+            self._unit = (unit, known)
+        return self._unit
+
     def _label_rows(self, photos: PhotoSet) -> list[list[int]]:
-        rows = {word: row for row, word in enumerate(self.words)}
+        rows = self._word_rows()
         return [[rows[term] for term, _ in labels if term in rows]
                 for labels in machine_labels(photos.probabilities, self.class_names)]
 
@@ -186,6 +208,7 @@ class AutoRecMethod:
                                                          self.class_names)
                        for term, _ in labels} - set(vocab))
         self.words, self.n_hashtags = (*vocab, *seen), len(vocab)
+        self._rows = self._unit = None  # a new model: built again from it
         labels = self._label_rows(photos)
         expansions = self._expansions(photos, labels)
         positives = [[*ids, *label_ids] for ids, label_ids in
@@ -198,13 +221,7 @@ class AutoRecMethod:
         the labels themselves left out (none when N is 0)."""
         if self.params.expansion == 0:
             return [[] for _ in labels]
-        vectors = self.word_method.term_vectors
-        index = vectors.index
-        rows = np.array([index.get(word, -1) for word in self.words])
-        known = rows >= 0
-        unit = np.zeros((len(self.words), vectors.dim), np.float32)
-        unit[known] = vectors.vectors[rows[known]]
-        unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        unit, known = self._unit_words()
         queries = self.word_method.queries(photos)
         similarity = queries @ unit.T
         for row, label_ids in enumerate(labels):

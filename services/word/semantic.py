@@ -97,20 +97,61 @@ class SemanticMethod:
                                  for row, count in shared])) if shared else 0.0
         return np.array([np.log(counts[t] / total) + shift for t in self.extra])
 
-    def _similarities(self, photos: PhotoSet, exclude_self: bool = False,
-                      columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(e_hᵀ q_L, e_hᵀ q_N) for every photo and hashtag (the first ``columns``)."""
+    def _label_queries(self, photos: PhotoSet) -> np.ndarray:
+        """q_L: the photo's top labels' text vectors, weighted by their probabilities."""
         top = np.argsort(-photos.probabilities, axis=1)[:, :5]
         weights = np.take_along_axis(photos.probabilities, top, axis=1)
-        labels = _unit(np.einsum("nk,nkd->nd", weights, self.class_vectors[top]))
+        return _unit(np.einsum("nk,nkd->nd", weights, self.class_vectors[top]))
+
+    def _neighbour_queries(self, photos: PhotoSet, exclude_self: bool = False) -> np.ndarray:
+        """q_N: the text of the photo's visual neighbours' hashtags, by similarity."""
         depth = self.neighbours + int(exclude_self)
         similarity, ids = self.visual_index.search(l2_normalized(photos.features), depth)
         if exclude_self:  # a training photo's own hashtags must not vote for themselves
             similarity, ids = similarity[:, 1:], ids[:, 1:]
-        votes = np.einsum("nk,nkd->nd", np.clip(similarity, 0, None),
-                          self.neighbour_text[ids])
+        return _unit(np.einsum("nk,nkd->nd", np.clip(similarity, 0, None),
+                               self.neighbour_text[ids]))
+
+    def _similarities(self, photos: PhotoSet, exclude_self: bool = False,
+                      columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(e_hᵀ q_L, e_hᵀ q_N) for every photo and hashtag (the first ``columns``)."""
         hashtags = self.hashtag_vectors[:columns]
-        return labels @ hashtags.T, _unit(votes) @ hashtags.T
+        return (self._label_queries(photos) @ hashtags.T,
+                self._neighbour_queries(photos, exclude_self) @ hashtags.T)
+
+    def _sigmoid(self, label_part: np.ndarray, neighbour_part: np.ndarray) -> np.ndarray:
+        a, b, c, d = self.weights
+        logits = a * label_part + b * neighbour_part + c * self.priors + d
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    #: the arrays communities' methods can hold as one (GatedMethod.load shares them)
+    shared_arrays = ("hashtag_vectors", "class_vectors")
+
+    @staticmethod
+    def joint_scores_all(methods: Sequence[SemanticMethod], photos: PhotoSet,
+                         ) -> list[np.ndarray] | None:
+        """Each method's ``scores_all`` for methods that hold one set of hashtag and class
+        vectors (a gated model's communities): the label query, the same for all, and
+        each community's neighbour query meet the hashtag vectors in one product, one
+        pass over the largest matrix instead of two a community. None when the methods
+        hold different vectors."""
+        first = methods[0]
+        if any(m.hashtag_vectors is not first.hashtag_vectors
+               or m.class_vectors is not first.class_vectors for m in methods):
+            return None
+        n = len(photos)
+        queries = np.concatenate([first._label_queries(photos),
+                                  *(m._neighbour_queries(photos) for m in methods)])
+        products = queries @ first.hashtag_vectors.T
+        return [m._sigmoid(products[:n], products[n * (c + 1):n * (c + 2)])
+                for c, m in enumerate(methods)]
+
+    @staticmethod
+    def joint_scores(methods: Sequence[SemanticMethod], photos: PhotoSet,
+                     ) -> list[np.ndarray] | None:
+        joint = SemanticMethod.joint_scores_all(methods, photos)
+        return None if joint is None else [
+            scores[:, :m.n_vocabulary] for m, scores in zip(methods, joint, strict=True)]
 
     @staticmethod
     def _fit_weights(label_part: np.ndarray, neighbour_part: np.ndarray,
@@ -127,10 +168,7 @@ class SemanticMethod:
 
     def scores_all(self, photos: PhotoSet) -> np.ndarray:
         """s(h | x) for the vocabulary, then the extra hashtags (n × (V + E))."""
-        label_part, neighbour_part = self._similarities(photos)
-        a, b, c, d = self.weights
-        logits = a * label_part + b * neighbour_part + c * self.priors + d
-        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return self._sigmoid(*self._similarities(photos))
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
         return self.scores_all(photos)[:, :self.n_vocabulary]
