@@ -31,7 +31,9 @@ each photo indexed as [f_j, x_j, 1, −log Σ_h exp(A_h x_j + b_h)].
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +47,8 @@ from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex, photo_index
 
 COLD_START_POSTS = 1.0
+#: photos whose per-photo parts (UserHashtagLookup.photo_parts) stay in memory
+PHOTO_MEMORY = 4096
 #: the artifact kind; "user-tensor" artifacts (the tensor over a user-frequency prior,
 #: before the main effects) are not read
 KIND = "user-tensor-effects"
@@ -103,6 +107,11 @@ class UserHashtagLookup:
         #: how the recommender should weigh this model's answer against the photo's, as
         #: fitted at training (fit_user_weight's ``about()``); None: not fitted
         self.recommender_fit: dict | None = None
+        #: (f, normaliser) of the photos scored lately, by their features' bytes: they
+        #: depend on the photo and the trained weights only, so one photo shown to many
+        #: users costs its two products once (PHOTO_MEMORY photos, newest last)
+        self._photo_parts: collections.OrderedDict[bytes, tuple[np.ndarray, float]] = \
+            collections.OrderedDict()
 
     @property
     def user_weight(self) -> float | None:
@@ -205,10 +214,11 @@ class UserHashtagLookup:
                                      self.expected_uses[row, ids])
 
     def queries(self, features: np.ndarray, users: Sequence[str | None],
-                agnostic: bool = False) -> np.ndarray:
+                agnostic: bool = False, photo_vectors: np.ndarray | None = None,
+                ) -> np.ndarray:
         """[W^(u') f, γ x, γ] for each photo (only W^(u') f without main effects);
         ``agnostic``: everyone a stranger."""
-        q = self.tensor_queries(features, users, agnostic)
+        q = self.tensor_queries(features, users, agnostic, photo_vectors)
         if self.effects is None:
             return q.astype(np.float32)
         gamma = self.effects.gamma
@@ -216,17 +226,38 @@ class UserHashtagLookup:
         return np.hstack([q, gamma * features, np.full((len(q), 1), gamma)]).astype(np.float32)
 
     def tensor_queries(self, features: np.ndarray, users: Sequence[str | None],
-                       agnostic: bool = False) -> np.ndarray:
-        """q = W^(u') f for each photo."""
+                       agnostic: bool = False, photo_vectors: np.ndarray | None = None,
+                       ) -> np.ndarray:
+        """q = W^(u') f for each photo (``photo_vectors``: the f, when known)."""
         vectors = np.stack([self.user_vector(None if agnostic else user) for user in users])
+        if photo_vectors is None:
+            photo_vectors = self.photo_vectors(features)
         # q = Σ_r u_r (W_r f): contract the photo first (E × D per photo), then the user.
-        per_coordinate = self.core @ self.photo_vectors(features).T  # E × D × n
+        per_coordinate = self.core @ photo_vectors.T  # E × D × n
         return np.einsum("ne,edn->nd", vectors, per_coordinate)
 
     def photo_vectors(self, features: np.ndarray) -> np.ndarray:
         """f = P x (standardised features), one row per photo."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))
         return features @ self.projection + self.projection_bias
+
+    def photo_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(``photo_vectors``, ``_photo_normalisers``) of each photo; those of photos seen
+        lately from memory, the rest computed as one batch."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in features]
+        missing = [row for row, key in enumerate(keys) if key not in self._photo_parts]
+        if missing:
+            vectors = self.photo_vectors(features[missing])
+            normalisers = self._photo_normalisers(features[missing])
+            for at, row in enumerate(missing):
+                self._photo_parts[keys[row]] = (vectors[at], float(normalisers[at]))
+        parts = [self._photo_parts[key] for key in keys]
+        for key in keys:
+            self._photo_parts.move_to_end(key)
+        while len(self._photo_parts) > PHOTO_MEMORY:
+            self._photo_parts.popitem(last=False)
+        return np.stack([v for v, _ in parts]), np.array([n for _, n in parts])
 
     def _photo_normalisers(self, features: np.ndarray) -> np.ndarray:
         """γ log Σ_h exp(A_h x + b_h) per photo: what T(h) leaves out of the score."""
@@ -244,8 +275,8 @@ class UserHashtagLookup:
     def _top_k(self, features: np.ndarray, users: Sequence[str | None], k: int,
                agnostic: bool) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self.vocabulary))
-        queries = self.queries(features, users, agnostic)
-        normalisers = self._photo_normalisers(features)
+        photo_vectors, normalisers = self.photo_parts(features)
+        queries = self.queries(features, users, agnostic, photo_vectors)
         beta = 0.0 if self.effects is None else self.effects.beta
         out_scores = np.empty((len(users), k), np.float32)
         out_ids = np.empty((len(users), k), np.int64)
