@@ -272,8 +272,9 @@ def plot(rows: dict[str, dict[str, float]], kind: str, levels: list[int], echo: 
         series = [rows[f"{temperature} {kind} @{c}"] for c in levels]
         left.plot(levels, [r["qps"] for r in series], "o-", color=colour,
                   label=f"{temperature}: whole answers/s")
-        left.plot(levels, [r["shed"] / (r["calls"] / max(r["qps"], 1e-9) or 1)
-                           for r in series], "x:", color=colour, alpha=0.6,
+        # refused a second (the row's seconds from its whole answers), where any were
+        left.plot(levels, [r["shed"] * r["qps"] / max(r["calls"] - r["degraded"], 1)
+                           if r["shed"] else float("nan") for r in series], "x", color=colour,
                   label=f"{temperature}: refused/s")
         right.plot(levels, [r["p99"] for r in series], "o-", color=colour,
                    label=f"{temperature}: admitted p99")

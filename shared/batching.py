@@ -150,9 +150,14 @@ class Batcher(Generic[T, R]):
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def stop(self) -> None:
+        """Ends the batches; a caller still waiting hears so rather than waiting on."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        while not self.queue.empty():
+            _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError(f"{self.name} stopped"))
 
     def retry_after(self) -> float:
         """How long the work queued now takes, from the batches run so far (≥ 0.1 s)."""
@@ -192,15 +197,14 @@ class Batcher(Generic[T, R]):
             items = [item for item, _ in batch]
             started = loop.time()
             try:
-                results = await self.worker.run(lambda items=items: self.run(items))
-                if len(results) != len(items):
-                    raise RuntimeError(f"{self.name}: {len(results)} results for "
-                                       f"{len(items)} items")
-            except Exception as error:  # every caller of the batch hears of it
+                results = await self.worker.run(lambda items=items: self._checked(items))
+            except Exception as error:
                 log.exception("%s: a batch of %d failed", self.name, len(items))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(error)
+                else:  # one bad item must not fail the calls batched with it: each alone
+                    await self._one_by_one(batch)
                 continue
             self.batches += 1
             self.items += len(items)
@@ -208,3 +212,24 @@ class Batcher(Generic[T, R]):
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    def _checked(self, items: list[T]) -> Sequence[R]:
+        results = self.run(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"{self.name}: {len(results)} results for {len(items)} items")
+        return results
+
+    async def _one_by_one(self, batch: list[tuple[T, asyncio.Future]]) -> None:
+        for item, future in batch:
+            if future.done():
+                continue
+            try:
+                result = (await self.worker.run(lambda item=item: self._checked([item])))[0]
+            except Exception as error:
+                if not future.done():
+                    future.set_exception(error)
+                continue
+            self.batches += 1
+            self.items += 1
+            if not future.done():
+                future.set_result(result)

@@ -93,8 +93,9 @@ class VocabularyScorer:
         if not methods:
             raise ValueError("a scoring service needs at least one method")
         self.methods, self.model_version = methods, model_version
-        if previous is not None:
-            previous.previous = None  # two versions at most stay in memory
+        if previous is not None and previous.previous is not None:
+            previous.previous.batcher.stop()  # two versions at most stay in memory
+            previous.previous = None
         self.previous = previous
         self.worker = worker or (previous.worker if previous is not None
                                  else NumericWorker("score"))

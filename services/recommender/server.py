@@ -325,7 +325,6 @@ class RecommenderServicer:
                                                    context)
             call = Request(photo, k)
             was_cached = photo.fused is not None
-            complete = was_cached or self.answers.complete(photo)
         if user is not None:
             call.user_hashtags, call.user_weight, call.reasons = await user
         try:
@@ -333,6 +332,8 @@ class RecommenderServicer:
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
+        if call.photo is not None:  # after the fusion, which may have fallen back
+            complete = was_cached or self.answers.complete(call.photo)
         if complete and call.photo is not None:
             if not was_cached:
                 self.cache.set(cache_key("photo_scores", self.models.version, digest),
@@ -432,6 +433,8 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
             "word": tuple(served_methods(directory, WORD_METHODS)),
             "graph": tuple(served_methods(directory, GRAPH_METHODS))}, cache, worker,
             admission))
+        while len(servicers) > 2:  # the serving version and the one before it, no more
+            servicers.pop(0).stop()
         return servicers[-1]
 
     late.target = server.servicer = servicer(models)
