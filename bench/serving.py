@@ -32,6 +32,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -45,6 +46,7 @@ from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
 
 ECHO_METHOD = "/bench.Echo/Echo"
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -67,6 +69,18 @@ async def echo_server() -> tuple[grpc.aio.Server, str]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
+
+
+async def refused_as_shed(call: Awaitable[T]) -> T:
+    """The call's reply; a refusal at capacity (RESOURCE_EXHAUSTED with a retry hint)
+    raised as ``Shed``."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        retry = retry_after_seconds(error)
+        if retry is None:
+            raise
+        raise Shed(retry) from None
 
 
 async def load(call: Callable[[int], Awaitable[object]], seconds: float, concurrency: int,
@@ -195,13 +209,8 @@ async def vision_rows(model: VisionModel, photos: list[bytes], args: argparse.Na
         fresh = iter(range(10**9))
 
         async def embed(photo: bytes) -> bool:
-            try:
-                await stub.Embed(vision_pb2.EmbedRequest(image=photo), timeout=args.deadline)
-            except grpc.aio.AioRpcError as error:
-                retry = retry_after_seconds(error)
-                if retry is None:
-                    raise
-                raise Shed(retry) from None
+            await refused_as_shed(stub.Embed(vision_pb2.EmbedRequest(image=photo),
+                                             timeout=args.deadline))
             return False
 
         for concurrency in args.concurrency:
@@ -414,16 +423,13 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
 
         async def recommend(photo: bytes, i: int) -> bool:
             try:
-                reply = await stub.Recommend(recommender_pb2.RecommendRequest(
+                reply = await refused_as_shed(stub.Recommend(recommender_pb2.RecommendRequest(
                     image=photo, user_id=users[i % len(users)]
                     if i % 100 < 100 * args.user_share else "", k=10),
-                    timeout=args.deadline)
+                    timeout=args.deadline))
             except grpc.aio.AioRpcError as error:
-                retry = retry_after_seconds(error)
-                if retry is None:
-                    reasons[f"error: {error.code().name}"] += 1
-                    raise
-                raise Shed(retry) from None
+                reasons[f"error: {error.code().name}"] += 1
+                raise
             # "word: DEADLINE_EXCEEDED: …" → "word: DEADLINE_EXCEEDED"
             reasons.update(":".join(r.split(":")[:2]) for r in reply.degraded_reasons)
             return reply.degraded

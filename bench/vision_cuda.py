@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the shared load loop
-from serving import Shed, load, new_photo
+from serving import load, new_photo, refused_as_shed
 
 from services.vision.model import VisionModel, decode_image, preprocess
 from services.vision.server import serve
-from shared.admission import retry_after_seconds
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
 
@@ -87,14 +86,8 @@ async def service_rows(model: VisionModel, photos: list[bytes], seconds: float,
             stub = vision_pb2_grpc.VisionServiceStub(channel)
 
             async def embed(i: int, stub=stub) -> bool:
-                try:
-                    await stub.Embed(vision_pb2.EmbedRequest(
-                        image=new_photo(photos[i % len(photos)], next(fresh))), timeout=30)
-                except grpc.aio.AioRpcError as error:
-                    retry = retry_after_seconds(error)
-                    if retry is None:
-                        raise
-                    raise Shed(retry) from None
+                await refused_as_shed(stub.Embed(vision_pb2.EmbedRequest(
+                    image=new_photo(photos[i % len(photos)], next(fresh))), timeout=30))
                 return False
 
             await load(embed, 1.0, 16, 10**6)  # warm-up
