@@ -175,6 +175,38 @@ def service_cpu_seconds(supervisor: int | None) -> dict[str, float]:
     return used
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def loop_lag_buckets(port: int | None) -> dict[float, float]:
+    """The recommender's event-loop lag histogram (le → count), from its metrics."""
+    import urllib.request
+
+    if port is None:
+        return {}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    buckets = {}
+    for line in text.decode().splitlines():
+        if line.startswith("hashrec_event_loop_lag_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def lag_p99(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The upper bound (ms) of the bucket holding the 99th percentile, over the row."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return None
+    return next(1000 * le for le, count in counts.items() if count >= 0.99 * total)
+
+
 def raw_images_per_second(model: VisionModel, photos: list[bytes], batch: int,
                           seconds: float = 5.0) -> float:
     """The vision model alone, in this process, on batches of ``batch`` decoded photos."""
@@ -271,8 +303,9 @@ def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float
             print(f"overload @{top}, {temperature}: admitted p99 {over['p99']:.0f} ms = "
                   f"{over['p99'] / base['p99']:.2f}x the p99 @64; refused in p99 "
                   f"{over['shed_p99']:.1f} ms; slowest admitted {over['max']:.0f} ms "
-                  f"(deadline {args.deadline * 1000:.0f}); the client's own event loop "
-                  f"woke late by p99 {over['client_lag_p99']:.1f} ms")
+                  f"(deadline {args.deadline * 1000:.0f}); event loops woke late by p99 "
+                  f"{over['client_lag_p99']:.0f} ms (the client) and ≤ "
+                  f"{over.get('server_lag_p99') or 0:.0f} ms (the recommender)")
     out = REPO / "out"
     out.mkdir(exist_ok=True)
     (out / "serving.json").write_text(json.dumps({
@@ -334,7 +367,7 @@ def served_models(args: argparse.Namespace) -> tuple[Path, Path]:
 
 @contextlib.asynccontextmanager
 async def serve_processes(model_dir: Path, user_dir: Path, batch: int,
-                          report_pid: bool = False) -> AsyncIterator:
+                          report_pid: bool = False, metrics_port: int = 0) -> AsyncIterator:
     """`hashrec serve` (one process per service) on free ports: the recommender's address
     (with ``report_pid``: and the supervisor's pid)."""
     import os
@@ -360,7 +393,8 @@ async def serve_processes(model_dir: Path, user_dir: Path, batch: int,
     env = {**os.environ, "HASHREC_VISION_MAX_BATCH": str(batch),
            "HASHREC_USER_STATE": str(user_dir.parent / "bench-state"),
            **{f"HASHREC_{n}_METRICS_PORT": "0"
-              for n in ("VISION", "WORD", "GRAPH", "USER", "RECOMMENDER")}}
+              for n in ("VISION", "WORD", "GRAPH", "USER")},
+           "HASHREC_RECOMMENDER_METRICS_PORT": str(metrics_port)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--http-port",
         "0", "--models", str(model_dir), "--user-model", str(user_dir), env=env,
@@ -408,14 +442,16 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
     # The user service loads and verifies the model; the bench only needs its user ids.
     users = json.loads((user_dir / "manifest.json").read_text())["users"][:50]
     async with contextlib.AsyncExitStack() as stack:
-        supervisor = None
+        supervisor = metrics = None
         if mode == "processes":
             servers = []
+            metrics = free_port()
             address, supervisor = await stack.enter_async_context(
-                serve_processes(model_dir, user_dir, args.batch, report_pid=True))
+                serve_processes(model_dir, user_dir, args.batch, report_pid=True,
+                                metrics_port=metrics))
         else:
             servers, address = await start_stack(model, args.batch, model_dir, user_dir)
-        rows = await _recommend_load(address, users, photos, args, supervisor)
+        rows = await _recommend_load(address, users, photos, args, supervisor, metrics)
         for server in servers:
             await server.stop()
     return rows
@@ -423,9 +459,10 @@ async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse
 
 async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                           args: argparse.Namespace, supervisor: int | None = None,
-                          ) -> dict[str, dict[str, float]]:
+                          metrics: int | None = None) -> dict[str, dict[str, float]]:
     """The rows; each with the CPU milliseconds each service (and the client) spent an
-    answer, where the services are `hashrec serve`'s children (``supervisor``)."""
+    answer, where the services are `hashrec serve`'s children (``supervisor``), and how
+    late the recommender's event loop ran (from its metrics on port ``metrics``)."""
     import collections
 
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -460,7 +497,9 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                         new_photo(photos[i % len(photos)], next(fresh)), i))):
                 reasons.clear()
                 before, started = service_cpu_seconds(supervisor), time.perf_counter()
+                lag_before = loop_lag_buckets(metrics)
                 rows[name] = await load(call, args.seconds, concurrency, args.max_calls)
+                rows[name]["server_lag_p99"] = lag_p99(lag_before, loop_lag_buckets(metrics))
                 after, elapsed = service_cpu_seconds(supervisor), time.perf_counter() - started
                 answered = max(rows[name]["calls"], 1)
                 rows[name]["cpu_ms_per_answer"] = {
