@@ -106,6 +106,10 @@ def test_a_full_recommender_refuses_at_once_and_the_gateway_says_429_with_retry_
             assert response.json()["error"] == "RESOURCE_EXHAUSTED"
         assert admission.shed - shed == 2
         assert recommender.registry.get_sample_value("hashrec_shed_total") >= 2
+        assert recommender.registry.get_sample_value("hashrec_admitted_total") >= 1
+        # how late the event loop runs: watched from the server's start
+        assert recommender.registry.get_sample_value(
+            "hashrec_event_loop_lag_seconds_count") > 0
         # places free again: answered
         assert stub.Recommend(recommender_pb2.RecommendRequest(image=photo, k=5),
                               timeout=60).hashtags
