@@ -489,8 +489,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                         help="with --engine ray: an existing cluster (e.g. KubeRay's head, "
                              "ray://HOST:10001); default: a local Ray started here")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="with --engine ray: vision actors, and the local Ray's CPUs "
-                             "(default: every CPU, or every GPU)")
+                        help="local: processes the independent fits run in (default: the "
+                             "usable cores; 1: this process alone); ray: vision actors, "
+                             "and the local Ray's CPUs (default: every CPU, or every GPU)")
     parser.set_defaults(handler=_train)
 
 
@@ -501,7 +502,12 @@ def _train(args: argparse.Namespace) -> int:
     from shared.config import models_dir
 
     out = args.out or models_dir()
-    engine = make_engine(args.engine, args.address, args.workers)
+    workers = args.workers
+    if workers is None and args.engine == "local":
+        from shared.batching import usable_cores
+
+        workers = usable_cores()
+    engine = make_engine(args.engine, args.address, workers)
     if args.train:
         if args.hold_out is not None or args.hashtag_corpus:
             raise SystemExit("--hold-out and --hashtag-corpus go with the default model "
@@ -710,9 +716,13 @@ def _serve(args: argparse.Namespace) -> int:
     if model_dir is None:
         print(f"no trained model under {models_dir()}: training "
               f"{args.train or 'the default model'} first", flush=True)
-        model_dir = (train_from_spec(args.train, models_dir()) if args.train else
-                     train_default(models_dir(), FeatureStore(models_dir() / "features"))
-                     ).directory
+        from commands.engine import LocalEngine
+        from shared.batching import usable_cores
+
+        engine = LocalEngine(usable_cores())  # the fits side by side, one a core
+        model_dir = (train_from_spec(args.train, models_dir(), engine=engine) if args.train
+                     else train_default(models_dir(), FeatureStore(models_dir() / "features"),
+                                        engine=engine)).directory
     user_dir = user_dir or newest_user_model(models_dir() / "user")
     if user_dir is None:
         print("no user model: training one on the simulated-user benchmark first", flush=True)

@@ -41,9 +41,18 @@ class Engine(Protocol):
 
 
 class LocalEngine:
-    """Everything in this process, one item after another."""
+    """This machine: feature extraction in this process; the independent fits one after
+    another (``workers`` 1, the default), or side by side in a pool of ``workers``
+    processes (loky, joblib's: cloudpickle carries the fit functions and their inputs,
+    large arrays are memory-mapped once, not copied a task). Every fit runs on one thread
+    (``one_thread``), so the artifact is the same bytes for any number of workers."""
 
     name = "local"
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise SystemExit(f"--workers must be at least 1, got {workers}")
+        self.workers = workers
 
     def embed(self, store: FeatureStore, paths: Sequence[Path],
               progress: bool = True) -> tuple[Embedding, np.ndarray]:
@@ -51,7 +60,15 @@ class LocalEngine:
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
             **shared: Any) -> list[Any]:
-        return [function(item, **shared) for item in items]
+        workers = min(self.workers, len(items))
+        if workers <= 1:
+            return [function(item, **shared) for item in items]
+        from joblib import Parallel, delayed
+
+        log.info("local: %d fits of %s on %d processes", len(items), function.__name__,
+                 workers)
+        return Parallel(n_jobs=workers, backend="loky")(
+            delayed(function)(item, **shared) for item in items)
 
 
 class _EmbedBatch:
@@ -145,7 +162,7 @@ def make_engine(name: str = "local", address: str | None = None,
     if name == "local":
         if address:
             raise SystemExit("--address goes with --engine ray")
-        return LocalEngine()
+        return LocalEngine(workers or 1)
     if name == "ray":
         return RayEngine(address, workers)
     raise SystemExit(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

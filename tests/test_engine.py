@@ -33,16 +33,18 @@ def food_posts(data_dir: Path):
 
 @pytest.fixture(scope="module")
 def both_trained(tmp_path_factory: pytest.TempPathFactory, food_posts, ray_engine):
-    """The same slice trained twice, each engine with a feature store of its own (so Ray
-    computes the features too), every default method, three folds."""
+    """The same slice trained three times, each engine with a feature store of its own (so
+    Ray computes the features too), every default method, three folds: in this process,
+    on a pool of two processes, and on Ray."""
     trained = {}
-    for engine in (LocalEngine(), ray_engine):
-        root = tmp_path_factory.mktemp(engine.name)
+    for key, engine in (("local", LocalEngine()), ("pool", LocalEngine(workers=2)),
+                        ("ray", ray_engine)):
+        root = tmp_path_factory.mktemp(key)
         store = FeatureStore(root / "features")
         models = train_image_models(food_posts[:SLICE], store, root / "models",
                                     ignore=frozenset({"food"}), min_count=2, folds=3,
                                     progress=False, engine=engine)
-        trained[engine.name] = (models, store)
+        trained[key] = (models, store)
     return trained
 
 
@@ -57,6 +59,12 @@ def test_ray_writes_the_local_engines_artifact_byte_for_byte(both_trained):
     assert ray_files == local_files  # sha256 of every file
     # the version's content hash (after the time stamp) names the same data
     assert ray.version.rsplit("-", 1)[1] == local.version.rsplit("-", 1)[1]
+
+
+def test_a_pool_of_processes_writes_the_serial_engines_artifact_byte_for_byte(both_trained):
+    (serial, _), (pool, _) = both_trained["local"], both_trained["pool"]
+    assert _manifest(pool)["files"] == _manifest(serial)["files"]
+    assert pool.version.rsplit("-", 1)[1] == serial.version.rsplit("-", 1)[1]
 
 
 def test_ray_and_local_feature_stores_hold_the_same_features(both_trained, food_posts):
@@ -122,3 +130,5 @@ def test_an_unknown_engine_or_a_stray_address_is_refused():
         make_engine("spark")
     with pytest.raises(SystemExit, match="--address goes with --engine ray"):
         make_engine("local", address="ray://head:10001")
+    with pytest.raises(SystemExit, match="--workers must be at least 1"):
+        LocalEngine(workers=0)
