@@ -30,7 +30,8 @@ import grpc
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the shared load loop
-from serving import load, load_parser, served_models, start_stack
+from serving import load, load_parser
+from stack import served_models, start_stack
 
 from services.vision.model import VisionModel
 from shared.config import data_root, setup_logging

@@ -28,9 +28,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,6 +44,17 @@ from services.vision.server import serve
 from shared.admission import retry_after_seconds
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the stack helpers
+from stack import (
+    free_port,
+    lag_p99,
+    loop_lag_buckets,
+    serve_processes,
+    served_models,
+    service_cpu_seconds,
+    start_stack,
+)
 
 ECHO_METHOD = "/bench.Echo/Echo"
 T = TypeVar("T")
@@ -148,63 +159,6 @@ def new_photo(jpeg: bytes, number: int) -> bytes:
         raise ValueError("not a JPEG")
     text = f"hashrec bench {number}".encode()
     return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
-
-
-def service_cpu_seconds(supervisor: int | None) -> dict[str, float]:
-    """CPU seconds (user + system) each of `hashrec serve`'s children has used, by service,
-    and this process's own ("client"), from /proc."""
-    import os
-
-    tick = os.sysconf("SC_CLK_TCK")
-    used = {"client": sum(os.times()[:2])}
-    if supervisor is None:
-        return used
-    try:
-        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    except OSError:
-        return used
-    for child in children:
-        try:
-            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        module = next((part.decode() for part in command if part.startswith(b"services.")),
-                      f"pid {child}")
-        used[module.split(".")[1]] = (int(fields[11]) + int(fields[12])) / tick
-    return used
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def loop_lag_buckets(port: int | None) -> dict[float, float]:
-    """The recommender's event-loop lag histogram (le → count), from its metrics."""
-    import urllib.request
-
-    if port is None:
-        return {}
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    buckets = {}
-    for line in text.decode().splitlines():
-        if line.startswith("hashrec_event_loop_lag_seconds_bucket"):
-            bound = line.split('le="')[1].split('"')[0]
-            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
-    return buckets
-
-
-def lag_p99(before: dict[float, float], after: dict[float, float]) -> float | None:
-    """The upper bound (ms) of the bucket holding the 99th percentile, over the row."""
-    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
-    total = counts.get(float("inf"), 0.0)
-    if not total:
-        return None
-    return next(1000 * le for le, count in counts.items() if count >= 0.99 * total)
 
 
 def raw_images_per_second(model: VisionModel, photos: list[bytes], batch: int,
@@ -346,91 +300,6 @@ def plot(rows: dict[str, dict[str, float]], kind: str, levels: list[int], echo: 
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"wrote {path.relative_to(REPO)} and out/serving.json")
-
-
-def served_models(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(--models, --user-model), else the newest under $HASHREC_MODELS, trained first when
-    there are none."""
-    from commands.cli import newest_model
-    from commands.train import train_default
-    from services.user.train import newest_user_model, train_user_model
-    from services.vision.store import FeatureStore
-    from shared.config import models_dir
-
-    store = FeatureStore(models_dir() / "features")
-    model_dir = args.models or newest_model(models_dir()) or train_default(
-        models_dir(), store).directory
-    user_dir = args.user_model or newest_user_model(models_dir() / "user") or \
-        train_user_model(models_dir() / "user", store, image_model=model_dir)[1]
-    return model_dir, user_dir
-
-
-@contextlib.asynccontextmanager
-async def serve_processes(model_dir: Path, user_dir: Path, batch: int,
-                          report_pid: bool = False, metrics_port: int = 0) -> AsyncIterator:
-    """`hashrec serve` (one process per service) on free ports: the recommender's address
-    (with ``report_pid``: and the supervisor's pid)."""
-    import os
-    import socket
-    import sys
-
-    def free_run(count: int = 5) -> int:
-        """Below the ephemeral range, where outgoing connections never take a port."""
-        import random
-
-        for _ in range(200):
-            base = random.randrange(10_000, 32_000)
-            try:
-                for offset in range(count):
-                    with socket.socket() as taken:
-                        taken.bind(("127.0.0.1", base + offset))
-                return base
-            except OSError:
-                continue
-        raise RuntimeError("no five free ports in a row")
-
-    port = free_run()
-    env = {**os.environ, "HASHREC_VISION_MAX_BATCH": str(batch),
-           "HASHREC_USER_STATE": str(user_dir.parent / "bench-state"),
-           **{f"HASHREC_{n}_METRICS_PORT": "0"
-              for n in ("VISION", "WORD", "GRAPH", "USER")},
-           "HASHREC_RECOMMENDER_METRICS_PORT": str(metrics_port)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--http-port",
-        "0", "--models", str(model_dir), "--user-model", str(user_dir), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    assert process.stdout is not None
-    drain = None
-    try:
-        while not (line := (await process.stdout.readline()).decode()).startswith("serving "):
-            if not line:
-                raise RuntimeError("hashrec serve stopped before serving")
-        drain = asyncio.create_task(process.stdout.read())  # keep its pipe from filling
-        yield (f"127.0.0.1:{port}", process.pid) if report_pid else f"127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await process.wait()
-        if drain is not None:
-            drain.cancel()
-
-
-async def start_stack(model: VisionModel, batch: int, model_dir: Path, user_dir: Path,
-                      ) -> tuple[list[grpc.aio.Server], str]:
-    """The five services in this process (`hashrec serve --single-process`): (servers, the
-    recommender's address)."""
-    from services.graph.server import serve as serve_graph
-    from services.recommender.server import serve as serve_recommender
-    from services.user.server import serve as serve_user
-    from services.word.server import serve as serve_word
-
-    state = user_dir.parent / "bench-state"  # the bench's own journal, never the served one
-    vision = await serve("127.0.0.1", 0, model, max_batch=batch)
-    word = await serve_word("127.0.0.1", 0, model_dir)
-    graph = await serve_graph("127.0.0.1", 0, model_dir)
-    user = await serve_user("127.0.0.1", 0, user_dir, state)
-    recommender = await serve_recommender("127.0.0.1", 0, model_dir, vision.address,
-                                          word.address, graph.address, user.address)
-    return [recommender, user, graph, word, vision], recommender.address
 
 
 async def recommend_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,

@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from hashrec.v1 import recommender_pb2, recommender_pb2_grpc, user_pb2
-from serving import serve_processes, served_models
+from stack import serve_processes, served_models
 
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
