@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +54,14 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 
+from services.gateway.http import (
+    ApiError,
+    BodyLimit,
+    HeadersAndMetrics,
+    error_response,
+    from_grpc,
+)
 from services.gateway.uploads import RecentUploads
-from shared.admission import retry_after_seconds
 from shared.config import data_root, setup_logging
 from shared.grpc_server import aio_channel
 from shared.tracing import client_interceptors
@@ -73,20 +76,6 @@ PHOTO_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/pn
                   ".webp": "image/webp", ".gif": "image/gif"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_HASHTAGS = 100
-HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-               grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNAVAILABLE: 503,
-               grpc.StatusCode.DEADLINE_EXCEEDED: 504}
-SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' blob: data:; connect-src 'self'; "
-                               "object-src 'none'; base-uri 'none'; form-action 'self'; "
-                               "frame-ancestors 'none'",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-}
-
-
 @dataclass
 class Settings:
     recommender: str = "127.0.0.1:50050"
@@ -107,122 +96,6 @@ class Settings:
                    int(env("HASHREC_GATEWAY_UPLOADS", "256")),
                    int(env("HASHREC_GATEWAY_UPLOAD_BYTES", str(256 * 1024 * 1024))),
                    tuple(u for u in env("HASHREC_GATEWAY_EXAMPLE_USERS", "").split(",") if u))
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message = status, error, message
-        self.retry_after = retry_after
-
-
-def _error(status: int, error: str, message: str,
-           retry_after: float | None = None) -> JSONResponse:
-    """The JSON error; with ``retry_after``, a Retry-After header in whole seconds (at
-    least 1, as HTTP counts them)."""
-    headers = None if retry_after is None else {
-        "retry-after": str(max(1, math.ceil(retry_after)))}
-    return JSONResponse({"error": error, "message": message}, status_code=status,
-                        headers=headers)
-
-
-def _from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
-    code = error.code()
-    status = HTTP_STATUS.get(code, 502)
-    message = error.details() or code.name
-    retry_after = retry_after_seconds(error)
-    if retry_after is not None:  # the recommender at capacity, not a message too large
-        return ApiError(429, "RESOURCE_EXHAUSTED", "the recommender is busy; try again in "
-                        f"{max(1, math.ceil(retry_after))} s", retry_after)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        message = f"the recommender cannot answer now ({message}); try again in a moment"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        message = "the recommender did not answer in time; try again in a moment"
-    return ApiError(status, code.name, message)
-
-
-class BodyLimit:
-    """Refuses a request body over ``limit`` bytes with 413: from its Content-Length
-    before any of it is read, or as soon as a streamed body passes the limit."""
-
-    class TooLargeError(Exception):
-        pass
-
-    def __init__(self, app, limit: int, overhead: int = 0) -> None:
-        """``limit``: the upload's; the body may be ``overhead`` bytes larger (framing)."""
-        self.app, self.upload_limit, self.limit = app, limit, limit + overhead
-
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"error": "PAYLOAD_TOO_LARGE", "message": "the upload is over "
-                           f"the limit of {self.upload_limit:,} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"connection", b"close"),
-                                *((k.encode(), v.encode()) for k, v in
-                                  SECURITY_HEADERS.items())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._refuse(send)
-            return
-        received, started = 0, False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyLimit.TooLargeError
-            return message
-
-        async def tracked_send(message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except BodyLimit.TooLargeError:
-            if not started:
-                await self._refuse(send)
-
-
-class HeadersAndMetrics:
-    """Adds the security headers to every response and counts and times each request by
-    route and status (plain ASGI: no task group between the app and its body)."""
-
-    def __init__(self, app, requests: Counter, latency: Histogram) -> None:
-        self.app, self.requests, self.latency = app, requests, latency
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500
-
-        async def send_with_headers(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                names = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []), *(
-                    (k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
-                    if k.encode() not in names)]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(route, str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - started)
 
 
 class Signal(BaseModel):
@@ -302,8 +175,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   "and a profile that learns from the ones you keep.")
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return _error(error.status, error.error, error.message, error.retry_after)
+    async def apierror_response(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error.status, error.error, error.message, error.retry_after)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -311,18 +184,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return ".".join(str(p) for p in location if p not in ("body", "query")) or "body"
 
         problems = "; ".join(f"{where(e['loc'])}: {e['msg']}" for e in error.errors())
-        return _error(400, "INVALID_ARGUMENT", problems)
+        return error_response(400, "INVALID_ARGUMENT", problems)
 
     @app.exception_handler(BodyLimit.TooLargeError)
     async def too_large(request: Request, error: BodyLimit.TooLargeError) -> JSONResponse:
-        return _error(413, "PAYLOAD_TOO_LARGE", f"the upload is over the limit of "
+        return error_response(413, "PAYLOAD_TOO_LARGE", f"the upload is over the limit of "
                       f"{settings.max_upload_bytes:,} bytes")
 
     async def call(method: str, request) -> object:
         try:
             return await getattr(state["stub"], method)(request, timeout=settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise _from_grpc(error) from None
+            raise from_grpc(error) from None
 
     async def image_from_form(form) -> tuple[bytes, str]:
         upload = form.get("image")
@@ -468,7 +341,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             serving, detail = False, f"{error.code().name}: {error.details()}"
         if serving:
             return JSONResponse({"status": "ready"})
-        return _error(503, "UNAVAILABLE", f"the recommender is not serving ({detail})")
+        return error_response(503, "UNAVAILABLE", f"the recommender is not serving ({detail})")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
