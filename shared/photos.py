@@ -29,6 +29,12 @@ class PhotoSet:
     def __len__(self) -> int:
         return len(self.features)
 
+    @classmethod
+    def joined(cls, photos: Sequence[PhotoSet]) -> PhotoSet:
+        """The features and machine labels of several photo sets as one (a batch)."""
+        return cls(np.concatenate([p.features for p in photos]),
+                   np.concatenate([p.probabilities for p in photos]))
+
     def subset(self, rows: np.ndarray) -> PhotoSet:
         return PhotoSet(self.features[rows], self.probabilities[rows],
                         [self.hashtags[i] for i in rows] if self.hashtags else (),

@@ -85,9 +85,7 @@ class VocabularyScorer:
     checks. A full queue answers RESOURCE_EXHAUSTED with a retry hint."""
 
     def __init__(self, methods: dict[str, object], model_version: str,
-                 previous: VocabularyScorer | None = None,
-                 worker: NumericWorker | None = None, max_batch: int = 64,
-                 max_queued: int = 1024) -> None:
+                 previous: VocabularyScorer | None = None) -> None:
         """``previous``: the scorer this one replaces in a rollout, kept (without its own
         previous) for callers still on its version; its worker is shared."""
         if not methods:
@@ -97,14 +95,12 @@ class VocabularyScorer:
             previous.previous.batcher.stop()  # two versions at most stay in memory
             previous.previous = None
         self.previous = previous
-        self.worker = worker or (previous.worker if previous is not None
-                                 else NumericWorker("score"))
+        self.worker = previous.worker if previous is not None else NumericWorker("score")
         #: each method's hashtags outside the vocabulary (the semantic method's), once
         self.extra = {name: tuple(getattr(method, "extra", ()))
                       for name, method in methods.items() if hasattr(method, "scores_all")}
         self.batcher: Batcher[tuple[PhotoSet, bool], list[photo_pb2.MethodScores]] = Batcher(
-            f"scoring ({model_version})", self._score_batch, self.worker, max_batch,
-            max_queued=max_queued)
+            f"scoring ({model_version})", self._score_batch, self.worker)
 
     def stop(self) -> None:
         """Ends the batches, of this version and the one it replaced, and the worker."""
@@ -116,8 +112,7 @@ class VocabularyScorer:
     def _score_batch(self, calls: list[tuple[PhotoSet, bool]],
                      ) -> list[list[photo_pb2.MethodScores]]:
         """Each call's scores: (photo, whether the caller knows the outside hashtags)."""
-        batch = PhotoSet(np.concatenate([photo.features for photo, _ in calls]),
-                         np.concatenate([photo.probabilities for photo, _ in calls]))
+        batch = PhotoSet.joined([photo for photo, _ in calls])
         answers: list[list[photo_pb2.MethodScores]] = [[] for _ in calls]
         for name, method in self.methods.items():
             extra = self.extra.get(name)

@@ -123,7 +123,7 @@ class RecommenderServicer:
     def __init__(self, models: ImageModels, backends: Backends, remote_methods: dict[
                  str, tuple[str, ...]], cache: Cache | None = None,
                  worker: NumericWorker | None = None, admission: Admission | None = None,
-                 max_batch: int = 64) -> None:
+                 ) -> None:
         """``remote_methods``: backend ("word", "graph") → the methods it scores.
         ``worker``: the one thread for numeric work (shared with the servicer this one
         replaces in a rollout); ``admission``: how many Recommend calls run at once."""
@@ -144,8 +144,8 @@ class RecommenderServicer:
         self.admission = admission or Admission("the recommender", DEFAULT_MAX_IN_FLIGHT)
         # The local methods of a batch's photos, and the fusion and answers of a batch's
         # requests: one batch each at a time, on the one worker.
-        self.local = Batcher("local methods", self._local_batch, self.worker, max_batch)
-        self.finish = Batcher("fusion", self.answers.answer, self.worker, max_batch)
+        self.local = Batcher("local methods", self._local_batch, self.worker)
+        self.finish = Batcher("fusion", self.answers.answer, self.worker)
 
     def stop(self) -> None:
         self.local.stop()
@@ -155,8 +155,7 @@ class RecommenderServicer:
         return self.local.queued + self.finish.queued
 
     def _local_batch(self, photos: list[PhotoSet]) -> list[dict[str, np.ndarray]]:
-        batch = PhotoSet(np.concatenate([p.features for p in photos]),
-                         np.concatenate([p.probabilities for p in photos]))
+        batch = PhotoSet.joined(photos)
         scores = {name: self.models.methods[name].scores(batch)
                   for name in LOCAL_METHODS if name in self.models.methods}
         return [{name: rows[row] for name, rows in scores.items()}
@@ -205,16 +204,15 @@ class RecommenderServicer:
                                 f"vision service: {code.name}: {error.details()}")
             raise
 
-    async def _photo_scores(self, image: bytes, user_id: str, k: int,
+    async def _photo_scores(self, image: bytes, digest: str, user_id: str, k: int,
                             context: grpc.aio.ServicerContext,
                             ) -> tuple[PhotoScores, asyncio.Task | None]:
         """Every photo method's scores of the photo, and the user call (started as soon
         as the photo's description is known) when there is a user. Complete answers are
         cached by the image's sha256 and the model version, so a photo seen before costs
         neither vision nor the photo methods nor the fusion."""
-        key = cache_key("photo_scores", self.models.version,
-                        hashlib.sha256(image).hexdigest())
-        cached = self.answers.from_cache(self.cache.get(key))
+        cached = self.answers.from_cache(self.cache.get(
+            cache_key("photo_scores", self.models.version, digest)))
         if cached is not None:
             return cached, self._user_call(cached.description, user_id, k, context)
         description = describe(await self._embed(image, context))
@@ -319,10 +317,10 @@ class RecommenderServicer:
             self.prepared.move_to_end(digest)
             call = Request(None, k, prepared)
             user = self._user_call(prepared.description, request.user_id, k, context)
-            complete = was_cached = True
+            was_cached = True
         else:
-            photo, user = await self._photo_scores(request.image, request.user_id, k,
-                                                   context)
+            photo, user = await self._photo_scores(request.image, digest, request.user_id,
+                                                   k, context)
             call = Request(photo, k)
             was_cached = photo.fused is not None
         if user is not None:
@@ -332,8 +330,8 @@ class RecommenderServicer:
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
-        if call.photo is not None:  # after the fusion, which may have fallen back
-            complete = was_cached or self.answers.complete(call.photo)
+        # after the fusion, which may have fallen back to equal weights
+        complete = was_cached or self.answers.complete(call.photo)
         if complete and call.photo is not None:
             if not was_cached:
                 self.cache.set(cache_key("photo_scores", self.models.version, digest),
