@@ -87,8 +87,12 @@ def limit_numeric_threads(threads: int | None = None) -> dict[str, int]:
     import threadpoolctl
     import torch
 
+    with contextlib.suppress(ImportError):  # loaded first, so its OpenMP and BLAS are capped
+        import faiss
     threads = threads or service_threads()
-    threadpoolctl.threadpool_limits(threads)  # process-wide until changed again
+    # OpenMP's thread count belongs to the calling thread: NumericWorker calls this from
+    # its own thread, where the work runs
+    threadpoolctl.threadpool_limits(threads)
     torch.set_num_threads(threads)
     # once per process (a second service in the same process finds it set); the worker
     # is the one caller
@@ -112,7 +116,10 @@ class NumericWorker:
     between). Batchers of one service share it, so their batches never run at once."""
 
     def __init__(self, name: str) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        # the caps set in this thread itself: an OpenMP setting made in another thread
+        # (the event loop's, at start-up) does not reach it
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
+                                           initializer=limit_numeric_threads)
 
     async def run(self, work: Callable[[], R]) -> R:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)

@@ -115,6 +115,18 @@ def test_thread_settings_come_from_the_environment_and_bad_ones_are_named(
     running = limit_numeric_threads()
     assert running["torch"] == 1 and running.get("faiss", 1) == 1
     assert all(count == 1 for count in running.values())
+    # and in the worker thread that runs the batches, where OpenMP's own setting lives
+    async def worker_pools() -> list[int]:
+        import threadpoolctl
+
+        worker = NumericWorker("test-worker")
+        try:
+            return await worker.run(
+                lambda: [pool["num_threads"] for pool in threadpoolctl.threadpool_info()])
+        finally:
+            worker.stop()
+
+    assert set(_run(worker_pools())) == {1}
     monkeypatch.setenv("HASHREC_THREADS", "many")
     with pytest.raises(ValueError, match="HASHREC_THREADS must be a whole number"):
         service_threads()
