@@ -17,6 +17,8 @@ from services.word.autorec import (
     autorec_loss,
     intersection_scores,
     rating_profiles,
+    recommend,
+    train_autorec,
 )
 
 
@@ -40,6 +42,39 @@ def test_ratings_are_positive_decaying_and_negative_by_hand() -> None:
     # Words 0 and 2 describe the photo; Word2Vec's expansion is 3, 1, 0 (N = 3).
     ratings = rating_profiles([[0, 2]], [[3, 1, 0]], n_words=5)
     np.testing.assert_allclose(ratings[0], [1.0, 0.5, 1.0, 0.75, -1.0])
+
+
+def test_masked_training_over_the_description_columns_matches_the_full_encoder() -> None:
+    """train_autorec drops the masked (always 0) hashtag columns from the encoder and puts
+    λ in Adam: the network it returns answers as the paper's loss on the full encoder
+    trains it (the reference loop below), with λ large enough that a wrong factor shows."""
+    rng = np.random.default_rng(0)
+    n_hashtags, n_words = 12, 20
+    ratings = np.where(rng.random((96, n_words)) < 0.2, 1.0, -1.0).astype(np.float32)
+    params = AutoRecParams(hidden=8, epochs=30, min_updates=0, batch_size=16,
+                           weight_decay=0.01, masked=True, learning_rate=0.01)
+    trained = train_autorec(ratings, params, n_hashtags)
+
+    torch.manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
+    data = torch.from_numpy(ratings)
+    inputs = data.clone()
+    inputs[:, :n_hashtags] = 0.0
+    reference = AutoRec(n_words, params.hidden)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=params.learning_rate)
+    for _ in range(params.epochs):
+        for batch in torch.randperm(len(data), generator=generator).split(params.batch_size):
+            optimizer.zero_grad()
+            autorec_loss(reference, inputs[batch], params.weight_decay,
+                         targets=data[batch]).backward()
+            optimizer.step()
+    labels = [[13, 15], [12], [17, 18, 19]]
+    description = [[14], [16, 19], []]
+    ours = recommend(trained, labels, n_words, description, n_hashtags)
+    theirs = recommend(reference.eval(), labels, n_words, description, n_hashtags)
+    np.testing.assert_allclose(ours, theirs, atol=2e-4)
+    assert np.abs(ours - recommend(AutoRec(n_words, params.hidden), labels, n_words,
+                                   description, n_hashtags)).max() > 0.1  # it trained
 
 
 def test_the_intersection_comes_first_else_autorecs_top_five() -> None:
