@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,8 +36,9 @@ class Engine(Protocol):
         """Features of every image and a mask of those that decoded (FeatureStore's)."""
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
-            **shared: Any) -> list[Any]:
-        """[function(item, **shared) for item in items], in order."""
+            progress: str | None = None, **shared: Any) -> list[Any]:
+        """[function(item, **shared) for item in items], in order; ``progress``: a bar of
+        that name counts the finished items."""
 
 
 class LocalEngine:
@@ -59,16 +60,35 @@ class LocalEngine:
         return store.embed_paths(paths, batch_size=EMBED_BATCH, progress=progress)
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
-            **shared: Any) -> list[Any]:
+            progress: str | None = None, **shared: Any) -> list[Any]:
         workers = min(self.workers, len(items))
         if workers <= 1:
-            return [function(item, **shared) for item in items]
-        from joblib import Parallel, delayed
+            results = (function(item, **shared) for item in items)
+        else:
+            from joblib import Parallel, delayed
 
-        log.info("local: %d fits of %s on %d processes", len(items), function.__name__,
-                 workers)
-        return Parallel(n_jobs=workers, backend="loky")(
-            delayed(function)(item, **shared) for item in items)
+            log.info("local: %d tasks of %s on %d processes", len(items), function.__name__,
+                     workers)
+            # one task a dispatch: the fits last seconds to a minute, and a batch of two
+            # would hold a short fit behind a long one on the same worker
+            results = Parallel(n_jobs=workers, backend="loky", batch_size=1,
+                               return_as="generator")(
+                delayed(function)(item, **shared) for item in items)
+        return list(_counted(results, len(items), progress))
+
+
+def _bar(total: int, name: str | None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=name, unit="fit", disable=name is None)
+
+
+def _counted(results: Iterator[Any], total: int, name: str | None) -> Iterator[Any]:
+    """``results`` as they arrive, counted on a progress bar called ``name`` (none: no bar)."""
+    with _bar(total, name) as bar:
+        for result in results:
+            yield result
+            bar.update(1)
 
 
 class _EmbedBatch:
@@ -143,13 +163,19 @@ class RayEngine:
         return Embedding(features, probabilities), ok
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
-            **shared: Any) -> list[Any]:
+            progress: str | None = None, **shared: Any) -> list[Any]:
         ray = self.ray
         # the large shared inputs (the photo set, the text resources) go to the object
         # store once, not once a task
         refs = {name: ray.put(value) for name, value in shared.items()}
         task = ray.remote(num_cpus=1)(function)
-        return ray.get([task.remote(item, **refs) for item in items])
+        pending = [task.remote(item, **refs) for item in items]
+        waiting = list(pending)
+        with _bar(len(items), progress) as bar:
+            while waiting:
+                finished, waiting = ray.wait(waiting, num_returns=1)
+                bar.update(len(finished))
+        return ray.get(pending)
 
     def close(self) -> None:
         self.ray.shutdown()

@@ -21,8 +21,7 @@ from commands.experiments.image2tag import (
     METHODS,
     Community,
     community_photos,
-    fitted_methods,
-    out_of_fold_scores,
+    folds_and_finals,
 )
 from services.image_models import KIND, OUT_OF_FOLD_PHOTOS, OUT_OF_FOLD_SCORES, ImageModels
 from services.recommender.model import Fusion, RankFusion, min_max_rows
@@ -59,17 +58,23 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     ``engine``: where feature extraction and the independent fits run (commands/engine.py);
     the artifact does not depend on it."""
     started = time.perf_counter()
+    stages: dict[str, float] = {}  # wall seconds of each stage, kept in the manifest
+    cpu_seconds: dict[str, float] = {}  # each method's fits, CPU seconds
     train, terms, vocabularies = community_photos(communities, store, min_count, max_vocab,
                                                   progress, engine)
-    scores = out_of_fold_scores(train, terms, methods, folds, seed, text, engine)
+    stages["photos"] = time.perf_counter() - started
+    scores, finals = folds_and_finals(train, terms, methods, folds, seed, text, engine,
+                                      progress=progress, cpu_seconds=cpu_seconds)
+    stages["fits"] = time.perf_counter() - started - sum(stages.values())
     truth = [frozenset(ids) for ids in train.hashtags]
     fusion = Fusion.fit(scores, truth)
     ranker = RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None
+    stages["fusion"] = time.perf_counter() - started - sum(stages.values())
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
         "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
     writer = ArtifactWriter(out / version)
     fitted = {}
-    for method in fitted_methods(train, terms, methods, seed, text, engine):
+    for method in finals:
         method.save(writer)
         fitted[method.name] = method
     fusion.save(writer)
@@ -89,7 +94,12 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
                                    "photos": int((train.communities == i).sum()),
                                    "vocabulary": len(vocabularies[c.name])}
                                   for i, c in enumerate(communities)],
-                  "fusion": "rank" if ranker is not None else fusion.mode, **(about or {})})
+                  "fusion": "rank" if ranker is not None else fusion.mode,
+                  "training": {"stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+                               "fit_cpu_seconds": cpu_seconds,
+                               "engine": getattr(engine, "name", "local"),
+                               "workers": getattr(engine, "workers", 1)},
+                  **(about or {})})
     log.info("trained %s on %d photos of %d communities in %.0f s -> %s", list(methods),
              len(train), len(communities), time.perf_counter() - started, out / version)
     return ImageModels(version, terms, fitted, fusion, out / version, ranker)

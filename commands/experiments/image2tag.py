@@ -202,48 +202,85 @@ def training_photos(posts: Sequence[Post], store: FeatureStore, ignore: frozense
     return photos, vocabularies["photos"]
 
 
+#: a method's fit time relative to the others' (seconds on the default model's photos, one
+#: thread: bench/train.py's stages); the engine starts the longest fits first, so the last
+#: ones to finish, while a core may idle, are short
+FIT_COST = {"autorec_masked": 54, "autorec": 54, "instahash": 54, "graph": 51, "mlp": 26,
+            "word": 6, "semantic": 5, "knn": 1, "frequency": 1}
+
+
+def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
+                     folds: int, seed: int, text: TextResources | None = None,
+                     engine: Engine | None = None, finals: bool = True,
+                     progress: bool = False, cpu_seconds: dict[str, float] | None = None,
+                     ) -> tuple[dict[str, np.ndarray], list[Method]]:
+    """(every method's out-of-fold scores of every training photo, every method fit on all
+    of them). Out of fold: each photo scored by a model fit on the other folds, so every
+    training photo serves as validation exactly once. Every (fold, method) fit and every
+    final fit is independent of the others: ``engine`` runs them all as one batch of
+    tasks, the longest first (``FIT_COST``); ``finals`` False: the scores alone;
+    ``progress``: a bar counts the finished fits; ``cpu_seconds``: each method's CPU
+    seconds, all its fits together, are added there."""
+    fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
+    tasks = [(fold, name) for fold in range(folds) for name in methods]
+    if finals:
+        tasks += [(None, name) for name in methods]
+    share = {None: 1.0, **{fold: (folds - 1) / folds for fold in range(folds)}}
+    order = sorted(range(len(tasks)), key=lambda i: -FIT_COST.get(tasks[i][1], 10)
+                   * share[tasks[i][0]])
+    # the text resources (~10 MB pickled) travel with the semantic method's tasks alone
+    items = [(*tasks[i], text if tasks[i][1] == "semantic" else None) for i in order]
+    done = (engine or LocalEngine()).map(_fit_task, items,
+                                          progress="fits" if progress else None, train=train,
+                                          vocab=vocab, fold_of=fold_of, seed=seed)
+    results = dict(zip(order, done, strict=True))
+    out_of_fold: dict[str, np.ndarray] = {}
+    fitted = []
+    for i, (fold, name) in enumerate(tasks):
+        result, seconds = results[i]
+        if cpu_seconds is not None:
+            cpu_seconds[name] = round(cpu_seconds.get(name, 0.0) + seconds, 1)
+        if fold is None:
+            fitted.append(result)
+            continue
+        out_of_fold.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
+            fold_of == fold] = result
+    return out_of_fold, fitted
+
+
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
                        folds: int, seed: int, text: TextResources | None = None,
                        engine: Engine | None = None) -> dict[str, np.ndarray]:
-    """Every method's scores of every training photo, each by a model fit on the other
-    folds: every training photo serves as validation exactly once. Each (fold, method)
-    fit is independent of the others: ``engine`` may run them side by side."""
-    fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
-    tasks = [(fold, name) for fold in range(folds) for name in methods]
-    held = (engine or LocalEngine()).map(_held_out_scores, tasks, train=train, vocab=vocab,
-                                         fold_of=fold_of, seed=seed, text=text)
-    out_of_fold: dict[str, np.ndarray] = {}
-    for (fold, _), (name, scores) in zip(tasks, held, strict=True):
-        out_of_fold.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
-            fold_of == fold] = scores
-    return out_of_fold
+    """Every method's out-of-fold scores of every training photo (``folds_and_finals``)."""
+    return folds_and_finals(train, vocab, methods, folds, seed, text, engine, finals=False)[0]
 
 
-def _held_out_scores(task: tuple[int, str], train: PhotoSet, vocab: Sequence[str],
-                     fold_of: np.ndarray, seed: int, text: TextResources | None,
-                     ) -> tuple[str, np.ndarray]:
-    """One method fit on every fold but one, scoring that one: (its name, the scores)."""
-    fold, name = task
+def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSet,
+              vocab: Sequence[str], fold_of: np.ndarray, seed: int,
+              ) -> tuple[np.ndarray | Method, float]:
+    """task (fold, method, its text resources): (fold None: the method fit on every photo;
+    a fold: the scores of that fold by the method fit on the others, the CPU seconds it
+    took)."""
+    fold, name, text = task
+    started = time.process_time()
     with one_thread():
         (method,) = make_methods([name], seed, text, n_communities(train))
+        if fold is None:
+            method.fit(train, vocab)
+            return method, time.process_time() - started
         method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
-        return method.name, method.scores(train.subset(np.flatnonzero(fold_of == fold)))
+        scores = method.scores(train.subset(np.flatnonzero(fold_of == fold)))
+        return scores, time.process_time() - started
 
 
 def fitted_methods(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str], seed: int,
                    text: TextResources | None = None, engine: Engine | None = None,
                    ) -> list[Method]:
-    """Every method fit on all the training photos (side by side on a Ray ``engine``)."""
-    return (engine or LocalEngine()).map(_fitted, list(methods), train=train, vocab=vocab,
-                                         seed=seed, text=text)
-
-
-def _fitted(name: str, train: PhotoSet, vocab: Sequence[str], seed: int,
-            text: TextResources | None) -> Method:
-    with one_thread():
-        (method,) = make_methods([name], seed, text, n_communities(train))
-        method.fit(train, vocab)
-        return method
+    """Every method fit on all the training photos (side by side on an ``engine``)."""
+    fold_of = np.zeros(len(train), dtype=np.int64)
+    return [method for method, _ in (engine or LocalEngine()).map(
+        _fit_task, [(None, name, text) for name in methods], train=train, vocab=vocab,
+        fold_of=fold_of, seed=seed)]
 
 
 @contextmanager
