@@ -382,13 +382,19 @@ class Fusion:
     def combine(self, method_scores: dict[str, np.ndarray]) -> np.ndarray:
         """Methods missing from ``method_scores`` (a backend that did not answer) are left
         out: the rest still rank."""
+        return self._weighted({name: self._part(scores) for name, scores
+                               in method_scores.items() if self.weights.get(name)})
+
+    def _part(self, scores: np.ndarray) -> np.ndarray:
+        """ŝ_m, or log(ŝ_m + 1e-4) in log mode."""
+        part = normalized_rows(scores)
+        return np.log(part + _LOG_FLOOR) if self.mode == "log" else part
+
+    def _weighted(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         total = None
         for name, weight in self.weights.items():
-            if weight and name in method_scores:
-                part = normalized_rows(method_scores[name])
-                if self.mode == "log":
-                    part = np.log(part + _LOG_FLOOR)
-                part = weight * part
+            if weight and name in parts:
+                part = weight * parts[name]
                 total = part if total is None else total + part
         if total is None:
             raise ValueError("no method with a fusion weight answered")
@@ -408,13 +414,15 @@ class Fusion:
         for mode in FUSION_MODES:
             fusion = cls(best_fusion.weights if mode == "linear" else
                          {name: float(name == best_name) for name in method_scores}, mode)
-            value = objective(fusion.combine(method_scores), truth)
+            # each method's part once a mode, not once a trial (252 trials)
+            parts = {name: fusion._part(scores) for name, scores in method_scores.items()}
+            value = objective(fusion._weighted(parts), truth)
             for _, name in itertools.product(range(rounds), method_scores):
                 for weight in WEIGHT_GRID:
                     trial = cls({**fusion.weights, name: weight}, mode)
                     if not any(trial.weights.values()):
                         continue
-                    trial_value = objective(trial.combine(method_scores), truth)
+                    trial_value = objective(trial._weighted(parts), truth)
                     if trial_value > value + 1e-9:
                         value, fusion = trial_value, trial
             if value > best + 1e-9:
