@@ -57,7 +57,9 @@ def train_mcll(features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashta
     classifier = torch.nn.Linear(features.shape[1], n_hashtags)
     inputs = torch.from_numpy(features.astype(np.float32))
     targets = softmax_targets(hashtags, n_hashtags)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=weight_decay)
+    # fused: one pass over the V × d weights a step (the default loop is ~4× slower)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=weight_decay,
+                                  fused=True)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for batch in torch.randperm(len(inputs), generator=generator).split(128):
@@ -143,12 +145,18 @@ EXPERT_FIT_ROWS = 4096
 
 
 def fit_expert_weights(first: np.ndarray, second: np.ndarray,
-                       hashtags: Sequence[Sequence[int]], steps: int = 200,
+                       hashtags: Sequence[Sequence[int]],
                        max_rows: int = EXPERT_FIT_ROWS) -> tuple[float, float]:
     """(β, γ) ≥ 0 maximising the mean log-likelihood of each post's hashtags under
     softmax_h(β first(h) + γ second(h)), a product of two experts, on at most ``max_rows``
     posts (a seeded sample). The rows must be held out from what made them. γ = 0 means
-    the second adds nothing to the first."""
+    the second adds nothing to the first.
+
+    The log-likelihood is concave in (β, γ) (a log-softmax of a linear function), so
+    L-BFGS-B within the bounds reaches its maximum in a few dozen evaluations, where a
+    fixed 200 Adam steps took ten times as many and stopped wherever they were."""
+    from scipy.optimize import minimize
+
     if len(hashtags) > max_rows:
         rows = np.sort(np.random.default_rng(0).choice(len(hashtags), max_rows,
                                                        replace=False))
@@ -157,14 +165,17 @@ def fit_expert_weights(first: np.ndarray, second: np.ndarray,
     first_t = torch.from_numpy(np.asarray(first, dtype=np.float32))
     second_t = torch.from_numpy(np.asarray(second, dtype=np.float32))
     tags = softmax_targets(hashtags, first_t.shape[1])
-    raw = torch.zeros(2, requires_grad=True)  # softplus(raw) = (β, γ)
-    optimizer = torch.optim.Adam([raw], lr=0.05)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        beta, gamma = torch.nn.functional.softplus(raw)
-        multiclass_log_loss(beta * first_t + gamma * second_t, tags).backward()
-        optimizer.step()
-    beta, gamma = torch.nn.functional.softplus(raw).tolist()
+
+    def loss_and_gradient(weights: np.ndarray) -> tuple[float, np.ndarray]:
+        beta, gamma = torch.tensor(weights, dtype=torch.float64,
+                                   requires_grad=True).unbind()
+        loss = multiclass_log_loss(beta.float() * first_t + gamma.float() * second_t, tags)
+        grads = torch.autograd.grad(loss, [beta, gamma])
+        return loss.item(), np.array([g.item() for g in grads])
+
+    fit = minimize(loss_and_gradient, x0=np.array([1.0, 1.0]), jac=True, method="L-BFGS-B",
+                   bounds=[(0.0, None), (0.0, None)])
+    beta, gamma = (float(w) for w in fit.x)
     return beta, gamma
 
 

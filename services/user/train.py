@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,11 +57,11 @@ def train_user_model(out: Path, store: FeatureStore, n_users: int = 300, seed: i
     posts = drop_spammers(simulate(sources, n_users=n_users, seed=seed))
     features = post_features(posts, store)
     posts = [p for p in posts if p.id in features]
-    fitted = (fit_recommender_weight(posts, features, image_model, params, progress)
-              if image_model is not None else None)
     task = prepare_user_task(posts, [], features)
-    lookup = task.train_lookup(params, progress)
-    lookup.recommender_fit = fitted
+    with _beside(fit_recommender_weight if image_model is not None else None,
+                 posts, features, image_model, params, False) as weight_fit:
+        lookup = task.train_lookup(params, progress)
+    lookup.recommender_fit = weight_fit()
     photos = sorted({p.image for p in posts})
     by_image = {p.image: features[p.id] for p in posts}
     lookup.add_photos([photo_key(image) for image in photos],
@@ -70,6 +73,39 @@ def train_user_model(out: Path, store: FeatureStore, n_users: int = 300, seed: i
              len(task.users), len(task.vocab), len(photos), time.perf_counter() - started,
              directory)
     return lookup, directory
+
+
+@contextmanager
+def _beside(function: Callable[..., Any] | None, *args: Any) -> Iterator[Callable[[], Any]]:
+    """Runs ``function(*args)`` in a process of its own while the block runs (in this one
+    when a single core is usable); yields what returns its result (None without a
+    function). The two fits share the cores, each with its share of threads."""
+    from shared.batching import limit_numeric_threads, usable_cores
+
+    if function is None:
+        yield lambda: None
+        return
+    cores = usable_cores()
+    if cores < 2:
+        result = function(*args)
+        yield lambda: result
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    share = max(1, cores // 2)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=limit_numeric_threads,
+                             initargs=(cores - share,)) as pool:
+        pending = pool.submit(function, *args)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(share)
+        try:
+            yield pending.result
+        finally:
+            torch.set_num_threads(threads)
+        pending.result()  # raised here, inside the block's caller, when it failed
 
 
 def fit_recommender_weight(posts: Sequence[Post], features: dict[str, np.ndarray],
