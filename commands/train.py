@@ -57,7 +57,7 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     ``out/<version>/``; ``about`` joins the manifest (the recipe: data, hold-out).
     ``engine``: where feature extraction and the independent fits run (commands/engine.py);
     the artifact does not depend on it."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     stages: dict[str, float] = {}  # wall seconds of each stage, kept in the manifest
     cpu_seconds: dict[str, float] = {}  # each method's fits, CPU seconds
     train, terms, vocabularies = community_photos(communities, store, min_count, max_vocab,
@@ -97,6 +97,7 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
                   "fusion": "rank" if ranker is not None else fusion.mode,
                   "training": {"stage_seconds": {k: round(v, 1) for k, v in stages.items()},
                                "fit_cpu_seconds": cpu_seconds,
+                               "started_at": round(started_at, 3),
                                "engine": getattr(engine, "name", "local"),
                                "workers": getattr(engine, "workers", 1)},
                   **(about or {})})
