@@ -12,7 +12,8 @@ measured is the training itself. For each size it prints and writes:
 - wall seconds, CPU seconds (the process and its pool of workers) and CPU utilisation, for
   the whole run and for the fits alone (the part a pool spreads over the cores);
 - seconds per stage: reading the data and the text resources, the photos' features, the
-  fits, the fusions, the rest (writing, start-up);
+  fits, the rest (writing, start-up), and the fusions' fit, which runs beside the final
+  fits (within "fits");
 - each method's CPU seconds, all its fits together;
 - the peak resident memory of the process tree (every process's RSS summed, sampled);
 - seconds per 1,000 photos, and the exponent of the growth from the size before
@@ -151,8 +152,9 @@ def measure(photos: int, workers: int | None, scratch: Path) -> dict:
     read = json.loads((out / "read.json").read_text())
     manifest = json.loads((Path(read["directory"]) / "manifest.json").read_text())
     training = manifest["training"]
+    # the fusions are fit during the final fits: "fusion" lies within "fits"
     stages = {"read": read["read_s"], **training["stage_seconds"]}
-    stages["other"] = max(0.0, wall - sum(stages.values()))
+    stages["other"] = max(0.0, wall - stages["read"] - stages["photos"] - stages["fits"])
     # the fits' window, placed on the samples by the manifest's start time
     fits_from = training["started_at"] + training["stage_seconds"]["photos"]
     fits_to = fits_from + training["stage_seconds"]["fits"]
@@ -179,8 +181,8 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, (stages_axis, methods_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
     labels = [f"{r['photos']:,} photos" for r in rows]
     bottom = [0.0] * len(rows)
-    for stage, colour in zip(rows[0]["stage_s"], ("#bbb", "#9cf", "#2a5", "#e94", "#777"),
-                             strict=False):
+    for stage, colour in zip(("read", "photos", "fits", "other"),
+                             ("#bbb", "#9cf", "#2a5", "#777"), strict=True):
         values = [r["stage_s"][stage] for r in rows]
         stages_axis.bar(labels, values, bottom=bottom, label=stage, color=colour)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]

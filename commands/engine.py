@@ -36,8 +36,9 @@ class Engine(Protocol):
         """Features of every image and a mask of those that decoded (FeatureStore's)."""
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
-            progress: str | None = None, **shared: Any) -> list[Any]:
-        """[function(item, **shared) for item in items], in order; ``progress``: a bar of
+            progress: str | None = None, **shared: Any) -> Iterator[Any]:
+        """function(item, **shared) for each item, yielded in order as they finish (the
+        rest keep running while the caller works on the first); ``progress``: a bar of
         that name counts the finished items."""
 
 
@@ -60,7 +61,7 @@ class LocalEngine:
         return store.embed_paths(paths, batch_size=EMBED_BATCH, progress=progress)
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
-            progress: str | None = None, **shared: Any) -> list[Any]:
+            progress: str | None = None, **shared: Any) -> Iterator[Any]:
         workers = min(self.workers, len(items))
         if workers <= 1:
             results = (function(item, **shared) for item in items)
@@ -74,7 +75,7 @@ class LocalEngine:
             results = Parallel(n_jobs=workers, backend="loky", batch_size=1,
                                return_as="generator")(
                 delayed(function)(item, **shared) for item in items)
-        return list(_counted(results, len(items), progress))
+        return _counted(results, len(items), progress)
 
 
 def _bar(total: int, name: str | None):
@@ -163,19 +164,14 @@ class RayEngine:
         return Embedding(features, probabilities), ok
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
-            progress: str | None = None, **shared: Any) -> list[Any]:
+            progress: str | None = None, **shared: Any) -> Iterator[Any]:
         ray = self.ray
         # the large shared inputs (the photo set, the text resources) go to the object
         # store once, not once a task
         refs = {name: ray.put(value) for name, value in shared.items()}
         task = ray.remote(num_cpus=1)(function)
         pending = [task.remote(item, **refs) for item in items]
-        waiting = list(pending)
-        with _bar(len(items), progress) as bar:
-            while waiting:
-                finished, waiting = ray.wait(waiting, num_returns=1)
-                bar.update(len(finished))
-        return ray.get(pending)
+        return _counted((ray.get(ref) for ref in pending), len(items), progress)
 
     def close(self) -> None:
         self.ray.shutdown()

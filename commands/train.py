@@ -63,13 +63,20 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     train, terms, vocabularies = community_photos(communities, store, min_count, max_vocab,
                                                   progress, engine)
     stages["photos"] = time.perf_counter() - started
-    scores, finals = folds_and_finals(train, terms, methods, folds, seed, text, engine,
-                                      progress=progress, cpu_seconds=cpu_seconds)
-    stages["fits"] = time.perf_counter() - started - sum(stages.values())
     truth = [frozenset(ids) for ids in train.hashtags]
-    fusion = Fusion.fit(scores, truth)
-    ranker = RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None
-    stages["fusion"] = time.perf_counter() - started - sum(stages.values())
+
+    def fusions(scores: dict[str, np.ndarray]) -> tuple[Fusion, RankFusion | None]:
+        fusion_started = time.perf_counter()
+        fused = (Fusion.fit(scores, truth),
+                 RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None)
+        stages["fusion"] = time.perf_counter() - fusion_started  # within "fits"
+        return fused
+
+    # the fusions are fit here while the pool runs the final fits
+    scores, finals, (fusion, ranker) = folds_and_finals(
+        train, terms, methods, folds, seed, text, engine, progress=progress,
+        cpu_seconds=cpu_seconds, meanwhile=fusions)
+    stages["fits"] = time.perf_counter() - started - stages["photos"]
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
         "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
     writer = ArtifactWriter(out / version)

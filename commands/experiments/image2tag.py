@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -213,39 +214,50 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
                      folds: int, seed: int, text: TextResources | None = None,
                      engine: Engine | None = None, finals: bool = True,
                      progress: bool = False, cpu_seconds: dict[str, float] | None = None,
-                     ) -> tuple[dict[str, np.ndarray], list[Method]]:
+                     meanwhile: Callable[[dict[str, np.ndarray]], Any] | None = None,
+                     ) -> tuple[dict[str, np.ndarray], list[Method], Any]:
     """(every method's out-of-fold scores of every training photo, every method fit on all
-    of them). Out of fold: each photo scored by a model fit on the other folds, so every
-    training photo serves as validation exactly once. Every (fold, method) fit and every
-    final fit is independent of the others: ``engine`` runs them all as one batch of
-    tasks, the longest first (``FIT_COST``); ``finals`` False: the scores alone;
-    ``progress``: a bar counts the finished fits; ``cpu_seconds``: each method's CPU
-    seconds, all its fits together, are added there."""
+    of them, what ``meanwhile`` returned). Out of fold: each photo scored by a model fit
+    on the other folds, so every training photo serves as validation exactly once.
+
+    Every (fold, method) fit and every final fit is independent of the others: ``engine``
+    runs them as one batch of tasks, the out-of-fold ones first, each group the longest
+    first (``FIT_COST``). ``meanwhile(scores)`` runs here as soon as the out-of-fold
+    scores are in, while the final fits still run (the fusions' fit fills the cores the
+    last fits leave idle). ``finals`` False: the scores alone; ``progress``: a bar counts
+    the finished fits; ``cpu_seconds``: each method's CPU seconds, all its fits
+    together, are added there."""
     fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
-    tasks = [(fold, name) for fold in range(folds) for name in methods]
+    share = (folds - 1) / folds
+
+    def longest_first(tasks: list[tuple[int | None, str]]) -> list[tuple[int | None, str]]:
+        return sorted(tasks, key=lambda t: -FIT_COST.get(t[1], 10) * (
+            1.0 if t[0] is None else share))
+
+    tasks = longest_first([(fold, name) for fold in range(folds) for name in methods])
     if finals:
-        tasks += [(None, name) for name in methods]
-    share = {None: 1.0, **{fold: (folds - 1) / folds for fold in range(folds)}}
-    order = sorted(range(len(tasks)), key=lambda i: -FIT_COST.get(tasks[i][1], 10)
-                   * share[tasks[i][0]])
+        tasks += longest_first([(None, name) for name in methods])
     # the text resources (~10 MB pickled) travel with the semantic method's tasks alone
-    items = [(*tasks[i], text if tasks[i][1] == "semantic" else None) for i in order]
+    items = [(fold, name, text if name == "semantic" else None) for fold, name in tasks]
     done = (engine or LocalEngine()).map(_fit_task, items,
                                           progress="fits" if progress else None, train=train,
                                           vocab=vocab, fold_of=fold_of, seed=seed)
-    results = dict(zip(order, done, strict=True))
     out_of_fold: dict[str, np.ndarray] = {}
-    fitted = []
-    for i, (fold, name) in enumerate(tasks):
-        result, seconds = results[i]
+    fitted: dict[str, Method] = {}
+    alongside, waiting = None, folds * len(methods)  # out-of-fold fits still to come
+    for (fold, name), (result, seconds) in zip(tasks, done, strict=True):
         if cpu_seconds is not None:
             cpu_seconds[name] = round(cpu_seconds.get(name, 0.0) + seconds, 1)
         if fold is None:
-            fitted.append(result)
+            fitted[name] = result
             continue
         out_of_fold.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
             fold_of == fold] = result
-    return out_of_fold, fitted
+        waiting -= 1
+        if not waiting and meanwhile is not None:
+            alongside = meanwhile({m: out_of_fold[m] for m in methods})
+    return ({m: out_of_fold[m] for m in methods}, [fitted[m] for m in methods if finals],
+            alongside)
 
 
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
