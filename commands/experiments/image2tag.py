@@ -237,6 +237,8 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
     tasks = longest_first([(fold, name) for fold in range(folds) for name in methods])
     if finals:
         tasks += longest_first([(None, name) for name in methods])
+    if text is not None and "semantic" in methods:  # the text store filled once, here
+        SemanticMethod(class_names(), text).texts(vocab)
     # the text resources (~10 MB pickled) travel with the semantic method's tasks alone
     items = [(fold, name, text if name == "semantic" else None) for fold, name in tasks]
     done = (engine or LocalEngine()).map(_fit_task, items,

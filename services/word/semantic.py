@@ -66,15 +66,9 @@ class SemanticMethod:
     def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
         if self.resources is None:
             raise ValueError("the semantic method needs TextResources to train")
-        resources = self.resources
         vocab = list(vocab)
         self.n_vocabulary = len(vocab)
-        self.extra = tuple(sorted(
-            (t for t, count in resources.corpus_counts.items() if t not in set(vocab)),
-            key=lambda t: -resources.corpus_counts[t])[:self.max_extra])
-        terms = [*vocab, *self.extra]
-        self.hashtag_vectors = resources.embed([resources.segment(t) for t in terms])
-        self.class_vectors = resources.embed(list(self.class_names))
+        self.extra, self.hashtag_vectors, self.class_vectors = self.texts(vocab)
         vocabulary_prior = log_prior(photos.hashtags, len(vocab)).astype(np.float64)
         self.priors = np.concatenate([vocabulary_prior, self._extra_prior(vocab,
                                                                           vocabulary_prior)])
@@ -89,6 +83,18 @@ class SemanticMethod:
         log.info("semantic: %d vocabulary + %d corpus hashtags; weights labels %.2f, "
                  "neighbours %.2f, prior %.2f, bias %.2f", len(vocab), len(self.extra),
                  *self.weights)
+
+    def texts(self, vocab: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+        """(the corpus hashtags outside ``vocab`` it scores too, the text vectors of the
+        vocabulary then those, the class names' text vectors): what the fit embeds. A
+        training driver calls it once before its fits, so the text store has every vector
+        before parallel fits would each compute the missing ones."""
+        resources = self.resources
+        known = set(vocab)
+        extra = tuple(sorted((t for t in resources.corpus_counts if t not in known),
+                             key=lambda t: -resources.corpus_counts[t])[:self.max_extra])
+        hashtags = resources.embed([resources.segment(t) for t in [*vocab, *extra]])
+        return extra, hashtags, resources.embed(list(self.class_names))
 
     def _extra_prior(self, vocab: list[str], vocabulary_prior: np.ndarray) -> np.ndarray:
         counts, total = self.resources.corpus_counts, max(self.resources.corpus_total, 1)
