@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import data_root
+from tests.training import pool
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     trained = train_image_models(
         posts, store, tmp_path_factory.mktemp("models"), methods=(*METHODS, "semantic"),
-        min_count=2, folds=3, progress=False,
+        min_count=2, folds=3, progress=False, engine=pool(),
         text=hashtag_knowledge(("harrison:harrison",),
                                store_dir=tmp_path_factory.mktemp("text")))
     # Users post every photo set, and the photos the image model learned from (their

@@ -22,6 +22,7 @@ from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.grpc_server import CHANNEL_OPTIONS
 from tests.servers import LoopThread
+from tests.training import pool
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
     store = FeatureStore(tmp_path_factory.mktemp("features"), model)
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     trained = train_image_models(posts, store, tmp_path_factory.mktemp("models"),
-                                 min_count=2, folds=3, progress=False)
+                                 min_count=2, folds=3, progress=False, engine=pool())
     loop = LoopThread()
     vision = loop.call(serve_vision("127.0.0.1", 0, model))
     recommender = loop.call(serve_recommender("127.0.0.1", 0, trained.directory,

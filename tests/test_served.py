@@ -14,6 +14,7 @@ from commands.train import held_out_split, train_communities
 from services.vision.store import FeatureStore
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
+from tests.training import pool
 
 METHODS = ("frequency", "knn")
 
@@ -28,7 +29,7 @@ def _train(store: FeatureStore, posts: list, out: Path, spec: str, hold_out: int
            ) -> Path:
     about = {"data": [spec], "hold_out": None if hold_out is None else {"seed": hold_out}}
     return train_communities([Community("food", posts)], store, out, METHODS, folds=2,
-                             progress=False, about=about).directory
+                             progress=False, about=about, engine=pool()).directory
 
 
 def test_served_equals_image2tags_learned_fusion_on_the_same_held_out_photos(

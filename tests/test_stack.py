@@ -35,6 +35,7 @@ from shared.cache import RedisCache
 from shared.grpc_server import CHANNEL_OPTIONS
 from shared.scoring import photo_set
 from tests.servers import RedisServer, free_port, free_ports_in_a_row
+from tests.training import pool
 
 
 def _photo(data_dir: Path, name: str = "0000008.jpg") -> bytes:
@@ -534,7 +535,7 @@ def test_a_model_of_several_communities_serves_like_the_default(
     trained = train_communities(
         [Community("food", food), Community("instagram", instagram)],
         feature_store, tmp_path, ("frequency", "knn", "word", "graph"),
-        min_count=2, folds=2, progress=False)
+        min_count=2, folds=2, progress=False, engine=pool())
     loop = stack["loop"]
     word = loop.call(serve_word("127.0.0.1", 0, trained.directory))
     graph = loop.call(serve_graph("127.0.0.1", 0, trained.directory))

@@ -14,6 +14,7 @@ from services.vision.model import VisionModel
 from services.vision.store import FeatureStore
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
+from tests.training import pool
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     models = train_image_models(posts, store, tmp_path_factory.mktemp("models"),
                                 ignore=frozenset({"food"}), min_count=2, folds=3,
-                                progress=False)
+                                progress=False, engine=pool())
     photos, _ = training_photos(posts, store, frozenset({"food"}), 2, 1000, False)
     return models, photos
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.recommender.model import condition_on_user, fit_user_weight
+from tests.training import pool
 
 
 def test_the_fitted_user_weight_is_the_smallest_that_lets_each_side_win_where_it_knows(
@@ -61,7 +62,7 @@ def test_training_fits_the_weight_on_held_out_posts_and_the_user_service_serves_
     food = [p for p in source_posts(data_dir) if p.image in images]  # users post those
     image_model = train_image_models(photos, feature_store, tmp_path / "models",
                                      methods=("frequency", "knn", "mlp"), min_count=2,
-                                     folds=3, progress=False)
+                                     folds=3, progress=False, engine=pool())
     lookup, user_dir = train_user_model(
         tmp_path / "user", feature_store, n_users=40, progress=False,
         params=TensorParams(16, 16, 4, epochs=5), sources=food,
