@@ -102,10 +102,9 @@ def _beside(function: Callable[..., Any] | None, *args: Any) -> Iterator[Callabl
         threads = torch.get_num_threads()
         torch.set_num_threads(share)
         try:
-            yield pending.result
+            yield pending.result  # the caller's call raises what the process raised
         finally:
             torch.set_num_threads(threads)
-        pending.result()  # raised here, inside the block's caller, when it failed
 
 
 def fit_recommender_weight(posts: Sequence[Post], features: dict[str, np.ndarray],
