@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -149,19 +150,46 @@ class InnerProductIndex:
         """The FAISS index itself (for measuring it: bench/index.py)."""
         return self._index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (queries × min(k, size)), best first."""
+    def search(self, queries: np.ndarray, k: int, excluded: Sequence[int] = (),
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (queries × min(k, size)), best first. Rows in ``excluded``
+        are never returned (FAISS skips them while searching); when fewer than k rows
+        remain, the missing places hold id -1."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {queries.shape[1]}, index {self.dim}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         k = min(k, self.size)
+        if len(excluded):
+            return self._search_excluding(queries, k, np.asarray(excluded, dtype=np.int64))
         scores, ids = self._index.search(queries, k)
         short = np.flatnonzero((ids < 0).any(axis=1))
         if len(short):  # the probed lists held fewer than k: those queries go exact
             scores[short], ids[short] = faiss.knn(queries[short], self.vectors, k,
                                                   faiss.METRIC_INNER_PRODUCT)
+        return scores, ids
+
+    def _search_excluding(self, queries: np.ndarray, k: int, excluded: np.ndarray,
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        # both selectors stay referenced here while FAISS uses them: it keeps raw pointers
+        batch = faiss.IDSelectorBatch(excluded)
+        selector = faiss.IDSelectorNot(batch)
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=selector,
+                                                efSearch=self._index.hnsw.efSearch)
+        elif self.kind == "flat":
+            params = faiss.SearchParameters(sel=selector)
+        else:
+            params = faiss.SearchParametersIVF(
+                sel=selector, nprobe=faiss.extract_index_ivf(self._index).nprobe)
+        scores, ids = self._index.search(queries, k, params=params)
+        short = np.flatnonzero((ids < 0).any(axis=1))
+        if len(short) and self.kind != "flat":  # too few in the probed lists: go exact
+            exact = faiss.IndexFlatIP(self.dim)
+            exact.add(self.vectors)
+            scores[short], ids[short] = exact.search(
+                queries[short], k, params=faiss.SearchParameters(sel=selector))
         return scores, ids
 
     def add(self, vectors: np.ndarray) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 MAX_USER_ID_CHARS = 256
 MAX_HASHTAGS = 100
 MAX_HASHTAG_CHARS = 100
+MAX_REQUEST_ID_CHARS = 128
 #: the most of a caller's text an error or a log line repeats
 QUOTE_CHARS = 40
 
@@ -40,6 +41,16 @@ def user_id_problem(user_id: str, required: bool = False) -> str | None:
                 "allowed")
     if not user_id.isprintable():
         return f"user_id {quoted(user_id)} holds control characters; printable ones only"
+    return None
+
+
+def request_id_problem(request_id: str) -> str | None:
+    """Why a client's request id (for idempotent writes) is refused, or None."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        return (f"request_id has {len(request_id)} characters; at most "
+                f"{MAX_REQUEST_ID_CHARS} are allowed")
+    if not request_id.isprintable():
+        return "request_id holds control characters; printable ones only"
     return None
 
 

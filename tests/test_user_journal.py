@@ -119,7 +119,7 @@ def test_a_snapshot_leaves_only_newer_records_to_replay(model_dir: Path,
     lookup, journal, _ = _restart(model_dir, state)
     for number in range(5):
         _learn(lookup, journal, f"new{number}", number, photo=number)
-    lookup.add_photos(["online-photo"], FEATURES[:1])
+    lookup.add_upload("online-photo", "new2", FEATURES[0])  # a post's photo: its poster's
     journal.snapshot(lookup)
     assert journal.path.read_bytes() == b""
     _learn(lookup, journal, "ann", 9)

@@ -7,7 +7,9 @@ State of one model version, in its own folder:
     updates.jsonl        one record a line: "<crc32 hex> <json>\\n", the JSON holding seq
                          (1, 2, …), user, hashtags (terms, so a retrained vocabulary can
                          replay what it still knows), the photo's CNN features as base64
-                         float32 and an optional photo id
+                         float32, an optional photo id, and with a request id the answer
+                         given (services/user/privacy.py). A "forget" record takes back
+                         one upload (photo id) or everything of the user's (none).
     snapshots/<seq>/     the profiles after every record up to seq (UserHashtagLookup.
                          profiles), as checksummed arrays (shared/artifacts.py)
 
@@ -58,14 +60,22 @@ class JournalRecord:
     hashtags: tuple[str, ...]
     features: np.ndarray
     photo_id: str = ""
+    #: "post", or "forget" (the user's upload photo_id, or everything when it is empty)
+    kind: str = "post"
+    request_id: str = ""
+    answer: dict | None = None
 
 
 def encode_record(record: JournalRecord) -> bytes:
-    body = json.dumps({"seq": record.seq, "user": record.user,
-                       "hashtags": list(record.hashtags), "photo_id": record.photo_id,
-                       "features": base64.b64encode(np.asarray(record.features, dtype="<f4")
-                                                    .tobytes()).decode("ascii")},
-                      ensure_ascii=False).encode("utf-8")
+    fields = {"seq": record.seq, "user": record.user,
+              "hashtags": list(record.hashtags), "photo_id": record.photo_id,
+              "features": base64.b64encode(np.asarray(record.features, dtype="<f4")
+                                           .tobytes()).decode("ascii")}
+    if record.kind != "post":
+        fields["kind"] = record.kind
+    if record.request_id:
+        fields["request_id"], fields["answer"] = record.request_id, record.answer
+    body = json.dumps(fields, ensure_ascii=False).encode("utf-8")
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -84,7 +94,8 @@ def decode_record(line: bytes, fallback_seq: int) -> JournalRecord:
         return JournalRecord(int(record.get("seq", fallback_seq)), record["user"],
                              tuple(record["hashtags"]),
                              np.frombuffer(base64.b64decode(record["features"]), "<f4"),
-                             record.get("photo_id", ""))
+                             record.get("photo_id", ""), record.get("kind", "post"),
+                             record.get("request_id", ""), record.get("answer"))
     except KeyError as missing:
         raise ValueError(f"field {missing} is missing") from None
 
@@ -128,11 +139,13 @@ class UpdateJournal:
                     self.path, size - keep)
 
     def append(self, user: str, hashtags: Sequence[str], features: np.ndarray,
-               photo_id: str = "") -> int:
+               photo_id: str = "", kind: str = "post", request_id: str = "",
+               answer: dict | None = None) -> int:
         """Writes and fsyncs one record; returns its seq. JournalError when the record
         could not be made durable (the file is cut back to what it was)."""
         seq = self.last_seq + 1
-        line = encode_record(JournalRecord(seq, user, tuple(hashtags), features, photo_id))
+        line = encode_record(JournalRecord(seq, user, tuple(hashtags), features, photo_id,
+                                           kind, request_id, answer))
         try:
             descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as error:
@@ -232,10 +245,16 @@ class UpdateJournal:
 
 
 def apply_record(lookup: UserHashtagLookup, record: JournalRecord) -> bool:
-    """Applies one journaled post; False when none of its hashtags is in the vocabulary."""
+    """Applies one journaled record; False for a post none of whose hashtags is in the
+    vocabulary."""
+    if record.kind == "forget":
+        lookup.forget(record.user, record.photo_id or None)
+        return True
     ids = [lookup.hashtag_rows[t] for t in record.hashtags if t in lookup.hashtag_rows]
     if ids:
         lookup.update(record.user, record.features, ids)
     if record.photo_id:
-        lookup.add_photos([record.photo_id], record.features[None, :])
+        lookup.add_upload(record.photo_id, record.user, record.features)
+    if record.answer is not None:
+        lookup.requests.put(record.user, record.request_id, record.answer)
     return bool(ids)

@@ -43,6 +43,7 @@ import torch
 
 from services.user.effects import ContentModel, MainEffects, log_normalisers
 from services.user.model import TensorModel, TensorParams
+from services.user.privacy import PhotoOwners, RequestLog
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex, photo_index
 
@@ -112,6 +113,10 @@ class UserHashtagLookup:
         #: users costs its two products once (PHOTO_MEMORY photos, newest last)
         self._photo_parts: collections.OrderedDict[bytes, tuple[np.ndarray, float]] = \
             collections.OrderedDict()
+        #: who posted each photo added after training (retrieval shows each their own)
+        self.owners = PhotoOwners()
+        #: the answers to recent updates, by (user, request id): a retry is answered once
+        self.requests = RequestLog()
 
     @property
     def user_weight(self) -> float | None:
@@ -140,6 +145,12 @@ class UserHashtagLookup:
                                  -normalisers[:, None]]).astype(np.float32)
         with self.lock:
             self._index_photos(photo_ids, features, vectors)
+
+    def add_upload(self, photo_id: str, user: str, features: np.ndarray) -> None:
+        """``user`` posted the photo: retrievable, by them only."""
+        self.add_photos([photo_id], np.atleast_2d(features))
+        with self.lock:
+            self.owners.add(photo_id, user)
 
     def _index_photos(self, photo_ids: Sequence[str], features: np.ndarray,
                       vectors: np.ndarray) -> None:
@@ -180,8 +191,31 @@ class UserHashtagLookup:
             gamma, photo = self.effects.gamma, self.effects.content
             query = np.concatenate([query, gamma * photo.weight[hashtag],
                                     [gamma * photo.bias[hashtag], gamma]])
-        scores, ids = self.photo_index.search(query[None, :], k)
-        return [(self.photo_ids[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True)]
+        hidden = [self._photo_rows[p] for p in self.owners.hidden_from(user)]
+        scores, ids = self.photo_index.search(query[None, :], k, excluded=hidden)
+        return [(self.photo_ids[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True)
+                if i >= 0]
+
+    def forget(self, user: str, photo: str | None = None) -> tuple[list[str], bool]:
+        """Takes back ``user``'s upload ``photo``, or (None) everything of theirs: their
+        uploads, request ids and profile (their rows reset to a stranger's and their id
+        dropped, so a new account by that id starts afresh). Returns (the photos taken
+        back, whether a profile was removed)."""
+        with self.lock:
+            released = self.owners.release(user, photo)
+            if photo is not None:
+                return released, False
+            self.requests.forget(user)
+            row = self.user_index.pop(user, None)
+            if row is None:
+                return released, False
+            self.user_ids[row] = ""  # a tombstone: rows keep their places
+            self.user_vectors[row] = self.mean_user
+            self.post_counts[row] = 0.0
+            self.hashtag_counts[row] = 0.0
+            if self.effects is not None:
+                self.effects.expected[row] = 0.0
+            return released, True
 
     @property
     def expected_uses(self) -> np.ndarray:
@@ -400,19 +434,25 @@ class UserHashtagLookup:
                       "hashtag_counts": self.hashtag_counts.copy()}
             if self.effects is not None:
                 arrays["expected_uses"] = self.effects.expected.copy()
-            added = slice(self.trained_photos, None)
+            # the uploads somebody still owns: a photo taken back leaves no trace
+            added = [row for row in range(self.trained_photos, len(self.photo_ids))
+                     if self.owners.owned(self.photo_ids[row])]
             arrays["added_photo_features"] = (
                 self.photo_features[added].copy() if self.photo_features is not None
                 else np.zeros((0, self.projection.shape[0]), np.float32))
-            lists = {"users": list(self.user_ids), "added_photo_ids": self.photo_ids[added]}
+            lists = {"users": list(self.user_ids),
+                     "added_photo_ids": [self.photo_ids[row] for row in added],
+                     "photo_owners": self.owners.state(), "requests": self.requests.state()}
         return arrays, lists
 
     def restore_profiles(self, arrays: dict[str, np.ndarray],
                          lists: dict[str, list[str]]) -> None:
         """Puts back what ``profiles`` returned (on this lookup's trained model)."""
         users = lists["users"]
-        if users[:len(self.user_ids)] != self.user_ids or len(self.photo_ids) \
-                != self.trained_photos:
+        trained = users[:len(self.user_ids)]
+        if len(trained) != len(self.user_ids) or any(
+                user and user != own for user, own in zip(trained, self.user_ids, strict=True)) \
+                or len(self.photo_ids) != self.trained_photos:
             raise ValueError("profiles belong to another model: its users or photos differ")
         n, vocabulary = len(users), len(self.vocabulary)
         shapes = {"user_vectors": (n, self.user_vectors.shape[1]), "post_counts": (n,),
@@ -429,9 +469,11 @@ class UserHashtagLookup:
             if self.effects is not None:
                 self.effects.expected = arrays["expected_uses"].astype(np.float64)
             self.user_ids = list(users)
-            self.user_index = {user: row for row, user in enumerate(users)}
+            self.user_index = {user: row for row, user in enumerate(users) if user}
         if lists["added_photo_ids"]:
             self.add_photos(lists["added_photo_ids"], arrays["added_photo_features"])
+        self.owners.restore(lists.get("photo_owners", {}))
+        self.requests.restore(lists.get("requests", []))
 
     # --- persistence: shared/artifacts.py (plain arrays, checksummed manifest) -----------
     def save(self, directory: Path) -> Path:

@@ -36,7 +36,13 @@ from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, start_loading
-from shared.limits import hashtag_problem, hashtags_problem, quoted, user_id_problem
+from shared.limits import (
+    hashtag_problem,
+    hashtags_problem,
+    quoted,
+    request_id_problem,
+    user_id_problem,
+)
 from shared.scoring import photo_or_abort
 
 log = logging.getLogger(__name__)
@@ -116,7 +122,8 @@ class UserServicer:
     async def Update(self, request: user_pb2.UserUpdateRequest,  # noqa: N802
                      context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
         await limits_or_abort(context, user_id_problem(request.user_id, required=True),
-                              hashtags_problem(request.hashtags))
+                              hashtags_problem(request.hashtags),
+                              request_id_problem(request.request_id))
         photo = await photo_or_abort(request.photo, context)
         accepted, ignored = [], []
         for raw in request.hashtags:
@@ -130,26 +137,72 @@ class UserServicer:
         if not accepted:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "no usable hashtag: " + ("; ".join(ignored) or "none given"))
-        features = photo.features[0]
+        features, user, request_id = photo.features[0], request.user_id, request.request_id
 
-        def learn() -> tuple[int, bool]:
-            self.journal.append(request.user_id, accepted, features, request.photo_id)
-            moved = self.lookup.update(request.user_id, features,
-                                       [self.lookup.hashtag_rows[h] for h in accepted])
+        def learn() -> dict:
+            lookup = self.lookup
+            answered = lookup.requests.get(user, request_id)
+            if answered is not None:  # a retry: the first answer, nothing learned again
+                return answered
+            row = lookup.user_index.get(user)
+            answer = {"accepted": accepted, "ignored": ignored,
+                      "posts": (0 if row is None else int(lookup.post_counts[row])) + 1,
+                      "embedding_updated": lookup.tensor_active}
+            self.journal.append(user, accepted, features, request.photo_id,
+                                request_id=request_id, answer=answer if request_id else None)
+            lookup.update(user, features, [lookup.hashtag_rows[h] for h in accepted])
             if request.photo_id:
-                self.lookup.add_photos([request.photo_id], features[None, :])
+                lookup.add_upload(request.photo_id, user, features)
+            lookup.requests.put(user, request_id, answer)
             if self.journal.since_snapshot >= self.snapshot_every:
                 self._snapshot_if_new()
-            return int(self.lookup.post_counts[self.lookup.user_index[request.user_id]]), moved
+            return answer
 
         try:
-            posts, moved = await self._write(learn)
+            answer = await self._write(learn)
         except JournalError as error:
             log.error("user: update not recorded: %s", error)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"the update was not recorded (nothing was learned): {error}")
-        return user_pb2.UserUpdateResponse(accepted=accepted, ignored=ignored, posts=posts,
-                                           embedding_updated=moved)
+                                "the update was not recorded (nothing was learned)")
+        return user_pb2.UserUpdateResponse(**answer)
+
+    async def Photos(self, request: user_pb2.UserPhotosRequest,  # noqa: N802
+                     context: grpc.aio.ServicerContext) -> user_pb2.UserPhotosResponse:
+        await limits_or_abort(context, user_id_problem(request.user_id, required=True))
+        photos = await self._read(lambda: self._locked(
+            lambda: self.lookup.owners.photos_of(request.user_id)))
+        return user_pb2.UserPhotosResponse(photo_ids=photos)
+
+    def _locked(self, work: Callable[[], T]) -> T:
+        with self.lookup.lock:
+            return work()
+
+    async def Forget(self, request: user_pb2.ForgetRequest,  # noqa: N802
+                     context: grpc.aio.ServicerContext) -> user_pb2.ForgetResponse:
+        await limits_or_abort(context, user_id_problem(request.user_id, required=True))
+        user, photo = request.user_id, request.photo_id or None
+
+        def forget() -> tuple[list[str], bool] | None:
+            if photo is not None and photo not in self.lookup.owners.photos_of(user):
+                return None
+            empty = np.zeros(0, np.float32)
+            self.journal.append(user, [], empty, request.photo_id, kind="forget")
+            released, removed = self.lookup.forget(user, photo)
+            # Fold the journal into a snapshot now: the records of what was taken back
+            # (the photo's features, the posts) leave the disk with it.
+            self._snapshot_if_new()
+            return released, removed
+
+        try:
+            done = await self._write(forget)
+        except JournalError as error:
+            log.error("user: forget not recorded: %s", error)
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the request was not recorded (nothing was removed)")
+        if done is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"{quoted(request.photo_id)} is not among this user's photos")
+        return user_pb2.ForgetResponse(photos_removed=len(done[0]), profile_removed=done[1])
 
     async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:

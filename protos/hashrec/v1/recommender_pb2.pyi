@@ -52,11 +52,13 @@ class RecommendResponse(_message.Message):
     def __init__(self, hashtags: _Optional[_Iterable[_Union[HashtagScore, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("image", "user_id", "hashtags")
+    __slots__ = ("image", "user_id", "hashtags", "request_id")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HASHTAGS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     user_id: str
     hashtags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., hashtags: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., hashtags: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...

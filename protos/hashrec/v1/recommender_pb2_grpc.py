@@ -51,6 +51,16 @@ class RecommenderServiceStub:
                 request_serializer=hashrec_dot_v1_dot_user__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=hashrec_dot_v1_dot_user__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.Photos = channel.unary_unary(
+                '/hashrec.v1.RecommenderService/Photos',
+                request_serializer=hashrec_dot_v1_dot_user__pb2.UserPhotosRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_user__pb2.UserPhotosResponse.FromString,
+                _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/hashrec.v1.RecommenderService/Forget',
+                request_serializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -79,8 +89,22 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Retrieve(self, request, context):
-        """Photos for a hashtag, as a user would tag them (Veit et al. section 4.3).
+        """Photos for a hashtag, as a user would tag them (Veit et al. section 4.3): the
+        training photos and the user's own uploads.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Photos(self, request, context):
+        """A user's uploads, and taking them (or the whole profile) back: UserProfileService's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -102,6 +126,16 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=hashrec_dot_v1_dot_user__pb2.RetrieveRequest.FromString,
                     response_serializer=hashrec_dot_v1_dot_user__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'Photos': grpc.unary_unary_rpc_method_handler(
+                    servicer.Photos,
+                    request_deserializer=hashrec_dot_v1_dot_user__pb2.UserPhotosRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_user__pb2.UserPhotosResponse.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +220,60 @@ class RecommenderService:
             '/hashrec.v1.RecommenderService/Retrieve',
             hashrec_dot_v1_dot_user__pb2.RetrieveRequest.SerializeToString,
             hashrec_dot_v1_dot_user__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Photos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.RecommenderService/Photos',
+            hashrec_dot_v1_dot_user__pb2.UserPhotosRequest.SerializeToString,
+            hashrec_dot_v1_dot_user__pb2.UserPhotosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.RecommenderService/Forget',
+            hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
+            hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

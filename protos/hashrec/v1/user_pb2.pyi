@@ -40,16 +40,18 @@ class UserScoreResponse(_message.Message):
     def __init__(self, hashtags: _Optional[_Iterable[_Union[UserHashtag, _Mapping]]] = ..., known_user: _Optional[bool] = ..., model_version: _Optional[str] = ..., user_weight: _Optional[float] = ...) -> None: ...
 
 class UserUpdateRequest(_message.Message):
-    __slots__ = ("user_id", "photo", "hashtags", "photo_id")
+    __slots__ = ("user_id", "photo", "hashtags", "photo_id", "request_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PHOTO_FIELD_NUMBER: _ClassVar[int]
     HASHTAGS_FIELD_NUMBER: _ClassVar[int]
     PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     photo: _photo_pb2.PhotoDescription
     hashtags: _containers.RepeatedScalarFieldContainer[str]
     photo_id: str
-    def __init__(self, user_id: _Optional[str] = ..., photo: _Optional[_Union[_photo_pb2.PhotoDescription, _Mapping]] = ..., hashtags: _Optional[_Iterable[str]] = ..., photo_id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., photo: _Optional[_Union[_photo_pb2.PhotoDescription, _Mapping]] = ..., hashtags: _Optional[_Iterable[str]] = ..., photo_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UserUpdateResponse(_message.Message):
     __slots__ = ("accepted", "ignored", "posts", "embedding_updated")
@@ -88,3 +90,31 @@ class RetrieveResponse(_message.Message):
     photos: _containers.RepeatedCompositeFieldContainer[RetrievedPhoto]
     model_version: str
     def __init__(self, photos: _Optional[_Iterable[_Union[RetrievedPhoto, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class UserPhotosRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class UserPhotosResponse(_message.Message):
+    __slots__ = ("photo_ids",)
+    PHOTO_IDS_FIELD_NUMBER: _ClassVar[int]
+    photo_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, photo_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ("user_id", "photo_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    photo_id: str
+    def __init__(self, user_id: _Optional[str] = ..., photo_id: _Optional[str] = ...) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ("photos_removed", "profile_removed")
+    PHOTOS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    photos_removed: int
+    profile_removed: bool
+    def __init__(self, photos_removed: _Optional[int] = ..., profile_removed: _Optional[bool] = ...) -> None: ...

@@ -52,6 +52,16 @@ class UserProfileServiceStub:
                 request_serializer=hashrec_dot_v1_dot_user__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=hashrec_dot_v1_dot_user__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.Photos = channel.unary_unary(
+                '/hashrec.v1.UserProfileService/Photos',
+                request_serializer=hashrec_dot_v1_dot_user__pb2.UserPhotosRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_user__pb2.UserPhotosResponse.FromString,
+                _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/hashrec.v1.UserProfileService/Forget',
+                request_serializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
+                _registered_method=True)
 
 
 class UserProfileServiceServicer:
@@ -80,8 +90,27 @@ class UserProfileServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Retrieve(self, request, context):
-        """Photos seen so far (training photos and updates) ranked for a hashtag and user.
+        """Photos ranked for a hashtag and user: the training photos and the caller's own
+        uploads (those posted with Update under this user id), never another user's.
         NOT_FOUND for a hashtag outside the vocabulary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Photos(self, request, context):
+        """The photos a user posted (Update with a photo_id), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forget(self, request, context):
+        """Takes back one of a user's uploads, or (no photo_id) everything: their profile,
+        their uploads and the request ids they sent. Durable before it answers, and the
+        journal is folded into a snapshot at once, so no record of what was forgotten stays
+        behind. INVALID_ARGUMENT for an empty user id; NOT_FOUND for a photo the user did
+        not post.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +133,16 @@ def add_UserProfileServiceServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=hashrec_dot_v1_dot_user__pb2.RetrieveRequest.FromString,
                     response_serializer=hashrec_dot_v1_dot_user__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'Photos': grpc.unary_unary_rpc_method_handler(
+                    servicer.Photos,
+                    request_deserializer=hashrec_dot_v1_dot_user__pb2.UserPhotosRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_user__pb2.UserPhotosResponse.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -190,6 +229,60 @@ class UserProfileService:
             '/hashrec.v1.UserProfileService/Retrieve',
             hashrec_dot_v1_dot_user__pb2.RetrieveRequest.SerializeToString,
             hashrec_dot_v1_dot_user__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Photos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.UserProfileService/Photos',
+            hashrec_dot_v1_dot_user__pb2.UserPhotosRequest.SerializeToString,
+            hashrec_dot_v1_dot_user__pb2.UserPhotosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.UserProfileService/Forget',
+            hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
+            hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,
             insecure,
