@@ -350,8 +350,7 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
             except grpc.aio.AioRpcError as error:
                 reasons[f"error: {error.code().name}"] += 1
                 raise
-            # "word: DEADLINE_EXCEEDED: …" → "word: DEADLINE_EXCEEDED"
-            reasons.update(":".join(r.split(":")[:2]) for r in reply.degraded_reasons)
+            reasons.update(reply.degraded_reasons)  # "word: deadline exceeded"
             return reply.degraded
 
         warm_set = photos[-32:]

@@ -670,15 +670,6 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_serve)
 
 
-def example_users(user_model: Path, count: int = 5) -> tuple[str, ...]:
-    """The users of a user model with the most posts: the page offers them."""
-    from shared.artifacts import ArtifactReader
-
-    reader = ArtifactReader(user_model)
-    users, posts = reader.manifest["users"], reader.array("post_counts")
-    return tuple(users[i] for i in sorted(range(len(users)), key=lambda i: -posts[i])[:count])
-
-
 def newest_model(root: Path) -> Path | None:
     """The most recent `hashrec train` output under ``root``."""
     from services.image_models import KIND
@@ -746,8 +737,9 @@ def _serve(args: argparse.Namespace) -> int:
         backends = (vision, word, graph, user)
         gateway = None
         if args.http_port:
-            gateway = await serve_gateway(host, args.http_port, GatewaySettings(
-                recommender=recommender.address, example_users=example_users(user_dir)))
+            settings = GatewaySettings.from_environment()
+            settings.recommender = recommender.address
+            gateway = await serve_gateway(host, args.http_port, settings)
         print(f"serving hashrec.v1.RecommenderService on {recommender.address} (vision, "
               f"word, graph, user on {', '.join(b.address for b in backends)}; model "
               f"{model_dir.name}, user model {user_dir.name})", flush=True)
@@ -826,8 +818,7 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
             "gateway", "services.gateway.server",
             {"HASHREC_GATEWAY_HOST": host, "HASHREC_GATEWAY_PORT": str(args.http_port),
              "OTEL_SERVICE_NAME": "hashrec-gateway",
-             "HASHREC_RECOMMENDER_TARGET": f"{probe}:{port}",
-             "HASHREC_GATEWAY_EXAMPLE_USERS": ",".join(example_users(user_dir))},
+             "HASHREC_RECOMMENDER_TARGET": f"{probe}:{port}"},
             http_ready(f"http://{probe}:{args.http_port}/readyz"), after=("recommender",)))
 
     def announce() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,21 @@ def start_gateway(loop: LoopThread, settings: Any) -> tuple[Any, str]:
 
     port = free_port()
     return loop.call(serve("127.0.0.1", port, settings)), f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def signed_up(base_url: Any, name: str, password: str = "correct horse battery",
+              ) -> Iterator[Any]:
+    """An httpx client signed in to a new local account ``name`` on the gateway."""
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        response = client.post("/api/account/signup", json={"name": name,
+                                                             "password": password})
+        if response.status_code != 201:
+            raise AssertionError(f"sign-up of {name!r}: {response.status_code} "
+                                 f"{response.text}")
+        yield client
 
 
 def stop_gateway(loop: LoopThread, server: Any) -> None:

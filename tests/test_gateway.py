@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +15,15 @@ from PIL import Image
 
 from services.gateway.server import Settings
 from services.gateway.uploads import RecentUploads
-from tests.servers import free_port, start_gateway, stop_gateway
+from tests.servers import free_port, signed_up, start_gateway, stop_gateway
 
 
 @pytest.fixture(scope="module")
-def gateway(stack: dict, data_dir: Path) -> Iterator[str]:
+def gateway(stack: dict, data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+            ) -> Iterator[str]:
     server, url = start_gateway(stack["loop"], Settings(
         recommender=stack["recommender"].address, photo_root=data_dir,
-        example_users=("u00003",)))
+        accounts_path=tmp_path_factory.mktemp("accounts") / "accounts.sqlite"))
     yield url
     stop_gateway(stack["loop"], server)
 
@@ -94,7 +94,7 @@ def test_an_upload_over_the_limit_is_refused_before_its_body_is_read(gateway: st
     once (a server that waited for the body would never answer)."""
     host, port = gateway.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(b"POST /api/recommend HTTP/1.1\r\nHost: x\r\n"
+        raw.sendall(b"POST /api/recommend HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                     b"Content-Type: multipart/form-data; boundary=b\r\n"
                     b"Content-Length: 31457280\r\n\r\n")
         answer = raw.recv(4096).decode()
@@ -118,40 +118,44 @@ def test_a_streamed_body_is_cut_off_at_the_limit(gateway: str) -> None:
 def test_feedback_for_a_recent_photo_by_its_sha256_then_retrieve_finds_it(
         client: httpx.Client, stack: dict, data_dir: Path) -> None:
     data = _photo(data_dir, "0000022.jpg")
-    digest = _recommend(client, data).json()["image_sha256"]
     hashtag = stack["trained"].vocabulary[0]
     user = stack["user"].servicer.lookup.vocabulary  # the user model's hashtags
     chosen = next(h for h in user if h == hashtag) if hashtag in user else user[0]
-    response = client.post("/api/feedback", json={"user": "web-ann", "image_sha256": digest,
-                                                  "hashtags": [chosen, "🙂"]})
-    assert response.status_code == 200, response.text
-    reply = response.json()
-    assert reply["accepted"] == [chosen] and reply["posts"] == 1 and reply["ignored"]
-    photos = client.get("/api/retrieve", params={"hashtag": chosen, "user": "web-ann",
-                                                 "k": 100}).json()["photos"]
-    mine = [p for p in photos if p["photo_id"] == digest]
-    assert len(mine) == 1 and mine[0]["url"] == f"/photos/{digest}"
-    shown = client.get(mine[0]["url"])
-    assert shown.status_code == 200 and shown.content == data
-    assert shown.headers["content-type"] == "image/jpeg"
-    training = [p for p in photos if p["url"] and p["photo_id"] != digest]
-    assert training and client.get(training[0]["url"]).status_code == 200
+    with signed_up(client.base_url, "web-ann") as ann:
+        digest = _recommend(ann, data).json()["image_sha256"]
+        response = ann.post("/api/feedback", json={"image_sha256": digest,
+                                                   "hashtags": [chosen, "🙂"]})
+        assert response.status_code == 200, response.text
+        reply = response.json()
+        assert reply["accepted"] == [chosen] and reply["posts"] == 1 and reply["ignored"]
+        photos = ann.get("/api/retrieve", params={"hashtag": chosen, "k": 100}
+                         ).json()["photos"]
+        mine = [p for p in photos if p["photo_id"] == digest]
+        assert len(mine) == 1 and mine[0]["url"] == f"/photos/{digest}"
+        shown = ann.get(mine[0]["url"])
+        assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+        assert hashlib.sha256(shown.content).hexdigest() == digest  # the upload as kept
+        assert Image.open(io.BytesIO(shown.content)).size == Image.open(io.BytesIO(data)).size
+        training = [p for p in photos if p["url"] and p["photo_id"] != digest]
+        assert training and client.get(training[0]["url"]).status_code == 200
 
 
 def test_feedback_errors_name_what_is_wrong(client: httpx.Client, data_dir: Path) -> None:
-    unknown = client.post("/api/feedback", json={"user": "ann", "hashtags": ["food"],
-                                                 "image_sha256": "0" * 64})
-    assert unknown.status_code == 404 and "send it again" in unknown.json()["message"]
-    no_user = client.post("/api/feedback", json={"user": "", "hashtags": ["food"],
-                                                 "image_sha256": "0" * 64})
-    assert no_user.status_code == 400 and "user" in no_user.json()["message"]
-    not_json = client.post("/api/feedback", content=b"{nope",
-                           headers={"content-type": "application/json"})
-    assert not_json.status_code == 400
-    by_upload = client.post("/api/feedback", files={"image": ("p.jpg", _photo(data_dir),
-                                                             "image/jpeg")},
-                            data={"user": "web-bob", "hashtags": "🙂,,"})
-    assert by_upload.status_code == 400 and "no usable hashtag" in by_upload.json()["message"]
+    anonymous = client.post("/api/feedback", json={"hashtags": ["food"],
+                                                   "image_sha256": "0" * 64})
+    assert anonymous.status_code == 401 and "sign in" in anonymous.json()["message"]
+    with signed_up(client.base_url, "web-bob") as bob:
+        unknown = bob.post("/api/feedback", json={"hashtags": ["food"],
+                                                  "image_sha256": "0" * 64})
+        assert unknown.status_code == 404 and "send it again" in unknown.json()["message"]
+        not_json = bob.post("/api/feedback", content=b"{nope",
+                            headers={"content-type": "application/json"})
+        assert not_json.status_code == 400
+        by_upload = bob.post("/api/feedback", files={"image": ("p.jpg", _photo(data_dir),
+                                                              "image/jpeg")},
+                             data={"hashtags": "🙂,,"})
+        assert by_upload.status_code == 400
+        assert "no usable hashtag" in by_upload.json()["message"]
 
 
 @pytest.mark.parametrize("path", [
@@ -184,7 +188,8 @@ def test_the_page_and_the_api_description_load_nothing_from_elsewhere(
     api = client.get("/openapi.json").json()
     assert {"/api/recommend", "/api/feedback", "/api/retrieve"} <= set(api["paths"])
     assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
-    assert client.get("/api/config").json()["example_users"] == ["u00003"]
+    assert client.get("/api/config").json() == {"max_upload_bytes": 20 * 1024 * 1024,
+                                                "auth": "local"}  # no user ids published
 
 
 def test_health_readiness_and_metrics(client: httpx.Client, stack: dict) -> None:
@@ -203,33 +208,44 @@ def test_health_readiness_and_metrics(client: httpx.Client, stack: dict) -> None
 
 def test_the_recommender_down_is_a_503_with_a_message(stack: dict, data_dir: Path) -> None:
     server, url = start_gateway(stack["loop"], Settings(
-        recommender=f"127.0.0.1:{free_port()}", timeout=5))
+        recommender=f"127.0.0.1:{free_port()}", timeout=5, auth="none"))
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             response = _recommend(client, _photo(data_dir))
             assert response.status_code == 503
             assert "cannot answer now" in response.json()["message"]
+            assert "127.0.0.1" not in response.text  # the address goes to the log only
             assert client.get("/healthz").status_code == 200
             assert client.get("/readyz").status_code == 503
     finally:
         stop_gateway(stack["loop"], server)
 
 
-def test_recent_uploads_keep_within_their_count_and_bytes() -> None:
+def test_recent_uploads_keep_within_their_count_and_bytes_and_to_their_owner() -> None:
     uploads = RecentUploads(max_count=3, max_bytes=10)
-    first = uploads.add(b"aaaa", "image/png")
-    uploads.add(b"bbbb", "image/png")
-    uploads.get(first)  # used again: kept over the others
-    uploads.add(b"cccc", "image/png")  # 12 bytes > 10: the least recently used goes
-    assert uploads.get(first) is not None and len(uploads) == 2 and uploads.bytes == 8
-    uploads.add(b"x" * 11, "image/png")  # larger than the store: answered, not kept
+    first = uploads.add("ann", b"aaaa", "image/png")
+    uploads.add("ann", b"bbbb", "image/png")
+    uploads.get("ann", first)  # used again: kept over the others
+    uploads.add("ann", b"cccc", "image/png")  # 12 bytes > 10: the least recently used goes
+    assert uploads.get("ann", first) is not None and len(uploads) == 2 and uploads.bytes == 8
+    assert uploads.get("bob", first) is None and uploads.get(None, first) is None
+    uploads.add("ann", b"x" * 11, "image/png")  # larger than the store: answered, not kept
     assert len(uploads) == 2
+    uploads.remove("ann", first)
+    assert uploads.get("ann", first) is None and uploads.bytes == 4
 
 
-def test_an_image_shown_back_is_the_uploaded_one(client: httpx.Client) -> None:
+def test_an_upload_is_shown_back_to_its_owner_only_re_encoded(client: httpx.Client) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, "PNG")
-    answer = _recommend(client, buffer.getvalue(), "image/png").json()
-    shown = client.get(f"/photos/{answer['image_sha256']}")
-    assert shown.content == buffer.getvalue() and shown.headers["content-type"] == "image/png"
-    assert json.loads(client.get("/api/config").text)["max_upload_bytes"] == 20 * 1024 * 1024
+    anonymous = _recommend(client, buffer.getvalue(), "image/png").json()
+    assert client.get(f"/photos/{anonymous['image_sha256']}").status_code == 404  # not kept
+    with signed_up(client.base_url, "web-cy") as cy:
+        answer = _recommend(cy, buffer.getvalue(), "image/png").json()
+        shown = cy.get(f"/photos/{answer['image_sha256']}")
+        assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+        image = Image.open(io.BytesIO(shown.content))
+        assert image.format == "JPEG" and image.size == (64, 48)
+        assert max(abs(a - b) for a, b in zip(image.getpixel((30, 20)), (10, 200, 30),
+                                              strict=True)) < 8
+    assert client.get(f"/photos/{answer['image_sha256']}").status_code == 404

@@ -23,10 +23,11 @@ WAIT = 120_000  # ms: the first answer trains nothing, but the CPU may be shared
 
 
 @pytest.fixture(scope="module")
-def page_url(stack: dict, data_dir: Path) -> Iterator[str]:
+def page_url(stack: dict, data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+             ) -> Iterator[str]:
     server, url = start_gateway(stack["loop"], Settings(
         recommender=stack["recommender"].address, photo_root=data_dir,
-        example_users=("u00003",)))
+        accounts_path=tmp_path_factory.mktemp("accounts") / "accounts.sqlite"))
     yield f"{url}/"
     stop_gateway(stack["loop"], server)
 
@@ -38,6 +39,13 @@ def browser() -> Iterator[Browser]:
                                              args=ARGS)
         yield browser
         browser.close()
+
+
+def _sign_up(page: Page, name: str) -> None:
+    page.fill("#name", name)
+    page.fill("#password", "a long enough password")
+    page.click("#signup")
+    expect(page.locator("#whoami")).to_have_text(f"Signed in as {name}")
 
 
 def _page(browser: Browser, width: int = 1100, height: int = 900) -> tuple[Page, list]:
@@ -54,12 +62,11 @@ def _hashtags(page: Page) -> list[str]:
     return page.locator("#chips .chip").evaluate_all("els => els.map(e => e.dataset.hashtag)")
 
 
-def test_a_photo_gets_hashtags_with_why_and_keeping_two_changes_the_next_answer(
+def test_sign_up_upload_keep_two_save_and_the_next_answer_changes(
         browser: Browser, page_url: str, stack: dict, data_dir: Path) -> None:
     page, problems = _page(browser)
     page.goto(page_url)
-    expect(page.locator("#users option")).to_have_count(1)  # an example user is offered
-    page.fill("#user", "page-user")
+    _sign_up(page, "page-user")
     page.set_input_files("#file", str(data_dir / "food" / "images" / "0000022.jpg"))
     chips = page.locator("#chips .chip")
     expect(chips.first).to_be_visible(timeout=WAIT)
@@ -97,6 +104,61 @@ def test_a_photo_gets_hashtags_with_why_and_keeping_two_changes_the_next_answer(
     expect(photo).to_be_visible(timeout=WAIT)
     page.wait_for_function("() => [...document.querySelectorAll('#photos img')]"
                            ".some(i => i.complete && i.naturalWidth > 0)", timeout=WAIT)
+    # My photos: the saved upload, shown to its owner.
+    page.click("#my-photos")
+    expect(page.locator("#photos figure.mine img")).to_have_count(1, timeout=WAIT)
+    page.wait_for_function("() => document.querySelector('#photos figure.mine img')"
+                           ".naturalWidth > 0", timeout=WAIT)
+    assert not problems, problems
+
+
+def test_a_second_account_cannot_see_the_first_ones_upload(
+        browser: Browser, page_url: str, stack: dict, data_dir: Path) -> None:
+    first = browser.new_context()
+    base = page_url.rstrip("/")
+    request = first.request
+    assert request.post(f"{base}/api/account/signup", data={
+        "name": "page-first", "password": "a long enough password"}).status == 201
+    photo = (data_dir / "food" / "images" / "0000022.jpg").read_bytes()
+    answer = request.post(f"{base}/api/recommend", multipart={
+        "image": {"name": "p.jpg", "mimeType": "image/jpeg", "buffer": photo}}).json()
+    hashtag = next(h["hashtag"] for h in answer["hashtags"]
+                   if h["hashtag"] in stack["user"].servicer.lookup.hashtag_rows)
+    saved = request.post(f"{base}/api/feedback", data={
+        "hashtags": [hashtag], "image_sha256": answer["image_sha256"]})
+    assert saved.status == 200, saved.text()
+    url = f"/photos/{answer['image_sha256']}"
+    assert request.get(f"{base}{url}").status == 200  # the owner sees it
+    retrieved = request.get(f"{base}/api/retrieve?hashtag={hashtag}&k=100").json()
+    assert url in [p["url"] for p in retrieved["photos"]]
+    first.close()
+
+    page, problems = _page(browser)
+    page.goto(page_url)
+    _sign_up(page, "page-second")
+    page.set_input_files("#file", str(data_dir / "food" / "images" / "0000008.jpg"))
+    expect(page.locator("#chips .chip").first).to_be_visible(timeout=WAIT)
+    shown = page.request.get(f"{base}/api/retrieve?hashtag={hashtag}&k=100").json()
+    assert url not in [p["url"] for p in shown["photos"]]
+    assert answer["image_sha256"] not in [p["photo_id"] for p in shown["photos"]]
+    page.click("#my-photos")
+    expect(page.locator("#gallery-status")).to_have_text("You have saved no photos yet.",
+                                                         timeout=WAIT)
+    response = page.goto(f"{base}{url}")  # by URL: not found
+    assert response is not None and response.status == 404
+    assert not problems, problems
+
+
+def test_signed_out_save_is_not_offered(browser: Browser, page_url: str,
+                                        data_dir: Path) -> None:
+    page, problems = _page(browser)
+    page.goto(page_url)
+    page.set_input_files("#file", str(data_dir / "food" / "images" / "0000008.jpg"))
+    expect(page.locator("#chips .chip").first).to_be_visible(timeout=WAIT)
+    page.locator("#chips .chip .toggle").first.click()
+    expect(page.locator("#save")).to_be_hidden()
+    expect(page.locator("#save-hint")).to_be_visible()
+    expect(page.locator("#signin-form")).to_be_visible()
     assert not problems, problems
 
 

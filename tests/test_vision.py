@@ -16,6 +16,7 @@ from services.vision.model import (
     N_CLASSES,
     ImageError,
     VisionModel,
+    check_header,
     decode_image,
     preprocess,
     vision_model_id,
@@ -64,6 +65,19 @@ def test_decompression_bomb_is_rejected() -> None:
     assert len(buffer.getvalue()) < 200_000
     with pytest.raises(ImageError, match="decompression bomb"):
         decode_image(buffer.getvalue(), max_pixels=10**9)
+
+
+def test_a_small_file_of_many_pixels_is_refused_from_its_header_by_its_pixels_a_byte(
+        ) -> None:
+    """The audit's case: a 39.7-megapixel PNG of a few kB, under the 40 MP limit."""
+    buffer = io.BytesIO()
+    Image.new("1", (6_300, 6_300)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) < 40_000
+    with pytest.raises(ImageError, match="over 200 pixels a byte"):
+        check_header(buffer.getvalue())
+    flat = io.BytesIO()  # a flat image within the free allowance passes however small
+    Image.new("RGB", (2_000, 2_000), (200, 10, 10)).save(flat, "PNG")
+    assert check_header(flat.getvalue()) == "PNG"
 
 
 def test_exif_orientation_is_applied() -> None:

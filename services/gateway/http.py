@@ -5,7 +5,9 @@ response."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import time
 
@@ -14,6 +16,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
 from shared.admission import retry_after_seconds
+
+log = logging.getLogger(__name__)
 
 HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
                grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNAVAILABLE: 503,
@@ -32,20 +36,22 @@ SECURITY_HEADERS = {
 
 class ApiError(Exception):
     def __init__(self, status: int, error: str, message: str,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
-        self.retry_after = retry_after
+        self.retry_after, self.headers = retry_after, headers
 
 
-def error_response(status: int, error: str, message: str,
-           retry_after: float | None = None) -> JSONResponse:
+def error_response(status: int, error: str, message: str, retry_after: float | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON error; with ``retry_after``, a Retry-After header in whole seconds (at
     least 1, as HTTP counts them)."""
-    headers = None if retry_after is None else {
-        "retry-after": str(max(1, math.ceil(retry_after)))}
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse({"error": error, "message": message}, status_code=status,
-                        headers=headers)
+                        headers=headers or None)
 
 
 def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
@@ -56,8 +62,15 @@ def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
     if retry_after is not None:  # the recommender at capacity, not a message too large
         return ApiError(429, "RESOURCE_EXHAUSTED", "the recommender is busy; try again in "
                         f"{max(1, math.ceil(retry_after))} s", retry_after)
+    if code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED):
+        log.error("gateway: the recommender answered %s: %s", code.name, message)
+        message = f"the recommender failed ({code.name}); try again in a moment"
     if code == grpc.StatusCode.UNAVAILABLE:
-        message = f"the recommender cannot answer now ({message}); try again in a moment"
+        # what failed where (addresses included) is for the log, not for the client
+        log.warning("gateway: the recommender answered UNAVAILABLE: %s", message)
+        message = "the recommender cannot answer now; try again in a moment"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = "the recommender did not answer in time; try again in a moment"
     return ApiError(status, code.name, message)
@@ -65,19 +78,28 @@ def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
 
 class BodyLimit:
     """Refuses a request body over ``limit`` bytes with 413: from its Content-Length
-    before any of it is read, or as soon as a streamed body passes the limit."""
+    before any of it is read, or as soon as a streamed body passes the limit; and a body
+    that has not all arrived ``deadline`` seconds after the headers with 408 (a client
+    sending a byte a second would otherwise hold a connection and a worker)."""
 
     class TooLargeError(Exception):
         pass
 
-    def __init__(self, app, limit: int, overhead: int = 0) -> None:
+    class TooSlowError(Exception):
+        pass
+
+    def __init__(self, app, limit: int, overhead: int = 0, deadline: float = 60.0) -> None:
         """``limit``: the upload's; the body may be ``overhead`` bytes larger (framing)."""
         self.app, self.upload_limit, self.limit = app, limit, limit + overhead
+        self.deadline = deadline
 
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"error": "PAYLOAD_TOO_LARGE", "message": "the upload is over "
-                           f"the limit of {self.upload_limit:,} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send, slow: bool = False) -> None:
+        status, error, message = (
+            (408, "REQUEST_TIMEOUT", f"the body took over {self.deadline:.0f} s to arrive")
+            if slow else (413, "PAYLOAD_TOO_LARGE",
+                          f"the upload is over the limit of {self.upload_limit:,} bytes"))
+        body = json.dumps({"error": error, "message": message}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"connection", b"close"),
                                 *((k.encode(), v.encode()) for k, v in
@@ -92,13 +114,21 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await self._refuse(send)
             return
-        received, started = 0, False
+        received, started, complete = 0, False, False
+        ends = asyncio.get_running_loop().time() + self.deadline
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body: waiting for a disconnect is no slow body
+                return await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, ends - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                raise BodyLimit.TooSlowError from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.limit:
                     raise BodyLimit.TooLargeError
             return message
@@ -113,6 +143,9 @@ class BodyLimit:
         except BodyLimit.TooLargeError:
             if not started:
                 await self._refuse(send)
+        except BodyLimit.TooSlowError:
+            if not started:
+                await self._refuse(send, slow=True)
 
 
 class HeadersAndMetrics:

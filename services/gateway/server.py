@@ -1,15 +1,24 @@
 """The HTTP gateway and the web page: transport only, a gRPC client of RecommenderService.
 
-    POST /api/recommend   multipart: image (file), user, k → the Recommend answer as JSON
-    POST /api/feedback    JSON {user, hashtags, image_sha256} for a photo recommended before,
-                          or multipart with the image → the user service's answer
-    GET  /api/retrieve    ?hashtag=&user=&k= → photos for a hashtag, each with a URL
-    GET  /photos/{id}     a retrieved photo: a recent upload by sha256, or a training photo
-                          under HASHREC_PHOTO_ROOT (nothing outside it)
+    POST /api/recommend   multipart: image (file), k → the Recommend answer as JSON, for
+                          the signed-in person (anonymous: no profile is used)
+    POST /api/feedback    signed in: JSON {hashtags, image_sha256, request_id} for a photo
+                          recommended before, or multipart with the image → the user
+                          service's answer; a repeated request_id is answered once
+    GET  /api/retrieve    ?hashtag=&k= → photos for a hashtag, each with a URL: the
+                          training photos and the signed-in person's own uploads
+    GET  /photos/{id}     a retrieved photo: the caller's own upload by sha256, or a
+                          training photo under HASHREC_PHOTO_ROOT (nothing outside it)
+    /api/account/…, /api/me…  sign-up, sign-in, sign-out, "my uploads", deleting an upload
+                          or everything (services/gateway/me.py)
     GET  /                the page (static/: plain HTML, CSS and JS modules, all local)
     GET  /docs            the OpenAPI description (Swagger UI from the swagger-ui-bundle
                           package, served locally); /openapi.json
     GET  /healthz, /readyz, /metrics
+
+Who is asking is decided by identity (services/gateway/identity.py, HASHREC_AUTH), never
+by a form field. Requests from other sites, other Host names, too many requests and slow
+clients are refused (services/gateway/guards.py).
 
 Errors are JSON {"error": "<STATUS>", "message": "..."}: gRPC INVALID_ARGUMENT → 400,
 NOT_FOUND → 404, RESOURCE_EXHAUSTED with a retry hint (the recommender at capacity) → 429
@@ -22,14 +31,20 @@ Config from the environment: HASHREC_GATEWAY_HOST (127.0.0.1), HASHREC_GATEWAY_P
 (8080), HASHREC_RECOMMENDER_TARGET (127.0.0.1:50050), HASHREC_GATEWAY_TIMEOUT_S (30),
 HASHREC_GATEWAY_MAX_UPLOAD_BYTES (20 MiB, VisionService's limit), HASHREC_PHOTO_ROOT (the
 data root), HASHREC_GATEWAY_UPLOADS (256 photos) and HASHREC_GATEWAY_UPLOAD_BYTES
-(256 MiB) for the recent uploads, HASHREC_GATEWAY_EXAMPLE_USERS (comma-separated user ids
-the page offers).
+(256 MiB) for the recent uploads; HASHREC_AUTH (local | oidc | none), HASHREC_ACCOUNTS_DB
+(local accounts; default <models>/gateway/accounts.sqlite), HASHREC_SESSION_KEY,
+HASHREC_OIDC_ISSUER / _AUDIENCE / _JWKS_URL; HASHREC_GATEWAY_ALLOWED_HOSTS (Host names
+served, comma-separated; "*" any), HASHREC_GATEWAY_CORS_ORIGINS (none unless set),
+HASHREC_GATEWAY_SECURE_COOKIES (1 behind TLS), HASHREC_GATEWAY_RATE_LIMITS (guards.py),
+HASHREC_REDIS_URL (the rate limits' store), HASHREC_GATEWAY_BODY_TIMEOUT_S (60),
+HASHREC_GATEWAY_HEADER_TIMEOUT_S (10), HASHREC_GATEWAY_MAX_CONNECTIONS (256).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -53,7 +68,11 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from services.gateway.accounts import Accounts
+from services.gateway.guards import RateLimits, SameOrigin, SlowClientProtocol
 from services.gateway.http import (
     ApiError,
     BodyLimit,
@@ -61,9 +80,12 @@ from services.gateway.http import (
     error_response,
     from_grpc,
 )
+from services.gateway.identity import Identity, OidcSettings, OidcVerifier
+from services.gateway.me import Gateway, account_routes
 from services.gateway.uploads import RecentUploads
-from shared.config import data_root, setup_logging
+from shared.config import data_root, models_dir, setup_logging
 from shared.grpc_server import aio_channel
+from shared.images import ImageError, check_header, reencoded
 from shared.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
@@ -76,6 +98,13 @@ PHOTO_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/pn
                   ".webp": "image/webp", ".gif": "image/gif"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_HASHTAGS = 100
+MAX_K = 100
+
+
+def _listed(text: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else default
+
+
 @dataclass
 class Settings:
     recommender: str = "127.0.0.1:50050"
@@ -84,18 +113,55 @@ class Settings:
     photo_root: Path = field(default_factory=data_root)
     uploads: int = 256
     upload_bytes: int = 256 * 1024 * 1024
-    example_users: tuple[str, ...] = ()
+    auth: str = "local"
+    #: local accounts' SQLite file; None: <models>/gateway/accounts.sqlite
+    accounts_path: Path | None = None
+    oidc: OidcSettings | None = None
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    cors_origins: tuple[str, ...] = ()
+    secure_cookies: bool = False
+    #: HASHREC_GATEWAY_RATE_LIMITS' text (None: the defaults, "off": none)
+    rate_limits: str | None = None
+    redis_url: str | None = None
+    body_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_connections: int = 256
 
     @classmethod
     def from_environment(cls) -> Settings:
         env = os.environ.get
+        oidc = None
+        if env("HASHREC_OIDC_ISSUER"):
+            oidc = OidcSettings(env("HASHREC_OIDC_ISSUER", ""), env("HASHREC_OIDC_AUDIENCE", ""),
+                                env("HASHREC_OIDC_JWKS_URL", ""))
+        accounts = env("HASHREC_ACCOUNTS_DB")
         return cls(env("HASHREC_RECOMMENDER_TARGET", "127.0.0.1:50050"),
                    float(env("HASHREC_GATEWAY_TIMEOUT_S", "30")),
                    int(env("HASHREC_GATEWAY_MAX_UPLOAD_BYTES", str(MAX_UPLOAD_BYTES))),
                    Path(env("HASHREC_PHOTO_ROOT") or data_root()),
                    int(env("HASHREC_GATEWAY_UPLOADS", "256")),
                    int(env("HASHREC_GATEWAY_UPLOAD_BYTES", str(256 * 1024 * 1024))),
-                   tuple(u for u in env("HASHREC_GATEWAY_EXAMPLE_USERS", "").split(",") if u))
+                   env("HASHREC_AUTH", "local").strip().lower() or "local",
+                   Path(accounts) if accounts else None, oidc,
+                   _listed(env("HASHREC_GATEWAY_ALLOWED_HOSTS"), ("127.0.0.1", "localhost")),
+                   _listed(env("HASHREC_GATEWAY_CORS_ORIGINS")),
+                   env("HASHREC_GATEWAY_SECURE_COOKIES", "") == "1",
+                   env("HASHREC_GATEWAY_RATE_LIMITS"), env("HASHREC_REDIS_URL") or None,
+                   float(env("HASHREC_GATEWAY_BODY_TIMEOUT_S", "60")),
+                   float(env("HASHREC_GATEWAY_HEADER_TIMEOUT_S", "10")),
+                   int(env("HASHREC_GATEWAY_MAX_CONNECTIONS", "256")))
+
+    def identity(self) -> Identity:
+        if self.auth == "local":
+            return Identity("local", accounts=Accounts(
+                self.accounts_path or models_dir() / "gateway" / "accounts.sqlite"))
+        if self.auth == "oidc":
+            if self.oidc is None or not all((self.oidc.issuer, self.oidc.audience,
+                                             self.oidc.jwks_url)):
+                raise ValueError("HASHREC_AUTH=oidc needs HASHREC_OIDC_ISSUER, "
+                                 "HASHREC_OIDC_AUDIENCE and HASHREC_OIDC_JWKS_URL")
+            return Identity("oidc", oidc=OidcVerifier(self.oidc))
+        return Identity(self.auth)
 
 
 class Signal(BaseModel):
@@ -116,13 +182,17 @@ class RecommendAnswer(BaseModel):
     model_version: str
     degraded: bool
     degraded_reasons: list[str]
-    image_sha256: str
+    image_sha256: str = Field(description="the photo's id: for a signed-in person, the "
+                              "sha256 of the upload as kept, which feedback can name")
 
 
 class FeedbackBody(BaseModel):
-    user: str = Field(min_length=1, max_length=256)
     hashtags: list[str] = Field(min_length=1, max_length=MAX_HASHTAGS)
     image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: a UUID the client makes once per save and sends again on a retry
+    request_id: str = Field("", max_length=128)
+    #: read only with HASHREC_AUTH=none; otherwise the signed-in person is the user
+    user: str = Field("", max_length=256)
 
 
 class FeedbackAnswer(BaseModel):
@@ -148,7 +218,8 @@ class ErrorBody(BaseModel):
     message: str
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 413, 429, 503, 504)}
+ERRORS = {status: {"model": ErrorBody}
+          for status in (400, 401, 403, 404, 408, 413, 415, 429, 503, 504)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -159,6 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     latency = Histogram("hashrec_http_seconds", "HTTP handling time", ["route"],
                         registry=registry)
     uploads = RecentUploads(settings.uploads, settings.upload_bytes)
+    identity = settings.identity()
+    limits = RateLimits.from_text(settings.rate_limits, settings.redis_url)
     state: dict = {}
 
     @contextlib.asynccontextmanager
@@ -166,9 +239,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         channel = aio_channel(settings.recommender, client_interceptors())
         state["stub"] = recommender_pb2_grpc.RecommenderServiceStub(channel)
         state["health"] = health_pb2_grpc.HealthStub(channel)
-        log.info("gateway: recommender at %s", settings.recommender)
+        log.info("gateway: recommender at %s; sign-in %s", settings.recommender,
+                 identity.mode)
         yield
         await channel.close()
+        if identity.accounts is not None:
+            identity.accounts.close()
 
     app = FastAPI(title="hashrec", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Hashtags for a photo, why each was chosen, "
@@ -176,7 +252,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def apierror_response(request: Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status, error.error, error.message, error.retry_after)
+        return error_response(error.status, error.error, error.message, error.retry_after,
+                              error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -191,13 +268,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(413, "PAYLOAD_TOO_LARGE", f"the upload is over the limit of "
                       f"{settings.max_upload_bytes:,} bytes")
 
+    @app.exception_handler(BodyLimit.TooSlowError)
+    async def too_slow(request: Request, error: BodyLimit.TooSlowError) -> JSONResponse:
+        return error_response(408, "REQUEST_TIMEOUT", f"the body took over "
+                              f"{settings.body_timeout:.0f} s to arrive")
+
     async def call(method: str, request) -> object:
         try:
             return await getattr(state["stub"], method)(request, timeout=settings.timeout)
         except grpc.aio.AioRpcError as error:
             raise from_grpc(error) from None
 
-    async def image_from_form(form) -> tuple[bytes, str]:
+    def client_address(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    async def image_from_form(form) -> bytes:
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
             raise ApiError(400, "INVALID_ARGUMENT", "no image: send the photo as the "
@@ -210,44 +295,71 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data = await upload.read()
         if not data:
             raise ApiError(400, "INVALID_ARGUMENT", "the image is empty (0 bytes)")
-        return data, content_type or "application/octet-stream"
+        try:  # the header alone: a decompression bomb never reaches a decoder
+            check_header(data, settings.max_upload_bytes)
+        except ImageError as error:
+            raise ApiError(400, "INVALID_ARGUMENT", str(error)) from None
+        return data
+
+    async def kept(data: bytes) -> tuple[bytes, str]:
+        try:
+            return await asyncio.to_thread(reencoded, data)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ApiError(400, "INVALID_ARGUMENT", f"the image cannot be decoded: "
+                           f"{error}") from None
 
     async def read_form(request: Request):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ApiError(400, "INVALID_ARGUMENT", "send a multipart/form-data form")
+            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send a multipart/form-data form")
         try:
             return await request.form(max_files=1, max_fields=16)
-        except BodyLimit.TooLargeError:
+        except (BodyLimit.TooLargeError, BodyLimit.TooSlowError):
             raise
         except Exception as error:  # a malformed multipart body
             raise ApiError(400, "INVALID_ARGUMENT", f"unreadable form: {error}") from None
 
-    def photo_url(photo_id: str) -> str | None:
+    def k_from(text: object, default: int) -> int:
+        try:
+            k = int(str(text)) if text not in (None, "") else default
+        except ValueError:
+            raise ApiError(400, "INVALID_ARGUMENT", "k must be a whole number") from None
+        if not 1 <= k <= MAX_K:
+            raise ApiError(400, "INVALID_ARGUMENT", f"k must be between 1 and {MAX_K}")
+        return k
+
+    def photo_url(photo_id: str, user: str | None) -> str | None:
         if SHA256.fullmatch(photo_id):
-            return f"/photos/{photo_id}" if uploads.get(photo_id) else None
+            return f"/photos/{photo_id}" if uploads.get(gateway.owner(user), photo_id) \
+                else None
         return f"/photos/{quote(photo_id)}" if _photo_path(settings.photo_root,
                                                            photo_id) else None
+
+    gateway = Gateway(settings, identity, uploads, limits, call, photo_url, client_address)
 
     @app.post("/api/recommend", response_model=RecommendAnswer, responses=ERRORS,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "multipart/form-data": {"schema": {
                       "type": "object", "required": ["image"], "properties": {
                           "image": {"type": "string", "format": "binary"},
-                          "user": {"type": "string", "description": "the poster, if known"},
-                          "k": {"type": "integer", "minimum": 1, "maximum": 100,
+                          "k": {"type": "integer", "minimum": 1, "maximum": MAX_K,
                                 "default": 10}}}}}}})
     async def recommend(request: Request) -> JSONResponse:
-        """Hashtags for the photo, best first, each with the signals behind it."""
+        """Hashtags for the photo, best first, each with the signals behind it; for the
+        signed-in person, their profile speaks too."""
         form = await read_form(request)
-        data, content_type = await image_from_form(form)
-        try:
-            k = int(form.get("k") or 10)
-        except ValueError:
-            raise ApiError(400, "INVALID_ARGUMENT", "k must be a whole number") from None
-        user = str(form.get("user") or "").strip()
+        user = await identity.principal(request, str(form.get("user") or ""))
+        await limits.check("recommend", user, client_address(request))
+        data = await image_from_form(form)
+        k = k_from(form.get("k"), 10)
         reply = await call("Recommend", recommender_pb2.RecommendRequest(
-            image=data, user_id=user, k=k))
-        digest = uploads.add(data, content_type)
+            image=data, user_id=user or "", k=k))
+        owner = gateway.owner(user)
+        if owner is not None:
+            # vision decoded it: keep it, re-encoded, for its owner's "save" and gallery
+            kept_data, media_type = await kept(data)
+            digest = uploads.add(owner, kept_data, media_type)
+        else:
+            digest = hashlib.sha256(data).hexdigest()
         # RecommendAnswer's shape, as plain JSON: the reply is ours and already checked,
         # and validating it again through the models cost more than the rest of the call
         return JSONResponse({
@@ -263,58 +375,73 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": FeedbackBody.model_json_schema()},
                   "multipart/form-data": {"schema": {
-                      "type": "object", "required": ["image", "user", "hashtags"],
+                      "type": "object", "required": ["image", "hashtags"],
                       "properties": {"image": {"type": "string", "format": "binary"},
-                                     "user": {"type": "string"},
                                      "hashtags": {"type": "string",
-                                                  "description": "comma-separated"}}}}}}})
+                                                  "description": "comma-separated"},
+                                     "request_id": {"type": "string"}}}}}}})
     async def feedback(request: Request) -> FeedbackAnswer:
-        """The hashtags a user kept for a photo: their profile learns from them."""
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        """The hashtags the signed-in person kept for a photo: their profile learns from
+        them. A repeated request_id is answered as the first time, learned from once."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
             form = await read_form(request)
-            data, content_type = await image_from_form(form)
-            uploads.add(data, content_type)
-            user = str(form.get("user") or "")
+            user = await identity.required(request, str(form.get("user") or ""))
+            await limits.check("feedback", user, client_address(request))
             hashtags = [h for h in str(form.get("hashtags") or "").split(",") if h.strip()]
             try:
-                body = FeedbackBody(user=user, hashtags=hashtags, image_sha256="0" * 64)
+                body = FeedbackBody(hashtags=hashtags, image_sha256="0" * 64,
+                                    request_id=str(form.get("request_id") or ""))
             except ValueError as error:
                 raise RequestValidationError(error.errors()) from None
-        else:
+            data, media_type = await kept(await image_from_form(form))
+        elif content_type.split(";")[0].strip().lower() == "application/json":
             try:
                 body = FeedbackBody.model_validate_json(await request.body())
             except ValueError as error:
                 if hasattr(error, "errors"):
                     raise RequestValidationError(error.errors()) from None
                 raise ApiError(400, "INVALID_ARGUMENT", f"unreadable JSON: {error}") from None
-            upload = uploads.get(body.image_sha256)
+            user = await identity.required(request, body.user)
+            await limits.check("feedback", user, client_address(request))
+            upload = uploads.get(gateway.owner(user), body.image_sha256)
             if upload is None:
-                raise ApiError(404, "NOT_FOUND", "that photo is not among the recent uploads "
-                               "any more: send it again with the hashtags")
-            data = upload.data
+                raise ApiError(404, "NOT_FOUND", "that photo is not among your recent "
+                               "uploads any more: send it again with the hashtags")
+            data, media_type = upload.data, upload.content_type
+        else:
+            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send JSON (application/json) or "
+                           "a multipart/form-data form with the image")
         reply = await call("Feedback", recommender_pb2.FeedbackRequest(
-            image=data, user_id=body.user.strip(), hashtags=body.hashtags))
+            image=data, user_id=user, hashtags=body.hashtags, request_id=body.request_id))
+        uploads.add(gateway.owner(user), data, media_type)  # kept once the profile took it
         return FeedbackAnswer(accepted=list(reply.accepted), ignored=list(reply.ignored),
                               posts=reply.posts, embedding_updated=reply.embedding_updated)
 
     @app.get("/api/retrieve", response_model=RetrieveAnswer, responses=ERRORS)
-    async def retrieve(hashtag: str = Query(min_length=1, max_length=200),
-                       user: str = Query("", max_length=256),
-                       k: int = Query(12, ge=1, le=100)) -> RetrieveAnswer:
-        """Photos for a hashtag, ranked as the user (if given) would tag them."""
-        reply = await call("Retrieve", user_pb2.RetrieveRequest(hashtag=hashtag,
-                                                                user_id=user, k=k))
+    async def retrieve(request: Request, hashtag: str = Query(min_length=1, max_length=200),
+                       k: int = Query(12, ge=1, le=MAX_K),
+                       user: str = Query("", max_length=256,
+                                         description="read with HASHREC_AUTH=none only"),
+                       ) -> RetrieveAnswer:
+        """Photos for a hashtag: the training photos and your own uploads, ranked as you
+        would tag them when you are signed in."""
+        principal = await identity.principal(request, user)
+        await limits.check("recommend", principal, client_address(request))
+        reply = await call("Retrieve", user_pb2.RetrieveRequest(
+            hashtag=hashtag, user_id=principal or "", k=k))
         return RetrieveAnswer(photos=[RetrievedPhoto(photo_id=p.photo_id, score=p.score,
-                                                     url=photo_url(p.photo_id))
+                                                     url=photo_url(p.photo_id, principal))
                                       for p in reply.photos],
                               model_version=reply.model_version)
 
     @app.get("/photos/{photo_id:path}", include_in_schema=False)
-    async def photo(photo_id: str) -> Response:
+    async def photo(request: Request, photo_id: str) -> Response:
         if SHA256.fullmatch(photo_id):
-            upload = uploads.get(photo_id)
-            if upload is not None and upload.content_type.startswith("image/"):
-                return Response(upload.data, media_type=upload.content_type)
+            upload = uploads.get(gateway.owner(await identity.principal(request)), photo_id)
+            if upload is not None:
+                return Response(upload.data, media_type=upload.content_type,
+                                headers={"cache-control": "private, max-age=3600"})
         else:
             path = _photo_path(settings.photo_root, photo_id)
             if path is not None:
@@ -323,8 +450,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/api/config", include_in_schema=False)
     async def page_config() -> dict:
-        return {"max_upload_bytes": settings.max_upload_bytes,
-                "example_users": list(settings.example_users)}
+        return {"max_upload_bytes": settings.max_upload_bytes, "auth": identity.mode}
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
@@ -338,7 +464,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
             detail = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         except grpc.aio.AioRpcError as error:
-            serving, detail = False, f"{error.code().name}: {error.details()}"
+            log.warning("gateway: readiness: %s: %s", error.code().name, error.details())
+            serving, detail = False, error.code().name
         if serving:
             return JSONResponse({"status": "ready"})
         return error_response(503, "UNAVAILABLE", f"the recommender is not serving ({detail})")
@@ -357,11 +484,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     import swagger_ui_bundle
 
+    app.include_router(account_routes(gateway))
     app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
               name="swagger")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.uploads = uploads
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, overhead=FORM_OVERHEAD)
+    app.state.identity = identity
+    # Outermost last: metrics and headers see every answer, the host and origin checks
+    # run before anything reads a body.
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, overhead=FORM_OVERHEAD,
+                       deadline=settings.body_timeout)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_credentials=True, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type"])
+    app.add_middleware(SameOrigin, allowed_origins=settings.cors_origins)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     app.add_middleware(HeadersAndMetrics, requests=requests, latency=latency)
     return app
 
@@ -381,13 +519,26 @@ def _photo_path(root: Path, photo_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def uvicorn_config(app: FastAPI, host: str, port: int, settings: Settings,
+                   log_level: str = "warning"):
+    """uvicorn as the gateway runs it: bounded connections, a deadline for headers (the
+    body's is BodyLimit's), short keep-alive."""
+    import uvicorn
+
+    protocol = type("GatewayProtocol", (SlowClientProtocol,),
+                    {"header_timeout": settings.header_timeout})
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
+                          timeout_graceful_shutdown=10, lifespan="on", timeout_keep_alive=5,
+                          limit_concurrency=settings.max_connections,
+                          h11_max_incomplete_event_size=16 * 1024)
+
+
 async def serve(host: str, port: int, settings: Settings | None = None):
     """A started uvicorn server (``server.should_exit = True`` to stop it gracefully)."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
-                            timeout_graceful_shutdown=10, lifespan="on")
-    server = uvicorn.Server(config)
+    settings = settings or Settings.from_environment()
+    server = uvicorn.Server(uvicorn_config(create_app(settings), host, port, settings))
     server.install_signal_handlers = lambda: None  # the caller owns the signals
     task = asyncio.ensure_future(server.serve())
     while not server.started:
@@ -404,9 +555,12 @@ def main() -> None:
     import uvicorn
 
     setup_logging()
-    uvicorn.run(create_app(), host=os.environ.get("HASHREC_GATEWAY_HOST", "127.0.0.1"),
-                port=int(os.environ.get("HASHREC_GATEWAY_PORT", "8080")),
-                timeout_graceful_shutdown=10, log_level="info")
+    settings = Settings.from_environment()
+    config = uvicorn_config(create_app(settings),
+                            os.environ.get("HASHREC_GATEWAY_HOST", "127.0.0.1"),
+                            int(os.environ.get("HASHREC_GATEWAY_PORT", "8080")), settings,
+                            log_level="info")
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -114,9 +114,13 @@ def _timeout(limit: float, context: grpc.aio.ServicerContext) -> float:
 
 
 def _reason(backend: str, error: BaseException) -> str:
+    """What a client is told: the backend by name and what went wrong in a word or two.
+    The details (addresses, exception text) go to the log only."""
     if isinstance(error, grpc.aio.AioRpcError):
-        return f"{backend}: {error.code().name}: {error.details()}"
-    return f"{backend}: {type(error).__name__}: {error}"
+        log.warning("recommender: %s: %s: %s", backend, error.code().name, error.details())
+        return f"{backend}: {error.code().name.lower().replace('_', ' ')}"
+    log.warning("recommender: %s failed: %s: %s", backend, type(error).__name__, error)
+    return f"{backend}: failed"
 
 
 class RecommenderServicer:
@@ -355,7 +359,8 @@ class RecommenderServicer:
         try:
             return await self.backends.user.Update(user_pb2.UserUpdateRequest(
                 user_id=request.user_id, photo=describe(reply), hashtags=request.hashtags,
-                photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest()),
+                photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest(),
+                request_id=request.request_id),
                 timeout=_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
             await self._forward_error("user service", error, context)
@@ -365,10 +370,23 @@ class RecommenderServicer:
                        context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:
         await limits_or_abort(context, hashtag_problem(request.hashtag),
                               user_id_problem(request.user_id))
+        return await self._to_user_service("Retrieve", request, context)
+
+    async def Photos(self, request: user_pb2.UserPhotosRequest,  # noqa: N802
+                     context: grpc.aio.ServicerContext) -> user_pb2.UserPhotosResponse:
+        return await self._to_user_service("Photos", request, context)
+
+    async def Forget(self, request: user_pb2.ForgetRequest,  # noqa: N802
+                     context: grpc.aio.ServicerContext) -> user_pb2.ForgetResponse:
+        return await self._to_user_service("Forget", request, context)
+
+    async def _to_user_service(self, method: str, request: object,
+                               context: grpc.aio.ServicerContext) -> object:
+        """The user service's answer to the same call (it checks the request)."""
         if self.backends.user is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
         try:
-            return await self.backends.user.Retrieve(
+            return await getattr(self.backends.user, method)(
                 request, timeout=_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
             await self._forward_error("user service", error, context)
@@ -381,8 +399,9 @@ class RecommenderServicer:
         code = error.code()
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
             await context.abort(code, error.details())
+        log.warning("recommender: %s: %s: %s", backend, code.name, error.details())
         await context.abort(grpc.StatusCode.UNAVAILABLE,
-                            f"{backend}: {code.name}: {error.details()}")
+                            f"{backend}: {code.name.lower().replace('_', ' ')}")
 
 
 async def serve(host: str, port: int, model_dir: Path, vision_target: str,

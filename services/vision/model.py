@@ -38,19 +38,17 @@ from shared.backbone import (  # noqa: F401  (re-exported: the vision service's 
     configured_backbone,
     vision_model_id,
 )
+from shared.images import (
+    MAX_IMAGE_BYTES,
+    MAX_PIXELS,
+    ImageError,
+    check_header,
+)
 
 log = logging.getLogger(__name__)
 
-#: Largest encoded image accepted, and largest decoded size: 40 megapixels is above any
-#: phone camera's photo and below what would let one request exhaust a server's memory.
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
 #: "1": the CUDA model runs in fp16
 HALF_ENV = "HASHREC_VISION_HALF"
-MAX_PIXELS = 40_000_000
-
-
-class ImageError(ValueError):
-    """The bytes are not a photo hashrec can use; the message says why."""
 
 
 def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
@@ -101,31 +99,6 @@ def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 WEIGHTS_ENV = "HASHREC_VISION_WEIGHTS"
-
-
-def check_header(data: bytes, max_bytes: int = MAX_IMAGE_BYTES,
-                 max_pixels: int = MAX_PIXELS) -> str:
-    """The image format, after the byte and pixel limits are checked from the header alone."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ImageError(f"image must be bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ImageError("image is empty (0 bytes)")
-    if len(data) > max_bytes:
-        raise ImageError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            image_format = image.format or ""
-    except UnidentifiedImageError as error:
-        raise ImageError("not a decodable image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from error
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"image rejected as a decompression bomb: {error}") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"image is truncated or corrupt: {error}") from error
-    if width * height > max_pixels:
-        raise ImageError(f"image is {width}x{height} = {width * height:,} pixels; "
-                         f"the limit is {max_pixels:,}")
-    return image_format
 
 
 def gpu_decoding_available() -> bool:

@@ -1,5 +1,6 @@
 // The hashrec page: a photo in, its hashtags out, each with why; keep the ones you like.
-// Talks to the gateway's JSON API only (/api/recommend, /api/feedback, /api/retrieve).
+// Talks to the gateway's JSON API only (/api/recommend, /api/feedback, /api/retrieve,
+// /api/account/*, /api/me*). Who you are is the session cookie's business, never a field.
 
 const $ = (id) => document.getElementById(id);
 
@@ -11,6 +12,9 @@ const state = {
   extra: [],            // hashtags the person added
   maxBytes: 20 * 1024 * 1024,
   sequence: 0,          // only the newest request may render
+  me: null,             // {user, name} when signed in
+  auth: "local",        // how the gateway signs people in
+  saveId: null,         // the request id of the save being tried (sent again on a retry)
 };
 
 const METHOD_NAMES = {
@@ -64,18 +68,86 @@ async function loadConfig() {
   try {
     const config = await api("/api/config");
     state.maxBytes = config.max_upload_bytes;
-    const list = $("users");
-    for (const user of config.example_users) {
-      const option = document.createElement("option");
-      option.value = user;
-      list.append(option);
-    }
-    if (config.example_users.length) {
-      $("user").placeholder = `optional: your user id (e.g. ${config.example_users[0]})`;
-    }
+    state.auth = config.auth;
   } catch {
     // The page still works with the defaults.
   }
+  await loadMe();
+}
+
+async function loadMe() {
+  try {
+    const me = await api("/api/me");
+    state.me = me.user ? me : null;
+  } catch {
+    state.me = null;
+  }
+  showAccount();
+}
+
+function showAccount() {
+  const signedIn = state.me !== null;
+  $("signin-form").hidden = signedIn || state.auth !== "local";
+  $("signed-in").hidden = !signedIn;
+  $("whoami").textContent = signedIn ? `Signed in as ${state.me.name}` : "";
+  $("save").hidden = !signedIn;
+  $("save-hint").hidden = signedIn;
+  updateActions();
+}
+
+async function account(path) {
+  const name = $("name").value.trim();
+  const password = $("password").value;
+  if (!name || !password) {
+    showError("Enter a name and a password.");
+    return;
+  }
+  showError("");
+  try {
+    state.me = await api(path, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name, password }),
+    });
+    $("password").value = "";
+    showAccount();
+    await recommend();  // now with your profile
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+async function signOut() {
+  try {
+    await api("/api/account/signout", { method: "POST" });
+  } catch {
+    // signed out here either way
+  }
+  state.me = null;
+  showAccount();
+  $("gallery").hidden = true;
+}
+
+async function deleteMe() {
+  if (!confirm("Delete your profile, your uploads and your account? This cannot be undone.")) {
+    return;
+  }
+  try {
+    const reply = await api("/api/me", { method: "DELETE" });
+    state.me = null;
+    showAccount();
+    $("gallery").hidden = true;
+    setStatus($("status"), `Deleted: your profile and ${reply.photos_removed} ` +
+      `photo${reply.photos_removed === 1 ? "" : "s"}.`);
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+function newRequestId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function choose(file) {
@@ -108,7 +180,6 @@ async function recommend() {
   setStatus($("status"), "Finding hashtags…", true);
   const form = new FormData();
   form.append("image", state.photo, state.photo.name || "photo");
-  form.append("user", $("user").value.trim());
   form.append("k", "15");
   try {
     const answer = await api("/api/recommend", { method: "POST", body: form });
@@ -116,7 +187,7 @@ async function recommend() {
     state.sha256 = answer.image_sha256;
     state.hashtags = answer.hashtags;
     render(answer);
-    const who = $("user").value.trim();
+    const who = state.me ? state.me.name : "";
     setStatus($("status"), `${answer.hashtags.length} hashtags${who ? ` for ${who}` : ""}` +
       ` (model ${answer.model_version})`);
   } catch (error) {
@@ -194,6 +265,7 @@ function chip(hashtag, best) {
   toggle.addEventListener("click", () => {
     const on = !state.selected.has(hashtag.hashtag);
     if (on) state.selected.add(hashtag.hashtag); else state.selected.delete(hashtag.hashtag);
+    state.saveId = null;  // another choice: another request
     toggle.setAttribute("aria-pressed", on ? "true" : "false");
     updateActions();
   });
@@ -231,7 +303,7 @@ function render(answer) {
 function updateActions() {
   const none = state.selected.size === 0;
   $("copy").disabled = none;
-  $("save").disabled = none;
+  $("save").disabled = none || state.me === null;
 }
 
 function normalise(text) {
@@ -261,22 +333,24 @@ async function copySelected() {
 }
 
 async function save() {
-  const user = $("user").value.trim();
-  if (!user) {
-    setStatus($("saved"), "");
-    showError("Enter your user id under “Posting as” to save hashtags to your profile.");
-    $("user").focus();
+  if (!state.me) {
+    showAccount();
     return;
   }
   showError("");
   setStatus($("saved"), "Saving…", true);
+  // One id per save: a retry after a lost answer is applied once, not twice.
+  state.saveId = state.saveId || newRequestId();
   try {
     const reply = await api("/api/feedback", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ user, hashtags: [...state.selected], image_sha256: state.sha256 }),
+      body: JSON.stringify({ hashtags: [...state.selected], image_sha256: state.sha256,
+        request_id: state.saveId }),
     });
-    let message = `Saved to ${user}'s profile: ${reply.accepted.map((h) => `#${h}`).join(" ")}` +
+    state.saveId = null;
+    let message = `Saved to ${state.me.name}'s profile: ` +
+      `${reply.accepted.map((h) => `#${h}`).join(" ")}` +
       ` (${reply.posts} post${reply.posts === 1 ? "" : "s"} so far).`;
     if (reply.ignored.length) message += ` Not learned: ${reply.ignored.join("; ")}.`;
     setStatus($("saved"), message);
@@ -294,9 +368,7 @@ async function gallery(hashtag) {
   const photos = $("photos");
   photos.replaceChildren();
   setStatus($("gallery-status"), "Looking for photos…", true);
-  const user = $("user").value.trim();
   const query = new URLSearchParams({ hashtag, k: "12" });
-  if (user) query.set("user", user);
   try {
     const answer = await api(`/api/retrieve?${query}`);
     const shown = answer.photos.filter((p) => p.url);
@@ -312,6 +384,47 @@ async function gallery(hashtag) {
     setStatus($("gallery-status"), error.message);
   }
   section.scrollIntoView({ behavior: "smooth", block: "nearest" });
+}
+
+async function myPhotos() {
+  const section = $("gallery");
+  section.hidden = false;
+  $("gallery-title").textContent = "Your photos";
+  const photos = $("photos");
+  photos.replaceChildren();
+  setStatus($("gallery-status"), "Looking for your photos…", true);
+  try {
+    const answer = await api("/api/me/photos");
+    for (const photo of answer.photos) {
+      const figure = document.createElement("figure");
+      figure.className = "mine";
+      figure.dataset.photo = photo.photo_id;
+      if (photo.url) {
+        const image = document.createElement("img");
+        image.src = photo.url;
+        image.alt = "a photo you saved";
+        figure.append(image);
+      }
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "danger";
+      remove.textContent = "Delete";
+      remove.setAttribute("aria-label", "Delete this photo from your profile");
+      remove.addEventListener("click", async () => {
+        try {
+          await api(`/api/me/photos/${photo.photo_id}`, { method: "DELETE" });
+          figure.remove();
+        } catch (error) {
+          setStatus($("gallery-status"), error.message);
+        }
+      });
+      figure.append(remove);
+      photos.append(figure);
+    }
+    setStatus($("gallery-status"), answer.photos.length ? "" : "You have saved no photos yet.");
+  } catch (error) {
+    setStatus($("gallery-status"), error.message);
+  }
 }
 
 function wire() {
@@ -333,11 +446,14 @@ function wire() {
   });
   $("file").addEventListener("focus", () => document.body.classList.add("file-focus"));
   $("file").addEventListener("blur", () => document.body.classList.remove("file-focus"));
-  let typing;
-  $("user").addEventListener("input", () => {
-    clearTimeout(typing);
-    typing = setTimeout(recommend, 400);
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    account("/api/account/signin");
   });
+  $("signup").addEventListener("click", () => account("/api/account/signup"));
+  $("signout").addEventListener("click", signOut);
+  $("delete-me").addEventListener("click", deleteMe);
+  $("my-photos").addEventListener("click", myPhotos);
   $("add-form").addEventListener("submit", addOwn);
   $("copy").addEventListener("click", copySelected);
   $("save").addEventListener("click", save);
