@@ -79,8 +79,9 @@ class RateLimits:
         self.limits: dict[str, list[RateLimitItem]] = {
             kind: parse_many(text) for kind, text in limits.items() if text}
         self.configured = bool(self.limits)
-        self.storage = storage_from_string(
-            "async+" + redis_url if redis_url else "async+memory://")
+        # redis-py's asyncio client (a dependency already), not the library's default
+        self.storage = storage_from_string("async+" + redis_url, implementation="redispy") \
+            if redis_url else storage_from_string("async+memory://")
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     @classmethod
