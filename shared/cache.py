@@ -139,8 +139,14 @@ def make_cache(redis_url: str | None) -> Cache:
     else the in-process LRU."""
     if not redis_url:
         return LruCache()
+    return RedisCache(redis_url, password=redis_password())
+
+
+def redis_password() -> str | None:
+    """Redis AUTH: the file HASHREC_REDIS_PASSWORD_FILE names (a mounted Secret), else
+    HASHREC_REDIS_PASSWORD, else none."""
     password = os.environ.get("HASHREC_REDIS_PASSWORD")
     password_file = os.environ.get("HASHREC_REDIS_PASSWORD_FILE")
     if password_file:
         password = Path(password_file).read_text().strip()
-    return RedisCache(redis_url, password=password or None)
+    return password or None

@@ -78,18 +78,35 @@ def _tls_file(variable: str) -> bytes | None:
         raise ValueError(f"{variable}={path}: {error.strerror}") from error
 
 
-def server_credentials() -> grpc.ServerCredentials | None:
-    """TLS credentials from HASHREC_TLS_CERT and HASHREC_TLS_KEY, or None (plaintext)."""
+def _certificate_and_key() -> tuple[bytes, bytes] | None:
     cert, key = _tls_file(TLS_CERT_ENV), _tls_file(TLS_KEY_ENV)
     if (cert is None) != (key is None):
         raise ValueError(f"TLS needs both {TLS_CERT_ENV} and {TLS_KEY_ENV}")
-    return None if cert is None else grpc.ssl_server_credentials([(key, cert)])
+    return None if cert is None else (cert, key)
+
+
+def server_credentials() -> grpc.ServerCredentials | None:
+    """TLS credentials from HASHREC_TLS_CERT and HASHREC_TLS_KEY, or None (plaintext).
+    With HASHREC_TLS_CA as well, mutual TLS: a client must present a certificate that CA
+    signed (the gRPC API trusts its caller's user ids, so only our pods may call)."""
+    pair = _certificate_and_key()
+    if pair is None:
+        return None
+    ca = _tls_file(TLS_CA_ENV)
+    return grpc.ssl_server_credentials([(pair[1], pair[0])], root_certificates=ca,
+                                       require_client_auth=ca is not None)
 
 
 def channel_credentials() -> grpc.ChannelCredentials | None:
-    """TLS that trusts HASHREC_TLS_CA, or None (plaintext)."""
+    """TLS that trusts HASHREC_TLS_CA, presenting HASHREC_TLS_CERT (and its key) when set,
+    or None (plaintext)."""
     ca = _tls_file(TLS_CA_ENV)
-    return None if ca is None else grpc.ssl_channel_credentials(root_certificates=ca)
+    if ca is None:
+        return None
+    pair = _certificate_and_key()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, certificate_chain=pair[0] if pair else None,
+        private_key=pair[1] if pair else None)
 
 
 def aio_channel(target: str, interceptors: Sequence | None = None) -> grpc.aio.Channel:

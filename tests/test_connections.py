@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, server_options
+from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, blocking_channel, server_options
 from tests.servers import LoopThread
 
 
@@ -101,9 +101,11 @@ def test_the_in_flight_gauge_counts_calls_being_handled() -> None:
         loop.close()
 
 
-def test_under_tls_only_the_health_port_speaks_plaintext(monkeypatch, tmp_path) -> None:
+def test_under_tls_only_the_health_port_speaks_plaintext_and_callers_need_a_certificate(
+        monkeypatch, tmp_path) -> None:
     """The kubelet's gRPC probes cannot do TLS: HASHREC_HEALTH_PORT serves health alone in
-    plaintext, while the service's own port refuses plaintext."""
+    plaintext, while the service's own port refuses plaintext, and refuses a TLS caller
+    without a certificate the CA signed (mutual TLS: the API trusts its caller)."""
     from pathlib import Path
 
     from tests.servers import certificates, free_port
@@ -130,10 +132,13 @@ def test_under_tls_only_the_health_port_speaks_plaintext(monkeypatch, tmp_path) 
                 health_pb2.HealthCheckResponse.SERVING
         with grpc.insecure_channel(server.address) as plain, pytest.raises(grpc.RpcError):
             health_pb2_grpc.HealthStub(plain).Check(request, timeout=5)
-        credentials = grpc.ssl_channel_credentials(
+        anonymous = grpc.ssl_channel_credentials(
             root_certificates=Path(tls["HASHREC_TLS_CA"]).read_bytes())
-        with grpc.secure_channel(server.address, credentials) as secure:
-            assert health_pb2_grpc.HealthStub(secure).Check(request, timeout=10).status == \
+        with grpc.secure_channel(server.address, anonymous) as secure, \
+                pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(secure).Check(request, timeout=5)
+        with blocking_channel(server.address) as ours:  # our pods present the certificate
+            assert health_pb2_grpc.HealthStub(ours).Check(request, timeout=10).status == \
                 health_pb2.HealthCheckResponse.SERVING
     finally:
         loop.call(server.stop())

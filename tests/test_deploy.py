@@ -282,11 +282,34 @@ def test_the_gateway_serves_http_and_is_ready_when_the_recommender_is() -> None:
     assert container["ports"] == [{"name": "http", "containerPort": 8080}]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    paths = {route.path for route in server.create_app(server.Settings()).routes}
+    paths = {getattr(route, "path", None)
+             for route in server.create_app(server.Settings(auth="none")).routes}
     assert {"/readyz", "/healthz", "/metrics"} <= paths
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HASHREC_AUTH"] == "oidc" and env["HASHREC_GATEWAY_SECURE_COOKIES"] == "1"
+    allowed = env["HASHREC_GATEWAY_ALLOWED_HOSTS"].split(",")
+    for probe in ("readinessProbe", "livenessProbe"):  # kubelet's Host is the pod's IP
+        headers = container[probe]["httpGet"]["httpHeaders"]
+        assert {"name": "Host", "value": "localhost"} in headers and "localhost" in allowed
     assert _config()["HASHREC_GATEWAY_HOST"] == "0.0.0.0"
     assert "HASHREC_RECOMMENDER_TARGET" in server.__doc__
     assert "HASHREC_PHOTO_ROOT" in server.__doc__
+
+
+def test_the_example_ingress_routes_neither_the_api_description_nor_the_metrics() -> None:
+    ingress = next(d for d in _documents() if d["kind"] == "Ingress")
+    paths = [(p["path"], p["pathType"]) for rule in ingress["spec"]["rules"]
+             for p in rule["http"]["paths"]]
+
+    def routed(url: str) -> bool:
+        return any(url == path if kind == "Exact" else
+                   url == path or url.startswith(path.rstrip("/") + "/")
+                   for path, kind in paths)
+
+    for inside in ("/docs", "/openapi.json", "/metrics", "/readyz", "/healthz"):
+        assert not routed(inside), inside
+    for outside in ("/", "/api/recommend", "/photos/food/a.jpg", "/static/app.js"):
+        assert routed(outside), outside
 
 
 def test_the_image_copies_every_package_the_install_includes() -> None:
@@ -363,7 +386,8 @@ def _call_graph() -> set[tuple[str, str, int]]:
 def test_network_policies_deny_by_default_and_open_exactly_the_call_graph() -> None:
     edges = _call_graph()
     assert ("gateway", "recommender", 50050) in edges and ("vision", "redis", 6379) in edges
-    assert len(edges) == 7
+    assert ("gateway", "redis", 6379) in edges  # the rate limits' shared store
+    assert len(edges) == 8
     policies = {d["metadata"]["name"]: d["spec"] for d in _documents()
                 if d["kind"] == "NetworkPolicy"}
     assert policies["default-deny"] == {"podSelector": {},
@@ -408,7 +432,7 @@ def test_redis_requires_the_secrets_password_and_its_clients_have_it() -> None:
     assert "PASSWORD" not in " ".join(_config())  # never in the ConfigMap
     assert "env" not in container or not any("valueFrom" in e for e in container["env"])
     clients = {caller for caller, callee, _ in _call_graph() if callee == "redis"}
-    assert clients == {"vision", "recommender"}
+    assert clients == {"vision", "recommender", "gateway"}
     for name, (spec, app) in _app_containers().items():
         given = {e["name"]: e.get("value") for e in app.get("env", [])}
         reads = given.get("HASHREC_REDIS_PASSWORD_FILE")

@@ -462,8 +462,10 @@ def test_with_a_certificate_every_service_speaks_only_tls(stack: dict, data_dir:
         target = f"127.0.0.1:{served.port}"
         request = recommender_pb2.RecommendRequest(image=_photo(data_dir), user_id="u00003",
                                                    k=5)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=Path(tls["HASHREC_TLS_CA"]).read_bytes())
+        credentials = grpc.ssl_channel_credentials(  # mutual TLS: ours presents the cert
+            root_certificates=Path(tls["HASHREC_TLS_CA"]).read_bytes(),
+            certificate_chain=Path(tls["HASHREC_TLS_CERT"]).read_bytes(),
+            private_key=Path(tls["HASHREC_TLS_KEY"]).read_bytes())
         with grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS) as channel:
             reply = recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
                 request, timeout=60)

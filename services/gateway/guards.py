@@ -27,6 +27,7 @@ from limits.storage import storage_from_string
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from services.gateway.http import SECURITY_HEADERS, ApiError
+from shared.cache import redis_password
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,12 @@ class RateLimits:
         self.limits: dict[str, list[RateLimitItem]] = {
             kind: parse_many(text) for kind, text in limits.items() if text}
         self.configured = bool(self.limits)
-        # redis-py's asyncio client (a dependency already), not the library's default
-        self.storage = storage_from_string("async+" + redis_url, implementation="redispy") \
+        # redis-py's asyncio client (a dependency already), not the library's default;
+        # the password from the mounted Secret, never in the URL
+        password = redis_password()
+        self.storage = storage_from_string(
+            "async+" + redis_url, implementation="redispy",
+            **({"password": password} if password else {})) \
             if redis_url else storage_from_string("async+memory://")
         self.limiter = MovingWindowRateLimiter(self.storage)
 
