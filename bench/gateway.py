@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,18 +142,23 @@ async def main(args: argparse.Namespace) -> None:
                                          *served_models(args))
     url = f"http://127.0.0.1:{args.http_port}"
     gateway = process = None
+    accounts = tempfile.TemporaryDirectory()  # anonymous calls: an empty accounts file
     if args.gateway_in_process:
         from services.gateway.server import Settings
         from services.gateway.server import serve as serve_gateway
 
         gateway = await serve_gateway("127.0.0.1", args.http_port, Settings(
-            recommender=address, photo_root=data_root()))
+            recommender=address, photo_root=data_root(), rate_limits="off",
+            accounts_path=Path(accounts.name) / "accounts.sqlite"))
     else:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.gateway.server"],
             env={**os.environ, "HASHREC_RECOMMENDER_TARGET": address,
                  "HASHREC_GATEWAY_PORT": str(args.http_port),
-                 "HASHREC_PHOTO_ROOT": str(data_root()), "HASHREC_LOG_LEVEL": "WARNING"})
+                 "HASHREC_PHOTO_ROOT": str(data_root()), "HASHREC_LOG_LEVEL": "WARNING",
+                 # one client from one address is the load: no per-address limit here
+                 "HASHREC_GATEWAY_RATE_LIMITS": "off",
+                 "HASHREC_ACCOUNTS_DB": str(Path(accounts.name) / "accounts.sqlite")})
     try:
         await ready(url)
         async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -65,6 +66,17 @@ TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV = "HASHREC_TLS_CERT", "HASHREC_TLS_KEY", "
 #: with TLS on, a plaintext port that serves the health service alone: the kubelet's
 #: native gRPC probes cannot speak TLS (deploy/overlays/tls points them there)
 HEALTH_PORT_ENV = "HASHREC_HEALTH_PORT"
+
+
+#: what gRPC's own connection errors hold: an address, never shown to a client
+ADDRESS = re.compile(r"(ipv4|ipv6|unix|dns):|\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|"
+                     r"failed to connect|connection refused", re.IGNORECASE)
+
+
+def names_an_address(details: str) -> bool:
+    """Whether a status's details come from gRPC failing to reach a server (they name its
+    address): such details go to the log; a service's own words may go to its caller."""
+    return bool(ADDRESS.search(details))
 
 
 def _tls_file(variable: str) -> bytes | None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
 from shared.admission import retry_after_seconds
+from shared.grpc_server import names_an_address
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
     if code == grpc.StatusCode.UNAVAILABLE:
         # what failed where (addresses included) is for the log, not for the client
         log.warning("gateway: the recommender answered UNAVAILABLE: %s", message)
-        message = "the recommender cannot answer now; try again in a moment"
+        said = "" if names_an_address(message) else f" ({message})"
+        message = f"the recommender cannot answer now{said}; try again in a moment"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = "the recommender did not answer in time; try again in a moment"
     return ApiError(status, code.name, message)

@@ -49,7 +49,6 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -67,11 +66,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from services.gateway.accounts import Accounts
 from services.gateway.guards import RateLimits, SameOrigin, SlowClientProtocol
 from services.gateway.http import (
     ApiError,
@@ -80,10 +77,18 @@ from services.gateway.http import (
     error_response,
     from_grpc,
 )
-from services.gateway.identity import Identity, OidcSettings, OidcVerifier
 from services.gateway.me import Gateway, account_routes
+from services.gateway.schemas import (
+    ERRORS,
+    FeedbackAnswer,
+    FeedbackBody,
+    RecommendAnswer,
+    RetrieveAnswer,
+    RetrievedPhoto,
+)
+from services.gateway.settings import Settings
 from services.gateway.uploads import RecentUploads
-from shared.config import data_root, models_dir, setup_logging
+from shared.config import setup_logging
 from shared.grpc_server import aio_channel
 from shared.images import ImageError, check_header, reencoded
 from shared.tracing import client_interceptors
@@ -92,134 +97,11 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 RECOMMENDER = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 FORM_OVERHEAD = 64 * 1024  # the multipart framing and the small fields around the file
 PHOTO_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                   ".webp": "image/webp", ".gif": "image/gif"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_HASHTAGS = 100
 MAX_K = 100
-
-
-def _listed(text: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else default
-
-
-@dataclass
-class Settings:
-    recommender: str = "127.0.0.1:50050"
-    timeout: float = 30.0
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
-    photo_root: Path = field(default_factory=data_root)
-    uploads: int = 256
-    upload_bytes: int = 256 * 1024 * 1024
-    auth: str = "local"
-    #: local accounts' SQLite file; None: <models>/gateway/accounts.sqlite
-    accounts_path: Path | None = None
-    oidc: OidcSettings | None = None
-    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
-    cors_origins: tuple[str, ...] = ()
-    secure_cookies: bool = False
-    #: HASHREC_GATEWAY_RATE_LIMITS' text (None: the defaults, "off": none)
-    rate_limits: str | None = None
-    redis_url: str | None = None
-    body_timeout: float = 60.0
-    header_timeout: float = 10.0
-    max_connections: int = 256
-
-    @classmethod
-    def from_environment(cls) -> Settings:
-        env = os.environ.get
-        oidc = None
-        if env("HASHREC_OIDC_ISSUER"):
-            oidc = OidcSettings(env("HASHREC_OIDC_ISSUER", ""), env("HASHREC_OIDC_AUDIENCE", ""),
-                                env("HASHREC_OIDC_JWKS_URL", ""))
-        accounts = env("HASHREC_ACCOUNTS_DB")
-        return cls(env("HASHREC_RECOMMENDER_TARGET", "127.0.0.1:50050"),
-                   float(env("HASHREC_GATEWAY_TIMEOUT_S", "30")),
-                   int(env("HASHREC_GATEWAY_MAX_UPLOAD_BYTES", str(MAX_UPLOAD_BYTES))),
-                   Path(env("HASHREC_PHOTO_ROOT") or data_root()),
-                   int(env("HASHREC_GATEWAY_UPLOADS", "256")),
-                   int(env("HASHREC_GATEWAY_UPLOAD_BYTES", str(256 * 1024 * 1024))),
-                   env("HASHREC_AUTH", "local").strip().lower() or "local",
-                   Path(accounts) if accounts else None, oidc,
-                   _listed(env("HASHREC_GATEWAY_ALLOWED_HOSTS"), ("127.0.0.1", "localhost")),
-                   _listed(env("HASHREC_GATEWAY_CORS_ORIGINS")),
-                   env("HASHREC_GATEWAY_SECURE_COOKIES", "") == "1",
-                   env("HASHREC_GATEWAY_RATE_LIMITS"), env("HASHREC_REDIS_URL") or None,
-                   float(env("HASHREC_GATEWAY_BODY_TIMEOUT_S", "60")),
-                   float(env("HASHREC_GATEWAY_HEADER_TIMEOUT_S", "10")),
-                   int(env("HASHREC_GATEWAY_MAX_CONNECTIONS", "256")))
-
-    def identity(self) -> Identity:
-        if self.auth == "local":
-            return Identity("local", accounts=Accounts(
-                self.accounts_path or models_dir() / "gateway" / "accounts.sqlite"))
-        if self.auth == "oidc":
-            if self.oidc is None or not all((self.oidc.issuer, self.oidc.audience,
-                                             self.oidc.jwks_url)):
-                raise ValueError("HASHREC_AUTH=oidc needs HASHREC_OIDC_ISSUER, "
-                                 "HASHREC_OIDC_AUDIENCE and HASHREC_OIDC_JWKS_URL")
-            return Identity("oidc", oidc=OidcVerifier(self.oidc))
-        return Identity(self.auth)
-
-
-class Signal(BaseModel):
-    method: str
-    score: float
-    rank: int
-
-
-class HashtagAnswer(BaseModel):
-    hashtag: str
-    score: float
-    signals: list[Signal]
-    outside_vocabulary: bool = False
-
-
-class RecommendAnswer(BaseModel):
-    hashtags: list[HashtagAnswer]
-    model_version: str
-    degraded: bool
-    degraded_reasons: list[str]
-    image_sha256: str = Field(description="the photo's id: for a signed-in person, the "
-                              "sha256 of the upload as kept, which feedback can name")
-
-
-class FeedbackBody(BaseModel):
-    hashtags: list[str] = Field(min_length=1, max_length=MAX_HASHTAGS)
-    image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    #: a UUID the client makes once per save and sends again on a retry
-    request_id: str = Field("", max_length=128)
-    #: read only with HASHREC_AUTH=none; otherwise the signed-in person is the user
-    user: str = Field("", max_length=256)
-
-
-class FeedbackAnswer(BaseModel):
-    accepted: list[str]
-    ignored: list[str]
-    posts: int
-    embedding_updated: bool
-
-
-class RetrievedPhoto(BaseModel):
-    photo_id: str
-    score: float
-    url: str | None
-
-
-class RetrieveAnswer(BaseModel):
-    photos: list[RetrievedPhoto]
-    model_version: str
-
-
-class ErrorBody(BaseModel):
-    error: str
-    message: str
-
-
-ERRORS = {status: {"model": ErrorBody}
-          for status in (400, 401, 403, 404, 408, 413, 415, 429, 503, 504)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

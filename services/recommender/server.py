@@ -77,6 +77,7 @@ from shared.grpc_server import (
     aio_channel,
     k_or_abort,
     limits_or_abort,
+    names_an_address,
     start_loading,
 )
 from shared.limits import hashtag_problem, hashtags_problem, user_id_problem
@@ -399,9 +400,14 @@ class RecommenderServicer:
         code = error.code()
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
             await context.abort(code, error.details())
-        log.warning("recommender: %s: %s: %s", backend, code.name, error.details())
+        details = error.details() or ""
+        log.warning("recommender: %s: %s: %s", backend, code.name, details)
+        # The backend's own words (the journal is full) help the caller; gRPC's words
+        # about reaching it name addresses, which stay in the log.
+        said = "" if names_an_address(details) or code != grpc.StatusCode.UNAVAILABLE \
+            else f": {details}"
         await context.abort(grpc.StatusCode.UNAVAILABLE,
-                            f"{backend}: {code.name.lower().replace('_', ' ')}")
+                            f"{backend}: {code.name.lower().replace('_', ' ')}{said}")
 
 
 async def serve(host: str, port: int, model_dir: Path, vision_target: str,

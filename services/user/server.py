@@ -162,8 +162,9 @@ class UserServicer:
             answer = await self._write(learn)
         except JournalError as error:
             log.error("user: update not recorded: %s", error)
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the update was not recorded (nothing was learned)")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,  # the cause, not the path
+                                "the update was not recorded (nothing was learned): cannot "
+                                f"write the update journal: {os.strerror(error.errno or 5)}")
         return user_pb2.UserUpdateResponse(**answer)
 
     async def Photos(self, request: user_pb2.UserPhotosRequest,  # noqa: N802
