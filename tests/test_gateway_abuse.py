@@ -270,3 +270,20 @@ def test_rate_limits_answer_429_with_retry_after_shared_through_redis(
         for server, _ in servers:
             stop_gateway(stack["loop"], server)
         redis.kill()
+
+
+def test_connections_past_the_limit_are_answered_503_at_once(stack: dict,
+                                                             tmp_path: Path) -> None:
+    server, url = start_gateway(stack["loop"], Settings(
+        recommender=stack["recommender"].address, accounts_path=tmp_path / "a.sqlite",
+        max_connections=2))
+    host, port = url.removeprefix("http://").split(":")
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both accepted: the gateway holds two connections
+        response = httpx.get(f"{url}/healthz", timeout=10)
+        assert response.status_code == 503
+    finally:
+        for connection in held:
+            connection.close()
+        stop_gateway(stack["loop"], server)

@@ -46,6 +46,7 @@ def _sign_up(page: Page, name: str) -> None:
     page.fill("#password", "a long enough password")
     page.click("#signup")
     expect(page.locator("#whoami")).to_have_text(f"Signed in as {name}")
+    expect(page.locator("#signin-form")).to_be_hidden()
 
 
 def _page(browser: Browser, width: int = 1100, height: int = 900) -> tuple[Page, list]:
@@ -159,6 +160,7 @@ def test_signed_out_save_is_not_offered(browser: Browser, page_url: str,
     expect(page.locator("#save")).to_be_hidden()
     expect(page.locator("#save-hint")).to_be_visible()
     expect(page.locator("#signin-form")).to_be_visible()
+    expect(page.locator("#signed-in")).to_be_hidden()
     assert not problems, problems
 
 

@@ -182,9 +182,12 @@ def test_user_update_learns_ignores_bad_hashtags_and_survives_a_restart(
     with grpc.insecure_channel(again.address, options=CHANNEL_OPTIONS) as channel:
         restarted = user_pb2_grpc.UserProfileServiceStub(channel)
         assert rank(restarted) == before_restart
-        found = restarted.Retrieve(user_pb2.RetrieveRequest(hashtag=target, k=100),
-                                   timeout=10)
-        assert "photo-x" in [p.photo_id for p in found.photos]
+        found = restarted.Retrieve(user_pb2.RetrieveRequest(hashtag=target, k=100,
+                                                            user_id="zoë-new"), timeout=10)
+        assert "photo-x" in [p.photo_id for p in found.photos]  # the poster's own upload
+        anyone = restarted.Retrieve(user_pb2.RetrieveRequest(hashtag=target, k=100),
+                                    timeout=10)
+        assert "photo-x" not in [p.photo_id for p in anyone.photos]
     loop.call(again.stop())
 
 
