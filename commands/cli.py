@@ -848,16 +848,32 @@ def _pid_file() -> Iterator[None]:
                 path.unlink()
 
 
+def _is_hashrec_serve(command: list[bytes]) -> bool:
+    """Whether a process's argv is `hashrec serve` (the console script, or the module)."""
+    words = [Path(w.decode(errors="replace")).name for w in command if w]
+    return "serve" in words and any(w in ("hashrec", "commands.cli") for w in words)
+
+
 def _rollout(args: argparse.Namespace) -> int:
     from shared.config import models_dir
 
     path = models_dir() / PID_FILE
     try:
         pid = args.pid or int(path.read_text())
-        os.kill(pid, signal.SIGHUP)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError) as error:
         print(f"hashrec rollout: no running `hashrec serve` found ({path}: {error}); give "
               "--pid", file=sys.stderr)
+        return 2
+    if not _is_hashrec_serve(command):  # a stale pid file: the pid is someone else's now
+        print(f"hashrec rollout: pid {pid} ({path}) is not a `hashrec serve` (it runs "
+              f"{b' '.join(command).decode(errors='replace').strip()!r}); a stale pid "
+              "file? nothing was signalled", file=sys.stderr)
+        return 2
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as error:
+        print(f"hashrec rollout: cannot signal pid {pid}: {error}", file=sys.stderr)
         return 2
     print(f"asked hashrec serve (pid {pid}) to switch to the newest verified models under "
           f"its model folder; its log shows each service's switch (or why it refused one)")

@@ -8,10 +8,13 @@ methods without retraining and without unpickling anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from services.image_models import KIND, OUT_OF_FOLD_PHOTOS, OUT_OF_FOLD_SCORES, 
 from services.recommender.model import Fusion, RankFusion, min_max_rows
 from services.vision.store import FeatureStore
 from services.word.semantic import TextResources
-from shared.artifacts import ArtifactWriter
+from shared.artifacts import ArtifactWriter, fsync_directory
 from shared.backbone import vision_model_id
 from shared.data.readers import Post
 
@@ -79,38 +82,57 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     stages["fits"] = time.perf_counter() - started - stages["photos"]
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
         "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
-    writer = ArtifactWriter(out / version)
-    fitted = {}
-    for method in finals:
-        method.save(writer)
-        fitted[method.name] = method
-    fusion.save(writer)
-    if ranker is not None:
-        ranker.save(writer)
-    # What stands on this model and is fit later (the recommender's user weight,
-    # services/user/train.py) needs photo scores from a model that never saw the photo:
-    # the fused out-of-fold scores of every training photo, each row scaled to [0, 1] as
-    # the recommender scales them.
-    fused = ranker.combine(scores) if ranker is not None else fusion.combine(scores)
-    writer.array(OUT_OF_FOLD_SCORES, min_max_rows(fused).astype(np.float16))
-    writer.json(OUT_OF_FOLD_PHOTOS, list(train.keys))
-    writer.json("vocabulary", list(terms))
-    writer.close({"kind": KIND, "version": version, "methods": list(methods),
-                  "vision_model": vision_model_id(), "n_train": len(train), "seed": seed,
-                  "communities": [{"name": c.name, "ignored": sorted(c.ignore),
-                                   "photos": int((train.communities == i).sum()),
-                                   "vocabulary": len(vocabularies[c.name])}
-                                  for i, c in enumerate(communities)],
-                  "fusion": "rank" if ranker is not None else fusion.mode,
-                  "training": {"stage_seconds": {k: round(v, 1) for k, v in stages.items()},
-                               "fit_cpu_seconds": cpu_seconds,
-                               "started_at": round(started_at, 3),
-                               "engine": getattr(engine, "name", "local"),
-                               "workers": getattr(engine, "workers", 1)},
-                  **(about or {})})
+    with publish_version(out, version) as folder:  # whole or not at all
+        writer = ArtifactWriter(folder)
+        fitted = {}
+        for method in finals:
+            method.save(writer)
+            fitted[method.name] = method
+        fusion.save(writer)
+        if ranker is not None:
+            ranker.save(writer)
+        # What stands on this model and is fit later (the recommender's user weight,
+        # services/user/train.py) needs photo scores from a model that never saw the photo:
+        # the fused out-of-fold scores of every training photo, each row scaled to [0, 1] as
+        # the recommender scales them.
+        fused = ranker.combine(scores) if ranker is not None else fusion.combine(scores)
+        writer.array(OUT_OF_FOLD_SCORES, min_max_rows(fused).astype(np.float16))
+        writer.json(OUT_OF_FOLD_PHOTOS, list(train.keys))
+        writer.json("vocabulary", list(terms))
+        writer.close({"kind": KIND, "version": version, "methods": list(methods),
+                      "vision_model": vision_model_id(), "n_train": len(train), "seed": seed,
+                      "communities": [{"name": c.name, "ignored": sorted(c.ignore),
+                                       "photos": int((train.communities == i).sum()),
+                                       "vocabulary": len(vocabularies[c.name])}
+                                      for i, c in enumerate(communities)],
+                      "fusion": "rank" if ranker is not None else fusion.mode,
+                      "training": {"stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+                                   "fit_cpu_seconds": cpu_seconds,
+                                   "started_at": round(started_at, 3),
+                                   "engine": getattr(engine, "name", "local"),
+                                   "workers": getattr(engine, "workers", 1)},
+                      **(about or {})}, durable=True)
     log.info("trained %s on %d photos of %d communities in %.0f s -> %s", list(methods),
              len(train), len(communities), time.perf_counter() - started, out / version)
     return ImageModels(version, terms, fitted, fusion, out / version, ranker)
+
+
+@contextlib.contextmanager
+def publish_version(out: Path, version: str) -> Iterator[Path]:
+    """A temporary folder beside ``out/version`` to write a model into, renamed to
+    ``version`` once the block ends well (and removed if it does not): a reader never
+    sees a half-written version, whatever stops training."""
+    out.mkdir(parents=True, exist_ok=True)
+    temporary = out / f".tmp-{version}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    os.replace(temporary, out / version)
+    fsync_directory(out)
 
 
 #: the search hashtags the Instagram posts were collected by: most posts carry their own

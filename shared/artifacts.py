@@ -11,6 +11,7 @@ sha256 checksums that is verified before anything is served.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from shared.embeddings import sha256_file
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 class ArtifactWriter:
@@ -116,7 +118,11 @@ class ArtifactReader:
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{directory}: no {MANIFEST}; not a model directory")
-        self.manifest = json.loads(manifest_path.read_text())
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{manifest_path}: not valid JSON ({error}); a model written "
+                             "half-way, or damaged") from None
         for name, digest in self.manifest["files"].items():
             path = directory / name
             if not path.is_file():
@@ -152,9 +158,16 @@ class ArtifactReader:
 def newest_artifact(root: Path, kind: str) -> Path | None:
     """The most recent artifact directory of ``kind`` directly under ``root`` (version
     names start with the time they were written), or None."""
-    candidates = sorted(path.parent for path in root.glob(f"*/{MANIFEST}")
-                        if json.loads(path.read_text()).get("kind") == kind)
-    return candidates[-1] if candidates else None
+    candidates = []
+    for path in root.glob(f"*/{MANIFEST}"):
+        try:
+            found = json.loads(path.read_text()).get("kind")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+            log.warning("%s skipped: its manifest is not valid JSON (%s)", path.parent, error)
+            continue
+        if found == kind:
+            candidates.append(path.parent)
+    return sorted(candidates)[-1] if candidates else None
 
 
 def resolve_artifact(path: Path, kind: str) -> Path:

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -52,13 +53,33 @@ CHANNEL_OPTIONS = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 MAX_CONNECTION_AGE_ENV = "HASHREC_MAX_CONNECTION_AGE_S"
 
 
+#: gRPC turns SO_REUSEPORT on by default: a second server on a taken port would bind it
+#: too and split the traffic (two user services, one journal). Off: the bind fails.
+NO_REUSEPORT = (("grpc.so_reuseport", 0),)
+
+
+class StartupError(RuntimeError):
+    """A service cannot start (its port or its state is another's): one line says why and
+    the process exits 2 (``run_service``)."""
+
+
 def server_options() -> tuple[tuple[str, object], ...]:
-    """CHANNEL_OPTIONS plus the connection age limit from the environment."""
+    """CHANNEL_OPTIONS, no port sharing, and the connection age limit from the
+    environment."""
     age = env_number(MAX_CONNECTION_AGE_ENV, 0.0)
     if age <= 0:
-        return CHANNEL_OPTIONS
-    return (*CHANNEL_OPTIONS, ("grpc.max_connection_age_ms", int(age * 1000)),
+        return (*CHANNEL_OPTIONS, *NO_REUSEPORT)
+    return (*CHANNEL_OPTIONS, *NO_REUSEPORT, ("grpc.max_connection_age_ms", int(age * 1000)),
             ("grpc.max_connection_age_grace_ms", int(max(age / 2, 5) * 1000)))
+
+
+def run_service(main: Callable[[], Awaitable[None]], name: str) -> None:
+    """``asyncio.run(main())``; a StartupError ends the process with one line and exit 2."""
+    try:
+        asyncio.run(main())
+    except StartupError as error:
+        print(f"{name}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 #: TLS, off unless set: a server with a certificate and key serves only TLS; a client
 #: with a CA verifies the server against it (files, mounted from Secrets in deploy/)
@@ -237,7 +258,12 @@ class GrpcServer:
             MetricsInterceptor(self.metrics), *server_interceptors()])
         self.metrics_port: int | None = None
         if metrics_port is not None:
-            http_server, _ = start_http_server(metrics_port, addr=host, registry=self.registry)
+            try:
+                http_server, _ = start_http_server(metrics_port, addr=host,
+                                                   registry=self.registry)
+            except OSError as error:
+                raise StartupError(f"could not serve metrics on {host}:{metrics_port}: "
+                                   f"{error.strerror} (another instance?)") from None
             self.metrics_port = http_server.server_port
             self._on_stop_metrics = http_server.shutdown
         for _, register in services:
@@ -252,17 +278,21 @@ class GrpcServer:
             self._on_stop.append(self._on_stop_metrics)
         credentials = server_credentials()
         self.tls = credentials is not None
-        self.port = (self.server.add_secure_port(f"{host}:{port}", credentials) if self.tls
-                     else self.server.add_insecure_port(f"{host}:{port}"))
+        try:
+            self.port = (self.server.add_secure_port(f"{host}:{port}", credentials)
+                         if self.tls else self.server.add_insecure_port(f"{host}:{port}"))
+        except RuntimeError:  # grpc.aio: "Failed to bind to address"
+            self.port = 0
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None  # the plaintext health-only port, if any
         if self.tls and os.environ.get(HEALTH_PORT_ENV):
-            self.health_server = grpc.aio.server()
+            self.health_server = grpc.aio.server(options=NO_REUSEPORT)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self.health_server.add_insecure_port(
                 f"{host}:{os.environ[HEALTH_PORT_ENV]}")
         if self.port == 0:
-            raise OSError(f"could not bind {host}:{port}")
+            raise StartupError(f"could not bind {host}:{port}: the port is in use (another "
+                               "instance?) or not ours to take")
         self.address = f"{host}:{self.port}"
 
     async def _set_all(self, status: int) -> None:

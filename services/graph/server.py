@@ -26,7 +26,7 @@ from services.image_models import (
 )
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
-from shared.grpc_server import GrpcServer, start_loading
+from shared.grpc_server import GrpcServer, run_service, start_loading
 from shared.scoring import GRAPH_METHODS, VocabularyScorer
 
 log = logging.getLogger(__name__)
@@ -67,4 +67,4 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    run_service(_main, "graph")

@@ -78,6 +78,7 @@ from shared.grpc_server import (
     k_or_abort,
     limits_or_abort,
     names_an_address,
+    run_service,
     start_loading,
 )
 from shared.limits import hashtag_problem, hashtags_problem, user_id_problem
@@ -499,4 +500,4 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    run_service(_main, "recommender")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ import numpy as np
 
 from services.user.lookup import UserHashtagLookup
 from shared.artifacts import ArtifactReader, ArtifactWriter, fsync_directory
+from shared.grpc_server import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +244,38 @@ class UpdateJournal:
         log.info("snapshot of %d users' profiles at update %d: %s", len(lists["users"]),
                  seq, final)
         return final
+
+
+class StateLock:
+    """An exclusive lock (fcntl) on a journal folder, held while a user service writes it:
+    a second service on the same state refuses to start instead of interleaving records
+    (two writers reuse sequence numbers, and a restart then loses updates)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / ".lock"
+        self._file = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise StartupError(f"{directory} is held by another user service (pid "
+                               f"{holder}): one writer a journal") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+def hold_state(directory: Path) -> StateLock:
+    return StateLock(directory)
 
 
 def apply_record(lookup: UserHashtagLookup, record: JournalRecord) -> bool:

@@ -28,14 +28,20 @@ import grpc
 import numpy as np
 from hashrec.v1 import user_pb2, user_pb2_grpc
 
-from services.user.journal import JournalError, UpdateJournal
+from services.user.journal import JournalError, UpdateJournal, hold_state
 from services.user.lookup import KIND, UserHashtagLookup
 from shared.admission import abort_overloaded
 from shared.artifacts import resolve_artifact
 from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
-from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, start_loading
+from shared.grpc_server import (
+    GrpcServer,
+    k_or_abort,
+    limits_or_abort,
+    run_service,
+    start_loading,
+)
 from shared.limits import (
     hashtag_problem,
     hashtags_problem,
@@ -224,12 +230,16 @@ class UserServicer:
             model_version=self.model_version)
 
 
+def journal_folder(model_dir: Path, state_dir: Path | None) -> Path:
+    return (state_dir or model_dir.parent / "state") / model_dir.name
+
+
 def load_with_journal(model_dir: Path, state_dir: Path | None,
                       ) -> tuple[UserHashtagLookup, UpdateJournal]:
     """The verified trained model with its newest profile snapshot and every later
     journaled update on it."""
     lookup = UserHashtagLookup.load(model_dir)
-    journal = UpdateJournal((state_dir or model_dir.parent / "state") / model_dir.name)
+    journal = UpdateJournal(journal_folder(model_dir, state_dir))
     journal.recover(lookup)
     return lookup, journal
 
@@ -237,14 +247,22 @@ def load_with_journal(model_dir: Path, state_dir: Path | None,
 async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = None,
                 metrics_port: int | None = None,
                 snapshot_every: int = SNAPSHOT_EVERY) -> GrpcServer:
-    """Starts NOT_SERVING, loads and verifies the model, replays the journal, SERVING."""
-    server, late = await start_loading(
-        SERVICE_NAME, user_pb2_grpc.add_UserProfileServiceServicer_to_server, "user model",
-        host, port, metrics_port)
-    lookup, journal = await asyncio.get_running_loop().run_in_executor(
-        None, load_with_journal, model_dir, state_dir)
+    """Starts NOT_SERVING, loads and verifies the model, replays the journal, SERVING.
+    StartupError when another process holds the journal (one writer a journal) or the
+    port."""
+    lock = hold_state(journal_folder(model_dir, state_dir))
+    try:
+        server, late = await start_loading(
+            SERVICE_NAME, user_pb2_grpc.add_UserProfileServiceServicer_to_server,
+            "user model", host, port, metrics_port)
+        lookup, journal = await asyncio.get_running_loop().run_in_executor(
+            None, load_with_journal, model_dir, state_dir)
+    except BaseException:
+        lock.release()
+        raise
     servicer = UserServicer(lookup, journal, model_dir.name, snapshot_every)
     server.on_stop(servicer.close)
+    server.on_stop(lock.release)  # after the last snapshot
     late.target = server.servicer = servicer
     await server.set_serving(True)
     log.info("user: model %s, %d users, %d hashtags, %d photos; the three-way term is %s",
@@ -270,4 +288,4 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    run_service(_main, "user")

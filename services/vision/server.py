@@ -44,7 +44,7 @@ from shared.admission import abort_overloaded
 from shared.batching import Batcher, NumericWorker, OverloadedError, service_threads
 from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import setup_logging
-from shared.grpc_server import GrpcServer, start_loading
+from shared.grpc_server import GrpcServer, run_service, start_loading
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
@@ -169,4 +169,4 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    run_service(_main, "vision")

@@ -31,7 +31,7 @@ from services.word.model import InstaHashMethod, SimilarAcrossSpaces
 from shared.artifacts import resolve_artifact
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
-from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, start_loading
+from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, run_service, start_loading
 from shared.limits import hashtag_problem, quoted
 from shared.scoring import WORD_METHODS, VocabularyScorer
 
@@ -102,4 +102,4 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    run_service(_main, "word")

@@ -1,0 +1,105 @@
+"""Operator mistakes end in one clear line, never in lost state: a second service on a
+taken port or on a journal another one writes, a half-written model folder, a stale pid
+file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.lookups import small_lookup
+from tests.servers import free_port
+from tests.test_user_privacy import UserService
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture()
+def running(tmp_path: Path) -> Iterator[UserService]:
+    lookup = small_lookup(with_effects=True, features=1280)
+    lookup.add_photos(["trained-0"], np.random.default_rng(3).normal(size=(1, 1280)))
+    lookup.save(tmp_path / "model")
+    service = UserService(tmp_path / "model", tmp_path / "state")
+    yield service
+    service.close()
+
+
+def _second_user_service(model: Path, port: int, state: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "services.user.server"], cwd=REPO, capture_output=True,
+        text=True, timeout=120,
+        env={**os.environ, "HASHREC_USER_MODEL_DIR": str(model), "HASHREC_USER_PORT":
+             str(port), "HASHREC_USER_STATE": str(state), "HASHREC_USER_METRICS_PORT": "0"})
+
+
+def test_a_second_user_service_on_a_taken_port_exits_2_with_one_line(
+        running: UserService, tmp_path: Path) -> None:
+    port = int(running.server.address.rsplit(":", 1)[1])
+    second = _second_user_service(running.model_dir, port, tmp_path / "other-state")
+    assert second.returncode == 2, second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith("user: could not bind") and "in use" in last
+    assert "Traceback" not in second.stderr
+
+
+def test_a_second_user_service_on_a_held_journal_exits_2_naming_the_holder(
+        running: UserService) -> None:
+    second = _second_user_service(running.model_dir, free_port(), running.state)
+    assert second.returncode == 2, second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    assert "held by another user service" in last and f"pid {os.getpid()}" in last
+    assert "Traceback" not in second.stderr
+    running.restart()  # the holder itself restarts on its own state: the lock was freed
+
+
+def test_a_half_written_manifest_is_skipped_with_a_reason_not_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from shared.artifacts import ArtifactReader, ArtifactWriter, newest_artifact
+
+    good = ArtifactWriter(tmp_path / "20260101-000000-good")
+    good.json("vocabulary", ["a"])
+    good.close({"kind": "image-models"})
+    broken = tmp_path / "20270101-000000-broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text('{"kind": "image-mod')  # cut off mid-write
+    assert newest_artifact(tmp_path, "image-models") == tmp_path / "20260101-000000-good"
+    assert "20270101-000000-broken" in caplog.text and "not valid JSON" in caplog.text
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ArtifactReader(broken)
+
+
+def test_rollout_refuses_a_pid_file_naming_another_program(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "serve.pid").write_text(f"{sleeper.pid}\n")
+        rollout = subprocess.run(
+            [sys.executable, "-m", "commands.cli", "rollout"], cwd=REPO, capture_output=True,
+            text=True, timeout=60, env={**os.environ, "HASHREC_MODELS": str(tmp_path)})
+        assert rollout.returncode == 2
+        assert f"pid {sleeper.pid}" in rollout.stderr and "not a `hashrec serve`" in \
+            rollout.stderr
+        assert sleeper.poll() is None  # the unrelated process got no signal
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_train_writes_its_version_under_a_temporary_name_then_renames_it(
+        tmp_path: Path) -> None:
+    from commands.train import publish_version
+
+    with publish_version(tmp_path, "20260101-000000-abc") as folder:
+        assert folder.name.startswith(".tmp-") and folder.parent == tmp_path
+        (folder / "manifest.json").write_text(json.dumps({"kind": "x", "files": {}}))
+        assert not (tmp_path / "20260101-000000-abc").exists()
+    assert (tmp_path / "20260101-000000-abc" / "manifest.json").is_file()
+    with pytest.raises(RuntimeError), publish_version(tmp_path, "20260102-000000-def"):
+        raise RuntimeError("training failed half-way")
+    assert not any(tmp_path.glob("*def*")) and not any(tmp_path.glob(".tmp-*"))
