@@ -217,7 +217,7 @@ class Supervisor:
                 return
             except TimeoutError:
                 pass
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            backoff = next_backoff(backoff)
             child.restarts += 1
             await self._spawn(child)
 
@@ -234,6 +234,11 @@ class Supervisor:
                         child.spec.name, self.stop_timeout)
             process.kill()
             await process.wait()
+
+
+def next_backoff(backoff: float) -> float:
+    """The delay before the next restart: doubled, at most BACKOFF_MAX."""
+    return min(backoff * 2, BACKOFF_MAX)
 
 
 def describe_exit(code: int | None) -> str:

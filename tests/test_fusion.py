@@ -99,3 +99,28 @@ def test_a_gated_method_mixes_each_communitys_own_method_by_the_gate(
 
     loaded = GatedMethod.load(ArtifactReader(tmp_path), "frequency", FrequencyMethod.load)
     np.testing.assert_allclose(loaded.scores(flickr_test), gated.scores(flickr_test))
+
+
+def test_every_candidate_of_the_learned_fusion_outranks_every_hashtag_no_method_proposed(
+        ) -> None:
+    """A vocabulary far larger than the candidates (RANK_DEPTH of each method), as on the
+    served model: the ranker's raw outputs are mostly negative, so without the shift
+    above 0 a hashtag no method proposed (score 0) would outrank them."""
+    rng = np.random.default_rng(5)
+    n, vocabulary = 240, 400
+    truth = [frozenset(rng.choice(vocabulary, 3, replace=False).tolist()) for _ in range(n)]
+    scores = {}
+    for method, noise in (("a", 0.5), ("b", 1.0), ("c", 2.0)):
+        signal = np.zeros((n, vocabulary), np.float32)
+        for row, gold in enumerate(truth):
+            signal[row, list(gold)] = 1.0
+        scores[method] = np.abs(signal + noise * rng.random((n, vocabulary))).astype(
+            np.float32)
+    fusion = RankFusion.fit(scores, truth, depth=8)
+    combined = fusion.combine(scores)
+    candidates, _ = fusion._features(scores)
+    for row, ids in enumerate(candidates):
+        assert (combined[row, ids] > 0).all()
+        outside = np.setdiff1d(np.arange(vocabulary), ids)
+        assert (combined[row, outside] == 0).all()
+        assert set(np.argsort(-combined[row])[:len(ids)].tolist()) == set(ids.tolist())

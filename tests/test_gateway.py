@@ -249,3 +249,38 @@ def test_an_upload_is_shown_back_to_its_owner_only_re_encoded(client: httpx.Clie
         assert max(abs(a - b) for a, b in zip(image.getpixel((30, 20)), (10, 200, 30),
                                               strict=True)) < 8
     assert client.get(f"/photos/{answer['image_sha256']}").status_code == 404
+
+
+def test_a_recommender_that_does_not_answer_in_time_is_a_504(stack: dict,
+                                                            data_dir: Path) -> None:
+    """A gRPC server that takes the call and never answers: DEADLINE_EXCEEDED → 504."""
+    import asyncio
+
+    import grpc
+
+    class Silent(grpc.GenericRpcHandler):
+        def service(self, details):
+            async def never(request, context):
+                await asyncio.sleep(3600)
+
+            return grpc.unary_unary_rpc_method_handler(never)
+
+    async def silent_server():
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((Silent(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    silent, port = stack["loop"].call(silent_server())
+    server, url = start_gateway(stack["loop"], Settings(
+        recommender=f"127.0.0.1:{port}", timeout=1, auth="none"))
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            response = _recommend(client, _photo(data_dir))
+        assert response.status_code == 504
+        assert response.json()["error"] == "DEADLINE_EXCEEDED"
+        assert "did not answer in time" in response.json()["message"]
+    finally:
+        stop_gateway(stack["loop"], server)
+        stack["loop"].call(silent.stop(0))

@@ -8,6 +8,7 @@ from shared.limits import (
     MAX_USER_ID_CHARS,
     hashtags_problem,
     quoted,
+    request_id_problem,
     user_id_problem,
 )
 
@@ -34,3 +35,10 @@ def test_hashtag_lists_are_bounded_in_count_and_length() -> None:
     assert f"at most {MAX_HASHTAGS}" in hashtags_problem(["a"] * (MAX_HASHTAGS + 1))
     problem = hashtags_problem(["food", "y" * (MAX_HASHTAG_CHARS + 1)])
     assert f"at most {MAX_HASHTAG_CHARS} characters" in problem and len(problem) < 200
+    assert hashtags_problem(["y" * MAX_HASHTAG_CHARS]) is None  # the limit itself is fine
+
+
+def test_request_ids_are_bounded_and_printable() -> None:
+    assert request_id_problem("") is None and request_id_problem("r" * 128) is None
+    assert "at most 128" in request_id_problem("r" * 129)
+    assert "control characters" in request_id_problem("a\x00b")

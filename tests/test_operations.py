@@ -103,3 +103,13 @@ def test_train_writes_its_version_under_a_temporary_name_then_renames_it(
     with pytest.raises(RuntimeError), publish_version(tmp_path, "20260102-000000-def"):
         raise RuntimeError("training failed half-way")
     assert not any(tmp_path.glob("*def*")) and not any(tmp_path.glob(".tmp-*"))
+
+
+def test_restart_backoff_doubles_up_to_its_ceiling() -> None:
+    from commands.supervisor import BACKOFF_MAX, BACKOFF_START, next_backoff
+
+    delays = [BACKOFF_START]
+    for _ in range(12):
+        delays.append(next_backoff(delays[-1]))
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert max(delays) == BACKOFF_MAX == delays[-1] == 30.0
