@@ -652,7 +652,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                     "dies; SIGTERM or Ctrl-C drains them all (commands/supervisor.py). "
                     "Cache: Redis when HASHREC_REDIS_URL is set, else in-process per service.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50050)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="the first of the five services' Prometheus ports (default: "
+                             "9100 at --port 50050, moved with --port)")
     parser.add_argument("--http-port", type=int, default=8080,
                         help="the web page and JSON API (services/gateway); 0: not served")
     parser.add_argument("--models", type=Path,
@@ -723,6 +726,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.single_process:
         return _serve_processes(args, model_dir, user_dir)
+    busy = ports_in_use(args.host, [args.port + offset for offset in range(5)]
+                        + ([args.http_port] if args.http_port else []))
+    if busy:
+        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port)",
+              file=sys.stderr)
+        return 2
 
     async def run() -> None:
         host, port = args.host, args.port
@@ -770,6 +779,59 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: each service's offset from the metrics base port (9100: 9100 to 9104, as deploy/ uses)
+METRICS_OFFSETS = {"recommender": 0, "vision": 1, "word": 2, "graph": 3, "user": 4}
+DEFAULT_PORT, DEFAULT_METRICS_PORT = 50050, 9100
+
+
+def metrics_ports(port: int, base: int | None) -> dict[str, int]:
+    """The services' Prometheus ports: from ``base`` (--metrics-port), or moved with
+    --port (9100 at the default 50050), so two instances on one host do not collide. A
+    service whose HASHREC_<NAME>_METRICS_PORT is set keeps that."""
+    if base is None:
+        base = DEFAULT_METRICS_PORT + port - DEFAULT_PORT
+    if not 1024 <= base <= 65535 - len(METRICS_OFFSETS):
+        base = DEFAULT_METRICS_PORT  # --port far from the default: the documented ports
+    return {name: base + offset for name, offset in METRICS_OFFSETS.items()
+            if not os.environ.get(f"HASHREC_{name.upper()}_METRICS_PORT")}
+
+
+def _metrics_env(name: str, metrics: dict[str, int]) -> dict[str, str]:
+    return {f"HASHREC_{name.upper()}_METRICS_PORT": str(metrics[name])} \
+        if name in metrics else {}
+
+
+def ports_in_use(host: str, ports: list[int]) -> str | None:
+    """What holds one of ``ports`` already (a live `hashrec serve` from the pid file, or
+    another program), or None: checked before any child starts, so a second start is
+    refused at once instead of restarting children against a taken port."""
+    import socket
+
+    from shared.config import models_dir
+
+    running = _live_serve_pid(models_dir() / PID_FILE)
+    if running is not None:
+        return f"hashrec serve is already running (pid {running}, {models_dir() / PID_FILE})"
+    for port in ports:
+        if port == 0:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host if host not in ("", "::") else "0.0.0.0", port))
+            except OSError:
+                return f"port {port} is in use by another program"
+    return None
+
+
+def _live_serve_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None  # no pid file, or a stale one: nobody to collide with
+    return pid if pid != os.getpid() and _is_hashrec_serve(command) else None
+
+
 def child_threads() -> dict[str, dict[str, str]]:
     """Each child's HASHREC_THREADS when the operator set none: the vision model's passes
     take every core; the scoring services, whose batches are small matrix products, take
@@ -795,9 +857,17 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
     # version in the folder, the one the others switched to.
     rolled_out = {"HASHREC_MODEL_DIR": str(model_dir.parent)}
     threads = child_threads()
+    metrics = metrics_ports(port, args.metrics_port)
+    busy = ports_in_use(host, [port, *backends.values(), *metrics.values(),
+                               *([args.http_port] if args.http_port else [])])
+    if busy:
+        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port / "
+              "--metrics-port)", file=sys.stderr)
+        return 2
     specs = [ChildSpec(name, f"services.{name}.server",
                        {**threads[name], f"HASHREC_{name.upper()}_HOST": host,
                         f"HASHREC_{name.upper()}_PORT": str(backend_port),
+                        **_metrics_env(name, metrics),
                         "HASHREC_MODEL_DIR": str(model_dir),
                         "HASHREC_USER_MODEL_DIR": str(user_dir),
                         "OTEL_SERVICE_NAME": f"hashrec-{name}"},
@@ -807,7 +877,7 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
     specs.append(ChildSpec(
         "recommender", "services.recommender.server",
         {**threads["recommender"], "HASHREC_RECOMMENDER_HOST": host,
-         "HASHREC_RECOMMENDER_PORT": str(port),
+         "HASHREC_RECOMMENDER_PORT": str(port), **_metrics_env("recommender", metrics),
          "HASHREC_MODEL_DIR": str(model_dir), "OTEL_SERVICE_NAME": "hashrec-recommender",
          **{f"HASHREC_{name.upper()}_TARGET": f"{probe}:{backend_port}"
             for name, backend_port in backends.items()}},

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import dataclasses
 import logging
 import os
@@ -33,6 +34,7 @@ log = logging.getLogger("hashrec.serve")
 
 #: restart backoff: first delay, ceiling, and how long a child must run to reset it
 BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 #: how long a child may take from its start to ready (loading and verifying models)
 READY_TIMEOUT = 300.0
 #: lines of a child's output kept to explain a bad start
@@ -94,6 +96,10 @@ class Supervisor:
             await self.start_all()
         except BadStartError as error:
             log.error("%s", error)
+            await self.stop_all()
+            return 1
+        if self._stopping.is_set():  # SIGTERM before every child was ready: no banner
+            log.warning("stopped before every service was ready")
             await self.stop_all()
             return 1
         if on_ready is not None:
@@ -162,7 +168,8 @@ class Supervisor:
         child.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", child.spec.module, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)  # Ctrl-C reaches the supervisor, which stops in order
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops in order
+            preexec_fn=_die_with_parent(os.getpid()))
         child.started = time.monotonic()
         child.relay = asyncio.create_task(self._relay(child, child.process))
         log.info("%s: started (pid %d): python -m %s", child.spec.name, child.process.pid,
@@ -234,6 +241,19 @@ class Supervisor:
                         child.spec.name, self.stop_timeout)
             process.kill()
             await process.wait()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """What a child runs before it starts: SIGTERM to it when the supervisor dies, however
+    it dies (Linux's PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan
+    serving on its ports."""
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the supervisor died before the wish was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def next_backoff(backoff: float) -> float:

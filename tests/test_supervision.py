@@ -1,0 +1,88 @@
+"""`hashrec serve`'s supervisor against an operator's mistakes: a second start is refused
+with one line, a SIGKILLed supervisor leaves no child serving, SIGTERM before every
+service is ready prints no banner, and the metrics ports move with --port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.test_processes import SERVICES, Served, serving
+
+
+def _serve_command(stack: dict, port: int) -> list[str]:
+    return [sys.executable, "-m", "commands.cli", "serve", "--port", str(port),
+            "--http-port", "0", "--models", str(stack["trained"].directory),
+            "--user-model", str(stack["user_dir"])]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_second_serve_is_refused_and_a_killed_supervisor_leaves_no_orphan(
+        stack: dict, tmp_path: Path) -> None:
+    with serving(stack, tmp_path) as served:
+        children = list(served.pids.values())
+        assert len(children) == len(SERVICES)
+        metrics = {f"HASHREC_{name.upper()}_METRICS_PORT": "0" for name in SERVICES}
+        same_folder = subprocess.run(
+            _serve_command(stack, served.port), capture_output=True, text=True, timeout=60,
+            env={**os.environ, **metrics, "HASHREC_MODELS": str(tmp_path / "models")})
+        assert same_folder.returncode == 2
+        assert f"already running (pid {served.process.pid}" in same_folder.stderr
+        elsewhere = subprocess.run(
+            _serve_command(stack, served.port), capture_output=True, text=True, timeout=60,
+            env={**os.environ, **metrics, "HASHREC_MODELS": str(tmp_path / "other")})
+        assert elsewhere.returncode == 2
+        assert f"port {served.port} is in use" in elsewhere.stderr
+        for result in (same_folder, elsewhere):
+            assert result.stderr.strip().count("\n") == 0 and "Traceback" not in \
+                result.stderr
+        os.kill(served.process.pid, signal.SIGKILL)
+        served.process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if _alive(pid)], "orphans kept running"
+
+
+def test_sigterm_before_every_service_is_ready_prints_no_banner(stack: dict,
+                                                               tmp_path: Path) -> None:
+    from tests.servers import free_ports_in_a_row
+
+    port = free_ports_in_a_row(5)
+    process = subprocess.Popen(
+        _serve_command(stack, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={**os.environ, "HASHREC_MODELS": str(tmp_path),
+                        "HASHREC_USER_STATE": str(tmp_path / "state"),
+                        **{f"HASHREC_{n.upper()}_METRICS_PORT": "0" for n in SERVICES}})
+    served = Served(process, port, tmp_path)
+    served.wait_for(r"vision: started \(pid")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 1
+    time.sleep(0.3)  # the reader thread takes the last lines
+    assert not any(line.startswith("serving ") for line in served.lines), served.lines
+    assert any("stopped before every service was ready" in line for line in served.lines)
+
+
+def test_the_metrics_ports_move_with_the_port_unless_set(monkeypatch) -> None:
+    from commands.cli import metrics_ports
+
+    for name in SERVICES:
+        monkeypatch.delenv(f"HASHREC_{name.upper()}_METRICS_PORT", raising=False)
+    assert metrics_ports(50050, None) == {"recommender": 9100, "vision": 9101, "word": 9102,
+                                          "graph": 9103, "user": 9104}
+    moved = metrics_ports(51050, None)
+    assert sorted(moved.values()) == list(range(10100, 10105))
+    assert metrics_ports(51050, 7000)["user"] == 7004
+    monkeypatch.setenv("HASHREC_USER_METRICS_PORT", "0")
+    assert "user" not in metrics_ports(50050, None)
