@@ -832,6 +832,21 @@ def _live_serve_pid(path: Path) -> int | None:
     return pid if pid != os.getpid() and _is_hashrec_serve(command) else None
 
 
+def verified_newest(folder: Path, kind: str) -> Path:
+    """The newest version of ``kind`` in ``folder``, its every file checked against its
+    manifest (ValueError naming what does not match)."""
+    from shared.artifacts import ArtifactReader, newest_artifact
+
+    newest = newest_artifact(folder, kind)
+    if newest is None:
+        raise FileNotFoundError(f"{folder}: no {kind} model to roll out")
+    try:
+        ArtifactReader(newest)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model {newest.name}: {error}") from None
+    return newest
+
+
 def child_threads() -> dict[str, dict[str, str]]:
     """Each child's HASHREC_THREADS when the operator set none: the vision model's passes
     take every core; the scoring services, whose batches are small matrix products, take
@@ -849,13 +864,16 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
     import asyncio
 
     from commands.supervisor import ChildSpec, Supervisor, grpc_ready, http_ready
+    from services.image_models import KIND as IMAGE_KIND
 
     host, port = args.host, args.port
     probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     backends = {"vision": port + 1, "word": port + 2, "graph": port + 3, "user": port + 4}
-    # After a rollout (SIGHUP: `hashrec rollout`) a restarted service takes the newest
-    # version in the folder, the one the others switched to.
-    rolled_out = {"HASHREC_MODEL_DIR": str(model_dir.parent)}
+    # A rollout (SIGHUP: `hashrec rollout`) is of the newest version in the folder, once
+    # it verifies; a restarted service then starts on it, the one the others switched to,
+    # and never on a version that was refused.
+    def rolled_out() -> dict[str, str]:
+        return {"HASHREC_MODEL_DIR": str(verified_newest(model_dir.parent, IMAGE_KIND))}
     threads = child_threads()
     metrics = metrics_ports(port, args.metrics_port)
     busy = ports_in_use(host, [port, *backends.values(), *metrics.values(),

@@ -53,9 +53,11 @@ class ChildSpec:
     after: tuple[str, ...] = ()
     #: whether SIGHUP to the supervisor reaches it (it switches to its newest model)
     reloads: bool = False
-    #: its environment from the first rollout on, so that a restart after a rollout
-    #: starts on the rolled-out version (e.g. the folder of versions, not the first one)
-    rollout_env: Mapping[str, str] = field(default_factory=dict)
+    #: its environment after a rollout the supervisor accepted, so that a restart starts
+    #: on the version it was serving: a mapping, or a function that finds the version to
+    #: roll out and checks it (raising ValueError or FileNotFoundError to refuse it)
+    rollout_env: Mapping[str, str] | Callable[[], Mapping[str, str]] = field(
+        default_factory=dict)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Supervisor:
         self.ready_timeout = ready_timeout
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task] = []
+        self._rollouts: set[asyncio.Task] = set()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -114,18 +117,37 @@ class Supervisor:
         self._stopping.set()
 
     def roll_out(self) -> None:
-        """SIGHUP to every child that reloads: each switches to the newest verified model
-        beside its own, the backends first in effect (the recommender waits until they
-        serve the new version before it switches, and they keep the old one for it until
-        then), so no answer is left without a backend's scores."""
+        """(SIGHUP) The version to roll out is found and verified here first; refused, no
+        child hears of it, and each keeps (and restarts on) the version it serves.
+        Accepted, it becomes the children's version for any later restart, and SIGHUP
+        reaches every child that reloads: each switches to it, the backends first in
+        effect (the recommender waits until they serve the new version before it
+        switches, and they keep the old one for it until then), so no answer is left
+        without a backend's scores."""
+        task = asyncio.get_running_loop().create_task(self._roll_out())
+        self._rollouts.add(task)
+        task.add_done_callback(self._rollouts.discard)
+
+    async def _roll_out(self) -> None:
         children = [c for c in self.children.values() if c.spec.reloads
                     and c.process is not None and c.process.returncode is None]
+        loop = asyncio.get_running_loop()
+        envs = {}
+        for child in children:
+            wanted = child.spec.rollout_env
+            try:
+                envs[child.spec.name] = dict(await loop.run_in_executor(None, wanted)
+                                             if callable(wanted) else wanted)
+            except (OSError, ValueError) as error:
+                log.error("rollout refused: %s; every service keeps its version", error)
+                return
         log.info("rollout: SIGHUP to %s", ", ".join(c.spec.name for c in children))
         for child in children:
             assert child.process is not None
             child.spec = dataclasses.replace(
-                child.spec, env={**child.spec.env, **child.spec.rollout_env})
-            child.process.send_signal(signal.SIGHUP)
+                child.spec, env={**child.spec.env, **envs[child.spec.name]})
+            if child.process.returncode is None:
+                child.process.send_signal(signal.SIGHUP)
 
     async def start_all(self) -> None:
         """Starts the children wave by wave: each once everything it comes after is
