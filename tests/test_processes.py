@@ -318,7 +318,7 @@ def test_a_full_journal_refuses_feedback_naming_the_cause_and_acknowledges_nothi
 
     target = f"127.0.0.1:{served.port}"
     user, image = "full-journal", _photo(data_dir)
-    journal = served.folder / "state" / stack["user_dir"].name / "updates.jsonl"
+    journal = served.folder / "state" / "updates.jsonl"  # every user-model version's
 
     def feedback(stub: recommender_pb2_grpc.RecommenderServiceStub) -> int:
         hashtag = stack["trained"].vocabulary[0]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hashrec.v1 import photo_pb2, user_pb2, user_pb2_grpc
 
+from services.user.journal import decode_record
 from services.user.server import serve
 from tests.lookups import small_lookup
 from tests.servers import LoopThread
@@ -103,9 +104,14 @@ def test_an_upload_taken_back_is_gone_from_retrieval_and_from_disk(
     assert reply.photos_removed == 1 and not reply.profile_removed
     assert "upload-0" not in _retrieved(service, "alice")
     assert "upload-1" in _retrieved(service, "alice")
-    # Folded into a snapshot at once: the photo's features are nowhere on disk.
-    journal = (service.state / "model" / "updates.jsonl").read_bytes()
-    assert journal == b""
+    # Gone from the disk at once: the journal is rewritten without that post (its
+    # features), and the snapshot holds the photo no more.
+    records = [decode_record(line, 0) for line in
+               (service.state / "updates.jsonl").read_bytes().splitlines(keepends=True)]
+    assert {r.photo_id for r in records if r.kind == "post"} == {"upload-1"}
+    assert all(r.features.size == 0 for r in records if r.kind == "forget")
+    snapshot = next((service.state / "model" / "snapshots").iterdir())
+    assert b"upload-0" not in b"".join(p.read_bytes() for p in snapshot.iterdir())
     service.restart()
     assert "upload-0" not in service.stub.Photos(
         user_pb2.UserPhotosRequest(user_id="alice")).photo_ids
@@ -134,3 +140,7 @@ def test_forgetting_a_user_removes_their_profile_uploads_and_requests(
     assert _post(service, "carol", 0, request_id="c-0").posts == 1  # a fresh start
     snapshot = next((service.state / "model" / "snapshots").iterdir())
     assert b"upload-1" not in b"".join(p.read_bytes() for p in snapshot.iterdir())
+    records = [decode_record(line, 0) for line in
+               (service.state / "updates.jsonl").read_bytes().splitlines(keepends=True)]
+    assert [r.request_id for r in records if r.user == "carol" and r.kind == "post"] == \
+        ["c-0"]  # the three posts before the forget are gone; the fresh one is there

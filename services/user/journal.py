@@ -2,16 +2,24 @@
 profile learns from it; the newest snapshot of the profiles plus the journal's newer
 records rebuild them at start.
 
-State of one model version, in its own folder:
+The state folder (HASHREC_USER_STATE) holds one journal for every model version, and each
+version's snapshots in a folder of its own:
 
-    updates.jsonl        one record a line: "<crc32 hex> <json>\\n", the JSON holding seq
-                         (1, 2, …), user, hashtags (terms, so a retrained vocabulary can
-                         replay what it still knows), the photo's CNN features as base64
-                         float32, an optional photo id, and with a request id the answer
-                         given (services/user/privacy.py). A "forget" record takes back
-                         one upload (photo id) or everything of the user's (none).
-    snapshots/<seq>/     the profiles after every record up to seq (UserHashtagLookup.
-                         profiles), as checksummed arrays (shared/artifacts.py)
+    updates.jsonl            one record a line: "<crc32 hex> <json>\\n", the JSON holding
+                             seq (1, 2, …), user, hashtags (terms, not rows, and the ones
+                             outside the serving vocabulary too: a retrained vocabulary
+                             replays what it knows), the photo's CNN features as base64
+                             float32, an optional photo id, and with a request id the
+                             answer given (services/user/privacy.py). A "forget" record
+                             takes back one upload (photo id) or everything of the user's.
+    <version>/snapshots/<seq>/   that version's profiles after every record up to seq
+                             (UserHashtagLookup.profiles), as checksummed arrays
+
+The journal outlives model versions: a new version, with no snapshot of its own, starts
+from its training counts and replays every record by term, so no acknowledged update is
+lost to an upgrade. Snapshots only shorten a restart (records up to their seq are
+skipped); they never cut the journal. Forgetting rewrites the journal without the records
+taken back.
 
 Why nothing acknowledged is lost:
 - ``append`` returns only after fsync; a write or fsync that fails is cut back off the file
@@ -20,9 +28,9 @@ Why nothing acknowledged is lost:
   next record starts on a line of its own (a record glued to a torn one would be lost);
   the CRC catches a line that is complete but damaged;
 - a snapshot is written under a temporary name, fsync'd, then renamed into place: a crash
-  leaves either no new snapshot or a whole one. Only then is the journal truncated; a crash
-  between the two replays the records again, and ``recover`` skips every record the
-  snapshot already holds (seq ≤ the snapshot's), so none is applied twice.
+  leaves either no new snapshot or a whole one, and ``recover`` skips every record the
+  snapshot already holds (seq ≤ the snapshot's), so none is applied twice;
+- a rewrite (forgetting) goes to a temporary file, fsync'd, renamed over the journal.
 """
 
 from __future__ import annotations
@@ -104,8 +112,9 @@ def decode_record(line: bytes, fallback_seq: int) -> JournalRecord:
 
 class UpdateJournal:
     def __init__(self, directory: Path) -> None:
+        """``directory``: this model version's folder inside the state folder."""
         self.directory = directory
-        self.path = directory / "updates.jsonl"
+        self.path = directory.parent / "updates.jsonl"  # every version's
         self.snapshots = directory / "snapshots"
         directory.mkdir(parents=True, exist_ok=True)
         #: seq of the last record written (or held by the newest snapshot)
@@ -211,13 +220,40 @@ class UpdateJournal:
         log.info("replayed %d profile updates from %s", applied, self.path)
         return applied
 
+    def forget(self, user: str, photo: str | None = None) -> int:
+        """Rewrites the journal without ``user``'s posts (only the one of ``photo`` when
+        given): their features and hashtags leave the disk. Forget records stay, so a
+        replay from an older snapshot still takes the user's rows back. Returns how many
+        records went. Call from the one writer."""
+        if not self.path.exists():
+            return 0
+        temporary = self.path.with_name(".updates.jsonl.tmp")
+        dropped = 0
+        with self.path.open("rb") as journal, temporary.open("wb") as kept:
+            for line in journal:
+                try:
+                    record = decode_record(line, 0)
+                except (ValueError, UnicodeDecodeError):
+                    kept.write(line)  # not ours to judge here: recover logs it
+                    continue
+                if record.user == user and record.kind == "post" and (
+                        photo is None or record.photo_id == photo):
+                    dropped += 1
+                    continue
+                kept.write(line)
+            kept.flush()
+            os.fsync(kept.fileno())
+        os.replace(temporary, self.path)
+        fsync_directory(self.path.parent)
+        return dropped
+
     def newest_snapshot(self) -> Path | None:
         done = sorted(p for p in self.snapshots.glob("[0-9]*") if p.is_dir())
         return done[-1] if done else None
 
     def snapshot(self, lookup: UserHashtagLookup) -> Path:
-        """Writes the profiles as of the last appended record, atomically, then empties
-        the journal. Call between appends (from the one writer)."""
+        """Writes the profiles as of the last appended record, atomically; older
+        snapshots go. Call between appends (from the one writer)."""
         arrays, lists = lookup.profiles()
         seq = self.last_seq
         final = self.snapshots / f"{seq:012d}"
@@ -233,10 +269,6 @@ class UpdateJournal:
         else:
             os.replace(temporary, final)
             fsync_directory(self.snapshots)
-        # Only now may the journal forget: every record is in the snapshot.
-        with self.path.open("ab") as journal:
-            journal.truncate(0)
-            os.fsync(journal.fileno())
         self.since_snapshot = 0
         for older in self.snapshots.glob("[0-9]*"):
             if older != final:
@@ -247,7 +279,7 @@ class UpdateJournal:
 
 
 class StateLock:
-    """An exclusive lock (fcntl) on a journal folder, held while a user service writes it:
+    """An exclusive lock (fcntl) on a state folder, held while a user service writes it:
     a second service on the same state refuses to start instead of interleaving records
     (two writers reuse sequence numbers, and a restart then loses updates)."""
 

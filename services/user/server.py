@@ -131,13 +131,15 @@ class UserServicer:
                               hashtags_problem(request.hashtags),
                               request_id_problem(request.request_id))
         photo = await photo_or_abort(request.photo, context)
-        accepted, ignored = [], []
+        accepted, ignored, later = [], [], []
         for raw in request.hashtags:
             hashtag = normalize_hashtag(raw)
             if hashtag is None:
                 ignored.append(f"{quoted(raw)}: no letters or digits")
             elif hashtag not in self.lookup.hashtag_rows:
                 ignored.append(f"{quoted(hashtag)}: not in the vocabulary")
+                if hashtag not in later:
+                    later.append(hashtag)  # journaled: a later model may know it
             elif hashtag not in accepted:
                 accepted.append(hashtag)
         if not accepted:
@@ -154,7 +156,7 @@ class UserServicer:
             answer = {"accepted": accepted, "ignored": ignored,
                       "posts": (0 if row is None else int(lookup.post_counts[row])) + 1,
                       "embedding_updated": lookup.tensor_active}
-            self.journal.append(user, accepted, features, request.photo_id,
+            self.journal.append(user, accepted + later, features, request.photo_id,
                                 request_id=request_id, answer=answer if request_id else None)
             lookup.update(user, features, [lookup.hashtag_rows[h] for h in accepted])
             if request.photo_id:
@@ -195,8 +197,9 @@ class UserServicer:
             empty = np.zeros(0, np.float32)
             self.journal.append(user, [], empty, request.photo_id, kind="forget")
             released, removed = self.lookup.forget(user, photo)
-            # Fold the journal into a snapshot now: the records of what was taken back
-            # (the photo's features, the posts) leave the disk with it.
+            # What was taken back (the posts, the photo's features) leaves the disk now:
+            # the journal is rewritten without it, the profiles snapshotted without it.
+            self.journal.forget(user, photo)
             self._snapshot_if_new()
             return released, removed
 
@@ -250,7 +253,7 @@ async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = 
     """Starts NOT_SERVING, loads and verifies the model, replays the journal, SERVING.
     StartupError when another process holds the journal (one writer a journal) or the
     port."""
-    lock = hold_state(journal_folder(model_dir, state_dir))
+    lock = hold_state(journal_folder(model_dir, state_dir).parent)
     try:
         server, late = await start_loading(
             SERVICE_NAME, user_pb2_grpc.add_UserProfileServiceServicer_to_server,
