@@ -865,6 +865,7 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
 
     from commands.supervisor import ChildSpec, Supervisor, grpc_ready, http_ready
     from services.image_models import KIND as IMAGE_KIND
+    from services.user.lookup import KIND as USER_KIND
 
     host, port = args.host, args.port
     probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -873,7 +874,8 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
     # it verifies; a restarted service then starts on it, the one the others switched to,
     # and never on a version that was refused.
     def rolled_out() -> dict[str, str]:
-        return {"HASHREC_MODEL_DIR": str(verified_newest(model_dir.parent, IMAGE_KIND))}
+        return {"HASHREC_MODEL_DIR": str(verified_newest(model_dir.parent, IMAGE_KIND)),
+                "HASHREC_USER_MODEL_DIR": str(verified_newest(user_dir.parent, USER_KIND))}
     threads = child_threads()
     metrics = metrics_ports(port, args.metrics_port)
     busy = ports_in_use(host, [port, *backends.values(), *metrics.values(),
@@ -890,7 +892,7 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
                         "HASHREC_USER_MODEL_DIR": str(user_dir),
                         "OTEL_SERVICE_NAME": f"hashrec-{name}"},
                        grpc_ready(f"{probe}:{backend_port}"),
-                       reloads=name in ("word", "graph"), rollout_env=rolled_out)
+                       reloads=name in ("word", "graph", "user"), rollout_env=rolled_out)
              for name, backend_port in backends.items()]
     specs.append(ChildSpec(
         "recommender", "services.recommender.server",

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,52 @@ def test_restart_backoff_doubles_up_to_its_ceiling() -> None:
         delays.append(next_backoff(delays[-1]))
     assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
     assert max(delays) == BACKOFF_MAX == delays[-1] == 30.0
+
+
+def test_a_new_user_model_is_swapped_in_live_with_every_update_once(
+        running: UserService, tmp_path: Path) -> None:
+    """Feedback back to back while `hashrec rollout`'s SIGHUP swaps in a new version of the
+    user model: no call fails, and the new version holds every acknowledged update once."""
+    import shutil
+    import threading
+
+    import grpc
+    from hashrec.v1 import photo_pb2, user_pb2
+
+    from tests.test_user_privacy import FEATURES, _post
+
+    acknowledged: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def feed() -> None:
+        number = 0
+        while not stop.is_set():
+            try:
+                acknowledged.append(_post(running, "swapper", number % 5,
+                                          request_id=f"s-{number}").posts)
+            except grpc.RpcError as error:
+                failures.append(error.code().name)
+            number += 1
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    try:
+        while len(acknowledged) < 5:
+            time.sleep(0.05)
+        shutil.copytree(tmp_path / "model", tmp_path / "model-2")  # a newer version
+        running.loop.call(running.server.reload())
+        before = len(acknowledged)
+        while len(acknowledged) < before + 5:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not failures, failures
+    assert acknowledged == list(range(1, len(acknowledged) + 1))  # each counted once
+    score = running.stub.Score(user_pb2.UserScoreRequest(
+        photo=photo_pb2.PhotoDescription(features=FEATURES[0].tolist()), user_id="swapper"))
+    assert score.model_version == "model-2" and score.known_user
+    lookup = running.server.servicer.lookup
+    assert lookup.post_counts[lookup.user_index["swapper"]] == len(acknowledged)
+    running.restart()  # started afresh on the folder: the newest version, same profile

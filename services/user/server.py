@@ -31,7 +31,7 @@ from hashrec.v1 import user_pb2, user_pb2_grpc
 from services.user.journal import JournalError, UpdateJournal, hold_state
 from services.user.lookup import KIND, UserHashtagLookup
 from shared.admission import abort_overloaded
-from shared.artifacts import resolve_artifact
+from shared.artifacts import newest_artifact, resolve_artifact
 from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.config import setup_logging
 from shared.data.normalize import normalize_hashtag
@@ -98,9 +98,10 @@ class UserServicer:
                      ) -> list[user_pb2.UserScoreResponse]:
         """The top hashtags of a batch of (photo features, user, k): one lookup."""
         depth = max(k for _, _, k in calls)
-        scores, ids = self.lookup.top_k(np.stack([features for features, _, _ in calls]),
-                                        [user for _, user, _ in calls], depth)
-        vocabulary, weight = self.lookup.vocabulary, self.lookup.user_weight or 0.0
+        lookup, version = self.lookup, self.model_version  # one model a batch (a swap)
+        scores, ids = lookup.top_k(np.stack([features for features, _, _ in calls]),
+                                   [user for _, user, _ in calls], depth)
+        vocabulary, weight = lookup.vocabulary, lookup.user_weight or 0.0
         answers = []
         for row, (_, user, k) in enumerate(calls):
             top, rows = scores[row, :k], ids[row, :k]
@@ -110,8 +111,7 @@ class UserServicer:
                                                relative_probability=r)
                           for s, i, r in zip(top.tolist(), rows.tolist(), relative,
                                              strict=True)],
-                known_user=self.lookup.known(user), model_version=self.model_version,
-                user_weight=weight))
+                known_user=lookup.known(user), model_version=version, user_weight=weight))
         return answers
 
     async def Score(self, request: user_pb2.UserScoreRequest,  # noqa: N802
@@ -158,7 +158,10 @@ class UserServicer:
                       "embedding_updated": lookup.tensor_active}
             self.journal.append(user, accepted + later, features, request.photo_id,
                                 request_id=request_id, answer=answer if request_id else None)
-            lookup.update(user, features, [lookup.hashtag_rows[h] for h in accepted])
+            known = [lookup.hashtag_rows[h] for h in accepted + later
+                     if h in lookup.hashtag_rows]  # a model swapped in since the check
+            if known:
+                lookup.update(user, features, known)
             if request.photo_id:
                 lookup.add_upload(request.photo_id, user, features)
             lookup.requests.put(user, request_id, answer)
@@ -181,6 +184,15 @@ class UserServicer:
         photos = await self._read(lambda: self._locked(
             lambda: self.lookup.owners.photos_of(request.user_id)))
         return user_pb2.UserPhotosResponse(photo_ids=photos)
+
+    def swap_model(self, model_dir: Path, state_dir: Path | None) -> None:
+        """On the writer thread: ``model_dir`` loaded and verified, the whole journal
+        replayed into it by term, then served. No update lands between the replay and the
+        switch (they wait on this thread); Score and Retrieve answer from the old model
+        until the switch, and a batch in flight finishes on the one it started on."""
+        lookup, journal = load_with_journal(model_dir, state_dir)
+        self._snapshot_if_new()  # the old version restarts quickly if rolled back to
+        self.lookup, self.journal, self.model_version = lookup, journal, model_dir.name
 
     def _locked(self, work: Callable[[], T]) -> T:
         with self.lookup.lock:
@@ -266,6 +278,26 @@ async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = 
     servicer = UserServicer(lookup, journal, model_dir.name, snapshot_every)
     server.on_stop(servicer.close)
     server.on_stop(lock.release)  # after the last snapshot
+    current = [model_dir]
+
+    async def reload() -> None:
+        """SIGHUP (`hashrec rollout`): the newest verified user model beside the serving
+        one, swapped in live with every journaled update replayed into it."""
+        newest = newest_artifact(current[0].parent, KIND)
+        if newest is None or newest.name <= current[0].name:
+            log.info("user: no model newer than %s; serving it still", current[0].name)
+            return
+        try:
+            await servicer._write(lambda: servicer.swap_model(newest, state_dir))
+        except Exception as error:  # any failure to load keeps the serving version
+            log.error("user: refused model %s (%s: %s); still serving %s", newest.name,
+                      type(error).__name__, error, current[0].name)
+            return
+        log.info("user: now serving model %s (was %s), %d users", newest.name,
+                 current[0].name, len(servicer.lookup.user_ids))
+        current[0] = newest
+
+    server.reload = reload
     late.target = server.servicer = servicer
     await server.set_serving(True)
     log.info("user: model %s, %d users, %d hashtags, %d photos; the three-way term is %s",
@@ -286,7 +318,7 @@ async def _main() -> None:
                                             DEFAULT_METRICS_PORT)),
                          int(os.environ.get("HASHREC_USER_SNAPSHOT_EVERY", SNAPSHOT_EVERY)))
     server.stop_on_signals()
-    server.reload_on_signal()  # nothing to reload: SIGHUP is logged, not fatal
+    server.reload_on_signal()  # the newest user model, swapped in live
     await server.wait()
 
 
