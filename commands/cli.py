@@ -678,7 +678,7 @@ def newest_model(root: Path) -> Path | None:
     from services.image_models import KIND
     from shared.artifacts import newest_artifact
 
-    return newest_artifact(root, KIND)
+    return newest_artifact(root, KIND, verified=True)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -155,9 +155,11 @@ class ArtifactReader:
         return json.loads(self._path(name, ".json").read_text())
 
 
-def newest_artifact(root: Path, kind: str) -> Path | None:
+def newest_artifact(root: Path, kind: str, verified: bool = False) -> Path | None:
     """The most recent artifact directory of ``kind`` directly under ``root`` (version
-    names start with the time they were written), or None."""
+    names start with the time they were written), or None. ``verified``: the most recent
+    whose every file matches its manifest; a newer one that does not is skipped with the
+    reason logged (a tampered or half-copied version is never started on)."""
     candidates = []
     for path in root.glob(f"*/{MANIFEST}"):
         try:
@@ -167,7 +169,16 @@ def newest_artifact(root: Path, kind: str) -> Path | None:
             continue
         if found == kind:
             candidates.append(path.parent)
-    return sorted(candidates)[-1] if candidates else None
+    for candidate in sorted(candidates, reverse=True):
+        if not verified:
+            return candidate
+        try:
+            ArtifactReader(candidate)
+        except (OSError, ValueError) as error:
+            log.warning("%s skipped: %s", candidate, error)
+            continue
+        return candidate
+    return None
 
 
 def resolve_artifact(path: Path, kind: str) -> Path:
@@ -175,7 +186,7 @@ def resolve_artifact(path: Path, kind: str) -> Path:
     deployments can point at a folder that training keeps adding versions to."""
     if (path / MANIFEST).is_file():
         return path
-    newest = newest_artifact(path, kind)
+    newest = newest_artifact(path, kind, verified=True)
     if newest is None:
         raise FileNotFoundError(f"{path}: neither a model directory nor a folder of {kind} "
                                 "model directories")

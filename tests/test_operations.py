@@ -163,3 +163,15 @@ def test_a_new_user_model_is_swapped_in_live_with_every_update_once(
     lookup = running.server.servicer.lookup
     assert lookup.post_counts[lookup.user_index["swapper"]] == len(acknowledged)
     running.restart()  # started afresh on the folder: the newest version, same profile
+
+
+def test_a_folder_of_versions_starts_on_the_newest_that_verifies(tmp_path: Path) -> None:
+    from shared.artifacts import ArtifactWriter, newest_artifact, resolve_artifact
+
+    for name in ("20260101-000000-good", "20260202-000000-tampered"):
+        writer = ArtifactWriter(tmp_path / name)
+        writer.json("vocabulary", ["a", "b"])
+        writer.close({"kind": "image-models"})
+    (tmp_path / "20260202-000000-tampered" / "vocabulary.json").write_text('["a", "x"]')
+    assert newest_artifact(tmp_path, "image-models").name == "20260202-000000-tampered"
+    assert resolve_artifact(tmp_path, "image-models").name == "20260101-000000-good"

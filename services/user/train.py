@@ -145,7 +145,8 @@ def fit_recommender_weight(posts: Sequence[Post], features: dict[str, np.ndarray
 
 
 def newest_user_model(root: Path) -> Path | None:
-    return newest_artifact(root, KIND)
+    """The newest user model under ``root`` that verifies."""
+    return newest_artifact(root, KIND, verified=True)
 
 
 def main() -> None:
