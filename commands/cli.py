@@ -816,6 +816,8 @@ def ports_in_use(host: str, ports: list[int]) -> str | None:
         if port == 0:
             continue
         with socket.socket() as probe:
+            # as the servers bind: a port whose old connections linger (TIME_WAIT) is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host if host not in ("", "::") else "0.0.0.0", port))
             except OSError:
