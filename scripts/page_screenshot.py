@@ -24,7 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("photo", nargs="?", type=Path)
     parser.add_argument("--url", default="http://127.0.0.1:8080/")
-    parser.add_argument("--user", default="u00003")
+    parser.add_argument("--name", default="ann", help="the local account to sign in as "
+                        "(made on first use)")
+    parser.add_argument("--password", default="a picture of dinner")
     parser.add_argument("--out", type=Path, default=Path("docs/page.png"))
     args = parser.parse_args()
     photo = args.photo or data_root() / "food" / "images" / "0000008.jpg"
@@ -34,7 +36,15 @@ def main() -> None:
             args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 860})
         page.goto(args.url)
-        page.fill("#user", args.user)
+        page.fill("#name", args.name)
+        page.fill("#password", args.password)
+        page.click("#signup")
+        page.wait_for_function("() => !document.querySelector('#error').hidden || "
+                               "!document.querySelector('#signed-in').hidden")
+        if page.locator("#signed-in").is_hidden():  # the account exists: sign in
+            page.fill("#password", args.password)
+            page.click("#signin")
+        page.locator("#signed-in").wait_for()
         page.set_input_files("#file", str(photo))
         chips = page.locator("#chips .chip")
         chips.first.wait_for(timeout=120_000)
