@@ -28,6 +28,13 @@ case ",$extras," in *",dev,"*)
     else
       echo "setup: chromium missing (apt-get install chromium) for the browser test" >&2
     fi
+  fi
+  # strace: the journal test watches a writer's system calls (fsync before each ack)
+  if ! command -v strace >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]
+  then
+    apt-get install -y -q strace >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q strace >/dev/null; } \
+      || echo "setup: strace could not be installed; the journal's fsync test skips" >&2
   fi ;;
 esac
 

@@ -255,3 +255,37 @@ def test_replay_skips_hashtags_a_retrained_vocabulary_lacks(model_dir: Path,
     first, second = journal.records()
     assert apply_record(lookup, first) and not apply_record(lookup, second)
     assert "p1" in lookup.photo_ids  # the photo stays retrievable
+
+
+def test_every_append_reaches_the_disk_before_it_returns(tmp_path: Path) -> None:
+    """The system calls of a real writer (strace): each record's write to the journal is
+    followed by an fsync of the journal before the next record, so what is acknowledged
+    survives a power cut, not only a killed process (which the page cache would hide)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is missing: scripts/setup.sh installs it")
+    log = tmp_path / "calls"
+    writer = ("import sys; from pathlib import Path; import numpy as np; "
+              "from services.user.journal import UpdateJournal; "
+              "journal = UpdateJournal(Path(sys.argv[1])); "
+              "[journal.append('ann', ['tag1'], np.zeros(4, np.float32)) for _ in range(3)]")
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,write,fsync", "-o", str(log),
+                    sys.executable, "-c", writer, str(tmp_path / "state" / "model")],
+                   check=True, cwd=Path(__file__).parents[1], timeout=120)
+    journal_fds, unsynced, synced = set(), set(), 0
+    for line in log.read_text().splitlines():
+        call = line.split(None, 1)[1] if line[0].isdigit() else line
+        if call.startswith("openat(") and "updates.jsonl" in call and "= " in call:
+            journal_fds.add(call.rsplit("= ", 1)[1].split()[0])
+        elif call.startswith("write("):
+            fd = call[6:].split(",", 1)[0]
+            if fd in journal_fds:
+                assert not unsynced, "a second record written before the first was synced"
+                unsynced.add(fd)
+        elif call.startswith("fsync("):
+            fd = call[6:].split(")", 1)[0]
+            if fd in unsynced:
+                unsynced.discard(fd)
+                synced += 1
+    assert synced == 3 and not unsynced
+
