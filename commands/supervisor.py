@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("hashrec.serve")
 
@@ -49,7 +50,8 @@ class ChildSpec:
     name: str
     module: str
     env: Mapping[str, str]
-    ready: Callable[[], Awaitable[bool]]
+    #: whether the child (its pid given) answers as ready on a port it holds itself
+    ready: Callable[[int], Awaitable[bool]]
     after: tuple[str, ...] = ()
     #: whether SIGHUP to the supervisor reaches it (it switches to its newest model)
     reloads: bool = False
@@ -216,7 +218,7 @@ class Supervisor:
                     f"{child.spec.name} exited with {describe_exit(process.returncode)} "
                     "before it was ready; its last output:\n  " + "\n  ".join(child.tail))
             try:
-                if await child.spec.ready():
+                if await child.spec.ready(process.pid):
                     child.ever_ready = True
                     log.info("%s: ready in %.1f s", child.spec.name,
                              time.monotonic() - child.started)
@@ -296,9 +298,49 @@ def describe_exit(code: int | None) -> str:
 
 # --- readiness probes -------------------------------------------------------------------
 
-def grpc_ready(address: str) -> Callable[[], Awaitable[bool]]:
-    """A gRPC health check: SERVING once the service has loaded and verified its models."""
-    async def check() -> bool:
+def listening_pids(port: int) -> set[int]:
+    """The processes holding a listening TCP socket on ``port`` (Linux's /proc: the
+    socket's inode in /proc/net/tcp{,6}, then which process has it open)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])  # state 0A: LISTEN
+    holders = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                link = os.readlink(fd.path)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    holders.add(int(entry.name))
+                    break
+        except OSError:
+            continue
+    return holders
+
+
+def _own_port(pid: int, port: int) -> bool:
+    """Whether the answer on ``port`` can be the child's: it holds the listening socket
+    (a process left over from another run answering there is not our child)."""
+    holders = listening_pids(port)
+    if holders and pid not in holders:
+        log.error("port %d is held by pid %s, not by our child %d", port,
+                  ", ".join(map(str, sorted(holders))), pid)
+        return False
+    return True
+
+
+def grpc_ready(address: str) -> Callable[[int], Awaitable[bool]]:
+    """A gRPC health check: SERVING once the service has loaded and verified its models,
+    answered by the child itself."""
+    async def check(pid: int) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         from shared.grpc_server import aio_channel
@@ -306,16 +348,20 @@ def grpc_ready(address: str) -> Callable[[], Awaitable[bool]]:
         async with aio_channel(address) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=2)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+        serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        return serving and await asyncio.to_thread(
+            _own_port, pid, int(address.rsplit(":", 1)[1]))
     return check
 
 
-def http_ready(url: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
+def http_ready(url: str) -> Callable[[int], Awaitable[bool]]:
+    async def check(pid: int) -> bool:
         import urllib.request
+        from urllib.parse import urlsplit
 
         def get() -> int:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status
-        return await asyncio.to_thread(get) == 200
+        return await asyncio.to_thread(get) == 200 and await asyncio.to_thread(
+            _own_port, pid, urlsplit(url).port or 80)
     return check

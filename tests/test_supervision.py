@@ -86,3 +86,32 @@ def test_the_metrics_ports_move_with_the_port_unless_set(monkeypatch) -> None:
     assert metrics_ports(51050, 7000)["user"] == 7004
     monkeypatch.setenv("HASHREC_USER_METRICS_PORT", "0")
     assert "user" not in metrics_ports(50050, None)
+
+
+def test_a_ready_check_answered_by_a_process_other_than_the_child_fails() -> None:
+    """A server left over from another run answers health SERVING on the child's port:
+    the supervisor's check sees the port is not held by its child."""
+    import asyncio
+
+    from commands.supervisor import grpc_ready, listening_pids
+    from shared.grpc_server import GrpcServer
+    from tests.servers import LoopThread
+
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer([], "127.0.0.1", 0)
+        await server.start()
+        await server.set_serving(True)
+        return server
+
+    server = loop.call(start())
+    try:
+        port = int(server.address.rsplit(":", 1)[1])
+        assert listening_pids(port) == {os.getpid()}
+        check = grpc_ready(server.address)
+        assert asyncio.run(check(os.getpid())) is True  # its own port
+        assert asyncio.run(check(os.getppid())) is False  # another process's answer
+    finally:
+        loop.call(server.stop())
+        loop.close()
