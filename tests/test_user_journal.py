@@ -289,3 +289,19 @@ def test_every_append_reaches_the_disk_before_it_returns(tmp_path: Path) -> None
                 synced += 1
     assert synced == 3 and not unsynced
 
+
+
+def test_a_journal_written_before_it_was_shared_is_adopted_at_the_first_start(
+        model_dir: Path, tmp_path: Path) -> None:
+    """The previous layout kept state/<version>/updates.jsonl beside the snapshots; its
+    records after the last snapshot are replayed once the journal is shared."""
+    state = tmp_path / "state" / "model"
+    lookup, journal, _ = _restart(model_dir, state)
+    _learn(lookup, journal, "cy", 1)
+    journal.snapshot(lookup)
+    _learn(lookup, journal, "cy", 2)
+    (tmp_path / "state" / "updates.jsonl").rename(state / "updates.jsonl")  # the old place
+    again, journal_again, applied = _restart(model_dir, state)
+    assert applied == 1 and journal_again.path == tmp_path / "state" / "updates.jsonl"
+    np.testing.assert_array_equal(again.hashtag_counts, lookup.hashtag_counts)
+    assert not (state / "updates.jsonl").exists()

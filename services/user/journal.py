@@ -117,10 +117,27 @@ class UpdateJournal:
         self.path = directory.parent / "updates.jsonl"  # every version's
         self.snapshots = directory / "snapshots"
         directory.mkdir(parents=True, exist_ok=True)
+        self._adopt_legacy_journal()
         #: seq of the last record written (or held by the newest snapshot)
         self.last_seq = 0
         self.since_snapshot = 0
         self._repair_tail()
+
+    def _adopt_legacy_journal(self) -> None:
+        """State written before the journal was shared kept one journal a version, beside
+        its snapshots, whose seqs continue that version's snapshot: the first start after
+        the upgrade takes it over as the shared journal, so no record in it is lost."""
+        legacy = self.directory / "updates.jsonl"
+        if not legacy.exists():
+            return
+        if self.path.exists() and self.path.stat().st_size > 0:
+            log.warning("%s: a journal of the old layout beside the shared one %s; its "
+                        "records are not replayed (append them to it by hand)", legacy,
+                        self.path)
+            return
+        os.replace(legacy, self.path)
+        fsync_directory(self.path.parent)
+        log.info("adopted %s as the shared journal %s", legacy, self.path)
 
     def _repair_tail(self) -> None:
         """Cuts a partial last line (a write the process did not finish) off the file."""
