@@ -29,6 +29,24 @@ def test_the_fitted_user_weight_is_the_smallest_that_lets_each_side_win_where_it
     assert [row["weight"] for row in fit.about()["accuracy"]] == sorted(fit.accuracy)
 
 
+def test_the_weight_is_chosen_on_some_posts_and_its_figures_come_from_the_others() -> None:
+    """Posts A and B choose 0.3 as above; two report posts where the user alone is right
+    are measured, never chosen on: with them in the choice, 100 would win."""
+    vocabulary = ("truth", "decoy", "other")
+    photo = np.array([[1.0, 0.5, 0.0], [0.75, 1.0, 0.0], [0.0, 1.0, 0.9],
+                      [0.0, 1.0, 0.9]], dtype=np.float32)
+    user = [[("decoy", 1.0)], [("truth", 1.0)], [("truth", 1.0)], [("truth", 1.0)]]
+    truth = [frozenset({"truth"})] * 4
+    fit = fit_user_weight(photo, vocabulary, user, truth, report=[False, False, True, True])
+    assert fit.weight == 0.3 and fit.posts == 2 and fit.reported_posts == 2
+    assert set(fit.reported) == {0.0, 0.3, 1.0}
+    assert fit.reported[0.0][0] == 0 and fit.reported[1.0][0] == 100
+    assert fit.reported[0.3][0] == 0  # the truth at 0.3 × 1, under the photo's "other" (0.9)
+    chosen_on_all = fit_user_weight(photo, vocabulary, user, truth)
+    assert chosen_on_all.weight != 0.3  # the report posts would have moved the choice
+    assert fit.about()["reported_posts"] == 2
+
+
 def test_a_hashtag_only_the_user_knows_enters_with_the_weighted_user_term() -> None:
     scores, extra = condition_on_user({"a": 0, "b": 1}, np.array([2.0, 4.0]),
                                       [("b", 0.5), ("mine", 0.25)], weight=2.0)

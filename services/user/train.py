@@ -14,6 +14,7 @@ import hashlib
 import logging
 import multiprocessing
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,11 +138,15 @@ def fit_recommender_weight(posts: Sequence[Post], features: dict[str, np.ndarray
     relative = np.exp(scores - scores[:, :1])
     answers = [[(lookup.vocabulary[i], float(r)) for i, r in zip(row_ids, row, strict=True)]
                for row_ids, row in zip(ids.tolist(), relative, strict=True)]
+    # half the users (by a hash of their id) choose the weight, the others measure it
+    report = [zlib.crc32(p.user.encode()) % 2 == 1 for p in held_out]
     fit = fit_user_weight(scaled[[row_of[photo_key(p.image)] for p in held_out]], vocabulary,
-                          answers, [frozenset(p.hashtags) for p in held_out])
+                          answers, [frozenset(p.hashtags) for p in held_out],
+                          report=report if 0 < sum(report) < len(report) else None)
     return {**fit.about(), "image_model": image_model.name,
             "held_out": "each simulated user's last 10 % of posts, photos from the "
-                        "held-out pool, scored out of fold by the image model"}
+                        "held-out pool, scored out of fold by the image model; the weight "
+                        "chosen on half the users' posts, reported on the other half's"}
 
 
 def newest_user_model(root: Path) -> Path | None:
