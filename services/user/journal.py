@@ -41,6 +41,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import zlib
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,8 @@ from shared.grpc_server import StartupError
 log = logging.getLogger(__name__)
 
 SNAPSHOT_KIND = "user-profiles"
+#: a framed record's seq, read without decoding the rest of the line
+SEQ_PREFIX = re.compile(rb'[0-9a-f]{8} \{"seq": (\d+),')
 
 
 class JournalError(OSError):
@@ -197,13 +200,20 @@ class UpdateJournal:
         self.since_snapshot += 1
         return seq
 
-    def records(self) -> Iterator[JournalRecord]:
-        """Every readable record, in order; damaged lines are logged and skipped."""
+    def records(self, after: int = 0) -> Iterator[JournalRecord]:
+        """Every readable record, in order; damaged lines are logged and skipped. Records
+        up to seq ``after`` (a snapshot holds them) are passed over from their seq alone,
+        without decoding their features: the journal keeps every version's records, and a
+        restart should cost what the snapshot left, not the journal's whole length."""
         if not self.path.exists():
             return
         seq = self.last_seq
         with self.path.open("rb") as journal:
             for number, line in enumerate(journal, start=1):
+                head = SEQ_PREFIX.match(line)
+                if head is not None and int(head[1]) <= after:
+                    seq = int(head[1])
+                    continue
                 try:
                     record = decode_record(line, seq + 1)
                 except (ValueError, UnicodeDecodeError) as error:
@@ -227,7 +237,7 @@ class UpdateJournal:
             self.last_seq = int(reader.manifest["seq"])
             log.info("restored %d users' profiles from %s", len(lists["users"]), snapshot)
         applied = 0
-        for record in self.records():
+        for record in self.records(after=self.last_seq):
             if record.seq <= self.last_seq:
                 continue  # already in the snapshot
             self.last_seq = record.seq
