@@ -218,3 +218,16 @@ def test_gpu_jpeg_decoding_matches_pillow(data_dir: Path) -> None:
     on_cpu = preprocess(decode_image(data))
     assert on_gpu.shape == on_cpu.shape
     assert (on_gpu - on_cpu).abs().mean() < 0.05  # decoders and resamplers differ slightly
+
+
+def test_a_photos_class_probabilities_do_not_depend_on_its_batch(
+        vision_model: VisionModel) -> None:
+    """Bit for bit: the feature store, the service and Ray's workers batch differently,
+    and a trained artifact must not depend on how its photos were batched."""
+    features = torch.from_numpy(np.random.default_rng(0).random((37, FEATURE_DIM),
+                                                                 dtype=np.float32))
+    together = vision_model.classes(features).numpy()
+    for size in (1, 4, 32):
+        apart = np.concatenate([vision_model.classes(features[start:start + size]).numpy()
+                                for start in range(0, len(features), size)])
+        assert np.array_equal(apart, together), size

@@ -160,18 +160,30 @@ def _verified_state_dict(path: Path, backbone: Backbone = LITE0) -> dict[str, to
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-class FeaturesAndProbabilities(torch.nn.Module):
-    """EfficientNet-Lite returning (pooled 1280-d features, 1000 class probabilities)."""
+class PooledFeatures(torch.nn.Module):
+    """EfficientNet-Lite's pooled 1280-d features f(x)."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
         self.network = network
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.network.extract_features(images)
-        features = maps.mean(dim=(2, 3))
-        probabilities = torch.softmax(self.network._fc(features), dim=1)
-        return features, probabilities
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.extract_features(images).mean(dim=(2, 3))
+
+
+class ClassProbabilities:
+    """p(x) = softmax(W f(x) + b), in float64 and rounded to float32 at the end: the
+    float32 product's kernel, and so its last bits, changes with the batch's size on
+    some CPUs (oneDNN), and a photo's probabilities must not depend on its batch (the
+    feature store and Ray's workers batch differently)."""
+
+    def __init__(self, head: torch.nn.Linear, device: torch.device) -> None:
+        self.weight = head.weight.detach().to(device, torch.float64).T.contiguous()
+        self.bias = head.bias.detach().to(device, torch.float64)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        logits = torch.addmm(self.bias, features.to(torch.float64), self.weight)
+        return torch.softmax(logits, dim=1).to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,8 @@ class VisionModel:
         network = EfficientNet.from_name(self.backbone.name)
         network.load_state_dict(_verified_state_dict(weights_path(self.backbone), self.backbone),
                                 strict=True)
-        module = FeaturesAndProbabilities(network).eval().to(self.device, self.dtype)
+        self.classes = ClassProbabilities(network._fc, self.device)
+        module = PooledFeatures(network).eval().to(self.device, self.dtype)
         self.optimized = optimize
         if optimize:
             module = module.to(memory_format=torch.channels_last)
@@ -218,8 +231,9 @@ class VisionModel:
         batch = batch.to(self.device, self.dtype, non_blocking=True)
         if self.optimized:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        features, probabilities = self.module(batch)
-        return Embedding(features.float().cpu().numpy(), probabilities.float().cpu().numpy())
+        features = self.module(batch)
+        probabilities = self.classes(features)
+        return Embedding(features.float().cpu().numpy(), probabilities.cpu().numpy())
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> Embedding:
         features, probabilities = [], []
