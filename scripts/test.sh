@@ -11,4 +11,10 @@ if [ ! -x .venv-checkov/bin/checkov ]; then
 fi
 .venv/bin/ruff check .
 bash scripts/gen_protos.sh --check  # the checked-in gRPC code matches protos/
+# A worker a usable core (HASHREC_TEST_WORKERS=0: one process); a test module stays on
+# one worker, so its module fixtures are made once.
+workers="${HASHREC_TEST_WORKERS:-$(.venv/bin/python -c 'from shared.batching import usable_cores; print(min(usable_cores(), 4))')}"
+if [ "$workers" -gt 1 ]; then
+  exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
+fi
 exec .venv/bin/python -m pytest "$@"
