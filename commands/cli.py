@@ -292,7 +292,16 @@ def _served(args: argparse.Namespace) -> int:
                   else _ignored_tags(args.ignore_tags))
         result = evaluate_served(train, test, answer, ignore)
         report["results"][spec] = result.results
-        rows = {truth: {"served": row} for truth, row in result.results.items()}
+        rows = {truth: {"served (gate)": row} for truth, row in result.results.items()}
+        if community is not None and len(manifest.get("communities", ())) > 1:
+            # the same photos, each posted to its own set (RecommendRequest.community)
+            named = evaluate_served(train, test, grpc_answer(
+                args.target, community=community["name"]) if args.target else
+                in_process_answer(models, store, community=community["name"]),
+                ignore).results
+            report.setdefault("community_named", {})[spec] = named
+            for truth, row in named.items():
+                rows[truth]["served (community named)"] = row
         if not args.target:  # in process, the same photos without outside hashtags
             vocabulary_only = evaluate_served(train, test, in_process_answer(
                 models, store, with_outside=False), ignore).results
@@ -301,7 +310,7 @@ def _served(args: argparse.Namespace) -> int:
                 rows[truth]["vocabulary only"] = row
         for truth, table in rows.items():
             _print_table(f"{model_dir.name} on {spec}'s held-out photos "
-                         f"({table['served']['photos']} with a tag; truth: {truth})",
+                         f"({table['served (gate)']['photos']} with a tag; truth: {truth})",
                          {name: {k: v for k, v in row.items() if k != "photos"}
                           for name, row in table.items()})
         if community is not None and not args.target:

@@ -114,7 +114,8 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
                       **(about or {})}, durable=True)
     log.info("trained %s on %d photos of %d communities in %.0f s -> %s", list(methods),
              len(train), len(communities), time.perf_counter() - started, out / version)
-    return ImageModels(version, terms, fitted, fusion, out / version, ranker)
+    return ImageModels(version, terms, fitted, fusion, out / version, ranker,
+                       tuple(c.name for c in communities))
 
 
 @contextlib.contextmanager

@@ -48,6 +48,26 @@ class ImageModels:
     directory: Path | None = None
     #: the learned fusion, served when every method answers (the linear one otherwise)
     ranker: RankFusion | None = None
+    #: the photo sets it was trained on, in the gate's order (one: no gate)
+    communities: tuple[str, ...] = ()
+
+    def community_mix(self, community: str) -> np.ndarray | None:
+        """The mix that routes a photo to the named community alone; None for a model of
+        one community (nothing to route). ValueError, naming the choices, for a name the
+        model was not trained on."""
+        if community not in self.communities:
+            raise ValueError(f"community {community!r} is not one of this model's "
+                             f"{list(self.communities)}")
+        if len(self.communities) < 2:
+            return None
+        return np.eye(len(self.communities), dtype=np.float32)[
+            self.communities.index(community)]
+
+    def communities_of(self, photos: PhotoSet) -> np.ndarray | None:
+        """Each photo's community mix as the gated methods weight it (the one it came
+        with, else the gate's guess); None for a model of one community."""
+        gated = next((m for m in self.methods.values() if isinstance(m, GatedMethod)), None)
+        return None if gated is None else gated.mix(photos)
 
     def combine(self, per_method: dict[str, np.ndarray]) -> np.ndarray:
         """The learned fusion of the methods' scores when all of them are there, else the
@@ -109,7 +129,8 @@ def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> 
     ranker = RankFusion.load(reader) if "fusion_rank.json" in manifest["files"] else None
     return ImageModels(manifest["version"], tuple(reader.json("vocabulary")),
                        {name: _load(reader, name) for name in names}, Fusion.load(reader),
-                       directory, ranker)
+                       directory, ranker,
+                       tuple(c["name"] for c in manifest.get("communities", ())))
 
 
 def out_of_fold_scores(directory: Path) -> tuple[tuple[str, ...], list[str], np.ndarray] | None:

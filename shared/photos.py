@@ -25,21 +25,48 @@ class PhotoSet:
     hashtags: Sequence[Sequence[int]] = ()
     communities: np.ndarray | None = None  # (n,) int: index into the training's communities
     keys: Sequence[str] = ()  # each photo's photo_key, where known
+    #: (n, communities): each photo's community mix where the request knows it (it named
+    #: the community, or the poster's own posts say): a gated method then mixes by it
+    #: instead of the gate's guess; a row of NaN: the gate guesses
+    community_weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.features)
 
     @classmethod
     def joined(cls, photos: Sequence[PhotoSet]) -> PhotoSet:
-        """The features and machine labels of several photo sets as one (a batch)."""
+        """The features, machine labels and known community mixes of several photo sets as
+        one (a batch)."""
+        known = [p.community_weights for p in photos if p.community_weights is not None]
+        weights = None
+        if known:
+            width = known[0].shape[1]
+            if any(w.shape[1] != width for w in known):
+                raise ValueError("photos of one batch give community mixes of different "
+                                 "lengths")
+            weights = np.concatenate([
+                p.community_weights if p.community_weights is not None
+                else np.full((len(p), width), np.nan, np.float32) for p in photos])
         return cls(np.concatenate([p.features for p in photos]),
-                   np.concatenate([p.probabilities for p in photos]))
+                   np.concatenate([p.probabilities for p in photos]),
+                   community_weights=weights)
 
     def subset(self, rows: np.ndarray) -> PhotoSet:
         return PhotoSet(self.features[rows], self.probabilities[rows],
                         [self.hashtags[i] for i in rows] if self.hashtags else (),
                         None if self.communities is None else self.communities[rows],
-                        [self.keys[i] for i in rows] if self.keys else ())
+                        [self.keys[i] for i in rows] if self.keys else (),
+                        None if self.community_weights is None
+                        else self.community_weights[rows])
+
+    def routed(self, weights: np.ndarray | None) -> PhotoSet:
+        """These photos with the community mix ``weights`` (one row, or one a photo)."""
+        if weights is None:
+            return self
+        weights = np.broadcast_to(np.asarray(weights, np.float32),
+                                  (len(self), np.shape(weights)[-1])).copy()
+        return PhotoSet(self.features, self.probabilities, self.hashtags, self.communities,
+                        self.keys, weights)
 
 
 def photo_key(path: Path) -> str:

@@ -7,6 +7,7 @@ Transport-side glue (protobuf ↔ numpy); the math stays in each service's model
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import cache
 
 import grpc
@@ -59,10 +60,29 @@ def photo_set(photo: photo_pb2.PhotoDescription) -> PhotoSet:
     return PhotoSet(features[None, :], probabilities)
 
 
+def community_mix(weights: Sequence[float], communities: int) -> np.ndarray | None:
+    """ScoreRequest.community_weights as a mix summing to 1 (None when empty), checked
+    against the model's number of communities; ValueError naming what is wrong."""
+    if not len(weights):
+        return None
+    if communities < 2:
+        raise ValueError("community_weights given for a model of one community")
+    if len(weights) != communities:
+        raise ValueError(f"community_weights holds {len(weights)} weights; the model has "
+                         f"{communities} communities")
+    mix = np.asarray(weights, dtype=np.float32)
+    if not np.isfinite(mix).all() or (mix < 0).any() or mix.sum() <= 0:
+        raise ValueError("community_weights must be finite, non-negative and not all 0")
+    return mix / mix.sum()
+
+
 async def photo_or_abort(photo: photo_pb2.PhotoDescription,
-                         context: grpc.aio.ServicerContext) -> PhotoSet:
+                         context: grpc.aio.ServicerContext,
+                         community_weights: Sequence[float] = (),
+                         communities: int = 1) -> PhotoSet:
+    """The photo as the methods see it, routed by ``community_weights`` when given."""
     try:
-        return photo_set(photo)
+        return photo_set(photo).routed(community_mix(community_weights, communities))
     except ValueError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         raise  # abort raises; this line only satisfies the type checker
@@ -96,6 +116,9 @@ class VocabularyScorer:
             previous.previous = None
         self.previous = previous
         self.worker = previous.worker if previous is not None else NumericWorker("score")
+        #: the communities the methods' gates mix (1: no gate)
+        self.communities = max((len(method.gate.bias) for method in methods.values()
+                                if getattr(method, "gate", None) is not None), default=1)
         #: each method's hashtags outside the vocabulary (the semantic method's), once
         self.extra = {name: tuple(getattr(method, "extra", ()))
                       for name, method in methods.items() if hasattr(method, "scores_all")}
@@ -133,7 +156,8 @@ class VocabularyScorer:
 
     async def Score(self, request: photo_pb2.ScoreRequest,  # noqa: N802
                     context: grpc.aio.ServicerContext) -> photo_pb2.VocabularyScores:
-        photos = await photo_or_abort(request.photo, context)
+        photos = await photo_or_abort(request.photo, context, request.community_weights,
+                                      self.communities)
         scorer = self
         if self.previous is not None and request.model_version == self.previous.model_version:
             scorer = self.previous

@@ -188,8 +188,9 @@ def test_the_page_and_the_api_description_load_nothing_from_elsewhere(
     api = client.get("/openapi.json").json()
     assert {"/api/recommend", "/api/feedback", "/api/retrieve"} <= set(api["paths"])
     assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+    # no user ids published; a model of one community offers no choice of community
     assert client.get("/api/config").json() == {"max_upload_bytes": 20 * 1024 * 1024,
-                                                "auth": "local"}  # no user ids published
+                                                "auth": "local", "communities": []}
 
 
 def test_health_readiness_and_metrics(client: httpx.Client, stack: dict) -> None:

@@ -66,3 +66,28 @@ def test_served_refuses_a_set_the_model_trained_on_in_full(feature_store: Featur
     model = _train(feature_store, [*train, *test], tmp_path / "models", spec, hold_out=None)
     with pytest.raises(SystemExit, match=r"trained .* in full: no photo of it is unseen"):
         main(["evaluate", "served", "--test", spec, "--model", str(model)])
+
+
+def test_served_on_a_model_of_two_communities_reports_the_gate_and_the_named_community(
+        feature_store: FeatureStore, food_split, data_dir: Path, tmp_path: Path,
+        monkeypatch) -> None:
+    """The same held-out photos answered twice: as the gate guesses their community, and
+    posted to their own (RecommendRequest.community)."""
+    monkeypatch.setenv("HASHREC_MODELS", str(feature_store.directory.parent.parent))
+    food_spec, instagram_spec = f"food:{data_dir / 'food'}", \
+        f"instagram:{data_dir / 'instagram'}"
+    instagram, _ = held_out_split(normalize_post_hashtags(read_posts(instagram_spec))[::10],
+                                  0)
+    about = {"data": [food_spec, instagram_spec], "hold_out": {"seed": 0}}
+    model = train_communities([Community("food", food_split[0]),
+                               Community("instagram", instagram)], feature_store,
+                              tmp_path / "models", METHODS, folds=2, progress=False,
+                              about=about, engine=pool()).directory
+    out = tmp_path / "served.json"
+    assert main(["evaluate", "served", "--test", food_spec, "--model", str(model),
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    gate, named = report["results"][food_spec], report["community_named"][food_spec]
+    assert gate["set vocabulary"]["photos"] == named["set vocabulary"]["photos"] > 0
+    # posted to food, the instagram methods fall silent: other answers
+    assert named != gate

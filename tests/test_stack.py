@@ -35,7 +35,6 @@ from shared.cache import RedisCache
 from shared.grpc_server import CHANNEL_OPTIONS
 from shared.scoring import photo_set
 from tests.servers import RedisServer, free_port, free_ports_in_a_row
-from tests.training import pool
 
 
 def _photo(data_dir: Path, name: str = "0000008.jpg") -> bytes:
@@ -519,46 +518,3 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
     finally:
         if serve.poll() is None:
             serve.kill()
-
-
-def test_a_model_of_several_communities_serves_like_the_default(
-        stack: dict, data_dir: Path, feature_store, tmp_path: Path) -> None:
-    """`hashrec train`'s default gates each method over photo sets (communities): the word,
-    graph and recommender services must serve that shape too, Similar searching every
-    community's word space."""
-    from commands.experiments.image2tag import Community
-    from commands.train import train_communities
-    from services.graph.server import serve as serve_graph
-    from services.word.server import serve as serve_word
-    from shared.data.normalize import normalize_post_hashtags
-    from shared.data.readers import read_posts
-
-    food = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:80]
-    instagram = normalize_post_hashtags(
-        read_posts(f"instagram:{data_dir / 'instagram'}"))[::20]
-    trained = train_communities(
-        [Community("food", food), Community("instagram", instagram)],
-        feature_store, tmp_path, ("frequency", "knn", "word", "graph"),
-        min_count=2, folds=2, progress=False, engine=pool())
-    loop = stack["loop"]
-    word = loop.call(serve_word("127.0.0.1", 0, trained.directory))
-    graph = loop.call(serve_graph("127.0.0.1", 0, trained.directory))
-    recommender = loop.call(serve_recommender(
-        "127.0.0.1", 0, trained.directory, stack["vision"].address, word.address,
-        graph.address, backend_deadline=30))
-    try:
-        with grpc.insecure_channel(recommender.address, options=CHANNEL_OPTIONS) as channel:
-            reply = recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
-                recommender_pb2.RecommendRequest(image=_photo(data_dir), k=5), timeout=60)
-        assert not reply.degraded, reply.degraded_reasons
-        assert len(reply.hashtags) == 5
-        assert {"knn", "word", "graph"} <= {s.method for h in reply.hashtags
-                                             for s in h.signals}
-        with grpc.insecure_channel(word.address, options=CHANNEL_OPTIONS) as channel:
-            similar = word_pb2_grpc.WordEmbeddingServiceStub(channel).Similar(
-                word_pb2.SimilarRequest(hashtag="food", k=5), timeout=10)
-        assert len(similar.hashtags) == 5
-        assert "food" not in [h.hashtag for h in similar.hashtags]
-    finally:
-        for server in (recommender, graph, word):
-            loop.call(server.stop())

@@ -73,10 +73,12 @@ def evaluate_served(train: Sequence[Post], test: Sequence[Post], answer: Answer,
 
 
 def in_process_answer(models: object, store: object, k: int = 10,
-                      with_outside: bool = True) -> Answer:
+                      with_outside: bool = True, community: str = "") -> Answer:
     """Answers from the artifact itself: the methods and the fusion the recommender
     serves, hashtags outside the vocabulary placed as the recommender places them (with
-    ``with_outside``; without, the vocabulary alone: what the outside hashtags cost or add)."""
+    ``with_outside``; without, the vocabulary alone: what the outside hashtags cost or add).
+    ``community``: every photo posted to that community (RecommendRequest.community), not
+    the gate's guess."""
     from services.recommender.model import outside_candidates
     from shared.eval.metrics import top_k
 
@@ -88,6 +90,8 @@ def in_process_answer(models: object, store: object, k: int = 10,
         kept, photos = _photos(posts, store, progress=False)
         if len(kept) != len(posts):
             raise ValueError(f"{len(posts) - len(kept)} test photos could not be read")
+        if community:
+            photos = photos.routed(models.community_mix(community))
         fused, per_method = models.scores(photos)
         if not with_outside:
             return [[models.vocabulary[i] for i in row] for row in top_k(fused, k)]
@@ -109,8 +113,10 @@ def in_process_answer(models: object, store: object, k: int = 10,
     return answer
 
 
-def grpc_answer(target: str, k: int = 10, timeout: float = 60.0) -> Answer:
-    """Answers from a running RecommenderService: the photo's bytes, no user."""
+def grpc_answer(target: str, k: int = 10, timeout: float = 60.0,
+                community: str = "") -> Answer:
+    """Answers from a running RecommenderService: the photo's bytes, no user; posted to
+    ``community`` when given."""
     from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
 
     from shared.grpc_server import blocking_channel
@@ -119,7 +125,8 @@ def grpc_answer(target: str, k: int = 10, timeout: float = 60.0) -> Answer:
         with blocking_channel(target) as channel:
             stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
             return [[h.hashtag for h in stub.Recommend(recommender_pb2.RecommendRequest(
-                image=p.image.read_bytes(), k=k), timeout=timeout).hashtags] for p in posts]
+                image=p.image.read_bytes(), k=k, community=community),
+                timeout=timeout).hashtags] for p in posts]
 
     return answer
 

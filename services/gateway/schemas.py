@@ -20,6 +20,11 @@ class HashtagAnswer(BaseModel):
     outside_vocabulary: bool = False
 
 
+class CommunityShare(BaseModel):
+    name: str
+    weight: float
+
+
 class RecommendAnswer(BaseModel):
     hashtags: list[HashtagAnswer]
     model_version: str
@@ -27,6 +32,10 @@ class RecommendAnswer(BaseModel):
     degraded_reasons: list[str]
     image_sha256: str = Field(description="the photo's id: for a signed-in person, the "
                               "sha256 of the upload as kept, which feedback can name")
+    community_from: str = Field("", description='how the photo\'s community was decided: '
+                                '"request", "photo" (read from it), or "" (one community)')
+    communities: list[CommunityShare] = Field(default_factory=list, description="the "
+                                              "community mix the methods were weighted by")
 
 
 class FeedbackBody(BaseModel):

@@ -102,6 +102,8 @@ PHOTO_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/pn
                   ".webp": "image/webp", ".gif": "image/gif"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_K = 100
+#: longer than any community name a model holds: refused before it reaches the recommender
+MAX_COMMUNITY_NAME = 64
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -224,7 +226,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       "type": "object", "required": ["image"], "properties": {
                           "image": {"type": "string", "format": "binary"},
                           "k": {"type": "integer", "minimum": 1, "maximum": MAX_K,
-                                "default": 10}}}}}}})
+                                "default": 10},
+                          "community": {"type": "string", "description": "where the photo "
+                                        "is posted, one of /api/config's communities; "
+                                        "empty: read from the photo"}}}}}}})
     async def recommend(request: Request) -> JSONResponse:
         """Hashtags for the photo, best first, each with the signals behind it; for the
         signed-in person, their profile speaks too."""
@@ -233,8 +238,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await limits.check("recommend", user, client_address(request))
         data = await image_from_form(form)
         k = k_from(form.get("k"), 10)
+        community = str(form.get("community") or "")
+        if len(community) > MAX_COMMUNITY_NAME:
+            raise ApiError(400, "INVALID_ARGUMENT", f"community must be at most "
+                           f"{MAX_COMMUNITY_NAME} characters")
         reply = await call("Recommend", recommender_pb2.RecommendRequest(
-            image=data, user_id=user or "", k=k))
+            image=data, user_id=user or "", k=k, community=community))
         owner = gateway.owner(user)
         if owner is not None:
             # vision decoded it: keep it, re-encoded, for its owner's "save" and gallery
@@ -251,7 +260,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           "outside_vocabulary": h.outside_vocabulary}
                          for h in reply.hashtags],
             "model_version": reply.model_version, "degraded": reply.degraded,
-            "degraded_reasons": list(reply.degraded_reasons), "image_sha256": digest})
+            "degraded_reasons": list(reply.degraded_reasons), "image_sha256": digest,
+            "community_from": reply.community_from,
+            "communities": [{"name": c.name, "weight": c.weight} for c in reply.communities]})
 
     @app.post("/api/feedback", response_model=FeedbackAnswer, responses=ERRORS,
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -332,7 +343,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/api/config", include_in_schema=False)
     async def page_config() -> dict:
-        return {"max_upload_bytes": settings.max_upload_bytes, "auth": identity.mode}
+        """What the page offers: the upload limit, the sign-in mode, and the communities a
+        photo can be posted to (none while the recommender does not answer)."""
+        try:
+            communities = list((await call("Communities",
+                                           recommender_pb2.CommunitiesRequest())).names)
+        except ApiError:
+            communities = []
+        return {"max_upload_bytes": settings.max_upload_bytes, "auth": identity.mode,
+                "communities": communities if len(communities) > 1 else []}
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:

@@ -309,8 +309,21 @@ class GatedMethod:
         """The vocabulary's scores, then ``extra``'s (methods that have them)."""
         return self._mixed(photos, "scores_all")
 
-    def _mixed(self, photos: PhotoSet, how: str) -> np.ndarray:
+    def mix(self, photos: PhotoSet) -> np.ndarray:
+        """P(c | x) per photo: the community mix the photo came with where known, else
+        the gate's guess."""
         weights = self.gate(photos.features)
+        known = photos.community_weights
+        if known is not None:
+            if known.shape[1] != weights.shape[1]:
+                raise ValueError(f"a community mix of {known.shape[1]} weights for a model "
+                                 f"of {weights.shape[1]} communities")
+            rows = ~np.isnan(known).any(axis=1)
+            weights[rows] = known[rows]
+        return weights
+
+    def _mixed(self, photos: PhotoSet, how: str) -> np.ndarray:
+        weights = self.mix(photos)
         # A method type may score every community at once (``joint_<how>``: the semantic
         # method, whose communities share the hashtag vectors); else one by one.
         joint = getattr(type(self.inner[0]), f"joint_{how}", None)

@@ -211,7 +211,7 @@ class RecommenderServicer:
             raise
 
     async def _photo_scores(self, image: bytes, digest: str, user_id: str, k: int,
-                            context: grpc.aio.ServicerContext,
+                            context: grpc.aio.ServicerContext, mix: np.ndarray | None,
                             ) -> tuple[PhotoScores, asyncio.Task | None]:
         """Every photo method's scores of the photo, and the user call (started as soon
         as the photo's description is known) when there is a user. Complete answers are
@@ -223,13 +223,14 @@ class RecommenderServicer:
             return cached, self._user_call(cached.description, user_id, k, context)
         description = describe(await self._embed(image, context))
         user = self._user_call(description, user_id, k, context)
-        photos = photo_set(description)
+        photos = photo_set(description).routed(mix)
         backends = self.backends
         calls: dict[str, Awaitable] = {"local": self.local.submit(photos)}
         timeout = _timeout(backends.deadline, context)
         score_request = photo_pb2.ScoreRequest(
             photo=description, model_version=self.models.version,
-            outside_hashtags_known=bool(self.outside_terms))
+            outside_hashtags_known=bool(self.outside_terms),
+            community_weights=() if mix is None else mix.tolist())
         for backend in self.remote_methods:
             calls[backend] = getattr(backends, backend).Score(score_request, timeout=timeout)
         results = dict(zip(calls, await asyncio.gather(*calls.values(),
@@ -303,15 +304,23 @@ class RecommenderServicer:
         k = await k_or_abort(request.k, MAX_K, context)
         await limits_or_abort(context, user_id_problem(request.user_id))
         try:
+            mix = self.models.community_mix(request.community) if request.community else None
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise
+        try:
             with self.admission.slot():
-                return await self._recommend(request, k, context)
+                return await self._recommend(request, k, context, mix)
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
 
     async def _recommend(self, request: recommender_pb2.RecommendRequest, k: int,
-                         context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
-        digest = hashlib.sha256(request.image).hexdigest()
+                         context: grpc.aio.ServicerContext, mix: np.ndarray | None,
+                         ) -> recommender_pb2.RecommendResponse:
+        # a photo routed to a named community is another photo to every cache
+        digest = hashlib.sha256(request.image).hexdigest() + (
+            f"@{request.community}" if mix is not None else "")
         anonymous = not request.user_id or self.backends.user is None
         answer_key = cache_key("answer", self.models.version, f"{digest}:{k}")
         if anonymous:  # a photo seen before, without a user: one cache read
@@ -326,7 +335,7 @@ class RecommenderServicer:
             was_cached = True
         else:
             photo, user = await self._photo_scores(request.image, digest, request.user_id,
-                                                   k, context)
+                                                   k, context, mix)
             call = Request(photo, k)
             was_cached = photo.fused is not None
         if user is not None:
@@ -336,6 +345,7 @@ class RecommenderServicer:
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
+        self._say_communities(reply, (call.prepared or call.photo).description, mix)
         # after the fusion, which may have fallen back to equal weights
         complete = was_cached or self.answers.complete(call.photo)
         if complete and call.photo is not None:
@@ -348,6 +358,25 @@ class RecommenderServicer:
         if complete and anonymous:
             self.cache.set(answer_key, np.frombuffer(reply.SerializeToString(), np.uint8))
         return reply
+
+    def _say_communities(self, reply: recommender_pb2.RecommendResponse,
+                         description: photo_pb2.PhotoDescription,
+                         mix: np.ndarray | None) -> None:
+        """How the photo's community was decided, and the mix the methods used."""
+        shares = self.models.communities_of(photo_set(description).routed(mix))
+        if shares is None:
+            return
+        reply.community_from = "request" if mix is not None else "photo"
+        del reply.communities[:]
+        reply.communities.extend(
+            recommender_pb2.CommunityShare(name=name, weight=round(float(weight), 4))
+            for name, weight in zip(self.models.communities, shares[0], strict=True))
+
+    async def Communities(self, request: recommender_pb2.CommunitiesRequest,  # noqa: N802
+                          context: grpc.aio.ServicerContext,
+                          ) -> recommender_pb2.CommunitiesResponse:
+        return recommender_pb2.CommunitiesResponse(names=self.models.communities,
+                                                   model_version=self.models.version)
 
     async def Feedback(self, request: recommender_pb2.FeedbackRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:

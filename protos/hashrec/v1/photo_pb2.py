@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hashrec.v1 import vision_pb2 as hashrec_dot_v1_dot_vision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hashrec/v1/photo.proto\x12\nhashrec.v1\x1a\x17hashrec/v1/vision.proto\"l\n\x10PhotoDescription\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\x02\x12(\n\x06labels\x18\x02 \x03(\x0b\x32\x18.hashrec.v1.MachineLabel\x12\x1c\n\x14vision_model_version\x18\x03 \x01(\t\"`\n\x0cMethodScores\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x18\n\x10outside_hashtags\x18\x03 \x03(\t\x12\x16\n\x0eoutside_scores\x18\x04 \x03(\x02\"Z\n\x10VocabularyScores\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x07methods\x18\x03 \x03(\x0b\x32\x18.hashrec.v1.MethodScoresJ\x04\x08\x01\x10\x02\"r\n\x0cScoreRequest\x12+\n\x05photo\x18\x01 \x01(\x0b\x32\x1c.hashrec.v1.PhotoDescription\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x1e\n\x16outside_hashtags_known\x18\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hashrec/v1/photo.proto\x12\nhashrec.v1\x1a\x17hashrec/v1/vision.proto\"l\n\x10PhotoDescription\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\x02\x12(\n\x06labels\x18\x02 \x03(\x0b\x32\x18.hashrec.v1.MachineLabel\x12\x1c\n\x14vision_model_version\x18\x03 \x01(\t\"`\n\x0cMethodScores\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x18\n\x10outside_hashtags\x18\x03 \x03(\t\x12\x16\n\x0eoutside_scores\x18\x04 \x03(\x02\"Z\n\x10VocabularyScores\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x07methods\x18\x03 \x03(\x0b\x32\x18.hashrec.v1.MethodScoresJ\x04\x08\x01\x10\x02\"\x8d\x01\n\x0cScoreRequest\x12+\n\x05photo\x18\x01 \x01(\x0b\x32\x1c.hashrec.v1.PhotoDescription\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x1e\n\x16outside_hashtags_known\x18\x03 \x01(\x08\x12\x19\n\x11\x63ommunity_weights\x18\x04 \x03(\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METHODSCORES']._serialized_end=269
   _globals['_VOCABULARYSCORES']._serialized_start=271
   _globals['_VOCABULARYSCORES']._serialized_end=361
-  _globals['_SCOREREQUEST']._serialized_start=363
-  _globals['_SCOREREQUEST']._serialized_end=477
+  _globals['_SCOREREQUEST']._serialized_start=364
+  _globals['_SCOREREQUEST']._serialized_end=505
 # @@protoc_insertion_point(module_scope)

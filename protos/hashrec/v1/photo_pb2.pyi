@@ -38,11 +38,13 @@ class VocabularyScores(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodScores, _Mapping]]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("photo", "model_version", "outside_hashtags_known")
+    __slots__ = ("photo", "model_version", "outside_hashtags_known", "community_weights")
     PHOTO_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OUTSIDE_HASHTAGS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    COMMUNITY_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     photo: PhotoDescription
     model_version: str
     outside_hashtags_known: bool
-    def __init__(self, photo: _Optional[_Union[PhotoDescription, _Mapping]] = ..., model_version: _Optional[str] = ..., outside_hashtags_known: _Optional[bool] = ...) -> None: ...
+    community_weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, photo: _Optional[_Union[PhotoDescription, _Mapping]] = ..., model_version: _Optional[str] = ..., outside_hashtags_known: _Optional[bool] = ..., community_weights: _Optional[_Iterable[float]] = ...) -> None: ...

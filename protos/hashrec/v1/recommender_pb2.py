@@ -25,23 +25,29 @@ _sym_db = _symbol_database.Default()
 from hashrec.v1 import user_pb2 as hashrec_dot_v1_dot_user__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chashrec/v1/recommender.proto\x12\nhashrec.v1\x1a\x15hashrec/v1/user.proto\"=\n\x10RecommendRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"5\n\x06Signal\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"o\n\x0cHashtagScore\x12\x0f\n\x07hashtag\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12#\n\x07signals\x18\x03 \x03(\x0b\x32\x12.hashrec.v1.Signal\x12\x1a\n\x12outside_vocabulary\x18\x04 \x01(\x08\"\x82\x01\n\x11RecommendResponse\x12*\n\x08hashtags\x18\x01 \x03(\x0b\x32\x18.hashrec.v1.HashtagScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\"W\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08hashtags\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xf8\x02\n\x12RecommenderService\x12H\n\tRecommend\x12\x1c.hashrec.v1.RecommendRequest\x1a\x1d.hashrec.v1.RecommendResponse\x12G\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.hashrec.v1.FeedbackRequest\x1a\x1e.hashrec.v1.UserUpdateResponse\x12\x45\n\x08Retrieve\x12\x1b.hashrec.v1.RetrieveRequest\x1a\x1c.hashrec.v1.RetrieveResponse\x12G\n\x06Photos\x12\x1d.hashrec.v1.UserPhotosRequest\x1a\x1e.hashrec.v1.UserPhotosResponse\x12?\n\x06\x46orget\x12\x19.hashrec.v1.ForgetRequest\x1a\x1a.hashrec.v1.ForgetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chashrec/v1/recommender.proto\x12\nhashrec.v1\x1a\x15hashrec/v1/user.proto\"\x14\n\x12\x43ommunitiesRequest\";\n\x13\x43ommunitiesResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"P\n\x10RecommendRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x11\n\tcommunity\x18\x04 \x01(\t\"5\n\x06Signal\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"o\n\x0cHashtagScore\x12\x0f\n\x07hashtag\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12#\n\x07signals\x18\x03 \x03(\x0b\x32\x12.hashrec.v1.Signal\x12\x1a\n\x12outside_vocabulary\x18\x04 \x01(\x08\"\xcb\x01\n\x11RecommendResponse\x12*\n\x08hashtags\x18\x01 \x03(\x0b\x32\x18.hashrec.v1.HashtagScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\x12\x16\n\x0e\x63ommunity_from\x18\x05 \x01(\t\x12/\n\x0b\x63ommunities\x18\x06 \x03(\x0b\x32\x1a.hashrec.v1.CommunityShare\".\n\x0e\x43ommunityShare\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"W\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08hashtags\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xc8\x03\n\x12RecommenderService\x12H\n\tRecommend\x12\x1c.hashrec.v1.RecommendRequest\x1a\x1d.hashrec.v1.RecommendResponse\x12G\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.hashrec.v1.FeedbackRequest\x1a\x1e.hashrec.v1.UserUpdateResponse\x12\x45\n\x08Retrieve\x12\x1b.hashrec.v1.RetrieveRequest\x1a\x1c.hashrec.v1.RetrieveResponse\x12G\n\x06Photos\x12\x1d.hashrec.v1.UserPhotosRequest\x1a\x1e.hashrec.v1.UserPhotosResponse\x12?\n\x06\x46orget\x12\x19.hashrec.v1.ForgetRequest\x1a\x1a.hashrec.v1.ForgetResponse\x12N\n\x0b\x43ommunities\x12\x1e.hashrec.v1.CommunitiesRequest\x1a\x1f.hashrec.v1.CommunitiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hashrec.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECOMMENDREQUEST']._serialized_start=67
-  _globals['_RECOMMENDREQUEST']._serialized_end=128
-  _globals['_SIGNAL']._serialized_start=130
-  _globals['_SIGNAL']._serialized_end=183
-  _globals['_HASHTAGSCORE']._serialized_start=185
-  _globals['_HASHTAGSCORE']._serialized_end=296
-  _globals['_RECOMMENDRESPONSE']._serialized_start=299
-  _globals['_RECOMMENDRESPONSE']._serialized_end=429
-  _globals['_FEEDBACKREQUEST']._serialized_start=431
-  _globals['_FEEDBACKREQUEST']._serialized_end=518
-  _globals['_RECOMMENDERSERVICE']._serialized_start=521
-  _globals['_RECOMMENDERSERVICE']._serialized_end=897
+  _globals['_COMMUNITIESREQUEST']._serialized_start=67
+  _globals['_COMMUNITIESREQUEST']._serialized_end=87
+  _globals['_COMMUNITIESRESPONSE']._serialized_start=89
+  _globals['_COMMUNITIESRESPONSE']._serialized_end=148
+  _globals['_RECOMMENDREQUEST']._serialized_start=150
+  _globals['_RECOMMENDREQUEST']._serialized_end=230
+  _globals['_SIGNAL']._serialized_start=232
+  _globals['_SIGNAL']._serialized_end=285
+  _globals['_HASHTAGSCORE']._serialized_start=287
+  _globals['_HASHTAGSCORE']._serialized_end=398
+  _globals['_RECOMMENDRESPONSE']._serialized_start=401
+  _globals['_RECOMMENDRESPONSE']._serialized_end=604
+  _globals['_COMMUNITYSHARE']._serialized_start=606
+  _globals['_COMMUNITYSHARE']._serialized_end=652
+  _globals['_FEEDBACKREQUEST']._serialized_start=654
+  _globals['_FEEDBACKREQUEST']._serialized_end=741
+  _globals['_RECOMMENDERSERVICE']._serialized_start=744
+  _globals['_RECOMMENDERSERVICE']._serialized_end=1200
 # @@protoc_insertion_point(module_scope)

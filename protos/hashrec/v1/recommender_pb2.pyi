@@ -7,15 +7,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CommunitiesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CommunitiesResponse(_message.Message):
+    __slots__ = ("names", "model_version")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    model_version: str
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class RecommendRequest(_message.Message):
-    __slots__ = ("image", "user_id", "k")
+    __slots__ = ("image", "user_id", "k", "community")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    COMMUNITY_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     user_id: str
     k: int
-    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    community: str
+    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ..., community: _Optional[str] = ...) -> None: ...
 
 class Signal(_message.Message):
     __slots__ = ("method", "score", "rank")
@@ -40,16 +54,28 @@ class HashtagScore(_message.Message):
     def __init__(self, hashtag: _Optional[str] = ..., score: _Optional[float] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., outside_vocabulary: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("hashtags", "model_version", "degraded", "degraded_reasons")
+    __slots__ = ("hashtags", "model_version", "degraded", "degraded_reasons", "community_from", "communities")
     HASHTAGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    COMMUNITY_FROM_FIELD_NUMBER: _ClassVar[int]
+    COMMUNITIES_FIELD_NUMBER: _ClassVar[int]
     hashtags: _containers.RepeatedCompositeFieldContainer[HashtagScore]
     model_version: str
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, hashtags: _Optional[_Iterable[_Union[HashtagScore, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    community_from: str
+    communities: _containers.RepeatedCompositeFieldContainer[CommunityShare]
+    def __init__(self, hashtags: _Optional[_Iterable[_Union[HashtagScore, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., community_from: _Optional[str] = ..., communities: _Optional[_Iterable[_Union[CommunityShare, _Mapping]]] = ...) -> None: ...
+
+class CommunityShare(_message.Message):
+    __slots__ = ("name", "weight")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("image", "user_id", "hashtags", "request_id")

@@ -61,6 +61,11 @@ class RecommenderServiceStub:
                 request_serializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
                 response_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
                 _registered_method=True)
+        self.Communities = channel.unary_unary(
+                '/hashrec.v1.RecommenderService/Communities',
+                request_serializer=hashrec_dot_v1_dot_recommender__pb2.CommunitiesRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_recommender__pb2.CommunitiesResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -109,6 +114,14 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Communities(self, request, context):
+        """The communities (photo sets) the served model was trained on: what
+        RecommendRequest.community may name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +149,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.Forget,
                     request_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.FromString,
                     response_serializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.SerializeToString,
+            ),
+            'Communities': grpc.unary_unary_rpc_method_handler(
+                    servicer.Communities,
+                    request_deserializer=hashrec_dot_v1_dot_recommender__pb2.CommunitiesRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_recommender__pb2.CommunitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +292,33 @@ class RecommenderService:
             '/hashrec.v1.RecommenderService/Forget',
             hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
             hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Communities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.RecommenderService/Communities',
+            hashrec_dot_v1_dot_recommender__pb2.CommunitiesRequest.SerializeToString,
+            hashrec_dot_v1_dot_recommender__pb2.CommunitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

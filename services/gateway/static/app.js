@@ -69,10 +69,46 @@ async function loadConfig() {
     const config = await api("/api/config");
     state.maxBytes = config.max_upload_bytes;
     state.auth = config.auth;
+    showCommunities(config.communities || []);
   } catch {
     // The page still works with the defaults.
   }
   await loadMe();
+}
+
+// The photo sets the model was trained on; the person may say where they post.
+const COMMUNITY_NAMES = { instagram: "Instagram", flickr: "Flickr", food: "a food blog" };
+
+function communityName(name) {
+  return COMMUNITY_NAMES[name] || name;
+}
+
+function showCommunities(names) {
+  const select = $("community");
+  for (const name of names) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = communityName(name);
+    select.append(option);
+  }
+  $("community-row").hidden = names.length === 0;
+}
+
+function showRouting(answer) {
+  const routed = $("routed");
+  const shares = answer.communities || [];
+  routed.hidden = shares.length === 0;
+  if (routed.hidden) return;
+  if (answer.community_from === "request") {
+    const chosen = shares.reduce((a, b) => (b.weight > a.weight ? b : a));
+    routed.textContent = `Hashtags as people post them on ${communityName(chosen.name)}.`;
+  } else {
+    const read = shares.filter((s) => s.weight >= 0.05)
+      .sort((a, b) => b.weight - a.weight)
+      .map((s) => `${communityName(s.name)} ${Math.round(100 * s.weight)} %`);
+    routed.textContent = `This photo looks like one posted to ${read.join(", ")}; ` +
+      "say where you post it above to get that community's hashtags.";
+  }
 }
 
 async function loadMe() {
@@ -181,6 +217,7 @@ async function recommend() {
   const form = new FormData();
   form.append("image", state.photo, state.photo.name || "photo");
   form.append("k", "15");
+  if ($("community").value) form.append("community", $("community").value);
   try {
     const answer = await api("/api/recommend", { method: "POST", body: form });
     if (sequence !== state.sequence) return;
@@ -285,6 +322,7 @@ function chip(hashtag, best) {
 
 function render(answer) {
   $("results").hidden = false;
+  showRouting(answer);
   const degraded = $("degraded");
   degraded.hidden = !answer.degraded;
   degraded.textContent = answer.degraded
@@ -430,6 +468,7 @@ async function myPhotos() {
 function wire() {
   const drop = $("drop");
   $("file").addEventListener("change", (event) => choose(event.target.files[0]));
+  $("community").addEventListener("change", () => recommend());
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
   }
