@@ -25,9 +25,9 @@ class PhotoSet:
     hashtags: Sequence[Sequence[int]] = ()
     communities: np.ndarray | None = None  # (n,) int: index into the training's communities
     keys: Sequence[str] = ()  # each photo's photo_key, where known
-    #: (n, communities): each photo's community mix where the request knows it (it named
-    #: the community, or the poster's own posts say): a gated method then mixes by it
-    #: instead of the gate's guess; a row of NaN: the gate guesses
+    #: (n, communities): what the request knows of each photo's community (the one it
+    #: named, one-hot; where its poster posts): a gated method multiplies the gate's guess
+    #: by it (GatedMethod.mix); a row of NaN: the gate's guess alone
     community_weights: np.ndarray | None = None
 
     def __len__(self) -> int:

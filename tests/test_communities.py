@@ -16,6 +16,8 @@ from hashrec.v1 import (
     photo_pb2,
     recommender_pb2,
     recommender_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
     vision_pb2,
     vision_pb2_grpc,
     word_pb2,
@@ -64,7 +66,8 @@ def served(stack: dict, data_dir: Path, feature_store,
     channels = {name: grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS)
                 for name, server in (("word", word), ("graph", graph),
                                      ("recommender", recommender))}
-    yield {"trained": trained, "channels": channels, "recommender": recommender}
+    yield {"trained": trained, "channels": channels, "recommender": recommender,
+           "word": word, "graph": graph, "food_dir": data_dir / "food"}
     for channel in channels.values():
         channel.close()
     for server in (recommender, graph, word):
@@ -239,3 +242,100 @@ def test_on_the_page_a_person_says_where_they_post_and_gets_that_communitys_hash
         page.screenshot(path=str(OUT / "page_community.png"), full_page=True)
         browser.close()
     assert not problems, problems
+
+
+def test_where_users_post_counts_each_post_by_the_gates_guess(served: dict,
+                                                              feature_store) -> None:
+    from services.user.train import where_users_post
+    from shared.data.readers import Post
+
+    photos = sorted((Path(served["food_dir"]) / "images").glob("*.jpg"))[:4]
+    embedding, _ = feature_store.embed_paths(photos, progress=False)
+    posts = [Post(id=f"p{i}", image=path, hashtags=("food",), user="eater" if i < 3
+                  else "other") for i, path in enumerate(photos)]
+    features = {post.id: embedding.features[i] for i, post in enumerate(posts)}
+    counts = where_users_post(posts, features, served["trained"].directory)
+    assert set(counts) == {"eater", "other"}
+    assert sum(counts["eater"].values()) == pytest.approx(3)
+    assert sum(counts["other"].values()) == pytest.approx(1)
+    assert counts["eater"]["food"] > counts["eater"].get("instagram", 0)  # food photos
+
+
+@pytest.fixture()
+def with_users(served: dict, stack: dict, tmp_path: Path) -> Iterator[dict]:
+    """A user service (the stack's user model, fresh state) behind a recommender of the
+    two-community model."""
+    from services.recommender.server import serve as serve_recommender
+    from services.user.server import serve as serve_user
+
+    loop, state = stack["loop"], tmp_path / "state"
+    # a snapshot after 3 posts: a restart reads the counts from a snapshot and a record
+    user = loop.call(serve_user("127.0.0.1", 0, stack["user_dir"], state, snapshot_every=3))
+    recommender = loop.call(serve_recommender(
+        "127.0.0.1", 0, served["trained"].directory, stack["vision"].address,
+        served["word"].address, served["graph"].address, user.address,
+        backend_deadline=30))
+    running = {"user": user, "recommender": recommender, "state": state}
+    yield running
+    loop.call(running["recommender"].stop())
+    loop.call(running["user"].stop())
+
+
+def test_a_users_posts_by_community_route_their_next_photo_and_survive_a_restart(
+        served: dict, stack: dict, with_users: dict) -> None:
+    from services.user.lookup import UserHashtagLookup
+    from services.user.server import serve as serve_user
+
+    hashtags = list(UserHashtagLookup.load(stack["user_dir"]).vocabulary[:2])
+    image = served["image"]
+    with grpc.insecure_channel(with_users["recommender"].address,
+                               options=CHANNEL_OPTIONS) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        stranger = stub.Recommend(recommender_pb2.RecommendRequest(
+            image=image, user_id="local:new", k=10), timeout=60)
+        assert stranger.community_from == "photo"  # no posts yet: the gate alone
+        for _ in range(4):
+            stub.Feedback(recommender_pb2.FeedbackRequest(
+                image=image, user_id="local:poster", hashtags=hashtags,
+                community="instagram"), timeout=60)
+        known = stub.Recommend(recommender_pb2.RecommendRequest(
+            image=image, user_id="local:poster", k=10), timeout=60)
+    assert known.community_from == "user"
+    gate = {c.name: c.weight for c in stranger.communities}
+    routed = {c.name: c.weight for c in known.communities}
+    # P(c | x, u) ∝ P(c | x) · (n_c + 1) / (n + 2), with 4 posts to instagram
+    expected = gate["instagram"] * 0.83 / (gate["instagram"] * 0.83 + gate["food"] * 0.17)
+    assert routed["instagram"] == pytest.approx(expected, abs=0.01)
+    assert routed["instagram"] > gate["instagram"]
+    # the counts are acknowledged writes: a restarted user service still has them
+    loop = stack["loop"]
+    loop.call(with_users["user"].stop())
+    with_users["user"] = loop.call(serve_user("127.0.0.1", with_users["user"].port,
+                                              stack["user_dir"], with_users["state"]))
+    with grpc.insecure_channel(with_users["user"].address,
+                               options=CHANNEL_OPTIONS) as channel:
+        posts = user_pb2_grpc.UserProfileServiceStub(channel).Communities(
+            user_pb2.UserCommunitiesRequest(user_id="local:poster"), timeout=10).posts
+    assert dict(posts) == {"instagram": pytest.approx(4.0)}
+
+
+def test_a_journaled_posts_communities_are_counted_again_on_replay_and_in_a_snapshot(
+        stack: dict, tmp_path: Path) -> None:
+    """What a kill leaves (the journal) and what a snapshot keeps both hold the counts."""
+    from services.user.journal import UpdateJournal
+    from services.user.lookup import UserHashtagLookup
+
+    trained = UserHashtagLookup.load(stack["user_dir"])
+    journal = UpdateJournal(tmp_path / "version")
+    features = np.ones(trained.projection.shape[0], np.float32)
+    hashtags = trained.vocabulary[:1]
+    journal.append("local:a", hashtags, features, communities={"food": 0.75, "instagram": 0.25})
+    journal.append("local:a", hashtags, features, communities={"food": 1.0})
+    expected = {"food": 1.75, "instagram": 0.25}
+    replayed = UserHashtagLookup.load(stack["user_dir"])
+    UpdateJournal(tmp_path / "version").recover(replayed)  # the records alone
+    assert replayed.communities.posts("local:a") == expected
+    journal.snapshot(replayed)
+    restored = UserHashtagLookup.load(stack["user_dir"])
+    UpdateJournal(tmp_path / "version").recover(restored)  # the snapshot alone
+    assert restored.communities.posts("local:a") == expected

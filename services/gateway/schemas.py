@@ -45,6 +45,8 @@ class FeedbackBody(BaseModel):
     request_id: str = Field("", max_length=128)
     #: read only with HASHREC_AUTH=none; otherwise the signed-in person is the user
     user: str = Field("", max_length=256)
+    #: where the photo is posted (/api/config's communities); empty: read from the photo
+    community: str = Field("", max_length=64)
 
 
 class FeedbackAnswer(BaseModel):

@@ -272,7 +272,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       "properties": {"image": {"type": "string", "format": "binary"},
                                      "hashtags": {"type": "string",
                                                   "description": "comma-separated"},
-                                     "request_id": {"type": "string"}}}}}}})
+                                     "request_id": {"type": "string"},
+                                     "community": {"type": "string"}}}}}}})
     async def feedback(request: Request) -> FeedbackAnswer:
         """The hashtags the signed-in person kept for a photo: their profile learns from
         them. A repeated request_id is answered as the first time, learned from once."""
@@ -284,7 +285,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hashtags = [h for h in str(form.get("hashtags") or "").split(",") if h.strip()]
             try:
                 body = FeedbackBody(hashtags=hashtags, image_sha256="0" * 64,
-                                    request_id=str(form.get("request_id") or ""))
+                                    request_id=str(form.get("request_id") or ""),
+                                    community=str(form.get("community") or ""))
             except ValueError as error:
                 raise RequestValidationError(error.errors()) from None
             data, media_type = await kept(await image_from_form(form))
@@ -306,7 +308,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send JSON (application/json) or "
                            "a multipart/form-data form with the image")
         reply = await call("Feedback", recommender_pb2.FeedbackRequest(
-            image=data, user_id=user, hashtags=body.hashtags, request_id=body.request_id))
+            image=data, user_id=user, hashtags=body.hashtags, request_id=body.request_id,
+            community=body.community))
         uploads.add(gateway.owner(user), data, media_type)  # kept once the profile took it
         return FeedbackAnswer(accepted=list(reply.accepted), ignored=list(reply.ignored),
                               posts=reply.posts, embedding_updated=reply.embedding_updated)

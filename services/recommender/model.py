@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -310,8 +310,10 @@ class GatedMethod:
         return self._mixed(photos, "scores_all")
 
     def mix(self, photos: PhotoSet) -> np.ndarray:
-        """P(c | x) per photo: the community mix the photo came with where known, else
-        the gate's guess."""
+        """P(c | x, what the request knows) per photo: the gate's guess times the weights
+        the photo came with (a named community's one-hot, or where its poster posts),
+        renormalised (Bayes: the gate was fit with balanced classes, a flat prior); the
+        gate's guess alone where none came."""
         weights = self.gate(photos.features)
         known = photos.community_weights
         if known is not None:
@@ -319,7 +321,11 @@ class GatedMethod:
                 raise ValueError(f"a community mix of {known.shape[1]} weights for a model "
                                  f"of {weights.shape[1]} communities")
             rows = ~np.isnan(known).any(axis=1)
-            weights[rows] = known[rows]
+            product = weights[rows] * known[rows]
+            total = product.sum(axis=1, keepdims=True)
+            # a gate sure of another community (its softmax underflowed): the prior alone
+            weights[rows] = np.where(total > 1e-30, product / np.maximum(total, 1e-30),
+                                     known[rows] / known[rows].sum(axis=1, keepdims=True))
         return weights
 
     def _mixed(self, photos: PhotoSet, how: str) -> np.ndarray:
@@ -357,6 +363,17 @@ class GatedMethod:
                 if np.array_equal(getattr(method, attribute), first):
                     setattr(method, attribute, first)
         return cls(inner, name, gate)
+
+
+def community_prior(posts: Mapping[str, float], communities: Sequence[str],
+                    ) -> np.ndarray | None:
+    """P(c | u) = (n_c + 1) / (n + C) over ``communities`` (the model's order) from a
+    user's posts by community: add-one, so a community the user never posted to is
+    unlikely, not impossible. None when none of their posts fell in these."""
+    counts = np.array([posts.get(name, 0.0) for name in communities], dtype=np.float64)
+    if len(communities) < 2 or counts.sum() <= 0:
+        return None
+    return ((counts + 1.0) / (counts.sum() + len(communities))).astype(np.float32)
 
 
 def normalized_rows(scores: np.ndarray) -> np.ndarray:

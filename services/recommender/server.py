@@ -65,7 +65,7 @@ from services.image_models import (
     swap_on_reload,
 )
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
-from services.recommender.model import USER_DEPTH, USER_WEIGHT
+from services.recommender.model import USER_DEPTH, USER_WEIGHT, community_prior
 from services.vision.model import FEATURE_DIM, vision_model_id
 from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact
@@ -310,17 +310,39 @@ class RecommenderServicer:
             raise
         try:
             with self.admission.slot():
-                return await self._recommend(request, k, context, mix)
+                routed_by = "request" if mix is not None else "photo"
+                if mix is None and request.user_id:
+                    mix = await self._where_user_posts(request.user_id, context)
+                    routed_by = "user" if mix is not None else routed_by
+                return await self._recommend(request, k, context, mix, routed_by)
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
 
+    async def _where_user_posts(self, user_id: str, context: grpc.aio.ServicerContext,
+                                ) -> np.ndarray | None:
+        """P(c | u) from the user's posts by community, rounded to 0.01 (so that a user's
+        answers share cache entries until their habits move); None when the model has one
+        community, the user posted none, or the user service does not answer (its Score
+        then says so in the answer's reasons)."""
+        if self.backends.user is None or len(self.models.communities) < 2:
+            return None
+        try:
+            reply = await self.backends.user.Communities(
+                user_pb2.UserCommunitiesRequest(user_id=user_id),
+                timeout=_timeout(self.backends.deadline, context))
+        except grpc.aio.AioRpcError as error:
+            log.warning("recommender: user communities: %s", error.code().name)
+            return None
+        prior = community_prior(reply.posts, self.models.communities)
+        return None if prior is None else np.maximum(np.round(prior, 2), 0.01)
+
     async def _recommend(self, request: recommender_pb2.RecommendRequest, k: int,
                          context: grpc.aio.ServicerContext, mix: np.ndarray | None,
-                         ) -> recommender_pb2.RecommendResponse:
-        # a photo routed to a named community is another photo to every cache
+                         routed_by: str) -> recommender_pb2.RecommendResponse:
+        # a photo routed by what the request knows is another photo to every cache
         digest = hashlib.sha256(request.image).hexdigest() + (
-            f"@{request.community}" if mix is not None else "")
+            "" if mix is None else "@" + ",".join(f"{w:.2f}" for w in mix))
         anonymous = not request.user_id or self.backends.user is None
         answer_key = cache_key("answer", self.models.version, f"{digest}:{k}")
         if anonymous:  # a photo seen before, without a user: one cache read
@@ -345,7 +367,8 @@ class RecommenderServicer:
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
-        self._say_communities(reply, (call.prepared or call.photo).description, mix)
+        self._say_communities(reply, (call.prepared or call.photo).description, mix,
+                              routed_by)
         # after the fusion, which may have fallen back to equal weights
         complete = was_cached or self.answers.complete(call.photo)
         if complete and call.photo is not None:
@@ -361,12 +384,12 @@ class RecommenderServicer:
 
     def _say_communities(self, reply: recommender_pb2.RecommendResponse,
                          description: photo_pb2.PhotoDescription,
-                         mix: np.ndarray | None) -> None:
+                         mix: np.ndarray | None, routed_by: str) -> None:
         """How the photo's community was decided, and the mix the methods used."""
         shares = self.models.communities_of(photo_set(description).routed(mix))
         if shares is None:
             return
-        reply.community_from = "request" if mix is not None else "photo"
+        reply.community_from = routed_by
         del reply.communities[:]
         reply.communities.extend(
             recommender_pb2.CommunityShare(name=name, weight=round(float(weight), 4))
@@ -386,12 +409,23 @@ class RecommenderServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no hashtags given")
         if self.backends.user is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
+        try:
+            mix = self.models.community_mix(request.community) if request.community else None
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise
         reply = await self._embed(request.image, context)
+        description = describe(reply)
+        # the post counts where the user posts: the community named, else the gate's guess
+        shares = self.models.communities_of(photo_set(description).routed(mix))
+        communities = {} if shares is None else {
+            name: float(weight) for name, weight in zip(self.models.communities, shares[0],
+                                                         strict=True) if weight >= 0.01}
         try:
             return await self.backends.user.Update(user_pb2.UserUpdateRequest(
-                user_id=request.user_id, photo=describe(reply), hashtags=request.hashtags,
+                user_id=request.user_id, photo=description, hashtags=request.hashtags,
                 photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest(),
-                request_id=request.request_id),
+                request_id=request.request_id, communities=communities),
                 timeout=_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
             await self._forward_error("user service", error, context)

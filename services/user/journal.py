@@ -77,6 +77,8 @@ class JournalRecord:
     kind: str = "post"
     request_id: str = ""
     answer: dict | None = None
+    #: the post's community mix (name → weight), counted in the user's communities
+    communities: dict | None = None
 
 
 def encode_record(record: JournalRecord) -> bytes:
@@ -88,6 +90,8 @@ def encode_record(record: JournalRecord) -> bytes:
         fields["kind"] = record.kind
     if record.request_id:
         fields["request_id"], fields["answer"] = record.request_id, record.answer
+    if record.communities:
+        fields["communities"] = record.communities
     body = json.dumps(fields, ensure_ascii=False).encode("utf-8")
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
@@ -108,7 +112,8 @@ def decode_record(line: bytes, fallback_seq: int) -> JournalRecord:
                              tuple(record["hashtags"]),
                              np.frombuffer(base64.b64decode(record["features"]), "<f4"),
                              record.get("photo_id", ""), record.get("kind", "post"),
-                             record.get("request_id", ""), record.get("answer"))
+                             record.get("request_id", ""), record.get("answer"),
+                             record.get("communities"))
     except KeyError as missing:
         raise ValueError(f"field {missing} is missing") from None
 
@@ -171,12 +176,12 @@ class UpdateJournal:
 
     def append(self, user: str, hashtags: Sequence[str], features: np.ndarray,
                photo_id: str = "", kind: str = "post", request_id: str = "",
-               answer: dict | None = None) -> int:
+               answer: dict | None = None, communities: dict | None = None) -> int:
         """Writes and fsyncs one record; returns its seq. JournalError when the record
         could not be made durable (the file is cut back to what it was)."""
         seq = self.last_seq + 1
         line = encode_record(JournalRecord(seq, user, tuple(hashtags), features, photo_id,
-                                           kind, request_id, answer))
+                                           kind, request_id, answer, communities))
         try:
             descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as error:
@@ -350,4 +355,6 @@ def apply_record(lookup: UserHashtagLookup, record: JournalRecord) -> bool:
         lookup.add_upload(record.photo_id, record.user, record.features)
     if record.answer is not None:
         lookup.requests.put(record.user, record.request_id, record.answer)
+    if record.communities:
+        lookup.communities.add(record.user, record.communities)
     return bool(ids)

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.user.communities import UserCommunities
 from services.user.effects import ContentModel, MainEffects, log_normalisers
 from services.user.model import TensorModel, TensorParams
 from services.user.privacy import PhotoOwners, RequestLog
@@ -117,6 +118,8 @@ class UserHashtagLookup:
         self.owners = PhotoOwners()
         #: the answers to recent updates, by (user, request id): a retry is answered once
         self.requests = RequestLog()
+        #: where each user posts: their posts by community
+        self.communities = UserCommunities()
 
     @property
     def user_weight(self) -> float | None:
@@ -206,6 +209,7 @@ class UserHashtagLookup:
             if photo is not None:
                 return released, False
             self.requests.forget(user)
+            self.communities.forget(user)
             row = self.user_index.pop(user, None)
             if row is None:
                 return released, False
@@ -442,7 +446,8 @@ class UserHashtagLookup:
                 else np.zeros((0, self.projection.shape[0]), np.float32))
             lists = {"users": list(self.user_ids),
                      "added_photo_ids": [self.photo_ids[row] for row in added],
-                     "photo_owners": self.owners.state(), "requests": self.requests.state()}
+                     "photo_owners": self.owners.state(), "requests": self.requests.state(),
+                     "communities": self.communities.state()}
         return arrays, lists
 
     def restore_profiles(self, arrays: dict[str, np.ndarray],
@@ -474,6 +479,7 @@ class UserHashtagLookup:
             self.add_photos(lists["added_photo_ids"], arrays["added_photo_features"])
         self.owners.restore(lists.get("photo_owners", {}))
         self.requests.restore(lists.get("requests", []))
+        self.communities.restore(lists.get("communities", {}))
 
     # --- persistence: shared/artifacts.py (plain arrays, checksummed manifest) -----------
     def save(self, directory: Path) -> Path:
@@ -494,6 +500,7 @@ class UserHashtagLookup:
         if self.photo_features is not None:
             writer.array("photo_features", self.photo_features)
         writer.json("photo_ids", self.photo_ids)
+        writer.json("communities", self.communities.state())
         return writer.close({"kind": KIND, "vocabulary": list(self.vocabulary),
                              "users": self.user_ids, "params": self.model.params.__dict__,
                              "main_effects": effects, "recommender": self.recommender_fit})
@@ -526,6 +533,8 @@ class UserHashtagLookup:
             lookup.add_photos(photo_ids, reader.array("photo_features"))
         lookup.trained_photos = len(lookup.photo_ids)
         lookup.recommender_fit = manifest.get("recommender")
+        if "communities.json" in manifest["files"]:
+            lookup.communities.restore(reader.json("communities"))
         return lookup
 
 

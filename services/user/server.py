@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 from hashrec.v1 import user_pb2, user_pb2_grpc
 
+from services.user.communities import community_problem
 from services.user.journal import JournalError, UpdateJournal, hold_state
 from services.user.lookup import KIND, UserHashtagLookup
 from shared.admission import abort_overloaded
@@ -125,11 +126,20 @@ class UserServicer:
             await abort_overloaded(context, error)
             raise
 
+    async def Communities(self, request: user_pb2.UserCommunitiesRequest,  # noqa: N802
+                          context: grpc.aio.ServicerContext,
+                          ) -> user_pb2.UserCommunitiesResponse:
+        await limits_or_abort(context, user_id_problem(request.user_id))
+        return user_pb2.UserCommunitiesResponse(
+            posts=self.lookup.communities.posts(request.user_id))
+
     async def Update(self, request: user_pb2.UserUpdateRequest,  # noqa: N802
                      context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
+        communities = dict(request.communities)
         await limits_or_abort(context, user_id_problem(request.user_id, required=True),
                               hashtags_problem(request.hashtags),
-                              request_id_problem(request.request_id))
+                              request_id_problem(request.request_id),
+                              community_problem(communities))
         photo = await photo_or_abort(request.photo, context)
         accepted, ignored, later = [], [], []
         for raw in request.hashtags:
@@ -157,13 +167,15 @@ class UserServicer:
                       "posts": (0 if row is None else int(lookup.post_counts[row])) + 1,
                       "embedding_updated": lookup.tensor_active}
             self.journal.append(user, accepted + later, features, request.photo_id,
-                                request_id=request_id, answer=answer if request_id else None)
+                                request_id=request_id, answer=answer if request_id else None,
+                                communities=communities or None)
             known = [lookup.hashtag_rows[h] for h in accepted + later
                      if h in lookup.hashtag_rows]  # a model swapped in since the check
             if known:
                 lookup.update(user, features, known)
             if request.photo_id:
                 lookup.add_upload(request.photo_id, user, features)
+            lookup.communities.add(user, communities)
             lookup.requests.put(user, request_id, answer)
             if self.journal.since_snapshot >= self.snapshot_every:
                 self._snapshot_if_new()

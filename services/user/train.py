@@ -23,13 +23,15 @@ from typing import Any
 import numpy as np
 
 from services.image_models import KIND as IMAGE_KIND
-from services.image_models import out_of_fold_scores
+from services.image_models import load_image_models, out_of_fold_scores, served_methods
 from services.recommender.model import USER_DEPTH, fit_user_weight
+from services.user.communities import UserCommunities
 from services.user.lookup import KIND, UserHashtagLookup
 from services.user.model import TensorParams
 from services.user.task import post_features, prepare_user_task
 from services.vision.store import FeatureStore
 from shared.artifacts import newest_artifact, resolve_artifact
+from shared.backbone import N_CLASSES
 from shared.config import data_root, models_dir, setup_logging
 from shared.data.readers import Post
 from shared.data.simulated_users import (
@@ -38,7 +40,7 @@ from shared.data.simulated_users import (
     source_posts,
     split_by_user_time,
 )
-from shared.photos import photo_key
+from shared.photos import PhotoSet, photo_key
 
 log = logging.getLogger(__name__)
 SERVING_PARAMS = TensorParams(hashtag_dim=64, photo_dim=64, user_dim=32, epochs=15)
@@ -63,6 +65,8 @@ def train_user_model(out: Path, store: FeatureStore, n_users: int = 300, seed: i
                  posts, features, image_model, params, False) as weight_fit:
         lookup = task.train_lookup(params, progress)
     lookup.recommender_fit = weight_fit()
+    if image_model is not None:
+        lookup.communities.restore(where_users_post(posts, features, image_model))
     photos = sorted({p.image for p in posts})
     by_image = {p.image: features[p.id] for p in posts}
     lookup.add_photos([photo_key(image) for image in photos],
@@ -74,6 +78,25 @@ def train_user_model(out: Path, store: FeatureStore, n_users: int = 300, seed: i
              len(task.users), len(task.vocab), len(photos), time.perf_counter() - started,
              directory)
     return lookup, directory
+
+
+def where_users_post(posts: Sequence[Post], features: dict[str, np.ndarray],
+                     image_model: Path) -> dict[str, dict[str, float]]:
+    """Each user's posts by community of ``image_model``, each post split by the gate's
+    guess for its photo; empty for a model of one community."""
+    models = load_image_models(image_model, served_methods(image_model, ("frequency",
+                                                                         "knn", "mlp"))[:1])
+    if len(models.communities) < 2 or not posts:
+        return {}
+    shares = models.communities_of(PhotoSet(
+        np.stack([features[p.id] for p in posts]),
+        np.zeros((len(posts), N_CLASSES), np.float32)))
+    if shares is None:  # the model keeps none of the recommender's local methods
+        return {}
+    counts = UserCommunities()
+    for post, row in zip(posts, shares, strict=True):
+        counts.add(post.user, dict(zip(models.communities, row.tolist(), strict=True)))
+    return counts.state()
 
 
 @contextmanager

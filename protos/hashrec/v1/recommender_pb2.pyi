@@ -78,13 +78,15 @@ class CommunityShare(_message.Message):
     def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("image", "user_id", "hashtags", "request_id")
+    __slots__ = ("image", "user_id", "hashtags", "request_id", "community")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HASHTAGS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMUNITY_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     user_id: str
     hashtags: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., hashtags: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    community: str
+    def __init__(self, image: _Optional[bytes] = ..., user_id: _Optional[str] = ..., hashtags: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., community: _Optional[str] = ...) -> None: ...

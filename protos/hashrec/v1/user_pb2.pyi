@@ -7,6 +7,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class UserCommunitiesRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class UserCommunitiesResponse(_message.Message):
+    __slots__ = ("posts",)
+    class PostsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    POSTS_FIELD_NUMBER: _ClassVar[int]
+    posts: _containers.ScalarMap[str, float]
+    def __init__(self, posts: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class UserScoreRequest(_message.Message):
     __slots__ = ("photo", "user_id", "k")
     PHOTO_FIELD_NUMBER: _ClassVar[int]
@@ -40,18 +59,27 @@ class UserScoreResponse(_message.Message):
     def __init__(self, hashtags: _Optional[_Iterable[_Union[UserHashtag, _Mapping]]] = ..., known_user: _Optional[bool] = ..., model_version: _Optional[str] = ..., user_weight: _Optional[float] = ...) -> None: ...
 
 class UserUpdateRequest(_message.Message):
-    __slots__ = ("user_id", "photo", "hashtags", "photo_id", "request_id")
+    __slots__ = ("user_id", "photo", "hashtags", "photo_id", "request_id", "communities")
+    class CommunitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PHOTO_FIELD_NUMBER: _ClassVar[int]
     HASHTAGS_FIELD_NUMBER: _ClassVar[int]
     PHOTO_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMUNITIES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     photo: _photo_pb2.PhotoDescription
     hashtags: _containers.RepeatedScalarFieldContainer[str]
     photo_id: str
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., photo: _Optional[_Union[_photo_pb2.PhotoDescription, _Mapping]] = ..., hashtags: _Optional[_Iterable[str]] = ..., photo_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    communities: _containers.ScalarMap[str, float]
+    def __init__(self, user_id: _Optional[str] = ..., photo: _Optional[_Union[_photo_pb2.PhotoDescription, _Mapping]] = ..., hashtags: _Optional[_Iterable[str]] = ..., photo_id: _Optional[str] = ..., request_id: _Optional[str] = ..., communities: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class UserUpdateResponse(_message.Message):
     __slots__ = ("accepted", "ignored", "posts", "embedding_updated")

@@ -62,6 +62,11 @@ class UserProfileServiceStub:
                 request_serializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
                 response_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
                 _registered_method=True)
+        self.Communities = channel.unary_unary(
+                '/hashrec.v1.UserProfileService/Communities',
+                request_serializer=hashrec_dot_v1_dot_user__pb2.UserCommunitiesRequest.SerializeToString,
+                response_deserializer=hashrec_dot_v1_dot_user__pb2.UserCommunitiesResponse.FromString,
+                _registered_method=True)
 
 
 class UserProfileServiceServicer:
@@ -116,6 +121,16 @@ class UserProfileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Communities(self, request, context):
+        """Where a user posts: their posts counted by community (photo set), each post split
+        by the community mix it came with. The recommender asks before it scores a known
+        user's photo (the mix does not depend on the photo) and weights the photo's
+        communities by it. An unknown user has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserProfileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +158,11 @@ def add_UserProfileServiceServicer_to_server(servicer, server):
                     servicer.Forget,
                     request_deserializer=hashrec_dot_v1_dot_user__pb2.ForgetRequest.FromString,
                     response_serializer=hashrec_dot_v1_dot_user__pb2.ForgetResponse.SerializeToString,
+            ),
+            'Communities': grpc.unary_unary_rpc_method_handler(
+                    servicer.Communities,
+                    request_deserializer=hashrec_dot_v1_dot_user__pb2.UserCommunitiesRequest.FromString,
+                    response_serializer=hashrec_dot_v1_dot_user__pb2.UserCommunitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -283,6 +303,33 @@ class UserProfileService:
             '/hashrec.v1.UserProfileService/Forget',
             hashrec_dot_v1_dot_user__pb2.ForgetRequest.SerializeToString,
             hashrec_dot_v1_dot_user__pb2.ForgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Communities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashrec.v1.UserProfileService/Communities',
+            hashrec_dot_v1_dot_user__pb2.UserCommunitiesRequest.SerializeToString,
+            hashrec_dot_v1_dot_user__pb2.UserCommunitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -106,7 +106,10 @@ function showRouting(answer) {
     const read = shares.filter((s) => s.weight >= 0.05)
       .sort((a, b) => b.weight - a.weight)
       .map((s) => `${communityName(s.name)} ${Math.round(100 * s.weight)} %`);
-    routed.textContent = `This photo looks like one posted to ${read.join(", ")}; ` +
+    const why = answer.community_from === "user"
+      ? "From where you usually post and how the photo looks, it goes to"
+      : "This photo looks like one posted to";
+    routed.textContent = `${why} ${read.join(", ")}; ` +
       "say where you post it above to get that community's hashtags.";
   }
 }
@@ -384,7 +387,7 @@ async function save() {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ hashtags: [...state.selected], image_sha256: state.sha256,
-        request_id: state.saveId }),
+        request_id: state.saveId, community: $("community").value }),
     });
     state.saveId = null;
     let message = `Saved to ${state.me.name}'s profile: ` +
