@@ -545,6 +545,9 @@ def _add_recommend(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("image", type=Path)
     parser.add_argument("--target", default="127.0.0.1:50050", metavar="HOST:PORT")
     parser.add_argument("--user", default="", help="the poster's id, when known")
+    parser.add_argument("--community", default="",
+                        help="where the photo is posted (one of the model's photo sets, "
+                             "e.g. instagram, food, flickr); default: read from the photo")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.add_argument("--timeout", type=float, default=30.0)
@@ -590,13 +593,16 @@ def _recommend(args: argparse.Namespace) -> int:
     if image is None:
         return 2
     reply = _call(args.target, "Recommend", recommender_pb2.RecommendRequest(
-        image=image, user_id=args.user, k=args.k), args.timeout)
+        image=image, user_id=args.user, k=args.k, community=args.community), args.timeout)
     if reply is None:
         return 1
     if args.json:
         print(_as_json(reply))
     else:
         print(f"model {reply.model_version}" + (" (degraded)" if reply.degraded else ""))
+        if reply.communities:
+            mix = ", ".join(f"{c.name} {c.weight:.2f}" for c in reply.communities)
+            print(f"community from the {reply.community_from}: {mix}")
         for tag in reply.hashtags:
             support = ", ".join(f"{s.method} #{s.rank}" for s in tag.signals)
             print(f"#{tag.hashtag:<24}{tag.score:8.3f}  {support}")

@@ -30,6 +30,10 @@ done
 user="${HASHREC_DEMO_USER:-u00003}"
 echo; echo "hashtags for $photo:"
 .venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 10
+community="${HASHREC_DEMO_COMMUNITY:-food}"
+echo; echo "the same photo posted to $community (the community named, not read from the photo):"
+.venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 10 --community "$community" \
+  || echo "(the served model has no community $community: HASHREC_DEMO_COMMUNITY names another)"
 echo; echo "the same photo posted by $user (a known user: the user signal joins in):"
 .venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 10 --user "$user"
 .venv/bin/hashrec recommend "$photo" --target "127.0.0.1:$port" -k 3 --user "$user" --json

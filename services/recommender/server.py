@@ -65,7 +65,8 @@ from services.image_models import (
     swap_on_reload,
 )
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
-from services.recommender.model import USER_DEPTH, USER_WEIGHT, community_prior
+from services.recommender.model import USER_DEPTH, USER_WEIGHT
+from services.recommender.routing import post_communities, say_communities, where_user_posts
 from services.vision.model import FEATURE_DIM, vision_model_id
 from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact
@@ -311,31 +312,15 @@ class RecommenderServicer:
         try:
             with self.admission.slot():
                 routed_by = "request" if mix is not None else "photo"
-                if mix is None and request.user_id:
-                    mix = await self._where_user_posts(request.user_id, context)
+                if mix is None and request.user_id and self.backends.user is not None:
+                    mix = await where_user_posts(
+                        self.backends.user, request.user_id, self.models.communities,
+                        _timeout(self.backends.deadline, context))
                     routed_by = "user" if mix is not None else routed_by
                 return await self._recommend(request, k, context, mix, routed_by)
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
-
-    async def _where_user_posts(self, user_id: str, context: grpc.aio.ServicerContext,
-                                ) -> np.ndarray | None:
-        """P(c | u) from the user's posts by community, rounded to 0.01 (so that a user's
-        answers share cache entries until their habits move); None when the model has one
-        community, the user posted none, or the user service does not answer (its Score
-        then says so in the answer's reasons)."""
-        if self.backends.user is None or len(self.models.communities) < 2:
-            return None
-        try:
-            reply = await self.backends.user.Communities(
-                user_pb2.UserCommunitiesRequest(user_id=user_id),
-                timeout=_timeout(self.backends.deadline, context))
-        except grpc.aio.AioRpcError as error:
-            log.warning("recommender: user communities: %s", error.code().name)
-            return None
-        prior = community_prior(reply.posts, self.models.communities)
-        return None if prior is None else np.maximum(np.round(prior, 2), 0.01)
 
     async def _recommend(self, request: recommender_pb2.RecommendRequest, k: int,
                          context: grpc.aio.ServicerContext, mix: np.ndarray | None,
@@ -367,8 +352,8 @@ class RecommenderServicer:
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
-        self._say_communities(reply, (call.prepared or call.photo).description, mix,
-                              routed_by)
+        say_communities(reply, self.models, (call.prepared or call.photo).description, mix,
+                        routed_by)
         # after the fusion, which may have fallen back to equal weights
         complete = was_cached or self.answers.complete(call.photo)
         if complete and call.photo is not None:
@@ -381,19 +366,6 @@ class RecommenderServicer:
         if complete and anonymous:
             self.cache.set(answer_key, np.frombuffer(reply.SerializeToString(), np.uint8))
         return reply
-
-    def _say_communities(self, reply: recommender_pb2.RecommendResponse,
-                         description: photo_pb2.PhotoDescription,
-                         mix: np.ndarray | None, routed_by: str) -> None:
-        """How the photo's community was decided, and the mix the methods used."""
-        shares = self.models.communities_of(photo_set(description).routed(mix))
-        if shares is None:
-            return
-        reply.community_from = routed_by
-        del reply.communities[:]
-        reply.communities.extend(
-            recommender_pb2.CommunityShare(name=name, weight=round(float(weight), 4))
-            for name, weight in zip(self.models.communities, shares[0], strict=True))
 
     async def Communities(self, request: recommender_pb2.CommunitiesRequest,  # noqa: N802
                           context: grpc.aio.ServicerContext,
@@ -416,11 +388,7 @@ class RecommenderServicer:
             raise
         reply = await self._embed(request.image, context)
         description = describe(reply)
-        # the post counts where the user posts: the community named, else the gate's guess
-        shares = self.models.communities_of(photo_set(description).routed(mix))
-        communities = {} if shares is None else {
-            name: float(weight) for name, weight in zip(self.models.communities, shares[0],
-                                                         strict=True) if weight >= 0.01}
+        communities = post_communities(self.models, description, mix)
         try:
             return await self.backends.user.Update(user_pb2.UserUpdateRequest(
                 user_id=request.user_id, photo=description, hashtags=request.hashtags,
