@@ -68,17 +68,27 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     stages["photos"] = time.perf_counter() - started
     truth = [frozenset(ids) for ids in train.hashtags]
 
-    def fusions(scores: dict[str, np.ndarray]) -> tuple[Fusion, RankFusion | None]:
+    routed: dict[str, np.ndarray] = {}  # out of fold, each photo as its own community's
+
+    def fusions(scores: dict[str, np.ndarray],
+                ) -> tuple[Fusion, RankFusion | None, dict[str, RankFusion]]:
         fusion_started = time.perf_counter()
-        fused = (Fusion.fit(scores, truth),
-                 RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None)
+        fusion = Fusion.fit(scores, truth)
+        ranker = RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None
+        # each community's own learned fusion, on its photos scored as their community's:
+        # what serves a request that names its community
+        own = {} if ranker is None or not routed else {
+            community.name: RankFusion.fit(
+                {m: s[rows] for m, s in routed.items()}, [truth[i] for i in rows], seed)
+            for number, community in enumerate(communities)
+            for rows in [np.flatnonzero(train.communities == number)]}
         stages["fusion"] = time.perf_counter() - fusion_started  # within "fits"
-        return fused
+        return fusion, ranker, own
 
     # the fusions are fit here while the pool runs the final fits
-    scores, finals, (fusion, ranker) = folds_and_finals(
+    scores, finals, (fusion, ranker, community_rankers) = folds_and_finals(
         train, terms, methods, folds, seed, text, engine, progress=progress,
-        cpu_seconds=cpu_seconds, meanwhile=fusions)
+        cpu_seconds=cpu_seconds, meanwhile=fusions, routed=routed)
     stages["fits"] = time.perf_counter() - started - stages["photos"]
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
         "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
@@ -91,6 +101,8 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
         fusion.save(writer)
         if ranker is not None:
             ranker.save(writer)
+        for name, own in community_rankers.items():
+            own.save(writer.scoped(f"community/{name}"))
         # What stands on this model and is fit later (the recommender's user weight,
         # services/user/train.py) needs photo scores from a model that never saw the photo:
         # the fused out-of-fold scores of every training photo, each row scaled to [0, 1] as
@@ -115,7 +127,7 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     log.info("trained %s on %d photos of %d communities in %.0f s -> %s", list(methods),
              len(train), len(communities), time.perf_counter() - started, out / version)
     return ImageModels(version, terms, fitted, fusion, out / version, ranker,
-                       tuple(c.name for c in communities))
+                       tuple(c.name for c in communities), community_rankers)
 
 
 @contextlib.contextmanager

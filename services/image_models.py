@@ -8,7 +8,7 @@ each load the methods they serve.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,9 @@ class ImageModels:
     ranker: RankFusion | None = None
     #: the photo sets it was trained on, in the gate's order (one: no gate)
     communities: tuple[str, ...] = ()
+    #: each community's own learned fusion, fit on its photos scored as its own: serves
+    #: a request that names the community
+    community_rankers: dict[str, RankFusion] = field(default_factory=dict)
 
     def community_mix(self, community: str) -> np.ndarray | None:
         """The mix that routes a photo to the named community alone; None for a model of
@@ -69,17 +72,24 @@ class ImageModels:
         gated = next((m for m in self.methods.values() if isinstance(m, GatedMethod)), None)
         return None if gated is None else gated.mix(photos)
 
-    def combine(self, per_method: dict[str, np.ndarray]) -> np.ndarray:
-        """The learned fusion of the methods' scores when all of them are there, else the
-        linear fusion of those that are."""
+    def combine(self, per_method: dict[str, np.ndarray], community: str = "") -> np.ndarray:
+        """The learned fusion of the methods' scores when all of them are there (the named
+        ``community``'s own where it has one), else the linear fusion of those that are."""
+        own = self.community_rankers.get(community)
+        if own is not None and all(m in per_method for m in own.methods):
+            return own.combine(per_method)
         if self.ranker is not None and all(m in per_method for m in self.ranker.methods):
             return self.ranker.combine(per_method)
         return self.fusion.combine(per_method)
 
-    def scores(self, photos: PhotoSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(fused scores, each method's scores), one row per photo, one column per hashtag."""
+    def scores(self, photos: PhotoSet, community: str = "",
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(fused scores, each method's scores), one row per photo, one column per hashtag;
+        ``community``: the photos are posted to it (routed to it, its own fusion)."""
+        if community:
+            photos = photos.routed(self.community_mix(community))
         per_method = {name: method.scores(photos) for name, method in self.methods.items()}
-        return self.combine(per_method), per_method
+        return self.combine(per_method, community), per_method
 
 
 def _open(directory: Path) -> ArtifactReader:
@@ -127,10 +137,12 @@ def load_image_models(directory: Path, methods: Sequence[str] | None = None) -> 
     manifest = reader.manifest
     names = manifest["methods"] if methods is None else methods
     ranker = RankFusion.load(reader) if "fusion_rank.json" in manifest["files"] else None
+    communities = tuple(c["name"] for c in manifest.get("communities", ()))
+    own = {name: RankFusion.load(reader.scoped(f"community/{name}")) for name in communities
+           if f"community/{name}/fusion_rank.json" in manifest["files"]}
     return ImageModels(manifest["version"], tuple(reader.json("vocabulary")),
                        {name: _load(reader, name) for name in names}, Fusion.load(reader),
-                       directory, ranker,
-                       tuple(c["name"] for c in manifest.get("communities", ())))
+                       directory, ranker, communities, own)
 
 
 def out_of_fold_scores(directory: Path) -> tuple[tuple[str, ...], list[str], np.ndarray] | None:

@@ -339,3 +339,21 @@ def test_a_journaled_posts_communities_are_counted_again_on_replay_and_in_a_snap
     restored = UserHashtagLookup.load(stack["user_dir"])
     UpdateJournal(tmp_path / "version").recover(restored)  # the snapshot alone
     assert restored.communities.posts("local:a") == expected
+
+
+def test_a_named_community_is_ranked_by_its_own_learned_fusion(served: dict,
+                                                               stack: dict) -> None:
+    """Each community's learned fusion is fit on its own photos scored as its own (what a
+    request naming it gets); the served answer is the artifact's own ranking."""
+    trained = served["trained"]
+    assert set(trained.community_rankers) == {"food", "instagram"}
+    photos = photo_set(_describe(stack, served["image"]))
+    for community in ("food", "instagram"):
+        fused, _ = trained.scores(photos, community)
+        expected = [trained.vocabulary[i] for i in np.argsort(-fused[0], kind="stable")[:10]]
+        served_answer = [h.hashtag for h in _recommend(served, community).hashtags]
+        assert served_answer == expected, community
+    own = trained.community_rankers["food"].combine(
+        {m: method.scores(photos.routed(np.array([1.0, 0.0], np.float32)))
+         for m, method in trained.methods.items()})
+    np.testing.assert_allclose(trained.scores(photos, "food")[0], own)

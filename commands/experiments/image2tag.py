@@ -215,6 +215,7 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
                      engine: Engine | None = None, finals: bool = True,
                      progress: bool = False, cpu_seconds: dict[str, float] | None = None,
                      meanwhile: Callable[[dict[str, np.ndarray]], Any] | None = None,
+                     routed: dict[str, np.ndarray] | None = None,
                      ) -> tuple[dict[str, np.ndarray], list[Method], Any]:
     """(every method's out-of-fold scores of every training photo, every method fit on all
     of them, what ``meanwhile`` returned). Out of fold: each photo scored by a model fit
@@ -226,7 +227,9 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
     scores are in, while the final fits still run (the fusions' fit fills the cores the
     last fits leave idle). ``finals`` False: the scores alone; ``progress``: a bar counts
     the finished fits; ``cpu_seconds``: each method's CPU seconds, all its fits
-    together, are added there."""
+    together, are added there. ``routed`` (photos of several communities): each method's
+    out-of-fold scores with every photo routed to its own community, as a request that
+    names it is scored, are put there too (before ``meanwhile`` runs)."""
     fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
     share = (folds - 1) / folds
 
@@ -241,9 +244,11 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
         SemanticMethod(class_names(), text).texts(vocab)
     # the text resources (~10 MB pickled) travel with the semantic method's tasks alone
     items = [(fold, name, text if name == "semantic" else None) for fold, name in tasks]
+    route = routed is not None and n_communities(train) > 1
     done = (engine or LocalEngine()).map(_fit_task, items,
                                           progress="fits" if progress else None, train=train,
-                                          vocab=vocab, fold_of=fold_of, seed=seed)
+                                          vocab=vocab, fold_of=fold_of, seed=seed,
+                                          **({"routed": True} if route else {}))
     out_of_fold: dict[str, np.ndarray] = {}
     fitted: dict[str, Method] = {}
     alongside, waiting = None, folds * len(methods)  # out-of-fold fits still to come
@@ -253,6 +258,10 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
         if fold is None:
             fitted[name] = result
             continue
+        if route:
+            result, own = result
+            routed.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
+                fold_of == fold] = own
         out_of_fold.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
             fold_of == fold] = result
         waiting -= 1
@@ -270,11 +279,11 @@ def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[
 
 
 def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSet,
-              vocab: Sequence[str], fold_of: np.ndarray, seed: int,
-              ) -> tuple[np.ndarray | Method, float]:
+              vocab: Sequence[str], fold_of: np.ndarray, seed: int, routed: bool = False,
+              ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray] | Method, float]:
     """task (fold, method, its text resources): (fold None: the method fit on every photo;
-    a fold: the scores of that fold by the method fit on the others, the CPU seconds it
-    took)."""
+    a fold: the scores of that fold by the method fit on the others, with ``routed`` also
+    those with each photo routed to its own community; the CPU seconds it took)."""
     fold, name, text = task
     started = time.process_time()
     with one_thread():
@@ -283,7 +292,11 @@ def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSe
             method.fit(train, vocab)
             return method, time.process_time() - started
         method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
-        scores = method.scores(train.subset(np.flatnonzero(fold_of == fold)))
+        held = train.subset(np.flatnonzero(fold_of == fold))
+        scores = method.scores(held)
+        if routed:
+            own = np.eye(n_communities(train), dtype=np.float32)[held.communities]
+            scores = (scores, method.scores(held.routed(own)))
         return scores, time.process_time() - started
 
 

@@ -90,11 +90,11 @@ def in_process_answer(models: object, store: object, k: int = 10,
         kept, photos = _photos(posts, store, progress=False)
         if len(kept) != len(posts):
             raise ValueError(f"{len(posts) - len(kept)} test photos could not be read")
-        if community:
-            photos = photos.routed(models.community_mix(community))
-        fused, per_method = models.scores(photos)
+        fused, per_method = models.scores(photos, community)
         if not with_outside:
             return [[models.vocabulary[i] for i in row] for row in top_k(fused, k)]
+        if community:  # the outside hashtags scored as the recommender scores them
+            photos = photos.routed(models.community_mix(community))
         outside_all = {name: (method.extra,
                               method.scores_all(photos)[:, len(models.vocabulary):])
                        for name, method in models.methods.items()

@@ -38,6 +38,8 @@ class PhotoScores:
     outside: dict[str, tuple[tuple[str, ...], np.ndarray]]
     reasons: list[str]
     fused: np.ndarray | None = None
+    #: the community the request named: that community's own learned fusion ranks
+    community: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,14 +123,15 @@ class Answers:
     def fuse(self, photos: Sequence[PhotoScores]) -> None:
         """Fills ``fused`` where it is missing: one fusion per set of methods that
         answered (a batch's complete photos share one learned-fusion call)."""
-        groups: dict[tuple[str, ...], list[PhotoScores]] = {}
+        groups: dict[tuple[tuple[str, ...], str], list[PhotoScores]] = {}
         for photo in photos:
             if photo.fused is None:
-                groups.setdefault(tuple(sorted(photo.per_method)), []).append(photo)
-        for methods, group in groups.items():
+                groups.setdefault((tuple(sorted(photo.per_method)), photo.community),
+                                  []).append(photo)
+        for (methods, community), group in groups.items():
             rows = {m: np.stack([p.per_method[m] for p in group]) for m in methods}
             try:
-                fused = self.models.combine(rows)
+                fused = self.models.combine(rows, community)
             except ValueError:  # no method with a fusion weight answered: equal weights
                 fused = Fusion({m: 1.0 for m in rows}).combine(rows)
                 for photo in group:

@@ -343,6 +343,8 @@ class RecommenderServicer:
         else:
             photo, user = await self._photo_scores(request.image, digest, request.user_id,
                                                    k, context, mix)
+            if routed_by == "request":
+                photo.community = request.community  # its own learned fusion ranks
             call = Request(photo, k)
             was_cached = photo.fused is not None
         if user is not None:
