@@ -43,12 +43,13 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(int(threads))
 
 
-#: the slowest modules (serial seconds, 2026-12-06: 125, 78, 50, 26, 45, 24, 21, 21, 17, 17)
-#: go first, so xdist's workers, which take the next module as they free up, end together
-SLOWEST_FIRST = ("test_processes", "test_engine", "test_stack", "test_gateway",
-                 "test_communities", "test_autorec", "test_train", "test_image2tag", "test_served",
-                 "test_supervision", "test_zhong", "test_recommender_service",
-                 "test_user_model", "test_deploy", "test_user_journal")
+#: the slowest modules (seconds on 2 workers, 2026-12-06), first, so that xdist's workers,
+#: which take the next module as they free up, end together
+SLOWEST_FIRST = ("test_engine", "test_processes", "test_serve_lifecycle", "test_stack",
+                 "test_autorec", "test_served", "test_train", "test_communities",
+                 "test_image2tag", "test_supervision", "test_deploy",
+                 "test_recommender_service", "test_zhong", "test_user_model",
+                 "test_gateway", "test_user_weight", "test_user_journal")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

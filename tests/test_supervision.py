@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.test_processes import SERVICES, Served, serving
+from tests.processes import SERVICES, Served, serving
 
 
 def _serve_command(stack: dict, port: int) -> list[str]:
