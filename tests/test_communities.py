@@ -310,6 +310,14 @@ def test_a_users_posts_by_community_route_their_next_photo_and_survive_a_restart
     # the counts are acknowledged writes: a restarted user service still has them
     loop = stack["loop"]
     loop.call(with_users["user"].stop())
+    with grpc.insecure_channel(with_users["recommender"].address,
+                               options=CHANNEL_OPTIONS) as channel:
+        alone = recommender_pb2_grpc.RecommenderServiceStub(channel).Recommend(
+            recommender_pb2.RecommendRequest(image=image, user_id="local:poster", k=10),
+            timeout=60)
+    # the user service down: routed by the gate alone, and the answer says why
+    assert alone.degraded and alone.community_from == "photo"
+    assert "user communities: unavailable" in alone.degraded_reasons
     with_users["user"] = loop.call(serve_user("127.0.0.1", with_users["user"].port,
                                               stack["user_dir"], with_users["state"]))
     with grpc.insecure_channel(with_users["user"].address,

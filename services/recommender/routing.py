@@ -23,21 +23,22 @@ MIN_POST_SHARE = 0.01
 
 async def where_user_posts(user_service: object, user_id: str,
                            communities: tuple[str, ...], timeout: float,
-                           ) -> np.ndarray | None:
-    """P(c | u) from the user's posts by community, rounded to 0.01 (so that a user's
-    answers share cache entries until their habits move); None when the model has one
-    community, the user posted none, or the user service does not answer (its Score then
-    says so in the answer's reasons)."""
+                           ) -> tuple[np.ndarray | None, str | None]:
+    """(P(c | u) from the user's posts by community, rounded to 0.01 so that a user's
+    answers share cache entries until their habits move, or None when the model has one
+    community or the user posted none; why the user's communities are missing when the
+    user service did not answer: the answer is then degraded, routed by the gate)."""
     if len(communities) < 2:
-        return None
+        return None, None
     try:
         reply = await user_service.Communities(
             user_pb2.UserCommunitiesRequest(user_id=user_id), timeout=timeout)
     except grpc.aio.AioRpcError as error:
-        log.warning("recommender: user communities: %s", error.code().name)
-        return None
+        log.warning("recommender: user communities: %s: %s", error.code().name,
+                    error.details())
+        return None, f"user communities: {error.code().name.lower().replace('_', ' ')}"
     prior = community_prior(reply.posts, communities)
-    return None if prior is None else np.maximum(np.round(prior, 2), 0.01)
+    return (None if prior is None else np.maximum(np.round(prior, 2), 0.01)), None
 
 
 def say_communities(reply: recommender_pb2.RecommendResponse, models: ImageModels,

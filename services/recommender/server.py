@@ -311,13 +311,17 @@ class RecommenderServicer:
             raise
         try:
             with self.admission.slot():
-                routed_by = "request" if mix is not None else "photo"
+                routed_by, missing = ("request" if mix is not None else "photo"), None
                 if mix is None and request.user_id and self.backends.user is not None:
-                    mix = await where_user_posts(
+                    mix, missing = await where_user_posts(
                         self.backends.user, request.user_id, self.models.communities,
                         _timeout(self.backends.deadline, context))
                     routed_by = "user" if mix is not None else routed_by
-                return await self._recommend(request, k, context, mix, routed_by)
+                reply = await self._recommend(request, k, context, mix, routed_by)
+                if missing:  # routed by the gate alone: say so, as for any backend
+                    reply.degraded = True
+                    reply.degraded_reasons.append(missing)
+                return reply
         except OverloadedError as error:
             await abort_overloaded(context, error)
             raise
