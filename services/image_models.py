@@ -29,6 +29,7 @@ from services.word.semantic import SemanticMethod
 from shared.artifacts import ArtifactReader, newest_artifact
 from shared.backbone import class_names, vision_model_id
 from shared.grpc_server import GrpcServer, LateServicer
+from shared.limits import quoted
 from shared.photos import PhotoSet
 
 KIND = "image-to-hashtag"
@@ -59,7 +60,7 @@ class ImageModels:
         one community (nothing to route). ValueError, naming the choices, for a name the
         model was not trained on."""
         if community not in self.communities:
-            raise ValueError(f"community {community!r} is not one of this model's "
+            raise ValueError(f"community {quoted(community)} is not one of this model's "
                              f"{list(self.communities)}")
         if len(self.communities) < 2:
             return None

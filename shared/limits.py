@@ -21,6 +21,8 @@ MAX_USER_ID_CHARS = 256
 MAX_HASHTAGS = 100
 MAX_HASHTAG_CHARS = 100
 MAX_REQUEST_ID_CHARS = 128
+#: longer than any community (photo set) name a model holds
+MAX_COMMUNITY_CHARS = 64
 #: the most of a caller's text an error or a log line repeats
 QUOTE_CHARS = 40
 

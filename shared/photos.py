@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -63,10 +64,8 @@ class PhotoSet:
         """These photos with the community mix ``weights`` (one row, or one a photo)."""
         if weights is None:
             return self
-        weights = np.broadcast_to(np.asarray(weights, np.float32),
-                                  (len(self), np.shape(weights)[-1])).copy()
-        return PhotoSet(self.features, self.probabilities, self.hashtags, self.communities,
-                        self.keys, weights)
+        return dataclasses.replace(self, community_weights=np.broadcast_to(
+            np.asarray(weights, np.float32), (len(self), np.shape(weights)[-1])).copy())
 
 
 def photo_key(path: Path) -> str:

@@ -60,7 +60,7 @@ def photo_set(photo: photo_pb2.PhotoDescription) -> PhotoSet:
     return PhotoSet(features[None, :], probabilities)
 
 
-def community_mix(weights: Sequence[float], communities: int) -> np.ndarray | None:
+def checked_community_weights(weights: Sequence[float], communities: int) -> np.ndarray | None:
     """ScoreRequest.community_weights as a mix summing to 1 (None when empty), checked
     against the model's number of communities; ValueError naming what is wrong."""
     if not len(weights):
@@ -82,7 +82,7 @@ async def photo_or_abort(photo: photo_pb2.PhotoDescription,
                          communities: int = 1) -> PhotoSet:
     """The photo as the methods see it, routed by ``community_weights`` when given."""
     try:
-        return photo_set(photo).routed(community_mix(community_weights, communities))
+        return photo_set(photo).routed(checked_community_weights(community_weights, communities))
     except ValueError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         raise  # abort raises; this line only satisfies the type checker

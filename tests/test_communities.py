@@ -174,6 +174,10 @@ def test_an_unknown_community_or_a_wrong_mix_is_refused_naming_the_choices(
         _recommend(served, "tumblr")
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "tumblr" in error.value.details() and "'food', 'instagram'" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:  # a caller's long text is not echoed whole
+        _recommend(served, "x" * 10_000)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10000 characters" in error.value.details() and len(error.value.details()) < 300
     description = _describe(stack, served["image"])
     stub = word_pb2_grpc.WordEmbeddingServiceStub(served["channels"]["word"])
     for weights, words in (([1.0, 0.0, 0.0], "holds 3 weights"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from shared.limits import MAX_COMMUNITY_CHARS
+
 MAX_HASHTAGS = 100
 
 
@@ -46,7 +48,7 @@ class FeedbackBody(BaseModel):
     #: read only with HASHREC_AUTH=none; otherwise the signed-in person is the user
     user: str = Field("", max_length=256)
     #: where the photo is posted (/api/config's communities); empty: read from the photo
-    community: str = Field("", max_length=64)
+    community: str = Field("", max_length=MAX_COMMUNITY_CHARS)
 
 
 class FeedbackAnswer(BaseModel):

@@ -91,6 +91,7 @@ from services.gateway.uploads import RecentUploads
 from shared.config import setup_logging
 from shared.grpc_server import aio_channel
 from shared.images import ImageError, check_header, reencoded
+from shared.limits import MAX_COMMUNITY_CHARS
 from shared.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,8 @@ PHOTO_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/pn
                   ".webp": "image/webp", ".gif": "image/gif"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_K = 100
-#: longer than any community name a model holds: refused before it reaches the recommender
-MAX_COMMUNITY_NAME = 64
+#: how long the page's config waits for the recommender's list of communities
+PAGE_CONFIG_TIMEOUT_S = 2.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -239,9 +240,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data = await image_from_form(form)
         k = k_from(form.get("k"), 10)
         community = str(form.get("community") or "")
-        if len(community) > MAX_COMMUNITY_NAME:
+        if len(community) > MAX_COMMUNITY_CHARS:
             raise ApiError(400, "INVALID_ARGUMENT", f"community must be at most "
-                           f"{MAX_COMMUNITY_NAME} characters")
+                           f"{MAX_COMMUNITY_CHARS} characters")
         reply = await call("Recommend", recommender_pb2.RecommendRequest(
             image=data, user_id=user or "", k=k, community=community))
         owner = gateway.owner(user)
@@ -348,10 +349,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def page_config() -> dict:
         """What the page offers: the upload limit, the sign-in mode, and the communities a
         photo can be posted to (none while the recommender does not answer)."""
-        try:
-            communities = list((await call("Communities",
-                                           recommender_pb2.CommunitiesRequest())).names)
-        except ApiError:
+        try:  # briefly: the page waits for this, and it still works without the list
+            communities = list((await state["stub"].Communities(
+                recommender_pb2.CommunitiesRequest(), timeout=PAGE_CONFIG_TIMEOUT_S)).names)
+        except grpc.aio.AioRpcError as error:
+            log.warning("gateway: communities: %s", error.code().name)
             communities = []
         return {"max_upload_bytes": settings.max_upload_bytes, "auth": identity.mode,
                 "communities": communities if len(communities) > 1 else []}

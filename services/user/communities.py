@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-#: at most this many communities a post, each name at most this long (a request's limits)
+from shared.limits import MAX_COMMUNITY_CHARS
+
+#: at most this many communities a post (a request's limit)
 MAX_COMMUNITIES = 16
-MAX_NAME = 64
 
 
 def community_problem(mix: Mapping[str, float]) -> str | None:
@@ -23,8 +24,8 @@ def community_problem(mix: Mapping[str, float]) -> str | None:
     if len(mix) > MAX_COMMUNITIES:
         return f"communities: at most {MAX_COMMUNITIES}, got {len(mix)}"
     for name, weight in mix.items():
-        if not name or len(name) > MAX_NAME:
-            return f"communities: a name must have 1 to {MAX_NAME} characters"
+        if not name or len(name) > MAX_COMMUNITY_CHARS:
+            return f"communities: a name must have 1 to {MAX_COMMUNITY_CHARS} characters"
         if not math.isfinite(weight) or weight < 0:
             return f"communities: {name!r} has weight {weight}, not finite and >= 0"
     return None
