@@ -616,6 +616,9 @@ def _add_feedback_and_retrieve(commands: argparse._SubParsersAction) -> None:
     feedback.add_argument("image", type=Path)
     feedback.add_argument("hashtags", nargs="+")
     feedback.add_argument("--user", required=True)
+    feedback.add_argument("--community", default="",
+                          help="where the photo was posted (counted in the user's "
+                               "communities); default: read from the photo")
     retrieve = commands.add_parser(
         "retrieve", help="photos for a hashtag, as a user would tag them",
         description="RecommenderService.Retrieve (Veit et al. section 4.3).")
@@ -635,7 +638,8 @@ def _feedback(args: argparse.Namespace) -> int:
     if image is None:
         return 2
     return _printed(_call(args.target, "Feedback", recommender_pb2.FeedbackRequest(
-        image=image, user_id=args.user, hashtags=args.hashtags), args.timeout))
+        image=image, user_id=args.user, hashtags=args.hashtags, community=args.community),
+        args.timeout))
 
 
 def _retrieve(args: argparse.Namespace) -> int:

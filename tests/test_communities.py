@@ -369,3 +369,19 @@ def test_a_named_community_is_ranked_by_its_own_learned_fusion(served: dict,
         {m: method.scores(photos.routed(np.array([1.0, 0.0], np.float32)))
          for m, method in trained.methods.items()})
     np.testing.assert_allclose(trained.scores(photos, "food")[0], own)
+
+
+def test_hashrec_feedback_counts_the_named_community(stack: dict, with_users: dict,
+                                                     data_dir: Path, capsys) -> None:
+    from commands.cli import main
+    from services.user.lookup import UserHashtagLookup
+
+    hashtag = UserHashtagLookup.load(stack["user_dir"]).vocabulary[0]
+    assert main(["feedback", str(data_dir / "food" / "images" / "0000008.jpg"), hashtag,
+                 "--user", "local:cli", "--community", "instagram",
+                 "--target", with_users["recommender"].address]) == 0
+    with grpc.insecure_channel(with_users["user"].address,
+                               options=CHANNEL_OPTIONS) as channel:
+        posts = user_pb2_grpc.UserProfileServiceStub(channel).Communities(
+            user_pb2.UserCommunitiesRequest(user_id="local:cli"), timeout=10).posts
+    assert dict(posts) == {"instagram": pytest.approx(1.0)}

@@ -35,7 +35,9 @@ class RecommendAnswer(BaseModel):
     image_sha256: str = Field(description="the photo's id: for a signed-in person, the "
                               "sha256 of the upload as kept, which feedback can name")
     community_from: str = Field("", description='how the photo\'s community was decided: '
-                                '"request", "photo" (read from it), or "" (one community)')
+                                '"request", "user" (read from it, weighted by where the '
+                                'user posts), "photo" (read from it), or "" (one '
+                                'community)')
     communities: list[CommunityShare] = Field(default_factory=list, description="the "
                                               "community mix the methods were weighted by")
 
