@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from gensim.models import Word2Vec
 from tqdm import tqdm
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
@@ -151,6 +150,9 @@ def skipgram(walks: np.ndarray, n_nodes: int, params: SkipGramParams = SkipGramP
         corpus = Path(scratch) / "walks.txt"
         write_walks(walks, corpus)
         log.info("skip-gram: %d walks, %d tokens, %s", len(walks), walks.size, asdict(params))
+        # imported here: gensim (with scipy.stats) costs a serving process ~0.9 s to import
+        from gensim.models import Word2Vec
+
         model = Word2Vec(corpus_file=os.fspath(corpus), vector_size=params.dim,
                          window=params.window, min_count=1, negative=params.negative, sg=1,
                          sample=params.sample, epochs=params.epochs, seed=params.seed,

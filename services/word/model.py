@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from gensim.models import Word2Vec
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.embeddings import TermVectors
@@ -61,6 +60,9 @@ def train_word2vec(documents: Sequence[Sequence[str]],
     if not sentences:
         raise ValueError("no non-empty document to train Word2Vec on")
     log.info("word2vec: %d sentences, %s", len(sentences), asdict(params))
+    # imported here: gensim (with scipy.stats) costs a serving process ~0.9 s to import
+    from gensim.models import Word2Vec
+
     model = Word2Vec(sentences, vector_size=params.dim, window=params.window,
                      min_count=params.min_count, negative=params.negative, sg=1,
                      epochs=params.epochs, seed=params.seed, workers=params.workers)
