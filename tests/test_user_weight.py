@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.recommender.model import condition_on_user, fit_user_weight
+from services.recommender.model import (
+    USER_MIX_GRID,
+    condition_on_user,
+    fit_user_mix,
+    fit_user_weight,
+    mix_user_answers,
+)
 from tests.training import pool
 
 
@@ -54,6 +60,43 @@ def test_a_hashtag_only_the_user_knows_enters_with_the_weighted_user_term() -> N
     np.testing.assert_allclose(scores, [0.0, 1.0 + 2.0 * 0.5, 2.0 * 0.25])
 
 
+def test_the_user_side_mixes_the_models_answer_with_the_users_habits() -> None:
+    model = [("food", 1.0), ("dinner", 0.5)]
+    habits = [("comida", 1.0), ("food", 0.25)]
+    # u = 0.5 · model + 0.5 · habits: food 0.625, comida 0.5, dinner 0.25; best rescaled to 1
+    mixed = mix_user_answers(model, habits, 0.5)
+    assert [term for term, _ in mixed] == ["food", "comida", "dinner"]
+    np.testing.assert_allclose([r for _, r in mixed], [1.0, 0.8, 0.4])
+    assert mix_user_answers(model, habits, 1.0) == model
+    assert mix_user_answers(model, habits, 0.0) == habits
+    assert mix_user_answers([], [], 0.5) == []
+    with pytest.raises(ValueError, match=r"share must lie in \[0, 1\]"):
+        mix_user_answers(model, habits, 1.5)
+
+
+def test_the_users_habits_get_a_share_where_they_know_what_the_model_does_not() -> None:
+    # Posts A, B: the user model ranks a decoy first, the user's habits the truth, and the
+    # photo is wrong ("other"): only a share of the habits gets them right. Post C: the
+    # model is right and the habits wrong, so the habits alone (share 0) lose it. Shares
+    # 0.5 and 0.75 get all three (with a weight that outvotes the photo).
+    vocabulary = ("truth", "decoy", "other")
+    photo = np.array([[0.0, 0.0, 1.0]] * 3, dtype=np.float32)
+    model = [[("decoy", 1.0), ("truth", 0.9)], [("decoy", 1.0), ("truth", 0.9)],
+             [("truth", 1.0)]]
+    habits = [[("truth", 1.0)], [("truth", 1.0)], [("decoy", 1.0), ("truth", 0.5)]]
+    truth = [frozenset({"truth"})] * 3
+    fit = fit_user_mix(photo, vocabulary, model, habits, truth)
+    assert fit.mix == 0.75 and fit.weight >= 1  # ties go to the larger share
+    assert set(fit.fits) == set(USER_MIX_GRID)
+    assert fit.fits[fit.mix].accuracy[fit.weight][0] == 100
+    assert fit.fits[1.0].accuracy[fit.fits[1.0].weight][0] < 100  # the model alone
+    about = fit.about()
+    assert about["user_mix"] == fit.mix and about["user_weight"] == fit.weight
+    assert [row["user_mix"] for row in about["by_mix"]] == sorted(USER_MIX_GRID)
+    # where the habits add nothing, the model alone stays (ties go to the larger share)
+    assert fit_user_mix(photo, vocabulary, model, model, truth).mix == 1.0
+
+
 def test_fitting_without_held_out_posts_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one held-out post"):
         fit_user_weight(np.zeros((0, 2)), ("a", "b"), [], [])
@@ -92,7 +135,14 @@ def test_training_fits_the_weight_on_held_out_posts_and_the_user_service_serves_
     # user must help, so the photo alone (weight 0) cannot be the fit.
     assert fit["user_weight"] > 0 and accuracy[fit["user_weight"]] > accuracy[0.0]
     assert fit["posts"] > 0
-    assert UserHashtagLookup.load(user_dir).user_weight == fit["user_weight"]
+    assert fit["user_mix"] in USER_MIX_GRID
+    assert [row["user_mix"] for row in fit["by_mix"]] == sorted(USER_MIX_GRID)
+    loaded = UserHashtagLookup.load(user_dir)
+    assert loaded.user_weight == fit["user_weight"] and loaded.user_mix == fit["user_mix"]
+    # A model whose fit chose half the user model, half the habits, served: the answer is
+    # that mix of the model's answer and the user's habits, whatever this small fit chose.
+    loaded.recommender_fit = {**fit, "user_mix": 0.5}
+    mixed_dir = loaded.save(tmp_path / "mixed" / user_dir.name).parent
 
     loop = LoopThread()
     server = loop.call(serve_user("127.0.0.1", 0, user_dir, tmp_path / "state"))
@@ -105,6 +155,23 @@ def test_training_fits_the_weight_on_held_out_posts_and_the_user_service_serves_
                 user_pb2.UserScoreRequest(photo=photo, user_id=lookup.user_ids[0], k=5),
                 timeout=30)
         assert reply.known_user and reply.user_weight == pytest.approx(fit["user_weight"])
+        mixed = loop.call(serve_user("127.0.0.1", 0, mixed_dir, tmp_path / "mixed_state"))
+        try:
+            with grpc.insecure_channel(mixed.address, options=CHANNEL_OPTIONS) as channel:
+                mixed_reply = user_pb2_grpc.UserProfileServiceStub(channel).Score(
+                    user_pb2.UserScoreRequest(photo=photo, user_id=lookup.user_ids[0], k=8),
+                    timeout=30)
+        finally:
+            loop.call(mixed.stop())
     finally:
         loop.call(server.stop())
         loop.close()
+    user = lookup.user_ids[0]
+    scores, ids = loaded.top_k(features.features[:1], [user], 8)  # the depth asked
+    answer = [(loaded.vocabulary[i], float(np.exp(s - scores[0, 0])))
+              for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True)]
+    expected = mix_user_answers(answer, loaded.habits([user], 8)[0], 0.5)[:8]
+    assert loaded.habits([user], 8)[0]  # a known user has habits to mix in
+    assert [h.hashtag for h in mixed_reply.hashtags] == [term for term, _ in expected]
+    np.testing.assert_allclose([h.relative_probability for h in mixed_reply.hashtags],
+                               [r for _, r in expected], rtol=1e-5)

@@ -634,8 +634,13 @@ USER_WEIGHT = 1.0
 #: photo methods' candidates is known
 USER_DEPTH = 50
 #: the weights ``fit_user_weight`` tries: 0 is the photo alone, the largest the user alone
-#: but for ties
-USER_WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0)
+#: but for ties; wide enough that a choice at its top end is seen as such (it was 100, the
+#: top, for the served models while the grid ended there)
+USER_WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0,
+                    50.0, 100.0, 200.0, 500.0, 1000.0)
+#: the user model's share of the user side (``mix_user_answers``) that ``fit_user_mix``
+#: tries: 1 is the user model alone (the served form before the mix), 0 the user's habits
+USER_MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def min_max_rows(scores: np.ndarray) -> np.ndarray:
@@ -738,3 +743,76 @@ def fit_user_weight(photo_scores: np.ndarray, vocabulary: Sequence[str],
                  "(photo alone %.2f / %.2f)", best, len(shown), *reported[best],
                  *reported[0.0])
     return UserWeightFit(best, accuracy, len(choose), reported, len(shown))
+
+
+def mix_user_answers(model: Sequence[tuple[str, float]], habits: Sequence[tuple[str, float]],
+                     mix: float) -> list[tuple[str, float]]:
+    """The user side of ``condition_on_user`` as a mixture of the user's two experts, each
+    given as relative probabilities (the best 1):
+
+        u(h) = mix · P(h | x, u) / P(best | x, u) + (1 − mix) · P_u(h) / max P_u
+
+    the user model's answer for the photo (habit lift × photo, three-way term) and the
+    user's own shares of their hashtags (what real users' posts say wins, the `mixture` of
+    `evaluate user`: a signature hashtag keeps its share whatever the photo shows). A
+    hashtag one side does not list counts 0 there. Best first, rescaled so the best is 1."""
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"the user model's share must lie in [0, 1], got {mix}")
+    mixed: dict[str, float] = {}
+    for share, answer in ((mix, model), (1.0 - mix, habits)):
+        if share > 0:
+            for term, relative in answer:
+                mixed[term] = mixed.get(term, 0.0) + share * relative
+    top = max(mixed.values(), default=0.0)
+    if top <= 0:
+        return []
+    return sorted(((term, value / top) for term, value in mixed.items() if value > 0),
+                  key=lambda pair: -pair[1])
+
+
+@dataclass(frozen=True)
+class UserMixFit:
+    """The chosen share of the user model in the user side (``mix_user_answers``) and,
+    for every share tried, its weight fit (``fit_user_weight`` on the same posts)."""
+
+    mix: float
+    fits: dict[float, UserWeightFit]
+
+    @property
+    def weight(self) -> float:
+        return self.fits[self.mix].weight
+
+    def about(self) -> dict:
+        """For a manifest: the chosen fit's ``about()`` with the share, and every share's
+        chosen weight and figures (the choosing posts' and the reported ones')."""
+        def best(fit: UserWeightFit, table: dict) -> dict:
+            a1, a10 = table.get(fit.weight, (float("nan"), float("nan")))
+            return {"a1": round(a1, 2), "a10": round(a10, 2)}
+
+        return {**self.fits[self.mix].about(), "user_mix": self.mix,
+                "by_mix": [{"user_mix": mix, "user_weight": fit.weight,
+                            "chosen_on": best(fit, fit.accuracy),
+                            "reported": best(fit, fit.reported)}
+                           for mix, fit in sorted(self.fits.items())]}
+
+
+def fit_user_mix(photo_scores: np.ndarray, vocabulary: Sequence[str],
+                 model_answers: Sequence[Sequence[tuple[str, float]]],
+                 habit_answers: Sequence[Sequence[tuple[str, float]]],
+                 truth: Sequence[frozenset[str]], report: Sequence[bool] | None = None,
+                 mixes: Sequence[float] = USER_MIX_GRID,
+                 grid: Sequence[float] = USER_WEIGHT_GRID) -> UserMixFit:
+    """The share of the user model (``mix_user_answers``) and the weight of the user side
+    (``fit_user_weight``) with the best A@1 + A@10 on the held-out posts not in ``report``;
+    ties go to the larger share (the user model alone was the served form). Every share's
+    weight is reported on the ``report`` posts too."""
+    if not len(model_answers) == len(habit_answers) == len(truth):
+        raise ValueError("user model answers, habits and truth must have one row per post")
+    fits = {float(mix): fit_user_weight(
+        photo_scores, vocabulary,
+        [mix_user_answers(m, h, mix) for m, h in zip(model_answers, habit_answers,
+                                                      strict=True)],
+        truth, grid, report) for mix in mixes}
+    chosen = max(fits, key=lambda mix: (sum(fits[mix].accuracy[fits[mix].weight]), mix))
+    log.info("user mix: the user model's share %g, weight %g", chosen, fits[chosen].weight)
+    return UserMixFit(chosen, fits)

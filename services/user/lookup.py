@@ -127,6 +127,31 @@ class UserHashtagLookup:
         return None if self.recommender_fit is None else float(
             self.recommender_fit["user_weight"])
 
+    @property
+    def user_mix(self) -> float:
+        """The fitted share of this model's answer in the user side of the recommender
+        (``mix_user_answers``; the rest is the user's habits); 1 when not fitted."""
+        fit = self.recommender_fit or {}
+        return float(fit.get("user_mix", 1.0))
+
+    def habits(self, users: Sequence[str | None], depth: int,
+               ) -> list[list[tuple[str, float]]]:
+        """Each user's most used hashtags with their share relative to the most used one
+        (P_u(h) / max P_u: the habit side of ``mix_user_answers``), at most ``depth``,
+        from the counts as updates leave them; empty for an unknown user."""
+        answers = []
+        with self.lock:
+            for user in users:
+                if not self.known(user):
+                    answers.append([])
+                    continue
+                counts = self.hashtag_counts[self.user_index[user]]
+                used = np.flatnonzero(counts > 0)
+                top = used[np.argsort(-counts[used], kind="stable")[:depth]]
+                most = counts[top[0]] if len(top) else 1.0
+                answers.append([(self.vocabulary[i], float(counts[i] / most)) for i in top])
+        return answers
+
     def add_photos(self, photo_ids: Sequence[str], features: np.ndarray) -> None:
         """Makes photos retrievable (their raw CNN features are kept for persistence)."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))

@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 from hashrec.v1 import user_pb2, user_pb2_grpc
 
+from services.recommender.model import mix_user_answers
 from services.user.communities import community_problem
 from services.user.journal import JournalError, UpdateJournal, hold_state
 from services.user.lookup import KIND, UserHashtagLookup
@@ -102,16 +103,21 @@ class UserServicer:
         lookup, version = self.lookup, self.model_version  # one model a batch (a swap)
         scores, ids = lookup.top_k(np.stack([features for features, _, _ in calls]),
                                    [user for _, user, _ in calls], depth)
-        vocabulary, weight = lookup.vocabulary, lookup.user_weight or 0.0
+        vocabulary, weight, mix = lookup.vocabulary, lookup.user_weight or 0.0, lookup.user_mix
+        habits = lookup.habits([user for _, user, _ in calls], depth) if mix < 1 else None
         answers = []
         for row, (_, user, k) in enumerate(calls):
             top, rows = scores[row, :k], ids[row, :k]
             relative = np.exp(top - top[0]).tolist()
+            hashtags = [(vocabulary[i], s, r) for i, s, r
+                        in zip(rows.tolist(), top.tolist(), relative, strict=True)]
+            if habits is not None and habits[row]:
+                # the served user side: the model's answer mixed with the user's habits
+                hashtags = [(term, float(np.log(r)), r) for term, r in mix_user_answers(
+                    [(term, r) for term, _, r in hashtags], habits[row], mix)[:k]]
             answers.append(user_pb2.UserScoreResponse(
-                hashtags=[user_pb2.UserHashtag(hashtag=vocabulary[i], score=s,
-                                               relative_probability=r)
-                          for s, i, r in zip(top.tolist(), rows.tolist(), relative,
-                                             strict=True)],
+                hashtags=[user_pb2.UserHashtag(hashtag=term, score=s, relative_probability=r)
+                          for term, s, r in hashtags],
                 known_user=lookup.known(user), model_version=version, user_weight=weight))
         return answers
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from services.image_models import KIND as IMAGE_KIND
 from services.image_models import load_image_models, out_of_fold_scores, served_methods
-from services.recommender.model import USER_DEPTH, fit_user_weight
+from services.recommender.model import USER_DEPTH, fit_user_mix
 from services.user.communities import UserCommunities
 from services.user.lookup import KIND, UserHashtagLookup
 from services.user.model import TensorParams
@@ -134,10 +134,11 @@ def _beside(function: Callable[..., Any] | None, *args: Any) -> Iterator[Callabl
 def fit_recommender_weight(posts: Sequence[Post], features: dict[str, np.ndarray],
                            image_model: Path, params: TensorParams = SERVING_PARAMS,
                            progress: bool = True) -> dict | None:
-    """The recommender's weight for the user model's answer (fit_user_weight), fitted on
-    posts no model saw: each user's last 10 % (whose photos the simulation draws from a
-    held-out pool no training post shows), the user side by a user model trained on the
-    first 90 % alone, the photo side by ``image_model``'s out-of-fold scores. None when the
+    """The user side's mix of the user model and the user's habits, and the recommender's
+    weight for that side (fit_user_mix), fitted on posts no model saw: each user's last
+    10 % (whose photos the simulation draws from a held-out pool no training post shows),
+    the user side by a user model trained on the first 90 % alone (its habits those
+    posts' counts), the photo side by ``image_model``'s out-of-fold scores. None when the
     image model kept no out-of-fold scores or no held-out post has them."""
     held = out_of_fold_scores(image_model)
     if held is None:
@@ -161,15 +162,18 @@ def fit_recommender_weight(posts: Sequence[Post], features: dict[str, np.ndarray
     relative = np.exp(scores - scores[:, :1])
     answers = [[(lookup.vocabulary[i], float(r)) for i, r in zip(row_ids, row, strict=True)]
                for row_ids, row in zip(ids.tolist(), relative, strict=True)]
-    # half the users (by a hash of their id) choose the weight, the others measure it
+    # half the users (by a hash of their id) choose the share and weight, the others
+    # measure them
     report = [zlib.crc32(p.user.encode()) % 2 == 1 for p in held_out]
-    fit = fit_user_weight(scaled[[row_of[photo_key(p.image)] for p in held_out]], vocabulary,
-                          answers, [frozenset(p.hashtags) for p in held_out],
-                          report=report if 0 < sum(report) < len(report) else None)
+    fit = fit_user_mix(scaled[[row_of[photo_key(p.image)] for p in held_out]], vocabulary,
+                       answers, lookup.habits([p.user for p in held_out], USER_DEPTH),
+                       [frozenset(p.hashtags) for p in held_out],
+                       report=report if 0 < sum(report) < len(report) else None)
     return {**fit.about(), "image_model": image_model.name,
             "held_out": "each simulated user's last 10 % of posts, photos from the "
-                        "held-out pool, scored out of fold by the image model; the weight "
-                        "chosen on half the users' posts, reported on the other half's"}
+                        "held-out pool, scored out of fold by the image model; the share "
+                        "and weight chosen on half the users' posts, reported on the other "
+                        "half's"}
 
 
 def newest_user_model(root: Path) -> Path | None:
