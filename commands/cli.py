@@ -400,7 +400,8 @@ def _user(args: argparse.Namespace) -> int:
               "habit_x_photo": result.habit_x_photo, "lift_x_photo": result.lift_x_photo,
               "by_photo": result.by_photo, "mixture": result.mixture,
               "three_way": result.three_way, "by_user_posts": result.by_user_posts,
-              "recommender_form": result.recommender_form}
+              "recommender_form": result.recommender_form, "served": result.served,
+              "recency": result.recency}
     if args.task == "user":
         _print_table(f"user-conditional tagging on {source}: {result.n_users} users, "
                      f"{result.n_train} train / {result.n_test} test posts, vocabulary "
@@ -433,6 +434,18 @@ def _user(args: argparse.Namespace) -> int:
               f"posts: w {form['user_weight']} (held-out A@1 / A@10 by w: "
               + ", ".join(f"{row['weight']:g}: {row['a1']:.1f}/{row['a10']:.1f}"
                           for row in form["accuracy"]) + ")")
+        recency = result.recency
+        print(f"recency: half-life {recency['half_life']:g} posts; mixture+recency: weights "
+              + ", ".join(f"{k} {v:.2f}" for k, v in recency["weights"].items())
+              + " (chosen on held-out training posts)")
+        served = result.served
+        print("served: the services' combination, content + w · u(h), u the served user "
+              "model's answer mixed with the user's habits (user model's share m), m and w "
+              f"chosen on held-out training posts: m {served['user_mix']}, w "
+              f"{served['user_weight']} (held-out A@1 / A@10 by m, at its best w: "
+              + ", ".join(f"{row['user_mix']:g} (w {row['user_weight']:g}): "
+                          f"{row['chosen_on']['a1']:.1f}/{row['chosen_on']['a10']:.1f}"
+                          for row in served["by_mix"]) + ")")
         three_way = result.three_way
         _print_table("the three-way term over the mixture, per seed (tensor_kept: early "
                      "stopping kept a trained tensor, not epoch 0)", {

@@ -253,6 +253,7 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
     import json
 
     from commands.cli import main
+    from services.user.recency import RECENCY_HALF_LIVES
     from shared.data.simulated_users import simulate, source_posts
 
     monkeypatch.setenv("HASHREC_MODELS", str(tmp_path / "models"))
@@ -269,9 +270,16 @@ def test_real_user_ids_in_jsonl_work_end_to_end(tmp_path: Path, data_dir: Path,
     assert set(report["results"]) == {"global_frequency", "user_frequency", "content_knn",
                                       "content_knn+user_frequency", "agnostic", "mcll",
                                       "habit_x_photo", "lift_x_photo", "mlp", "tensor",
-                                      "mixture", "mixture+tensor", "recommender_form"}
+                                      "mixture", "mixture+tensor", "recommender_form",
+                                      "served", "recency", "cooccurrence",
+                                      "mixture+recency"}
+    assert report["recency"]["half_life"] in RECENCY_HALF_LIVES
+    assert sum(report["recency"]["weights"].values()) == pytest.approx(1.0)
     assert report["recommender_form"]["user_weight"] in {
         row["weight"] for row in report["recommender_form"]["accuracy"]}
+    assert report["served"]["user_weight"] in {
+        row["weight"] for row in report["served"]["accuracy"]}
+    assert report["served"]["user_mix"] in {row["user_mix"] for row in report["served"]["by_mix"]}
     assert set(report["habit_x_photo"]) == {"beta", "gamma"}
     assert set(report["mixture"]) == {"user", "photo", "neighbours"}
     assert sum(report["mixture"].values()) == pytest.approx(1.0)
@@ -496,6 +504,9 @@ def test_user_evaluation_finds_what_was_planted(planted_result) -> None:
     # w fitted on held-out training posts) is also an OR: measured +13.9 over each alone.
     assert table["recommender_form"]["A@1"] > alone + 5
     assert 0 < result.recommender_form["user_weight"] < 100
+    # The served form (the served lookup's answer mixed with the user's habits, added to
+    # the content) holds the AND of the lookup and the OR of the habits.
+    assert table["served"]["A@1"] > alone + 15
     assert result.by_photo["seen"]["posts"] == 0
     assert result.by_photo["unseen"]["posts"] == result.n_test
 

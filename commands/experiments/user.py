@@ -20,7 +20,14 @@ either.
   training posts) and `mixture+tensor` (the three-way term over it; over several seeds with
   ``tensor_seeds``); `recommender_form` (the same experts combined as the recommender
   combines the photo methods and the user model: content scaled to [0, 1] plus a fitted
-  weight times the user's relative probability, ``recommender_form_scores``);
+  weight times the user's relative probability, ``recommender_form_scores``); `served`
+  (what the services serve, by their own code: the served user model's answer mixed with
+  the user's habits, added to the content score, share and weight chosen on held-out
+  training posts, ``served_scores``); `recency` (the user's hashtags weighted by
+  2^(−age / T), age in the user's own posts, T chosen on held-out training posts),
+  `cooccurrence` (the hashtags that go with those, services/user/recency.py) and
+  `mixture+recency` (both as experts beside the mixture's three, their shares chosen on
+  held-out training posts);
 - retrieval: hashtag (+ the photo's poster) → test photos, P@10 (Veit eq. 8) averaged over
   the hashtags that tag at least one test photo.
 """
@@ -37,10 +44,13 @@ import torch
 
 from services.recommender.model import (
     USER_DEPTH,
+    UserMixFit,
     UserWeightFit,
     condition_on_user,
+    fit_user_mix,
     fit_user_weight,
     min_max_rows,
+    mix_user_answers,
 )
 from services.user.effects import (
     MIXTURE_EXPERTS,
@@ -122,6 +132,12 @@ class UserResult:
     by_user_posts: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
     #: recommender_form's user weight, and the held-out accuracy of every weight tried
     recommender_form: dict[str, object] = dataclasses.field(default_factory=dict)
+    #: the served form's fit (fit_user_mix's ``about()``): the user model's share of the
+    #: user side, its weight, and the held-out training posts' accuracy of each tried
+    served: dict[str, object] = dataclasses.field(default_factory=dict)
+    #: the recency expert's half-life (in the user's posts) and the weights of the mixture
+    #: with the recency and co-occurrence experts, all chosen on held-out training posts
+    recency: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 def retrieval_precision(scores: np.ndarray, truth: Sequence[frozenset[int]],
@@ -182,13 +198,21 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
     mixture_tensor, mixture = task.train_mixture_tensor(params, progress, params.seed)
     # The experts on the test posts are rows above: MCLL and the kNN votes over every
     # training post (what mixture_experts would compute again).
-    scores["mixture"] = mixture.probabilities((
-        task.user_shares_of(test_users, task.counts), np.exp(scores["mcll"]),
-        as_distribution(scores["content_knn"])))
+    test_experts = (task.user_shares_of(test_users, task.counts), np.exp(scores["mcll"]),
+                    as_distribution(scores["content_knn"]))
+    scores["mixture"] = mixture.probabilities(test_experts)
+    half_life, held_recent, held_cooccurring = task.recent_experts
+    scores["recency"], scores["cooccurrence"] = task.recent_experts_of(test_users)
+    recent_mixture = mixture.extended(task.held_out_experts(params.seed),
+                                      (held_recent, held_cooccurring), task.fit_ids)
+    scores["mixture+recency"] = recent_mixture.probabilities(
+        (*test_experts, scores["recency"], scores["cooccurrence"]))
     scores["recommender_form"], user_weight = recommender_form_scores(
         task.held_out_experts(params.seed), task.fit_ids,
         (task.user_shares_of(test_users, task.counts), np.exp(scores["mcll"]),
          as_distribution(scores["content_knn"])), vocab.terms)
+    scores["served"], served = served_scores(task, lookup, params.seed, (
+        np.exp(scores["mcll"]), as_distribution(scores["content_knn"])))
     log_mixture = np.log(scores["mixture"] + MIXTURE_FLOOR)
     scores["mixture+tensor"] = mixture_tensor.scores(x_test, test_users) + log_mixture
     three_way = {params.seed: (scores["mixture+tensor"], mixture_tensor.tensor_active)}
@@ -226,7 +250,10 @@ def run_user(train_posts: Sequence[Post], test_posts: Sequence[Post],
                       three_way_report(results["mixture"], three_way, truth),
                       results_by_user_posts(scores, truth, [
                           post_counts[user_row[u]] if u in user_row else 0
-                          for u in test_users]), user_weight.about())
+                          for u in test_users]), user_weight.about(), served.about(),
+                      {"half_life": half_life, "weights": dict(zip(
+                          (*MIXTURE_EXPERTS, "recency", "cooccurrence"),
+                          recent_mixture.weights, strict=True))})
 
 
 def recommender_form_scores(held_out: Sequence[np.ndarray], held_out_ids: Sequence[Sequence[int]],
@@ -255,6 +282,49 @@ def recommender_form_scores(held_out: Sequence[np.ndarray], held_out_ids: Sequen
     content, answers = parts(test)
     return np.stack([condition_on_user(index, row, answer, fit.weight)[0]
                      for row, answer in zip(content, answers, strict=True)]), fit
+
+
+def served_scores(task: UserTask, lookup: UserHashtagLookup, seed: int,
+                  test_content: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, UserMixFit]:
+    """The served combination, computed by the serving code: the served user model's
+    answer (``lookup.top_k``, as the user service asks it) mixed with the user's habits
+    (``lookup.habits``) by ``mix_user_answers``, added with weight w to the content score
+    scaled to [0, 1] (``condition_on_user``; the content is P_mcll + P_knn, the photo
+    methods' stand-in for text posts); a stranger's answer is the content's alone, as the
+    recommender ignores the user service for an unknown user. The share and w are chosen
+    by ``fit_user_mix`` on each user's last training post (``validation_rows``, which no
+    fit saw; the early stopping of the tensor read them), scored by a lookup that counts
+    the fit posts alone."""
+    effects, _ = task.main_effects(seed)
+    fit_rows, held_out = task.fit_rows, task.validation_rows
+    terms = task.vocab.terms
+    index = {term: row for row, term in enumerate(terms)}
+    choosing = UserHashtagLookup(lookup.model, terms, task.users,
+                                 np.bincount(task.rows_train[fit_rows],
+                                             minlength=len(task.users)).astype(float),
+                                 task.fit_counts, effects)
+
+    def parts(served: UserHashtagLookup, features: np.ndarray, users: Sequence[str | None],
+              content: np.ndarray, neighbours: np.ndarray,
+              ) -> tuple[np.ndarray, list[list[tuple[str, float]]], list[list[tuple[str, float]]]]:
+        scores, ids = served.top_k(features, users, USER_DEPTH)
+        relative = np.exp(scores - scores[:, :1])
+        answers = [[(terms[h], float(r)) for h, r in zip(row_ids, row, strict=True)]
+                   if served.known(user) else []
+                   for row_ids, row, user in zip(ids.tolist(), relative, users, strict=True)]
+        return min_max_rows(content + neighbours), answers, served.habits(users, USER_DEPTH)
+
+    held_users = [task.users[task.rows_train[i]] for i in held_out]
+    _, held_content, held_neighbours = task.mixture_experts(
+        task.x_train[held_out], held_users, task.fit_counts, fit_rows, task.fit_ids, seed)
+    content, answers, habits = parts(choosing, task.x_train[held_out], held_users,
+                                     held_content, held_neighbours)
+    fit = fit_user_mix(content, terms, answers, habits,
+                       [frozenset(terms[h] for h in task.train_ids[i]) for i in held_out])
+    content, answers, habits = parts(lookup, task.x_test, task.test_users, *test_content)
+    return np.stack([condition_on_user(index, row, mix_user_answers(answer, habit, fit.mix),
+                                       fit.weight)[0][:len(terms)]
+                     for row, answer, habit in zip(content, answers, habits, strict=True)]), fit
 
 
 def three_way_report(mixture: dict[str, float],
@@ -290,7 +360,8 @@ def results_by_user_posts(scores: dict[str, np.ndarray], truth: Sequence[frozens
             parts[name]["results"] = {
                 method: accuracies(scores[method][rows], [truth[i] for i in rows])
                 for method in ("user_frequency", "content_knn+user_frequency", "mixture",
-                               "lift_x_photo", "tensor", "mixture+tensor")}
+                               "recency", "mixture+recency", "lift_x_photo", "tensor",
+                               "mixture+tensor", "served")}
     return parts
 
 

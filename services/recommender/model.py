@@ -785,8 +785,10 @@ class UserMixFit:
     def about(self) -> dict:
         """For a manifest: the chosen fit's ``about()`` with the share, and every share's
         chosen weight and figures (the choosing posts' and the reported ones')."""
-        def best(fit: UserWeightFit, table: dict) -> dict:
-            a1, a10 = table.get(fit.weight, (float("nan"), float("nan")))
+        def best(fit: UserWeightFit, table: dict) -> dict | None:
+            if fit.weight not in table:  # no post was kept out to report on
+                return None
+            a1, a10 = table[fit.weight]
             return {"a1": round(a1, 2), "a10": round(a10, 2)}
 
         return {**self.fits[self.mix].about(), "user_mix": self.mix,
