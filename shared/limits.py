@@ -70,6 +70,7 @@ def hashtags_problem(hashtags: Sequence[str]) -> str | None:
 
 def hashtag_problem(hashtag: str) -> str | None:
     if len(hashtag) > MAX_HASHTAG_CHARS:
-        return (f"hashtag {quoted(hashtag)} is too long; at most {MAX_HASHTAG_CHARS} "
-                "characters are allowed")
+        # worded as the user id's and request id's are: "has N characters; at most M"
+        return (f"hashtag {hashtag[:QUOTE_CHARS]!r}… has {len(hashtag)} characters; at most "
+                f"{MAX_HASHTAG_CHARS} are allowed")
     return None

@@ -186,7 +186,8 @@ def test_the_page_and_the_api_description_load_nothing_from_elsewhere(
         assert "http://" not in html and "https://" not in html
         assert "<script>" not in html  # no inline script: only <script src=...>
     api = client.get("/openapi.json").json()
-    assert {"/api/recommend", "/api/feedback", "/api/retrieve"} <= set(api["paths"])
+    assert {"/api/recommend", "/api/feedback", "/api/retrieve", "/api/config"} <= set(
+        api["paths"])  # the page's config is API too: a client reads its communities there
     assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
     # no user ids published; a model of one community offers no choice of community
     assert client.get("/api/config").json() == {"max_upload_bytes": 20 * 1024 * 1024,

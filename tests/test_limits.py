@@ -34,7 +34,8 @@ def test_hashtag_lists_are_bounded_in_count_and_length() -> None:
     assert hashtags_problem(["a"] * MAX_HASHTAGS) is None
     assert f"at most {MAX_HASHTAGS}" in hashtags_problem(["a"] * (MAX_HASHTAGS + 1))
     problem = hashtags_problem(["food", "y" * (MAX_HASHTAG_CHARS + 1)])
-    assert f"at most {MAX_HASHTAG_CHARS} characters" in problem and len(problem) < 200
+    assert f"has {MAX_HASHTAG_CHARS + 1} characters; at most {MAX_HASHTAG_CHARS} are " \
+        "allowed" in problem and len(problem) < 200  # worded as the ids' limits are
     assert hashtags_problem(["y" * MAX_HASHTAG_CHARS]) is None  # the limit itself is fine
 
 

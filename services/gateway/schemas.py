@@ -71,6 +71,16 @@ class RetrieveAnswer(BaseModel):
     model_version: str
 
 
+class PageConfig(BaseModel):
+    #: the largest photo an upload may be
+    max_upload_bytes: int
+    #: how a person signs in: "none", "local" (accounts here) or "oidc"
+    auth: str
+    #: the communities a photo can be posted to (RecommendRequest.community); empty for a
+    #: model of one community, or while the recommender does not answer
+    communities: list[str]
+
+
 class ErrorBody(BaseModel):
     error: str
     message: str

@@ -82,6 +82,7 @@ from services.gateway.schemas import (
     ERRORS,
     FeedbackAnswer,
     FeedbackBody,
+    PageConfig,
     RecommendAnswer,
     RetrieveAnswer,
     RetrievedPhoto,
@@ -345,7 +346,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return FileResponse(path, media_type=PHOTO_SUFFIXES[path.suffix.lower()])
         raise ApiError(404, "NOT_FOUND", "no such photo")
 
-    @app.get("/api/config", include_in_schema=False)
+    @app.get("/api/config", response_model=PageConfig)
     async def page_config() -> dict:
         """What the page offers: the upload limit, the sign-in mode, and the communities a
         photo can be posted to (none while the recommender does not answer)."""
