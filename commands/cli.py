@@ -65,9 +65,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-tags", default="", metavar="A,B,...",
                         help="image2tag: hashtags removed from ground truth and predictions "
                              "(e.g. the search hashtags a data set was collected by)")
-    parser.add_argument("--encoder", default="minilm", choices=("minilm", "tfidf"),
+    parser.add_argument("--encoder", default="minilm", choices=("minilm", "e5", "tfidf"),
                         help="user with --test: the text encoder for posts with text "
-                             "(all-MiniLM-L6-v2, or TF-IDF + SVD fit on the training posts)")
+                             "(all-MiniLM-L6-v2; multilingual-e5-small, the extra 'e5'; or "
+                             "TF-IDF + SVD fit on the training posts)")
     parser.add_argument("--max-vocab", type=int, default=2000,
                         help="user: at most this many hashtags (0: every hashtag seen "
                              "--min-count times)")

