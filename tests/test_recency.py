@@ -11,6 +11,7 @@ from services.user.recency import (
     cooccurrence_expert,
     held_out_cooccurrence,
     held_out_recency,
+    post_ranks,
     recency_shares,
     tag_matrix,
 )
@@ -28,6 +29,17 @@ def test_a_users_late_hashtags_weigh_more_by_the_half_life() -> None:
     np.testing.assert_allclose(shares[1], GLOBAL)  # no post: the global share
     long = recency_shares(tags, np.array([0, 0, 0]), 2, half_life=1e9, global_share=GLOBAL)
     np.testing.assert_allclose(long[0], [2 / 3, 1 / 3, 0], rtol=1e-6)  # the plain shares
+
+
+def test_posts_are_ranked_by_their_time_within_each_user_whatever_their_order() -> None:
+    rows = np.array([0, 1, 0, 0, 1])
+    times = np.array([30.0, 5.0, 10.0, 20.0, 1.0])
+    np.testing.assert_array_equal(post_ranks(rows, times), [2, 1, 0, 1, 0])
+    np.testing.assert_array_equal(post_ranks(rows), [0, 0, 1, 2, 1])  # no times: as given
+    tags = tag_matrix([[0], [1], [1], [1], [1]], 3)
+    # user 0's latest post (time 30) is the first given: a (its weight 1/2), b 1/4 + 1/8
+    shares = recency_shares(tags, rows, 2, 1.0, GLOBAL, times)
+    np.testing.assert_allclose(shares[0], [4 / 7, 3 / 7, 0], rtol=1e-6)
 
 
 def test_a_held_out_post_sees_its_users_other_posts_by_distance() -> None:

@@ -297,7 +297,9 @@ class RecommenderServicer:
             return [], USER_WEIGHT, [_reason("user", error)]
         if not reply.known_user:
             return [], USER_WEIGHT, []
-        weight = reply.user_weight if reply.user_weight > 0 else USER_WEIGHT
+        # a fitted 0 is the photo alone; an old user model that fitted none sends 0 too
+        weight = reply.user_weight if reply.user_weight_fitted or reply.user_weight > 0 \
+            else USER_WEIGHT
         return [(h.hashtag, h.relative_probability) for h in reply.hashtags], weight, []
 
     async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802

@@ -36,13 +36,16 @@ def tag_matrix(hashtags: Sequence[Sequence[int]], n_hashtags: int) -> sparse.csr
                               indptr), shape=(len(hashtags), n_hashtags))
 
 
-def post_ranks(rows: np.ndarray) -> np.ndarray:
-    """Each post's place among its user's posts (0 the first), the posts in time order."""
-    ranks = np.zeros(len(rows), np.int64)
-    seen: dict[int, int] = {}
-    for i, row in enumerate(np.asarray(rows).tolist()):
-        ranks[i] = seen.get(row, 0)
-        seen[row] = ranks[i] + 1
+def post_ranks(rows: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+    """Each post's place among its user's posts (0 the first), by ``times`` (seconds; NaN
+    for a post without one), ties and missing times in the order given."""
+    rows = np.asarray(rows)
+    positions = np.arange(len(rows))
+    times = np.zeros(len(rows)) if times is None else np.asarray(times, dtype=np.float64)
+    order = np.lexsort((positions, times, rows))  # by user, then time, then position
+    ranks = np.empty(len(rows), np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(rows[order])) + 1]
+    ranks[order] = positions - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
     return ranks
 
 
@@ -55,11 +58,12 @@ def _shares(decayed: sparse.csr_matrix, global_share: np.ndarray) -> np.ndarray:
 
 
 def recency_shares(tags: sparse.csr_matrix, rows: np.ndarray, n_users: int,
-                   half_life: float, global_share: np.ndarray) -> np.ndarray:
-    """P_rec of every user (users × V) for a post after all of ``tags`` (posts in time
-    order, ``rows`` their users)."""
+                   half_life: float, global_share: np.ndarray,
+                   times: np.ndarray | None = None) -> np.ndarray:
+    """P_rec of every user (users × V) for a post after all of ``tags`` (``rows`` their
+    users, ``times`` their times: ``post_ranks``)."""
     rows = np.asarray(rows)
-    ages = np.bincount(rows, minlength=n_users)[rows] - post_ranks(rows)  # 1: the latest
+    ages = np.bincount(rows, minlength=n_users)[rows] - post_ranks(rows, times)  # 1: latest
     weights = 0.5 ** (ages / half_life)
     keep = weights >= NEGLIGIBLE
     by_user = sparse.csr_matrix((weights[keep], (rows[keep], np.flatnonzero(keep))),
@@ -68,11 +72,13 @@ def recency_shares(tags: sparse.csr_matrix, rows: np.ndarray, n_users: int,
 
 
 def held_out_recency(tags: sparse.csr_matrix, rows: np.ndarray, half_life: float,
-                     global_share: np.ndarray) -> np.ndarray:
+                     global_share: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
     """P_rec of each post's user without the post (posts × V), a_j the distance between
-    the two posts in the user's order."""
+    the two posts in the user's order (``post_ranks``). Both sides count, where a test post
+    has only the past: a held-out post sees twice the near posts a test post does, which
+    favours recency in the choices made on them (a short half-life, a share)."""
     rows = np.asarray(rows)
-    ranks = post_ranks(rows)
+    ranks = post_ranks(rows, times)
     window = int(np.ceil(half_life * -np.log2(NEGLIGIBLE)))
     by_user: dict[int, list[int]] = {}
     for post, row in enumerate(rows.tolist()):

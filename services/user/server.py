@@ -111,14 +111,16 @@ class UserServicer:
             relative = np.exp(top - top[0]).tolist()
             hashtags = [(vocabulary[i], s, r) for i, s, r
                         in zip(rows.tolist(), top.tolist(), relative, strict=True)]
-            if habits is not None and habits[row]:
-                # the served user side: the model's answer mixed with the user's habits
+            if habits is not None and lookup.known(user):
+                # the served user side: the model's answer mixed with the user's habits, each
+                # at the call's own depth (as the fit mixed them), whatever else is batched
                 hashtags = [(term, float(np.log(r)), r) for term, r in mix_user_answers(
-                    [(term, r) for term, _, r in hashtags], habits[row], mix)[:k]]
+                    [(term, r) for term, _, r in hashtags], habits[row][:k], mix)[:k]]
             answers.append(user_pb2.UserScoreResponse(
                 hashtags=[user_pb2.UserHashtag(hashtag=term, score=s, relative_probability=r)
                           for term, s, r in hashtags],
-                known_user=lookup.known(user), model_version=version, user_weight=weight))
+                known_user=lookup.known(user), model_version=version, user_weight=weight,
+                user_weight_fitted=lookup.user_weight is not None))
         return answers
 
     async def Score(self, request: user_pb2.UserScoreRequest,  # noqa: N802

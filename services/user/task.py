@@ -82,6 +82,8 @@ class UserTask:
     x_test: np.ndarray
     truth: list[frozenset[int]]
     counts: np.ndarray  # users × hashtags, training posts
+    #: each training post's time (seconds; NaN without one): the order recency reads
+    times_train: np.ndarray | None = None
     _main_effects: dict[int, tuple[MainEffects, HeldOutEffects]] = dataclasses.field(
         default_factory=dict, repr=False)
     _mixtures: dict[int, tuple[Mixture, np.ndarray]] = dataclasses.field(
@@ -223,11 +225,12 @@ class UserTask:
         held out: recency.py). The half-life is the one whose recency expert alone ranks
         the fit posts best (A@1 + A@10)."""
         fit_ids, rows = self.fit_ids, self.rows_train[self.fit_rows]
+        times = None if self.times_train is None else self.times_train[self.fit_rows]
         tags = tag_matrix(fit_ids, len(self.vocab))
         truth = [frozenset(ids) for ids in fit_ids]
         tried = {}
         for half_life in RECENCY_HALF_LIVES:
-            recent = held_out_recency(tags, rows, half_life, self.global_share)
+            recent = held_out_recency(tags, rows, half_life, self.global_share, times)
             tried[half_life] = (sum(accuracies(recent, truth).values()), recent)
         half_life = max(tried, key=lambda h: (tried[h][0], -h))
         log.info("recency: half-life %g posts (held-out A@1 + A@10 by half-life: %s)",
@@ -242,7 +245,7 @@ class UserTask:
         half_life = self.recent_experts[0]
         tags = tag_matrix(self.train_ids, len(self.vocab))
         shares = recency_shares(tags, self.rows_train, len(self.users), half_life,
-                                self.global_share)
+                                self.global_share, self.times_train)
         recent = np.stack([shares[self.user_row[u]] if u in self.user_row
                            else np.asarray(self.global_share, np.float32) for u in users])
         return recent, cooccurrence_expert(recent, cooccurrence_counts(tags))
@@ -319,9 +322,10 @@ def prepare_user_task(train_posts: Sequence[Post], test_posts: Sequence[Post],
     counts = _counts(train_ids, rows_train, (len(users), len(vocab)))
     log.info("user task: %d users, vocabulary %d, %d train / %d test posts", len(users),
              len(vocab), len(train), len(test))
+    times = np.array([p.time.timestamp() if p.time is not None else np.nan for p in train])
     return UserTask(vocab, users, user_row, train_ids, rows_train,
                     _rows(features, train), [p.user for p in test], _rows(features, test),
-                    [frozenset(ids) for ids in test_ids], counts)
+                    [frozenset(ids) for ids in test_ids], counts, times)
 
 
 def _rows(features: dict[str, np.ndarray], posts: Sequence[Post]) -> np.ndarray:
