@@ -27,7 +27,8 @@ from commands.experiments.image2tag import (
     folds_and_finals,
 )
 from services.image_models import KIND, OUT_OF_FOLD_PHOTOS, OUT_OF_FOLD_SCORES, ImageModels
-from services.recommender.model import Fusion, RankFusion, min_max_rows
+from services.recommender.model import Fusion, RankFusion
+from services.recommender.user_side import min_max_rows
 from services.vision.store import FeatureStore
 from services.word.semantic import TextResources
 from shared.artifacts import ArtifactWriter, fsync_directory

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.recommender.model import (
+from services.recommender.user_side import (
     USER_MIX_GRID,
     condition_on_user,
     fit_user_mix,

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.recommender.model import (
+from services.recommender.user_side import (
     USER_DEPTH,
     UserMixFit,
     UserWeightFit,

@@ -13,12 +13,8 @@ import numpy as np
 from hashrec.v1 import photo_pb2, recommender_pb2
 
 from services.image_models import ImageModels
-from services.recommender.model import (
-    Fusion,
-    condition_on_user,
-    normalized_rows,
-    outside_candidates,
-)
+from services.recommender.model import Fusion, normalized_rows, outside_candidates
+from services.recommender.user_side import condition_on_user
 from shared.backbone import FEATURE_DIM, vision_model_id
 from shared.eval.metrics import top_k
 

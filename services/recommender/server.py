@@ -65,8 +65,8 @@ from services.image_models import (
     swap_on_reload,
 )
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
-from services.recommender.model import USER_DEPTH, USER_WEIGHT
 from services.recommender.routing import post_communities, say_communities, where_user_posts
+from services.recommender.user_side import USER_DEPTH, USER_WEIGHT
 from services.vision.model import FEATURE_DIM, vision_model_id
 from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact

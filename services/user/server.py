@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 from hashrec.v1 import user_pb2, user_pb2_grpc
 
-from services.recommender.model import mix_user_answers
+from services.recommender.user_side import mix_user_answers
 from services.user.communities import community_problem
 from services.user.journal import JournalError, UpdateJournal, hold_state
 from services.user.lookup import KIND, UserHashtagLookup

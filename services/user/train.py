@@ -24,7 +24,7 @@ import numpy as np
 
 from services.image_models import KIND as IMAGE_KIND
 from services.image_models import load_image_models, out_of_fold_scores, served_methods
-from services.recommender.model import USER_DEPTH, fit_user_mix
+from services.recommender.user_side import USER_DEPTH, fit_user_mix
 from services.user.communities import UserCommunities
 from services.user.lookup import KIND, UserHashtagLookup
 from services.user.model import TensorParams
