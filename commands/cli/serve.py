@@ -1,0 +1,397 @@
+"""`hashrec serve`, `rollout` and `verify`: the services as processes, and their models."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from commands.cli.common import PID_FILE, newest_model
+
+log = logging.getLogger("hashrec")
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve", help="run the five services on this machine, training models first if none "
+                      "exist",
+        description="RecommenderService on PORT; VisionService, WordEmbeddingService, "
+                    "GraphEmbeddingService and UserProfileService on PORT+1..PORT+4; the "
+                    "page on --http-port. Each service is its own process (python -m "
+                    "services.<name>.server), supervised: restarted with backoff when it "
+                    "dies; SIGTERM or Ctrl-C drains them all (commands/supervisor.py). "
+                    "Cache: Redis when HASHREC_REDIS_URL is set, else in-process per service.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="the first of the five services' Prometheus ports (default: "
+                             "9100 at --port 50050, moved with --port)")
+    parser.add_argument("--http-port", type=int, default=8080,
+                        help="the web page and JSON API (services/gateway); 0: not served")
+    parser.add_argument("--models", type=Path,
+                        help="a model directory from `hashrec train`; default: the newest "
+                             "under $HASHREC_MODELS, trained from --train when there is none")
+    parser.add_argument("--user-model", type=Path,
+                        help="a user model directory (services/user/train.py); default: the "
+                             "newest under $HASHREC_MODELS/user, trained on the simulated-user "
+                             "benchmark when there is none")
+    parser.add_argument("--train", default=None, metavar="SPEC",
+                        help="data to train on when no model exists (default: the default "
+                             "model, every shipped photo set: `hashrec train`)")
+    parser.add_argument("--single-process", action="store_true",
+                        help="every service in this one process (small machines, tests)")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from commands.train import train_default, train_from_spec
+    from services.gateway.server import Settings as GatewaySettings
+    from services.gateway.server import serve as serve_gateway
+    from services.graph.server import serve as serve_graph
+    from services.image_models import KIND as IMAGE_KIND
+    from services.recommender.server import serve as serve_recommender
+    from services.user.lookup import KIND as USER_KIND
+    from services.user.server import serve as serve_user
+    from services.user.train import newest_user_model, train_user_model
+    from services.vision.server import serve as serve_vision
+    from services.vision.store import FeatureStore
+    from services.word.server import serve as serve_word
+    from shared.artifacts import resolve_artifact
+    from shared.cache import make_cache
+    from shared.config import models_dir
+
+    try:  # the flags take what the services' environment variables take
+        model_dir = resolve_artifact(args.models, IMAGE_KIND) if args.models \
+            else newest_model(models_dir())
+        user_dir = resolve_artifact(args.user_model, USER_KIND) if args.user_model else None
+    except (FileNotFoundError, ValueError) as error:
+        print(f"hashrec serve: {error}", file=sys.stderr)
+        return 2
+    if model_dir is None:
+        print(f"no trained model under {models_dir()}: training "
+              f"{args.train or 'the default model'} first", flush=True)
+        from commands.engine import LocalEngine
+        from shared.batching import usable_cores
+
+        engine = LocalEngine(usable_cores())  # the fits side by side, one a core
+        model_dir = (train_from_spec(args.train, models_dir(), engine=engine) if args.train
+                     else train_default(models_dir(), FeatureStore(models_dir() / "features"),
+                                        engine=engine)).directory
+    user_dir = user_dir or newest_user_model(models_dir() / "user")
+    if user_dir is None:
+        print("no user model: training one on the simulated-user benchmark first", flush=True)
+        _, user_dir = train_user_model(models_dir() / "user",
+                                       FeatureStore(models_dir() / "features"),
+                                       image_model=model_dir)
+
+    if not args.single_process:
+        return _serve_processes(args, model_dir, user_dir)
+    busy = ports_in_use(args.host, [args.port + offset for offset in range(5)]
+                        + ([args.http_port] if args.http_port else []))
+    if busy:
+        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port)",
+              file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        host, port = args.host, args.port
+        cache = make_cache(os.environ.get("HASHREC_REDIS_URL"))
+        vision = await serve_vision(host, port + 1, cache=cache)
+        word = await serve_word(host, port + 2, model_dir)
+        graph = await serve_graph(host, port + 3, model_dir)
+        user = await serve_user(host, port + 4, user_dir)
+        recommender = await serve_recommender(host, port, model_dir, vision.address,
+                                              word.address, graph.address, user.address,
+                                              cache=cache)
+        backends = (vision, word, graph, user)
+        gateway = None
+        if args.http_port:
+            settings = GatewaySettings.from_environment()
+            settings.recommender = recommender.address
+            gateway = await serve_gateway(host, args.http_port, settings)
+        print(f"serving hashrec.v1.RecommenderService on {recommender.address} (vision, "
+              f"word, graph, user on {', '.join(b.address for b in backends)}; model "
+              f"{model_dir.name}, user model {user_dir.name})", flush=True)
+        if gateway is not None:
+            print(f"the page: http://{host}:{args.http_port}/", flush=True)
+        stopped = asyncio.Event()
+
+        async def shutdown() -> None:
+            if gateway is not None:  # first: no new requests reach the recommender
+                gateway.should_exit = True
+                await gateway.task
+            await recommender.stop()  # then no new calls reach the backends
+            await asyncio.gather(*(backend.stop() for backend in backends))
+            stopped.set()
+
+        async def roll_out() -> None:  # the recommender waits for word and graph
+            await asyncio.gather(*(server.reload() for server in (word, graph, recommender)
+                                   if server.reload is not None))
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(roll_out()))
+        await stopped.wait()
+
+    with _pid_file():
+        asyncio.run(run())
+    return 0
+
+
+#: each service's offset from the metrics base port (9100: 9100 to 9104, as deploy/ uses)
+METRICS_OFFSETS = {"recommender": 0, "vision": 1, "word": 2, "graph": 3, "user": 4}
+DEFAULT_PORT, DEFAULT_METRICS_PORT = 50050, 9100
+
+
+def metrics_ports(port: int, base: int | None) -> dict[str, int]:
+    """The services' Prometheus ports: from ``base`` (--metrics-port), or moved with
+    --port (9100 at the default 50050), so two instances on one host do not collide. A
+    service whose HASHREC_<NAME>_METRICS_PORT is set keeps that."""
+    if base is None:
+        base = DEFAULT_METRICS_PORT + port - DEFAULT_PORT
+    if not 1024 <= base <= 65535 - len(METRICS_OFFSETS):
+        base = DEFAULT_METRICS_PORT  # --port far from the default: the documented ports
+    return {name: base + offset for name, offset in METRICS_OFFSETS.items()
+            if not os.environ.get(f"HASHREC_{name.upper()}_METRICS_PORT")}
+
+
+def _metrics_env(name: str, metrics: dict[str, int]) -> dict[str, str]:
+    return {f"HASHREC_{name.upper()}_METRICS_PORT": str(metrics[name])} \
+        if name in metrics else {}
+
+
+def ports_in_use(host: str, ports: list[int]) -> str | None:
+    """What holds one of ``ports`` already (a live `hashrec serve` from the pid file, or
+    another program), or None: checked before any child starts, so a second start is
+    refused at once instead of restarting children against a taken port."""
+    import socket
+
+    from shared.config import models_dir
+
+    running = _live_serve_pid(models_dir() / PID_FILE)
+    if running is not None:
+        return f"hashrec serve is already running (pid {running}, {models_dir() / PID_FILE})"
+    for port in ports:
+        if port == 0:
+            continue
+        with socket.socket() as probe:
+            # as the servers bind: a port whose old connections linger (TIME_WAIT) is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host if host not in ("", "::") else "0.0.0.0", port))
+            except OSError:
+                return f"port {port} is in use by another program"
+    return None
+
+
+def _live_serve_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None  # no pid file, or a stale one: nobody to collide with
+    return pid if pid != os.getpid() and _is_hashrec_serve(command) else None
+
+
+def verified_newest(folder: Path, kind: str) -> Path:
+    """The newest version of ``kind`` in ``folder``, its every file checked against its
+    manifest (ValueError naming what does not match)."""
+    from shared.artifacts import ArtifactReader, newest_artifact
+
+    newest = newest_artifact(folder, kind)
+    if newest is None:
+        raise FileNotFoundError(f"{folder}: no {kind} model to roll out")
+    try:
+        ArtifactReader(newest)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model {newest.name}: {error}") from None
+    return newest
+
+
+def child_threads() -> dict[str, dict[str, str]]:
+    """Each child's HASHREC_THREADS when the operator set none: the vision model's passes
+    take every core; the scoring services, whose batches are small matrix products, take
+    one each, so five processes' thread pools do not spin against each other on the same
+    cores (bench/serving.py, 64 cold calls in flight on 2 cores: 27 → 40 answers/s)."""
+    from shared.batching import THREADS_ENV
+
+    if os.environ.get(THREADS_ENV):
+        return collections.defaultdict(dict)
+    return collections.defaultdict(lambda: {THREADS_ENV: "1"}, vision={})
+
+
+def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) -> int:
+    """Every service its own supervised child process (commands/supervisor.py)."""
+    import asyncio
+
+    from commands.supervisor import ChildSpec, Supervisor, grpc_ready, http_ready
+    from services.image_models import KIND as IMAGE_KIND
+    from services.user.lookup import KIND as USER_KIND
+
+    host, port = args.host, args.port
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    backends = {"vision": port + 1, "word": port + 2, "graph": port + 3, "user": port + 4}
+    # A rollout (SIGHUP: `hashrec rollout`) is of the newest version in the folder, once
+    # it verifies; a restarted service then starts on it, the one the others switched to,
+    # and never on a version that was refused.
+    def rolled_out() -> dict[str, str]:
+        return {"HASHREC_MODEL_DIR": str(verified_newest(model_dir.parent, IMAGE_KIND)),
+                "HASHREC_USER_MODEL_DIR": str(verified_newest(user_dir.parent, USER_KIND))}
+    threads = child_threads()
+    metrics = metrics_ports(port, args.metrics_port)
+    busy = ports_in_use(host, [port, *backends.values(), *metrics.values(),
+                               *([args.http_port] if args.http_port else [])])
+    if busy:
+        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port / "
+              "--metrics-port)", file=sys.stderr)
+        return 2
+    specs = [ChildSpec(name, f"services.{name}.server",
+                       {**threads[name], f"HASHREC_{name.upper()}_HOST": host,
+                        f"HASHREC_{name.upper()}_PORT": str(backend_port),
+                        **_metrics_env(name, metrics),
+                        "HASHREC_MODEL_DIR": str(model_dir),
+                        "HASHREC_USER_MODEL_DIR": str(user_dir),
+                        "OTEL_SERVICE_NAME": f"hashrec-{name}"},
+                       grpc_ready(f"{probe}:{backend_port}"),
+                       reloads=name in ("word", "graph", "user"), rollout_env=rolled_out)
+             for name, backend_port in backends.items()]
+    specs.append(ChildSpec(
+        "recommender", "services.recommender.server",
+        {**threads["recommender"], "HASHREC_RECOMMENDER_HOST": host,
+         "HASHREC_RECOMMENDER_PORT": str(port), **_metrics_env("recommender", metrics),
+         "HASHREC_MODEL_DIR": str(model_dir), "OTEL_SERVICE_NAME": "hashrec-recommender",
+         **{f"HASHREC_{name.upper()}_TARGET": f"{probe}:{backend_port}"
+            for name, backend_port in backends.items()}},
+        grpc_ready(f"{probe}:{port}"), after=tuple(backends), reloads=True,
+        rollout_env=rolled_out))
+    if args.http_port:
+        specs.append(ChildSpec(
+            "gateway", "services.gateway.server",
+            {"HASHREC_GATEWAY_HOST": host, "HASHREC_GATEWAY_PORT": str(args.http_port),
+             "OTEL_SERVICE_NAME": "hashrec-gateway",
+             "HASHREC_RECOMMENDER_TARGET": f"{probe}:{port}"},
+            http_ready(f"http://{probe}:{args.http_port}/readyz"), after=("recommender",)))
+
+    def announce() -> None:
+        print(f"serving hashrec.v1.RecommenderService on {host}:{port} (vision, word, graph, "
+              f"user on {', '.join(f'{host}:{p}' for p in backends.values())}, one process "
+              f"each; model {model_dir.name}, user model {user_dir.name})", flush=True)
+        if args.http_port:
+            print(f"the page: http://{host}:{args.http_port}/", flush=True)
+
+    with _pid_file():
+        return asyncio.run(Supervisor(specs).run(on_ready=announce))
+
+
+@contextlib.contextmanager
+def _pid_file() -> Iterator[None]:
+    """$HASHREC_MODELS/serve.pid while `hashrec serve` runs: `hashrec rollout` finds it."""
+    from shared.config import models_dir
+
+    path = models_dir() / PID_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
+
+
+def _is_hashrec_serve(command: list[bytes]) -> bool:
+    """Whether a process's argv is `hashrec serve` (the console script, or the module)."""
+    words = [Path(w.decode(errors="replace")).name for w in command if w]
+    return "serve" in words and any(w in ("hashrec", "commands.cli") for w in words)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from shared.config import models_dir
+
+    path = models_dir() / PID_FILE
+    try:
+        pid = args.pid or int(path.read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError) as error:
+        print(f"hashrec rollout: no running `hashrec serve` found ({path}: {error}); give "
+              "--pid", file=sys.stderr)
+        return 2
+    if not _is_hashrec_serve(command):  # a stale pid file: the pid is someone else's now
+        print(f"hashrec rollout: pid {pid} ({path}) is not a `hashrec serve` (it runs "
+              f"{b' '.join(command).decode(errors='replace').strip()!r}); a stale pid "
+              "file? nothing was signalled", file=sys.stderr)
+        return 2
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as error:
+        print(f"hashrec rollout: cannot signal pid {pid}: {error}", file=sys.stderr)
+        return 2
+    print(f"asked hashrec serve (pid {pid}) to switch to the newest verified models under "
+          f"its model folder; its log shows each service's switch (or why it refused one)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Waits for a model directory to appear, then checks every file against its manifest:
+    the initContainer that keeps a pod from starting on a version not yet (or badly)
+    written."""
+    import time
+
+    from shared.artifacts import MANIFEST, ArtifactReader
+
+    deadline = time.monotonic() + args.wait
+    while not (args.directory / MANIFEST).is_file():
+        if time.monotonic() >= deadline:
+            print(f"hashrec verify: {args.directory}: no {MANIFEST} after {args.wait:.0f} s",
+                  file=sys.stderr)
+            return 1
+        time.sleep(min(5.0, max(deadline - time.monotonic(), 0.1)))
+    try:
+        manifest = ArtifactReader(args.directory).manifest
+    except (OSError, ValueError) as error:
+        print(f"hashrec verify: {error}", file=sys.stderr)
+        return 1
+    if args.kind and manifest.get("kind") != args.kind:
+        print(f"hashrec verify: {args.directory}: a {manifest.get('kind')!r} model, not "
+              f"{args.kind!r}", file=sys.stderr)
+        return 1
+    print(f"verified {args.directory}: {len(manifest['files'])} files match their checksums")
+    return 0
+
+
+def _add_verify(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "verify", help="wait for a model directory, then check its files' checksums",
+        description="Exit 0 once DIRECTORY's manifest exists and every file matches its "
+                    "sha256; 1 (with the reason) when it never appears within --wait or a "
+                    "file does not match.")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--wait", type=float, default=0.0,
+                        help="seconds to wait for the directory to be written (default 0)")
+    parser.add_argument("--kind", default=None,
+                        help="the manifest's kind, e.g. image-to-hashtag, user-tensor-effects")
+    parser.set_defaults(handler=_verify)
+
+
+def _add_rollout(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rollout", help="switch a running `hashrec serve` to the newest trained models",
+        description="Sends SIGHUP to the running `hashrec serve` (its pid from "
+                    "$HASHREC_MODELS/serve.pid): word and graph load and verify the newest "
+                    "version beside the one they serve and keep the old one for callers "
+                    "still on it; the recommender switches once they serve the new one. A "
+                    "version that fails verification is refused with the reason in the log, "
+                    "and the old one keeps serving. Answers name the version that served "
+                    "them (model_version).")
+    parser.add_argument("--pid", type=int, default=None,
+                        help="the `hashrec serve` process (default: from its pid file)")
+    parser.set_defaults(handler=_rollout)
