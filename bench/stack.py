@@ -21,7 +21,7 @@ from services.vision.server import serve
 def served_models(args: argparse.Namespace) -> tuple[Path, Path]:
     """(--models, --user-model), else the newest under $HASHREC_MODELS, trained first when
     there are none."""
-    from commands.cli import newest_model
+    from commands.cli.common import newest_model
     from commands.train import train_default
     from services.user.train import newest_user_model, train_user_model
     from services.vision.store import FeatureStore
