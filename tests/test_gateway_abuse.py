@@ -182,6 +182,26 @@ def test_a_slow_body_gets_408_and_slow_headers_lose_the_connection(gateway: str)
     assert time.monotonic() - started < 10
 
 
+def test_headers_past_16_kib_are_refused_and_the_connection_closed(gateway: str) -> None:
+    """llhttp (the C parser the gateway runs) sets no limit of its own on headers."""
+    host, port = gateway.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(20))
+                    + b"\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]  # and then closed
+    with socket.create_connection((host, int(port)), timeout=30) as raw:  # still serving
+        raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Small: "
+                    + b"a" * 1000 + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 def test_errors_name_the_field_and_leak_no_internals(gateway: str, data_dir: Path) -> None:
     with httpx.Client(base_url=gateway, timeout=120) as client:
         for k in ("99999999999", "-1", "0", "ten"):

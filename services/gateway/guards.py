@@ -8,9 +8,10 @@ rate limits, and clients too slow to be worth a connection.
 - ``RateLimits``: per principal and per client address, moving windows from the
   ``limits`` library, kept in Redis when HASHREC_REDIS_URL is set (shared by every
   gateway replica) and in memory otherwise; over the limit is 429 with Retry-After.
-- ``SlowClientProtocol``: uvicorn's HTTP/1.1 protocol with a deadline for a request's
-  headers (uvicorn has none: a client trickling a header a byte a second would hold the
-  connection forever); the body's deadline is ``BodyLimit``'s (services/gateway/http.py).
+- ``SlowClientProtocol`` / ``FastSlowClientProtocol``: uvicorn's HTTP/1.1 protocols (h11,
+  httptools) with a deadline for a request's headers (uvicorn has none: a client
+  trickling a header a byte a second would hold the connection forever); the body's
+  deadline is ``BodyLimit``'s (services/gateway/http.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.gateway.http import SECURITY_HEADERS, ApiError
 from shared.cache import redis_password
@@ -124,9 +126,10 @@ class RateLimits:
                                    f"try again in {wait} s", retry_after=wait)
 
 
-class SlowClientProtocol(H11Protocol):
-    """H11Protocol that closes a connection whose request headers have not all arrived
-    ``header_timeout`` seconds after it opened or its last response ended."""
+class HeaderDeadline:
+    """Closes a connection whose request headers have not all arrived ``header_timeout``
+    seconds after it opened or its last response ended (over either of uvicorn's HTTP/1.1
+    protocols: both keep ``cycle`` and ``loop``)."""
 
     header_timeout = 10.0
 
@@ -156,3 +159,39 @@ class SlowClientProtocol(H11Protocol):
             log.info("gateway: closed a connection whose headers took over %.0f s",
                      self.header_timeout)
             self.transport.close()
+
+
+class SlowClientProtocol(HeaderDeadline, H11Protocol):
+    """h11 (pure Python) with the header deadline; its own limit on a request's unparsed
+    bytes (``h11_max_incomplete_event_size``) bounds the headers' size."""
+
+
+class FastSlowClientProtocol(HeaderDeadline, HttpToolsProtocol):
+    """httptools (llhttp, in C: a third of h11's parsing cost) with the header deadline, and
+    at most ``max_header_bytes`` of request line and headers (llhttp has no such limit): a
+    request past it is answered 400 and its connection closed, as h11 answers one."""
+
+    max_header_bytes = 16 * 1024
+
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes = getattr(self, "_header_bytes", 0) + size
+        if self._header_bytes > self.max_header_bytes:
+            # raised inside the parser's callback: httptools turns it into HttpParserError,
+            # which uvicorn answers with 400 and a closed connection
+            raise ValueError(f"request headers over {self.max_header_bytes} bytes")
+
+
+#: the gateway's HTTP/1.1 parsers by name (HASHREC_GATEWAY_HTTP): httptools by default
+HTTP_PROTOCOLS = {"httptools": FastSlowClientProtocol, "h11": SlowClientProtocol}

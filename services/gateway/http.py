@@ -44,6 +44,16 @@ class ApiError(Exception):
         self.retry_after, self.headers = retry_after, headers
 
 
+class FastJSONResponse(JSONResponse):
+    """JSON by orjson (in C): the stdlib's encoder was a tenth of the gateway's CPU a
+    Recommend (bench/gateway.py under py-spy); the bytes mean the same JSON."""
+
+    def render(self, content: object) -> bytes:
+        import orjson
+
+        return orjson.dumps(content)
+
+
 def error_response(status: int, error: str, message: str, retry_after: float | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON error; with ``retry_after``, a Retry-After header in whole seconds (at

@@ -37,7 +37,8 @@ HASHREC_OIDC_ISSUER / _AUDIENCE / _JWKS_URL; HASHREC_GATEWAY_ALLOWED_HOSTS (Host
 served, comma-separated; "*" any), HASHREC_GATEWAY_CORS_ORIGINS (none unless set),
 HASHREC_GATEWAY_SECURE_COOKIES (1 behind TLS), HASHREC_GATEWAY_RATE_LIMITS (guards.py),
 HASHREC_REDIS_URL (the rate limits' store), HASHREC_GATEWAY_BODY_TIMEOUT_S (60),
-HASHREC_GATEWAY_HEADER_TIMEOUT_S (10), HASHREC_GATEWAY_MAX_CONNECTIONS (256).
+HASHREC_GATEWAY_HEADER_TIMEOUT_S (10), HASHREC_GATEWAY_MAX_CONNECTIONS (256),
+HASHREC_GATEWAY_HTTP (httptools | h11: the HTTP/1.1 parser).
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ from prometheus_client import (
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from services.gateway.guards import RateLimits, SameOrigin, SlowClientProtocol
+from services.gateway.guards import HTTP_PROTOCOLS, RateLimits, SameOrigin
 from services.gateway.http import (
     ApiError,
     BodyLimit,
+    FastJSONResponse,
     HeadersAndMetrics,
     error_response,
     from_grpc,
@@ -255,7 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             digest = hashlib.sha256(data).hexdigest()
         # RecommendAnswer's shape, as plain JSON: the reply is ours and already checked,
         # and validating it again through the models cost more than the rest of the call
-        return JSONResponse({
+        return FastJSONResponse({
             "hashtags": [{"hashtag": h.hashtag, "score": h.score,
                           "signals": [{"method": s.method, "score": s.score, "rank": s.rank}
                                       for s in h.signals],
@@ -432,9 +434,12 @@ def uvicorn_config(app: FastAPI, host: str, port: int, settings: Settings,
     body's is BodyLimit's), short keep-alive."""
     import uvicorn
 
-    protocol = type("GatewayProtocol", (SlowClientProtocol,),
+    protocol = type("GatewayProtocol", (HTTP_PROTOCOLS[settings.http_parser],),
                     {"header_timeout": settings.header_timeout})
+    # uvloop: the event loop in C (a dependency), the gateway's other half of per-request
+    # overhead after the HTTP parser
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
+                          loop="uvloop",
                           timeout_graceful_shutdown=10, lifespan="on", timeout_keep_alive=5,
                           limit_concurrency=settings.max_connections,
                           h11_max_incomplete_event_size=16 * 1024)

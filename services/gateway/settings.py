@@ -39,6 +39,8 @@ class Settings:
     body_timeout: float = 60.0
     header_timeout: float = 10.0
     max_connections: int = 256
+    #: the HTTP/1.1 parser: "httptools" (C) or "h11" (pure Python)
+    http_parser: str = "httptools"
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -62,7 +64,8 @@ class Settings:
                    env("HASHREC_GATEWAY_RATE_LIMITS"), env("HASHREC_REDIS_URL") or None,
                    float(env("HASHREC_GATEWAY_BODY_TIMEOUT_S", "60")),
                    float(env("HASHREC_GATEWAY_HEADER_TIMEOUT_S", "10")),
-                   int(env("HASHREC_GATEWAY_MAX_CONNECTIONS", "256")))
+                   int(env("HASHREC_GATEWAY_MAX_CONNECTIONS", "256")),
+                   _parser(env("HASHREC_GATEWAY_HTTP", "httptools")))
 
     def identity(self) -> Identity:
         if self.auth == "local":
@@ -75,3 +78,9 @@ class Settings:
                                  "HASHREC_OIDC_AUDIENCE and HASHREC_OIDC_JWKS_URL")
             return Identity("oidc", oidc=OidcVerifier(self.oidc))
         return Identity(self.auth)
+
+
+def _parser(name: str) -> str:
+    if name not in ("httptools", "h11"):
+        raise ValueError(f"HASHREC_GATEWAY_HTTP={name!r}: the HTTP parser is httptools or h11")
+    return name
