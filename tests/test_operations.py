@@ -60,6 +60,22 @@ def test_a_second_user_service_on_a_held_journal_exits_2_naming_the_holder(
     running.restart()  # the holder itself restarts on its own state: the lock was freed
 
 
+@pytest.mark.parametrize(("setting", "named"), [
+    ({"HASHREC_GATEWAY_HTTP": "h2"}, "HASHREC_GATEWAY_HTTP='h2'"),
+    ({"HASHREC_AUTH": "oidc"}, "HASHREC_AUTH=oidc needs HASHREC_OIDC_ISSUER"),
+    ({"HASHREC_GATEWAY_PORT": "eighty"}, "'eighty'"),
+])
+def test_a_misconfigured_gateway_exits_2_with_one_line_naming_the_setting(
+        setting: dict[str, str], named: str, tmp_path: Path) -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "services.gateway.server"], capture_output=True, text=True,
+        timeout=60, cwd=REPO, env={**os.environ, "HASHREC_MODELS": str(tmp_path), **setting})
+    assert started.returncode == 2, started.stderr
+    assert "Traceback" not in started.stderr
+    last = started.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway: ") and named in last, last
+
+
 def test_a_half_written_manifest_is_skipped_with_a_reason_not_a_traceback(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from shared.artifacts import ArtifactReader, ArtifactWriter, newest_artifact

@@ -49,6 +49,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
@@ -467,11 +468,15 @@ def main() -> None:
     import uvicorn
 
     setup_logging()
-    settings = Settings.from_environment()
-    config = uvicorn_config(create_app(settings),
-                            os.environ.get("HASHREC_GATEWAY_HOST", "127.0.0.1"),
-                            int(os.environ.get("HASHREC_GATEWAY_PORT", "8080")), settings,
-                            log_level="info")
+    try:  # an operator's configuration mistake is one line and exit 2, not a traceback
+        settings = Settings.from_environment()
+        app = create_app(settings)
+        port = int(os.environ.get("HASHREC_GATEWAY_PORT", "8080"))
+    except ValueError as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        sys.exit(2)
+    config = uvicorn_config(app, os.environ.get("HASHREC_GATEWAY_HOST", "127.0.0.1"), port,
+                            settings, log_level="info")
     uvicorn.Server(config).run()
 
 
