@@ -49,6 +49,19 @@ def setup_logging(level: str | None = None) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
+def env_int(name: str, default: int | str) -> int:
+    """$name as a whole number (a port, a count), ``default`` when unset or blank."""
+    return int(env_number(name, int(default), int))
+
+
+def required_env(name: str, what: str) -> str:
+    """$name, which must be set: ``what`` says what it names, for the operator's one line."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ValueError(f"{name} is not set: it names {what}")
+    return value
+
+
 def env_number(name: str, default: float, kind: type = float) -> float:
     """$name as a ``kind`` (int or float), ``default`` when unset or blank; a value that is
     not a number is refused with the variable's name."""

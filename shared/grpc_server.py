@@ -74,10 +74,12 @@ def server_options() -> tuple[tuple[str, object], ...]:
 
 
 def run_service(main: Callable[[], Awaitable[None]], name: str) -> None:
-    """``asyncio.run(main())``; a StartupError ends the process with one line and exit 2."""
+    """``asyncio.run(main())``; a StartupError, or a ValueError (a setting that is missing
+    or not a number, a model that fails verification: what the operator must mend) ends
+    the process with one line and exit 2."""
     try:
         asyncio.run(main())
-    except StartupError as error:
+    except (StartupError, ValueError) as error:
         print(f"{name}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

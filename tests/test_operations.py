@@ -76,6 +76,26 @@ def test_a_misconfigured_gateway_exits_2_with_one_line_naming_the_setting(
     assert last.startswith("gateway: ") and named in last, last
 
 
+@pytest.mark.parametrize(("service", "setting", "named"), [
+    ("word", {}, "HASHREC_MODEL_DIR is not set"),
+    ("user", {}, "HASHREC_USER_MODEL_DIR is not set"),
+    ("graph", {"HASHREC_MODEL_DIR": ".", "HASHREC_GRAPH_PORT": "x"},
+     "HASHREC_GRAPH_PORT must be a number, got 'x'"),
+    ("vision", {"HASHREC_THREADS": "many"}, "HASHREC_THREADS must be a whole number"),
+])
+def test_a_misconfigured_service_exits_2_with_one_line_naming_the_setting(
+        service: str, setting: dict[str, str], named: str) -> None:
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("HASHREC_MODEL_DIR", "HASHREC_USER_MODEL_DIR")}
+    started = subprocess.run(
+        [sys.executable, "-m", f"services.{service}.server"], capture_output=True, text=True,
+        timeout=120, cwd=REPO, env={**environment, **setting})
+    assert started.returncode == 2, started.stderr
+    assert "Traceback" not in started.stderr
+    last = started.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{service}: ") and named in last, last
+
+
 def test_a_half_written_manifest_is_skipped_with_a_reason_not_a_traceback(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from shared.artifacts import ArtifactReader, ArtifactWriter, newest_artifact
