@@ -12,6 +12,7 @@ import math
 import time
 
 import grpc
+import orjson
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
@@ -49,8 +50,6 @@ class FastJSONResponse(JSONResponse):
     Recommend (bench/gateway.py under py-spy); the bytes mean the same JSON."""
 
     def render(self, content: object) -> bytes:
-        import orjson
-
         return orjson.dumps(content)
 
 

@@ -81,6 +81,9 @@ class Settings:
 
 
 def _parser(name: str) -> str:
-    if name not in ("httptools", "h11"):
-        raise ValueError(f"HASHREC_GATEWAY_HTTP={name!r}: the HTTP parser is httptools or h11")
+    from services.gateway.guards import HTTP_PROTOCOLS
+
+    if name not in HTTP_PROTOCOLS:
+        raise ValueError(f"HASHREC_GATEWAY_HTTP={name!r}: the HTTP parser is one of "
+                         f"{', '.join(HTTP_PROTOCOLS)}")
     return name
