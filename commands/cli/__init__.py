@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,8 +16,6 @@ from commands.cli.evaluate import _add_evaluate
 from commands.cli.serve import _add_rollout, _add_serve, _add_verify
 from commands.cli.train import _add_train
 from shared.config import DATA_ROOT_ENV, setup_logging
-
-log = logging.getLogger("hashrec")
 
 
 def build_parser() -> argparse.ArgumentParser:

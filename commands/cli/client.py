@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
-
-log = logging.getLogger("hashrec")
-
 
 
 def _add_recommend(commands: argparse._SubParsersAction) -> None:

@@ -4,10 +4,7 @@ model, the pid file's name."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-
-log = logging.getLogger("hashrec")
 
 #: where `hashrec serve` writes its pid under $HASHREC_MODELS, for `hashrec rollout`
 PID_FILE = "serve.pid"

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 
 from commands.cli.common import TASKS, _ignored_tags, _print_table, _write_json, newest_model
 from commands.cli.user import _user
 from shared.data.simulated_users import SIGNATURE_PROBABILITY
-
-log = logging.getLogger("hashrec")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -13,8 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from commands.cli.common import PID_FILE, newest_model
-
-log = logging.getLogger("hashrec")
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from commands.cli.common import _ignored_tags
-
-log = logging.getLogger("hashrec")
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from commands.cli.common import _print_table, _write_json
-
-log = logging.getLogger("hashrec")
 
 
 def _user(args: argparse.Namespace) -> int:
