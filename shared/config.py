@@ -54,6 +54,15 @@ def env_int(name: str, default: int | str) -> int:
     return int(env_number(name, int(default), int))
 
 
+def env_port(name: str, default: int | str) -> int:
+    """$name as a TCP port (0: any free one); a number outside 0-65535 is refused, where
+    the socket layer would silently take it modulo 65536."""
+    port = env_int(name, default)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name} must be a port from 0 to 65535, got {port}")
+    return port
+
+
 def required_env(name: str, what: str) -> str:
     """$name, which must be set: ``what`` says what it names, for the operator's one line."""
     value = os.environ.get(name, "").strip()

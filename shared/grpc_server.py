@@ -74,12 +74,13 @@ def server_options() -> tuple[tuple[str, object], ...]:
 
 
 def run_service(main: Callable[[], Awaitable[None]], name: str) -> None:
-    """``asyncio.run(main())``; a StartupError, or a ValueError (a setting that is missing
-    or not a number, a model that fails verification: what the operator must mend) ends
-    the process with one line and exit 2."""
+    """``asyncio.run(main())``; a StartupError, a ValueError (a setting that is missing or
+    not a number, a model that fails verification) or a FileNotFoundError (a model folder
+    that is not there): what the operator must mend ends the process with one line and
+    exit 2."""
     try:
         asyncio.run(main())
-    except (StartupError, ValueError) as error:
+    except (StartupError, ValueError, FileNotFoundError) as error:
         print(f"{name}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

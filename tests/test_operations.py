@@ -82,6 +82,10 @@ def test_a_misconfigured_gateway_exits_2_with_one_line_naming_the_setting(
     ("graph", {"HASHREC_MODEL_DIR": ".", "HASHREC_GRAPH_PORT": "x"},
      "HASHREC_GRAPH_PORT must be a number, got 'x'"),
     ("vision", {"HASHREC_THREADS": "many"}, "HASHREC_THREADS must be a whole number"),
+    # the socket layer takes a port modulo 65536: 99999 served on 34463
+    ("word", {"HASHREC_MODEL_DIR": ".", "HASHREC_WORD_PORT": "99999"},
+     "HASHREC_WORD_PORT must be a port from 0 to 65535, got 99999"),
+    ("word", {"HASHREC_MODEL_DIR": "/nonexistent/models"}, "/nonexistent/models"),
 ])
 def test_a_misconfigured_service_exits_2_with_one_line_naming_the_setting(
         service: str, setting: dict[str, str], named: str) -> None:

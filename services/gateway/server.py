@@ -92,7 +92,7 @@ from services.gateway.schemas import (
 )
 from services.gateway.settings import Settings
 from services.gateway.uploads import RecentUploads
-from shared.config import env_int, setup_logging
+from shared.config import env_port, setup_logging
 from shared.grpc_server import aio_channel
 from shared.images import ImageError, check_header, reencoded
 from shared.limits import MAX_COMMUNITY_CHARS
@@ -471,7 +471,7 @@ def main() -> None:
     try:  # an operator's configuration mistake is one line and exit 2, not a traceback
         settings = Settings.from_environment()
         app = create_app(settings)
-        port = env_int("HASHREC_GATEWAY_PORT", "8080")
+        port = env_port("HASHREC_GATEWAY_PORT", "8080")
     except ValueError as error:
         print(f"gateway: {error}", file=sys.stderr)
         sys.exit(2)

@@ -25,7 +25,7 @@ from services.image_models import (
     swap_on_reload,
 )
 from shared.artifacts import resolve_artifact
-from shared.config import env_int, required_env, setup_logging
+from shared.config import env_port, required_env, setup_logging
 from shared.grpc_server import GrpcServer, run_service, start_loading
 from shared.scoring import GRAPH_METHODS, VocabularyScorer
 
@@ -57,10 +57,10 @@ async def serve(host: str, port: int, model_dir: Path,
 async def _main() -> None:
     setup_logging()
     server = await serve(os.environ.get("HASHREC_GRAPH_HOST", "127.0.0.1"),
-                         env_int("HASHREC_GRAPH_PORT", DEFAULT_PORT),
+                         env_port("HASHREC_GRAPH_PORT", DEFAULT_PORT),
                          resolve_artifact(Path(required_env("HASHREC_MODEL_DIR",
                                                             "the model to serve")), KIND),
-                         env_int("HASHREC_GRAPH_METRICS_PORT", DEFAULT_METRICS_PORT))
+                         env_port("HASHREC_GRAPH_METRICS_PORT", DEFAULT_METRICS_PORT))
     server.stop_on_signals()
     server.reload_on_signal()
     await server.wait()

@@ -72,7 +72,7 @@ from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact
 from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.cache import Cache, LruCache, cache_key, make_cache
-from shared.config import env_number, required_env, setup_logging
+from shared.config import env_number, env_port, required_env, setup_logging
 from shared.grpc_server import (
     GrpcServer,
     aio_channel,
@@ -520,15 +520,14 @@ async def _main() -> None:
     env = os.environ.get
     server = await serve(
         env("HASHREC_RECOMMENDER_HOST", "127.0.0.1"),
-        int(env("HASHREC_RECOMMENDER_PORT", DEFAULT_PORT)),
+        env_port("HASHREC_RECOMMENDER_PORT", DEFAULT_PORT),
         resolve_artifact(Path(required_env("HASHREC_MODEL_DIR",
                                            "the model to serve")), KIND),
         env("HASHREC_VISION_TARGET", "127.0.0.1:50051"),
         env("HASHREC_WORD_TARGET", "127.0.0.1:50052"),
         env("HASHREC_GRAPH_TARGET", "127.0.0.1:50053"),
         env("HASHREC_USER_TARGET", "127.0.0.1:50054"),
-        metrics_port=int(env("HASHREC_RECOMMENDER_METRICS_PORT",
-                                        DEFAULT_METRICS_PORT)),
+        metrics_port=env_port("HASHREC_RECOMMENDER_METRICS_PORT", DEFAULT_METRICS_PORT),
         vision_deadline=float(env("HASHREC_VISION_DEADLINE_S", "10")),
         backend_deadline=float(env("HASHREC_BACKEND_DEADLINE_S", "5")),
         cache=make_cache(env("HASHREC_REDIS_URL")),

@@ -35,7 +35,7 @@ from services.user.lookup import KIND, UserHashtagLookup
 from shared.admission import abort_overloaded
 from shared.artifacts import newest_artifact, resolve_artifact
 from shared.batching import Batcher, NumericWorker, OverloadedError
-from shared.config import env_int, required_env, setup_logging
+from shared.config import env_int, env_port, required_env, setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import (
     GrpcServer,
@@ -331,11 +331,11 @@ async def _main() -> None:
     setup_logging()
     state = os.environ.get("HASHREC_USER_STATE")
     server = await serve(os.environ.get("HASHREC_USER_HOST", "127.0.0.1"),
-                         env_int("HASHREC_USER_PORT", DEFAULT_PORT),
+                         env_port("HASHREC_USER_PORT", DEFAULT_PORT),
                          resolve_artifact(Path(required_env("HASHREC_USER_MODEL_DIR",
                                                             "the user model to serve")), KIND),
                          Path(state) if state else None,
-                         env_int("HASHREC_USER_METRICS_PORT", DEFAULT_METRICS_PORT),
+                         env_port("HASHREC_USER_METRICS_PORT", DEFAULT_METRICS_PORT),
                          env_int("HASHREC_USER_SNAPSHOT_EVERY", SNAPSHOT_EVERY))
     server.stop_on_signals()
     server.reload_on_signal()  # the newest user model, swapped in live

@@ -43,7 +43,7 @@ from services.vision.model import (
 from shared.admission import abort_overloaded
 from shared.batching import Batcher, NumericWorker, OverloadedError, service_threads
 from shared.cache import Cache, LruCache, cache_key, make_cache
-from shared.config import env_int, setup_logging
+from shared.config import env_int, env_port, setup_logging
 from shared.grpc_server import GrpcServer, run_service, start_loading
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,12 @@ async def serve(host: str, port: int, model: VisionModel | None = None,
 async def _main() -> None:
     setup_logging()
     server = await serve(os.environ.get("HASHREC_VISION_HOST", "127.0.0.1"),
-                         env_int("HASHREC_VISION_PORT", DEFAULT_PORT),
+                         env_port("HASHREC_VISION_PORT", DEFAULT_PORT),
                          max_batch=env_int("HASHREC_VISION_MAX_BATCH", "0") or None,
                          max_delay=float(os.environ.get("HASHREC_VISION_MAX_DELAY_MS", "5"))
                          / 1000,
                          cache=make_cache(os.environ.get("HASHREC_REDIS_URL")),
-                         metrics_port=env_int("HASHREC_VISION_METRICS_PORT", DEFAULT_METRICS_PORT))
+                         metrics_port=env_port("HASHREC_VISION_METRICS_PORT", DEFAULT_METRICS_PORT))
     server.stop_on_signals()
     server.reload_on_signal()  # nothing to reload: SIGHUP is logged, not fatal
     await server.wait()

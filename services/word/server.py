@@ -29,7 +29,7 @@ from services.image_models import (
 )
 from services.word.model import InstaHashMethod, SimilarAcrossSpaces
 from shared.artifacts import resolve_artifact
-from shared.config import env_int, required_env, setup_logging
+from shared.config import env_port, required_env, setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import GrpcServer, k_or_abort, limits_or_abort, run_service, start_loading
 from shared.limits import hashtag_problem, quoted
@@ -92,10 +92,10 @@ async def serve(host: str, port: int, model_dir: Path,
 async def _main() -> None:
     setup_logging()
     server = await serve(os.environ.get("HASHREC_WORD_HOST", "127.0.0.1"),
-                         env_int("HASHREC_WORD_PORT", DEFAULT_PORT),
+                         env_port("HASHREC_WORD_PORT", DEFAULT_PORT),
                          resolve_artifact(Path(required_env("HASHREC_MODEL_DIR",
                                                             "the model to serve")), KIND),
-                         env_int("HASHREC_WORD_METRICS_PORT", DEFAULT_METRICS_PORT))
+                         env_port("HASHREC_WORD_METRICS_PORT", DEFAULT_METRICS_PORT))
     server.stop_on_signals()
     server.reload_on_signal()
     await server.wait()
