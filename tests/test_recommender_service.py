@@ -15,9 +15,7 @@ from commands.train import train_image_models
 from services.image_models import load_image_models
 from services.recommender.server import SERVICE_NAME
 from services.recommender.server import serve as serve_recommender
-from services.vision.model import VisionModel
 from services.vision.server import serve as serve_vision
-from services.vision.store import FeatureStore
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from shared.grpc_server import CHANNEL_OPTIONS
@@ -26,9 +24,9 @@ from tests.training import pool
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict]:
-    model = VisionModel(device="cpu")
-    store = FeatureStore(tmp_path_factory.mktemp("features"), model)
+def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
+          feature_store) -> Iterator[dict]:
+    store, model = feature_store, feature_store.model  # features computed once a session
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     trained = train_image_models(posts, store, tmp_path_factory.mktemp("models"),
                                  min_count=2, folds=3, progress=False, engine=pool())

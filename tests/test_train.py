@@ -10,16 +10,14 @@ import pytest
 from commands.experiments.image2tag import METHODS, training_photos
 from commands.train import train_image_models
 from services.image_models import load_image_models
-from services.vision.model import VisionModel
-from services.vision.store import FeatureStore
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
 from tests.training import pool
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
-    store = FeatureStore(tmp_path_factory.mktemp("features"), VisionModel(device="cpu"))
+def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, feature_store):
+    store = feature_store  # the session's: these photos' features are computed once
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     models = train_image_models(posts, store, tmp_path_factory.mktemp("models"),
                                 ignore=frozenset({"food"}), min_count=2, folds=3,
