@@ -11,15 +11,13 @@ import torch
 from commands.experiments.image2tag import photo_metrics
 from services.vision.model import class_names
 from services.word.autorec import (
-    AutoRec,
     AutoRecMethod,
     AutoRecParams,
-    autorec_loss,
     intersection_scores,
     rating_profiles,
     recommend,
-    train_autorec,
 )
+from services.word.autorec_train import AutoRec, autorec_loss, train_autorec, weights_of
 
 
 def test_autorec_loss_by_hand() -> None:
@@ -71,9 +69,9 @@ def test_masked_training_over_the_description_columns_matches_the_full_encoder()
     labels = [[13, 15], [12], [17, 18, 19]]
     description = [[14], [16, 19], []]
     ours = recommend(trained, labels, n_words, description, n_hashtags)
-    theirs = recommend(reference.eval(), labels, n_words, description, n_hashtags)
+    theirs = recommend(weights_of(reference), labels, n_words, description, n_hashtags)
     np.testing.assert_allclose(ours, theirs, atol=2e-4)
-    assert np.abs(ours - recommend(AutoRec(n_words, params.hidden), labels, n_words,
+    assert np.abs(ours - recommend(weights_of(AutoRec(n_words, params.hidden)), labels, n_words,
                                    description, n_hashtags)).max() > 0.1  # it trained
 
 

@@ -110,9 +110,12 @@ def test_admission_refuses_past_its_limit_and_counts_both() -> None:
 
 def test_thread_settings_come_from_the_environment_and_bad_ones_are_named(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch  # a service that runs torch (vision, user) has loaded it
+
     monkeypatch.setenv("HASHREC_THREADS", "1")
     assert service_threads() == 1
     running = limit_numeric_threads()
+    assert torch.get_num_threads() == 1
     assert running["torch"] == 1 and running.get("faiss", 1) == 1
     assert all(count == 1 for count in running.values())
     # and in the worker thread that runs the batches, where OpenMP's own setting lives

