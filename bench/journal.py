@@ -39,13 +39,14 @@ def torch_update(lookup: UserHashtagLookup, user: str, features: np.ndarray,
     row = lookup.user_index[user]
     vector = torch.tensor(lookup.user_vectors[row], requires_grad=True)
     optimizer = torch.optim.Adam([vector], lr=learning_rate)
-    model = lookup.model
+    arrays = {name: torch.from_numpy(array) for name, array in lookup.model.arrays.items()}
     with torch.no_grad():
-        standard = (torch.from_numpy(np.atleast_2d(features)) - model.feature_mean) \
-            / model.feature_scale
-        photo = model.photo(standard)
-        per_coordinate = torch.einsum("edf,f->ed", model.core, photo[0])
-    hashtag_vectors = model.hashtags.weight  # requires_grad: the cost the audit found
+        standard = (torch.from_numpy(np.atleast_2d(features)) - arrays["feature_mean"]) \
+            / arrays["feature_scale"]
+        photo = standard @ arrays["project.weight"].T + arrays["project.bias"]
+        per_coordinate = torch.einsum("edf,f->ed", arrays["core"], photo[0])
+    # requires_grad: the cost the audit found
+    hashtag_vectors = arrays["hashtags.weight"].clone().requires_grad_(True)
     offset = torch.from_numpy(lookup.effects.beta * lookup.log_lift(user)
                               + lookup.effects.gamma
                               * lookup.effects.content.log_probabilities(features)[0]).float()
@@ -111,8 +112,7 @@ def main() -> None:
     served = per_call(lambda: lookup.update(user, features, tags), args.repeats)
     active = UserHashtagLookup.load(model)
     active.core[:] = rng.normal(scale=0.05, size=active.core.shape)
-    with torch.no_grad():
-        active.model.core.copy_(torch.from_numpy(active.core))
+    active.model.arrays["core"][:] = active.core  # what the reference reads
     with_tensor = per_call(lambda: active.update(user, features, tags), args.repeats)
     with_tensor_reference = per_call(lambda: torch_update(active, user, features, tags),
                                      args.repeats)

@@ -29,5 +29,5 @@ def small_lookup(with_effects: bool, features: int = 8) -> UserHashtagLookup:
                                      rng.normal(size=40).astype(np.float32)),
                           rng.gamma(0.5, 2.0, size=(3, 40)), smoothing=0.5, beta=3.0,
                           gamma=0.7) if with_effects else None
-    return UserHashtagLookup(model, [f"tag{i}" for i in range(40)], ["ann", "bob", "cy"],
+    return UserHashtagLookup(model.weights(), [f"tag{i}" for i in range(40)], ["ann", "bob", "cy"],
                              np.array([1.0, 10.0, 100.0]), counts.astype(float), effects)

@@ -42,9 +42,10 @@ def test_import_scan_sees_lazy_imports_inside_functions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("server", ["services.word.server", "services.graph.server",
+                                    "services.user.server",
                                     "services.recommender.server"])
 def test_a_service_that_scores_in_numpy_never_loads_torch(server: str) -> None:
-    """torch costs a process 0.9 s and ~150 MB: only vision and user run it at serving."""
+    """torch costs a process 0.9 s and ~150 MB: only vision runs it at serving."""
     import subprocess
     import sys
 

@@ -370,7 +370,7 @@ def test_the_trained_tensor_recovers_each_users_favourite_hashtag() -> None:
     counts = np.zeros((n_users, 20))
     for user, ids in zip(users, hashtags, strict=True):
         counts[user, ids] += 1
-    lookup = UserHashtagLookup(model, [f"t{i}" for i in range(20)],
+    lookup = UserHashtagLookup(model.weights(), [f"t{i}" for i in range(20)],
                                [f"u{i}" for i in range(n_users)],
                                np.bincount(users, minlength=n_users), counts)
     mean_photo = np.tile(features.mean(axis=0), (n_users, 1))

@@ -52,18 +52,14 @@ from services.recommender.user_side import (
     min_max_rows,
     mix_user_answers,
 )
-from services.user.effects import (
-    MIXTURE_EXPERTS,
-    fit_expert_weights,
-    multiclass_log_loss,
-    softmax_targets,
-)
+from services.user.effects import MIXTURE_EXPERTS, fit_expert_weights
 from services.user.lookup import UserHashtagLookup
 from services.user.model import TensorParams
 from services.user.task import MIXTURE_FLOOR, UserTask, accuracies, prepare_user_task
 from shared.data.readers import Post
 from shared.eval.content import as_distribution, knn_vote_scores
 from shared.eval.metrics import top_k
+from shared.losses import multiclass_log_loss, softmax_targets
 
 log = logging.getLogger(__name__)
 

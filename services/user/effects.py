@@ -30,11 +30,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from shared.losses import multiclass_log_loss, softmax_targets
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ LIFT_SMOOTHING = (0.25, 0.5, 1.0, 2.0)
 
 def mean_log_likelihood(scores: np.ndarray, hashtags: Sequence[Sequence[int]]) -> float:
     """Mean over posts of Σ_h 1/|H_j| log softmax(scores_j)_h."""
+    import torch
+
+    from shared.losses import multiclass_log_loss, softmax_targets
+
     return -float(multiclass_log_loss(torch.from_numpy(scores.astype(np.float32)),
                                       softmax_targets(hashtags, scores.shape[1])))
 
@@ -52,7 +57,12 @@ def train_mcll(features: np.ndarray, hashtags: Sequence[Sequence[int]], n_hashta
                epochs: int = 10, weight_decay: float = 1e-2, seed: int = 0,
                ) -> torch.nn.Linear:
     """Veit's user-agnostic MCLL model on fixed CNN features: logits = A x + b, trained with
-    the multi-class logistic loss. ``features`` must be standardised."""
+    the multi-class logistic loss. ``features`` must be standardised. torch is imported
+    here, by training: the user service that serves the model never loads it."""
+    import torch
+
+    from shared.losses import multiclass_log_loss, softmax_targets
+
     torch.manual_seed(seed)
     classifier = torch.nn.Linear(features.shape[1], n_hashtags)
     inputs = torch.from_numpy(features.astype(np.float32))
@@ -83,9 +93,8 @@ class ContentModel:
         mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
         standard = ((features - mean) / scale).astype(np.float32)
         linear = train_mcll(standard, hashtags, n_hashtags, seed=seed)
-        with torch.no_grad():
-            weight = linear.weight.numpy().astype(np.float64) / scale
-            bias = linear.bias.numpy().astype(np.float64) - weight @ mean
+        weight = linear.weight.detach().numpy().astype(np.float64) / scale
+        bias = linear.bias.detach().numpy().astype(np.float64) - weight @ mean
         return cls(weight.astype(np.float32), bias.astype(np.float32))
 
     def logits(self, features: np.ndarray) -> np.ndarray:
@@ -155,7 +164,10 @@ def fit_expert_weights(first: np.ndarray, second: np.ndarray,
     The log-likelihood is concave in (β, γ) (a log-softmax of a linear function), so
     L-BFGS-B within the bounds reaches its maximum in a few dozen evaluations, where a
     fixed 200 Adam steps took ten times as many and stopped wherever they were."""
+    import torch
     from scipy.optimize import minimize
+
+    from shared.losses import multiclass_log_loss, softmax_targets
 
     if len(hashtags) > max_rows:
         rows = np.sort(np.random.default_rng(0).choice(len(hashtags), max_rows,

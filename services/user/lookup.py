@@ -39,12 +39,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from services.user.communities import UserCommunities
 from services.user.effects import ContentModel, MainEffects, log_normalisers
-from services.user.model import TensorModel, TensorParams
 from services.user.privacy import PhotoOwners, RequestLog
+from services.user.tensor import ARRAYS, TensorParams, TensorWeights
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex, photo_index
 
@@ -54,19 +53,17 @@ PHOTO_MEMORY = 4096
 #: the artifact kind; "user-tensor" artifacts (the tensor over a user-frequency prior,
 #: before the main effects) are not read
 KIND = "user-tensor-effects"
-ARRAYS = ("hashtags.weight", "users.weight", "project.weight", "project.bias", "core",
-          "feature_mean", "feature_scale")
 
 
 class UserHashtagLookup:
-    def __init__(self, model: TensorModel, vocabulary: Sequence[str], user_ids: Sequence[str],
+    def __init__(self, model: TensorWeights, vocabulary: Sequence[str], user_ids: Sequence[str],
                  post_counts: np.ndarray, hashtag_counts: np.ndarray,
                  effects: MainEffects | None = None, mean_user: np.ndarray | None = None,
                  ) -> None:
         """``effects`` None: Veit's tensor alone. ``mean_user`` (ū) belongs to the trained
         model: taken from it when not given, and never moved by online updates, so that
         one user's feedback changes nobody else's ranking."""
-        self.model = model.eval()
+        self.model = model
         self.vocabulary = tuple(vocabulary)
         self.user_index = {user: row for row, user in enumerate(user_ids)}
         self.user_ids = list(user_ids)
@@ -78,21 +75,20 @@ class UserHashtagLookup:
         if effects is not None and self.expected_uses.shape != self.hashtag_counts.shape:
             raise ValueError(f"expected uses {self.expected_uses.shape} do not match "
                              f"the counts {self.hashtag_counts.shape}")
-        with torch.no_grad():
-            self.user_vectors = self.model.users.weight.numpy().copy()
-            self.mean_user = (self.model.mean_user().numpy() if mean_user is None
-                              else np.asarray(mean_user, dtype=np.float32))
-            self.hashtag_vectors = self.model.hashtags.weight.numpy().copy()
+        arrays = model.arrays
+        self.user_vectors = arrays["users.weight"].copy()
+        self.mean_user = (model.mean_user if mean_user is None
+                          else np.asarray(mean_user, dtype=np.float32))
+        self.hashtag_vectors = arrays["hashtags.weight"].copy()
         # Serving runs in numpy (a single query costs a third of torch's per-op overhead):
         # the feature standardisation folded into the projection, f = x P'ᵀ + b'.
-        with torch.no_grad():
-            weight = self.model.project.weight.numpy().astype(np.float64)
-            scale = self.model.feature_scale.numpy().astype(np.float64)
-            mean = self.model.feature_mean.numpy().astype(np.float64)
-            self.projection = np.ascontiguousarray((weight / scale).T, dtype=np.float32)
-            self.projection_bias = (self.model.project.bias.numpy()
-                                    - weight @ (mean / scale)).astype(np.float32)
-            self.core = self.model.core.numpy().copy()
+        weight = arrays["project.weight"].astype(np.float64)
+        scale = arrays["feature_scale"].astype(np.float64)
+        mean = arrays["feature_mean"].astype(np.float64)
+        self.projection = np.ascontiguousarray((weight / scale).T, dtype=np.float32)
+        self.projection_bias = (arrays["project.bias"]
+                                - weight @ (mean / scale)).astype(np.float32)
+        self.core = arrays["core"].copy()
         index_vectors = self.hashtag_vectors if effects is None else np.hstack(
             [self.hashtag_vectors, effects.content.weight, effects.content.bias[:, None]])
         self.index = InnerProductIndex(index_vectors)
@@ -508,8 +504,7 @@ class UserHashtagLookup:
 
     # --- persistence: shared/artifacts.py (plain arrays, checksummed manifest) -----------
     def save(self, directory: Path) -> Path:
-        state = {name: tensor.numpy() for name, tensor in self.model.state_dict().items()}
-        state["users.weight"] = self.user_vectors  # with the online updates
+        state = {**self.model.arrays, "users.weight": self.user_vectors}  # with the updates
         writer = ArtifactWriter(directory)
         for name in ARRAYS:
             writer.array(name, state[name])
@@ -538,12 +533,8 @@ class UserHashtagLookup:
             raise ValueError(f"{directory}: not a {KIND} model")
         arrays = {name: reader.array(name) for name in
                   (*ARRAYS, "post_counts", "hashtag_counts", "mean_user")}
-        model = TensorModel(len(manifest["vocabulary"]), len(manifest["users"]),
-                            arrays["project.weight"].shape[1],
-                            TensorParams(**manifest["params"]))
-        model.register_buffer("feature_mean", torch.zeros(arrays["feature_mean"].shape))
-        model.register_buffer("feature_scale", torch.ones(arrays["feature_scale"].shape))
-        model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in ARRAYS})
+        model = TensorWeights(TensorParams(**manifest["params"]),
+                              {name: arrays[name] for name in ARRAYS}, arrays["mean_user"])
         effects = None
         if manifest.get("main_effects") is not None:
             weights = manifest["main_effects"]

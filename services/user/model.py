@@ -35,25 +35,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from services.user.tensor import ARRAYS, TensorParams, TensorWeights
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TensorParams:
-    hashtag_dim: int = 300  # D
-    photo_dim: int = 300  # F
-    user_dim: int = 50  # E
-    epochs: int = 8
-    batch_size: int = 512
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.0
-    margin: float = 1.0
-    #: "ranking": Veit's hinge loss with in-batch negatives (§3.2); "softmax": the
-    #: likelihood of each post's hashtags under a softmax over the whole vocabulary
-    loss: str = "softmax"
-    #: with validation: stop after this many epochs without a better one
-    patience: int = 5
-    seed: int = 0
 
 
 @dataclass
@@ -110,6 +94,13 @@ class TensorModel(torch.nn.Module):
     def mean_user(self) -> torch.Tensor:
         """ū: the user embedding of the user-agnostic model (the user averaged out)."""
         return self.users.weight.mean(dim=0)
+
+    @torch.no_grad()
+    def weights(self) -> TensorWeights:
+        """The trained parameters as the arrays serving reads (copies)."""
+        state = self.state_dict()
+        return TensorWeights(self.params, {name: state[name].numpy().copy() for name in ARRAYS},
+                             self.mean_user().numpy().copy())
 
 
 def _masked_max(scores: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:

@@ -161,7 +161,7 @@ class UserTask:
             + effects.gamma * effects.content.log_probabilities(self.x_train[held_out])
 
         def validate(model: TensorModel) -> float:
-            lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
+            lookup = UserHashtagLookup(model.weights(), self.vocab.terms, self.users, fit_posts,
                                        self.fit_counts)  # the tensor term alone
             tensor = lookup.scores(self.x_train[held_out], held_users)
             return sum(accuracies(tensor + base, held_truth).values())
@@ -174,7 +174,7 @@ class UserTask:
                              len(self.vocab), len(self.users), params, progress,
                              validate if len(held_out) else None, offsets)
         post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
-        return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
+        return UserHashtagLookup(model.weights(), self.vocab.terms, self.users, post_counts,
                                  self.counts, self.served_effects(params.seed))
 
     @functools.cached_property
@@ -274,7 +274,7 @@ class UserTask:
             effects_seed)) + MIXTURE_FLOOR) if len(held_out) else None
 
         def validate(model: TensorModel) -> float:
-            lookup = UserHashtagLookup(model, self.vocab.terms, self.users, fit_posts,
+            lookup = UserHashtagLookup(model.weights(), self.vocab.terms, self.users, fit_posts,
                                        self.fit_counts)
             tensor = lookup.scores(self.x_train[held_out], held_users)
             return sum(accuracies(tensor + base, held_truth).values())
@@ -285,7 +285,7 @@ class UserTask:
                              validate if len(held_out) else None,
                              Offsets.one_term(np.log(held + MIXTURE_FLOOR)))
         post_counts = np.bincount(self.rows_train, minlength=len(self.users)).astype(float)
-        return UserHashtagLookup(model, self.vocab.terms, self.users, post_counts,
+        return UserHashtagLookup(model.weights(), self.vocab.terms, self.users, post_counts,
                                  self.counts), mixture
 
 
