@@ -85,9 +85,43 @@ def test_served_on_a_model_of_two_communities_reports_the_gate_and_the_named_com
                               about=about, engine=pool()).directory
     out = tmp_path / "served.json"
     assert main(["evaluate", "served", "--test", food_spec, "--model", str(model),
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--users", "40"]) == 0
     report = json.loads(out.read_text())
     gate, named = report["results"][food_spec], report["community_named"][food_spec]
     assert gate["set vocabulary"]["photos"] == named["set vocabulary"]["photos"] > 0
     # posted to food, the instagram methods fall silent: other answers
     assert named != gate
+    # the third row: the photos a simulated user posted, routed by where they post
+    derived = report["user_derived"][food_spec]["set vocabulary"]
+    assert set(derived) == {"served (gate)", "served (user-derived)",
+                            "served (community named)"}
+    assert len({row["photos"] for row in derived.values()}) == 1
+    assert 0 < derived["served (gate)"]["photos"] < gate["set vocabulary"]["photos"]
+
+
+def test_a_posters_prior_comes_from_their_other_photos_never_the_one_answered(
+        feature_store: FeatureStore, food_split, data_dir: Path, tmp_path: Path) -> None:
+    from commands.experiments.served import poster_priors
+    from services.image_models import load_image_models
+    from shared.data.readers import Post
+
+    instagram = normalize_post_hashtags(read_posts(f"instagram:{data_dir / 'instagram'}"))
+    model = train_communities([Community("food", food_split[0][::4]),
+                               Community("instagram", instagram[::20])], feature_store,
+                              tmp_path / "models", ("frequency", "knn"), folds=2,
+                              progress=False, engine=pool()).directory
+    models = load_image_models(model)
+    answered, food, insta = food_split[1][0], food_split[0][:6], instagram[1:7]
+
+    def posts(user: str, photos: list) -> list[Post]:
+        return [Post(id=f"{user}-{i}", image=p.image, hashtags=("x",), user=user)
+                for i, p in enumerate(photos)]
+
+    # ann posts food, bob posts instagram; cy posted the photo alone; dan never did
+    simulated = [*posts("ann", [answered, *food]), *posts("bob", [answered, *insta]),
+                 *posts("cy", [answered])]
+    priors = poster_priors(models, feature_store, [answered, food_split[1][1]], simulated)
+    assert list(priors) == [answered.image.resolve()]  # the first poster's, ann's
+    assert priors[answered.image.resolve()][models.communities.index("food")] > 0.7
+    alone = poster_priors(models, feature_store, [answered], simulated[-1:])
+    assert alone == {}  # cy's only post is the photo answered: no prior to route by

@@ -22,7 +22,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                              "retrieval: default the simulated-user benchmark; a jsonl file "
                              "with real user ids works too)")
     parser.add_argument("--users", type=int, default=300,
-                        help="user/retrieval: simulated users in the benchmark")
+                        help="user/retrieval: simulated users in the benchmark; served: the "
+                             "simulated users whose posts route the user-derived row")
     parser.add_argument("--signature-probability", type=float,
                         default=SIGNATURE_PROBABILITY,
                         help="user/retrieval: how often a simulated user adds each of "
@@ -227,9 +228,10 @@ def _served(args: argparse.Namespace) -> int:
     from commands.train import held_out_split
     from services.image_models import load_image_models
     from services.vision.store import FeatureStore
-    from shared.config import models_dir
+    from shared.config import data_root, models_dir
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import parse_spec, read_posts
+    from shared.data.simulated_users import simulate, source_posts
 
     if not args.test:
         raise SystemExit("evaluate served needs --test SPEC[,SPEC...]")
@@ -245,6 +247,7 @@ def _served(args: argparse.Namespace) -> int:
     answer = grpc_answer(args.target) if args.target else in_process_answer(models, store)
     report: dict = {"task": "served", "model": model_dir.name, "hold_out": hold_out,
                     "target": args.target, "results": {}}
+    simulated = None  # the simulated users, made once: who posted each held-out photo
     for spec in args.test.split(","):
         posts = normalize_post_hashtags(read_posts(spec))
         community = trained.get(str(parse_spec(spec)))
@@ -267,6 +270,11 @@ def _served(args: argparse.Namespace) -> int:
             report.setdefault("community_named", {})[spec] = named
             for truth, row in named.items():
                 rows[truth]["served (community named)"] = row
+        if community is not None and models is not None and len(models.communities) > 1:
+            simulated = simulated or simulate(source_posts(data_root()), args.users, args.seed)
+            report.setdefault("user_derived", {})[spec] = _user_derived(
+                models, store, train, test, simulated, ignore, community["name"], answer,
+                f"{model_dir.name} on {spec}'s held-out photos that a simulated user posted")
         if not args.target:  # in process, the same photos without outside hashtags
             vocabulary_only = evaluate_served(train, test, in_process_answer(
                 models, store, with_outside=False), ignore).results
@@ -290,3 +298,27 @@ def _served(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_derived(models: object, store: object, train: list, test: list, simulated: list,
+                  ignore: frozenset[str], community: str, answer: object,
+                  title: str) -> dict[str, dict]:
+    """Issue #28's third row: the held-out photos a simulated user posted, routed by where
+    that user posts (their other posts, each split by the gate's guess), beside the gate
+    alone and the community named, on the same photos."""
+    from commands.experiments.served import evaluate_served, in_process_answer, poster_priors
+
+    posters = poster_priors(models, store, [p for p in test if p.image is not None],
+                            simulated)
+    posted = [p for p in test if p.image is not None and p.image.resolve() in posters]
+    rows: dict[str, dict] = {}
+    for name, row_answer in (
+            ("served (gate)", answer),
+            ("served (user-derived)", in_process_answer(models, store, posters=posters)),
+            ("served (community named)", in_process_answer(models, store,
+                                                           community=community))):
+        for truth, row in evaluate_served(train, posted, row_answer, ignore).results.items():
+            rows.setdefault(truth, {})[name] = row
+    for truth, table in rows.items():
+        _print_table(f"{title} ({table['served (gate)']['photos']} with a tag; truth: {truth})",
+                     {name: {k: v for k, v in row.items() if k != "photos"}
+                      for name, row in table.items()})
+    return rows

@@ -16,8 +16,9 @@ target, by a running RecommenderService over gRPC. Two truths:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -73,12 +74,14 @@ def evaluate_served(train: Sequence[Post], test: Sequence[Post], answer: Answer,
 
 
 def in_process_answer(models: object, store: object, k: int = 10,
-                      with_outside: bool = True, community: str = "") -> Answer:
+                      with_outside: bool = True, community: str = "",
+                      posters: Mapping[Path, np.ndarray] | None = None) -> Answer:
     """Answers from the artifact itself: the methods and the fusion the recommender
     serves, hashtags outside the vocabulary placed as the recommender places them (with
     ``with_outside``; without, the vocabulary alone: what the outside hashtags cost or add).
     ``community``: every photo posted to that community (RecommendRequest.community), not
-    the gate's guess."""
+    the gate's guess. ``posters``: photo → where its poster posts (P(c | u)), which
+    weights the gate's guess as the recommender weights it for a known user."""
     from services.recommender.model import outside_candidates
     from shared.eval.metrics import top_k
 
@@ -90,6 +93,10 @@ def in_process_answer(models: object, store: object, k: int = 10,
         kept, photos = _photos(posts, store, progress=False)
         if len(kept) != len(posts):
             raise ValueError(f"{len(posts) - len(kept)} test photos could not be read")
+        if posters is not None and not community:
+            unknown = np.full(len(models.communities), np.nan, np.float32)
+            photos = photos.routed(np.stack([posters.get(p.image.resolve(), unknown)
+                                             for p in posts]))
         fused, per_method = models.scores(photos, community)
         if not with_outside:
             return [[models.vocabulary[i] for i in row] for row in top_k(fused, k)]
@@ -129,6 +136,43 @@ def grpc_answer(target: str, k: int = 10, timeout: float = 60.0,
                 timeout=timeout).hashtags] for p in posts]
 
     return answer
+
+
+def poster_priors(models: object, store: object, photos: Sequence[Post],
+                  simulated: Sequence[Post]) -> dict[Path, np.ndarray]:
+    """For each photo of ``photos`` that a simulated user posted (the first such user in
+    the simulation's order): P(c | u) from that user's posts of other photos, each split
+    by the gate's guess for its photo, as the user service keeps a user's communities
+    (services/user/train.py: where_users_post) and the recommender turns them into a
+    prior (community_prior). Photos no simulated user posted are left out, and so is one
+    whose poster posted nothing else."""
+    from commands.experiments.image2tag import _photos
+    from services.recommender.model import community_prior
+
+    wanted = {p.image.resolve() for p in photos}
+    poster: dict[Path, str] = {}
+    by_user: dict[str, list[Post]] = {}
+    for post in simulated:
+        by_user.setdefault(post.user, []).append(post)
+        if post.image.resolve() in wanted:
+            poster.setdefault(post.image.resolve(), post.user)
+    history = [p for user in dict.fromkeys(poster.values()) for p in by_user[user]]
+    kept, described = _photos(history, store, progress=False)
+    shares = models.communities_of(described)
+    mixes: dict[str, list[tuple[Path, np.ndarray]]] = {}
+    for post, row in zip(kept, shares, strict=True):
+        mixes.setdefault(post.user, []).append((post.image.resolve(), row))
+    priors = {}
+    for image, user in poster.items():
+        totals = dict.fromkeys(models.communities, 0.0)
+        for other, row in mixes.get(user, []):
+            if other != image:  # the photo itself is what the prior must not know
+                for name, share in zip(models.communities, row.tolist(), strict=True):
+                    totals[name] += share
+        prior = community_prior(totals, models.communities)
+        if prior is not None:
+            priors[image] = prior.astype(np.float32)
+    return priors
 
 
 def own_community_probability(models: object, store: object, posts: Sequence[Post],
