@@ -6,10 +6,18 @@ sha256 checksums that is verified before anything is served.
     writer.close(metadata)                       # writes manifest.json
     reader = ArtifactReader(directory)           # verifies every checksum first
     reader.array("knn/features"); reader.json("vocabulary")
+
+An array whose bytes the artifact already holds is stored once: its name becomes an alias
+of the first file (manifest ``aliases``), and a reader hands every name of that file the
+same read-only array. kNN, the graph and the semantic method each keep a community's
+photo features (the same unit vectors): one file and one copy in memory, where there were
+three.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -21,6 +29,9 @@ import numpy as np
 from shared.embeddings import sha256_file
 
 MANIFEST = "manifest.json"
+#: arrays at least this large are stored once whatever names they are written under
+#: (smaller ones are not worth an alias in the manifest)
+SHARED_MIN_BYTES = 1 << 16
 log = logging.getLogger(__name__)
 
 
@@ -28,16 +39,27 @@ class ArtifactWriter:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.files: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}  # name → the file that holds the same bytes
+        self._by_digest: dict[str, str] = {}
         directory.mkdir(parents=True, exist_ok=True)
 
     def _record(self, path: Path) -> None:
         self.files[path.relative_to(self.directory).as_posix()] = sha256_file(path)
 
     def array(self, name: str, value: np.ndarray) -> None:
-        path = self.directory / f"{name}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(value), allow_pickle=False)
+        data = buffer.getvalue()
+        digest, relative = hashlib.sha256(data).hexdigest(), f"{name}.npy"
+        first = self._by_digest.get(digest)
+        if first is not None and first != relative and len(data) >= SHARED_MIN_BYTES:
+            self.aliases[relative] = first
+            return
+        path = self.directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, np.asarray(value), allow_pickle=False)
-        self._record(path)
+        path.write_bytes(data)
+        self.files[relative] = digest
+        self._by_digest.setdefault(digest, relative)
 
     def json(self, name: str, value: Any) -> None:
         path = self.directory / f"{name}.json"
@@ -54,8 +76,9 @@ class ArtifactWriter:
         """Writes the manifest; ``durable``: every file and folder reaches the disk
         (fsync) before this returns, as a rename that publishes the directory needs."""
         path = self.directory / MANIFEST
-        path.write_text(json.dumps({**metadata, "files": self.files}, ensure_ascii=False,
-                                   indent=1))
+        shared = {"aliases": self.aliases} if self.aliases else {}
+        path.write_text(json.dumps({**metadata, "files": self.files, **shared},
+                                   ensure_ascii=False, indent=1))
         if durable:
             for name in (*self.files, MANIFEST):
                 with (self.directory / name).open("rb") as written:
@@ -129,26 +152,43 @@ class ArtifactReader:
                 raise ValueError(f"{path}: listed in the manifest but missing")
             if sha256_file(path) != digest:
                 raise ValueError(f"{path}: checksum does not match the manifest")
+        self.aliases: dict[str, str] = self.manifest.get("aliases", {})
+        for name, target in self.aliases.items():
+            if target not in self.manifest["files"]:
+                raise ValueError(f"{directory / MANIFEST}: {name} is an alias of {target}, "
+                                 "which the manifest does not list")
+        self._shared: dict[str, np.ndarray] = {}
 
     def _path(self, name: str, suffix: str) -> Path:
         relative = f"{name}{suffix}"
+        relative = self.aliases.get(relative, relative)
         if relative not in self.manifest["files"]:
-            raise KeyError(f"{relative} is not in {self.directory / MANIFEST}")
+            raise KeyError(f"{name}{suffix} is not in {self.directory / MANIFEST}")
         return self.directory / relative
 
     def array(self, name: str) -> np.ndarray:
-        return np.load(self._path(name, ".npy"), allow_pickle=False)
+        """The array; one that several names share is read once and handed to each of
+        them read-only."""
+        path = self._path(name, ".npy")
+        relative = path.relative_to(self.directory).as_posix()
+        if relative not in self.aliases.values():
+            return np.load(path, allow_pickle=False)
+        if relative not in self._shared:
+            array = np.load(path, allow_pickle=False)
+            array.flags.writeable = False
+            self._shared[relative] = array
+        return self._shared[relative]
 
     def has(self, name: str) -> bool:
         """Whether a file of that name (with its suffix) is in the manifest."""
-        return name in self.manifest["files"]
+        return name in self.manifest["files"] or name in self.aliases
 
     def scoped(self, prefix: str) -> ScopedReader:
         return ScopedReader(self, prefix)
 
     def arrays(self) -> list[str]:
         """The names of every array in the artifact."""
-        return [name.removesuffix(".npy") for name in self.manifest["files"]
+        return [name.removesuffix(".npy") for name in (*self.manifest["files"], *self.aliases)
                 if name.endswith(".npy")]
 
     def json(self, name: str) -> Any:

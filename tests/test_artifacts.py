@@ -1,0 +1,54 @@
+"""Model artifacts: an array written under two names is one file and, read back, one
+read-only array; a manifest whose alias points nowhere is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.artifacts import SHARED_MIN_BYTES, ArtifactReader, ArtifactWriter
+
+
+def _written(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    features = np.random.default_rng(0).normal(size=(100, 256)).astype(np.float32)
+    small = np.arange(4, dtype=np.float32)
+    writer = ArtifactWriter(directory)
+    writer.array("knn/features", features)
+    writer.array("graph/visual_features", features.copy())  # the same bytes, another name
+    writer.array("graph/prior", small)
+    writer.array("frequency/prior", small)
+    writer.array("mlp/mean", features[:1])
+    writer.close({"kind": "test"})
+    return features, small
+
+
+def test_an_array_written_under_two_names_is_one_file_and_one_read_only_array(
+        tmp_path: Path) -> None:
+    features, small = _written(tmp_path)
+    assert features.nbytes >= SHARED_MIN_BYTES > small.nbytes
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["aliases"] == {"graph/visual_features.npy": "knn/features.npy"}
+    assert not (tmp_path / "graph" / "visual_features.npy").exists()
+    assert (tmp_path / "frequency" / "prior.npy").exists()  # too small to share
+    reader = ArtifactReader(tmp_path)
+    first, second = reader.array("knn/features"), reader.array("graph/visual_features")
+    assert first is second and np.array_equal(first, features)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0] = 1.0  # one method's change would reach the others
+    assert reader.array("mlp/mean").flags.writeable  # an unshared array is the reader's own
+    assert reader.has("graph/visual_features.npy")
+    assert sorted(reader.arrays()) == ["frequency/prior", "graph/prior",
+                                       "graph/visual_features", "knn/features", "mlp/mean"]
+
+
+def test_an_alias_of_a_file_the_manifest_lacks_is_refused(tmp_path: Path) -> None:
+    _written(tmp_path)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["aliases"]["semantic/visual_features.npy"] = "knn/missing.npy"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="alias of knn/missing.npy"):
+        ArtifactReader(tmp_path)
