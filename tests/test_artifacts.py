@@ -50,5 +50,5 @@ def test_an_alias_of_a_file_the_manifest_lacks_is_refused(tmp_path: Path) -> Non
     manifest = json.loads(path.read_text())
     manifest["aliases"]["semantic/visual_features.npy"] = "knn/missing.npy"
     path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="alias of knn/missing.npy"):
+    with pytest.raises(ValueError, match=r"alias of knn/missing\.npy"):
         ArtifactReader(tmp_path)
