@@ -99,7 +99,7 @@ def test_served_on_a_model_of_two_communities_reports_the_gate_and_the_named_com
     assert 0 < derived["served (gate)"]["photos"] < gate["set vocabulary"]["photos"]
 
 
-def test_a_posters_prior_comes_from_their_other_photos_never_the_one_answered(
+def test_a_posters_prior_comes_from_their_earlier_posts_alone(
         feature_store: FeatureStore, food_split, data_dir: Path, tmp_path: Path) -> None:
     from commands.experiments.served import poster_priors
     from services.image_models import load_image_models
@@ -111,17 +111,18 @@ def test_a_posters_prior_comes_from_their_other_photos_never_the_one_answered(
                               tmp_path / "models", ("frequency", "knn"), folds=2,
                               progress=False, engine=pool()).directory
     models = load_image_models(model)
-    answered, food, insta = food_split[1][0], food_split[0][:6], instagram[1:7]
+    answered, food, insta = food_split[1][0], food_split[0][:2], instagram[1:9]
 
     def posts(user: str, photos: list) -> list[Post]:
         return [Post(id=f"{user}-{i}", image=p.image, hashtags=("x",), user=user)
                 for i, p in enumerate(photos)]
 
-    # ann posts food, bob posts instagram; cy posted the photo alone; dan never did
-    simulated = [*posts("ann", [answered, *food]), *posts("bob", [answered, *insta]),
-                 *posts("cy", [answered])]
+    # ann posted food twice, then the photo answered, then instagram eight times: only
+    # the past counts; bob posted it later; cy posted it first of all
+    simulated = [*posts("ann", [*food, answered, *insta]), *posts("bob", [*insta, answered]),
+                 *posts("cy", [answered, *food])]
     priors = poster_priors(models, feature_store, [answered, food_split[1][1]], simulated)
     assert list(priors) == [answered.image.resolve()]  # the first poster's, ann's
-    assert priors[answered.image.resolve()][models.communities.index("food")] > 0.7
-    alone = poster_priors(models, feature_store, [answered], simulated[-1:])
-    assert alone == {}  # cy's only post is the photo answered: no prior to route by
+    assert priors[answered.image.resolve()][models.communities.index("food")] > 0.5
+    first = poster_priors(models, feature_store, [answered], simulated[-3:])
+    assert first == {}  # cy posted it before anything else: no past to route by

@@ -140,35 +140,33 @@ def grpc_answer(target: str, k: int = 10, timeout: float = 60.0,
 
 def poster_priors(models: object, store: object, photos: Sequence[Post],
                   simulated: Sequence[Post]) -> dict[Path, np.ndarray]:
-    """For each photo of ``photos`` that a simulated user posted (the first such user in
-    the simulation's order): P(c | u) from that user's posts of other photos, each split
-    by the gate's guess for its photo, as the user service keeps a user's communities
-    (services/user/train.py: where_users_post) and the recommender turns them into a
-    prior (community_prior). Photos no simulated user posted are left out, and so is one
-    whose poster posted nothing else."""
+    """For each photo of ``photos`` that a simulated user posted (the first such post in
+    the simulation, which lists each user's posts in time order): P(c | u) from that
+    user's posts before it, each split by the gate's guess for its photo, as the user
+    service keeps a user's communities (services/user/train.py: where_users_post) and the
+    recommender turns them into a prior (community_prior). Only the past counts, as in
+    serving; a photo no simulated user posted, or whose poster had posted nothing before
+    it, is left out."""
     from commands.experiments.image2tag import _photos
     from services.recommender.model import community_prior
 
     wanted = {p.image.resolve() for p in photos}
-    poster: dict[Path, str] = {}
+    earlier: dict[Path, list[Post]] = {}  # photo → its poster's posts before it
     by_user: dict[str, list[Post]] = {}
     for post in simulated:
-        by_user.setdefault(post.user, []).append(post)
+        past = by_user.setdefault(post.user, [])
         if post.image.resolve() in wanted:
-            poster.setdefault(post.image.resolve(), post.user)
-    history = [p for user in dict.fromkeys(poster.values()) for p in by_user[user]]
+            earlier.setdefault(post.image.resolve(), list(past))
+        past.append(post)
+    history = list({p.id: p for posts in earlier.values() for p in posts}.values())
     kept, described = _photos(history, store, progress=False)
-    shares = models.communities_of(described)
-    mixes: dict[str, list[tuple[Path, np.ndarray]]] = {}
-    for post, row in zip(kept, shares, strict=True):
-        mixes.setdefault(post.user, []).append((post.image.resolve(), row))
+    shares = dict(zip((p.id for p in kept), models.communities_of(described), strict=True))
     priors = {}
-    for image, user in poster.items():
+    for image, posts in earlier.items():
         totals = dict.fromkeys(models.communities, 0.0)
-        for other, row in mixes.get(user, []):
-            if other != image:  # the photo itself is what the prior must not know
-                for name, share in zip(models.communities, row.tolist(), strict=True):
-                    totals[name] += share
+        for post in posts:
+            for name, share in zip(models.communities, shares[post.id].tolist(), strict=True):
+                totals[name] += share
         prior = community_prior(totals, models.communities)
         if prior is not None:
             priors[image] = prior.astype(np.float32)
