@@ -154,9 +154,10 @@ class ArtifactReader:
                 raise ValueError(f"{path}: checksum does not match the manifest")
         self.aliases: dict[str, str] = self.manifest.get("aliases", {})
         for name, target in self.aliases.items():
-            if target not in self.manifest["files"]:
+            if target not in self.manifest["files"] or name in self.manifest["files"]:
                 raise ValueError(f"{directory / MANIFEST}: {name} is an alias of {target}, "
-                                 "which the manifest does not list")
+                                 "which the manifest does not list, or a file of its own")
+        self._shared_files = set(self.aliases.values())
         self._shared: dict[str, np.ndarray] = {}
 
     def _path(self, name: str, suffix: str) -> Path:
@@ -171,7 +172,7 @@ class ArtifactReader:
         them read-only."""
         path = self._path(name, ".npy")
         relative = path.relative_to(self.directory).as_posix()
-        if relative not in self.aliases.values():
+        if relative not in self._shared_files:
             return np.load(path, allow_pickle=False)
         if relative not in self._shared:
             array = np.load(path, allow_pickle=False)

@@ -52,3 +52,7 @@ def test_an_alias_of_a_file_the_manifest_lacks_is_refused(tmp_path: Path) -> Non
     path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"alias of knn/missing\.npy"):
         ArtifactReader(tmp_path)
+    manifest["aliases"] = {"mlp/mean.npy": "knn/features.npy"}  # two files for one name
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="or a file of its own"):
+        ArtifactReader(tmp_path)
