@@ -61,12 +61,14 @@ class FlipAveraged(VisionModel):
         return Embedding(features, probabilities)
 
 
-def variant_model(variant: str) -> VisionModel:
+def variant_store(variant: str) -> FeatureStore:
+    """The variant's model and its feature store: a flipped variant's features are kept
+    apart from the plain backbone's (features-flip/)."""
     name, _, flip = variant.partition("+")
-    kind = FlipAveraged if flip == "flip" else VisionModel
     if flip not in ("", "flip"):
         raise SystemExit(f"unknown variant {variant!r}: a backbone, optionally +flip")
-    return kind(device="cpu", backbone=BACKBONES[name])
+    model = (FlipAveraged if flip else VisionModel)(device="cpu", backbone=BACKBONES[name])
+    return FeatureStore(models_dir() / ("features-flip" if flip else "features"), model)
 
 
 def cost(model: VisionModel, photos: list[bytes], repeats: int) -> dict[str, float]:
@@ -130,12 +132,12 @@ def main() -> None:
     parts = {spec: splits(spec, args.seed, args.split, args.valid_splits)
              for spec in args.sets.split(",")}
     rows: dict[str, dict] = {}
+    stores: dict[str, FeatureStore] = {}
     for variant in args.variants.split(","):
-        model = variant_model(variant)
+        store = stores[variant] = variant_store(variant)
+        model = store.model
         row = {"backbone": model.backbone.id, "image_size": model.image_size,
                **cost(model, photos, args.repeats)}
-        folder = "features" if "+" not in variant else "features-" + variant.split("+")[1]
-        store = FeatureStore(models_dir() / folder, model)
         row["store"] = str(store.directory)
         row["sets"] = {spec.split(":")[-1]: quality(parts[spec][measured], spec, store,
                                                     args.seed)
@@ -164,13 +166,14 @@ def main() -> None:
     report = {"seed": args.seed, "split": args.split, "valid_splits": args.valid_splits,
               "rows": rows}
     if args.split == "valid":
-        report["chosen"] = choose_and_report(rows, parts, args)
+        report["chosen"] = choose_and_report(rows, stores, parts, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.json}")
 
 
-def choose_and_report(rows: dict[str, dict], parts: dict, args: argparse.Namespace) -> dict:
+def choose_and_report(rows: dict[str, dict], stores: dict[str, FeatureStore], parts: dict,
+                      args: argparse.Namespace) -> dict:
     """Each set's choice on validation R@5, then lite0 and the choice on held-out photos."""
     base = next(iter(rows))
     chosen = {}
@@ -183,10 +186,7 @@ def choose_and_report(rows: dict[str, dict], parts: dict, args: argparse.Namespa
         pick = best if gains[best] >= args.margin else base
         report = {}
         for variant in dict.fromkeys((base, pick)):
-            model = variant_model(variant)
-            folder = "features" if "+" not in variant else "features-" + variant.split("+")[1]
-            store = FeatureStore(models_dir() / folder, model)
-            report[variant] = quality(parts[spec]["held-out"], spec, store,
+            report[variant] = quality(parts[spec]["held-out"], spec, stores[variant],
                                       args.seed)["fusion"]
         chosen[name] = {"variant": pick, "validation_gain": round(gains[pick], 2),
                         "held_out": report}
