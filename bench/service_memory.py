@@ -19,11 +19,16 @@ from pathlib import Path
 
 import grpc
 from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
-from soak import children_rss
 from stack import serve_processes, served_models
 
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
+
+
+def vm_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("VmRSS:"))) / 1024
 
 
 def maps_torch(pid: int) -> bool:
@@ -60,14 +65,15 @@ async def measure(args: argparse.Namespace) -> None:
                     image=photo, k=10, user_id=user_id), timeout=60)
                 if reply.degraded:
                     raise SystemExit(f"a degraded answer: {list(reply.degraded_reasons)}")
-        rss, pids = children_rss(pid), service_pids(pid)
+        pids = service_pids(pid)
+        rss = {name: vm_rss_mb(child) for name, child in pids.items()}
         torch = {name: maps_torch(child) for name, child in pids.items()}
     print(f"models {model_dir.name}, user model {user_dir.name}")
     print(f"{'service':<13}{'VmRSS MB':>10}  torch")
     for name in sorted(pids):
-        print(f"{name:<13}{rss.get(name, 0) / 1024:>10.0f}  "
+        print(f"{name:<13}{rss[name]:>10.0f}  "
               f"{'yes' if torch[name] else 'no'}")
-    print(f"{'all':<13}{sum(rss.get(n, 0) for n in pids) / 1024:>10.0f}")
+    print(f"{'all':<13}{sum(rss.values()):>10.0f}")
 
 
 def main() -> None:
