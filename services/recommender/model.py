@@ -167,8 +167,8 @@ class MlpMethod:
             targets = torch.from_numpy(hashtag_matrix(hashtags, n_hashtags))
             loss_fn = torch.nn.BCEWithLogitsLoss()
         network = self._network(inputs.shape[1], n_hashtags)
-        # fused: one kernel a step for all four tensors; the fit takes 0.77 s where the
-        # default per-tensor loop took 1.28 s (160 food photos), the same losses to 4 places
+        # fused: one kernel a step for all four tensors, the same losses to 4 places; the
+        # default model's MLP fit on one thread 25.0 -> 20.2 s (`bench/fit_cost.py mlp`)
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, fused=True,
                                      weight_decay=self.weight_decay)
         best_loss, best_state, stale = float("inf"), None, 0
