@@ -103,3 +103,28 @@ def test_loaded_photo_indexes_follow_the_index_configuration(trained, monkeypatc
     assert loaded.methods["graph"].visual_index.kind == "ivf"
     fused, _ = loaded.scores(photos.subset(np.arange(5)))
     assert np.isfinite(fused).all()
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_the_mlps_numpy_scores_are_the_trained_torch_networks(loss: str) -> None:
+    """Serving scores the MLP in numpy from its arrays; they must be what the network torch
+    trained answers (dropout off)."""
+    import torch
+
+    from services.recommender.model import MlpMethod
+    from shared.photos import PhotoSet
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(80, 32)).astype(np.float32)
+    hashtags = [sorted(set(rng.integers(0, 12, size=3).tolist())) for _ in range(80)]
+    photos = PhotoSet(features, np.zeros((80, 5), np.float32), hashtags)
+    method = MlpMethod(loss=loss, hidden=16, max_epochs=20)
+    method.fit(photos, [f"t{i}" for i in range(12)])
+    network = method._network(32, 12)
+    network.load_state_dict({key: torch.from_numpy(array)
+                             for key, array in zip(method.KEYS, method.layers, strict=True)})
+    with torch.no_grad():
+        logits = network.eval()(torch.from_numpy(method._standardized(features)))
+    expected = (torch.softmax(logits, dim=1) if loss == "softmax"
+                else torch.sigmoid(logits)).numpy()
+    np.testing.assert_allclose(method.scores(photos), expected, rtol=1e-5, atol=1e-6)
