@@ -134,3 +134,15 @@ def test_masked_autorec_reads_each_photos_labels_and_round_trips(mirflickr_label
     writer.close({})
     loaded = AutoRecMethod.load(ArtifactReader(tmp_path), class_names(), method.name)
     np.testing.assert_array_equal(loaded.scores(mirflickr_labelled[1]), scores)
+
+
+def test_the_served_numpy_network_answers_as_the_torch_module() -> None:
+    """r̂ = W σ(V r + μ) + b in numpy (what the word service runs) against the module that
+    trains it, on random weights and ratings."""
+    torch.manual_seed(0)
+    module = AutoRec(30, 7)
+    ratings = np.random.default_rng(0).choice([-1.0, 0.0, 1.0], size=(5, 30)).astype(
+        np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(ratings)).numpy()
+    np.testing.assert_allclose(weights_of(module)(ratings), expected, rtol=1e-5, atol=1e-6)
