@@ -146,6 +146,11 @@ class ArtifactReader:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{manifest_path}: not valid JSON ({error}); a model written "
                              "half-way, or damaged") from None
+        if not isinstance(self.manifest, dict) or not isinstance(
+                self.manifest.get("files"), dict) or not isinstance(
+                self.manifest.get("aliases", {}), dict):
+            raise ValueError(f"{manifest_path}: no \"files\" (or \"aliases\") mapping; a "
+                             "model written half-way, or damaged")
         for name, digest in self.manifest["files"].items():
             path = directory / name
             if not path.is_file():

@@ -56,3 +56,13 @@ def test_an_alias_of_a_file_the_manifest_lacks_is_refused(tmp_path: Path) -> Non
     path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="or a file of its own"):
         ArtifactReader(tmp_path)
+
+
+@pytest.mark.parametrize("damage", [{"files": None}, {"aliases": ["knn/features.npy"]}])
+def test_a_manifest_without_its_mappings_is_refused_by_name(tmp_path: Path,
+                                                             damage: dict) -> None:
+    _written(tmp_path)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
+    with pytest.raises(ValueError, match='no "files"'):
+        ArtifactReader(tmp_path)
