@@ -42,6 +42,7 @@ from hashrec.v1 import vision_pb2, vision_pb2_grpc
 from services.vision.model import VisionModel, decode_image, preprocess
 from services.vision.server import serve
 from shared.admission import retry_after_seconds
+from shared.batching import usable_cores
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
 
@@ -162,15 +163,34 @@ def new_photo(jpeg: bytes, number: int) -> bytes:
 
 
 def raw_images_per_second(model: VisionModel, photos: list[bytes], batch: int,
-                          seconds: float = 5.0) -> float:
-    """The vision model alone, in this process, on batches of ``batch`` decoded photos."""
+                          seconds: float = 5.0) -> tuple[float, float]:
+    """The vision model alone, in this process, on batches of ``batch`` decoded photos:
+    (images/s, CPU seconds an image, all of the model's threads together)."""
     tensors = torch.stack([preprocess(decode_image(p)) for p in photos[:batch]])
     model.embed_tensors(tensors)
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         model.embed_tensors(tensors)
         done += batch
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), (time.process_time() - cpu) / done
+
+
+def decode_cpu_seconds(photos: list[bytes], count: int = 128) -> float:
+    """CPU seconds to decode and preprocess one photo (what the service does before the
+    model and the raw model is spared)."""
+    cpu = time.process_time()
+    for photo in photos[:count]:
+        preprocess(decode_image(photo))
+    return (time.process_time() - cpu) / min(count, len(photos))
+
+
+def cold_ceiling(model_cpu: float, decode_cpu: float, hop_cpu: float, hops: float,
+                 cores: int) -> float:
+    """Cold answers/s the stack could reach if word, graph, user and the recommender's own
+    scoring cost nothing: ``cores`` busy with the model, the decoding and ``hops`` gRPC
+    calls an answer at ``hop_cpu`` each (client and server; the echo's, a lower bound:
+    its payload is 64 bytes, a photo's is tens of kilobytes)."""
+    return cores / (model_cpu + decode_cpu + hops * hop_cpu)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -182,17 +202,28 @@ async def main(args: argparse.Namespace) -> None:
     server, address = await echo_server()
     async with grpc.aio.insecure_channel(address) as channel:
         echo = channel.unary_unary(ECHO_METHOD)
+        cpu = time.process_time()
         reference = await load(lambda i: echo(b"x" * 64), args.seconds, 64, args.max_calls)
+        # client and server share this process: the CPU of one whole hop
+        reference["cpu_ms_per_call"] = 1000 * (time.process_time() - cpu) / reference["calls"]
     await server.stop(None)
-    raw = raw_images_per_second(model, photos, args.batch)
+    raw, model_cpu = raw_images_per_second(model, photos, args.batch)
     if args.only == "vision":
         rows = await vision_rows(model, photos, args)
     else:
         rows = await recommend_rows(model, photos, args, args.mode)
     # Measured again after the rows, the faster of the two counts: this machine's speed
     # drifts, and the ratios should not flatter the stack.
-    raw = max(raw, raw_images_per_second(model, photos, args.batch))
-    report(rows, reference, raw, args)
+    again, again_cpu = raw_images_per_second(model, photos, args.batch)
+    raw, model_cpu = max(raw, again), min(model_cpu, again_cpu)
+    # client -> recommender -> vision, word, graph, and user for the share with a user
+    hops = 1.0 if args.only == "vision" else 5.0 - (1.0 - args.user_share)
+    cores, decode = usable_cores(), decode_cpu_seconds(photos)
+    ceiling = {"cores": cores, "model_cpu_ms": 1000 * model_cpu,
+               "decode_cpu_ms": 1000 * decode, "hop_cpu_ms": reference["cpu_ms_per_call"],
+               "hops": hops, "answers_per_second": cold_ceiling(
+                   model_cpu, decode, reference["cpu_ms_per_call"] / 1000, hops, cores)}
+    report(rows, reference, raw, args, ceiling)
 
 
 async def vision_rows(model: VisionModel, photos: list[bytes], args: argparse.Namespace,
@@ -223,7 +254,7 @@ async def vision_rows(model: VisionModel, photos: list[bytes], args: argparse.Na
 
 
 def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float,
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace, ceiling: dict[str, float]) -> None:
     print(f"loopback, up to {args.seconds:.0f} s a row, deadline {args.deadline:.0f} s a "
           f"call; vision max batch {args.batch}; mode {args.mode}")
     width = max(26, *(len(name) + 2 for name in rows))
@@ -237,6 +268,11 @@ def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float
               f"{row['shed_p99'] if row['shed'] else 0:>9.1f}{row['errors']:>7.0f}")
     print(f"raw model, batch {args.batch}, in-process: {raw:.1f} images/s (the faster of a "
           "run before and after the rows)")
+    print(f"cold ceiling, if all scoring were free: {ceiling['cores']} cores / (model "
+          f"{ceiling['model_cpu_ms']:.1f} + decoding {ceiling['decode_cpu_ms']:.1f} + "
+          f"{ceiling['hops']:g} gRPC hops × {ceiling['hop_cpu_ms']:.2f} ms of CPU) = "
+          f"{ceiling['answers_per_second']:.1f} answers/s = "
+          f"{ceiling['answers_per_second'] / raw:.2f}x the raw model")
     for name, row in rows.items():
         if "cpu_ms_per_answer" in row:
             print(f"{name}: CPU ms an answer " + ", ".join(
@@ -264,6 +300,7 @@ def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float
     out.mkdir(exist_ok=True)
     (out / "serving.json").write_text(json.dumps({
         "rows": rows, "echo": echo, "raw_images_per_second": raw, "ratios": ratios,
+        "cold_ceiling": ceiling,
         "seconds": args.seconds, "deadline": args.deadline, "batch": args.batch,
         "mode": args.mode, "kind": kind}, indent=1))
     plot(rows, kind, args.concurrency, echo["qps"], raw,
