@@ -331,6 +331,44 @@ def test_a_users_posts_by_community_route_their_next_photo_and_survive_a_restart
     assert dict(posts) == {"instagram": pytest.approx(4.0)}
 
 
+def test_a_known_users_answer_for_a_photo_seen_before_is_one_call_to_the_user_service(
+        served: dict, stack: dict, with_users: dict) -> None:
+    """Its Score reply says where the user posts: no Communities call before it."""
+    from services.user.lookup import UserHashtagLookup
+
+    hashtags = list(UserHashtagLookup.load(stack["user_dir"]).vocabulary[:2])
+    registry = with_users["user"].registry
+
+    def calls() -> dict[str, float]:
+        return {method: registry.get_sample_value("hashrec_grpc_requests_total", {
+            "method": f"/hashrec.v1.UserProfileService/{method}", "code": "OK"}) or 0.0
+            for method in ("Score", "Communities")}
+
+    with grpc.insecure_channel(with_users["recommender"].address,
+                               options=CHANNEL_OPTIONS) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        for _ in range(3):
+            stub.Feedback(recommender_pb2.FeedbackRequest(
+                image=served["image"], user_id="local:once", hashtags=hashtags,
+                community="food"), timeout=60)
+        before = calls()
+        first = stub.Recommend(recommender_pb2.RecommendRequest(
+            image=served["image"], user_id="local:once", k=10), timeout=60)
+        between = calls()
+        again = stub.Recommend(recommender_pb2.RecommendRequest(
+            image=served["image"], user_id="local:once", k=10), timeout=60)
+        after = calls()
+    # a photo new to the recommender: where the user posts routes it before the user can
+    # score it (two calls); described once, the Score reply brings both (one call)
+    assert (between["Communities"] - before["Communities"],
+            between["Score"] - before["Score"]) == (1, 1)
+    assert (after["Communities"] - between["Communities"],
+            after["Score"] - between["Score"]) == (0, 1)
+    assert first.community_from == again.community_from == "user"
+    assert [h.hashtag for h in first.hashtags] == [h.hashtag for h in again.hashtags]
+    assert not first.degraded and not again.degraded
+
+
 def test_a_journaled_posts_communities_are_counted_again_on_replay_and_in_a_snapshot(
         stack: dict, tmp_path: Path) -> None:
     """What a kill leaves (the journal) and what a snapshot keeps both hold the counts."""

@@ -503,7 +503,8 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
         line = ""
         while not line.startswith("serving ") and time.monotonic() < deadline:
             line = serve.stdout.readline()
-        assert line.startswith(f"serving hashrec.v1.RecommenderService on 127.0.0.1:{port}")
+        assert line.startswith(f"serving hashrec.v1.RecommenderService on 127.0.0.1:{port}"
+                               ), f"hashrec serve said {line!r} (exit {serve.poll()})"
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
             for offset in range(5):  # all five services, each on its own port
                 with grpc.insecure_channel(f"127.0.0.1:{port + offset}") as backend:

@@ -6,6 +6,7 @@ the math of GatedMethod.mix and community_prior (model.py)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import grpc
 import numpy as np
@@ -36,9 +37,21 @@ async def where_user_posts(user_service: object, user_id: str,
     except grpc.aio.AioRpcError as error:
         log.warning("recommender: user communities: %s: %s", error.code().name,
                     error.details())
-        return None, f"user communities: {error.code().name.lower().replace('_', ' ')}"
-    prior = community_prior(reply.posts, communities)
-    return (None if prior is None else np.maximum(np.round(prior, 2), 0.01)), None
+        return None, communities_missing(error.code().name)
+    return user_mix(reply.posts, communities), None
+
+
+def user_mix(posts: Mapping[str, float], communities: tuple[str, ...]) -> np.ndarray | None:
+    """P(c | u) from a user's posts by community, rounded to 0.01 (see where_user_posts);
+    None when the model has one community or the user posted none."""
+    prior = community_prior(posts, communities)
+    return None if prior is None else np.maximum(np.round(prior, 2), 0.01)
+
+
+def communities_missing(status: str) -> str:
+    """The degraded reason when the user service did not say where the user posts
+    (``status``: the failed call's status code name)."""
+    return f"user communities: {status.lower().replace('_', ' ')}"
 
 
 def say_communities(reply: recommender_pb2.RecommendResponse, models: ImageModels,

@@ -65,8 +65,14 @@ from services.image_models import (
     swap_on_reload,
 )
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
-from services.recommender.routing import post_communities, say_communities, where_user_posts
-from services.recommender.user_side import USER_DEPTH, USER_WEIGHT
+from services.recommender.routing import (
+    communities_missing,
+    post_communities,
+    say_communities,
+    user_mix,
+    where_user_posts,
+)
+from services.recommender.user_side import USER_DEPTH, USER_WEIGHT, UserPart
 from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact
 from shared.backbone import FEATURE_DIM, vision_model_id
@@ -147,6 +153,9 @@ class RecommenderServicer:
         self.answers = Answers(models, self.photo_methods, self.outside_terms)
         #: what every answer for a photo seen lately shares, by its sha256 (newest last)
         self.prepared: collections.OrderedDict[str, Prepared] = collections.OrderedDict()
+        #: how vision described the photos seen lately, by sha256 (whatever their routing)
+        self.descriptions: collections.OrderedDict[str, photo_pb2.PhotoDescription] = \
+            collections.OrderedDict()
         self.worker = worker or NumericWorker("recommender")
         self.admission = admission or Admission("the recommender", DEFAULT_MAX_IN_FLIGHT)
         # The local methods of a batch's photos, and the fusion and answers of a batch's
@@ -213,17 +222,18 @@ class RecommenderServicer:
 
     async def _photo_scores(self, image: bytes, digest: str, user_id: str, k: int,
                             context: grpc.aio.ServicerContext, mix: np.ndarray | None,
-                            ) -> tuple[PhotoScores, asyncio.Task | None]:
-        """Every photo method's scores of the photo, and the user call (started as soon
-        as the photo's description is known) when there is a user. Complete answers are
-        cached by the image's sha256 and the model version, so a photo seen before costs
-        neither vision nor the photo methods nor the fusion."""
+                            asked: UserPart | None = None,
+                            ) -> tuple[PhotoScores, asyncio.Future | None]:
+        """Every photo method's scores of the photo, and the user's part (``asked``, or a
+        call started as soon as the photo's description is known) when there is a user.
+        Complete answers are cached by the image's sha256 and the model version, so a
+        photo seen before costs neither vision nor the photo methods nor the fusion."""
         cached = self.answers.from_cache(self.cache.get(
             cache_key("photo_scores", self.models.version, digest)))
         if cached is not None:
-            return cached, self._user_call(cached.description, user_id, k, context)
+            return cached, self._user_call(cached.description, user_id, k, context, asked)
         description = describe(await self._embed(image, context))
-        user = self._user_call(description, user_id, k, context)
+        user = self._user_call(description, user_id, k, context, asked)
         photos = photo_set(description).routed(mix)
         backends = self.backends
         calls: dict[str, Awaitable] = {"local": self.local.submit(photos)}
@@ -279,28 +289,35 @@ class RecommenderServicer:
             answer.reasons.append(f"{backend}: no scores for {sorted(missing)}")
 
     def _user_call(self, description: photo_pb2.PhotoDescription, user_id: str, k: int,
-                   context: grpc.aio.ServicerContext) -> asyncio.Task | None:
+                   context: grpc.aio.ServicerContext, asked: UserPart | None = None,
+                   ) -> asyncio.Future | None:
+        """The user's part, as a future: ``asked`` when the call already answered."""
+        if asked is not None:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(asked)
+            return done
         if self.backends.user is None or not user_id:
             return None
         return asyncio.ensure_future(self._user_scores(description, user_id, k, context))
 
     async def _user_scores(self, description: photo_pb2.PhotoDescription, user_id: str,
-                           k: int, context: grpc.aio.ServicerContext,
-                           ) -> tuple[list[tuple[str, float]], float, list[str]]:
-        """The user model's top hashtags with relative probabilities, for a known user, and
-        the weight the user model was fitted to be given (USER_WEIGHT when it has none)."""
+                           k: int, context: grpc.aio.ServicerContext) -> UserPart:
+        """The user model's top hashtags with relative probabilities, for a known user, the
+        weight the user model was fitted to be given (USER_WEIGHT when it has none), and
+        where the user posts."""
         try:
             reply = await self.backends.user.Score(user_pb2.UserScoreRequest(
                 photo=description, user_id=user_id, k=max(k, USER_DEPTH)),
                 timeout=_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            return [], USER_WEIGHT, [_reason("user", error)]
+            return UserPart([], USER_WEIGHT, [_reason("user", error)], failed=error.code().name)
         if not reply.known_user:
-            return [], USER_WEIGHT, []
+            return UserPart([], USER_WEIGHT, [], dict(reply.communities))
         # a fitted 0 is the photo alone; an old user model that fitted none sends 0 too
         weight = reply.user_weight if reply.user_weight_fitted or reply.user_weight > 0 \
             else USER_WEIGHT
-        return [(h.hashtag, h.relative_probability) for h in reply.hashtags], weight, []
+        return UserPart([(h.hashtag, h.relative_probability) for h in reply.hashtags],
+                        weight, [], dict(reply.communities))
 
     async def Recommend(self, request: recommender_pb2.RecommendRequest,  # noqa: N802
                         context: grpc.aio.ServicerContext) -> recommender_pb2.RecommendResponse:
@@ -313,13 +330,14 @@ class RecommenderServicer:
             raise
         try:
             with self.admission.slot():
-                routed_by, missing = ("request" if mix is not None else "photo"), None
+                routed_by, missing, asked = ("request" if mix is not None else "photo"), \
+                    None, None
+                sha = hashlib.sha256(request.image).hexdigest()
                 if mix is None and request.user_id and self.backends.user is not None:
-                    mix, missing = await where_user_posts(
-                        self.backends.user, request.user_id, self.models.communities,
-                        _timeout(self.backends.deadline, context))
+                    mix, missing, asked = await self._where_user_posts(request.user_id, sha, k,
+                                                                       context)
                     routed_by = "user" if mix is not None else routed_by
-                reply = await self._recommend(request, k, context, mix, routed_by)
+                reply = await self._recommend(request, sha, k, context, mix, routed_by, asked)
                 if missing:  # routed by the gate alone: say so, as for any backend
                     reply.degraded = True
                     reply.degraded_reasons.append(missing)
@@ -328,12 +346,31 @@ class RecommenderServicer:
             await abort_overloaded(context, error)
             raise
 
-    async def _recommend(self, request: recommender_pb2.RecommendRequest, k: int,
+    async def _where_user_posts(self, user_id: str, sha: str, k: int,
+                                context: grpc.aio.ServicerContext,
+                                ) -> tuple[np.ndarray | None, str | None, UserPart | None]:
+        """(the user's community mix, why it is missing, the user's part when it came with
+        it). For a photo described lately, the user's Score call brings both, one call;
+        for a new photo the mix must route the photo before the user can score it, so it
+        is asked alone."""
+        description = self.descriptions.get(sha)
+        if description is None or len(self.models.communities) < 2:
+            mix, missing = await where_user_posts(
+                self.backends.user, user_id, self.models.communities,
+                _timeout(self.backends.deadline, context))
+            return mix, missing, None
+        asked = await self._user_scores(description, user_id, k, context)
+        if asked.failed is not None:
+            return None, communities_missing(asked.failed), asked
+        return user_mix(asked.communities, self.models.communities), None, asked
+
+    async def _recommend(self, request: recommender_pb2.RecommendRequest, sha: str, k: int,
                          context: grpc.aio.ServicerContext, mix: np.ndarray | None,
-                         routed_by: str) -> recommender_pb2.RecommendResponse:
+                         routed_by: str, asked: UserPart | None = None,
+                         ) -> recommender_pb2.RecommendResponse:
+        """``asked``: the user's part when it is already known."""
         # a photo routed by what the request knows is another photo to every cache
-        digest = hashlib.sha256(request.image).hexdigest() + (
-            "" if mix is None else "@" + ",".join(f"{w:.2f}" for w in mix))
+        digest = sha + ("" if mix is None else "@" + ",".join(f"{w:.2f}" for w in mix))
         anonymous = not request.user_id or self.backends.user is None
         answer_key = cache_key("answer", self.models.version, f"{digest}:{k}")
         if anonymous:  # a photo seen before, without a user: one cache read
@@ -344,17 +381,19 @@ class RecommenderServicer:
         if prepared is not None:  # seen here lately: only the user's part is new
             self.prepared.move_to_end(digest)
             call = Request(None, k, prepared)
-            user = self._user_call(prepared.description, request.user_id, k, context)
+            user = self._user_call(prepared.description, request.user_id, k, context, asked)
             was_cached = True
         else:
             photo, user = await self._photo_scores(request.image, digest, request.user_id,
-                                                   k, context, mix)
+                                                   k, context, mix, asked)
             if routed_by == "request":
                 photo.community = request.community  # its own learned fusion ranks
             call = Request(photo, k)
             was_cached = photo.fused is not None
         if user is not None:
-            call.user_hashtags, call.user_weight, call.reasons = await user
+            part = await user
+            call.user_hashtags, call.user_weight, call.reasons = part.hashtags, part.weight, \
+                part.reasons
         try:
             reply = await self.finish.submit(call)
         except OverloadedError as error:
@@ -369,8 +408,11 @@ class RecommenderServicer:
                 self.cache.set(cache_key("photo_scores", self.models.version, digest),
                                self.answers.to_cache(call.photo))
             self.prepared[digest] = call.prepared
-            while len(self.prepared) > PREPARED_PHOTOS:
-                self.prepared.popitem(last=False)
+            self.descriptions[sha] = call.prepared.description
+            self.descriptions.move_to_end(sha)
+            for kept in (self.prepared, self.descriptions):
+                while len(kept) > PREPARED_PHOTOS:
+                    kept.popitem(last=False)
         if complete and anonymous:
             self.cache.set(answer_key, np.frombuffer(reply.SerializeToString(), np.uint8))
         return reply

@@ -39,6 +39,19 @@ USER_WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0
 USER_MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+@dataclass
+class UserPart:
+    """What the user service said of a known user and a photo: the top hashtags with
+    their relative probabilities, the weight of that side, why it is missing (the degraded
+    reasons), the user's posts by community, and the status name of a failed call."""
+
+    hashtags: list[tuple[str, float]]
+    weight: float
+    reasons: list[str]
+    communities: dict[str, float] = field(default_factory=dict)
+    failed: str | None = None
+
+
 def min_max_rows(scores: np.ndarray) -> np.ndarray:
     """Each row scaled to [0, 1] (a constant row to 0): the photo score's scale in
     ``condition_on_user``."""

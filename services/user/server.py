@@ -120,7 +120,8 @@ class UserServicer:
                 hashtags=[user_pb2.UserHashtag(hashtag=term, score=s, relative_probability=r)
                           for term, s, r in hashtags],
                 known_user=lookup.known(user), model_version=version, user_weight=weight,
-                user_weight_fitted=lookup.user_weight is not None))
+                user_weight_fitted=lookup.user_weight is not None,
+                communities=lookup.communities.posts(user)))
         return answers
 
     async def Score(self, request: user_pb2.UserScoreRequest,  # noqa: N802

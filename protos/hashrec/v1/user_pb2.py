@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hashrec.v1 import photo_pb2 as hashrec_dot_v1_dot_photo__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hashrec/v1/user.proto\x12\nhashrec.v1\x1a\x16hashrec/v1/photo.proto\")\n\x16UserCommunitiesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x86\x01\n\x17UserCommunitiesResponse\x12=\n\x05posts\x18\x01 \x03(\x0b\x32..hashrec.v1.UserCommunitiesResponse.PostsEntry\x1a,\n\nPostsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"[\n\x10UserScoreRequest\x12+\n\x05photo\x18\x01 \x01(\x0b\x32\x1c.hashrec.v1.PhotoDescription\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"K\n\x0bUserHashtag\x12\x0f\n\x07hashtag\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1c\n\x14relative_probability\x18\x03 \x01(\x02\"\x9a\x01\n\x11UserScoreResponse\x12)\n\x08hashtags\x18\x01 \x03(\x0b\x32\x17.hashrec.v1.UserHashtag\x12\x12\n\nknown_user\x18\x02 \x01(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0buser_weight\x18\x04 \x01(\x02\x12\x1a\n\x12user_weight_fitted\x18\x05 \x01(\x08\"\x82\x02\n\x11UserUpdateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x05photo\x18\x02 \x01(\x0b\x32\x1c.hashrec.v1.PhotoDescription\x12\x10\n\x08hashtags\x18\x03 \x03(\t\x12\x10\n\x08photo_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x43\n\x0b\x63ommunities\x18\x06 \x03(\x0b\x32..hashrec.v1.UserUpdateRequest.CommunitiesEntry\x1a\x32\n\x10\x43ommunitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"a\n\x12UserUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\t\x12\x0f\n\x07ignored\x18\x02 \x03(\t\x12\r\n\x05posts\x18\x03 \x01(\x05\x12\x19\n\x11\x65mbedding_updated\x18\x04 \x01(\x08\">\n\x0fRetrieveRequest\x12\x0f\n\x07hashtag\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"1\n\x0eRetrievedPhoto\x12\x10\n\x08photo_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"U\n\x10RetrieveResponse\x12*\n\x06photos\x18\x01 \x03(\x0b\x32\x1a.hashrec.v1.RetrievedPhoto\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"$\n\x11UserPhotosRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\'\n\x12UserPhotosResponse\x12\x11\n\tphoto_ids\x18\x01 \x03(\t\"2\n\rForgetRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08photo_id\x18\x02 \x01(\t\"A\n\x0e\x46orgetResponse\x12\x16\n\x0ephotos_removed\x18\x01 \x01(\x05\x12\x17\n\x0fprofile_removed\x18\x02 \x01(\x08\x32\xcc\x03\n\x12UserProfileService\x12\x44\n\x05Score\x12\x1c.hashrec.v1.UserScoreRequest\x1a\x1d.hashrec.v1.UserScoreResponse\x12G\n\x06Update\x12\x1d.hashrec.v1.UserUpdateRequest\x1a\x1e.hashrec.v1.UserUpdateResponse\x12\x45\n\x08Retrieve\x12\x1b.hashrec.v1.RetrieveRequest\x1a\x1c.hashrec.v1.RetrieveResponse\x12G\n\x06Photos\x12\x1d.hashrec.v1.UserPhotosRequest\x1a\x1e.hashrec.v1.UserPhotosResponse\x12?\n\x06\x46orget\x12\x19.hashrec.v1.ForgetRequest\x1a\x1a.hashrec.v1.ForgetResponse\x12V\n\x0b\x43ommunities\x12\".hashrec.v1.UserCommunitiesRequest\x1a#.hashrec.v1.UserCommunitiesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hashrec/v1/user.proto\x12\nhashrec.v1\x1a\x16hashrec/v1/photo.proto\")\n\x16UserCommunitiesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x86\x01\n\x17UserCommunitiesResponse\x12=\n\x05posts\x18\x01 \x03(\x0b\x32..hashrec.v1.UserCommunitiesResponse.PostsEntry\x1a,\n\nPostsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"[\n\x10UserScoreRequest\x12+\n\x05photo\x18\x01 \x01(\x0b\x32\x1c.hashrec.v1.PhotoDescription\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"K\n\x0bUserHashtag\x12\x0f\n\x07hashtag\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1c\n\x14relative_probability\x18\x03 \x01(\x02\"\x93\x02\n\x11UserScoreResponse\x12)\n\x08hashtags\x18\x01 \x03(\x0b\x32\x17.hashrec.v1.UserHashtag\x12\x12\n\nknown_user\x18\x02 \x01(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0buser_weight\x18\x04 \x01(\x02\x12\x1a\n\x12user_weight_fitted\x18\x05 \x01(\x08\x12\x43\n\x0b\x63ommunities\x18\x06 \x03(\x0b\x32..hashrec.v1.UserScoreResponse.CommunitiesEntry\x1a\x32\n\x10\x43ommunitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x82\x02\n\x11UserUpdateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x05photo\x18\x02 \x01(\x0b\x32\x1c.hashrec.v1.PhotoDescription\x12\x10\n\x08hashtags\x18\x03 \x03(\t\x12\x10\n\x08photo_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x43\n\x0b\x63ommunities\x18\x06 \x03(\x0b\x32..hashrec.v1.UserUpdateRequest.CommunitiesEntry\x1a\x32\n\x10\x43ommunitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"a\n\x12UserUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\t\x12\x0f\n\x07ignored\x18\x02 \x03(\t\x12\r\n\x05posts\x18\x03 \x01(\x05\x12\x19\n\x11\x65mbedding_updated\x18\x04 \x01(\x08\">\n\x0fRetrieveRequest\x12\x0f\n\x07hashtag\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"1\n\x0eRetrievedPhoto\x12\x10\n\x08photo_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"U\n\x10RetrieveResponse\x12*\n\x06photos\x18\x01 \x03(\x0b\x32\x1a.hashrec.v1.RetrievedPhoto\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"$\n\x11UserPhotosRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\'\n\x12UserPhotosResponse\x12\x11\n\tphoto_ids\x18\x01 \x03(\t\"2\n\rForgetRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08photo_id\x18\x02 \x01(\t\"A\n\x0e\x46orgetResponse\x12\x16\n\x0ephotos_removed\x18\x01 \x01(\x05\x12\x17\n\x0fprofile_removed\x18\x02 \x01(\x08\x32\xcc\x03\n\x12UserProfileService\x12\x44\n\x05Score\x12\x1c.hashrec.v1.UserScoreRequest\x1a\x1d.hashrec.v1.UserScoreResponse\x12G\n\x06Update\x12\x1d.hashrec.v1.UserUpdateRequest\x1a\x1e.hashrec.v1.UserUpdateResponse\x12\x45\n\x08Retrieve\x12\x1b.hashrec.v1.RetrieveRequest\x1a\x1c.hashrec.v1.RetrieveResponse\x12G\n\x06Photos\x12\x1d.hashrec.v1.UserPhotosRequest\x1a\x1e.hashrec.v1.UserPhotosResponse\x12?\n\x06\x46orget\x12\x19.hashrec.v1.ForgetRequest\x1a\x1a.hashrec.v1.ForgetResponse\x12V\n\x0b\x43ommunities\x12\".hashrec.v1.UserCommunitiesRequest\x1a#.hashrec.v1.UserCommunitiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USERCOMMUNITIESRESPONSE_POSTSENTRY']._loaded_options = None
   _globals['_USERCOMMUNITIESRESPONSE_POSTSENTRY']._serialized_options = b'8\001'
+  _globals['_USERSCORERESPONSE_COMMUNITIESENTRY']._loaded_options = None
+  _globals['_USERSCORERESPONSE_COMMUNITIESENTRY']._serialized_options = b'8\001'
   _globals['_USERUPDATEREQUEST_COMMUNITIESENTRY']._loaded_options = None
   _globals['_USERUPDATEREQUEST_COMMUNITIESENTRY']._serialized_options = b'8\001'
   _globals['_USERCOMMUNITIESREQUEST']._serialized_start=61
@@ -47,27 +49,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERHASHTAG']._serialized_start=334
   _globals['_USERHASHTAG']._serialized_end=409
   _globals['_USERSCORERESPONSE']._serialized_start=412
-  _globals['_USERSCORERESPONSE']._serialized_end=566
-  _globals['_USERUPDATEREQUEST']._serialized_start=569
-  _globals['_USERUPDATEREQUEST']._serialized_end=827
-  _globals['_USERUPDATEREQUEST_COMMUNITIESENTRY']._serialized_start=777
-  _globals['_USERUPDATEREQUEST_COMMUNITIESENTRY']._serialized_end=827
-  _globals['_USERUPDATERESPONSE']._serialized_start=829
-  _globals['_USERUPDATERESPONSE']._serialized_end=926
-  _globals['_RETRIEVEREQUEST']._serialized_start=928
-  _globals['_RETRIEVEREQUEST']._serialized_end=990
-  _globals['_RETRIEVEDPHOTO']._serialized_start=992
-  _globals['_RETRIEVEDPHOTO']._serialized_end=1041
-  _globals['_RETRIEVERESPONSE']._serialized_start=1043
-  _globals['_RETRIEVERESPONSE']._serialized_end=1128
-  _globals['_USERPHOTOSREQUEST']._serialized_start=1130
-  _globals['_USERPHOTOSREQUEST']._serialized_end=1166
-  _globals['_USERPHOTOSRESPONSE']._serialized_start=1168
-  _globals['_USERPHOTOSRESPONSE']._serialized_end=1207
-  _globals['_FORGETREQUEST']._serialized_start=1209
-  _globals['_FORGETREQUEST']._serialized_end=1259
-  _globals['_FORGETRESPONSE']._serialized_start=1261
-  _globals['_FORGETRESPONSE']._serialized_end=1326
-  _globals['_USERPROFILESERVICE']._serialized_start=1329
-  _globals['_USERPROFILESERVICE']._serialized_end=1789
+  _globals['_USERSCORERESPONSE']._serialized_end=687
+  _globals['_USERSCORERESPONSE_COMMUNITIESENTRY']._serialized_start=637
+  _globals['_USERSCORERESPONSE_COMMUNITIESENTRY']._serialized_end=687
+  _globals['_USERUPDATEREQUEST']._serialized_start=690
+  _globals['_USERUPDATEREQUEST']._serialized_end=948
+  _globals['_USERUPDATEREQUEST_COMMUNITIESENTRY']._serialized_start=637
+  _globals['_USERUPDATEREQUEST_COMMUNITIESENTRY']._serialized_end=687
+  _globals['_USERUPDATERESPONSE']._serialized_start=950
+  _globals['_USERUPDATERESPONSE']._serialized_end=1047
+  _globals['_RETRIEVEREQUEST']._serialized_start=1049
+  _globals['_RETRIEVEREQUEST']._serialized_end=1111
+  _globals['_RETRIEVEDPHOTO']._serialized_start=1113
+  _globals['_RETRIEVEDPHOTO']._serialized_end=1162
+  _globals['_RETRIEVERESPONSE']._serialized_start=1164
+  _globals['_RETRIEVERESPONSE']._serialized_end=1249
+  _globals['_USERPHOTOSREQUEST']._serialized_start=1251
+  _globals['_USERPHOTOSREQUEST']._serialized_end=1287
+  _globals['_USERPHOTOSRESPONSE']._serialized_start=1289
+  _globals['_USERPHOTOSRESPONSE']._serialized_end=1328
+  _globals['_FORGETREQUEST']._serialized_start=1330
+  _globals['_FORGETREQUEST']._serialized_end=1380
+  _globals['_FORGETRESPONSE']._serialized_start=1382
+  _globals['_FORGETRESPONSE']._serialized_end=1447
+  _globals['_USERPROFILESERVICE']._serialized_start=1450
+  _globals['_USERPROFILESERVICE']._serialized_end=1910
 # @@protoc_insertion_point(module_scope)

@@ -47,18 +47,27 @@ class UserHashtag(_message.Message):
     def __init__(self, hashtag: _Optional[str] = ..., score: _Optional[float] = ..., relative_probability: _Optional[float] = ...) -> None: ...
 
 class UserScoreResponse(_message.Message):
-    __slots__ = ("hashtags", "known_user", "model_version", "user_weight", "user_weight_fitted")
+    __slots__ = ("hashtags", "known_user", "model_version", "user_weight", "user_weight_fitted", "communities")
+    class CommunitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     HASHTAGS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_USER_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     USER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     USER_WEIGHT_FITTED_FIELD_NUMBER: _ClassVar[int]
+    COMMUNITIES_FIELD_NUMBER: _ClassVar[int]
     hashtags: _containers.RepeatedCompositeFieldContainer[UserHashtag]
     known_user: bool
     model_version: str
     user_weight: float
     user_weight_fitted: bool
-    def __init__(self, hashtags: _Optional[_Iterable[_Union[UserHashtag, _Mapping]]] = ..., known_user: _Optional[bool] = ..., model_version: _Optional[str] = ..., user_weight: _Optional[float] = ..., user_weight_fitted: _Optional[bool] = ...) -> None: ...
+    communities: _containers.ScalarMap[str, float]
+    def __init__(self, hashtags: _Optional[_Iterable[_Union[UserHashtag, _Mapping]]] = ..., known_user: _Optional[bool] = ..., model_version: _Optional[str] = ..., user_weight: _Optional[float] = ..., user_weight_fitted: _Optional[bool] = ..., communities: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class UserUpdateRequest(_message.Message):
     __slots__ = ("user_id", "photo", "hashtags", "photo_id", "request_id", "communities")
