@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -185,6 +187,22 @@ class _Metrics:
                                   "how late the event loop woke for a timer",
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                            1.0, 2.5), registry=registry)
+        # A collection stops every thread of the process: a long one is a stall of every
+        # call in flight, refusals included.
+        self.gc_pause = Histogram("hashrec_gc_pause_seconds",
+                                  "garbage collections of this process, by generation",
+                                  ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05,
+                                                           0.1, 0.25, 0.5, 1.0),
+                                  registry=registry)
+        self._gc_started = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """gc.callbacks: times each collection."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause.labels(str(info["generation"])).observe(
+                time.perf_counter() - self._gc_started)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -312,6 +330,8 @@ class GrpcServer:
     async def start(self) -> None:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._watcher = asyncio.ensure_future(self._watch_loop())
+        gc.callbacks.append(self.metrics.on_gc)
+        self.on_stop(lambda: gc.callbacks.remove(self.metrics.on_gc))
         self.on_stop(self._watcher.cancel)
         await self.server.start()
         if self.health_server is not None:
@@ -319,6 +339,13 @@ class GrpcServer:
         log.info("serving %s on %s (health NOT_SERVING until ready)", self.names, self.address)
 
     async def set_serving(self, serving: bool) -> None:
+        if serving:
+            # The models are loaded: what lives now lives as long as they do, and a full
+            # collection that scans it all again stalls every call in flight (50-100 ms
+            # a collection in the recommender under load; 5-40 ms frozen). Garbage first,
+            # so that none is frozen.
+            gc.collect()
+            gc.freeze()
         await self._set_all(health_pb2.HealthCheckResponse.SERVING if serving
                             else health_pb2.HealthCheckResponse.NOT_SERVING)
 

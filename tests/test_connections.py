@@ -143,3 +143,32 @@ def test_under_tls_only_the_health_port_speaks_plaintext_and_callers_need_a_cert
     finally:
         loop.call(server.stop())
         loop.close()
+
+
+def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded() -> None:
+    """A full collection stops every call in flight: its pauses are a metric, and what was
+    loaded before SERVING is left out of later collections (gc.freeze)."""
+    import gc
+
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer([], "127.0.0.1", 0)
+        await server.start()
+        await server.set_serving(True)
+        return server
+
+    gc.unfreeze()
+    server = loop.call(start())
+    try:
+        assert gc.get_freeze_count() > 0
+        count = server.registry.get_sample_value(
+            "hashrec_gc_pause_seconds_count", {"generation": "2"}) or 0.0
+        gc.collect()
+        assert server.registry.get_sample_value(
+            "hashrec_gc_pause_seconds_count", {"generation": "2"}) == count + 1
+    finally:
+        loop.call(server.stop())
+        loop.close()
+        gc.unfreeze()
+    assert server.metrics.on_gc not in gc.callbacks  # a stopped server times nothing
