@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -296,6 +297,13 @@ def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float
                   f"(deadline {args.deadline * 1000:.0f}); event loops woke late by p99 "
                   f"{over['client_lag_p99']:.0f} ms (the client) and ≤ "
                   f"{over.get('server_lag_p99') or 0:.0f} ms (the recommender)")
+            calm = over.get("probe")
+            if calm:
+                print(f"  a calm client beside it (its own process, one call every 20 ms): "
+                      f"{calm['refused']} refused in p50 {calm['refused_p50']:.1f} / p99 "
+                      f"{calm['refused_p99']:.1f} ms, {calm['admitted']} admitted in p50 "
+                      f"{calm['admitted_p50']:.0f} / p99 {calm['admitted_p99']:.0f} ms, "
+                      f"{calm['errors']} errors")
     out = REPO / "out"
     out.mkdir(exist_ok=True)
     (out / "serving.json").write_text(json.dumps({
@@ -391,9 +399,13 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
             return reply.degraded
 
         warm_set = photos[-32:]
-        for i, photo in enumerate(warm_set):  # fill the caches, as a stranger and a user
-            await recommend(photo, i)
-            await recommend(photo, i + 1)
+        # Fill the caches with every (photo, caller) pair the warm rows send: a user's
+        # photo is routed by where they post, another photo to the caches than the
+        # stranger's. The pairs repeat every lcm(32, users, 100) calls (100: --user-share).
+        pairs = math.lcm(len(warm_set), len(users), 100)
+        for start in range(0, pairs, 16):
+            await asyncio.gather(*(recommend(warm_set[i % 32], i)
+                                   for i in range(start, min(start + 16, pairs))))
         fresh = iter(range(10**9))
         for concurrency in args.concurrency:
             for name, call in (
@@ -403,7 +415,13 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                 reasons.clear()
                 before, started = service_cpu_seconds(supervisor), time.perf_counter()
                 lag_before = loop_lag_buckets(metrics)
+                # past the admission limit, a calm client beside the load: what a refusal
+                # costs a caller whose own event loop is not the one overloaded
+                calm = (asyncio.ensure_future(probe(address, name.split()[0], args.seconds))
+                        if concurrency > 64 else None)
                 rows[name] = await load(call, args.seconds, concurrency, args.max_calls)
+                if calm is not None:
+                    rows[name]["probe"] = await calm
                 rows[name]["server_lag_p99"] = lag_p99(lag_before, loop_lag_buckets(metrics))
                 after, elapsed = service_cpu_seconds(supervisor), time.perf_counter() - started
                 answered = max(rows[name]["calls"], 1)
@@ -417,6 +435,50 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                                                   for r, n in reasons.most_common(4)),
                           flush=True)
     return rows
+
+
+async def probe(address: str, kind: str, seconds: float) -> dict[str, float]:
+    """``probe_calls`` in a process of its own for the next ``seconds`` (the load's, by
+    the wall clock: the process takes a while to start): refused and admitted calls with
+    their p50 / p99 ms."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--probe", address, "--probe-kind", kind, "--until",
+        str(time.time() + seconds), stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    return json.loads(out)
+
+
+def probe_calls(address: str, kind: str, until: float, every: float = 0.02) -> None:
+    """One stranger's Recommend at a time, one every ``every`` seconds until the time
+    ``until``, of a warm photo or a photo made new (``kind``), on a blocking channel;
+    prints the latencies as JSON."""
+    import grpc as blocking
+    from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+    root = data_root()
+    photos = [p.read_bytes() for p in sorted((root / "food" / "images").glob("*.jpg"))]
+    timings: dict[str, list[float]] = {"refused": [], "admitted": [], "errors": []}
+    with blocking.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        number = 0
+        while time.time() < until:
+            image = photos[-32:][number % 32] if kind == "warm" else new_photo(
+                photos[number % len(photos)], 10**9 + number)
+            started = time.perf_counter()
+            try:
+                stub.Recommend(recommender_pb2.RecommendRequest(image=image, k=10),
+                               timeout=10)
+                timings["admitted"].append(time.perf_counter() - started)
+            except blocking.RpcError as error:
+                refused = error.code() == blocking.StatusCode.RESOURCE_EXHAUSTED
+                timings["refused" if refused else "errors"].append(
+                    time.perf_counter() - started)
+            number += 1
+            time.sleep(every)
+    print(json.dumps({f"{what}_{stat}": float(np.percentile(np.array(ms) * 1000, q))
+                      if ms else 0.0 for what, ms in timings.items() if what != "errors"
+                      for stat, q in (("p50", 50), ("p99", 99))}
+                     | {what: len(ms) for what, ms in timings.items()}))
 
 
 def load_parser(description: str, concurrency: int) -> argparse.ArgumentParser:
@@ -446,5 +508,12 @@ if __name__ == "__main__":
     parser.add_argument("--user-model", type=Path, help="default: the newest trained")
     parser.add_argument("--user-share", type=float, default=0.5,
                         help="share of Recommend calls that carry a known user id")
+    parser.add_argument("--probe", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-kind", default="warm", help=argparse.SUPPRESS)
+    parser.add_argument("--until", type=float, help=argparse.SUPPRESS)
     setup_logging("WARNING")
-    asyncio.run(main(parser.parse_args()))
+    options = parser.parse_args()
+    if options.probe:  # the calm client of an overload row (``probe``)
+        probe_calls(options.probe, options.probe_kind, options.until)
+    else:
+        asyncio.run(main(options))
