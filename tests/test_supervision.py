@@ -38,7 +38,8 @@ def test_a_second_serve_is_refused_and_a_killed_supervisor_leaves_no_orphan(
             _serve_command(stack, served.port), capture_output=True, text=True, timeout=60,
             env={**os.environ, **metrics, "HASHREC_MODELS": str(tmp_path / "models")})
         assert same_folder.returncode == 2
-        assert f"already running (pid {served.process.pid}" in same_folder.stderr
+        assert f"already running on {tmp_path / 'models'} (pid {served.process.pid}" in \
+            same_folder.stderr
         elsewhere = subprocess.run(
             _serve_command(stack, served.port), capture_output=True, text=True, timeout=60,
             env={**os.environ, **metrics, "HASHREC_MODELS": str(tmp_path / "other")})
@@ -115,3 +116,69 @@ def test_a_ready_check_answered_by_a_process_other_than_the_child_fails() -> Non
     finally:
         loop.call(server.stop())
         loop.close()
+
+
+def test_a_second_serve_while_the_first_still_trains_is_refused_before_training(
+        data_dir: Path, tmp_path: Path) -> None:
+    """The pid file is locked from the start, so two serves never train side by side; a
+    rollout meanwhile finds nothing to switch and does not end the training."""
+    from tests.servers import free_ports_in_a_row
+
+    env = {**os.environ, "HASHREC_MODELS": str(tmp_path / "models"), "PYTHONUNBUFFERED": "1",
+           "HASHREC_DATA_ROOT": str(data_dir)}
+    command = [sys.executable, "-m", "commands.cli", "serve", "--port",
+               str(free_ports_in_a_row(5)), "--http-port", "0", "--train", "food:food"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env)
+    served = Served(first, 0, tmp_path)
+    try:
+        served.wait_for(r"^no trained model under .*: training food:food first")
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+        assert second.returncode == 2
+        assert second.stderr.strip().count("\n") == 0, second.stderr
+        assert f"already running on {tmp_path / 'models'} (pid {first.pid}" in second.stderr
+        assert "no trained model" not in second.stdout  # it trained nothing
+        rollout = subprocess.run([sys.executable, "-m", "commands.cli", "rollout"],
+                                 capture_output=True, text=True, timeout=60, env=env)
+        assert rollout.returncode == 0
+        served.wait_for("still preparing the models; nothing to roll out yet")
+        assert first.poll() is None  # SIGHUP did not end the training
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    # killed, its pid file holds no lock: the next serve takes it over (then is stopped)
+    third = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env)
+    try:
+        Served(third, 0, tmp_path).wait_for(r"^no trained model under")
+    finally:
+        third.kill()
+        third.wait(timeout=30)
+
+
+def test_a_model_named_directly_is_verified_before_any_service_starts(
+        stack: dict, tmp_path: Path) -> None:
+    import shutil
+
+    tampered = tmp_path / stack["trained"].directory.name
+    shutil.copytree(stack["trained"].directory, tampered)
+    victim = next(path for path in sorted(tampered.iterdir()) if path.suffix == ".npy")
+    victim.write_bytes(victim.read_bytes()[:-4] + b"\0\0\0\1")
+    result = subprocess.run(
+        [*_serve_command(stack, 1)[:9], str(tampered), *_serve_command(stack, 1)[10:]],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "HASHREC_MODELS": str(tmp_path / "models")})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert f"model {tampered.name}: " in result.stderr and victim.name in result.stderr
+    assert "started" not in result.stdout  # no child was started
+
+
+def test_rollout_after_the_serve_stopped_says_so(tmp_path: Path) -> None:
+    (tmp_path / "serve.pid").write_text("")  # what a stopped serve leaves
+    rollout = subprocess.run([sys.executable, "-m", "commands.cli", "rollout"],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "HASHREC_MODELS": str(tmp_path)})
+    assert rollout.returncode == 2
+    assert "no running `hashrec serve` found" in rollout.stderr
+    assert "the last `hashrec serve` on this folder stopped" in rollout.stderr

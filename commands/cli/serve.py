@@ -47,31 +47,47 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from services.image_models import KIND as IMAGE_KIND
+    from services.user.lookup import KIND as USER_KIND
+    from shared.artifacts import resolve_artifact
+    from shared.config import models_dir
+
+    with contextlib.ExitStack() as running:
+        try:  # one `hashrec serve` a model folder, from before it trains anything
+            running.enter_context(_pid_file())
+            # the flags take what the services' environment variables take
+            model_dir = verified(resolve_artifact(args.models, IMAGE_KIND)) if args.models \
+                else newest_model(models_dir())
+            user_dir = verified(resolve_artifact(args.user_model, USER_KIND)) \
+                if args.user_model else None
+        except (FileNotFoundError, ValueError, AlreadyServingError) as error:
+            print(f"hashrec serve: {error}", file=sys.stderr)
+            return 2
+        return _prepare_and_serve(args, model_dir, user_dir)
+
+
+def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
+                       user_dir: Path | None) -> int:
+    """Trains what is missing, then serves (this process holds the pid file)."""
     import asyncio
 
     from commands.train import train_default, train_from_spec
     from services.gateway.server import Settings as GatewaySettings
     from services.gateway.server import serve as serve_gateway
     from services.graph.server import serve as serve_graph
-    from services.image_models import KIND as IMAGE_KIND
     from services.recommender.server import serve as serve_recommender
-    from services.user.lookup import KIND as USER_KIND
     from services.user.server import serve as serve_user
     from services.user.train import newest_user_model, train_user_model
     from services.vision.server import serve as serve_vision
     from services.vision.store import FeatureStore
     from services.word.server import serve as serve_word
-    from shared.artifacts import resolve_artifact
     from shared.cache import make_cache
     from shared.config import models_dir
 
-    try:  # the flags take what the services' environment variables take
-        model_dir = resolve_artifact(args.models, IMAGE_KIND) if args.models \
-            else newest_model(models_dir())
-        user_dir = resolve_artifact(args.user_model, USER_KIND) if args.user_model else None
-    except (FileNotFoundError, ValueError) as error:
-        print(f"hashrec serve: {error}", file=sys.stderr)
-        return 2
+    # `hashrec rollout` finds this process from now on: until it serves, there is nothing
+    # to switch, and SIGHUP's default would end the training
+    signal.signal(signal.SIGHUP, lambda *_: print(
+        "hashrec serve: still preparing the models; nothing to roll out yet", flush=True))
     if model_dir is None:
         print(f"no trained model under {models_dir()}: training "
               f"{args.train or 'the default model'} first", flush=True)
@@ -139,8 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(roll_out()))
         await stopped.wait()
 
-    with _pid_file():
-        asyncio.run(run())
+    asyncio.run(run())
     return 0
 
 
@@ -167,16 +182,12 @@ def _metrics_env(name: str, metrics: dict[str, int]) -> dict[str, str]:
 
 
 def ports_in_use(host: str, ports: list[int]) -> str | None:
-    """What holds one of ``ports`` already (a live `hashrec serve` from the pid file, or
-    another program), or None: checked before any child starts, so a second start is
-    refused at once instead of restarting children against a taken port."""
+    """What holds one of ``ports`` already (another program: a second `hashrec serve` on
+    the same model folder is refused by its pid file before this), or None: checked before
+    any child starts, so a second start is refused at once instead of restarting children
+    against a taken port."""
     import socket
 
-    from shared.config import models_dir
-
-    running = _live_serve_pid(models_dir() / PID_FILE)
-    if running is not None:
-        return f"hashrec serve is already running (pid {running}, {models_dir() / PID_FILE})"
     for port in ports:
         if port == 0:
             continue
@@ -190,28 +201,28 @@ def ports_in_use(host: str, ports: list[int]) -> str | None:
     return None
 
 
-def _live_serve_pid(path: Path) -> int | None:
+def verified(directory: Path) -> Path:
+    """``directory``, its every file checked against its manifest (ValueError naming the
+    version and what does not match): a model named directly is refused before any
+    service starts, not by each service in turn."""
+    from shared.artifacts import ArtifactReader
+
     try:
-        pid = int(path.read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None  # no pid file, or a stale one: nobody to collide with
-    return pid if pid != os.getpid() and _is_hashrec_serve(command) else None
+        ArtifactReader(directory)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model {directory.name}: {error}") from None
+    return directory
 
 
 def verified_newest(folder: Path, kind: str) -> Path:
     """The newest version of ``kind`` in ``folder``, its every file checked against its
     manifest (ValueError naming what does not match)."""
-    from shared.artifacts import ArtifactReader, newest_artifact
+    from shared.artifacts import newest_artifact
 
     newest = newest_artifact(folder, kind)
     if newest is None:
         raise FileNotFoundError(f"{folder}: no {kind} model to roll out")
-    try:
-        ArtifactReader(newest)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"model {newest.name}: {error}") from None
-    return newest
+    return verified(newest)
 
 
 def child_threads() -> dict[str, dict[str, str]]:
@@ -285,24 +296,45 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
         if args.http_port:
             print(f"the page: http://{host}:{args.http_port}/", flush=True)
 
-    with _pid_file():
-        return asyncio.run(Supervisor(specs).run(on_ready=announce))
+    return asyncio.run(Supervisor(specs).run(on_ready=announce))
+
+
+class AlreadyServingError(Exception):
+    """Another `hashrec serve` holds the model folder's pid file."""
 
 
 @contextlib.contextmanager
 def _pid_file() -> Iterator[None]:
-    """$HASHREC_MODELS/serve.pid while `hashrec serve` runs: `hashrec rollout` finds it."""
+    """$HASHREC_MODELS/serve.pid, locked (flock) and holding this process's pid while it
+    runs, training included: `hashrec rollout` finds the pid there, and a second `hashrec
+    serve` on the same folder is refused (AlreadyServingError) before it trains or starts
+    anything. A file left by a killed serve holds no lock and is taken over; on exit the
+    file is emptied, not removed, so that no later serve can lock a name already gone."""
+    import fcntl
+
     from shared.config import models_dir
 
     path = models_dir() / PID_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{os.getpid()}\n")
+    handle = path.open("a+")
     try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyServingError(f"already running on {path.parent} (pid "
+                             f"{holder}, {path}); stop it first") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
         yield
     finally:
-        with contextlib.suppress(OSError):
-            if path.read_text().strip() == str(os.getpid()):
-                path.unlink()
+        handle.seek(0)
+        handle.truncate()
+        handle.close()  # the lock goes with it
 
 
 def _is_hashrec_serve(command: list[bytes]) -> bool:
@@ -316,7 +348,9 @@ def _rollout(args: argparse.Namespace) -> int:
 
     path = models_dir() / PID_FILE
     try:
-        pid = args.pid or int(path.read_text())
+        pid = args.pid or int(path.read_text().strip() or "0")
+        if pid <= 0:
+            raise ValueError("empty: the last `hashrec serve` on this folder stopped")
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError) as error:
         print(f"hashrec rollout: no running `hashrec serve` found ({path}: {error}); give "
