@@ -52,7 +52,13 @@ for extra in ${extras//,/ }; do
   case ",$installed_extras," in *",$extra,"*) ;; *) missing=1 ;; esac
 done
 if [ "$missing" = 1 ]; then
+  # keep what is installed (same pyproject.toml), each extra named once
   [ "$installed_hash" = "$hash" ] && extras="$installed_extras,$extras"
+  merged=""
+  for extra in ${extras//,/ }; do
+    case ",$merged," in *",$extra,"*) ;; *) merged="${merged:+$merged,}$extra" ;; esac
+  done
+  extras="$merged"
   echo "setup: installing hashrec[$extras] into .venv (first time takes a minute)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   # The CPU wheel first, so that the torch range in pyproject.toml pulls no CUDA build.
