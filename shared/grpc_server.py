@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -80,8 +81,21 @@ def run_service(main: Callable[[], Awaitable[None]], name: str) -> None:
     not a number, a model that fails verification) or a FileNotFoundError (a model folder
     that is not there): what the operator must mend ends the process with one line and
     exit 2."""
+    async def stopping_what_started() -> None:
+        try:
+            await main()
+        finally:
+            # A start that failed (a model refused while the server already listened for
+            # health checks) leaves its server running: stopped here, on the loop, not by
+            # gRPC's finaliser after the loop closed (a traceback after the one line).
+            for server in list(_RUNNING):
+                try:
+                    await server.stop()
+                except Exception as error:  # the error that ended the start is the news
+                    log.warning("%s: stopping %s failed: %s", name, server.address, error)
+
     try:
-        asyncio.run(main())
+        asyncio.run(stopping_what_started())
     except (StartupError, ValueError, FileNotFoundError) as error:
         print(f"{name}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -259,6 +273,10 @@ class LateServicer:
         return forward
 
 
+#: the servers of this process started and not yet stopped
+_RUNNING: weakref.WeakSet[GrpcServer] = weakref.WeakSet()
+
+
 class GrpcServer:
     def __init__(self, services: Sequence[tuple[str, Register]], host: str = "127.0.0.1",
                  port: int = 0, grace: float = 5.0, metrics_port: int | None = None,
@@ -334,6 +352,7 @@ class GrpcServer:
         self.on_stop(lambda: gc.callbacks.remove(self.metrics.on_gc))
         self.on_stop(self._watcher.cancel)
         await self.server.start()
+        _RUNNING.add(self)
         if self.health_server is not None:
             await self.health_server.start()
         log.info("serving %s on %s (health NOT_SERVING until ready)", self.names, self.address)
@@ -355,6 +374,7 @@ class GrpcServer:
 
     async def stop(self) -> None:
         """Health NOT_SERVING first (load balancers stop sending), then drain and stop."""
+        _RUNNING.discard(self)
         await self.set_serving(False)
         await self.server.stop(self.grace)
         if self.health_server is not None:

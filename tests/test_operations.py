@@ -215,3 +215,25 @@ def test_a_folder_of_versions_starts_on_the_newest_that_verifies(tmp_path: Path)
     (tmp_path / "20260202-000000-tampered" / "vocabulary.json").write_text('["a", "x"]')
     assert newest_artifact(tmp_path, "image-models").name == "20260202-000000-tampered"
     assert resolve_artifact(tmp_path, "image-models").name == "20260101-000000-good"
+
+
+def test_a_service_refusing_its_model_ends_in_one_line_without_a_traceback(
+        stack: dict, tmp_path: Path) -> None:
+    """The server listens (health NOT_SERVING) before the model loads; a model that fails
+    verification stops it on the loop, not in gRPC's finaliser after the loop closed."""
+    import shutil
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(stack["trained"].directory, tampered)
+    victim = next(path for path in sorted(tampered.iterdir()) if path.suffix == ".npy")
+    victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
+    result = subprocess.run(
+        [sys.executable, "-m", "services.word.server"], cwd=REPO, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "HASHREC_MODEL_DIR": str(tampered),
+                                     "HASHREC_WORD_PORT": "0",
+                                     "HASHREC_WORD_METRICS_PORT": "0"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, \
+        result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"word: {victim}: checksum does not match the manifest"
