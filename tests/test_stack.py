@@ -497,7 +497,11 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
         [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--models",
          str(stack["trained"].directory), "--user-model", str(stack["user_dir"]), *mode],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**__import__("os").environ, "HASHREC_MODELS": str(tmp_path)})
+        # metrics on free ports: --port far from 50050 puts them at 9100-9104, which a
+        # serve in another test worker may hold (then this one refuses to start)
+        env={**__import__("os").environ, "HASHREC_MODELS": str(tmp_path),
+             **{f"HASHREC_{name}_METRICS_PORT": "0"
+                for name in ("RECOMMENDER", "VISION", "WORD", "GRAPH", "USER")}})
     try:
         deadline = time.monotonic() + 120
         line = ""
