@@ -50,6 +50,7 @@ from shared.grpc_server import CHANNEL_OPTIONS
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the stack helpers
 from stack import (
     free_port,
+    full_collections,
     lag_p99,
     loop_lag_buckets,
     serve_processes,
@@ -276,9 +277,11 @@ def report(rows: dict[str, dict[str, float]], echo: dict[str, float], raw: float
           f"{ceiling['answers_per_second'] / raw:.2f}x the raw model")
     for name, row in rows.items():
         if "cpu_ms_per_answer" in row:
+            gc = row.get("server_full_gc") or {"count": 0, "mean_ms": 0.0}
             print(f"{name}: CPU ms an answer " + ", ".join(
                 f"{service} {ms:.1f}" for service, ms in row["cpu_ms_per_answer"].items())
-                + f"; {row['cpu_utilisation']:.2f} cores busy")
+                + f"; {row['cpu_utilisation']:.2f} cores busy; the recommender's full "
+                f"collections {gc['count']:.0f}, {gc['mean_ms']:.0f} ms each")
     kind = "Embed" if args.only == "vision" else "Recommend"
     ratios = {}
     for concurrency in args.concurrency:
@@ -414,7 +417,7 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                         new_photo(photos[i % len(photos)], next(fresh)), i))):
                 reasons.clear()
                 before, started = service_cpu_seconds(supervisor), time.perf_counter()
-                lag_before = loop_lag_buckets(metrics)
+                lag_before, gc_before = loop_lag_buckets(metrics), full_collections(metrics)
                 # past the admission limit, a calm client beside the load: what a refusal
                 # costs a caller whose own event loop is not the one overloaded
                 calm = (asyncio.ensure_future(probe(address, name.split()[0], args.seconds))
@@ -423,6 +426,10 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                 if calm is not None:
                     rows[name]["probe"] = await calm
                 rows[name]["server_lag_p99"] = lag_p99(lag_before, loop_lag_buckets(metrics))
+                full, paused = (after - before for after, before in zip(
+                    full_collections(metrics), gc_before, strict=True))
+                rows[name]["server_full_gc"] = {"count": full,
+                                                "mean_ms": 1000 * paused / max(full, 1)}
                 after, elapsed = service_cpu_seconds(supervisor), time.perf_counter() - started
                 answered = max(rows[name]["calls"], 1)
                 rows[name]["cpu_ms_per_answer"] = {

@@ -151,6 +151,22 @@ def loop_lag_buckets(port: int | None) -> dict[float, float]:
     return buckets
 
 
+def full_collections(port: int | None) -> tuple[float, float]:
+    """The recommender's full (generation 2) garbage collections so far: (count, seconds),
+    from its metrics."""
+    import urllib.request
+
+    if port is None:
+        return 0.0, 0.0
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    found = {}
+    for line in text.decode().splitlines():
+        for stat in ("count", "sum"):
+            if line.startswith(f'hashrec_gc_pause_seconds_{stat}{{generation="2"}}'):
+                found[stat] = float(line.rsplit(" ", 1)[1])
+    return found.get("count", 0.0), found.get("sum", 0.0)
+
+
 def lag_p99(before: dict[float, float], after: dict[float, float]) -> float | None:
     """The upper bound (ms) of the bucket holding the 99th percentile, over the row."""
     counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}

@@ -273,6 +273,8 @@ class LateServicer:
         return forward
 
 
+#: "0": leave what a service loaded to the garbage collector's full scans (to compare)
+GC_FREEZE_ENV = "HASHREC_GC_FREEZE"
 #: the servers of this process started and not yet stopped
 _RUNNING: weakref.WeakSet[GrpcServer] = weakref.WeakSet()
 
@@ -358,11 +360,11 @@ class GrpcServer:
         log.info("serving %s on %s (health NOT_SERVING until ready)", self.names, self.address)
 
     async def set_serving(self, serving: bool) -> None:
-        if serving:
+        if serving and os.environ.get(GC_FREEZE_ENV, "1") != "0":
             # The models are loaded: what lives now lives as long as they do, and a full
-            # collection that scans it all again stalls every call in flight (50-100 ms
-            # a collection in the recommender under load; 5-40 ms frozen). Garbage first,
-            # so that none is frozen.
+            # collection that scans it all again stalls every call in flight (bench/
+            # serving.py prints the recommender's; HASHREC_GC_FREEZE=0 to compare).
+            # Garbage first, so that none is frozen.
             gc.collect()
             gc.freeze()
         await self._set_all(health_pb2.HealthCheckResponse.SERVING if serving

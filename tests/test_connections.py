@@ -145,9 +145,11 @@ def test_under_tls_only_the_health_port_speaks_plaintext_and_callers_need_a_cert
         loop.close()
 
 
-def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded() -> None:
+def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded(
+        monkeypatch) -> None:
     """A full collection stops every call in flight: its pauses are a metric, and what was
-    loaded before SERVING is left out of later collections (gc.freeze)."""
+    loaded before SERVING is left out of later collections (gc.freeze), unless
+    HASHREC_GC_FREEZE=0."""
     import gc
 
     loop = LoopThread()
@@ -167,6 +169,10 @@ def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded() ->
         gc.collect()
         assert server.registry.get_sample_value(
             "hashrec_gc_pause_seconds_count", {"generation": "2"}) == count + 1
+        gc.unfreeze()
+        monkeypatch.setenv("HASHREC_GC_FREEZE", "0")
+        loop.call(server.set_serving(True))
+        assert gc.get_freeze_count() == 0
     finally:
         loop.call(server.stop())
         loop.close()
