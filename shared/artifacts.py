@@ -228,12 +228,27 @@ def newest_artifact(root: Path, kind: str, verified: bool = False) -> Path | Non
 
 
 def resolve_artifact(path: Path, kind: str) -> Path:
-    """``path`` itself when it is an artifact directory, else the newest of ``kind`` in it:
-    deployments can point at a folder that training keeps adding versions to."""
+    """``path`` itself when it is an artifact directory of ``kind`` (ValueError naming the
+    kind it is when another), else the newest verified one of ``kind`` in it: deployments
+    can point at a folder that training keeps adding versions to. ValueError naming why
+    when the folder holds versions of ``kind`` and none verifies."""
     if (path / MANIFEST).is_file():
+        try:
+            found = json.loads((path / MANIFEST).read_text()).get("kind")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+            raise ValueError(f"{path}: its manifest is not valid JSON ({error})") from None
+        if found != kind:
+            raise ValueError(f"{path} is a {found!r} model, not {kind!r}")
         return path
     newest = newest_artifact(path, kind, verified=True)
     if newest is None:
+        unverified = newest_artifact(path, kind)
+        if unverified is not None:
+            try:
+                ArtifactReader(unverified)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{path}: no {kind} version verifies (the newest, "
+                                 f"{unverified.name}: {error})") from None
         raise FileNotFoundError(f"{path}: neither a model directory nor a folder of {kind} "
                                 "model directories")
     return newest

@@ -206,6 +206,8 @@ def test_a_new_user_model_is_swapped_in_live_with_every_update_once(
 
 
 def test_a_folder_of_versions_starts_on_the_newest_that_verifies(tmp_path: Path) -> None:
+    import shutil
+
     from shared.artifacts import ArtifactWriter, newest_artifact, resolve_artifact
 
     for name in ("20260101-000000-good", "20260202-000000-tampered"):
@@ -215,6 +217,13 @@ def test_a_folder_of_versions_starts_on_the_newest_that_verifies(tmp_path: Path)
     (tmp_path / "20260202-000000-tampered" / "vocabulary.json").write_text('["a", "x"]')
     assert newest_artifact(tmp_path, "image-models").name == "20260202-000000-tampered"
     assert resolve_artifact(tmp_path, "image-models").name == "20260101-000000-good"
+    # none verifies: the error says why, not that the folder holds no model
+    shutil.rmtree(tmp_path / "20260101-000000-good")
+    with pytest.raises(ValueError, match=r"no image-models version verifies \(the newest, "
+                       r"20260202-000000-tampered: .*vocabulary.json"):
+        resolve_artifact(tmp_path, "image-models")
+    with pytest.raises(ValueError, match="is a 'image-models' model, not 'user-tensor'"):
+        resolve_artifact(tmp_path / "20260202-000000-tampered", "user-tensor")
 
 
 def test_a_service_refusing_its_model_ends_in_one_line_without_a_traceback(

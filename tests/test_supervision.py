@@ -143,8 +143,14 @@ def test_a_second_serve_while_the_first_still_trains_is_refused_before_training(
         assert rollout.returncode == 0
         served.wait_for("still preparing the models; nothing to roll out yet")
         assert first.poll() is None  # SIGHUP did not end the training
+        first.send_signal(signal.SIGTERM)  # stops the training in one line, like Ctrl-C
+        assert first.wait(timeout=60) == 130
+        served.wait_for("^hashrec serve: stopped while preparing the models")
+        assert not any("Traceback" in line for line in served.lines), served.lines
+        assert (tmp_path / "models" / "serve.pid").read_text() == ""
     finally:
-        first.kill()
+        if first.poll() is None:
+            first.kill()
         first.wait(timeout=30)
     # killed, its pid file holds no lock: the next serve takes it over (then is stopped)
     third = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -182,3 +188,40 @@ def test_rollout_after_the_serve_stopped_says_so(tmp_path: Path) -> None:
     assert rollout.returncode == 2
     assert "no running `hashrec serve` found" in rollout.stderr
     assert "the last `hashrec serve` on this folder stopped" in rollout.stderr
+
+
+def test_a_taken_port_is_refused_before_any_training(data_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    from tests.servers import free_ports_in_a_row
+
+    port = free_ports_in_a_row(5)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 2))
+        result = subprocess.run(
+            [sys.executable, "-m", "commands.cli", "serve", "--port", str(port),
+             "--http-port", "0", "--train", "food:food"], capture_output=True, text=True,
+            timeout=60, env={**os.environ, "HASHREC_MODELS": str(tmp_path / "models"),
+                             "HASHREC_DATA_ROOT": str(data_dir)})
+    assert result.returncode == 2
+    assert f"port {port + 2} is in use" in result.stderr
+    assert "no trained model" not in result.stdout  # refused before it trained
+
+
+def test_a_model_of_the_wrong_kind_is_refused_in_one_line(stack: dict,
+                                                          tmp_path: Path) -> None:
+    """Named to serve, or to one service: the user model where the image model goes."""
+    command = _serve_command(stack, 1)
+    command[command.index("--models") + 1] = str(stack["user_dir"])
+    serve = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "HASHREC_MODELS": str(tmp_path / "models")})
+    word = subprocess.run(
+        [sys.executable, "-m", "services.word.server"], capture_output=True, text=True,
+        timeout=60, env={**os.environ, "HASHREC_MODEL_DIR": str(stack["user_dir"]),
+                         "HASHREC_WORD_PORT": "0", "HASHREC_WORD_METRICS_PORT": "0"})
+    for result in (serve, word):
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(
+            f"{stack['user_dir']} is a 'user-tensor-effects' model, not 'image-to-hashtag'")
+    assert "started" not in serve.stdout

@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from commands.cli.common import PID_FILE, newest_model
@@ -63,12 +63,23 @@ def _serve(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, AlreadyServingError) as error:
             print(f"hashrec serve: {error}", file=sys.stderr)
             return 2
-        return _prepare_and_serve(args, model_dir, user_dir)
+        if not _ports_free(args):  # before minutes of training, not after
+            return 2
+        # SIGTERM while the models train stops like Ctrl-C: the pid file is emptied
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            return _prepare_and_serve(args, model_dir, user_dir, previous)
+        except KeyboardInterrupt:
+            print("hashrec serve: stopped while preparing the models (the versions "
+                  "already written are kept)", file=sys.stderr)
+            return 130
 
 
 def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
-                       user_dir: Path | None) -> int:
-    """Trains what is missing, then serves (this process holds the pid file)."""
+                       user_dir: Path | None, on_sigterm: signal.Handlers | Callable | int,
+                       ) -> int:
+    """Trains what is missing, then serves (this process holds the pid file) with
+    ``on_sigterm`` back as SIGTERM's handler."""
     import asyncio
 
     from commands.train import train_default, train_from_spec
@@ -105,13 +116,10 @@ def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
                                        FeatureStore(models_dir() / "features"),
                                        image_model=model_dir)
 
+    signal.signal(signal.SIGTERM, on_sigterm)  # serving: the servers drain on SIGTERM
     if not args.single_process:
         return _serve_processes(args, model_dir, user_dir)
-    busy = ports_in_use(args.host, [args.port + offset for offset in range(5)]
-                        + ([args.http_port] if args.http_port else []))
-    if busy:
-        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port)",
-              file=sys.stderr)
+    if not _ports_free(args):
         return 2
 
     async def run() -> None:
@@ -179,6 +187,18 @@ def metrics_ports(port: int, base: int | None) -> dict[str, int]:
 def _metrics_env(name: str, metrics: dict[str, int]) -> dict[str, str]:
     return {f"HASHREC_{name.upper()}_METRICS_PORT": str(metrics[name])} \
         if name in metrics else {}
+
+
+def _ports_free(args: argparse.Namespace) -> bool:
+    """Whether every port this serve will take is free; if not, says which, in one line."""
+    ports = [args.port + offset for offset in range(5)] + (
+        [] if args.single_process else list(metrics_ports(args.port,
+                                                          args.metrics_port).values()))
+    busy = ports_in_use(args.host, ports + ([args.http_port] if args.http_port else []))
+    if busy:
+        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port"
+              f"{'' if args.single_process else ' / --metrics-port'})", file=sys.stderr)
+    return busy is None
 
 
 def ports_in_use(host: str, ports: list[int]) -> str | None:
@@ -256,11 +276,7 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
                 "HASHREC_USER_MODEL_DIR": str(verified_newest(user_dir.parent, USER_KIND))}
     threads = child_threads()
     metrics = metrics_ports(port, args.metrics_port)
-    busy = ports_in_use(host, [port, *backends.values(), *metrics.values(),
-                               *([args.http_port] if args.http_port else [])])
-    if busy:
-        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port / "
-              "--metrics-port)", file=sys.stderr)
+    if not _ports_free(args):  # again: one may have been taken while the models trained
         return 2
     specs = [ChildSpec(name, f"services.{name}.server",
                        {**threads[name], f"HASHREC_{name.upper()}_HOST": host,
