@@ -286,7 +286,7 @@ def with_users(served: dict, stack: dict, tmp_path: Path) -> Iterator[dict]:
 
 
 def test_a_users_posts_by_community_route_their_next_photo_and_survive_a_restart(
-        served: dict, stack: dict, with_users: dict) -> None:
+        served: dict, stack: dict, with_users: dict, tmp_path: Path, capsys) -> None:
     from services.user.lookup import UserHashtagLookup
     from services.user.server import serve as serve_user
 
@@ -322,6 +322,16 @@ def test_a_users_posts_by_community_route_their_next_photo_and_survive_a_restart
     # the user service down: routed by the gate alone, and the answer says why
     assert alone.degraded and alone.community_from == "photo"
     assert "user communities: unavailable" in alone.degraded_reasons
+    # and `hashrec recommend` says why, not only that it is degraded
+    from commands.cli import main
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image)
+    assert main(["recommend", str(photo), "--target", with_users["recommender"].address,
+                 "--user", "local:poster"]) == 0
+    said = capsys.readouterr().out.splitlines()[0]
+    assert said.startswith("model ") and "(degraded: " in said
+    assert "user communities: unavailable" in said
     with_users["user"] = loop.call(serve_user("127.0.0.1", with_users["user"].port,
                                               stack["user_dir"], with_users["state"]))
     with grpc.insecure_channel(with_users["user"].address,

@@ -68,7 +68,8 @@ def _recommend(args: argparse.Namespace) -> int:
     if args.json:
         print(_as_json(reply))
     else:
-        print(f"model {reply.model_version}" + (" (degraded)" if reply.degraded else ""))
+        print(f"model {reply.model_version}" + (
+            f" (degraded: {'; '.join(reply.degraded_reasons)})" if reply.degraded else ""))
         if reply.communities:
             mix = ", ".join(f"{c.name} {c.weight:.2f}" for c in reply.communities)
             print(f"community from the {reply.community_from}: {mix}")
