@@ -49,6 +49,33 @@ def setup_logging(level: str | None = None) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
+class AtMostEvery(logging.Filter):
+    """Lets a message through at most once every ``seconds`` for each template and its
+    first two arguments (a backend and its status, say); the next one let through says
+    how many like it were held back. A backend that is down fails every call, and its
+    logs must not drown everything else."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[tuple, float] = {}
+        self._held: dict[tuple, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        key, now = (record.msg, *args[:2]), time.monotonic()
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in {self.seconds:g} s)"
+        return True
+
+
 def env_int(name: str, default: int | str) -> int:
     """$name as a whole number (a port, a count), ``default`` when unset or blank."""
     return int(env_number(name, int(default), int))

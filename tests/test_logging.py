@@ -71,3 +71,24 @@ def test_an_unknown_tracing_mode_is_refused_naming_the_choices() -> None:
                          env={**os.environ, "HASHREC_TRACING": "jaeger"})
     assert run.returncode == 1
     assert "choose off, console, file or otlp" in run.stderr
+
+
+def test_a_failure_repeated_on_every_call_is_logged_once_a_period_with_its_count(
+        caplog) -> None:
+    import logging
+    import time
+
+    from shared.config import AtMostEvery
+
+    logger = logging.getLogger("tests.at_most_every")
+    logger.addFilter(AtMostEvery(seconds=0.2))
+    with caplog.at_level(logging.WARNING, logger="tests.at_most_every"):
+        for _ in range(50):
+            logger.warning("recommender: %s: %s: %s", "user", "UNAVAILABLE", "refused")
+        logger.warning("recommender: %s: %s: %s", "word", "UNAVAILABLE", "refused")
+        time.sleep(0.25)
+        logger.warning("recommender: %s: %s: %s", "user", "UNAVAILABLE", "again")
+    said = [record.getMessage() for record in caplog.records]
+    assert said == ["recommender: user: UNAVAILABLE: refused",
+                    "recommender: word: UNAVAILABLE: refused",  # another backend: its own
+                    "recommender: user: UNAVAILABLE: again (and 49 more like it in 0.2 s)"]

@@ -14,9 +14,11 @@ from hashrec.v1 import photo_pb2, recommender_pb2, user_pb2
 
 from services.image_models import ImageModels
 from services.recommender.model import community_prior
+from shared.config import AtMostEvery
 from shared.scoring import photo_set
 
 log = logging.getLogger(__name__)
+log.addFilter(AtMostEvery())  # a backend down fails every call: a line every 10 s
 
 #: a community below this share of a post is not counted for its user
 MIN_POST_SHARE = 0.01

@@ -78,7 +78,7 @@ from shared.artifacts import resolve_artifact
 from shared.backbone import FEATURE_DIM, vision_model_id
 from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.cache import Cache, LruCache, cache_key, make_cache
-from shared.config import env_number, env_port, required_env, setup_logging
+from shared.config import AtMostEvery, env_number, env_port, required_env, setup_logging
 from shared.grpc_server import (
     GrpcServer,
     aio_channel,
@@ -94,6 +94,7 @@ from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
 from shared.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
+log.addFilter(AtMostEvery())  # a backend down fails every call: a line every 10 s
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_PORT, DEFAULT_METRICS_PORT = "50050", "9100"
 MAX_K = 100
