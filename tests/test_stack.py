@@ -492,16 +492,15 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
     import sys
     import time
 
-    port = free_ports_in_a_row(5)
+    port, metrics = free_ports_in_a_row(5), free_ports_in_a_row(5)
+    # metrics on ports of its own: --port far from 50050 puts them at 9100-9104, which a
+    # serve in another test worker may hold (then this one refuses to start)
     serve = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--models",
-         str(stack["trained"].directory), "--user-model", str(stack["user_dir"]), *mode],
+         str(stack["trained"].directory), "--user-model", str(stack["user_dir"]),
+         "--metrics-port", str(metrics), *mode],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        # metrics on free ports: --port far from 50050 puts them at 9100-9104, which a
-        # serve in another test worker may hold (then this one refuses to start)
-        env={**__import__("os").environ, "HASHREC_MODELS": str(tmp_path),
-             **{f"HASHREC_{name}_METRICS_PORT": "0"
-                for name in ("RECOMMENDER", "VISION", "WORD", "GRAPH", "USER")}})
+        env={**__import__("os").environ, "HASHREC_MODELS": str(tmp_path)})
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -518,6 +517,14 @@ def test_hashrec_serve_answers_and_stops_cleanly_on_sigterm(stack: dict, data_di
                                                  k=5), timeout=60)
             assert len(reply.hashtags) == 5 and not reply.degraded, reply.degraded_reasons
             assert "user" in {s.method for h in reply.hashtags for s in h.signals}
+        import urllib.request
+
+        for offset in range(5):  # every service's metrics where --metrics-port put them
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics + offset}/metrics",
+                                          timeout=10).read().decode()
+            assert "hashrec_gc_pause_seconds_count" in text
+        assert "/hashrec.v1.RecommenderService/Recommend" in urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=30) == 0
     finally:

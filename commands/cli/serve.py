@@ -125,13 +125,15 @@ def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
     async def run() -> None:
         host, port = args.host, args.port
         cache = make_cache(os.environ.get("HASHREC_REDIS_URL"))
-        vision = await serve_vision(host, port + 1, cache=cache)
-        word = await serve_word(host, port + 2, model_dir)
-        graph = await serve_graph(host, port + 3, model_dir)
-        user = await serve_user(host, port + 4, user_dir)
+        metrics = single_process_metrics(port, args.metrics_port)
+        vision = await serve_vision(host, port + 1, cache=cache,
+                                    metrics_port=metrics["vision"])
+        word = await serve_word(host, port + 2, model_dir, metrics_port=metrics["word"])
+        graph = await serve_graph(host, port + 3, model_dir, metrics_port=metrics["graph"])
+        user = await serve_user(host, port + 4, user_dir, metrics_port=metrics["user"])
         recommender = await serve_recommender(host, port, model_dir, vision.address,
                                               word.address, graph.address, user.address,
-                                              cache=cache)
+                                              cache=cache, metrics_port=metrics["recommender"])
         backends = (vision, word, graph, user)
         gateway = None
         if args.http_port:
@@ -184,6 +186,17 @@ def metrics_ports(port: int, base: int | None) -> dict[str, int]:
             if not os.environ.get(f"HASHREC_{name.upper()}_METRICS_PORT")}
 
 
+def single_process_metrics(port: int, base: int | None) -> dict[str, int]:
+    """Each service's metrics port with --single-process: as the processes get them, or
+    HASHREC_<NAME>_METRICS_PORT where that is set (0: any free port)."""
+    from shared.config import env_port
+
+    metrics = metrics_ports(port, base)
+    return {name: metrics[name] if name in metrics
+            else env_port(f"HASHREC_{name.upper()}_METRICS_PORT", 0)
+            for name in METRICS_OFFSETS}
+
+
 def _metrics_env(name: str, metrics: dict[str, int]) -> dict[str, str]:
     return {f"HASHREC_{name.upper()}_METRICS_PORT": str(metrics[name])} \
         if name in metrics else {}
@@ -191,13 +204,12 @@ def _metrics_env(name: str, metrics: dict[str, int]) -> dict[str, str]:
 
 def _ports_free(args: argparse.Namespace) -> bool:
     """Whether every port this serve will take is free; if not, says which, in one line."""
-    ports = [args.port + offset for offset in range(5)] + (
-        [] if args.single_process else list(metrics_ports(args.port,
-                                                          args.metrics_port).values()))
+    ports = [args.port + offset for offset in range(5)] + list(
+        metrics_ports(args.port, args.metrics_port).values())
     busy = ports_in_use(args.host, ports + ([args.http_port] if args.http_port else []))
     if busy:
-        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port"
-              f"{'' if args.single_process else ' / --metrics-port'})", file=sys.stderr)
+        print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port / "
+              "--metrics-port)", file=sys.stderr)
     return busy is None
 
 
