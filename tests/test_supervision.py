@@ -180,14 +180,23 @@ def test_a_model_named_directly_is_verified_before_any_service_starts(
     assert "started" not in result.stdout  # no child was started
 
 
-def test_rollout_after_the_serve_stopped_says_so(tmp_path: Path) -> None:
+def test_rollout_after_the_serve_stopped_or_was_killed_says_so(tmp_path: Path) -> None:
+    def rollout() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "commands.cli", "rollout"],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "HASHREC_MODELS": str(tmp_path)})
+
     (tmp_path / "serve.pid").write_text("")  # what a stopped serve leaves
-    rollout = subprocess.run([sys.executable, "-m", "commands.cli", "rollout"],
-                             capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "HASHREC_MODELS": str(tmp_path)})
-    assert rollout.returncode == 2
-    assert "no running `hashrec serve` found" in rollout.stderr
-    assert "the last `hashrec serve` on this folder stopped" in rollout.stderr
+    stopped = rollout()
+    assert stopped.returncode == 2
+    assert "no running `hashrec serve` found" in stopped.stderr
+    assert "the last `hashrec serve` on this folder stopped" in stopped.stderr
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "serve.pid").write_text(f"{gone.pid}\n")  # what a killed serve leaves
+    killed = rollout()
+    assert killed.returncode == 2
+    assert f"pid {gone.pid} is not running" in killed.stderr and "Errno" not in killed.stderr
 
 
 def test_a_taken_port_is_refused_before_any_training(data_dir: Path, tmp_path: Path) -> None:

@@ -379,7 +379,11 @@ def _rollout(args: argparse.Namespace) -> int:
         pid = args.pid or int(path.read_text().strip() or "0")
         if pid <= 0:
             raise ValueError("empty: the last `hashrec serve` on this folder stopped")
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            raise ValueError(f"pid {pid} is not running: the `hashrec serve` that wrote "
+                             "it was killed") from None
     except (OSError, ValueError) as error:
         print(f"hashrec rollout: no running `hashrec serve` found ({path}: {error}); give "
               "--pid", file=sys.stderr)
