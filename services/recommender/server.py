@@ -40,7 +40,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -65,6 +64,7 @@ from services.image_models import (
     swap_on_reload,
 )
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
+from services.recommender.backends import Backends, call_timeout, forward_error, reason
 from services.recommender.routing import (
     communities_missing,
     post_communities,
@@ -84,7 +84,6 @@ from shared.grpc_server import (
     aio_channel,
     k_or_abort,
     limits_or_abort,
-    names_an_address,
     run_service,
     start_loading,
 )
@@ -103,34 +102,6 @@ DEFAULT_MAX_IN_FLIGHT = 64
 #: photos whose prepared answers (answer.py: Prepared, about 20 KB each) stay in memory
 PREPARED_PHOTOS = 2048
 LOCAL_METHODS = ("frequency", "knn", "mlp")
-
-
-@dataclass
-class Backends:
-    """Stubs of the services the recommender calls; None: not used."""
-
-    vision: vision_pb2_grpc.VisionServiceStub
-    word: word_pb2_grpc.WordEmbeddingServiceStub | None = None
-    graph: graph_pb2_grpc.GraphEmbeddingServiceStub | None = None
-    user: user_pb2_grpc.UserProfileServiceStub | None = None
-    vision_deadline: float = 10.0
-    deadline: float = 5.0
-
-
-def _timeout(limit: float, context: grpc.aio.ServicerContext) -> float:
-    """The backend's own deadline, never past the caller's."""
-    remaining = context.time_remaining()
-    return min(limit, remaining) if remaining is not None else limit
-
-
-def _reason(backend: str, error: BaseException) -> str:
-    """What a client is told: the backend by name and what went wrong in a word or two.
-    The details (addresses, exception text) go to the log only."""
-    if isinstance(error, grpc.aio.AioRpcError):
-        log.warning("recommender: %s: %s: %s", backend, error.code().name, error.details())
-        return f"{backend}: {error.code().name.lower().replace('_', ' ')}"
-    log.warning("recommender: %s failed: %s: %s", backend, type(error).__name__, error)
-    return f"{backend}: failed"
 
 
 class RecommenderServicer:
@@ -209,7 +180,7 @@ class RecommenderServicer:
         try:
             return await self.backends.vision.Embed(
                 vision_pb2.EmbedRequest(image=image, top_labels=MACHINE_LABELS_PER_PHOTO),
-                timeout=_timeout(self.backends.vision_deadline, context))
+                timeout=call_timeout(self.backends.vision_deadline, context))
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -238,7 +209,7 @@ class RecommenderServicer:
         photos = photo_set(description).routed(mix)
         backends = self.backends
         calls: dict[str, Awaitable] = {"local": self.local.submit(photos)}
-        timeout = _timeout(backends.deadline, context)
+        timeout = call_timeout(backends.deadline, context)
         score_request = photo_pb2.ScoreRequest(
             photo=description, model_version=self.models.version,
             outside_hashtags_known=bool(self.outside_terms),
@@ -252,7 +223,7 @@ class RecommenderServicer:
             if isinstance(result, BaseException):
                 if backend == "local":
                     raise result
-                answer.reasons.append(_reason(backend, result))
+                answer.reasons.append(reason(backend, result))
             elif backend == "local":
                 answer.per_method.update(result)
             elif result.model_version != self.models.version:
@@ -309,9 +280,9 @@ class RecommenderServicer:
         try:
             reply = await self.backends.user.Score(user_pb2.UserScoreRequest(
                 photo=description, user_id=user_id, k=max(k, USER_DEPTH)),
-                timeout=_timeout(self.backends.deadline, context))
+                timeout=call_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            return UserPart([], USER_WEIGHT, [_reason("user", error)], failed=error.code().name)
+            return UserPart([], USER_WEIGHT, [reason("user", error)], failed=error.code().name)
         if not reply.known_user:
             return UserPart([], USER_WEIGHT, [], dict(reply.communities))
         # a fitted 0 is the photo alone; an old user model that fitted none sends 0 too
@@ -358,7 +329,7 @@ class RecommenderServicer:
         if description is None or len(self.models.communities) < 2:
             mix, missing = await where_user_posts(
                 self.backends.user, user_id, self.models.communities,
-                _timeout(self.backends.deadline, context))
+                call_timeout(self.backends.deadline, context))
             return mix, missing, None
         asked = await self._user_scores(description, user_id, k, context)
         if asked.failed is not None:
@@ -445,9 +416,9 @@ class RecommenderServicer:
                 user_id=request.user_id, photo=description, hashtags=request.hashtags,
                 photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest(),
                 request_id=request.request_id, communities=communities),
-                timeout=_timeout(self.backends.deadline, context))
+                timeout=call_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            await self._forward_error("user service", error, context)
+            await forward_error("user service", error, context)
             raise
 
     async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
@@ -471,26 +442,10 @@ class RecommenderServicer:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
         try:
             return await getattr(self.backends.user, method)(
-                request, timeout=_timeout(self.backends.deadline, context))
+                request, timeout=call_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            await self._forward_error("user service", error, context)
+            await forward_error("user service", error, context)
             raise
-
-    @staticmethod
-    async def _forward_error(backend: str, error: grpc.aio.AioRpcError,
-                             context: grpc.aio.ServicerContext) -> None:
-        """The caller's own mistakes pass through; the backend's trouble is UNAVAILABLE."""
-        code = error.code()
-        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-            await context.abort(code, error.details())
-        details = error.details() or ""
-        log.warning("recommender: %s: %s: %s", backend, code.name, details)
-        # The backend's own words (the journal is full) help the caller; gRPC's words
-        # about reaching it name addresses, which stay in the log.
-        said = "" if names_an_address(details) or code != grpc.StatusCode.UNAVAILABLE \
-            else f": {details}"
-        await context.abort(grpc.StatusCode.UNAVAILABLE,
-                            f"{backend}: {code.name.lower().replace('_', ' ')}{said}")
 
 
 async def serve(host: str, port: int, model_dir: Path, vision_target: str,

@@ -1,0 +1,60 @@
+"""The services the recommender calls: their stubs and deadlines, and what a caller is
+told when one fails (transport only)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from hashrec.v1 import graph_pb2_grpc, user_pb2_grpc, vision_pb2_grpc, word_pb2_grpc
+
+from shared.config import AtMostEvery
+from shared.grpc_server import names_an_address
+
+log = logging.getLogger(__name__)
+log.addFilter(AtMostEvery())  # a backend down fails every call: a line every 10 s
+
+
+@dataclass
+class Backends:
+    """Stubs of the services the recommender calls; None: not used."""
+
+    vision: vision_pb2_grpc.VisionServiceStub
+    word: word_pb2_grpc.WordEmbeddingServiceStub | None = None
+    graph: graph_pb2_grpc.GraphEmbeddingServiceStub | None = None
+    user: user_pb2_grpc.UserProfileServiceStub | None = None
+    vision_deadline: float = 10.0
+    deadline: float = 5.0
+
+
+def call_timeout(limit: float, context: grpc.aio.ServicerContext) -> float:
+    """The backend's own deadline, never past the caller's."""
+    remaining = context.time_remaining()
+    return min(limit, remaining) if remaining is not None else limit
+
+
+def reason(backend: str, error: BaseException) -> str:
+    """What a client is told: the backend by name and what went wrong in a word or two.
+    The details (addresses, exception text) go to the log only."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        log.warning("recommender: %s: %s: %s", backend, error.code().name, error.details())
+        return f"{backend}: {error.code().name.lower().replace('_', ' ')}"
+    log.warning("recommender: %s failed: %s: %s", backend, type(error).__name__, error)
+    return f"{backend}: failed"
+
+
+async def forward_error(backend: str, error: grpc.aio.AioRpcError,
+                        context: grpc.aio.ServicerContext) -> None:
+    """The caller's own mistakes pass through; the backend's trouble is UNAVAILABLE."""
+    code = error.code()
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+        await context.abort(code, error.details())
+    details = error.details() or ""
+    log.warning("recommender: %s: %s: %s", backend, code.name, details)
+    # The backend's own words (the journal is full) help the caller; gRPC's words
+    # about reaching it name addresses, which stay in the log.
+    said = "" if names_an_address(details) or code != grpc.StatusCode.UNAVAILABLE \
+        else f": {details}"
+    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                        f"{backend}: {code.name.lower().replace('_', ' ')}{said}")
