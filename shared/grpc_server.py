@@ -201,22 +201,35 @@ class _Metrics:
                                   "how late the event loop woke for a timer",
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                            1.0, 2.5), registry=registry)
-        # A collection stops every thread of the process: a long one is a stall of every
-        # call in flight, refusals included.
-        self.gc_pause = Histogram("hashrec_gc_pause_seconds",
-                                  "garbage collections of this process, by generation",
-                                  ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05,
-                                                           0.1, 0.25, 0.5, 1.0),
-                                  registry=registry)
-        self._gc_started = 0.0
+        self.gc = GcPauses(registry)
+
+
+class GcPauses:
+    """``hashrec_gc_pause_seconds`` by generation, from ``gc.callbacks`` while started. A
+    collection stops every thread of the process: a long one is a stall of every call in
+    flight, refusals included."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pause = Histogram("hashrec_gc_pause_seconds",
+                               "garbage collections of this process, by generation",
+                               ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                        0.25, 0.5, 1.0), registry=registry)
+        self._started = 0.0
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
         """gc.callbacks: times each collection."""
         if phase == "start":
-            self._gc_started = time.perf_counter()
+            self._started = time.perf_counter()
         else:
-            self.gc_pause.labels(str(info["generation"])).observe(
-                time.perf_counter() - self._gc_started)
+            self.pause.labels(str(info["generation"])).observe(
+                time.perf_counter() - self._started)
+
+    def start(self) -> None:
+        gc.callbacks.append(self.on_gc)
+
+    def stop(self) -> None:
+        if self.on_gc in gc.callbacks:
+            gc.callbacks.remove(self.on_gc)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -350,8 +363,8 @@ class GrpcServer:
     async def start(self) -> None:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._watcher = asyncio.ensure_future(self._watch_loop())
-        gc.callbacks.append(self.metrics.on_gc)
-        self.on_stop(lambda: gc.callbacks.remove(self.metrics.on_gc))
+        self.metrics.gc.start()
+        self.on_stop(self.metrics.gc.stop)
         self.on_stop(self._watcher.cancel)
         await self.server.start()
         _RUNNING.add(self)

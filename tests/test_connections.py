@@ -177,4 +177,4 @@ def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded(
         loop.call(server.stop())
         loop.close()
         gc.unfreeze()
-    assert server.metrics.on_gc not in gc.callbacks  # a stopped server times nothing
+    assert server.metrics.gc.on_gc not in gc.callbacks  # a stopped server times nothing

@@ -204,8 +204,14 @@ def test_health_readiness_and_metrics(client: httpx.Client, stack: dict) -> None
     finally:
         stack["loop"].call(stack["recommender"].set_serving(True))
     assert client.get("/readyz").status_code == 200
+    import gc
+
+    gc.collect()  # the gateway times its process's collections too
     metrics = client.get("/metrics").text
     assert 'hashrec_http_requests_total{route="/readyz",status="503"}' in metrics
+    full = next(line for line in metrics.splitlines()
+                if line.startswith('hashrec_gc_pause_seconds_count{generation="2"}'))
+    assert float(full.rsplit(" ", 1)[1]) >= 1
 
 
 def test_the_recommender_down_is_a_503_with_a_message(stack: dict, data_dir: Path) -> None:

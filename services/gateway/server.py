@@ -93,7 +93,7 @@ from services.gateway.schemas import (
 from services.gateway.settings import Settings
 from services.gateway.uploads import RecentUploads
 from shared.config import env_port, setup_logging
-from shared.grpc_server import aio_channel
+from shared.grpc_server import GcPauses, aio_channel
 from shared.images import ImageError, check_header, reencoded
 from shared.limits import MAX_COMMUNITY_CHARS
 from shared.tracing import client_interceptors
@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        ["route", "status"], registry=registry)
     latency = Histogram("hashrec_http_seconds", "HTTP handling time", ["route"],
                         registry=registry)
+    collections = GcPauses(registry)
     uploads = RecentUploads(settings.uploads, settings.upload_bytes)
     identity = settings.identity()
     limits = RateLimits.from_text(settings.rate_limits, settings.redis_url)
@@ -130,7 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state["health"] = health_pb2_grpc.HealthStub(channel)
         log.info("gateway: recommender at %s; sign-in %s", settings.recommender,
                  identity.mode)
+        collections.start()
         yield
+        collections.stop()
         await channel.close()
         if identity.accounts is not None:
             identity.accounts.close()
