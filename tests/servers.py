@@ -29,6 +29,19 @@ class LoopThread:
         self.thread.join(timeout=10)
 
 
+def serving_health_server(loop: LoopThread) -> Any:
+    """A started GrpcServer holding only the health service, SERVING, on ``loop``."""
+    from shared.grpc_server import GrpcServer
+
+    async def start() -> GrpcServer:
+        server = GrpcServer([], "127.0.0.1", 0)  # the health service alone
+        await server.start()
+        await server.set_serving(True)
+        return server
+
+    return loop.call(start())
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

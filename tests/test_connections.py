@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.grpc_server import CHANNEL_OPTIONS, GrpcServer, blocking_channel, server_options
-from tests.servers import LoopThread
+from tests.servers import LoopThread, serving_health_server
 
 
 def test_servers_recycle_connections_only_when_configured(monkeypatch) -> None:
@@ -26,14 +26,7 @@ def test_calls_over_a_dns_target_keep_succeeding_while_connections_are_recycled(
         monkeypatch) -> None:
     monkeypatch.setenv("HASHREC_MAX_CONNECTION_AGE_S", "0.5")
     loop = LoopThread()
-
-    async def start() -> GrpcServer:
-        server = GrpcServer([], "127.0.0.1", 0)  # the health service alone
-        await server.start()
-        await server.set_serving(True)
-        return server
-
-    server = loop.call(start())
+    server = serving_health_server(loop)
     answered = 0
     try:
         with grpc.insecure_channel(f"dns:///{server.address}",
@@ -116,14 +109,7 @@ def test_under_tls_only_the_health_port_speaks_plaintext_and_callers_need_a_cert
     health_port = free_port()
     monkeypatch.setenv("HASHREC_HEALTH_PORT", str(health_port))
     loop = LoopThread()
-
-    async def start() -> GrpcServer:
-        server = GrpcServer([], "127.0.0.1", 0)
-        await server.start()
-        await server.set_serving(True)
-        return server
-
-    server = loop.call(start())
+    server = serving_health_server(loop)
     request = health_pb2.HealthCheckRequest()
     try:
         assert server.tls and server.health_port == health_port
@@ -154,14 +140,8 @@ def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded(
 
     loop = LoopThread()
 
-    async def start() -> GrpcServer:
-        server = GrpcServer([], "127.0.0.1", 0)
-        await server.start()
-        await server.set_serving(True)
-        return server
-
     gc.unfreeze()
-    server = loop.call(start())
+    server = serving_health_server(loop)
     try:
         assert gc.get_freeze_count() > 0
         count = server.registry.get_sample_value(

@@ -95,18 +95,10 @@ def test_a_ready_check_answered_by_a_process_other_than_the_child_fails() -> Non
     import asyncio
 
     from commands.supervisor import grpc_ready, listening_pids
-    from shared.grpc_server import GrpcServer
-    from tests.servers import LoopThread
+    from tests.servers import LoopThread, serving_health_server
 
     loop = LoopThread()
-
-    async def start() -> GrpcServer:
-        server = GrpcServer([], "127.0.0.1", 0)
-        await server.start()
-        await server.set_serving(True)
-        return server
-
-    server = loop.call(start())
+    server = serving_health_server(loop)
     try:
         port = int(server.address.rsplit(":", 1)[1])
         assert listening_pids(port) == {os.getpid()}
