@@ -34,12 +34,17 @@ def call_timeout(limit: float, context: grpc.aio.ServicerContext) -> float:
     return min(limit, remaining) if remaining is not None else limit
 
 
+def said(backend: str, status: str) -> str:
+    """What a client is told of a failed call: the backend and its status in words."""
+    return f"{backend}: {status.lower().replace('_', ' ')}"
+
+
 def reason(backend: str, error: BaseException) -> str:
     """What a client is told: the backend by name and what went wrong in a word or two.
     The details (addresses, exception text) go to the log only."""
     if isinstance(error, grpc.aio.AioRpcError):
         log.warning("recommender: %s: %s: %s", backend, error.code().name, error.details())
-        return f"{backend}: {error.code().name.lower().replace('_', ' ')}"
+        return said(backend, error.code().name)
     log.warning("recommender: %s failed: %s: %s", backend, type(error).__name__, error)
     return f"{backend}: failed"
 
@@ -54,7 +59,6 @@ async def forward_error(backend: str, error: grpc.aio.AioRpcError,
     log.warning("recommender: %s: %s: %s", backend, code.name, details)
     # The backend's own words (the journal is full) help the caller; gRPC's words
     # about reaching it name addresses, which stay in the log.
-    said = "" if names_an_address(details) or code != grpc.StatusCode.UNAVAILABLE \
+    own_words = "" if names_an_address(details) or code != grpc.StatusCode.UNAVAILABLE \
         else f": {details}"
-    await context.abort(grpc.StatusCode.UNAVAILABLE,
-                        f"{backend}: {code.name.lower().replace('_', ' ')}{said}")
+    await context.abort(grpc.StatusCode.UNAVAILABLE, said(backend, code.name) + own_words)

@@ -5,7 +5,6 @@ the math of GatedMethod.mix and community_prior (model.py)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import grpc
@@ -13,13 +12,12 @@ import numpy as np
 from hashrec.v1 import photo_pb2, recommender_pb2, user_pb2
 
 from services.image_models import ImageModels
+from services.recommender.backends import reason
 from services.recommender.model import community_prior
-from shared.config import AtMostEvery
 from shared.scoring import photo_set
 
-log = logging.getLogger(__name__)
-log.addFilter(AtMostEvery())  # a backend down fails every call: a line every 10 s
-
+#: what a degraded answer names when the user service did not say where the user posts
+USER_COMMUNITIES = "user communities"
 #: a community below this share of a post is not counted for its user
 MIN_POST_SHARE = 0.01
 
@@ -37,9 +35,7 @@ async def where_user_posts(user_service: object, user_id: str,
         reply = await user_service.Communities(
             user_pb2.UserCommunitiesRequest(user_id=user_id), timeout=timeout)
     except grpc.aio.AioRpcError as error:
-        log.warning("recommender: user communities: %s: %s", error.code().name,
-                    error.details())
-        return None, communities_missing(error.code().name)
+        return None, reason(USER_COMMUNITIES, error)
     return user_mix(reply.posts, communities), None
 
 
@@ -49,11 +45,6 @@ def user_mix(posts: Mapping[str, float], communities: tuple[str, ...]) -> np.nda
     prior = community_prior(posts, communities)
     return None if prior is None else np.maximum(np.round(prior, 2), 0.01)
 
-
-def communities_missing(status: str) -> str:
-    """The degraded reason when the user service did not say where the user posts
-    (``status``: the failed call's status code name)."""
-    return f"user communities: {status.lower().replace('_', ' ')}"
 
 
 def say_communities(reply: recommender_pb2.RecommendResponse, models: ImageModels,

@@ -64,9 +64,9 @@ from services.image_models import (
     swap_on_reload,
 )
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
-from services.recommender.backends import Backends, call_timeout, forward_error, reason
+from services.recommender.backends import Backends, call_timeout, forward_error, reason, said
 from services.recommender.routing import (
-    communities_missing,
+    USER_COMMUNITIES,
     post_communities,
     say_communities,
     user_mix,
@@ -78,7 +78,7 @@ from shared.artifacts import resolve_artifact
 from shared.backbone import FEATURE_DIM, vision_model_id
 from shared.batching import Batcher, NumericWorker, OverloadedError
 from shared.cache import Cache, LruCache, cache_key, make_cache
-from shared.config import AtMostEvery, env_number, env_port, required_env, setup_logging
+from shared.config import env_number, env_port, required_env, setup_logging
 from shared.grpc_server import (
     GrpcServer,
     aio_channel,
@@ -93,7 +93,6 @@ from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
 from shared.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
-log.addFilter(AtMostEvery())  # a backend down fails every call: a line every 10 s
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_PORT, DEFAULT_METRICS_PORT = "50050", "9100"
 MAX_K = 100
@@ -333,7 +332,7 @@ class RecommenderServicer:
             return mix, missing, None
         asked = await self._user_scores(description, user_id, k, context)
         if asked.failed is not None:
-            return None, communities_missing(asked.failed), asked
+            return None, said(USER_COMMUNITIES, asked.failed), asked
         return user_mix(asked.communities, self.models.communities), None, asked
 
     async def _recommend(self, request: recommender_pb2.RecommendRequest, sha: str, k: int,
