@@ -99,6 +99,7 @@ def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
     # to switch, and SIGHUP's default would end the training
     signal.signal(signal.SIGHUP, lambda *_: print(
         "hashrec serve: still preparing the models; nothing to roll out yet", flush=True))
+    trained = model_dir is None
     if model_dir is None:
         print(f"no trained model under {models_dir()}: training "
               f"{args.train or 'the default model'} first", flush=True)
@@ -111,16 +112,19 @@ def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
                                         engine=engine)).directory
     user_dir = user_dir or newest_user_model(models_dir() / "user")
     if user_dir is None:
+        trained = True
         print("no user model: training one on the simulated-user benchmark first", flush=True)
         _, user_dir = train_user_model(models_dir() / "user",
                                        FeatureStore(models_dir() / "features"),
                                        image_model=model_dir)
 
     signal.signal(signal.SIGTERM, on_sigterm)  # serving: the servers drain on SIGTERM
+    # checked before training too (_serve); again only if it took long enough for another
+    # program to take a port meanwhile
+    if trained and not _ports_free(args):
+        return 2
     if not args.single_process:
         return _serve_processes(args, model_dir, user_dir)
-    if not _ports_free(args):
-        return 2
 
     async def run() -> None:
         host, port = args.host, args.port
@@ -288,8 +292,6 @@ def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) 
                 "HASHREC_USER_MODEL_DIR": str(verified_newest(user_dir.parent, USER_KIND))}
     threads = child_threads()
     metrics = metrics_ports(port, args.metrics_port)
-    if not _ports_free(args):  # again: one may have been taken while the models trained
-        return 2
     specs = [ChildSpec(name, f"services.{name}.server",
                        {**threads[name], f"HASHREC_{name.upper()}_HOST": host,
                         f"HASHREC_{name.upper()}_PORT": str(backend_port),
