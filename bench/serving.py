@@ -218,8 +218,9 @@ async def main(args: argparse.Namespace) -> None:
     # drifts, and the ratios should not flatter the stack.
     again, again_cpu = raw_images_per_second(model, photos, args.batch)
     raw, model_cpu = max(raw, again), min(model_cpu, again_cpu)
-    # client -> recommender -> vision, word, graph, and user for the share with a user
-    hops = 1.0 if args.only == "vision" else 5.0 - (1.0 - args.user_share)
+    # client -> recommender -> vision, word, graph; for the share with a user, two calls to
+    # the user service (a new photo is routed by where they post before they score it)
+    hops = 1.0 if args.only == "vision" else 4.0 + 2.0 * args.user_share
     cores, decode = usable_cores(), decode_cpu_seconds(photos)
     ceiling = {"cores": cores, "model_cpu_ms": 1000 * model_cpu,
                "decode_cpu_ms": 1000 * decode, "hop_cpu_ms": reference["cpu_ms_per_call"],
