@@ -21,7 +21,6 @@ import re
 import signal
 import sys
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -210,10 +209,11 @@ class GcPauses:
     flight, refusals included."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.pause = Histogram("hashrec_gc_pause_seconds",
-                               "garbage collections of this process, by generation",
-                               ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                                        0.25, 0.5, 1.0), registry=registry)
+        pause = Histogram("hashrec_gc_pause_seconds",
+                          "garbage collections of this process, by generation",
+                          ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                   0.25, 0.5, 1.0), registry=registry)
+        self._by_generation = [pause.labels(str(g)) for g in range(3)]  # once, not a call
         self._started = 0.0
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
@@ -221,7 +221,7 @@ class GcPauses:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self.pause.labels(str(info["generation"])).observe(
+            self._by_generation[info["generation"]].observe(
                 time.perf_counter() - self._started)
 
     def start(self) -> None:
@@ -289,7 +289,20 @@ class LateServicer:
 #: "0": leave what a service loaded to the garbage collector's full scans (to compare)
 GC_FREEZE_ENV = "HASHREC_GC_FREEZE"
 #: the servers of this process started and not yet stopped
-_RUNNING: weakref.WeakSet[GrpcServer] = weakref.WeakSet()
+_RUNNING: set[GrpcServer] = set()
+
+
+def freeze_loaded() -> None:
+    """Leaves what the process holds now (its loaded models) out of later full
+    collections, which would otherwise scan it all again and stall every call in flight
+    (bench/serving.py prints the recommender's pauses; HASHREC_GC_FREEZE=0 to compare).
+    Unfrozen and collected first: a model version dropped since the last freeze is
+    garbage in a cycle, which a frozen heap would keep for the life of the process."""
+    if os.environ.get(GC_FREEZE_ENV, "1") == "0":
+        return
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class GrpcServer:
@@ -373,13 +386,8 @@ class GrpcServer:
         log.info("serving %s on %s (health NOT_SERVING until ready)", self.names, self.address)
 
     async def set_serving(self, serving: bool) -> None:
-        if serving and os.environ.get(GC_FREEZE_ENV, "1") != "0":
-            # The models are loaded: what lives now lives as long as they do, and a full
-            # collection that scans it all again stalls every call in flight (bench/
-            # serving.py prints the recommender's; HASHREC_GC_FREEZE=0 to compare).
-            # Garbage first, so that none is frozen.
-            gc.collect()
-            gc.freeze()
+        if serving:
+            freeze_loaded()
         await self._set_all(health_pb2.HealthCheckResponse.SERVING if serving
                             else health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -412,6 +420,7 @@ class GrpcServer:
                 return
             async with self._reloading:
                 await self.reload()
+                freeze_loaded()  # the version it replaced may be garbage now
 
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP, lambda: asyncio.ensure_future(run()))

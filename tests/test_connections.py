@@ -137,6 +137,9 @@ def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded(
     loaded before SERVING is left out of later collections (gc.freeze), unless
     HASHREC_GC_FREEZE=0."""
     import gc
+    import weakref
+
+    from shared.grpc_server import freeze_loaded
 
     loop = LoopThread()
 
@@ -149,6 +152,20 @@ def test_a_server_times_every_garbage_collection_and_freezes_what_it_loaded(
         gc.collect()
         assert server.registry.get_sample_value(
             "hashrec_gc_pause_seconds_count", {"generation": "2"}) == count + 1
+        # a model version dropped after the freeze (garbage in a cycle) is freed by the
+        # next freeze (after a rollout), not kept for the life of the process
+        class Version:
+            pass
+
+        dropped = Version()
+        dropped.itself = dropped
+        alive = weakref.ref(dropped)
+        loop.call(server.set_serving(True))
+        del dropped
+        gc.collect()
+        assert alive() is not None  # frozen: the collector does not see it
+        freeze_loaded()
+        assert alive() is None
         gc.unfreeze()
         monkeypatch.setenv("HASHREC_GC_FREEZE", "0")
         loop.call(server.set_serving(True))
