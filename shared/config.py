@@ -65,7 +65,8 @@ class AtMostEvery(logging.Filter):
         import time
 
         args = record.args if isinstance(record.args, tuple) else ()
-        key, now = (record.msg, *args[:2]), time.monotonic()
+        # repr: an argument may be a list, which a dict key cannot be
+        key, now = (record.msg, *map(repr, args[:2])), time.monotonic()
         if now - self._last.get(key, -self.seconds) < self.seconds:
             self._held[key] = self._held.get(key, 0) + 1
             return False

@@ -86,9 +86,11 @@ def test_a_failure_repeated_on_every_call_is_logged_once_a_period_with_its_count
         for _ in range(50):
             logger.warning("recommender: %s: %s: %s", "user", "UNAVAILABLE", "refused")
         logger.warning("recommender: %s: %s: %s", "word", "UNAVAILABLE", "refused")
+        logger.warning("%s not on model %s", ["word", "graph"], "v2")  # a list argument
         time.sleep(0.25)
         logger.warning("recommender: %s: %s: %s", "user", "UNAVAILABLE", "again")
     said = [record.getMessage() for record in caplog.records]
     assert said == ["recommender: user: UNAVAILABLE: refused",
                     "recommender: word: UNAVAILABLE: refused",  # another backend: its own
+                    "['word', 'graph'] not on model v2",
                     "recommender: user: UNAVAILABLE: again (and 49 more like it in 0.2 s)"]
