@@ -132,8 +132,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("gateway: recommender at %s; sign-in %s", settings.recommender,
                  identity.mode)
         collections.start()
-        yield
-        collections.stop()
+        try:
+            yield
+        finally:
+            collections.stop()
         await channel.close()
         if identity.accounts is not None:
             identity.accounts.close()

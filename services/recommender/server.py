@@ -325,11 +325,12 @@ class RecommenderServicer:
         for a new photo the mix must route the photo before the user can score it, so it
         is asked alone."""
         description = self.descriptions.get(sha)
-        if description is None or len(self.models.communities) < 2:
+        if description is None:
             mix, missing = await where_user_posts(
                 self.backends.user, user_id, self.models.communities,
                 call_timeout(self.backends.deadline, context))
             return mix, missing, None
+        self.descriptions.move_to_end(sha)  # a photo asked for often stays described
         asked = await self._user_scores(description, user_id, k, context)
         if asked.failed is not None:
             return None, said(USER_COMMUNITIES, asked.failed), asked
