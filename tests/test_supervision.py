@@ -169,7 +169,7 @@ def test_a_model_named_directly_is_verified_before_any_service_starts(
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert f"model {tampered.name}: " in result.stderr and victim.name in result.stderr
-    assert "started" not in result.stdout  # no child was started
+    assert ": started (pid" not in result.stdout + result.stderr  # no child was started
 
 
 def test_rollout_after_the_serve_stopped_or_was_killed_says_so(tmp_path: Path) -> None:
@@ -225,4 +225,4 @@ def test_a_model_of_the_wrong_kind_is_refused_in_one_line(stack: dict,
         assert "Traceback" not in result.stderr, result.stderr
         assert result.stderr.strip().splitlines()[-1].endswith(
             f"{stack['user_dir']} is a 'user-tensor-effects' model, not 'image-to-hashtag'")
-    assert "started" not in serve.stdout
+    assert ": started (pid" not in serve.stdout + serve.stderr
