@@ -49,17 +49,15 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from services.image_models import KIND as IMAGE_KIND
     from services.user.lookup import KIND as USER_KIND
-    from shared.artifacts import resolve_artifact
     from shared.config import models_dir
 
     with contextlib.ExitStack() as running:
         try:  # one `hashrec serve` a model folder, from before it trains anything
             running.enter_context(_pid_file())
             # the flags take what the services' environment variables take
-            model_dir = verified(resolve_artifact(args.models, IMAGE_KIND)) if args.models \
+            model_dir = named_model(args.models, IMAGE_KIND) if args.models \
                 else newest_model(models_dir())
-            user_dir = verified(resolve_artifact(args.user_model, USER_KIND)) \
-                if args.user_model else None
+            user_dir = named_model(args.user_model, USER_KIND) if args.user_model else None
         except (FileNotFoundError, ValueError, AlreadyServingError) as error:
             print(f"hashrec serve: {error}", file=sys.stderr)
             return 2
@@ -235,6 +233,15 @@ def ports_in_use(host: str, ports: list[int]) -> str | None:
             except OSError:
                 return f"port {port} is in use by another program"
     return None
+
+
+def named_model(path: Path, kind: str) -> Path:
+    """The version ``path`` names (itself, or the newest of ``kind`` in it), verified
+    once: a folder's newest is verified as it is chosen."""
+    from shared.artifacts import resolve_artifact
+
+    chosen = resolve_artifact(path, kind)
+    return verified(chosen) if chosen == path else chosen
 
 
 def verified(directory: Path) -> Path:
