@@ -47,10 +47,14 @@ class ArtifactWriter:
         self.files[path.relative_to(self.directory).as_posix()] = sha256_file(path)
 
     def array(self, name: str, value: np.ndarray) -> None:
+        relative = f"{name}.npy"
+        if relative in self.files or relative in self.aliases:
+            # an alias of it, or the digest's first name, would name bytes since replaced
+            raise ValueError(f"{self.directory}: {relative} written twice")
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(value), allow_pickle=False)
-        data = buffer.getvalue()
-        digest, relative = hashlib.sha256(data).hexdigest(), f"{name}.npy"
+        data = buffer.getbuffer()  # the buffer's own bytes, not a second copy of them
+        digest = hashlib.sha256(data).hexdigest()
         first = self._by_digest.get(digest)
         if first is not None and first != relative and len(data) >= SHARED_MIN_BYTES:
             self.aliases[relative] = first
@@ -159,7 +163,8 @@ class ArtifactReader:
                 raise ValueError(f"{path}: checksum does not match the manifest")
         self.aliases: dict[str, str] = self.manifest.get("aliases", {})
         for name, target in self.aliases.items():
-            if target not in self.manifest["files"] or name in self.manifest["files"]:
+            if not isinstance(target, str) or target not in self.manifest["files"] \
+                    or name in self.manifest["files"]:
                 raise ValueError(f"{directory / MANIFEST}: {name} is an alias of {target}, "
                                  "which the manifest does not list, or a file of its own")
         self._shared_files = set(self.aliases.values())

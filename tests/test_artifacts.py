@@ -56,6 +56,22 @@ def test_an_alias_of_a_file_the_manifest_lacks_is_refused(tmp_path: Path) -> Non
     path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="or a file of its own"):
         ArtifactReader(tmp_path)
+    manifest["aliases"] = {"semantic/visual_features.npy": ["knn/features.npy"]}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="is an alias of"):  # not a TypeError
+        ArtifactReader(tmp_path)
+
+
+def test_a_name_written_twice_is_refused(tmp_path: Path) -> None:
+    """An alias of it, or a later array with its old bytes, would name bytes since
+    replaced."""
+    big = np.zeros(SHARED_MIN_BYTES // 4, dtype=np.float32)
+    writer = ArtifactWriter(tmp_path)
+    writer.array("knn/features", big)
+    writer.array("graph/features", big.copy())  # an alias of knn/features
+    for name in ("knn/features", "graph/features"):
+        with pytest.raises(ValueError, match=f"{name}.npy written twice"):
+            writer.array(name, big + 1)
 
 
 @pytest.mark.parametrize("damage", [{"files": None}, {"aliases": ["knn/features.npy"]}])
