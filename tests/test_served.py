@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from commands.cli import main
@@ -126,3 +127,13 @@ def test_a_posters_prior_comes_from_their_earlier_posts_alone(
     assert priors[answered.image.resolve()][models.communities.index("food")] > 0.5
     first = poster_priors(models, feature_store, [answered], simulated[-3:])
     assert first == {}  # cy posted it before anything else: no past to route by
+    # the served answer routes the photo by its poster's prior: one who posts to
+    # instagram alone gets instagram's hashtags for the same food photo
+    from commands.experiments.served import in_process_answer
+
+    elsewhere = np.full(len(models.communities), 0.01, np.float32)
+    elsewhere[models.communities.index("instagram")] = 0.98
+    gate = in_process_answer(models, feature_store)([answered])
+    routed = in_process_answer(models, feature_store,
+                               posters={answered.image.resolve(): elsewhere})([answered])
+    assert routed != gate

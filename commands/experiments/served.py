@@ -143,12 +143,14 @@ def poster_priors(models: object, store: object, photos: Sequence[Post],
     """For each photo of ``photos`` that a simulated user posted (the first such post in
     the simulation, which lists each user's posts in time order): P(c | u) from that
     user's posts before it, each split by the gate's guess for its photo, as the user
-    service keeps a user's communities (services/user/train.py: where_users_post) and the
-    recommender turns them into a prior (community_prior). Only the past counts, as in
-    serving; a photo no simulated user posted, or whose poster had posted nothing before
-    it, is left out."""
+    service keeps a user's communities and the recommender turns them into a prior: the
+    serving code's own steps (a post's shares of at least MIN_POST_SHARE, counted by
+    UserCommunities, made a prior by user_mix). Only the past counts, as in serving; a
+    photo no simulated user posted, or whose poster had posted nothing before it, is left
+    out."""
     from commands.experiments.image2tag import _photos
-    from services.recommender.model import community_prior
+    from services.recommender.routing import MIN_POST_SHARE, user_mix
+    from services.user.communities import UserCommunities
 
     wanted = {p.image.resolve() for p in photos}
     earlier: dict[Path, list[Post]] = {}  # photo → its poster's posts before it
@@ -163,13 +165,14 @@ def poster_priors(models: object, store: object, photos: Sequence[Post],
     shares = dict(zip((p.id for p in kept), models.communities_of(described), strict=True))
     priors = {}
     for image, posts in earlier.items():
-        totals = dict.fromkeys(models.communities, 0.0)
+        counted = UserCommunities()
         for post in posts:
-            for name, share in zip(models.communities, shares[post.id].tolist(), strict=True):
-                totals[name] += share
-        prior = community_prior(totals, models.communities)
+            counted.add("poster", {name: share for name, share in zip(
+                models.communities, shares[post.id].tolist(), strict=True)
+                if share >= MIN_POST_SHARE})
+        prior = user_mix(counted.posts("poster"), models.communities)
         if prior is not None:
-            priors[image] = prior.astype(np.float32)
+            priors[image] = prior
     return priors
 
 
