@@ -25,6 +25,7 @@ from commands.experiments.image2tag import (
     Community,
     community_photos,
     folds_and_finals,
+    one_thread,
 )
 from services.image_models import KIND, OUT_OF_FOLD_PHOTOS, OUT_OF_FOLD_SCORES, ImageModels
 from services.recommender.model import Fusion, RankFusion
@@ -73,13 +74,11 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
 
     def fusions(scores: dict[str, np.ndarray],
                 ) -> tuple[Fusion, RankFusion | None, dict[str, RankFusion]]:
-        from threadpoolctl import threadpool_limits
-
         fusion_started = time.perf_counter()
-        # one BLAS thread: the pool's final fits hold the cores meanwhile. With the BLAS's
-        # own two threads beside them, 462 photos trained in 72 s at a 2.7 GiB peak; with
-        # one, 61 s at 1.9 GiB (bench/train.py; each OpenBLAS thread keeps its buffers)
-        with threadpool_limits(limits=1, user_api="blas"):
+        # one thread: the pool's final fits hold the cores meanwhile. With the BLAS's own
+        # two threads beside them, 462 photos trained in 72 s at a 2.7 GiB peak; with one,
+        # 61 s at 1.9 GiB (bench/train.py; each OpenBLAS thread keeps its buffers)
+        with one_thread():
             fusion = Fusion.fit(scores, truth)
             ranker = RankFusion.fit(scores, truth, seed) if len(methods) > 1 else None
             # each community's own learned fusion, on its photos scored as their
