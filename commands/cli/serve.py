@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
             model_dir = named_model(args.models, IMAGE_KIND) if args.models \
                 else newest_model(models_dir())
             user_dir = named_model(args.user_model, USER_KIND) if args.user_model else None
-        except (FileNotFoundError, ValueError, AlreadyServingError) as error:
+        except (OSError, ValueError, AlreadyServingError) as error:  # a read-only folder too
             print(f"hashrec serve: {error}", file=sys.stderr)
             return 2
         if not _ports_free(args):  # before minutes of training, not after
