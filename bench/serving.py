@@ -408,12 +408,13 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
         # stranger's. The pairs repeat every lcm(32, users, 100) calls (100: --user-share).
         pairs = math.lcm(len(warm_set), len(users), 100)
         for start in range(0, pairs, 16):
-            await asyncio.gather(*(recommend(warm_set[i % 32], i)
+            await asyncio.gather(*(recommend(warm_set[i % len(warm_set)], i)
                                    for i in range(start, min(start + 16, pairs))))
         fresh = iter(range(10**9))
         for concurrency in args.concurrency:
             for name, call in (
-                    (f"warm Recommend @{concurrency}", lambda i: recommend(warm_set[i % 32], i)),
+                    (f"warm Recommend @{concurrency}",
+                     lambda i: recommend(warm_set[i % len(warm_set)], i)),
                     (f"cold Recommend @{concurrency}", lambda i: recommend(
                         new_photo(photos[i % len(photos)], next(fresh)), i))):
                 reasons.clear()
@@ -424,14 +425,15 @@ async def _recommend_load(address: str, users: list[str], photos: list[bytes],
                 calm = (asyncio.ensure_future(probe(address, name.split()[0], args.seconds))
                         if concurrency > 64 else None)
                 rows[name] = await load(call, args.seconds, concurrency, args.max_calls)
-                if calm is not None:
-                    rows[name]["probe"] = await calm
+                # the row's figures end with its load, not with the calm client's last call
+                after, elapsed = service_cpu_seconds(supervisor), time.perf_counter() - started
                 rows[name]["server_lag_p99"] = lag_p99(lag_before, loop_lag_buckets(metrics))
-                full, paused = (after - before for after, before in zip(
+                full, paused = (now - then for now, then in zip(
                     full_collections(metrics), gc_before, strict=True))
                 rows[name]["server_full_gc"] = {"count": full,
                                                 "mean_ms": 1000 * paused / max(full, 1)}
-                after, elapsed = service_cpu_seconds(supervisor), time.perf_counter() - started
+                if calm is not None:
+                    rows[name]["probe"] = await calm
                 answered = max(rows[name]["calls"], 1)
                 rows[name]["cpu_ms_per_answer"] = {
                     service: round(1000 * (after[service] - before.get(service, 0.0))
