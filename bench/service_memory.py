@@ -19,16 +19,10 @@ from pathlib import Path
 
 import grpc
 from hashrec.v1 import recommender_pb2, recommender_pb2_grpc
-from stack import serve_processes, served_models
+from stack import serve_processes, served_models, service_pids, service_rss_kb
 
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
-
-
-def vm_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines()
-                    if line.startswith("VmRSS:"))) / 1024
 
 
 def maps_torch(pid: int) -> bool:
@@ -36,21 +30,6 @@ def maps_torch(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
     return False
-
-
-def service_pids(parent: int) -> dict[str, int]:
-    """The pid of each child of ``parent`` by the service module it runs."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if entry.name.isdigit() and int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                command = (entry / "cmdline").read_bytes().split(b"\0")
-                name = next((part.decode().split(".")[1] for part in command
-                             if part.startswith(b"services.")), None)
-                if name:
-                    found[name] = int(entry.name)
-    return found
 
 
 async def measure(args: argparse.Namespace) -> None:
@@ -66,7 +45,7 @@ async def measure(args: argparse.Namespace) -> None:
                 if reply.degraded:
                     raise SystemExit(f"a degraded answer: {list(reply.degraded_reasons)}")
         pids = service_pids(pid)
-        rss = {name: vm_rss_mb(child) for name, child in pids.items()}
+        rss = {name: kb / 1024 for name, kb in service_rss_kb(pid).items()}
         torch = {name: maps_torch(child) for name, child in pids.items()}
     print(f"models {model_dir.name}, user model {user_dir.name}")
     print(f"{'service':<13}{'VmRSS MB':>10}  torch")

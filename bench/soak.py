@@ -27,33 +27,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 from hashrec.v1 import recommender_pb2, recommender_pb2_grpc, user_pb2
-from stack import serve_processes, served_models
+from stack import serve_processes, served_models, service_rss_kb
 
 from shared.config import data_root, setup_logging
 from shared.grpc_server import CHANNEL_OPTIONS
 
 KINDS = (("recommend", 0.40), ("recommend_user", 0.30), ("feedback", 0.15),
          ("retrieve", 0.14), ("bad", 0.01))
-
-
-def children_rss(parent: int) -> dict[str, int]:
-    """Resident memory (kB) of each child of ``parent`` by the service module it runs."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
-                continue
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            name = next((part.decode().split(".")[1] for part in command
-                         if part.startswith(b"services.")), entry.name)
-            status = (entry / "status").read_text()
-            found[name] = int(next(line.split()[1] for line in status.splitlines()
-                                   if line.startswith("VmRSS:")))
-        except (OSError, IndexError, StopIteration, ValueError):
-            continue
-    return found
 
 
 async def soak(args: argparse.Namespace) -> None:
@@ -115,7 +95,7 @@ async def soak(args: argparse.Namespace) -> None:
         while (elapsed := time.monotonic() - start) < args.minutes * 60:
             minute = int(elapsed // 60)
             if minute not in rss and elapsed - minute * 60 > 55:  # near each minute's end
-                rss[minute] = children_rss(serve_pid)
+                rss[minute] = service_rss_kb(serve_pid)
             kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
             task = asyncio.create_task(one(kind, minute))
             tasks.add(task)

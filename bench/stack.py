@@ -103,6 +103,39 @@ async def start_stack(model: VisionModel, batch: int, model_dir: Path, user_dir:
     return [recommender, user, graph, word, vision], recommender.address
 
 
+def service_pids(supervisor: int) -> dict[str, int]:
+    """Each of `hashrec serve`'s children by the service it runs (its module's name, else
+    "pid N"), from the supervisor's children in /proc."""
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return {}
+    found = {}
+    for child in children:
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        module = next((part.decode() for part in command if part.startswith(b"services.")),
+                      None)
+        found[module.split(".")[1] if module else f"pid {child}"] = int(child)
+    return found
+
+
+def service_rss_kb(supervisor: int) -> dict[str, int]:
+    """Resident memory (kB) of each of `hashrec serve`'s children by service; a child gone
+    meanwhile (restarted) is left out."""
+    found = {}
+    for name, pid in service_pids(supervisor).items():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            found[name] = int(next(line.split()[1] for line in status.splitlines()
+                                   if line.startswith("VmRSS:")))
+        except (OSError, StopIteration):
+            continue
+    return found
+
+
 def service_cpu_seconds(supervisor: int | None) -> dict[str, float]:
     """CPU seconds (user + system) each of `hashrec serve`'s children has used, by service,
     and this process's own ("client"), from /proc."""
@@ -110,21 +143,12 @@ def service_cpu_seconds(supervisor: int | None) -> dict[str, float]:
 
     tick = os.sysconf("SC_CLK_TCK")
     used = {"client": sum(os.times()[:2])}
-    if supervisor is None:
-        return used
-    try:
-        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    except OSError:
-        return used
-    for child in children:
+    for name, pid in (service_pids(supervisor) if supervisor is not None else {}).items():
         try:
-            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        module = next((part.decode() for part in command if part.startswith(b"services.")),
-                      f"pid {child}")
-        used[module.split(".")[1]] = (int(fields[11]) + int(fields[12])) / tick
+        used[name] = (int(fields[11]) + int(fields[12])) / tick
     return used
 
 
