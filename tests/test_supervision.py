@@ -226,3 +226,36 @@ def test_a_model_of_the_wrong_kind_is_refused_in_one_line(stack: dict,
         assert result.stderr.strip().splitlines()[-1].endswith(
             f"{stack['user_dir']} is a 'user-tensor-effects' model, not 'image-to-hashtag'")
     assert ": started (pid" not in serve.stdout + serve.stderr
+
+
+def test_a_model_folder_whose_only_version_is_damaged_is_refused_not_trained_over(
+        stack: dict, tmp_path: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    damaged = models / stack["trained"].directory.name
+    shutil.copytree(stack["trained"].directory, damaged)
+    victim = next(path for path in sorted(damaged.iterdir()) if path.suffix == ".npy")
+    victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
+    result = subprocess.run(
+        [sys.executable, "-m", "commands.cli", "serve", "--port", "1", "--http-port", "0"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "HASHREC_MODELS": str(models)})
+    assert result.returncode == 2
+    assert "no trained model" not in result.stdout  # it did not start training over it
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hashrec serve: ") and "no image-to-hashtag version verifies" in last
+    assert victim.name in last
+
+
+def test_a_pid_file_it_cannot_write_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "serve.pid").mkdir(parents=True)  # a folder where the file should be
+    result = subprocess.run(
+        [sys.executable, "-m", "commands.cli", "serve", "--port", "1", "--http-port", "0"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "HASHREC_MODELS": str(models)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"hashrec serve: cannot write its pid file {models / 'serve.pid'}")
+    assert "HASHREC_MODELS must be a folder hashrec serve may write" in result.stderr

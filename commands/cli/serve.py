@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from commands.cli.common import PID_FILE, newest_model
+from commands.cli.common import PID_FILE
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -56,8 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
             running.enter_context(_pid_file())
             # the flags take what the services' environment variables take
             model_dir = named_model(args.models, IMAGE_KIND) if args.models \
-                else newest_model(models_dir())
-            user_dir = named_model(args.user_model, USER_KIND) if args.user_model else None
+                else newest_or_none(models_dir(), IMAGE_KIND)
+            user_dir = named_model(args.user_model, USER_KIND) if args.user_model \
+                else newest_or_none(models_dir() / "user", USER_KIND)
         except (OSError, ValueError, AlreadyServingError) as error:  # a read-only folder too
             print(f"hashrec serve: {error}", file=sys.stderr)
             return 2
@@ -235,6 +236,18 @@ def ports_in_use(host: str, ports: list[int]) -> str | None:
     return None
 
 
+def newest_or_none(folder: Path, kind: str) -> Path | None:
+    """The newest verified version of ``kind`` in ``folder``, or None when it holds none
+    (then serve trains one); ValueError when it holds versions and none verifies: a
+    damaged model is the operator's to mend, not a reason to train minutes over it."""
+    from shared.artifacts import resolve_artifact
+
+    try:
+        return resolve_artifact(folder, kind)
+    except FileNotFoundError:
+        return None
+
+
 def named_model(path: Path, kind: str) -> Path:
     """The version ``path`` names (itself, or the newest of ``kind`` in it), verified
     once: a folder's newest is verified as it is chosen."""
@@ -349,11 +362,15 @@ def _pid_file() -> Iterator[None]:
     file is emptied, not removed, so that no later serve can lock a name already gone."""
     import fcntl
 
-    from shared.config import models_dir
+    from shared.config import MODELS_ENV, models_dir
 
     path = models_dir() / PID_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    try:
+        handle = path.open("a+")
+    except OSError as error:
+        raise OSError(f"cannot write its pid file {path} ({error.strerror}): "
+                      f"{MODELS_ENV} must be a folder hashrec serve may write") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
