@@ -126,3 +126,18 @@ def test_cli_recommend_prints_json_and_names_errors(stack: dict, data_dir: Path,
     junk.write_bytes(b"not a photo at all")
     assert main(["recommend", str(junk), "--target", target]) == 1
     assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: ")
+
+
+def test_cli_recommend_into_a_closed_pipe_ends_quietly(stack: dict, data_dir: Path) -> None:
+    """`hashrec recommend PHOTO | head -1`: the reader went away; no BrokenPipeError."""
+    import subprocess
+    import sys
+
+    photo = data_dir / "food" / "images" / "0000008.jpg"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", "recommend", str(photo), "--target",
+         stack["recommender"].address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before it writes a line
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 0
+    assert b"Traceback" not in errors and b"BrokenPipeError" not in errors, errors

@@ -45,4 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"hashrec: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hashrec recommend ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
