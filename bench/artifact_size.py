@@ -32,4 +32,6 @@ if __name__ == "__main__":
     model = parser.parse_args().model or newest_model(models_dir())
     if model is None:
         parser.error(f"no trained model under {models_dir()}")
+    if not (model / MANIFEST).is_file():
+        parser.error(f"{model}: not a model version (no {MANIFEST})")
     main(model)
