@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from commands.experiments.image2tag import make_methods, out_of_fold_scores, photo_metrics
-from services.recommender.model import GatedMethod, RankFusion, outside_candidates
+from services.recommender.model import (
+    CommunityGate,
+    GatedMethod,
+    RankFusion,
+    outside_candidates,
+)
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.photos import PhotoSet
 
@@ -124,3 +129,15 @@ def test_every_candidate_of_the_learned_fusion_outranks_every_hashtag_no_method_
         outside = np.setdiff1d(np.arange(vocabulary), ids)
         assert (combined[row, outside] == 0).all()
         assert set(np.argsort(-combined[row])[:len(ids)].tolist()) == set(ids.tolist())
+
+
+def test_a_gate_fit_again_on_the_same_photos_with_another_strength_is_fit_anew() -> None:
+    # The gate is cached by its training photos so a fold's methods share one; a cache that
+    # ignored the strength answered bench/gate.py's whole grid with the first fit.
+    rng = np.random.default_rng(0)
+    communities = np.repeat([0, 1], 40)
+    features = rng.normal(size=(80, 8)).astype(np.float32) + communities[:, None]
+    photos = PhotoSet(features, np.zeros((80, 3), np.float32), communities=communities)
+    weak, strong = CommunityGate.fit(photos, 0.0001), CommunityGate.fit(photos, 10.0)
+    assert CommunityGate.fit(photos, 0.0001) is weak
+    assert np.abs(strong.weight).sum() > 10 * np.abs(weak.weight).sum()
