@@ -46,7 +46,7 @@ class Served:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append(line.rstrip())
-            started = re.match(r".*hashrec\.serve: (\w+): started \(pid (\d+)\)", line)
+            started = re.match(r".*hashrec\.serve: ([\w-]+): started \(pid (\d+)\)", line)
             if started:
                 self.pids[started[1]] = int(started[2])
 
@@ -75,12 +75,12 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(stack: dict, folder: Path, models: Path | None = None,
+def serving(stack: dict, folder: Path, models: Path | None = None, user_shards: int = 1,
             **env: str) -> Iterator[Served]:
     """`hashrec serve` over the stack fixture's small models (or ``models``), every
-    service its own process; metrics on free ports; the user journal and the pid file in
-    ``folder``; ``env`` on top."""
-    port = free_ports_in_a_row(5)
+    service its own process (the user service as ``user_shards`` shards); metrics on free
+    ports; the user journal and the pid file in ``folder``; ``env`` on top."""
+    port = free_ports_in_a_row(4 + user_shards)
     environment = {**os.environ, "HASHREC_MODELS": str(folder / "models"),
                    "HASHREC_USER_STATE": str(folder / "state"),
                    "HASHREC_BACKEND_DEADLINE_S": "2", "PYTHONUNBUFFERED": "1",
@@ -89,7 +89,7 @@ def serving(stack: dict, folder: Path, models: Path | None = None,
     process = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "serve", "--port", str(port), "--http-port",
          "0", "--models", str(models or stack["trained"].directory), "--user-model",
-         str(stack["user_dir"])],
+         str(stack["user_dir"]), "--user-shards", str(user_shards)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
     served = Served(process, port, folder)
     try:

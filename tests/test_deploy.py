@@ -66,11 +66,26 @@ def test_every_configured_target_is_a_service_port() -> None:
     assert set(targets) == {"HASHREC_VISION_TARGET", "HASHREC_WORD_TARGET",
                             "HASHREC_GRAPH_TARGET", "HASHREC_USER_TARGET",
                             "HASHREC_RECOMMENDER_TARGET"}
-    for key, target in [*targets.items(), ("HASHREC_REDIS_URL",
-                                           _config()["HASHREC_REDIS_URL"])]:
-        host, port = re.fullmatch(r"(?:redis://|dns:///)?([a-z-]+):(\d+)(?:/\d+)?",
-                                  target).groups()
+    for key, target in [*((k, t) for k, v in targets.items() for t in v.split(",")),
+                        ("HASHREC_REDIS_URL", _config()["HASHREC_REDIS_URL"])]:
+        # a StatefulSet pod's own name (user-0.user) is its Service's too
+        host, port = re.fullmatch(r"(?:redis://|dns:///)?(?:[a-z]+-\d+\.)?([a-z-]+):(\d+)"
+                                  r"(?:/\d+)?", target).groups()
         assert int(port) in services.get(host, set()), f"{key}={target}: no such Service"
+
+
+def test_each_user_shard_is_a_pod_of_its_own_named_in_shard_order() -> None:
+    """HASHREC_USER_SHARDS pods, pod user-i told it is shard i, and the recommender's
+    user targets the pods in that order: a user's calls reach the pod that owns them."""
+    shards = int(_config()["HASHREC_USER_SHARDS"])
+    user = next(w for w in _workloads() if w["metadata"]["name"] == "user")
+    assert user["kind"] == "StatefulSet" and user["spec"]["replicas"] == shards > 1
+    env = {e["name"]: e for e in user["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HASHREC_USER_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert _config()["HASHREC_USER_TARGET"].split(",") == [
+        f"dns:///user-{i}.user:50054" for i in range(shards)]
+    assert "state" in {c["metadata"]["name"] for c in user["spec"]["volumeClaimTemplates"]}
 
 
 def test_grpc_clients_reach_every_pod_of_a_headless_service_round_robin() -> None:
@@ -83,9 +98,11 @@ def test_grpc_clients_reach_every_pod_of_a_headless_service_round_robin() -> Non
     headless = {d["metadata"]["name"] for d in _documents()
                 if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"}
     grpc_targets = {k: v for k, v in _config().items() if k.endswith("_TARGET")}
-    for key, target in grpc_targets.items():
-        assert target.startswith("dns:///"), key
-        assert target.removeprefix("dns:///").split(":")[0] in headless, key
+    for key, targets in grpc_targets.items():
+        for target in targets.split(","):
+            assert target.startswith("dns:///"), key
+            host = target.removeprefix("dns:///").split(":")[0]
+            assert host.rsplit(".", 1)[-1] in headless, key
     config = json.loads(dict(CHANNEL_OPTIONS)["grpc.service_config"])
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert float(_config()["HASHREC_MAX_CONNECTION_AGE_S"]) > 0
@@ -134,6 +151,10 @@ def test_every_overlay_renders_valid_strict_kubernetes(overlay: str) -> None:
                    if d["kind"] in ("Deployment", "StatefulSet"))
         assert all(d["spec"]["maxReplicas"] == 1 for d in documents
                    if d["kind"] == "HorizontalPodAutoscaler")
+        config = next(d for d in documents if d["kind"] == "ConfigMap"
+                      and d["metadata"]["name"] == "hashrec-config")["data"]
+        assert config["HASHREC_USER_SHARDS"] == "1"  # as many shards as user pods
+        assert config["HASHREC_USER_TARGET"] == "dns:///user-0.user:50054"
         assert all(pod["containers"][0]["resources"]["requests"]["cpu"] in ("100m", "50m")
                    for pod in pods.values())
     elif overlay == "tls":  # every gRPC server and client reads the Secret's files

@@ -76,7 +76,7 @@ def test_sigterm_before_every_service_is_ready_prints_no_banner(stack: dict,
 
 
 def test_the_metrics_ports_move_with_the_port_unless_set(monkeypatch) -> None:
-    from commands.cli.serve import metrics_ports
+    from commands.cli.processes import metrics_ports
 
     for name in SERVICES:
         monkeypatch.delenv(f"HASHREC_{name.upper()}_METRICS_PORT", raising=False)

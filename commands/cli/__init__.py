@@ -1,7 +1,8 @@
 """The ``hashrec`` command."""
 
 # One module a command group: evaluate (and user), train, client (recommend, feedback,
-# retrieve), serve (serve, rollout, verify); common holds what they share.
+# retrieve), serve (serve, rollout, verify; processes: its children), shards
+# (reshard-users); common holds what they share.
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from commands.cli.client import _add_feedback_and_retrieve, _add_recommend
 from commands.cli.evaluate import _add_evaluate
 from commands.cli.serve import _add_rollout, _add_serve, _add_verify
+from commands.cli.shards import add_reshard
 from commands.cli.train import _add_train
 from shared.config import DATA_ROOT_ENV, setup_logging
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_rollout(commands)
     _add_verify(commands)
+    add_reshard(commands)
     return parser
 
 

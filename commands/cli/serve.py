@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import os
 import signal
@@ -12,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from commands.cli.common import PID_FILE
+from commands.cli.processes import DEFAULT_PORT, metrics_ports, single_process_metrics
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -43,6 +43,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                              "model, every shipped photo set: `hashrec train`)")
     parser.add_argument("--single-process", action="store_true",
                         help="every service in this one process (small machines, tests)")
+    parser.add_argument("--user-shards", type=int, default=1, metavar="N",
+                        help="the user service as N shard processes, shard i on PORT+4+i, "
+                             "each owning the users jump hashing gives it, its state in "
+                             "STATE/shard-i (`hashrec reshard-users` moves users between "
+                             "counts)")
     parser.set_defaults(handler=_serve)
 
 
@@ -51,6 +56,10 @@ def _serve(args: argparse.Namespace) -> int:
     from services.user.lookup import KIND as USER_KIND
     from shared.config import models_dir
 
+    if args.user_shards < 1 or (args.single_process and args.user_shards > 1):
+        print("hashrec serve: --user-shards must be at least 1, and 1 with --single-process",
+              file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as running:
         try:  # one `hashrec serve` a model folder, from before it trains anything
             running.enter_context(_pid_file())
@@ -123,7 +132,9 @@ def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
     if trained and not _ports_free(args):
         return 2
     if not args.single_process:
-        return _serve_processes(args, model_dir, user_dir)
+        from commands.cli.processes import serve_processes
+
+        return serve_processes(args, model_dir, user_dir)
 
     async def run() -> None:
         host, port = args.host, args.port
@@ -172,43 +183,13 @@ def _prepare_and_serve(args: argparse.Namespace, model_dir: Path | None,
     return 0
 
 
-#: each service's offset from the metrics base port (9100: 9100 to 9104, as deploy/ uses)
-METRICS_OFFSETS = {"recommender": 0, "vision": 1, "word": 2, "graph": 3, "user": 4}
-DEFAULT_PORT, DEFAULT_METRICS_PORT = 50050, 9100
-
-
-def metrics_ports(port: int, base: int | None) -> dict[str, int]:
-    """The services' Prometheus ports: from ``base`` (--metrics-port), or moved with
-    --port (9100 at the default 50050), so two instances on one host do not collide. A
-    service whose HASHREC_<NAME>_METRICS_PORT is set keeps that."""
-    if base is None:
-        base = DEFAULT_METRICS_PORT + port - DEFAULT_PORT
-    if not 1024 <= base <= 65535 - len(METRICS_OFFSETS):
-        base = DEFAULT_METRICS_PORT  # --port far from the default: the documented ports
-    return {name: base + offset for name, offset in METRICS_OFFSETS.items()
-            if not os.environ.get(f"HASHREC_{name.upper()}_METRICS_PORT")}
-
-
-def single_process_metrics(port: int, base: int | None) -> dict[str, int]:
-    """Each service's metrics port with --single-process: as the processes get them, or
-    HASHREC_<NAME>_METRICS_PORT where that is set (0: any free port)."""
-    from shared.config import env_port
-
-    metrics = metrics_ports(port, base)
-    return {name: metrics[name] if name in metrics
-            else env_port(f"HASHREC_{name.upper()}_METRICS_PORT", 0)
-            for name in METRICS_OFFSETS}
-
-
-def _metrics_env(name: str, metrics: dict[str, int]) -> dict[str, str]:
-    return {f"HASHREC_{name.upper()}_METRICS_PORT": str(metrics[name])} \
-        if name in metrics else {}
-
-
 def _ports_free(args: argparse.Namespace) -> bool:
     """Whether every port this serve will take is free; if not, says which, in one line."""
-    ports = [args.port + offset for offset in range(5)] + list(
-        metrics_ports(args.port, args.metrics_port).values())
+    metrics = metrics_ports(args.port, args.metrics_port)
+    extra = range(1, getattr(args, "user_shards", 1))  # shards beyond the first
+    ports = [args.port + offset for offset in range(5)] + list(metrics.values()) + \
+        [args.port + 4 + i for i in extra] + \
+        ([metrics["user"] + i for i in extra] if "user" in metrics else [])
     busy = ports_in_use(args.host, ports + ([args.http_port] if args.http_port else []))
     if busy:
         print(f"hashrec serve: {busy}; stop it first (or choose --port / --http-port / "
@@ -279,74 +260,6 @@ def verified_newest(folder: Path, kind: str) -> Path:
     if newest is None:
         raise FileNotFoundError(f"{folder}: no {kind} model to roll out")
     return verified(newest)
-
-
-def child_threads() -> dict[str, dict[str, str]]:
-    """Each child's HASHREC_THREADS when the operator set none: the vision model's passes
-    take every core; the scoring services, whose batches are small matrix products, take
-    one each, so five processes' thread pools do not spin against each other on the same
-    cores (bench/serving.py, 64 cold calls in flight on 2 cores: 27 → 40 answers/s)."""
-    from shared.batching import THREADS_ENV
-
-    if os.environ.get(THREADS_ENV):
-        return collections.defaultdict(dict)
-    return collections.defaultdict(lambda: {THREADS_ENV: "1"}, vision={})
-
-
-def _serve_processes(args: argparse.Namespace, model_dir: Path, user_dir: Path) -> int:
-    """Every service its own supervised child process (commands/supervisor.py)."""
-    import asyncio
-
-    from commands.supervisor import ChildSpec, Supervisor, grpc_ready, http_ready
-    from services.image_models import KIND as IMAGE_KIND
-    from services.user.lookup import KIND as USER_KIND
-
-    host, port = args.host, args.port
-    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    backends = {"vision": port + 1, "word": port + 2, "graph": port + 3, "user": port + 4}
-    # A rollout (SIGHUP: `hashrec rollout`) is of the newest version in the folder, once
-    # it verifies; a restarted service then starts on it, the one the others switched to,
-    # and never on a version that was refused.
-    def rolled_out() -> dict[str, str]:
-        return {"HASHREC_MODEL_DIR": str(verified_newest(model_dir.parent, IMAGE_KIND)),
-                "HASHREC_USER_MODEL_DIR": str(verified_newest(user_dir.parent, USER_KIND))}
-    threads = child_threads()
-    metrics = metrics_ports(port, args.metrics_port)
-    specs = [ChildSpec(name, f"services.{name}.server",
-                       {**threads[name], f"HASHREC_{name.upper()}_HOST": host,
-                        f"HASHREC_{name.upper()}_PORT": str(backend_port),
-                        **_metrics_env(name, metrics),
-                        "HASHREC_MODEL_DIR": str(model_dir),
-                        "HASHREC_USER_MODEL_DIR": str(user_dir),
-                        "OTEL_SERVICE_NAME": f"hashrec-{name}"},
-                       grpc_ready(f"{probe}:{backend_port}"),
-                       reloads=name in ("word", "graph", "user"), rollout_env=rolled_out)
-             for name, backend_port in backends.items()]
-    specs.append(ChildSpec(
-        "recommender", "services.recommender.server",
-        {**threads["recommender"], "HASHREC_RECOMMENDER_HOST": host,
-         "HASHREC_RECOMMENDER_PORT": str(port), **_metrics_env("recommender", metrics),
-         "HASHREC_MODEL_DIR": str(model_dir), "OTEL_SERVICE_NAME": "hashrec-recommender",
-         **{f"HASHREC_{name.upper()}_TARGET": f"{probe}:{backend_port}"
-            for name, backend_port in backends.items()}},
-        grpc_ready(f"{probe}:{port}"), after=tuple(backends), reloads=True,
-        rollout_env=rolled_out))
-    if args.http_port:
-        specs.append(ChildSpec(
-            "gateway", "services.gateway.server",
-            {"HASHREC_GATEWAY_HOST": host, "HASHREC_GATEWAY_PORT": str(args.http_port),
-             "OTEL_SERVICE_NAME": "hashrec-gateway",
-             "HASHREC_RECOMMENDER_TARGET": f"{probe}:{port}"},
-            http_ready(f"http://{probe}:{args.http_port}/readyz"), after=("recommender",)))
-
-    def announce() -> None:
-        print(f"serving hashrec.v1.RecommenderService on {host}:{port} (vision, word, graph, "
-              f"user on {', '.join(f'{host}:{p}' for p in backends.values())}, one process "
-              f"each; model {model_dir.name}, user model {user_dir.name})", flush=True)
-        if args.http_port:
-            print(f"the page: http://{host}:{args.http_port}/", flush=True)
-
-    return asyncio.run(Supervisor(specs).run(on_ready=announce))
 
 
 class AlreadyServingError(Exception):

@@ -3,17 +3,46 @@ told when one fails (transport only)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import grpc
 from hashrec.v1 import graph_pb2_grpc, user_pb2_grpc, vision_pb2_grpc, word_pb2_grpc
 
 from shared.config import AtMostEvery
 from shared.grpc_server import names_an_address
+from shared.sharding import shard_of
 
 log = logging.getLogger(__name__)
 log.addFilter(AtMostEvery())  # a backend down fails every call: a line every 10 s
+
+
+@dataclass
+class UserShards:
+    """The user service's shards, in shard order: a user's calls go to the shard that
+    owns them (jump consistent hashing of the user id, shared/sharding.py); a call with
+    no user (the user-agnostic model, the training photos) to each in turn."""
+
+    stubs: Sequence[user_pb2_grpc.UserProfileServiceStub]
+    _turns: itertools.cycle = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.stubs:
+            raise ValueError("no user shard")
+        self._turns = itertools.cycle(range(len(self.stubs)))
+
+    def for_user(self, user_id: str) -> user_pb2_grpc.UserProfileServiceStub:
+        if not user_id:
+            return self.stubs[next(self._turns)]
+        return self.stubs[shard_of(user_id, len(self.stubs))]
+
+    def name(self, user_id: str) -> str:
+        """How a failure is named: "user", or "user shard i" where there are several."""
+        if len(self.stubs) == 1 or not user_id:
+            return "user"
+        return f"user shard {shard_of(user_id, len(self.stubs))}"
 
 
 @dataclass
@@ -23,7 +52,7 @@ class Backends:
     vision: vision_pb2_grpc.VisionServiceStub
     word: word_pb2_grpc.WordEmbeddingServiceStub | None = None
     graph: graph_pb2_grpc.GraphEmbeddingServiceStub | None = None
-    user: user_pb2_grpc.UserProfileServiceStub | None = None
+    user: UserShards | None = None
     vision_deadline: float = 10.0
     deadline: float = 5.0
 

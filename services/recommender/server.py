@@ -24,7 +24,9 @@ HASHREC_RECOMMENDER_PORT (50050), HASHREC_RECOMMENDER_METRICS_PORT (9100),
 
 HASHREC_MODEL_DIR (a `hashrec train` directory, or a folder of them: the newest),
 HASHREC_VISION_TARGET (127.0.0.1:50051),
-HASHREC_WORD_TARGET (:50052), HASHREC_GRAPH_TARGET (:50053), HASHREC_USER_TARGET (:50054)
+HASHREC_WORD_TARGET (:50052), HASHREC_GRAPH_TARGET (:50053), HASHREC_USER_TARGET (:50054;
+several, comma-separated: the user service's shards in shard order, each user's calls routed
+to the shard that owns them)
 (an empty target: that backend is not used), HASHREC_VISION_DEADLINE_S (10),
 HASHREC_BACKEND_DEADLINE_S (5: word, graph, user), HASHREC_MAX_IN_FLIGHT (64),
 HASHREC_REDIS_URL (unset: in-process),
@@ -64,7 +66,14 @@ from services.image_models import (
     swap_on_reload,
 )
 from services.recommender.answer import Answers, PhotoScores, Prepared, Request
-from services.recommender.backends import Backends, call_timeout, forward_error, reason, said
+from services.recommender.backends import (
+    Backends,
+    UserShards,
+    call_timeout,
+    forward_error,
+    reason,
+    said,
+)
 from services.recommender.routing import (
     USER_COMMUNITIES,
     post_communities,
@@ -277,11 +286,13 @@ class RecommenderServicer:
         weight the user model was fitted to be given (USER_WEIGHT when it has none), and
         where the user posts."""
         try:
-            reply = await self.backends.user.Score(user_pb2.UserScoreRequest(
-                photo=description, user_id=user_id, k=max(k, USER_DEPTH)),
+            reply = await self.backends.user.for_user(user_id).Score(
+                user_pb2.UserScoreRequest(photo=description, user_id=user_id,
+                                          k=max(k, USER_DEPTH)),
                 timeout=call_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            return UserPart([], USER_WEIGHT, [reason("user", error)], failed=error.code().name)
+            return UserPart([], USER_WEIGHT, [reason(self.backends.user.name(user_id), error)],
+                            failed=error.code().name)
         if not reply.known_user:
             return UserPart([], USER_WEIGHT, [], dict(reply.communities))
         # a fitted 0 is the photo alone; an old user model that fitted none sends 0 too
@@ -327,7 +338,7 @@ class RecommenderServicer:
         description = self.descriptions.get(sha)
         if description is None:
             mix, missing = await where_user_posts(
-                self.backends.user, user_id, self.models.communities,
+                self.backends.user.for_user(user_id), user_id, self.models.communities,
                 call_timeout(self.backends.deadline, context))
             return mix, missing, None
         self.descriptions.move_to_end(sha)  # a photo asked for often stays described
@@ -412,13 +423,15 @@ class RecommenderServicer:
         description = describe(reply)
         communities = post_communities(self.models, description, mix)
         try:
-            return await self.backends.user.Update(user_pb2.UserUpdateRequest(
-                user_id=request.user_id, photo=description, hashtags=request.hashtags,
-                photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest(),
-                request_id=request.request_id, communities=communities),
+            return await self.backends.user.for_user(request.user_id).Update(
+                user_pb2.UserUpdateRequest(
+                    user_id=request.user_id, photo=description, hashtags=request.hashtags,
+                    photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest(),
+                    request_id=request.request_id, communities=communities),
                 timeout=call_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            await forward_error("user service", error, context)
+            await forward_error(self.backends.user.name(request.user_id) + " service",
+                                error, context)
             raise
 
     async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
@@ -441,10 +454,11 @@ class RecommenderServicer:
         if self.backends.user is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
         try:
-            return await getattr(self.backends.user, method)(
+            return await getattr(self.backends.user.for_user(request.user_id), method)(
                 request, timeout=call_timeout(self.backends.deadline, context))
         except grpc.aio.AioRpcError as error:
-            await forward_error("user service", error, context)
+            await forward_error(self.backends.user.name(request.user_id) + " service",
+                                error, context)
             raise
 
 
@@ -471,14 +485,16 @@ async def serve(host: str, port: int, model_dir: Path, vision_target: str,
         channels.append(aio_channel(target, client_interceptors()))
         return channels[-1]
 
-    vision, word, graph, user = (channel(t) for t in (vision_target, word_target,
-                                                        graph_target, user_target))
+    vision, word, graph = (channel(t) for t in (vision_target, word_target, graph_target))
+    # several user targets, comma-separated: the shards, in shard order
+    user_shards = [channel(t.strip()) for t in (user_target or "").split(",") if t.strip()]
     server.on_stop(lambda: [asyncio.ensure_future(c.close()) for c in channels])
     backends = Backends(
         vision_pb2_grpc.VisionServiceStub(vision),
         word and word_pb2_grpc.WordEmbeddingServiceStub(word),
         graph and graph_pb2_grpc.GraphEmbeddingServiceStub(graph),
-        user and user_pb2_grpc.UserProfileServiceStub(user),
+        UserShards([user_pb2_grpc.UserProfileServiceStub(c) for c in user_shards])
+        if user_shards else None,
         vision_deadline, backend_deadline)
 
     worker = NumericWorker("recommender")

@@ -11,7 +11,9 @@ Config from the environment: HASHREC_USER_HOST (127.0.0.1), HASHREC_USER_PORT (5
 HASHREC_USER_METRICS_PORT (9104),
 HASHREC_USER_MODEL_DIR (from services/user/train.py, or a folder of them: the newest),
 HASHREC_USER_STATE (where the update journal lives; default beside the model),
-HASHREC_USER_SNAPSHOT_EVERY (1000).
+HASHREC_USER_SNAPSHOT_EVERY (1000), HASHREC_USER_SHARD_INDEX (0) and HASHREC_USER_SHARDS (1):
+this process is that shard of the users (services/user/shards.py); a call naming a user it
+does not own is refused (FAILED_PRECONDITION), and its state folder is bound to it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from services.recommender.user_side import mix_user_answers
 from services.user.communities import community_problem
 from services.user.journal import JournalError, UpdateJournal, hold_state
 from services.user.lookup import KIND, UserHashtagLookup
+from services.user.shards import claim
 from shared.admission import abort_overloaded
 from shared.artifacts import newest_artifact, resolve_artifact
 from shared.batching import Batcher, NumericWorker, OverloadedError
@@ -39,6 +42,7 @@ from shared.config import env_int, env_port, required_env, setup_logging
 from shared.data.normalize import normalize_hashtag
 from shared.grpc_server import (
     GrpcServer,
+    StartupError,
     k_or_abort,
     limits_or_abort,
     run_service,
@@ -52,6 +56,7 @@ from shared.limits import (
     user_id_problem,
 )
 from shared.scoring import photo_or_abort
+from shared.sharding import UNSHARDED, Shard
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = user_pb2.DESCRIPTOR.services_by_name["UserProfileService"].full_name
@@ -64,9 +69,10 @@ T = TypeVar("T")
 
 class UserServicer:
     def __init__(self, lookup: UserHashtagLookup, journal: UpdateJournal,
-                 model_version: str, snapshot_every: int = SNAPSHOT_EVERY) -> None:
+                 model_version: str, snapshot_every: int = SNAPSHOT_EVERY,
+                 shard: Shard = UNSHARDED) -> None:
         self.lookup, self.journal, self.model_version = lookup, journal, model_version
-        self.snapshot_every = snapshot_every
+        self.snapshot_every, self.shard = snapshot_every, shard
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="user-read")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="user-write")
         # Score: the photos of concurrent calls in one lookup, on one numeric thread.
@@ -74,6 +80,13 @@ class UserServicer:
         self.scoring: Batcher[tuple[np.ndarray, str | None, int],
                               user_pb2.UserScoreResponse] = Batcher(
             "user scoring", self._score_batch, self.worker)
+
+    async def _owned_or_abort(self, user_id: str, context: grpc.aio.ServicerContext,
+                              ) -> None:
+        """A user another shard owns: refused, so that nothing of theirs lands here."""
+        if user_id and not self.shard.owns(user_id):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"user {quoted(user_id)} is not {self.shard}'s")
 
     async def _read(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.readers, work)
@@ -128,6 +141,7 @@ class UserServicer:
                     context: grpc.aio.ServicerContext) -> user_pb2.UserScoreResponse:
         k = await k_or_abort(request.k, MAX_SCORE_K, context)
         await limits_or_abort(context, user_id_problem(request.user_id))
+        await self._owned_or_abort(request.user_id, context)
         photo = await photo_or_abort(request.photo, context)
         try:
             return await self.scoring.submit((photo.features[0], request.user_id or None, k))
@@ -139,6 +153,7 @@ class UserServicer:
                           context: grpc.aio.ServicerContext,
                           ) -> user_pb2.UserCommunitiesResponse:
         await limits_or_abort(context, user_id_problem(request.user_id))
+        await self._owned_or_abort(request.user_id, context)
         return user_pb2.UserCommunitiesResponse(
             posts=self.lookup.communities.posts(request.user_id))
 
@@ -149,6 +164,7 @@ class UserServicer:
                               hashtags_problem(request.hashtags),
                               request_id_problem(request.request_id),
                               community_problem(communities))
+        await self._owned_or_abort(request.user_id, context)
         photo = await photo_or_abort(request.photo, context)
         accepted, ignored, later = [], [], []
         for raw in request.hashtags:
@@ -202,6 +218,7 @@ class UserServicer:
     async def Photos(self, request: user_pb2.UserPhotosRequest,  # noqa: N802
                      context: grpc.aio.ServicerContext) -> user_pb2.UserPhotosResponse:
         await limits_or_abort(context, user_id_problem(request.user_id, required=True))
+        await self._owned_or_abort(request.user_id, context)
         photos = await self._read(lambda: self._locked(
             lambda: self.lookup.owners.photos_of(request.user_id)))
         return user_pb2.UserPhotosResponse(photo_ids=photos)
@@ -222,6 +239,7 @@ class UserServicer:
     async def Forget(self, request: user_pb2.ForgetRequest,  # noqa: N802
                      context: grpc.aio.ServicerContext) -> user_pb2.ForgetResponse:
         await limits_or_abort(context, user_id_problem(request.user_id, required=True))
+        await self._owned_or_abort(request.user_id, context)
         user, photo = request.user_id, request.photo_id or None
 
         def forget() -> tuple[list[str], bool] | None:
@@ -252,6 +270,7 @@ class UserServicer:
         k = await k_or_abort(request.k, MAX_RETRIEVE_K, context)
         await limits_or_abort(context, hashtag_problem(request.hashtag),
                               user_id_problem(request.user_id))
+        await self._owned_or_abort(request.user_id, context)
         hashtag = normalize_hashtag(request.hashtag)
         if hashtag is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -282,12 +301,13 @@ def load_with_journal(model_dir: Path, state_dir: Path | None,
 
 async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = None,
                 metrics_port: int | None = None,
-                snapshot_every: int = SNAPSHOT_EVERY) -> GrpcServer:
+                snapshot_every: int = SNAPSHOT_EVERY, shard: Shard = UNSHARDED) -> GrpcServer:
     """Starts NOT_SERVING, loads and verifies the model, replays the journal, SERVING.
-    StartupError when another process holds the journal (one writer a journal) or the
-    port."""
+    StartupError when another process holds the journal (one writer a journal), the
+    state belongs to another shard, or the port is taken."""
     lock = hold_state(journal_folder(model_dir, state_dir).parent)
     try:
+        claim(journal_folder(model_dir, state_dir).parent, shard)
         server, late = await start_loading(
             SERVICE_NAME, user_pb2_grpc.add_UserProfileServiceServicer_to_server,
             "user model", host, port, metrics_port)
@@ -296,7 +316,7 @@ async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = 
     except BaseException:
         lock.release()
         raise
-    servicer = UserServicer(lookup, journal, model_dir.name, snapshot_every)
+    servicer = UserServicer(lookup, journal, model_dir.name, snapshot_every, shard)
     server.on_stop(servicer.close)
     server.on_stop(lock.release)  # after the last snapshot
     current = [model_dir]
@@ -321,11 +341,18 @@ async def serve(host: str, port: int, model_dir: Path, state_dir: Path | None = 
     server.reload = reload
     late.target = server.servicer = servicer
     await server.set_serving(True)
-    log.info("user: model %s, %d users, %d hashtags, %d photos; the three-way term is %s",
-             model_dir.name, len(lookup.user_ids), len(lookup.vocabulary),
+    log.info("user: %s; model %s, %d users, %d hashtags, %d photos; the three-way term is %s",
+             shard, model_dir.name, len(lookup.user_ids), len(lookup.vocabulary),
              len(lookup.photo_ids), "active" if lookup.tensor_active else
              "zero (serving the main effects; updates move counts and lifts only)")
     return server
+
+
+def shard_from_env() -> Shard:
+    try:
+        return Shard(env_int("HASHREC_USER_SHARD_INDEX", 0), env_int("HASHREC_USER_SHARDS", 1))
+    except ValueError as error:
+        raise StartupError(f"HASHREC_USER_SHARD_INDEX / HASHREC_USER_SHARDS: {error}") from None
 
 
 async def _main() -> None:
@@ -337,7 +364,8 @@ async def _main() -> None:
                                                             "the user model to serve")), KIND),
                          Path(state) if state else None,
                          env_port("HASHREC_USER_METRICS_PORT", DEFAULT_METRICS_PORT),
-                         env_int("HASHREC_USER_SNAPSHOT_EVERY", SNAPSHOT_EVERY))
+                         env_int("HASHREC_USER_SNAPSHOT_EVERY", SNAPSHOT_EVERY),
+                         shard_from_env())
     server.stop_on_signals()
     server.reload_on_signal()  # the newest user model, swapped in live
     await server.wait()
