@@ -16,6 +16,7 @@ from services.user.model import (
     ranking_loss,
     softmax_loss,
 )
+from services.user.profiles import KEPT_EXPECTED, SparseProfiles
 from tests.lookups import small_lookup
 
 ONE = TensorParams(hashtag_dim=1, photo_dim=1, user_dim=1)
@@ -164,7 +165,15 @@ def test_online_update_changes_that_user_only(lookup: UserHashtagLookup) -> None
     assert lookup.post_counts[0] == 4 and lookup.hashtag_counts[0, target] == \
         before_counts + 3
     photo = np.exp(lookup.effects.content.log_probabilities(features[:1])[0])
-    np.testing.assert_allclose(lookup.expected_uses[0], before_uses + 3 * photo, rtol=1e-5)
+    # E grows by n P(h | x), kept for the hashtags used and the KEPT_EXPECTED largest
+    # (services/user/profiles.py): the rest read as 0, never more than they are
+    exact, kept = before_uses + 3 * photo, lookup.expected_uses[0]
+    top = np.argsort(-exact)[:KEPT_EXPECTED // 2]  # well above the cut: exact
+    np.testing.assert_allclose(kept[top], exact[top], rtol=1e-5)
+    assert (kept <= exact + 1e-6).all()
+    used = np.flatnonzero(lookup.hashtag_counts[0])
+    assert np.count_nonzero(kept) == len(np.union1d(used, np.argsort(-kept)[:KEPT_EXPECTED]))
+    assert np.count_nonzero(kept) < len(exact)
     for other in ("bob", "cy", None):  # everyone else, the agnostic fallback too
         np.testing.assert_array_equal(after[other], before[other])
 
@@ -201,7 +210,9 @@ def test_a_new_user_gets_a_profile_from_their_first_post(lookup: UserHashtagLook
     lookup.update("dee", np.ones(8, np.float32), [3, 4])
     assert lookup.known("dee")
     mine = lookup.log_lift("dee")
-    assert (mine[[3, 4]] > 0).all() and (np.delete(mine, [3, 4]) < 0).all()
+    # used: above 1; the rest at most 1 (exactly 1 where the photo predicts them least)
+    assert (mine[[3, 4]] > 0).all() and (np.delete(mine, [3, 4]) <= 0).all()
+    assert (np.delete(mine, [3, 4]) < 0).sum() >= KEPT_EXPECTED - 2
 
 
 def test_many_new_users_each_keep_their_own_rows(lookup: UserHashtagLookup) -> None:
@@ -583,3 +594,39 @@ def test_out_of_fold_photo_scores_come_from_a_model_that_never_saw_the_photo() -
     out_of_fold, _ = out_of_fold_content_model(features, hashtags, 10)
     # Both posts of a photo are scored by the one model that saw neither.
     np.testing.assert_array_equal(out_of_fold[0::2], out_of_fold[1::2])
+
+
+def test_sparse_profiles_read_as_the_dense_rows_they_keep_and_survive_a_snapshot() -> None:
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 3, size=(5, 100)) * (rng.random((5, 100)) < 0.1)
+    expected = rng.gamma(0.3, 1.0, size=(5, 100))
+    profiles = SparseProfiles.from_dense(counts.astype(float), expected, kept_expected=8)
+    dense_counts, dense_expected = profiles.dense()
+    np.testing.assert_array_equal(dense_counts, counts)
+    for row in range(5):
+        kept = np.union1d(np.flatnonzero(counts[row]), np.argsort(-expected[row])[:8])
+        np.testing.assert_allclose(dense_expected[row, kept], expected[row, kept], rtol=1e-6)
+        assert not np.delete(dense_expected[row], kept).any()
+        ids = np.array([0, 7, 50, 99])
+        c, e = profiles.at(row, ids)
+        np.testing.assert_array_equal(c, dense_counts[row, ids])
+        np.testing.assert_array_equal(e, dense_expected[row, ids])
+        np.testing.assert_array_equal(profiles.used(row), np.flatnonzero(counts[row]))
+    again = SparseProfiles.from_arrays(100, profiles.arrays(), kept_expected=8)
+    np.testing.assert_array_equal(again.dense()[1], dense_expected)
+    row = again.append()
+    again.add_post(row, [3, 9], np.linspace(0.01, 0.02, 100))  # the top 8: 92-99
+    assert again.used(row).tolist() == [3, 9] and np.count_nonzero(again.expected(row)) == 10
+    assert profiles.nbytes < dense_counts.nbytes  # the point of it
+
+
+def test_a_snapshot_from_before_profiles_were_sparse_is_restored(
+        lookup: UserHashtagLookup) -> None:
+    lookup.update("dee", np.ones(8, np.float32), [3, 4])
+    arrays, lists = lookup.profiles()
+    old = {name: arrays[name] for name in ("user_vectors", "post_counts")}
+    old["hashtag_counts"], old["expected_uses"] = lookup.hashtag_counts, lookup.expected_uses
+    again = small_lookup(with_effects=True)
+    again.restore_profiles(old, lists)
+    np.testing.assert_array_equal(again.hashtag_counts, lookup.hashtag_counts)
+    np.testing.assert_allclose(again.log_lift("dee"), lookup.log_lift("dee"))

@@ -43,6 +43,7 @@ import numpy as np
 from services.user.communities import UserCommunities
 from services.user.effects import ContentModel, MainEffects, log_normalisers
 from services.user.privacy import PhotoOwners, RequestLog
+from services.user.profiles import SparseProfiles
 from services.user.tensor import ARRAYS, TensorParams, TensorWeights
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex, photo_index
@@ -72,13 +73,16 @@ class UserHashtagLookup:
         self.user_index = {user: row for row, user in enumerate(user_ids)}
         self.user_ids = list(user_ids)
         self.post_counts = np.asarray(post_counts, dtype=np.float64).copy()
-        self.hashtag_counts = np.asarray(hashtag_counts, dtype=np.float64).copy()
-        # A copy: online updates grow the expected uses, never the caller's arrays.
+        hashtag_counts = np.asarray(hashtag_counts, dtype=np.float64)
+        if effects is not None and effects.expected.shape != hashtag_counts.shape:
+            raise ValueError(f"expected uses {effects.expected.shape} do not match "
+                             f"the counts {hashtag_counts.shape}")
+        #: c_uh and E_uh, sparse (services/user/profiles.py); the effects keep the fitted
+        #: weights only, so nothing dense a user stays behind
+        self.user_hashtags = SparseProfiles.from_dense(
+            hashtag_counts, None if effects is None else effects.expected)
         self.effects = None if effects is None else dataclasses.replace(
-            effects, expected=np.asarray(effects.expected, dtype=np.float64).copy())
-        if effects is not None and self.expected_uses.shape != self.hashtag_counts.shape:
-            raise ValueError(f"expected uses {self.expected_uses.shape} do not match "
-                             f"the counts {self.hashtag_counts.shape}")
+            effects, expected=np.zeros((0, len(vocabulary))))
         arrays = model.arrays
         self.user_vectors = arrays["users.weight"].copy()
         self.mean_user = (model.mean_user if mean_user is None
@@ -145,11 +149,12 @@ class UserHashtagLookup:
                 if not self.known(user):
                     answers.append([])
                     continue
-                counts = self.hashtag_counts[self.user_index[user]]
-                used = np.flatnonzero(counts > 0)
-                top = used[np.argsort(-counts[used], kind="stable")[:depth]]
-                most = counts[top[0]] if len(top) else 1.0
-                answers.append([(self.vocabulary[i], float(counts[i] / most)) for i in top])
+                entries = self.user_hashtags.rows[self.user_index[user]]
+                entries = entries[entries["count"] > 0]
+                top = np.argsort(-entries["count"], kind="stable")[:depth]
+                most = float(entries["count"][top[0]]) if len(top) else 1.0
+                answers.append([(self.vocabulary[entries["id"][i]],
+                                 float(entries["count"][i]) / most) for i in top])
         return answers
 
     def add_photos(self, photo_ids: Sequence[str], features: np.ndarray) -> None:
@@ -241,17 +246,21 @@ class UserHashtagLookup:
             self.user_ids[row] = ""  # a tombstone: rows keep their places
             self.user_vectors[row] = self.mean_user
             self.post_counts[row] = 0.0
-            self.hashtag_counts[row] = 0.0
-            if self.effects is not None:
-                self.effects.expected[row] = 0.0
+            self.user_hashtags.reset(row)
             return released, True
 
     @property
     def expected_uses(self) -> np.ndarray:
-        """E_kh: users × hashtags, how often each user's photos predict each hashtag."""
+        """E_kh: users × hashtags, how often each user's photos predict each hashtag
+        (dense, made on each call: for the model's artifact and for tests)."""
         if self.effects is None:
             raise AttributeError("a lookup without main effects has no expected uses")
-        return self.effects.expected
+        return self.user_hashtags.dense()[1]
+
+    @property
+    def hashtag_counts(self) -> np.ndarray:
+        """c_kh: users × hashtags (dense, made on each call, as ``expected_uses``)."""
+        return self.user_hashtags.dense()[0]
 
     def known(self, user: str | None) -> bool:
         return user is not None and user in self.user_index
@@ -269,12 +278,13 @@ class UserHashtagLookup:
     def log_lift(self, user: str | None, ids: np.ndarray | None = None) -> np.ndarray:
         """log lift_k(h) (without β) for every hashtag, or for ``ids`` only; 0 for a
         stranger or a model without main effects."""
-        ids = slice(None) if ids is None else ids
         if self.effects is None or not self.known(user):
-            return np.zeros(len(self.vocabulary))[ids]
+            return np.zeros(len(self.vocabulary) if ids is None else len(ids))
         row = self.user_index[user]
-        return self.effects.log_lift(self.hashtag_counts[row, ids],
-                                     self.expected_uses[row, ids])
+        if ids is None:
+            return self.effects.log_lift(self.user_hashtags.counts(row),
+                                         self.user_hashtags.expected(row))
+        return self.effects.log_lift(*self.user_hashtags.at(row, np.asarray(ids)))
 
     def queries(self, features: np.ndarray, users: Sequence[str | None],
                 agnostic: bool = False, photo_vectors: np.ndarray | None = None,
@@ -350,7 +360,7 @@ class UserHashtagLookup:
         first_bounds, first_candidates = self.index.search(queries, first)
         for row, user in enumerate(users):
             user = None if agnostic else user
-            used = (np.flatnonzero(self.hashtag_counts[self.user_index[user]])
+            used = (self.user_hashtags.used(self.user_index[user])
                     if self.known(user) and self.effects is not None
                     else np.zeros(0, np.int64))
             depth = first
@@ -424,9 +434,8 @@ class UserHashtagLookup:
                 row = self._add_user(user)
             self.user_vectors[row] = vector
             self.post_counts[row] += 1
-            self.hashtag_counts[row, accepted] += 1
-            if self.effects is not None:
-                self.effects.expected[row] += len(accepted) * np.exp(photo_log_probabilities)
+            self.user_hashtags.add_post(row, accepted, None if self.effects is None else
+                                        len(accepted) * np.exp(photo_log_probabilities))
         return moved
 
     def _add_user(self, user: str) -> int:
@@ -434,9 +443,7 @@ class UserHashtagLookup:
         row = len(self.user_ids)
         self.user_vectors = self._with_row("user_vectors", self.user_vectors, self.mean_user)
         self.post_counts = self._with_row("post_counts", self.post_counts, 0.0)
-        self.hashtag_counts = self._with_row("hashtag_counts", self.hashtag_counts, 0.0)
-        if self.effects is not None:
-            self.effects.expected = self._with_row("expected", self.effects.expected, 0.0)
+        self.user_hashtags.append()
         # Published last: a reader that finds the user finds every row.
         self.user_ids.append(user)
         self.user_index[user] = row
@@ -462,10 +469,7 @@ class UserHashtagLookup:
         taken under ``lock``."""
         with self.lock:
             arrays = {"user_vectors": self.user_vectors.copy(),
-                      "post_counts": self.post_counts.copy(),
-                      "hashtag_counts": self.hashtag_counts.copy()}
-            if self.effects is not None:
-                arrays["expected_uses"] = self.effects.expected.copy()
+                      "post_counts": self.post_counts.copy(), **self.user_hashtags.arrays()}
             # the uploads somebody still owns: a photo taken back leaves no trace
             added = [row for row in range(self.trained_photos, len(self.photo_ids))
                      if self.owners.owned(self.photo_ids[row])]
@@ -488,19 +492,23 @@ class UserHashtagLookup:
                 or len(self.photo_ids) != self.trained_photos:
             raise ValueError("profiles belong to another model: its users or photos differ")
         n, vocabulary = len(users), len(self.vocabulary)
-        shapes = {"user_vectors": (n, self.user_vectors.shape[1]), "post_counts": (n,),
-                  "hashtag_counts": (n, vocabulary)}
-        if self.effects is not None:
-            shapes["expected_uses"] = (n, vocabulary)
+        shapes = {"user_vectors": (n, self.user_vectors.shape[1]), "post_counts": (n,)}
+        if "profile_bounds" in arrays:
+            shapes["profile_bounds"] = (n + 1,)
+        else:  # a snapshot from before profiles were sparse: dense rows
+            shapes["hashtag_counts"] = (n, vocabulary)
+            if self.effects is not None:
+                shapes["expected_uses"] = (n, vocabulary)
         for name, shape in shapes.items():
             if arrays[name].shape != shape:
                 raise ValueError(f"profile array {name} is {arrays[name].shape}, not {shape}")
+        user_hashtags = SparseProfiles.from_arrays(vocabulary, arrays) \
+            if "profile_bounds" in arrays else SparseProfiles.from_dense(
+                arrays["hashtag_counts"], arrays.get("expected_uses"))
         with self.lock:
             self.user_vectors = arrays["user_vectors"].astype(np.float32)
             self.post_counts = arrays["post_counts"].astype(np.float64)
-            self.hashtag_counts = arrays["hashtag_counts"].astype(np.float64)
-            if self.effects is not None:
-                self.effects.expected = arrays["expected_uses"].astype(np.float64)
+            self.user_hashtags = user_hashtags
             self.user_ids = list(users)
             self.user_index = {user: row for row, user in enumerate(users) if user}
         if lists["added_photo_ids"]:
@@ -516,7 +524,7 @@ class UserHashtagLookup:
         for name in ARRAYS:
             writer.array(name, state[name])
         for name in ("post_counts", "hashtag_counts", "mean_user"):
-            writer.array(name, getattr(self, name))
+            writer.array(name, getattr(self, name))  # the trained users': dense
         effects = None
         if self.effects is not None:
             writer.array("photo_weight", self.effects.content.weight)
