@@ -79,11 +79,20 @@ def test_resharding_moves_each_user_with_every_acknowledged_update(model_dir: Pa
         mine = {u: 5 + i % 30 for i, u in enumerate(_users_of(index, 2, 40))}
         _journal_posts(model_dir, shard_folder(root, Shard(index, 2)), mine, Shard(index, 2))
         posts.update(mine)
-    # a snapshot holds updates too: resharding must not depend on it
-    lookup = _recovered(model_dir, root / "shard-0")
-    UpdateJournal(root / "shard-0" / model_dir.name).snapshot(lookup)
+    # shard 0's snapshot holds its first posts; more come after it
+    lookup = UserHashtagLookup.load(model_dir)
+    journal = UpdateJournal(root / "shard-0" / model_dir.name)
+    journal.recover(lookup)
+    journal.snapshot(lookup)
+    later = {u: 3 for u in _users_of(0, 2, 5)}
+    for user in later:
+        journal.append(user, ["tag3"], FEATURES)
     plan = reshard(root, 3)
-    assert plan["from"] == 2 and plan["to"] == 3 and sum(plan["records"]) == len(posts)
+    assert plan["from"] == 2 and plan["to"] == 3
+    assert sum(plan["records"]) == len(posts) + len(later)
+    # the new shards start from their share of the snapshot, not from a full replay: each
+    # holds the 3 trained users and its share of shard 0's 40 (shard 1 had no snapshot)
+    assert sum(plan["snapshot_users"]) == 3 * 3 + 40
     for index in range(3):
         folder = root / f"shard-{index}"
         assert user_shards.read_marker(folder) == Shard(index, 3)
@@ -92,13 +101,18 @@ def test_resharding_moves_each_user_with_every_acknowledged_update(model_dir: Pa
             owned = shard_of(user, 3) == index
             assert (user in lookup.user_index) == owned, user
             if owned:  # the post and its upload, once
-                assert lookup.hashtag_counts[lookup.user_index[user], tag] == 1
+                row = lookup.user_index[user]
+                assert lookup.hashtag_counts[row, tag] == 1 + (tag == 3) * (user in later)
+                assert lookup.hashtag_counts[row, 3] == (tag == 3) + (user in later)
                 assert lookup.owners.photos_of(user) == [f"photo-{user}"]
     assert (root / "shard-1" / plan["backup"] / "updates.jsonl").exists()  # the old kept
     # and back to one: the whole state in the root again
     plan = reshard(root, 1)
     lookup = _recovered(model_dir, root)
-    assert all(lookup.hashtag_counts[lookup.user_index[u], t] == 1 for u, t in posts.items())
+    assert all(lookup.hashtag_counts[lookup.user_index[u], t] >= 1 for u, t in posts.items())
+    assert sum(lookup.hashtag_counts[lookup.user_index[u], 3] for u in later) >= len(later)
+    assert lookup.post_counts.sum() == small_lookup(True).post_counts.sum() + len(posts) \
+        + len(later)
     assert user_shards.read_marker(root) == Shard(0, 1)
 
 

@@ -72,6 +72,9 @@ class UserHashtagLookup:
         self.vocabulary = tuple(vocabulary)
         self.user_index = {user: row for row, user in enumerate(user_ids)}
         self.user_ids = list(user_ids)
+        #: the users the model was trained with: the first rows (a snapshot says how many,
+        #: so that resharding can tell them from the users added online)
+        self.trained_users = len(self.user_ids)
         self.post_counts = np.asarray(post_counts, dtype=np.float64).copy()
         hashtag_counts = np.asarray(hashtag_counts, dtype=np.float64)
         if effects is not None and effects.expected.shape != hashtag_counts.shape:
@@ -476,7 +479,7 @@ class UserHashtagLookup:
             arrays["added_photo_features"] = (
                 self.photo_features[added].copy() if self.photo_features is not None
                 else np.zeros((0, self.projection.shape[0]), np.float32))
-            lists = {"users": list(self.user_ids),
+            lists = {"users": list(self.user_ids), "trained_users": self.trained_users,
                      "added_photo_ids": [self.photo_ids[row] for row in added],
                      "photo_owners": self.owners.state(), "requests": self.requests.state(),
                      "communities": self.communities.state()}

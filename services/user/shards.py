@@ -36,8 +36,11 @@ import time
 import uuid
 from pathlib import Path
 
-from services.user.journal import decode_record, encode_record, hold_state
-from shared.artifacts import fsync_directory
+import numpy as np
+
+from services.user.journal import SNAPSHOT_KIND, decode_record, encode_record, hold_state
+from services.user.profiles import SparseProfiles
+from shared.artifacts import ArtifactReader, ArtifactWriter, fsync_directory
 from shared.grpc_server import StartupError
 from shared.sharding import Shard, shard_of
 
@@ -121,10 +124,17 @@ def current_layout(root: Path) -> list[tuple[Path, Shard]]:
     return layout
 
 
-def _routed_journals(layout: list[tuple[Path, Shard]], count: int) -> list[list[bytes]]:
+def _routed_journals(layout: list[tuple[Path, Shard]], count: int,
+                     covered: dict[Path, int] | None = None,
+                     ) -> tuple[list[list[bytes]], list[int]]:
     """Every old shard's records, each to the new shard owning its user, in their order
-    (one user's records all come from one old shard), renumbered 1, 2, … per new shard."""
-    routed: list[list[bytes]] = [[] for _ in range(count)]
+    (one user's records all come from one old shard), renumbered 1, 2, … per new shard;
+    and how many of each new shard's come first because an old snapshot holds them
+    (``covered``: each old folder's snapshot seq): records up to it from every old shard,
+    then the rest, so that a new snapshot holds exactly its journal's first records."""
+    covered = covered or {}
+    first: list[list] = [[] for _ in range(count)]
+    rest: list[list] = [[] for _ in range(count)]
     for folder, shard in layout:
         journal = folder / JOURNAL
         if not journal.exists():
@@ -139,10 +149,118 @@ def _routed_journals(layout: list[tuple[Path, Shard]], count: int) -> list[list[
                 if not shard.owns(record.user):
                     raise ReshardError(f"{journal}:{number}: user {record.user!r} is not "
                                        f"{shard}'s; nothing was moved")
-                target = routed[shard_of(record.user, count)]
-                target.append(encode_record(dataclasses.replace(record,
-                                                                seq=len(target) + 1)))
-    return routed
+                part = first if record.seq <= covered.get(folder, 0) else rest
+                part[shard_of(record.user, count)].append(record)
+    journals = []
+    for index in range(count):
+        records = first[index] + rest[index]
+        journals.append([encode_record(dataclasses.replace(record, seq=seq))
+                         for seq, record in enumerate(records, start=1)])
+    return journals, [len(part) for part in first]
+
+
+def _newest_snapshots(layout: list[tuple[Path, Shard]],
+                      ) -> tuple[str | None, dict[Path, Path]]:
+    """The newest model version with a snapshot in some old folder, and each folder's
+    newest snapshot of it. Snapshots of older versions are not carried over (a rollback
+    to one replays the journal, as for any version without a snapshot)."""
+    found = [p for folder, _ in layout for p in folder.glob("*/snapshots/[0-9]*")
+             if p.is_dir()]
+    if not found:
+        return None, {}
+    version = max(p.parent.parent.name for p in found)
+    newest = {}
+    for folder, _ in layout:
+        mine = sorted(folder.glob(f"{version}/snapshots/[0-9]*"))
+        if mine:
+            newest[folder] = mine[-1]
+    return version, newest
+
+
+def _split_snapshots(layout: list[tuple[Path, Shard]], snapshots: dict[Path, Path],
+                     count: int) -> list[tuple[dict, dict]] | None:
+    """Each new shard's profiles from the old shards' snapshots: a trained user's rows
+    from the shard that owned them (any other still holds the trained rows), every other
+    user's from their old shard, with their uploads, request ids and communities. None
+    when a snapshot predates ``trained_users`` (then the journals alone rebuild)."""
+    read = {}
+    for folder, shard in layout:
+        if folder in snapshots:
+            reader = ArtifactReader(snapshots[folder])
+            lists = reader.json("lists")
+            if "trained_users" not in lists:
+                log.warning("%s: written before snapshots said which users were trained; "
+                            "the new shards replay their journals instead", snapshots[folder])
+                return None
+            arrays = {name: reader.array(name) for name in reader.arrays()}
+            if "profile_bounds" not in arrays:  # dense rows, from before they were sparse
+                arrays.update(SparseProfiles.from_dense(
+                    arrays["hashtag_counts"], arrays.get("expected_uses")).arrays())
+            read[shard.index] = (arrays, lists)
+    if not read:
+        return None
+    old_count = layout[0][1].count
+    any_arrays, any_lists = next(iter(read.values()))
+    n_hashtags = int(any_arrays["profile_ids"].max(initial=0)) + 1
+    trained = any_lists["trained_users"]
+    profiles = {index: SparseProfiles.from_arrays(n_hashtags, arrays)
+                for index, (arrays, _) in read.items()}
+
+    def trained_row(row: int) -> tuple[int, str]:
+        """(the snapshot to take trained row ``row`` from, its user id)."""
+        names = {index: lists["users"][row] for index, (_, lists) in read.items()}
+        user = next((name for name in names.values() if name), "")
+        owner = shard_of(user, old_count) if user else next(iter(names))
+        if owner in read:
+            return owner, names[owner]  # "" where the owner forgot them
+        return next(iter(read)), user
+
+    parts = []
+    for index in range(count):
+        picks = [trained_row(row) for row in range(trained)]
+        users = [user for _, user in picks]
+        rows = [(source, row) for row, (source, _) in enumerate(picks)]
+        for source, (_, lists) in read.items():
+            for row in range(trained, len(lists["users"])):
+                user = lists["users"][row]
+                if user and shard_of(user, count) == index:
+                    users.append(user)
+                    rows.append((source, row))
+        mine = {user for user in users if user and shard_of(user, count) == index}
+        part = SparseProfiles(n_hashtags)
+        part.rows = [profiles[source].rows[row] for source, row in rows]
+        arrays = {"user_vectors": np.stack([read[s][0]["user_vectors"][r] for s, r in rows]),
+                  "post_counts": np.array([read[s][0]["post_counts"][r] for s, r in rows]),
+                  **part.arrays()}
+        owners, features, requests, communities = {}, {}, [], {}
+        for source, (old_arrays, lists) in read.items():
+            added = {photo: row for row, photo in enumerate(lists["added_photo_ids"])}
+            for photo, holders in lists.get("photo_owners", {}).items():
+                kept = [user for user in holders if user in mine]
+                if kept and photo in added:
+                    owners.setdefault(photo, []).extend(kept)
+                    features[photo] = old_arrays["added_photo_features"][added[photo]]
+            requests += [entry for entry in lists.get("requests", []) if entry[0] in mine]
+            for user, posts in lists.get("communities", {}).items():
+                if user in mine and (user not in communities
+                                     or shard_of(user, old_count) == source):
+                    communities[user] = posts
+        photo_ids = list(features)
+        arrays["added_photo_features"] = np.stack([features[p] for p in photo_ids]) \
+            if photo_ids else np.zeros((0, any_arrays["added_photo_features"].shape[1]),
+                                       np.float32)
+        parts.append((arrays, {"users": users, "trained_users": trained,
+                               "added_photo_ids": photo_ids, "photo_owners": owners,
+                               "requests": requests, "communities": communities}))
+    return parts
+
+
+def _write_snapshot(folder: Path, seq: int, arrays: dict, lists: dict) -> None:
+    writer = ArtifactWriter(folder / f"{seq:012d}")
+    for name, array in arrays.items():
+        writer.array(name, array)
+    writer.json("lists", lists)
+    writer.close({"kind": SNAPSHOT_KIND, "seq": seq}, durable=True)
 
 
 def _move(source: Path, target: Path) -> None:
@@ -209,7 +327,11 @@ def reshard(root: Path, count: int) -> dict:
     locks = [hold_state(folder) for folder, _ in layout]
     try:
         started = time.perf_counter()
-        journals = _routed_journals(layout, count)
+        version, snapshots = _newest_snapshots(layout)
+        parts = _split_snapshots(layout, snapshots, count) if snapshots else None
+        covered = {folder: int(ArtifactReader(path).manifest["seq"])
+                   for folder, path in snapshots.items()} if parts else {}
+        journals, firsts = _routed_journals(layout, count, covered)
         new = [shard_folder(root, Shard(index, count)) for index in range(count)]
         folders = list(dict.fromkeys([*(folder for folder, _ in layout), *new]))
         for folder in folders:  # a staging never made READY
@@ -219,12 +341,15 @@ def reshard(root: Path, count: int) -> dict:
             staged.mkdir(parents=True)
             _write_durably(staged / JOURNAL, b"".join(lines))
             write_marker(staged, Shard(index, count))
+            if parts is not None:  # the users' profiles as of the journal's first records
+                _write_snapshot(staged / version / "snapshots", firsts[index], *parts[index])
         old_count = layout[0][1].count if layout else 0
         plan = {"from": old_count, "to": count,
                 "folders": [str(folder.relative_to(root)) for folder in folders],
                 "backup": f".before-reshard-{time.strftime('%Y%m%d-%H%M%S')}-"
                           f"{uuid.uuid4().hex[:6]}",
-                "records": [len(lines) for lines in journals]}
+                "records": [len(lines) for lines in journals],
+                "snapshot_users": None if parts is None else [len(p[1]["users"]) for p in parts]}
         for folder in new:  # every staging is whole before any says READY
             _write_durably(folder / STAGING / READY, json.dumps(plan).encode())
             fsync_directory(folder / STAGING)
