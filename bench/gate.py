@@ -52,7 +52,27 @@ def with_probabilities(photos: PhotoSet) -> PhotoSet:
     return PhotoSet(joined, photos.probabilities, photos.hashtags, photos.communities)
 
 
-def measure(gate: CommunityGate, photos: PhotoSet, names: list[str]) -> dict[str, float]:
+class SklearnGate:
+    """Another classifier as the gate, to see whether a richer one names communities
+    better than the logistic regression: k nearest photos by cosine, or an MLP."""
+
+    def __init__(self, kind: str, photos: PhotoSet) -> None:
+        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.model = KNeighborsClassifier(25, metric="cosine", weights="distance") \
+            if kind == "knn" else make_pipeline(StandardScaler(), MLPClassifier(
+                (256,), alpha=1.0, max_iter=300, early_stopping=True, random_state=0))
+        self.model.fit(photos.features, photos.communities)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return np.clip(self.model.predict_proba(features), 1e-6, 1.0)
+
+
+def measure(gate: CommunityGate | SklearnGate, photos: PhotoSet,
+            names: list[str]) -> dict[str, float]:
     p = gate(photos.features)
     own = p[np.arange(len(photos)), photos.communities]
     row = {"log_loss": float(-np.log(own + 1e-12).mean())}
@@ -86,6 +106,11 @@ def main() -> None:
                 row = measure(gate, transform(valid_photos), names)
                 row["fit_seconds"] = time.perf_counter() - started
                 runs.setdefault(f"{input_name}, C={strength:g}", []).append(row)
+        for kind in ("knn", "mlp"):
+            started = time.perf_counter()
+            row = measure(SklearnGate(kind, fit_photos), valid_photos, names)
+            row["fit_seconds"] = time.perf_counter() - started
+            runs.setdefault(f"{kind} gate", []).append(row)
         print(f"split {number + 1}/{args.valid_splits}: {len(fit_photos)} training, "
               f"{len(valid_photos)} validation photos", flush=True)
     table = {key: {m: round(float(np.mean([r[m] for r in rows])), 4) for m in rows[0]}
