@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,7 +154,8 @@ def test_a_state_folder_serves_only_the_shard_it_belongs_to(model_dir: Path,
     with pytest.raises(StartupError, match="unsharded"):
         claim(root, Shard(0, 2))
     claim(root, Shard())
-    with pytest.raises(StartupError, match=r"state of shard 0 of 1.*reshard-users --to 2"):
+    with pytest.raises(StartupError,
+                       match=r"state of shard 0 of 1.*reshard-users --state .* --to 2"):
         claim(root, Shard(0, 2))
     claim(root / "fresh", Shard(1, 3))
     with pytest.raises(StartupError, match=r"shard 1 of 3.*started as shard 0 of 3"):
@@ -163,6 +165,79 @@ def test_a_state_folder_serves_only_the_shard_it_belongs_to(model_dir: Path,
     (root / "shard.json").unlink()
     with pytest.raises(ReshardError, match=r"no shard\.json"):
         reshard(root, 2)
+
+
+def test_operator_mistakes_with_shards_end_in_one_line_and_lose_nothing(
+        model_dir: Path, tmp_path: Path) -> None:
+    """An outside try's findings: each refused before any state is touched."""
+    root = tmp_path / "state"
+    with pytest.raises(ReshardError, match="no user service state"):  # a typo'd --state
+        reshard(tmp_path / "nosuch", 3)
+    root.mkdir()
+    with pytest.raises(ReshardError, match="holds no user service state"):
+        reshard(root, 3)
+    posts = {f"local:u{i}": 5 + i for i in range(12)}
+    _journal_posts(model_dir, root, posts, Shard())
+    with (root / "updates.jsonl").open("ab") as journal:  # a write a kill cut short
+        journal.write(b'0badf00d {"seq": 13, "user": "local:u1')
+    reshard(root, 3)
+    # an unsharded service over the sharded state would start with nobody
+    with pytest.raises(StartupError, match=r"state of 3 shards.*--user-shards 3"):
+        claim(root, Shard())
+    # a count that does not match is refused before it marks anything
+    with pytest.raises(StartupError, match="shard-0 is the state of shard 0 of 3"):
+        claim(root / "shard-3", Shard(3, 4))
+    assert not (root / "shard-3").exists() or user_shards.read_marker(root / "shard-3") is None
+    # shrinking leaves an emptied shard-2 behind; growing again passes over it
+    reshard(root, 2)
+    reshard(root, 3)
+    (root / "shard-1" / "shard.json").write_text('{"index": 1}')
+    with pytest.raises(ReshardError, match=r"shard-1/shard\.json is damaged"):
+        reshard(root, 2)
+    with pytest.raises(StartupError, match=r"shard\.json is damaged"):
+        claim(root / "shard-1", Shard(1, 3))
+    user_shards.write_marker(root / "shard-1", Shard(1, 3))
+    recovered = {}
+    for index in range(3):
+        lookup = _recovered(model_dir, root / f"shard-{index}")
+        recovered.update({u: lookup.hashtag_counts[lookup.user_index[u], t]
+                          for u, t in posts.items() if u in lookup.user_index})
+    assert recovered == dict.fromkeys(posts, 1)
+
+
+def test_a_resharding_stopped_before_its_staging_was_whole_starts_over(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "state"
+    posts = {f"local:u{i}": 5 + i for i in range(12)}
+    _journal_posts(model_dir, root, posts, Shard())
+    reshard(root, 2)
+    real_write = user_shards._write_durably
+
+    def stop_at_the_second_journal(path: Path, data: bytes) -> None:
+        if path.name == "updates.jsonl" and "shard-1" in str(path):
+            raise OSError("killed")
+        real_write(path, data)
+
+    monkeypatch.setattr(user_shards, "_write_durably", stop_at_the_second_journal)
+    with pytest.raises(OSError, match="killed"):
+        reshard(root, 3)
+    monkeypatch.setattr(user_shards, "_write_durably", real_write)
+    claim(root / "shard-0", Shard(0, 2))  # nothing was READY: the old shards still serve
+    with pytest.raises(ReshardError, match="finish it first"):
+        _interrupted_to(root)
+    plan = reshard(root, 3)
+    assert not plan.get("resumed") and sum(plan["records"]) == len(posts)
+
+
+def _interrupted_to(root: Path) -> None:
+    """A resharding left READY to 2 shards, then asked to go to 5 instead."""
+    plan = {"from": 2, "to": 2, "folders": [], "backup": ".before-reshard-x", "records": []}
+    (root / ".reshard").mkdir()
+    (root / ".reshard" / "READY").write_text(json.dumps(plan))
+    try:
+        reshard(root, 5)
+    finally:
+        shutil.rmtree(root / ".reshard")
 
 
 # --- over real processes --------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def add_reshard(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--to", type=int, required=True, metavar="N")
     parser.add_argument("--state", type=Path, default=None,
                         help="the user service's state root (default: "
-                             "$HASHREC_MODELS/user/state)")
+                             "$HASHREC_USER_STATE, else $HASHREC_MODELS/user/state: `hashrec "
+                             "serve`'s with a user model under $HASHREC_MODELS/user; with "
+                             "--user-model M, M/../state)")
     parser.set_defaults(handler=_reshard)
 
 
@@ -59,7 +62,8 @@ def _reshard(args: argparse.Namespace) -> int:
     from shared.config import models_dir
     from shared.grpc_server import StartupError
 
-    root = args.state or models_dir() / "user" / "state"
+    root = args.state or Path(os.environ.get("HASHREC_USER_STATE")
+                              or models_dir() / "user" / "state")
     try:
         plan = reshard(root, args.to)
     except (ReshardError, StartupError, OSError) as error:

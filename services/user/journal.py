@@ -118,6 +118,34 @@ def decode_record(line: bytes, fallback_seq: int) -> JournalRecord:
         raise ValueError(f"field {missing} is missing") from None
 
 
+def repair_tail(path: Path) -> None:
+    """Cuts a partial last line (a write the process did not finish) off the journal."""
+    if not path.exists():
+        return
+    with path.open("rb+") as journal:
+        size = journal.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        journal.seek(size - 1)
+        if journal.read(1) == b"\n":
+            return
+        keep = size
+        while keep > 0:  # scan back for the last complete line
+            start = max(0, keep - 65536)
+            journal.seek(start)
+            block = journal.read(keep - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        journal.truncate(keep)
+        journal.flush()
+        os.fsync(journal.fileno())
+    log.warning("%s: cut %d bytes of a record the process did not finish writing",
+                path, size - keep)
+
+
 class UpdateJournal:
     def __init__(self, directory: Path) -> None:
         """``directory``: this model version's folder inside the state folder."""
@@ -148,31 +176,7 @@ class UpdateJournal:
         log.info("adopted %s as the shared journal %s", legacy, self.path)
 
     def _repair_tail(self) -> None:
-        """Cuts a partial last line (a write the process did not finish) off the file."""
-        if not self.path.exists():
-            return
-        with self.path.open("rb+") as journal:
-            size = journal.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            journal.seek(size - 1)
-            if journal.read(1) == b"\n":
-                return
-            keep = size
-            while keep > 0:  # scan back for the last complete line
-                start = max(0, keep - 65536)
-                journal.seek(start)
-                block = journal.read(keep - start)
-                newline = block.rfind(b"\n")
-                if newline >= 0:
-                    keep = start + newline + 1
-                    break
-                keep = start
-            journal.truncate(keep)
-            journal.flush()
-            os.fsync(journal.fileno())
-        log.warning("%s: cut %d bytes of a record the process did not finish writing",
-                    self.path, size - keep)
+        repair_tail(self.path)
 
     def append(self, user: str, hashtags: Sequence[str], features: np.ndarray,
                photo_id: str = "", kind: str = "post", request_id: str = "",

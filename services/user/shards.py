@@ -38,7 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from services.user.journal import SNAPSHOT_KIND, decode_record, encode_record, hold_state
+from services.user.journal import (
+    SNAPSHOT_KIND,
+    decode_record,
+    encode_record,
+    hold_state,
+    repair_tail,
+)
 from services.user.profiles import SparseProfiles
 from shared.artifacts import ArtifactReader, ArtifactWriter, fsync_directory
 from shared.grpc_server import StartupError
@@ -61,11 +67,35 @@ def shard_folder(root: Path, shard: Shard) -> Path:
 
 
 def read_marker(folder: Path) -> Shard | None:
+    """The shard ``folder`` is bound to; None when unbound; ValueError naming the file when
+    the marker is damaged."""
     path = folder / MARKER
     if not path.exists():
         return None
-    fields = json.loads(path.read_text())
-    return Shard(int(fields["index"]), int(fields["count"]))
+    try:
+        fields = json.loads(path.read_text())
+        return Shard(int(fields["index"]), int(fields["count"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}); it should "
+                         'hold {"index": I, "count": N}') from None
+
+
+def shard_folders(root: Path) -> list[Path]:
+    """ROOT/shard-<i> folders, in shard order."""
+    return sorted((p for p in root.glob("shard-*") if SHARD_NAME.fullmatch(p.name)
+                   and p.is_dir()), key=lambda p: int(p.name.removeprefix("shard-")))
+
+
+def holds_state(folder: Path) -> bool:
+    """Whether ``folder`` holds updates: a journal with records, or a snapshot."""
+    journal = folder / JOURNAL
+    return (journal.exists() and journal.stat().st_size > 0) or any(
+        folder.glob("[!.]*/snapshots/[0-9]*"))
+
+
+def state_root(folder: Path, shard: Shard) -> Path:
+    """The state root a shard's folder belongs to (the folder itself in a pod's volume)."""
+    return folder.parent if shard.count > 1 and SHARD_NAME.fullmatch(folder.name) else folder
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -90,32 +120,66 @@ def claim(folder: Path, shard: Shard) -> None:
         if _interrupted(root) is not None:
             raise StartupError(f"{root}: a resharding was interrupted; run `hashrec "
                                f"reshard-users --state {root}` again to finish it")
-    marked = read_marker(folder)
+    try:
+        marked = read_marker(folder)
+        root = state_root(folder, shard)
+        hint = f"`hashrec reshard-users --state {root} --to {shard.count}`"
+        if shard.count == 1:  # an unsharded service over a sharded state sees nobody
+            for sharded in shard_folders(folder):
+                other = read_marker(sharded)
+                if other is not None:
+                    raise StartupError(
+                        f"{folder} holds the state of {other.count} shards ({sharded.name} "
+                        f"…): serve it with --user-shards {other.count}, or run {hint}")
+        elif root != folder:  # one of several shard folders under one root
+            if read_marker(root) is not None or holds_state(root):
+                raise StartupError(f"{root} holds an unsharded user service's state: run "
+                                   f"{hint} to serve it as {shard.count} shards")
+            for sibling in shard_folders(root):
+                other = read_marker(sibling)
+                if other is not None and other.count != shard.count:
+                    raise StartupError(f"{sibling} is the state of {other}; this service "
+                                       f"was started as {shard}: run {hint} first")
+    except ValueError as error:
+        raise StartupError(str(error)) from None
     if marked is None:
-        journal = folder / JOURNAL
-        if shard.count > 1 and journal.exists() and journal.stat().st_size:
+        if shard.count > 1 and holds_state(folder):
             raise StartupError(f"{folder} holds the updates of an unsharded user service; "
                                f"run `hashrec reshard-users --state {folder} --to "
                                f"{shard.count}` to start it as {shard}")
         write_marker(folder, shard)
     elif marked != shard:
         raise StartupError(f"{folder} is the state of {marked}; this service was started as "
-                           f"{shard}: run `hashrec reshard-users --to {shard.count}` first")
+                           f"{shard}: run {hint} first")
 
 
 def current_layout(root: Path) -> list[tuple[Path, Shard]]:
     """The state folders under ``root`` and the shard each belongs to (an unmarked folder
-    with a journal: one unsharded service's)."""
+    with a journal: one unsharded service's). A shard folder a shrinking emptied (backups
+    alone) is passed over."""
+    if not root.is_dir():
+        raise ReshardError(f"no user service state at {root} (HASHREC_USER_STATE, --state)")
+    layout = []
+    for folder in shard_folders(root):
+        shard = read_marker(folder)
+        if shard is not None:
+            layout.append((folder, shard))
+        elif holds_state(folder):
+            raise ReshardError(f"{folder} holds updates but no {MARKER}: not a shard's state")
     marked = read_marker(root)
     if marked is not None or (root / JOURNAL).exists():
-        return [(root, marked or Shard())]
-    folders = sorted(root.glob("shard-*"), key=lambda p: p.name)
-    layout = []
-    for folder in folders:
-        shard = read_marker(folder)
-        if shard is None:
-            raise ReshardError(f"{folder} has no {MARKER}: not a shard's state")
-        layout.append((folder, shard))
+        if layout:
+            raise ReshardError(f"{root} holds both an unsharded service's state and shard "
+                               "folders; move the one not in use aside")
+        layout = [(root, marked or Shard())]
+    if not layout:
+        raise ReshardError(f"{root} holds no user service state (no {MARKER}, {JOURNAL} "
+                           "or shard-<i>/ folders)")
+    for folder, _ in layout:
+        if any(folder.glob(f"[!.]*/{JOURNAL}")):
+            raise ReshardError(f"{folder} has a journal of an older layout (<version>/"
+                               f"{JOURNAL}): start its user service once (it adopts it) "
+                               "and stop it, then reshard")
     counts = {shard.count for _, shard in layout}
     if len(counts) > 1 or (layout and sorted(s.index for _, s in layout)
                            != list(range(layout[0][1].count))):
@@ -318,24 +382,39 @@ def reshard(root: Path, count: int) -> dict:
     folder, ReshardError when the state is not a whole set (nothing moves then)."""
     if count < 1:
         raise ReshardError(f"--to must be at least 1, not {count}")
-    plan = _interrupted(root) if root.exists() else None
+    plan = _interrupted(root) if root.is_dir() else None
     if plan is not None:  # a run that stopped while swapping: finish it
+        if plan["to"] != count:
+            raise ReshardError(f"{root}: a resharding {plan['from']} -> {plan['to']} was "
+                               f"interrupted; finish it first (--to {plan['to']})")
         _swap(root, plan)
         log.info("finished the interrupted resharding %d -> %d", plan["from"], plan["to"])
         return {**plan, "resumed": True}
-    layout = current_layout(root) if root.exists() else []
+    for folder in [root, *shard_folders(root)] if root.is_dir() else []:
+        shutil.rmtree(folder / STAGING, ignore_errors=True)  # a staging never made READY
+    try:
+        layout = current_layout(root)
+    except ValueError as error:  # a damaged marker
+        raise ReshardError(str(error)) from None
+    new = [shard_folder(root, Shard(index, count)) for index in range(count)]
+    if any(os.path.ismount(folder) for folder, _ in layout):  # each shard a volume
+        unmounted = [folder.name for folder in new if not os.path.ismount(folder)]
+        if unmounted:
+            raise ReshardError(f"the old shards are volumes of their own but "
+                               f"{', '.join(unmounted)} under {root} is not: mount each "
+                               "new shard's volume first "
+                               "(else its users would be written to this machine's disk)")
     locks = [hold_state(folder) for folder, _ in layout]
     try:
+        for folder, _ in layout:  # a write the service did not finish, as it would cut it
+            repair_tail(folder / JOURNAL)
         started = time.perf_counter()
         version, snapshots = _newest_snapshots(layout)
         parts = _split_snapshots(layout, snapshots, count) if snapshots else None
         covered = {folder: int(ArtifactReader(path).manifest["seq"])
                    for folder, path in snapshots.items()} if parts else {}
         journals, firsts = _routed_journals(layout, count, covered)
-        new = [shard_folder(root, Shard(index, count)) for index in range(count)]
         folders = list(dict.fromkeys([*(folder for folder, _ in layout), *new]))
-        for folder in folders:  # a staging never made READY
-            shutil.rmtree(folder / STAGING, ignore_errors=True)
         for index, (folder, lines) in enumerate(zip(new, journals, strict=True)):
             staged = folder / STAGING
             staged.mkdir(parents=True)
@@ -343,7 +422,7 @@ def reshard(root: Path, count: int) -> dict:
             write_marker(staged, Shard(index, count))
             if parts is not None:  # the users' profiles as of the journal's first records
                 _write_snapshot(staged / version / "snapshots", firsts[index], *parts[index])
-        old_count = layout[0][1].count if layout else 0
+        old_count = layout[0][1].count
         plan = {"from": old_count, "to": count,
                 "folders": [str(folder.relative_to(root)) for folder in folders],
                 "backup": f".before-reshard-{time.strftime('%Y%m%d-%H%M%S')}-"
