@@ -143,3 +143,31 @@ def test_a_growing_collection_moves_from_exact_to_approximate():
     # doubled since it was built: the lists are trained again, for 2,500 vectors
     index.add(clustered(1300, seed=10))
     assert index.built_size == 2500
+
+
+def test_the_knn_votes_of_its_sparse_tags_are_the_dense_weighted_sum_and_old_models_load(
+        tmp_path) -> None:
+    from shared.artifacts import ArtifactReader, ArtifactWriter
+
+    rng = np.random.default_rng(3)
+    hashtags = [[*rng.choice(40, size=rng.integers(1, 6), replace=False).tolist(), 0]
+                for _ in range(300)]  # a tag given twice counts once
+    photos = PhotoSet(clustered(300, dim=16), np.zeros((300, 4), np.float32), hashtags)
+    knn = KnnMethod(k=7)
+    knn.fit(photos, [f"t{i}" for i in range(40)])
+    queries = PhotoSet(clustered(25, dim=16, seed=5), np.zeros((25, 4), np.float32))
+    similarity, ids = knn.neighbours(queries)
+    dense = np.zeros((300, 40), np.float32)
+    for row, tags in enumerate(hashtags):
+        dense[row, tags] = 1.0
+    expected = np.einsum("nk,nkv->nv", np.clip(similarity, 0, None), dense[ids])
+    np.testing.assert_allclose(knn.scores(queries), expected, rtol=1e-5, atol=1e-6)
+    assert knn.train_tags.nnz == sum(len(set(t)) for t in hashtags)
+    # a model written before the tags were sparse (photos × hashtags, dense) still loads
+    writer = ArtifactWriter(tmp_path / "old")
+    writer.array("knn/features", knn.index.vectors)
+    writer.array("knn/train_tags", dense)
+    writer.json("knn/config", {"k": 7})
+    writer.close({"kind": "test"})
+    old = KnnMethod.load(ArtifactReader(tmp_path / "old"))
+    np.testing.assert_allclose(old.scores(queries), expected, rtol=1e-5, atol=1e-6)

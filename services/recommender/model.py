@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from scipy import sparse
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.eval.metrics import recall_at_k, top_k
@@ -51,6 +52,18 @@ def hashtag_matrix(hashtags: Sequence[Sequence[int]], vocab_size: int) -> np.nda
     return matrix
 
 
+def sparse_hashtag_matrix(hashtags: Sequence[Sequence[int]], vocab_size: int,
+                          ) -> sparse.csr_matrix:
+    """Photos × hashtags, 1 where the photo carries the hashtag: a photo has ~10 of
+    ~1,500, so 80 B a photo where the dense rows took 6 KB."""
+    bounds = np.zeros(len(hashtags) + 1, np.int64)
+    bounds[1:] = np.cumsum([len(set(ids)) for ids in hashtags])
+    ids = np.fromiter((i for row in hashtags for i in sorted(set(row))), np.int32,
+                      int(bounds[-1]))
+    return sparse.csr_matrix((np.ones(len(ids), np.float32), ids, bounds),
+                             shape=(len(hashtags), vocab_size))
+
+
 @dataclass
 class FrequencyMethod:
     name: str = "frequency"
@@ -75,32 +88,45 @@ class KnnMethod:
     k: int = 20
     name: str = "knn"
     index: InnerProductIndex | None = None
-    train_tags: np.ndarray | None = None
+    train_tags: sparse.csr_matrix | None = None  # training photos × hashtags
 
     def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
         self.index = photo_index(l2_normalized(photos.features))
-        self.train_tags = hashtag_matrix(photos.hashtags, len(vocab))
+        self.train_tags = sparse_hashtag_matrix(photos.hashtags, len(vocab))
 
     def neighbours(self, photos: PhotoSet) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(l2_normalized(photos.features), self.k)
 
     def save(self, writer: ArtifactWriter) -> None:
         writer.array(f"{self.name}/features", self.index.vectors)
-        writer.array(f"{self.name}/train_tags", self.train_tags)
-        writer.json(f"{self.name}/config", {"k": self.k})
+        writer.array(f"{self.name}/tag_bounds", self.train_tags.indptr.astype(np.int64))
+        writer.array(f"{self.name}/tag_ids", self.train_tags.indices.astype(np.int32))
+        writer.json(f"{self.name}/config", {"k": self.k,
+                                            "hashtags": int(self.train_tags.shape[1])})
 
     @classmethod
     def load(cls, reader: ArtifactReader) -> KnnMethod:
-        method = cls(k=reader.json("knn/config")["k"])
+        config = reader.json("knn/config")
+        method = cls(k=config["k"])
         method.index = photo_index(reader.array("knn/features"))
-        method.train_tags = reader.array("knn/train_tags")
+        if reader.has("knn/tag_ids.npy"):
+            ids, bounds = reader.array("knn/tag_ids"), reader.array("knn/tag_bounds")
+            method.train_tags = sparse.csr_matrix(
+                (np.ones(len(ids), np.float32), ids, bounds),
+                shape=(len(bounds) - 1, config["hashtags"]))
+        else:  # written before the tags were sparse: photos × hashtags, dense
+            method.train_tags = sparse.csr_matrix(reader.array("knn/train_tags"))
         return method
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
         similarity, ids = self.neighbours(photos)
-        weights = np.clip(similarity, 0, None)
-        # Σ_j w_j · tags_j for each photo, as one batched product.
-        return np.einsum("nk,nkv->nv", weights, self.train_tags[ids])
+        weights = np.clip(similarity, 0, None).astype(np.float32)
+        found = ids >= 0  # FAISS pads with -1 when it finds fewer than k
+        rows = np.repeat(np.arange(len(ids)), ids.shape[1])[found.ravel()]
+        # Σ_j w_j · tags_j for each photo: (photos × neighbours) @ (neighbours × hashtags)
+        votes = sparse.csr_matrix((weights[found], (rows, ids[found])),
+                                  shape=(len(ids), self.train_tags.shape[0]))
+        return (votes @ self.train_tags).toarray()
 
 
 @dataclass
