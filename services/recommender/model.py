@@ -120,13 +120,20 @@ class KnnMethod:
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
         similarity, ids = self.neighbours(photos)
-        weights = np.clip(similarity, 0, None).astype(np.float32)
         found = ids >= 0  # FAISS pads with -1 when it finds fewer than k
+        weights = np.clip(similarity, 0, None)[found]
         rows = np.repeat(np.arange(len(ids)), ids.shape[1])[found.ravel()]
-        # Σ_j w_j · tags_j for each photo: (photos × neighbours) @ (neighbours × hashtags)
-        votes = sparse.csr_matrix((weights[found], (rows, ids[found])),
-                                  shape=(len(ids), self.train_tags.shape[0]))
-        return (votes @ self.train_tags).toarray()
+        # Σ_j w_j · tags_j for each photo: each neighbour's hashtag ids (a slice of the
+        # CSR's ids), each adding its weight, counted in one bincount
+        bounds, tag_ids = self.train_tags.indptr, self.train_tags.indices
+        starts, lengths = bounds[ids[found]], np.diff(bounds)[ids[found]]
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        tags = tag_ids[offsets + np.arange(lengths.sum())]
+        n_hashtags = self.train_tags.shape[1]
+        return np.bincount(np.repeat(rows, lengths) * n_hashtags + tags,
+                           weights=np.repeat(weights, lengths),
+                           minlength=len(ids) * n_hashtags
+                           ).reshape(len(ids), n_hashtags).astype(np.float32)
 
 
 @dataclass
