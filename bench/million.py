@@ -19,8 +19,13 @@
 5. **A shard killed under load.** Updates to shard 1's users, each a new photo, SIGKILL
    after some are acknowledged; the restart's seconds to SERVING (snapshot + journal
    replay), and whether every acknowledged update is there (the user's Photos).
-6. **Resharding** --shards → --shards + 1 of the journaled updates (the users above came
-   from snapshots, which `reshard-users` does not split: see docs/scaling.md).
+6. **Resharding** --shards → --shards + 1 with `reshard-users`'s code (the snapshots
+   split by user, the journals routed), then the new shards started: whether sampled users
+   and every acknowledged update of step 5 are where they belong.
+
+7. **A million photos** in a model artifact (bench/million_photos.py): the photo index
+   stored at training and read whole at load: size on disk, load seconds, the kNN's
+   scores p99 for one photo.
 
 Writes out/million.json.
 """
@@ -43,6 +48,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hashrec.v1 import photo_pb2, user_pb2, user_pb2_grpc
+from million_photos import photo_artifact
 from stack import free_port
 
 from commands.cli.shards import user_shard_env
@@ -297,29 +303,16 @@ def after_reshard(model_dir: Path, root: Path, count: int, users: list[str],
             "acknowledged_updates_lost": sum(p not in photos[u] for u, p in acknowledged)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--shards", type=int, default=3)
-    parser.add_argument("--user-model", type=Path, default=None,
-                        help="default: the newest under $HASHREC_MODELS/user")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kept-expected", type=int, default=KEPT_EXPECTED,
-                        help="for the profiles' bytes and fidelity only (the services keep "
-                             "services/user/profiles.py's KEPT_EXPECTED)")
-    parser.add_argument("--profiles-only", action="store_true",
-                        help="stop after the profiles' bytes and fidelity")
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "million.json")
-    args = parser.parse_args()
+def users_part(args: argparse.Namespace) -> dict:
+    """Steps 1-6 of the module docstring."""
     model_dir = resolve_artifact(args.user_model or models_dir() / "user", KIND)
     lookup = UserHashtagLookup.load(model_dir)
     report: dict = {"users": args.users, "shards": args.shards, "model": model_dir.name,
-                    "vocabulary": len(lookup.vocabulary), "kept_expected": KEPT_EXPECTED}
+                    "vocabulary": len(lookup.vocabulary), "kept_expected": args.kept_expected}
     print(f"making {args.users:,} simulated users' profiles ...", flush=True)
     started = time.perf_counter()
     profiles, posts, some_photo, exact = simulated_profiles(lookup, args.users, args.seed,
                                                             args.kept_expected)
-    report["kept_expected"] = args.kept_expected
     report["make_s"] = time.perf_counter() - started
     report["posts_mean"] = float(posts.mean())
     report["profile_bytes_a_user"] = profiles.nbytes / len(profiles)
@@ -328,7 +321,7 @@ def main() -> None:
     report["fidelity"] = fidelity(lookup, exact, profiles, some_photo)
     print(json.dumps(report), flush=True)
     if args.profiles_only:
-        return
+        return report
     with tempfile.TemporaryDirectory() as temporary:
         root, reference_root = Path(temporary) / "state", Path(temporary) / "reference"
         started = time.perf_counter()
@@ -365,6 +358,33 @@ def main() -> None:
                              "seconds": time.perf_counter() - started}
         report["after_reshard"] = after_reshard(model_dir, root, args.shards + 1, users,
                                                 features, acknowledged)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=1_000_000, help="0: not measured")
+    parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--user-model", type=Path, default=None,
+                        help="default: the newest under $HASHREC_MODELS/user")
+    parser.add_argument("--photos", type=int, default=1_000_000,
+                        help="the photo artifact's size (bench/million_photos.py); 0: not "
+                             "measured")
+    parser.add_argument("--image-model", type=Path, default=None,
+                        help="whose photos are resampled; default: the newest under "
+                             "$HASHREC_MODELS")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kept-expected", type=int, default=KEPT_EXPECTED,
+                        help="for the profiles' bytes and fidelity only (the services keep "
+                             "services/user/profiles.py's KEPT_EXPECTED)")
+    parser.add_argument("--profiles-only", action="store_true",
+                        help="stop after the profiles' bytes and fidelity")
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "million.json")
+    args = parser.parse_args()
+    report = {"users": users_part(args)} if args.users else {}
+    if args.photos and not args.profiles_only:
+        print(f"a {args.photos:,}-photo artifact ...", flush=True)
+        report["photos"] = photo_artifact(args.photos, args.image_model, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

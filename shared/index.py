@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -140,10 +142,31 @@ class InnerProductIndex:
     @property
     def vectors(self) -> np.ndarray:
         """Every indexed row, in id order (joined on first read after ``add``: adding a
-        photo copies nothing)."""
+        photo copies nothing; an index loaded whole gives them back from FAISS)."""
+        if not self._chunks:
+            if self.kind in ("ivf", "ivf-sq8"):
+                faiss.extract_index_ivf(self._index).make_direct_map()
+            self._chunks = [self._index.reconstruct_n(0, self.size)]
         if len(self._chunks) > 1:
             self._chunks = [np.vstack(self._chunks)]
         return self._chunks[0]
+
+    @classmethod
+    def from_faiss(cls, index: faiss.Index, about: dict,
+                   config: IndexConfig | None = None) -> InnerProductIndex:
+        """An index built before (``save_index``), as it was: nothing is trained or
+        tuned again."""
+        loaded = cls.__new__(cls)
+        loaded.config = config or IndexConfig.from_env()
+        loaded._chunks, loaded._index = [], index
+        loaded.dim, loaded.size = index.d, index.ntotal
+        loaded.kind, loaded.built_size = about["kind"], about["built_size"]
+        loaded.setting, loaded.recall = about["setting"], about["recall"]
+        if loaded.kind in ("ivf", "ivf-sq8"):
+            faiss.extract_index_ivf(index).nprobe = loaded.setting
+        elif loaded.kind == "hnsw":
+            index.hnsw.efSearch = loaded.setting
+        return loaded
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -212,6 +235,43 @@ def photo_index(vectors: np.ndarray, config: IndexConfig | None = None) -> Inner
     """An index over photo vectors, its kind chosen by their number (``IndexConfig``,
     from the environment unless given)."""
     return InnerProductIndex(vectors, config or IndexConfig.from_env())
+
+
+def save_index(writer: Any, name: str, index: InnerProductIndex) -> None:
+    """A photo index into an artifact as built: an exact one as its vectors (``name``), an
+    approximate one in FAISS's own format (``name``_faiss, bytes; no pickle) with its
+    tuning, so that loading trains nothing. kNN, graph and semantic index the same photos
+    of a community: identical arrays, stored once (shared/artifacts.py's aliases)."""
+    if index.kind == "flat":
+        writer.array(name, index.vectors)
+        return
+    writer.array(f"{name}_faiss", faiss.serialize_index(index.faiss_index))
+    writer.json(f"{name}_index", {"kind": index.kind, "setting": index.setting,
+                                  "recall": index.recall, "built_size": index.built_size})
+
+
+#: the indexes loaded from each stored array (an alias hands every name one array), so
+#: the methods of one process that index the same photos share one index
+_LOADED: dict[int, tuple[weakref.ref, InnerProductIndex]] = {}
+
+
+def load_index(reader: Any, name: str) -> InnerProductIndex:
+    """``save_index``'s index; an exact one is made over its vectors (a copy, no training),
+    an approximate one read whole. Read-only: shared by whoever loads the same array."""
+    stored = reader.array(f"{name}_faiss") if reader.has(f"{name}_faiss.npy") \
+        else reader.array(name)
+    cached = _LOADED.get(id(stored))
+    if cached is not None and cached[0]() is stored:
+        return cached[1]
+    if reader.has(f"{name}_faiss.npy"):
+        index = InnerProductIndex.from_faiss(faiss.deserialize_index(np.asarray(stored)),
+                                             reader.json(f"{name}_index"))
+    else:
+        index = photo_index(stored)
+    for key in [key for key, (ref, _) in _LOADED.items() if ref() is None]:
+        del _LOADED[key]
+    _LOADED[id(stored)] = (weakref.ref(stored), index)
+    return index
 
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:

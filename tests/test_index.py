@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -171,3 +173,33 @@ def test_the_knn_votes_of_its_sparse_tags_are_the_dense_weighted_sum_and_old_mod
     writer.close({"kind": "test"})
     old = KnnMethod.load(ArtifactReader(tmp_path / "old"))
     np.testing.assert_allclose(old.scores(queries), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_a_stored_photo_index_loads_as_built_and_is_stored_and_loaded_once(
+        tmp_path, monkeypatch, kind: str) -> None:
+    """kNN, graph and semantic index the same photos: the artifact holds the index once
+    (its tuning with it), loading trains nothing, and one process shares one index."""
+    from shared.artifacts import ArtifactReader, ArtifactWriter
+    from shared.index import load_index, save_index
+
+    vectors = clustered(3000, dim=32)
+    config = IndexConfig(kind=kind)
+    built = [InnerProductIndex(vectors, config) for _ in range(3)]  # each method's fit
+    writer = ArtifactWriter(tmp_path / "model")
+    for method, index in zip(("knn", "graph", "semantic"), built, strict=True):
+        save_index(writer, f"{method}/visual_features", index)
+    writer.close({"kind": "test"})
+    stored = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert len(stored["files"]) == (1 if kind == "flat" else 4)  # the index once (+ tuning)
+    built_again = []
+    if kind != "flat":  # an exact index is its vectors copied in: nothing to train
+        monkeypatch.setattr(InnerProductIndex, "_build", lambda self: built_again.append(1))
+    reader = ArtifactReader(tmp_path / "model")
+    loaded = [load_index(reader, f"{m}/visual_features") for m in ("knn", "graph", "semantic")]
+    assert loaded[0] is loaded[1] is loaded[2] and not built_again
+    assert loaded[0].kind == built[0].kind and loaded[0].setting == built[0].setting
+    queries = clustered(50, dim=32, seed=4)
+    np.testing.assert_array_equal(loaded[0].search(queries, 10)[1],
+                                  built[0].search(queries, 10)[1])
+    np.testing.assert_allclose(loaded[0].vectors, vectors, atol=1e-6)

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.index import InnerProductIndex, l2_normalized, photo_index
+from shared.index import InnerProductIndex, l2_normalized, load_index, photo_index, save_index
 from shared.photos import PhotoSet, label_weights, log_prior, machine_labels, pmi_scores
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class JointGraphMethod:
         writer.json(f"{self.name}/config", {"neighbours": self.neighbours})
         for name in ("label_vectors", "image_vectors", "hashtag_context", "prior"):
             writer.array(f"{self.name}/{name}", getattr(self, name))
-        writer.array(f"{self.name}/visual_features", self.visual_index.vectors)
+        save_index(writer, f"{self.name}/visual_features", self.visual_index)
 
     @classmethod
     def load(cls, reader: ArtifactReader, class_names: tuple[str, ...]) -> JointGraphMethod:
@@ -246,5 +246,5 @@ class JointGraphMethod:
         method.label_index = {t: i for i, t in enumerate(reader.json("graph/labels"))}
         for name in ("label_vectors", "image_vectors", "hashtag_context", "prior"):
             setattr(method, name, reader.array(f"graph/{name}"))
-        method.visual_index = photo_index(reader.array("graph/visual_features"))
+        method.visual_index = load_index(reader, "graph/visual_features")
         return method

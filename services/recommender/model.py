@@ -28,7 +28,7 @@ from scipy import sparse
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.eval.metrics import recall_at_k, top_k
-from shared.index import InnerProductIndex, l2_normalized, photo_index
+from shared.index import InnerProductIndex, l2_normalized, load_index, photo_index, save_index
 from shared.photos import PhotoSet
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class KnnMethod:
         return self.index.search(l2_normalized(photos.features), self.k)
 
     def save(self, writer: ArtifactWriter) -> None:
-        writer.array(f"{self.name}/features", self.index.vectors)
+        save_index(writer, f"{self.name}/features", self.index)
         writer.array(f"{self.name}/tag_bounds", self.train_tags.indptr.astype(np.int64))
         writer.array(f"{self.name}/tag_ids", self.train_tags.indices.astype(np.int32))
         writer.json(f"{self.name}/config", {"k": self.k,
@@ -108,7 +108,7 @@ class KnnMethod:
     def load(cls, reader: ArtifactReader) -> KnnMethod:
         config = reader.json("knn/config")
         method = cls(k=config["k"])
-        method.index = photo_index(reader.array("knn/features"))
+        method.index = load_index(reader, "knn/features")
         if reader.has("knn/tag_ids.npy"):
             ids, bounds = reader.array("knn/tag_ids"), reader.array("knn/tag_bounds")
             method.train_tags = sparse.csr_matrix(

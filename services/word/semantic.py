@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.index import InnerProductIndex, l2_normalized, photo_index
+from shared.index import InnerProductIndex, l2_normalized, load_index, photo_index, save_index
 from shared.photos import PhotoSet, log_prior
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class SemanticMethod:
         for name in ("weights", "hashtag_vectors", "class_vectors", "priors",
                      "neighbour_text"):
             writer.array(f"{self.name}/{name}", getattr(self, name))
-        writer.array(f"{self.name}/visual_features", self.visual_index.vectors)
+        save_index(writer, f"{self.name}/visual_features", self.visual_index)
 
     @classmethod
     def load(cls, reader: ArtifactReader, class_names: tuple[str, ...]) -> SemanticMethod:
@@ -198,7 +198,7 @@ class SemanticMethod:
         for name in ("weights", "hashtag_vectors", "class_vectors", "priors",
                      "neighbour_text"):
             setattr(method, name, reader.array(f"semantic/{name}"))
-        method.visual_index = photo_index(reader.array("semantic/visual_features"))
+        method.visual_index = load_index(reader, "semantic/visual_features")
         return method
 
 

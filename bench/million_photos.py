@@ -1,0 +1,138 @@
+"""A million photos in a model artifact: the photo index stored at training, read whole at
+load (#29 item 3). Part of bench/million.py; alone:
+
+    python bench/million_photos.py [--photos 1000000] [--image-model DIR]
+
+The photos are the image model's first community's kNN photos resampled with noise (as
+bench/index.py makes its vectors), each keeping its source photo's hashtags. A kNN method
+over them is built as `hashrec train` builds it (the index by size: IVF above 50,000
+photos, tuned to recall@10 ≥ 0.95) and written as the model writes it, with the graph's
+and the semantic method's index of the same photos beside it (one stored index for the
+three). Then, in a fresh process: the artifact verified and loaded (seconds, RSS: nothing
+is trained), and the kNN's scores for one new photo at a time (p50 / p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from services.image_models import KIND, load_image_models
+from services.recommender.model import KnnMethod
+from shared.artifacts import ArtifactReader, ArtifactWriter, resolve_artifact
+from shared.config import models_dir
+from shared.index import l2_normalized, load_index, photo_index, save_index
+from shared.photos import PhotoSet
+
+CHUNK = 100_000
+
+
+def resampled_knn(image_model: Path, n: int, seed: int) -> tuple[np.ndarray, object, object]:
+    """(n noisy copies of the first community's kNN photos, their hashtags, the source)."""
+    knn = load_image_models(image_model, ("knn",)).methods["knn"]
+    source = getattr(knn, "inner", [knn])[0]
+    features, tags = source.index.vectors, source.train_tags
+    rng = np.random.default_rng(seed)
+    spread = 0.3 * features.std(axis=0, keepdims=True)
+    picks = rng.integers(len(features), size=n)
+    out = np.empty((n, features.shape[1]), np.float32)
+    for start in range(0, n, CHUNK):
+        rows = picks[start:start + CHUNK]
+        out[start:start + len(rows)] = l2_normalized(features[rows] + rng.normal(
+            size=(len(rows), features.shape[1])).astype(np.float32) * spread)
+    return out, tags[picks], source
+
+
+def write_artifact(folder: Path, features: np.ndarray, tags: object) -> dict:
+    started = time.perf_counter()
+    knn = KnnMethod(k=20)
+    knn.index = photo_index(features)  # as KnnMethod.fit makes it (features normalised)
+    knn.train_tags = tags
+    built = time.perf_counter() - started
+    knn.index._chunks = []  # the index holds the vectors; the array goes
+    del features
+    started = time.perf_counter()
+    writer = ArtifactWriter(folder)
+    knn.save(writer)
+    for method in ("graph", "semantic"):  # their indexes over the same photos
+        save_index(writer, f"{method}/visual_features", knn.index)
+    writer.close({"kind": "bench-million-photos", "photos": knn.index.size})
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return {"index": knn.index.kind, "setting": knn.index.setting,
+            "recall_at_10": knn.index.recall, "build_s": built,
+            "write_s": time.perf_counter() - started, "disk_gb": size / 1e9,
+            "files": len(json.loads((folder / "manifest.json").read_text())["files"])}
+
+
+def load_and_score(folder: Path, queries: int, seed: int) -> dict:
+    """In this process: load the artifact (nothing trained) and score new photos."""
+    started = time.perf_counter()
+    reader = ArtifactReader(folder)  # verifies every file's checksum
+    knn = KnnMethod.load(reader)
+    shared = [load_index(reader, f"{m}/visual_features") for m in ("graph", "semantic")]
+    loaded = time.perf_counter() - started
+    del reader
+    rng = np.random.default_rng(seed)
+    index = knn.index.faiss_index
+    if knn.index.kind in ("ivf", "ivf-sq8"):
+        faiss.extract_index_ivf(index).make_direct_map()
+    # new photos like the collection's: stored ones with noise
+    stored = np.stack([index.reconstruct(int(i)) for i in rng.integers(index.ntotal,
+                                                                       size=queries)])
+    photos = l2_normalized(stored + 0.02 * rng.normal(size=stored.shape).astype(np.float32))
+    times = []
+    for row in range(queries):
+        photo = PhotoSet(photos[row:row + 1], np.zeros((1, 1000), np.float32))
+        began = time.perf_counter()
+        knn.scores(photo)
+        times.append(1000 * (time.perf_counter() - began))
+    rss = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
+               .splitlines() if line.startswith("VmRSS:"))
+    return {"load_s": loaded, "rss_gb_after_load": rss / 2**20,
+            "one_index_for_the_three": all(s is knn.index for s in shared),
+            "knn_scores_one_photo_p50_ms": float(np.percentile(times, 50)),
+            "knn_scores_one_photo_p99_ms": float(np.percentile(times, 99)),
+            "queries": queries}
+
+
+def photo_artifact(n: int, image_model: Path | None, seed: int = 0) -> dict:
+    """The whole measurement (module docstring), its load in a fresh process."""
+    model = resolve_artifact(image_model or models_dir(), KIND)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary) / "million-photos"
+        started = time.perf_counter()
+        features, tags, _ = resampled_knn(model, n, seed)
+        report = {"photos": n, "make_s": time.perf_counter() - started}
+        print(f"  {n:,} photos made in {report['make_s']:.0f} s; building the index ...",
+              flush=True)
+        report.update(write_artifact(folder, features, tags))
+        del features
+        print(f"  written: {json.dumps(report)}", flush=True)
+        loaded = subprocess.run([sys.executable, __file__, "--load", str(folder)],
+                                capture_output=True, text=True, check=True)
+        report.update(json.loads(loaded.stdout.strip().splitlines()[-1]))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=1_000_000)
+    parser.add_argument("--image-model", type=Path, default=None)
+    parser.add_argument("--load", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load is not None:
+        print(json.dumps(load_and_score(args.load, 500, 1)))
+        return
+    print(json.dumps(photo_artifact(args.photos, args.image_model), indent=1))
+
+
+if __name__ == "__main__":
+    main()
