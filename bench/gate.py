@@ -54,7 +54,8 @@ def with_probabilities(photos: PhotoSet) -> PhotoSet:
 
 class SklearnGate:
     """Another classifier as the gate, to see whether a richer one names communities
-    better than the logistic regression: k nearest photos by cosine, or an MLP."""
+    better than the logistic regression: k nearest photos by cosine, or an MLP, each fit
+    on class-balanced photos."""
 
     def __init__(self, kind: str, photos: PhotoSet) -> None:
         from sklearn.neighbors import KNeighborsClassifier
@@ -65,7 +66,13 @@ class SklearnGate:
         self.model = KNeighborsClassifier(25, metric="cosine", weights="distance") \
             if kind == "knn" else make_pipeline(StandardScaler(), MLPClassifier(
                 (256,), alpha=1.0, max_iter=300, early_stopping=True, random_state=0))
-        self.model.fit(photos.features, photos.communities)
+        # balanced as the logistic regression is (class_weight): each community's photos
+        # drawn with replacement to the largest's number
+        rng = np.random.default_rng(0)
+        largest = np.bincount(photos.communities).max()
+        rows = np.concatenate([rng.choice(np.flatnonzero(photos.communities == c), largest)
+                               for c in np.unique(photos.communities)])
+        self.model.fit(photos.features[rows], photos.communities[rows])
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         return np.clip(self.model.predict_proba(features), 1e-6, 1.0)

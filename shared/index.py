@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -222,6 +221,8 @@ class InnerProductIndex:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index {self.dim}")
+        if not self._chunks:  # loaded whole: the rows so far from FAISS first
+            self._chunks = [self.vectors]
         self._chunks.append(vectors)
         self.size += len(vectors)
         if (self.config.kind_for(self.size, self.dim) != self.kind
@@ -250,27 +251,24 @@ def save_index(writer: Any, name: str, index: InnerProductIndex) -> None:
                                   "recall": index.recall, "built_size": index.built_size})
 
 
-#: the indexes loaded from each stored array (an alias hands every name one array), so
-#: the methods of one process that index the same photos share one index
-_LOADED: dict[int, tuple[weakref.ref, InnerProductIndex]] = {}
-
-
 def load_index(reader: Any, name: str) -> InnerProductIndex:
     """``save_index``'s index; an exact one is made over its vectors (a copy, no training),
-    an approximate one read whole. Read-only: shared by whoever loads the same array."""
+    an approximate one read whole. The methods that load the same stored array through
+    one reader (an alias hands every name one array) share one index: kept on the reader,
+    so it goes when the reader and the methods do."""
+    root = getattr(reader, "reader", reader)  # a ScopedReader's ArtifactReader
+    loaded: dict[int, tuple[np.ndarray, InnerProductIndex]] = root.__dict__.setdefault(
+        "_photo_indexes", {})
     stored = reader.array(f"{name}_faiss") if reader.has(f"{name}_faiss.npy") \
         else reader.array(name)
-    cached = _LOADED.get(id(stored))
-    if cached is not None and cached[0]() is stored:
-        return cached[1]
+    if id(stored) in loaded and loaded[id(stored)][0] is stored:
+        return loaded[id(stored)][1]
     if reader.has(f"{name}_faiss.npy"):
         index = InnerProductIndex.from_faiss(faiss.deserialize_index(np.asarray(stored)),
                                              reader.json(f"{name}_index"))
     else:
         index = photo_index(stored)
-    for key in [key for key, (ref, _) in _LOADED.items() if ref() is None]:
-        del _LOADED[key]
-    _LOADED[id(stored)] = (weakref.ref(stored), index)
+    loaded[id(stored)] = (stored, index)  # the array held: its id is not reused meanwhile
     return index
 
 

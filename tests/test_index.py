@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -203,3 +205,13 @@ def test_a_stored_photo_index_loads_as_built_and_is_stored_and_loaded_once(
     np.testing.assert_array_equal(loaded[0].search(queries, 10)[1],
                                   built[0].search(queries, 10)[1])
     np.testing.assert_allclose(loaded[0].vectors, vectors, atol=1e-6)
+    monkeypatch.undo()
+    # a new reader (a reload) loads its own; the old goes with its reader and methods
+    again = load_index(ArtifactReader(tmp_path / "model"), "knn/visual_features")
+    assert again is not loaded[0]
+    gone = weakref.ref(loaded[0])
+    del loaded, reader
+    gc.collect()
+    assert gone() is None
+    again.add(clustered(5, dim=32, seed=9))  # a loaded index grows like a built one
+    assert len(again.vectors) == 3005 and again.search(again.vectors[-1:], 1)[1][0, 0] == 3004

@@ -4,6 +4,7 @@ resharding that keeps every acknowledged update."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -66,6 +67,37 @@ def _recovered(model_dir: Path, folder: Path) -> UserHashtagLookup:
     return lookup
 
 
+@contextlib.contextmanager
+def _killed_when(monkeypatch: pytest.MonkeyPatch, name: str,
+                 when: Callable[[Path], bool]) -> Iterator[None]:
+    """services/user/shards.py's ``name`` dies (as a killed process stops) on the first
+    path ``when`` picks; the block must stop there."""
+    real = getattr(user_shards, name)
+
+    def dying(path: Path, *rest: object) -> object:
+        if when(path):
+            raise OSError("killed")
+        return real(path, *rest)
+
+    monkeypatch.setattr(user_shards, name, dying)
+    with pytest.raises(OSError, match="killed"):
+        yield
+    monkeypatch.setattr(user_shards, name, real)
+
+
+def _posts_on_shards(model_dir: Path, root: Path, count: int,
+                     posts: dict[str, int]) -> dict[str, float]:
+    """Each user's count of their post's hashtag, on whichever of ``count`` shards
+    (each claimed as a service would) knows them."""
+    found = {}
+    for index in range(count):
+        claim(root / f"shard-{index}", Shard(index, count))
+        lookup = _recovered(model_dir, root / f"shard-{index}")
+        found.update({u: lookup.hashtag_counts[lookup.user_index[u], t]
+                      for u, t in posts.items() if u in lookup.user_index})
+    return found
+
+
 @pytest.fixture()
 def model_dir(tmp_path: Path) -> Path:
     small_lookup(with_effects=True).save(tmp_path / "model")
@@ -117,6 +149,48 @@ def test_resharding_moves_each_user_with_every_acknowledged_update(model_dir: Pa
     assert user_shards.read_marker(root) == Shard(0, 1)
 
 
+def test_a_trained_users_updated_row_moves_to_their_new_shard_alone(model_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """ann was in the trained model; her post is in a snapshot. After resharding only her
+    new shard holds the post (a copy elsewhere would outlive her Forget), and going back
+    to one shard counts it once."""
+    root = tmp_path / "state"
+    lookup, trained = UserHashtagLookup.load(model_dir), small_lookup(True)
+    claim(root, Shard())
+    journal = UpdateJournal(root / model_dir.name)
+    journal.recover(lookup)
+    journal.append("ann", ["tag7"], FEATURES)
+    lookup.update("ann", FEATURES, [7])
+    journal.snapshot(lookup)
+    reshard(root, 2)
+    mine = shard_of("ann", 2)
+    for index in range(2):
+        shard = _recovered(model_dir, root / f"shard-{index}")
+        extra = 1 if index == mine else 0
+        assert shard.hashtag_counts[0, 7] == trained.hashtag_counts[0, 7] + extra
+        assert shard.post_counts[0] == trained.post_counts[0] + extra
+        np.testing.assert_array_equal(shard.hashtag_counts[1:], trained.hashtag_counts[1:])
+    reshard(root, 1)
+    back = _recovered(model_dir, root)
+    assert back.hashtag_counts[0, 7] == trained.hashtag_counts[0, 7] + 1
+    assert back.post_counts.sum() == trained.post_counts.sum() + 1
+
+
+def test_a_shrink_stopped_in_its_swap_is_finished_by_running_it_again(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "state"
+    posts = {f"local:u{i}": 5 + i % 30 for i in range(30)}
+    _journal_posts(model_dir, root, posts, Shard())
+    reshard(root, 3)
+    # 3 -> 2: shard-2, a folder of the old shards alone, is where the swap stops
+    with _killed_when(monkeypatch, "_move", lambda source: "shard-2" in str(source)):
+        reshard(root, 2)
+    with pytest.raises(StartupError, match="interrupted"):
+        claim(root / "shard-0", Shard(0, 2))
+    assert reshard(root, 2)["resumed"]
+    assert _posts_on_shards(model_dir, root, 2, posts) == dict.fromkeys(posts, 1)
+
+
 def test_an_interrupted_resharding_blocks_the_shards_and_is_finished_by_running_it_again(
         model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "state"
@@ -137,13 +211,7 @@ def test_an_interrupted_resharding_blocks_the_shards_and_is_finished_by_running_
     with pytest.raises(StartupError, match="interrupted"):
         claim(root / "shard-0", Shard(0, 2))
     assert reshard(root, 2)["resumed"]
-    recovered = {}
-    for index in range(2):
-        claim(root / f"shard-{index}", Shard(index, 2))
-        lookup = _recovered(model_dir, root / f"shard-{index}")
-        recovered.update({u: lookup.hashtag_counts[lookup.user_index[u], t]
-                          for u, t in posts.items() if u in lookup.user_index})
-    assert recovered == dict.fromkeys(posts, 1)
+    assert _posts_on_shards(model_dir, root, 2, posts) == dict.fromkeys(posts, 1)
 
 
 def test_a_state_folder_serves_only_the_shard_it_belongs_to(model_dir: Path,
@@ -197,12 +265,7 @@ def test_operator_mistakes_with_shards_end_in_one_line_and_lose_nothing(
     with pytest.raises(StartupError, match=r"shard\.json is damaged"):
         claim(root / "shard-1", Shard(1, 3))
     user_shards.write_marker(root / "shard-1", Shard(1, 3))
-    recovered = {}
-    for index in range(3):
-        lookup = _recovered(model_dir, root / f"shard-{index}")
-        recovered.update({u: lookup.hashtag_counts[lookup.user_index[u], t]
-                          for u, t in posts.items() if u in lookup.user_index})
-    assert recovered == dict.fromkeys(posts, 1)
+    assert _posts_on_shards(model_dir, root, 3, posts) == dict.fromkeys(posts, 1)
 
 
 def test_a_resharding_stopped_before_its_staging_was_whole_starts_over(
@@ -211,17 +274,9 @@ def test_a_resharding_stopped_before_its_staging_was_whole_starts_over(
     posts = {f"local:u{i}": 5 + i for i in range(12)}
     _journal_posts(model_dir, root, posts, Shard())
     reshard(root, 2)
-    real_write = user_shards._write_durably
-
-    def stop_at_the_second_journal(path: Path, data: bytes) -> None:
-        if path.name == "updates.jsonl" and "shard-1" in str(path):
-            raise OSError("killed")
-        real_write(path, data)
-
-    monkeypatch.setattr(user_shards, "_write_durably", stop_at_the_second_journal)
-    with pytest.raises(OSError, match="killed"):
+    with _killed_when(monkeypatch, "_write_durably", lambda path: path.name ==
+                      "shard.json.tmp" and "shard-1" in str(path)):  # the second marker
         reshard(root, 3)
-    monkeypatch.setattr(user_shards, "_write_durably", real_write)
     claim(root / "shard-0", Shard(0, 2))  # nothing was READY: the old shards still serve
     with pytest.raises(ReshardError, match="finish it first"):
         _interrupted_to(root)

@@ -28,6 +28,10 @@ class LookupPersistence:
     lock: Any
     user_ids: list[str]
     user_index: dict[str, int]
+    trained_users: int
+    user_vectors: np.ndarray
+    post_counts: np.ndarray
+    user_hashtags: SparseProfiles
 
     # --- profiles: what online updates change, for snapshots of the serving state -------
     def profiles(self) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
@@ -72,9 +76,16 @@ class LookupPersistence:
         user_hashtags = SparseProfiles.from_arrays(vocabulary, arrays) \
             if "profile_bounds" in arrays else SparseProfiles.from_dense(
                 arrays["hashtag_counts"], arrays.get("expected_uses"))
+        vectors = arrays["user_vectors"].astype(np.float32)
+        post_counts = arrays["post_counts"].astype(np.float64)
+        # a trained user another shard owns (services/user/shards.py): the model's row
+        as_trained = np.flatnonzero(post_counts[:self.trained_users] < 0)
+        vectors[as_trained] = self.user_vectors[as_trained]
+        post_counts[as_trained] = self.post_counts[as_trained]
+        for row in as_trained.tolist():
+            user_hashtags.rows[row] = self.user_hashtags.rows[row]
         with self.lock:
-            self.user_vectors = arrays["user_vectors"].astype(np.float32)
-            self.post_counts = arrays["post_counts"].astype(np.float64)
+            self.user_vectors, self.post_counts = vectors, post_counts
             self.user_hashtags = user_hashtags
             self.user_ids = list(users)
             self.user_index = {user: row for row, user in enumerate(users) if user}

@@ -34,18 +34,20 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from services.user.journal import (
     SNAPSHOT_KIND,
+    JournalRecord,
     decode_record,
     encode_record,
     hold_state,
     repair_tail,
 )
-from services.user.profiles import SparseProfiles
+from services.user.profiles import ROW, SparseProfiles
 from shared.artifacts import ArtifactReader, ArtifactWriter, fsync_directory
 from shared.grpc_server import StartupError
 from shared.sharding import Shard, shard_of
@@ -56,6 +58,9 @@ SHARD_NAME = re.compile(r"shard-\d+")
 JOURNAL = "updates.jsonl"
 STAGING = ".reshard"
 READY = "READY"
+
+
+ROW_OF_NOBODY = np.zeros(0, ROW)
 
 
 class ReshardError(RuntimeError):
@@ -188,39 +193,57 @@ def current_layout(root: Path) -> list[tuple[Path, Shard]]:
     return layout
 
 
-def _routed_journals(layout: list[tuple[Path, Shard]], count: int,
-                     covered: dict[Path, int] | None = None,
-                     ) -> tuple[list[list[bytes]], list[int]]:
-    """Every old shard's records, each to the new shard owning its user, in their order
-    (one user's records all come from one old shard), renumbered 1, 2, … per new shard;
-    and how many of each new shard's come first because an old snapshot holds them
-    (``covered``: each old folder's snapshot seq): records up to it from every old shard,
-    then the rest, so that a new snapshot holds exactly its journal's first records."""
-    covered = covered or {}
-    first: list[list] = [[] for _ in range(count)]
-    rest: list[list] = [[] for _ in range(count)]
-    for folder, shard in layout:
-        journal = folder / JOURNAL
-        if not journal.exists():
-            continue
-        with journal.open("rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                try:
-                    record = decode_record(line, 0)
-                except (ValueError, UnicodeDecodeError) as error:
-                    raise ReshardError(f"{journal}:{number}: damaged record ({error}); "
-                                       "nothing was moved") from None
-                if not shard.owns(record.user):
-                    raise ReshardError(f"{journal}:{number}: user {record.user!r} is not "
-                                       f"{shard}'s; nothing was moved")
-                part = first if record.seq <= covered.get(folder, 0) else rest
-                part[shard_of(record.user, count)].append(record)
-    journals = []
-    for index in range(count):
-        records = first[index] + rest[index]
-        journals.append([encode_record(dataclasses.replace(record, seq=seq))
-                         for seq, record in enumerate(records, start=1)])
-    return journals, [len(part) for part in first]
+def _records(folder: Path, shard: Shard) -> Iterator[JournalRecord]:
+    """An old shard's records, checked: ReshardError on a damaged one or one of a user
+    the shard does not own (nothing was moved then)."""
+    journal = folder / JOURNAL
+    if not journal.exists():
+        return
+    with journal.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = decode_record(line, 0)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise ReshardError(f"{journal}:{number}: damaged record ({error}); "
+                                   "nothing was moved") from None
+            if not shard.owns(record.user):
+                raise ReshardError(f"{journal}:{number}: user {record.user!r} is not "
+                                   f"{shard}'s; nothing was moved")
+            yield record
+
+
+def _route_journals(layout: list[tuple[Path, Shard]], staged: list[Path],
+                    covered: dict[Path, int]) -> tuple[list[int], list[int]]:
+    """Writes every old shard's records, each to the staged journal of the new shard
+    owning its user, in their order (one user's records all come from one old shard),
+    renumbered 1, 2, … per new shard, a record at a time (a journal can be far larger
+    than memory). First the records an old snapshot holds (``covered``: each old
+    folder's snapshot seq) from every old shard, then the rest, so that a new snapshot
+    holds exactly its journal's first records. Returns (records, covered records) a new
+    shard."""
+    count = len(staged)
+    written, firsts = [0] * count, [0] * count
+    files = [(folder / JOURNAL).open("wb") for folder in staged]
+    try:
+        for covered_pass in (True, False):
+            for folder, shard in layout:
+                limit = covered.get(folder, 0)
+                for record in _records(folder, shard):
+                    if (record.seq <= limit) != covered_pass:
+                        continue
+                    target = shard_of(record.user, count)
+                    written[target] += 1
+                    files[target].write(encode_record(dataclasses.replace(
+                        record, seq=written[target])))
+            if covered_pass:
+                firsts = list(written)
+        for file in files:
+            file.flush()
+            os.fsync(file.fileno())
+    finally:
+        for file in files:
+            file.close()
+    return written, firsts
 
 
 def _newest_snapshots(layout: list[tuple[Path, Shard]],
@@ -270,18 +293,23 @@ def _split_snapshots(layout: list[tuple[Path, Shard]], snapshots: dict[Path, Pat
     profiles = {index: SparseProfiles.from_arrays(n_hashtags, arrays)
                 for index, (arrays, _) in read.items()}
 
-    def trained_row(row: int) -> tuple[int, str]:
-        """(the snapshot to take trained row ``row`` from, its user id)."""
-        names = {index: lists["users"][row] for index, (_, lists) in read.items()}
+    def trained_row(row: int, index: int) -> tuple[int | None, str]:
+        """(the snapshot new shard ``index`` takes trained row ``row`` from, or None: the
+        model's own trained row; the user id). Only the user's new owner takes their
+        updated row, from their old owner (a row copied elsewhere would outlive a
+        Forget, and count twice if taken back later)."""
+        names = {source: lists["users"][row] for source, (_, lists) in read.items()}
         user = next((name for name in names.values() if name), "")
-        owner = shard_of(user, old_count) if user else next(iter(names))
-        if owner in read:
-            return owner, names[owner]  # "" where the owner forgot them
-        return next(iter(read)), user
+        if not user:  # forgotten by their owner, the only shard with a snapshot
+            return next(iter(names)), ""
+        owner = shard_of(user, old_count)
+        if shard_of(user, count) != index or owner not in read:
+            return None, user
+        return owner, names[owner]  # "" where the owner forgot them
 
     parts = []
     for index in range(count):
-        picks = [trained_row(row) for row in range(trained)]
+        picks = [trained_row(row, index) for row in range(trained)]
         users = [user for _, user in picks]
         rows = [(source, row) for row, (source, _) in enumerate(picks)]
         for source, (_, lists) in read.items():
@@ -292,18 +320,25 @@ def _split_snapshots(layout: list[tuple[Path, Shard]], snapshots: dict[Path, Pat
                     rows.append((source, row))
         mine = {user for user in users if user and shard_of(user, count) == index}
         part = SparseProfiles(n_hashtags)
-        part.rows = [profiles[source].rows[row] for source, row in rows]
-        arrays = {"user_vectors": np.stack([read[s][0]["user_vectors"][r] for s, r in rows]),
-                  "post_counts": np.array([read[s][0]["post_counts"][r] for s, r in rows]),
+        part.rows = [profiles[source].rows[row] if source is not None else ROW_OF_NOBODY
+                     for source, row in rows]
+        width = any_arrays["user_vectors"].shape[1]
+        # post count -1: "the model's trained row" (restore_profiles keeps its own)
+        arrays = {"user_vectors": np.stack([read[s][0]["user_vectors"][r] if s is not None
+                                            else np.zeros(width, np.float32)
+                                            for s, r in rows]),
+                  "post_counts": np.array([read[s][0]["post_counts"][r] if s is not None
+                                           else -1.0 for s, r in rows]),
                   **part.arrays()}
         owners, features, requests, communities = {}, {}, [], {}
         for source, (old_arrays, lists) in read.items():
             added = {photo: row for row, photo in enumerate(lists["added_photo_ids"])}
             for photo, holders in lists.get("photo_owners", {}).items():
                 kept = [user for user in holders if user in mine]
-                if kept and photo in added:
+                if kept:  # a trained photo someone uploaded too: owned, no features kept
                     owners.setdefault(photo, []).extend(kept)
-                    features[photo] = old_arrays["added_photo_features"][added[photo]]
+                    if photo in added:
+                        features[photo] = old_arrays["added_photo_features"][added[photo]]
             requests += [entry for entry in lists.get("requests", []) if entry[0] in mine]
             for user, posts in lists.get("communities", {}).items():
                 if user in mine and (user not in communities
@@ -346,11 +381,13 @@ def _live_entries(folder: Path, root: Path) -> list[Path]:
 
 
 def _swap(root: Path, plan: dict) -> None:
-    """Step 3 in every folder: its state to its backup (finished once DONE is written),
-    the staged state into place, the staging gone. Each move is within one folder (one
-    file system: a shard's folder may be a volume of its own)."""
-    for name in plan["folders"]:
-        folder = root / name
+    """Step 3: first every folder's state to its backup (a folder is done once its DONE
+    is written), then every staged state into place, and only then the stagings (and
+    their READY) go, so a run stopped anywhere leaves a READY for the next to finish
+    from. Each move is within one folder (one file system: a shard's folder may be a
+    volume of its own)."""
+    folders = [root / name for name in plan["folders"]]
+    for folder in folders:
         backup = folder / plan["backup"]
         if not (backup / "DONE").exists():
             backup.mkdir(exist_ok=True)
@@ -358,13 +395,16 @@ def _swap(root: Path, plan: dict) -> None:
                 _move(entry, backup / entry.name)
             _write_durably(backup / "DONE", b"")
             fsync_directory(folder)
+    for folder in folders:
         staged = folder / STAGING
         if staged.exists():
             for entry in staged.iterdir():
                 if entry.name != READY:
                     _move(entry, folder / entry.name)
             fsync_directory(folder)
-            shutil.rmtree(staged)
+    for folder in folders:
+        if (folder / STAGING).exists():
+            shutil.rmtree(folder / STAGING)
             fsync_directory(folder)
 
 
@@ -413,12 +453,13 @@ def reshard(root: Path, count: int) -> dict:
         parts = _split_snapshots(layout, snapshots, count) if snapshots else None
         covered = {folder: int(ArtifactReader(path).manifest["seq"])
                    for folder, path in snapshots.items()} if parts else {}
-        journals, firsts = _routed_journals(layout, count, covered)
         folders = list(dict.fromkeys([*(folder for folder, _ in layout), *new]))
-        for index, (folder, lines) in enumerate(zip(new, journals, strict=True)):
-            staged = folder / STAGING
+        stagings = [folder / STAGING for folder in new]
+        for staged in stagings:
             staged.mkdir(parents=True)
-            _write_durably(staged / JOURNAL, b"".join(lines))
+        fsync_directory(root)  # the new shard folders' names
+        written, firsts = _route_journals(layout, stagings, covered)
+        for index, staged in enumerate(stagings):
             write_marker(staged, Shard(index, count))
             if parts is not None:  # the users' profiles as of the journal's first records
                 _write_snapshot(staged / version / "snapshots", firsts[index], *parts[index])
@@ -427,7 +468,7 @@ def reshard(root: Path, count: int) -> dict:
                 "folders": [str(folder.relative_to(root)) for folder in folders],
                 "backup": f".before-reshard-{time.strftime('%Y%m%d-%H%M%S')}-"
                           f"{uuid.uuid4().hex[:6]}",
-                "records": [len(lines) for lines in journals],
+                "records": written,
                 "snapshot_users": None if parts is None else [len(p[1]["users"]) for p in parts]}
         for folder in new:  # every staging is whole before any says READY
             _write_durably(folder / STAGING / READY, json.dumps(plan).encode())
