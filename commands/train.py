@@ -34,6 +34,7 @@ from services.vision.store import FeatureStore
 from services.word.semantic import TextResources
 from shared.artifacts import ArtifactWriter, fsync_directory
 from shared.backbone import vision_model_id
+from shared.config import fit_sample_limit
 from shared.data.readers import Post
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,12 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     train, terms, vocabularies = community_photos(communities, store, min_count, max_vocab,
                                                   progress, engine)
     stages["photos"] = time.perf_counter() - started
-    truth = [frozenset(ids) for ids in train.hashtags]
+    # the fusions learn from out-of-fold scores of a seeded sample of the photos, not of
+    # every one: 47 KB of scores a photo (7 methods × the vocabulary) would grow the
+    # driver with the collection (docs/scaling.md)
+    scored = fit_sample(len(train), seed)
+    truth = [frozenset(train.hashtags[i]) for i in scored]
+    sample_communities = train.communities[scored]
 
     routed: dict[str, np.ndarray] = {}  # out of fold, each photo as its own community's
 
@@ -87,14 +93,15 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
                 community.name: RankFusion.fit(
                     {m: s[rows] for m, s in routed.items()}, [truth[i] for i in rows], seed)
                 for number, community in enumerate(communities)
-                for rows in [np.flatnonzero(train.communities == number)]}
+                for rows in [np.flatnonzero(sample_communities == number)]}
         stages["fusion"] = time.perf_counter() - fusion_started  # within "fits"
         return fusion, ranker, own
 
     # the fusions are fit here while the pool runs the final fits
     scores, finals, (fusion, ranker, community_rankers) = folds_and_finals(
         train, terms, methods, folds, seed, text, engine, progress=progress,
-        cpu_seconds=cpu_seconds, meanwhile=fusions, routed=routed)
+        cpu_seconds=cpu_seconds, meanwhile=fusions, routed=routed,
+        scored=None if len(scored) == len(train) else scored)
     stages["fits"] = time.perf_counter() - started - stages["photos"]
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
         "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
@@ -115,10 +122,11 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
         # the recommender scales them.
         fused = ranker.combine(scores) if ranker is not None else fusion.combine(scores)
         writer.array(OUT_OF_FOLD_SCORES, min_max_rows(fused).astype(np.float16))
-        writer.json(OUT_OF_FOLD_PHOTOS, list(train.keys))
+        writer.json(OUT_OF_FOLD_PHOTOS, [train.keys[i] for i in scored])
         writer.json("vocabulary", list(terms))
         writer.close({"kind": KIND, "version": version, "methods": list(methods),
                       "vision_model": vision_model_id(), "n_train": len(train), "seed": seed,
+                      "fit_sample": {"photos": len(scored), "limit": fit_sample_limit()},
                       **({"text_model": text.model_id} if text is not None and text.model_id
                          else {}),
                       "communities": [{"name": c.name, "ignored": sorted(c.ignore),
@@ -167,6 +175,15 @@ DEFAULT_COMMUNITIES = (("instagram", "instagram:instagram", INSTAGRAM_SEARCH_TAG
                        ("flickr", "dcmr:mirflickr25k", frozenset()))
 #: tag-only hashtag lists: hashtag knowledge (co-occurrence, words) without photos
 DEFAULT_CORPORA = ("harrison:harrison", "dcmr:mirflickr25k")
+def fit_sample(n: int, seed: int) -> np.ndarray:
+    """The rows (ascending) whose out-of-fold scores fit the fusions: every one up to
+    $HASHREC_FIT_SAMPLE (20,000), else that many, seeded."""
+    limit = fit_sample_limit()
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 #: running social-media text whose words teach the hashtag segmenter (shared/text.py)
 SEGMENTER_TEXT = "howyoutag:howyoutag"
 DEFAULT_METHODS = ("frequency", "knn", "mlp", "word", "graph", "semantic", "autorec_masked")

@@ -107,3 +107,17 @@ def env_number(name: str, default: float, kind: type = float) -> float:
         return kind(raw) if raw else default
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+FIT_SAMPLE_ENV = "HASHREC_FIT_SAMPLE"
+#: the most training photos whose out-of-fold scores fit the fusions, and that fit the
+#: community gate (a sample of a larger collection, seeded)
+DEFAULT_FIT_SAMPLE = 20_000
+
+
+def fit_sample_limit() -> int:
+    """$HASHREC_FIT_SAMPLE (at least 100)."""
+    limit = env_int(FIT_SAMPLE_ENV, DEFAULT_FIT_SAMPLE)
+    if limit < 100:
+        raise ValueError(f"{FIT_SAMPLE_ENV} must be at least 100, got {limit}")
+    return limit

@@ -128,3 +128,41 @@ def test_the_mlps_numpy_scores_are_the_trained_torch_networks(loss: str) -> None
     expected = (torch.softmax(logits, dim=1) if loss == "softmax"
                 else torch.sigmoid(logits)).numpy()
     np.testing.assert_allclose(method.scores(photos), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fusions_learn_from_a_seeded_sample_of_the_photos_when_there_are_more(
+        tmp_path: Path, data_dir: Path, feature_store, monkeypatch) -> None:
+    """$HASHREC_FIT_SAMPLE bounds the out-of-fold scores the driver holds (and the gate's
+    photos); every photo still trains the methods."""
+    import json
+
+    from commands.experiments.image2tag import folds_and_finals
+    from services.image_models import out_of_fold_scores
+
+    monkeypatch.setenv("HASHREC_FIT_SAMPLE", "100")
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
+    models = train_image_models(posts, feature_store, tmp_path, ignore=frozenset({"food"}),
+                                methods=("frequency", "knn"), min_count=2, folds=3,
+                                progress=False)
+    manifest = json.loads((models.directory / "manifest.json").read_text())
+    assert manifest["fit_sample"] == {"photos": 100, "limit": 100}
+    assert manifest["n_train"] > 100
+    _, keys, scaled = out_of_fold_scores(models.directory)
+    assert len(keys) == len(scaled) == 100
+    # the sampled rows are scored out of fold; the rest train every fold's methods
+    photos, vocabulary = training_photos(posts, feature_store, frozenset({"food"}), 2, 1000,
+                                         False)
+    sample = np.arange(0, len(photos), 2)[:50]
+    scores, _, _ = folds_and_finals(photos, vocabulary.terms, ["frequency"], 3, 0,
+                                    finals=False, scored=sample)
+    fold_of = np.random.default_rng(0).permutation(len(photos)) % 3
+    for at, row in enumerate(sample[:5]):
+        others = np.flatnonzero(~np.isin(np.arange(len(photos)), sample[
+            fold_of[sample] == fold_of[row]]))
+        prior = np.zeros(len(vocabulary.terms))
+        for i in others:
+            prior[list(photos.hashtags[i])] += 1 / len(others)
+        np.testing.assert_allclose(scores["frequency"][at], prior, rtol=1e-5, atol=1e-7)
+    monkeypatch.setenv("HASHREC_FIT_SAMPLE", "5")
+    with pytest.raises(ValueError, match="HASHREC_FIT_SAMPLE must be at least 100"):
+        train_image_models(posts, feature_store, tmp_path, methods=("frequency",))

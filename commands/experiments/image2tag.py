@@ -216,6 +216,7 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
                      progress: bool = False, cpu_seconds: dict[str, float] | None = None,
                      meanwhile: Callable[[dict[str, np.ndarray]], Any] | None = None,
                      routed: dict[str, np.ndarray] | None = None,
+                     scored: np.ndarray | None = None,
                      ) -> tuple[dict[str, np.ndarray], list[Method], Any]:
     """(every method's out-of-fold scores of every training photo, every method fit on all
     of them, what ``meanwhile`` returned). Out of fold: each photo scored by a model fit
@@ -229,8 +230,13 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
     the finished fits; ``cpu_seconds``: each method's CPU seconds, all its fits
     together, are added there. ``routed`` (photos of several communities): each method's
     out-of-fold scores with every photo routed to its own community, as a request that
-    names it is scored, are put there too (before ``meanwhile`` runs)."""
+    names it is scored, are put there too (before ``meanwhile`` runs). ``scored``: the
+    rows (ascending) that get out-of-fold scores, one row of the scores each; the other
+    photos are in every fold's training part and scored by none (default: every row)."""
     fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
+    if scored is not None:
+        fold_of[np.setdiff1d(np.arange(len(train)), scored)] = -1
+    in_sample = fold_of[fold_of >= 0]
     share = (folds - 1) / folds
 
     def longest_first(tasks: list[tuple[int | None, str]]) -> list[tuple[int | None, str]]:
@@ -260,10 +266,10 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
             continue
         if route:
             result, own = result
-            routed.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
-                fold_of == fold] = own
-        out_of_fold.setdefault(name, np.zeros((len(train), len(vocab)), np.float32))[
-            fold_of == fold] = result
+            routed.setdefault(name, np.zeros((len(in_sample), len(vocab)), np.float32))[
+                in_sample == fold] = own
+        out_of_fold.setdefault(name, np.zeros((len(in_sample), len(vocab)), np.float32))[
+            in_sample == fold] = result
         waiting -= 1
         if not waiting and meanwhile is not None:
             alongside = meanwhile({m: out_of_fold[m] for m in methods})
