@@ -215,3 +215,28 @@ def test_a_stored_photo_index_loads_as_built_and_is_stored_and_loaded_once(
     assert gone() is None
     again.add(clustered(5, dim=32, seed=9))  # a loaded index grows like a built one
     assert len(again.vectors) == 3005 and again.search(again.vectors[-1:], 1)[1][0, 0] == 3004
+
+
+def test_the_semantic_neighbour_query_from_sparse_tags_is_the_sum_of_their_text() -> None:
+    """q_N = Σ_j w_j Σ_{g ∈ H_j} e_g, computed from the neighbours' hashtag ids where the
+    model once stored each training photo's summed text (1.5 KB a photo)."""
+    from services.word.semantic import SemanticMethod
+    from shared.photos import sparse_hashtag_matrix
+
+    rng = np.random.default_rng(8)
+    hashtags = [rng.choice(30, size=rng.integers(1, 5), replace=False).tolist()
+                for _ in range(200)]
+    features = clustered(200, dim=16)
+    method = SemanticMethod(("a",), neighbours=6, n_vocabulary=30,
+                            hashtag_vectors=rng.normal(size=(45, 8)).astype(np.float32),
+                            visual_index=photo_index(features),
+                            train_tags=sparse_hashtag_matrix(hashtags, 30))
+    queries = PhotoSet(clustered(12, dim=16, seed=3), np.zeros((12, 4), np.float32))
+    summed = np.stack([method.hashtag_vectors[ids].sum(axis=0) for ids in hashtags])
+    old = SemanticMethod(("a",), neighbours=6, n_vocabulary=30,
+                         hashtag_vectors=method.hashtag_vectors,
+                         visual_index=method.visual_index, neighbour_text=summed)
+    for exclude_self in (False, True):
+        np.testing.assert_allclose(method._neighbour_queries(queries, exclude_self),
+                                   old._neighbour_queries(queries, exclude_self),
+                                   rtol=1e-5, atol=1e-6)

@@ -30,7 +30,7 @@ from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.config import fit_sample_limit
 from shared.eval.metrics import recall_at_k, top_k
 from shared.index import InnerProductIndex, l2_normalized, load_index, photo_index, save_index
-from shared.photos import PhotoSet
+from shared.photos import PhotoSet, hashtag_votes, sparse_hashtag_matrix
 
 if TYPE_CHECKING:
     import torch
@@ -51,18 +51,6 @@ def hashtag_matrix(hashtags: Sequence[Sequence[int]], vocab_size: int) -> np.nda
     for row, ids in enumerate(hashtags):
         matrix[row, list(ids)] = 1.0
     return matrix
-
-
-def sparse_hashtag_matrix(hashtags: Sequence[Sequence[int]], vocab_size: int,
-                          ) -> sparse.csr_matrix:
-    """Photos × hashtags, 1 where the photo carries the hashtag: a photo has ~10 of
-    ~1,500, so 80 B a photo where the dense rows took 6 KB."""
-    bounds = np.zeros(len(hashtags) + 1, np.int64)
-    bounds[1:] = np.cumsum([len(set(ids)) for ids in hashtags])
-    ids = np.fromiter((i for row in hashtags for i in sorted(set(row))), np.int32,
-                      int(bounds[-1]))
-    return sparse.csr_matrix((np.ones(len(ids), np.float32), ids, bounds),
-                             shape=(len(hashtags), vocab_size))
 
 
 @dataclass
@@ -121,20 +109,7 @@ class KnnMethod:
 
     def scores(self, photos: PhotoSet) -> np.ndarray:
         similarity, ids = self.neighbours(photos)
-        found = ids >= 0  # FAISS pads with -1 when it finds fewer than k
-        weights = np.clip(similarity, 0, None)[found]
-        rows = np.repeat(np.arange(len(ids)), ids.shape[1])[found.ravel()]
-        # Σ_j w_j · tags_j for each photo: each neighbour's hashtag ids (a slice of the
-        # CSR's ids), each adding its weight, counted in one bincount
-        bounds, tag_ids = self.train_tags.indptr, self.train_tags.indices
-        starts, lengths = bounds[ids[found]], np.diff(bounds)[ids[found]]
-        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        tags = tag_ids[offsets + np.arange(lengths.sum())]
-        n_hashtags = self.train_tags.shape[1]
-        return np.bincount(np.repeat(rows, lengths) * n_hashtags + tags,
-                           weights=np.repeat(weights, lengths),
-                           minlength=len(ids) * n_hashtags
-                           ).reshape(len(ids), n_hashtags).astype(np.float32)
+        return hashtag_votes(np.clip(similarity, 0, None), ids, self.train_tags)
 
 
 @dataclass

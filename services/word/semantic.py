@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
 from shared.index import InnerProductIndex, l2_normalized, load_index, photo_index, save_index
-from shared.photos import PhotoSet, log_prior
+from shared.photos import PhotoSet, hashtag_votes, log_prior, sparse_hashtag_matrix
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ class SemanticMethod:
     extra: tuple[str, ...] = ()
     n_vocabulary: int = 0
     visual_index: InnerProductIndex | None = None
-    neighbour_text: np.ndarray | None = None  # training photo × 384: Σ_{g ∈ H_j} e_g
+    #: training photos × vocabulary hashtags, sparse: H_j, whose text Σ_{g ∈ H_j} e_g a
+    #: neighbour j adds to q_N (computed at query time: 40 B a photo, not 1.5 KB)
+    train_tags: sparse.csr_matrix | None = None
+    neighbour_text: np.ndarray | None = None  # models written before: Σ_{g ∈ H_j} e_g
 
     def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
         if self.resources is None:
@@ -75,9 +79,7 @@ class SemanticMethod:
         self.priors = np.concatenate([vocabulary_prior, self._extra_prior(vocab,
                                                                           vocabulary_prior)])
         self.visual_index = photo_index(l2_normalized(photos.features))
-        self.neighbour_text = np.stack([
-            self.hashtag_vectors[list(ids)].sum(axis=0) if len(ids) else
-            np.zeros(self.hashtag_vectors.shape[1], np.float32) for ids in photos.hashtags])
+        self.train_tags = sparse_hashtag_matrix(photos.hashtags, len(vocab))
         label_part, neighbour_part = self._similarities(photos, exclude_self=True,
                                                         columns=len(vocab))
         self.weights = self._fit_weights(label_part, neighbour_part,
@@ -117,8 +119,12 @@ class SemanticMethod:
         similarity, ids = self.visual_index.search(l2_normalized(photos.features), depth)
         if exclude_self:  # a training photo's own hashtags must not vote for themselves
             similarity, ids = similarity[:, 1:], ids[:, 1:]
-        return _unit(np.einsum("nk,nkd->nd", np.clip(similarity, 0, None),
-                               self.neighbour_text[ids]))
+        weights = np.clip(similarity, 0, None)
+        if self.train_tags is None:  # a model written before the tags were kept sparse
+            return _unit(np.einsum("nk,nkd->nd", weights, self.neighbour_text[ids]))
+        # Σ_j w_j Σ_{g ∈ H_j} e_g = (Σ_j w_j [g ∈ H_j])_g · E
+        votes = hashtag_votes(weights, ids, self.train_tags)
+        return _unit(votes @ self.hashtag_vectors[:self.train_tags.shape[1]])
 
     def _similarities(self, photos: PhotoSet, exclude_self: bool = False,
                       columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -185,9 +191,10 @@ class SemanticMethod:
         writer.json(f"{self.name}/config", {"neighbours": self.neighbours,
                                             "extra": list(self.extra),
                                             "n_vocabulary": self.n_vocabulary})
-        for name in ("weights", "hashtag_vectors", "class_vectors", "priors",
-                     "neighbour_text"):
+        for name in ("weights", "hashtag_vectors", "class_vectors", "priors"):
             writer.array(f"{self.name}/{name}", getattr(self, name))
+        writer.array(f"{self.name}/tag_bounds", self.train_tags.indptr.astype(np.int64))
+        writer.array(f"{self.name}/tag_ids", self.train_tags.indices.astype(np.int32))
         save_index(writer, f"{self.name}/visual_features", self.visual_index)
 
     @classmethod
@@ -195,9 +202,15 @@ class SemanticMethod:
         config = reader.json("semantic/config")
         method = cls(class_names, neighbours=config["neighbours"],
                      extra=tuple(config["extra"]), n_vocabulary=config["n_vocabulary"])
-        for name in ("weights", "hashtag_vectors", "class_vectors", "priors",
-                     "neighbour_text"):
+        for name in ("weights", "hashtag_vectors", "class_vectors", "priors"):
             setattr(method, name, reader.array(f"semantic/{name}"))
+        if reader.has("semantic/tag_ids.npy"):
+            ids, bounds = reader.array("semantic/tag_ids"), reader.array("semantic/tag_bounds")
+            method.train_tags = sparse.csr_matrix(
+                (np.ones(len(ids), np.float32), ids, bounds),
+                shape=(len(bounds) - 1, method.n_vocabulary))
+        else:
+            method.neighbour_text = reader.array("semantic/neighbour_text")
         method.visual_index = load_index(reader, "semantic/visual_features")
         return method
 
