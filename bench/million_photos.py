@@ -8,8 +8,10 @@ bench/index.py makes its vectors), each keeping its source photo's hashtags. A k
 over them is built as `hashrec train` builds it (the index by size: IVF above 50,000
 photos, tuned to recall@10 ≥ 0.95) and written as the model writes it, with the graph's
 and the semantic method's index of the same photos beside it (one stored index for the
-three). Then, in a fresh process: the artifact verified and loaded (seconds, RSS: nothing
-is trained), and the kNN's scores for one new photo at a time (p50 / p99).
+three), the semantic method's hashtag ids and the graph's 128-d vector a photo: every
+array of the default model that grows with the photos. Then, in a fresh process: the
+artifact verified and loaded (seconds, RSS: nothing is trained), and the kNN's scores for
+one new photo at a time (p50 / p99).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def write_artifact(folder: Path, features: np.ndarray, tags: object) -> dict:
     knn.save(writer)
     for method in ("graph", "semantic"):  # their indexes over the same photos
         save_index(writer, f"{method}/visual_features", knn.index)
+    # the other per-photo arrays of the default model: the semantic method's hashtag ids
+    # (the kNN's, stored once) and the graph's DeepWalk vector of each photo (128 floats;
+    # random here: only their size matters)
+    writer.array("semantic/tag_bounds", tags.indptr.astype(np.int64))
+    writer.array("semantic/tag_ids", tags.indices.astype(np.int32))
+    writer.array("graph/image_vectors", np.random.default_rng(0).normal(
+        size=(knn.index.size, 128)).astype(np.float32))
     writer.close({"kind": "bench-million-photos", "photos": knn.index.size})
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return {"index": knn.index.kind, "setting": knn.index.setting,
