@@ -70,17 +70,16 @@ from services.recommender.backends import (
     Backends,
     UserShards,
     call_timeout,
-    forward_error,
     reason,
     said,
 )
 from services.recommender.routing import (
     USER_COMMUNITIES,
-    post_communities,
     say_communities,
     user_mix,
     where_user_posts,
 )
+from services.recommender.user_calls import UserCalls
 from services.recommender.user_side import USER_DEPTH, USER_WEIGHT, UserPart
 from shared.admission import Admission, abort_overloaded, retry_after_seconds
 from shared.artifacts import resolve_artifact
@@ -96,7 +95,7 @@ from shared.grpc_server import (
     run_service,
     start_loading,
 )
-from shared.limits import hashtag_problem, hashtags_problem, user_id_problem
+from shared.limits import user_id_problem
 from shared.photos import MACHINE_LABELS_PER_PHOTO, PhotoSet
 from shared.scoring import GRAPH_METHODS, WORD_METHODS, describe, photo_set
 from shared.tracing import client_interceptors
@@ -112,7 +111,7 @@ PREPARED_PHOTOS = 2048
 LOCAL_METHODS = ("frequency", "knn", "mlp")
 
 
-class RecommenderServicer:
+class RecommenderServicer(UserCalls):
     def __init__(self, models: ImageModels, backends: Backends, remote_methods: dict[
                  str, tuple[str, ...]], cache: Cache | None = None,
                  worker: NumericWorker | None = None, admission: Admission | None = None,
@@ -405,61 +404,6 @@ class RecommenderServicer:
                           ) -> recommender_pb2.CommunitiesResponse:
         return recommender_pb2.CommunitiesResponse(names=self.models.communities,
                                                    model_version=self.models.version)
-
-    async def Feedback(self, request: recommender_pb2.FeedbackRequest,  # noqa: N802
-                       context: grpc.aio.ServicerContext) -> user_pb2.UserUpdateResponse:
-        await limits_or_abort(context, user_id_problem(request.user_id, required=True),
-                              hashtags_problem(request.hashtags))
-        if not request.hashtags:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no hashtags given")
-        if self.backends.user is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
-        try:
-            mix = self.models.community_mix(request.community) if request.community else None
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise
-        reply = await self._embed(request.image, context)
-        description = describe(reply)
-        communities = post_communities(self.models, description, mix)
-        try:
-            return await self.backends.user.for_user(request.user_id).Update(
-                user_pb2.UserUpdateRequest(
-                    user_id=request.user_id, photo=description, hashtags=request.hashtags,
-                    photo_id=reply.image_sha256 or hashlib.sha256(request.image).hexdigest(),
-                    request_id=request.request_id, communities=communities),
-                timeout=call_timeout(self.backends.deadline, context))
-        except grpc.aio.AioRpcError as error:
-            await forward_error(self.backends.user.name(request.user_id) + " service",
-                                error, context)
-            raise
-
-    async def Retrieve(self, request: user_pb2.RetrieveRequest,  # noqa: N802
-                       context: grpc.aio.ServicerContext) -> user_pb2.RetrieveResponse:
-        await limits_or_abort(context, hashtag_problem(request.hashtag),
-                              user_id_problem(request.user_id))
-        return await self._to_user_service("Retrieve", request, context)
-
-    async def Photos(self, request: user_pb2.UserPhotosRequest,  # noqa: N802
-                     context: grpc.aio.ServicerContext) -> user_pb2.UserPhotosResponse:
-        return await self._to_user_service("Photos", request, context)
-
-    async def Forget(self, request: user_pb2.ForgetRequest,  # noqa: N802
-                     context: grpc.aio.ServicerContext) -> user_pb2.ForgetResponse:
-        return await self._to_user_service("Forget", request, context)
-
-    async def _to_user_service(self, method: str, request: object,
-                               context: grpc.aio.ServicerContext) -> object:
-        """The user service's answer to the same call (it checks the request)."""
-        if self.backends.user is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no user service configured")
-        try:
-            return await getattr(self.backends.user.for_user(request.user_id), method)(
-                request, timeout=call_timeout(self.backends.deadline, context))
-        except grpc.aio.AioRpcError as error:
-            await forward_error(self.backends.user.name(request.user_id) + " service",
-                                error, context)
-            raise
 
 
 async def serve(host: str, port: int, model_dir: Path, vision_target: str,
