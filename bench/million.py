@@ -49,7 +49,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hashrec.v1 import photo_pb2, user_pb2, user_pb2_grpc
 from million_photos import photo_artifact
-from stack import free_port
+from stack import free_port, process_rss_kb
 
 from commands.cli.shards import user_shard_env
 from services.user.journal import UpdateJournal
@@ -208,13 +208,6 @@ def until_serving(port: int, process: subprocess.Popen, timeout: float = 600) ->
     raise SystemExit(f"the shard on {port} did not serve in {timeout} s")
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def score_latency(ports: list[int], features: np.ndarray, users: list[str], calls: int,
                   in_flight: int) -> dict[str, float]:
     """p50 / p99 ms of Score, each call to its user's shard, ``in_flight`` at a time."""
@@ -352,7 +345,7 @@ def users_part(args: argparse.Namespace) -> dict:
         processes.append(start(model_dir, reference_root, 0, 1, ports[-1]))
         report["start_to_serving_s"] = [until_serving(p, q) for p, q in
                                         zip(ports, processes, strict=True)]
-        rss = [rss_mb(q.pid) for q in processes]
+        rss = [process_rss_kb(q.pid) / 1024 for q in processes]
         report["rss_mb"] = {"shards": rss[:-1], "reference (trained users only)": rss[-1]}
         report["rss_mb_all_shards"] = sum(rss[:-1])
         report["bytes_a_user_rss"] = (sum(rss[:-1]) - args.shards * rss[-1]) * 2**20 / args.users

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from stack import process_rss_kb
 
 from services.image_models import KIND, load_image_models
 from services.recommender.model import KnnMethod
@@ -103,8 +104,7 @@ def load_and_score(folder: Path, queries: int, seed: int) -> dict:
         began = time.perf_counter()
         knn.scores(photo)
         times.append(1000 * (time.perf_counter() - began))
-    rss = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
-               .splitlines() if line.startswith("VmRSS:"))
+    rss = process_rss_kb()
     return {"load_s": loaded, "rss_gb_after_load": rss / 2**20,
             "one_index_for_the_three": all(s is knn.index for s in shared),
             "knn_scores_one_photo_p50_ms": float(np.percentile(times, 50)),

@@ -127,13 +127,20 @@ def service_rss_kb(supervisor: int) -> dict[str, int]:
     meanwhile (restarted) is left out."""
     found = {}
     for name, pid in service_pids(supervisor).items():
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            found[name] = int(next(line.split()[1] for line in status.splitlines()
-                                   if line.startswith("VmRSS:")))
-        except (OSError, StopIteration):
-            continue
+        rss = process_rss_kb(pid)
+        if rss is not None:
+            found[name] = rss
     return found
+
+
+def process_rss_kb(pid: int | str = "self") -> int | None:
+    """A process's resident memory (kB, VmRSS); None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:")))
+    except (OSError, StopIteration):
+        return None
 
 
 def service_cpu_seconds(supervisor: int | None) -> dict[str, float]:

@@ -36,6 +36,7 @@ from shared.artifacts import ArtifactWriter, fsync_directory
 from shared.backbone import vision_model_id
 from shared.config import fit_sample_limit
 from shared.data.readers import Post
+from shared.data.split import fit_sample
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +176,6 @@ DEFAULT_COMMUNITIES = (("instagram", "instagram:instagram", INSTAGRAM_SEARCH_TAG
                        ("flickr", "dcmr:mirflickr25k", frozenset()))
 #: tag-only hashtag lists: hashtag knowledge (co-occurrence, words) without photos
 DEFAULT_CORPORA = ("harrison:harrison", "dcmr:mirflickr25k")
-def fit_sample(n: int, seed: int) -> np.ndarray:
-    """The rows (ascending) whose out-of-fold scores fit the fusions: every one up to
-    $HASHREC_FIT_SAMPLE (20,000), else that many, seeded."""
-    limit = fit_sample_limit()
-    if n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-
-
 #: running social-media text whose words teach the hashtag segmenter (shared/text.py)
 SEGMENTER_TEXT = "howyoutag:howyoutag"
 DEFAULT_METHODS = ("frequency", "knn", "mlp", "word", "graph", "semantic", "autorec_masked")

@@ -121,3 +121,4 @@ def fit_sample_limit() -> int:
     if limit < 100:
         raise ValueError(f"{FIT_SAMPLE_ENV} must be at least 100, got {limit}")
     return limit
+

@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass
 
 _MASK = (1 << 64) - 1
+#: the most user-service shards (a folder and a process each): a count past it is a typo
+MAX_SHARDS = 1024
 
 
 def jump_hash(key: int, buckets: int) -> int:
@@ -44,9 +46,9 @@ class Shard:
     count: int = 1
 
     def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"shard {self.index} of {self.count}: the index must be in "
-                             f"0..{self.count - 1} and the count at least 1")
+        if not 1 <= self.count <= MAX_SHARDS or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} of {self.count}: the count must be 1 to "
+                             f"{MAX_SHARDS} and the index in 0..count - 1")
 
     def owns(self, user_id: str) -> bool:
         return self.count == 1 or shard_of(user_id, self.count) == self.index

@@ -196,18 +196,10 @@ def test_an_interrupted_resharding_blocks_the_shards_and_is_finished_by_running_
     root = tmp_path / "state"
     posts = {f"local:u{i}": 5 + i for i in range(20)}
     _journal_posts(model_dir, root, posts, Shard())
-    real_replace, calls = os.replace, []
-
-    def crash_on_the_third_move(source: object, target: object) -> None:
-        calls.append(source)
-        if len(calls) == 6:  # markers and READY are written; the swap is half done
-            raise OSError("the machine went down")
-        real_replace(source, target)
-
-    monkeypatch.setattr(user_shards.os, "replace", crash_on_the_third_move)
-    with pytest.raises(OSError, match="went down"):
+    # the old state is in its backup, the first staged file is moving in: half swapped
+    with _killed_when(monkeypatch, "_move",
+                      lambda source: user_shards.STAGING in source.parts):
         reshard(root, 2)
-    monkeypatch.setattr(user_shards.os, "replace", real_replace)
     with pytest.raises(StartupError, match="interrupted"):
         claim(root / "shard-0", Shard(0, 2))
     assert reshard(root, 2)["resumed"]
@@ -244,6 +236,10 @@ def test_operator_mistakes_with_shards_end_in_one_line_and_lose_nothing(
     root.mkdir()
     with pytest.raises(ReshardError, match="holds no user service state"):
         reshard(root, 3)
+    with pytest.raises(ReshardError, match="--to must be 1 to 1024, not 100000"):
+        reshard(root, 100_000)  # a typo would make a folder and a process a shard
+    with pytest.raises(ValueError, match="count must be 1 to 1024"):
+        Shard(0, 5000)
     posts = {f"local:u{i}": 5 + i for i in range(12)}
     _journal_posts(model_dir, root, posts, Shard())
     with (root / "updates.jsonl").open("ab") as journal:  # a write a kill cut short

@@ -55,10 +55,12 @@ def _serve(args: argparse.Namespace) -> int:
     from services.image_models import KIND as IMAGE_KIND
     from services.user.lookup import KIND as USER_KIND
     from shared.config import models_dir
+    from shared.sharding import MAX_SHARDS
 
-    if args.user_shards < 1 or (args.single_process and args.user_shards > 1):
-        print("hashrec serve: --user-shards must be at least 1, and 1 with --single-process",
-              file=sys.stderr)
+    if not 1 <= args.user_shards <= MAX_SHARDS or (args.single_process
+                                                   and args.user_shards > 1):
+        print(f"hashrec serve: --user-shards must be 1 to {MAX_SHARDS}, and 1 with "
+              "--single-process", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as running:
         try:  # one `hashrec serve` a model folder, from before it trains anything

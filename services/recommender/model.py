@@ -27,7 +27,7 @@ import numpy as np
 from scipy import sparse
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
-from shared.config import fit_sample_limit
+from shared.data.split import fit_sample
 from shared.eval.metrics import recall_at_k, top_k
 from shared.index import InnerProductIndex, l2_normalized, load_index, photo_index, save_index
 from shared.photos import PhotoSet, hashtag_votes, sparse_hashtag_matrix
@@ -270,11 +270,8 @@ class CommunityGate:
         from sklearn.linear_model import LogisticRegression
 
         n_communities = int(photos.communities.max()) + 1
-        features, communities = photos.features, photos.communities
-        if len(features) > fit_sample_limit():  # a seeded sample of a large collection
-            rows = np.sort(np.random.default_rng(0).choice(
-                len(features), fit_sample_limit(), replace=False))
-            features, communities = features[rows], communities[rows]
+        rows = fit_sample(len(photos), seed=0)  # a seeded sample of a large collection
+        features, communities = photos.features[rows], photos.communities[rows]
         mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
         model = LogisticRegression(C=strength, max_iter=3000, class_weight="balanced")
         model.fit((features - mean) / scale, communities)

@@ -57,6 +57,8 @@ from shared.grpc_server import StartupError
 log = logging.getLogger(__name__)
 
 SNAPSHOT_KIND = "user-profiles"
+#: the journal's name in a state folder (each model version's snapshots beside it)
+JOURNAL_FILE = "updates.jsonl"
 #: a framed record's seq, read without decoding the rest of the line
 SEQ_PREFIX = re.compile(rb'[0-9a-f]{8} \{"seq": (\d+),')
 
@@ -118,6 +120,19 @@ def decode_record(line: bytes, fallback_seq: int) -> JournalRecord:
         raise ValueError(f"field {missing} is missing") from None
 
 
+def write_snapshot(folder: Path, seq: int, arrays: dict[str, np.ndarray],
+                   lists: dict) -> Path:
+    """Profiles (UserHashtagLookup.profiles' arrays and lists) as of update ``seq``, as a
+    checksummed artifact in ``folder``, made durable; a folder left there before goes."""
+    shutil.rmtree(folder, ignore_errors=True)
+    writer = ArtifactWriter(folder)
+    for name, array in arrays.items():
+        writer.array(name, array)
+    writer.json("lists", lists)
+    writer.close({"kind": SNAPSHOT_KIND, "seq": seq}, durable=True)
+    return folder
+
+
 def repair_tail(path: Path) -> None:
     """Cuts a partial last line (a write the process did not finish) off the journal."""
     if not path.exists():
@@ -150,7 +165,7 @@ class UpdateJournal:
     def __init__(self, directory: Path) -> None:
         """``directory``: this model version's folder inside the state folder."""
         self.directory = directory
-        self.path = directory.parent / "updates.jsonl"  # every version's
+        self.path = directory.parent / JOURNAL_FILE  # every version's
         self.snapshots = directory / "snapshots"
         directory.mkdir(parents=True, exist_ok=True)
         self._adopt_legacy_journal()
@@ -163,7 +178,7 @@ class UpdateJournal:
         """State written before the journal was shared kept one journal a version, beside
         its snapshots, whose seqs continue that version's snapshot: the first start after
         the upgrade takes it over as the shared journal, so no record in it is lost."""
-        legacy = self.directory / "updates.jsonl"
+        legacy = self.directory / JOURNAL_FILE
         if not legacy.exists():
             return
         if self.path.exists() and self.path.stat().st_size > 0:
@@ -293,13 +308,7 @@ class UpdateJournal:
         arrays, lists = lookup.profiles()
         seq = self.last_seq
         final = self.snapshots / f"{seq:012d}"
-        temporary = self.snapshots / f".tmp-{seq:012d}"
-        shutil.rmtree(temporary, ignore_errors=True)
-        writer = ArtifactWriter(temporary)
-        for name, array in arrays.items():
-            writer.array(name, array)
-        writer.json("lists", lists)
-        writer.close({"kind": SNAPSHOT_KIND, "seq": seq}, durable=True)
+        temporary = write_snapshot(self.snapshots / f".tmp-{seq:012d}", seq, arrays, lists)
         if final.exists():  # a snapshot of the same seq: nothing new since
             shutil.rmtree(temporary)
         else:

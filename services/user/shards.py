@@ -40,22 +40,22 @@ from pathlib import Path
 import numpy as np
 
 from services.user.journal import (
-    SNAPSHOT_KIND,
+    JOURNAL_FILE,
     JournalRecord,
     decode_record,
     encode_record,
     hold_state,
     repair_tail,
+    write_snapshot,
 )
 from services.user.profiles import ROW, SparseProfiles
-from shared.artifacts import ArtifactReader, ArtifactWriter, fsync_directory
+from shared.artifacts import ArtifactReader, fsync_directory
 from shared.grpc_server import StartupError
-from shared.sharding import Shard, shard_of
+from shared.sharding import MAX_SHARDS, Shard, shard_of
 
 log = logging.getLogger(__name__)
 MARKER = "shard.json"
 SHARD_NAME = re.compile(r"shard-\d+")
-JOURNAL = "updates.jsonl"
 STAGING = ".reshard"
 READY = "READY"
 
@@ -93,7 +93,7 @@ def shard_folders(root: Path) -> list[Path]:
 
 def holds_state(folder: Path) -> bool:
     """Whether ``folder`` holds updates: a journal with records, or a snapshot."""
-    journal = folder / JOURNAL
+    journal = folder / JOURNAL_FILE
     return (journal.exists() and journal.stat().st_size > 0) or any(
         folder.glob("[!.]*/snapshots/[0-9]*"))
 
@@ -172,18 +172,18 @@ def current_layout(root: Path) -> list[tuple[Path, Shard]]:
         elif holds_state(folder):
             raise ReshardError(f"{folder} holds updates but no {MARKER}: not a shard's state")
     marked = read_marker(root)
-    if marked is not None or (root / JOURNAL).exists():
+    if marked is not None or (root / JOURNAL_FILE).exists():
         if layout:
             raise ReshardError(f"{root} holds both an unsharded service's state and shard "
                                "folders; move the one not in use aside")
         layout = [(root, marked or Shard())]
     if not layout:
-        raise ReshardError(f"{root} holds no user service state (no {MARKER}, {JOURNAL} "
+        raise ReshardError(f"{root} holds no user service state (no {MARKER}, {JOURNAL_FILE} "
                            "or shard-<i>/ folders)")
     for folder, _ in layout:
-        if any(folder.glob(f"[!.]*/{JOURNAL}")):
+        if any(folder.glob(f"[!.]*/{JOURNAL_FILE}")):
             raise ReshardError(f"{folder} has a journal of an older layout (<version>/"
-                               f"{JOURNAL}): start its user service once (it adopts it) "
+                               f"{JOURNAL_FILE}): start its user service once (it adopts it) "
                                "and stop it, then reshard")
     counts = {shard.count for _, shard in layout}
     if len(counts) > 1 or (layout and sorted(s.index for _, s in layout)
@@ -196,7 +196,7 @@ def current_layout(root: Path) -> list[tuple[Path, Shard]]:
 def _records(folder: Path, shard: Shard) -> Iterator[JournalRecord]:
     """An old shard's records, checked: ReshardError on a damaged one or one of a user
     the shard does not own (nothing was moved then)."""
-    journal = folder / JOURNAL
+    journal = folder / JOURNAL_FILE
     if not journal.exists():
         return
     with journal.open("rb") as lines:
@@ -223,7 +223,7 @@ def _route_journals(layout: list[tuple[Path, Shard]], staged: list[Path],
     shard."""
     count = len(staged)
     written, firsts = [0] * count, [0] * count
-    files = [(folder / JOURNAL).open("wb") for folder in staged]
+    files = [(folder / JOURNAL_FILE).open("wb") for folder in staged]
     try:
         for covered_pass in (True, False):
             for folder, shard in layout:
@@ -354,14 +354,6 @@ def _split_snapshots(layout: list[tuple[Path, Shard]], snapshots: dict[Path, Pat
     return parts
 
 
-def _write_snapshot(folder: Path, seq: int, arrays: dict, lists: dict) -> None:
-    writer = ArtifactWriter(folder / f"{seq:012d}")
-    for name, array in arrays.items():
-        writer.array(name, array)
-    writer.json("lists", lists)
-    writer.close({"kind": SNAPSHOT_KIND, "seq": seq}, durable=True)
-
-
 def _move(source: Path, target: Path) -> None:
     """``source`` to ``target``; nothing when it moved already (a run finished again)."""
     if not source.exists():
@@ -420,8 +412,8 @@ def reshard(root: Path, count: int) -> dict:
     """Moves the users of the shards under ``root`` to ``count`` shards, each with its
     acknowledged updates; returns what moved. StartupError when a service holds a
     folder, ReshardError when the state is not a whole set (nothing moves then)."""
-    if count < 1:
-        raise ReshardError(f"--to must be at least 1, not {count}")
+    if not 1 <= count <= MAX_SHARDS:
+        raise ReshardError(f"--to must be 1 to {MAX_SHARDS}, not {count}")
     plan = _interrupted(root) if root.is_dir() else None
     if plan is not None:  # a run that stopped while swapping: finish it
         if plan["to"] != count:
@@ -447,7 +439,7 @@ def reshard(root: Path, count: int) -> dict:
     locks = [hold_state(folder) for folder, _ in layout]
     try:
         for folder, _ in layout:  # a write the service did not finish, as it would cut it
-            repair_tail(folder / JOURNAL)
+            repair_tail(folder / JOURNAL_FILE)
         started = time.perf_counter()
         version, snapshots = _newest_snapshots(layout)
         parts = _split_snapshots(layout, snapshots, count) if snapshots else None
@@ -457,12 +449,14 @@ def reshard(root: Path, count: int) -> dict:
         stagings = [folder / STAGING for folder in new]
         for staged in stagings:
             staged.mkdir(parents=True)
+            fsync_directory(staged.parent)  # its name, before any READY names it
         fsync_directory(root)  # the new shard folders' names
         written, firsts = _route_journals(layout, stagings, covered)
         for index, staged in enumerate(stagings):
             write_marker(staged, Shard(index, count))
             if parts is not None:  # the users' profiles as of the journal's first records
-                _write_snapshot(staged / version / "snapshots", firsts[index], *parts[index])
+                write_snapshot(staged / version / "snapshots" / f"{firsts[index]:012d}",
+                               firsts[index], *parts[index])
         old_count = layout[0][1].count
         plan = {"from": old_count, "to": count,
                 "folders": [str(folder.relative_to(root)) for folder in folders],

@@ -18,3 +18,14 @@ def seeded_split(items: Sequence[T], seed: int, test_share: float = 0.2,
     order = np.random.default_rng(seed).permutation(len(items))
     cut = len(items) - round(test_share * len(items))
     return [items[i] for i in order[:cut]], [items[i] for i in order[cut:]]
+
+
+def fit_sample(n: int, seed: int) -> np.ndarray:
+    """The rows (ascending) of n that the fits on a sample use (the fusions, the gate):
+    every one up to $HASHREC_FIT_SAMPLE, else that many, drawn with ``seed``."""
+    from shared.config import fit_sample_limit
+
+    limit = fit_sample_limit()
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
