@@ -249,7 +249,8 @@ def test_operator_mistakes_with_shards_end_in_one_line_and_lose_nothing(
     with pytest.raises(StartupError, match=r"state of 3 shards.*--user-shards 3"):
         claim(root, Shard())
     # a count that does not match is refused before it marks anything
-    with pytest.raises(StartupError, match="shard-0 is the state of shard 0 of 3"):
+    with pytest.raises(StartupError,
+                       match=r"holds the state of 3 shards \(shard-0 is shard 0 of 3\)"):
         claim(root / "shard-3", Shard(3, 4))
     assert not (root / "shard-3").exists() or user_shards.read_marker(root / "shard-3") is None
     # shrinking leaves an emptied shard-2 behind; growing again passes over it

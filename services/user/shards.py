@@ -143,8 +143,9 @@ def claim(folder: Path, shard: Shard) -> None:
             for sibling in shard_folders(root):
                 other = read_marker(sibling)
                 if other is not None and other.count != shard.count:
-                    raise StartupError(f"{sibling} is the state of {other}; this service "
-                                       f"was started as {shard}: run {hint} first")
+                    raise StartupError(f"{root} holds the state of {other.count} shards "
+                                       f"({sibling.name} is {other}); this service was "
+                                       f"started as {shard}: run {hint} first")
     except ValueError as error:
         raise StartupError(str(error)) from None
     if marked is None:
