@@ -105,6 +105,43 @@ def test_loaded_photo_indexes_follow_the_index_configuration(trained, monkeypatc
     assert np.isfinite(fused).all()
 
 
+def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_loaded_built(
+        tmp_path: Path, data_dir: Path, feature_store, monkeypatch) -> None:
+    """Each method's own fit builds its IVF index of the same photos (the size calls for
+    one: HASHREC_INDEX_EXACT_MAX below them); the artifact holds it once, and loading reads
+    it whole, trains nothing and hands all three methods one index."""
+    import json
+
+    from commands.train import hashtag_knowledge
+    from shared.index import InnerProductIndex
+
+    monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "50")
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
+    models = train_image_models(
+        posts, feature_store, tmp_path, ignore=frozenset({"food"}),
+        methods=("knn", "graph", "semantic"), min_count=2, folds=2, progress=False,
+        text=hashtag_knowledge(("harrison:harrison",), store_dir=tmp_path / "text"))
+    manifest = json.loads((models.directory / "manifest.json").read_text())
+    indexes = ("knn/features", "graph/visual_features", "semantic/visual_features")
+    stored = {name: manifest.get("aliases", {}).get(f"{name}_faiss.npy", f"{name}_faiss.npy")
+              for name in indexes}
+    assert len(set(stored.values())) == 1 and next(iter(stored.values())) in manifest["files"]
+    assert not any(name in manifest["files"] for name in
+                   ("knn/features.npy", "graph/visual_features.npy",
+                    "semantic/visual_features.npy"))  # no vectors beside the index
+    built = []
+    monkeypatch.setattr(InnerProductIndex, "_build", lambda self: built.append(self))
+    loaded = load_image_models(models.directory)
+    knn, graph = loaded.methods["knn"].index, loaded.methods["graph"].visual_index
+    semantic = loaded.methods["semantic"].visual_index
+    assert knn.kind == "ivf" and knn is graph is semantic and not built
+    assert knn.setting == models.methods["knn"].index.setting
+    photos, _ = training_photos(posts, feature_store, frozenset({"food"}), 2, 1000, False)
+    queries = photos.subset(np.arange(10))
+    np.testing.assert_allclose(loaded.methods["knn"].scores(queries),
+                               models.methods["knn"].scores(queries), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
 def test_the_mlps_numpy_scores_are_the_trained_torch_networks(loss: str) -> None:
     """Serving scores the MLP in numpy from its arrays; they must be what the network torch
