@@ -1,6 +1,7 @@
 """The default training at three sizes, in one run: what it costs and how that grows.
 
     python bench/train.py [--photos 500,1000,0] [--workers N] [--json F] [--plot F]
+    python bench/train.py --photos 100000 --json out/train-100k.json --plot docs/train-100k.png
 
 Each size is `hashrec train`'s default recipe (every shipped photo set as a community, the
 tag-only corpora as hashtag knowledge, the seven default methods, three folds) on the first
@@ -16,8 +17,17 @@ measured is the training itself. For each size it prints and writes:
   fits (within "fits");
 - each method's CPU seconds, all its fits together;
 - the peak resident memory of the process tree (every process's RSS summed, sampled);
+- the training driver's own peak resident memory (the process that runs
+  ``train_communities``, its ru_maxrss: what holds every photo, the out-of-fold scores and
+  the fitted methods), apart from its pool of workers;
 - seconds per 1,000 photos, and the exponent of the growth from the size before
   (1: linear; below 1: fixed costs still dominate).
+
+A size beyond the shipped photos (2,794) is made of them resampled: each new photo a
+shipped photo's features plus noise (0.3 of each feature's spread, as bench/index.py makes
+its vectors), its class probabilities and hashtags, in its source's community, written to a
+scratch feature store under a file of its own (a few bytes, never decoded: its sha256 names
+its store entry), before the timed process starts.
 
 It writes `out/train.json` and a plot (`docs/train.png`).
 """
@@ -30,6 +40,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,10 +49,14 @@ import time
 from pathlib import Path
 
 DEFAULT_SIZES = "500,1000,0"
+#: photos with an image in the default recipe's photo sets; larger sizes are resampled
+SHIPPED_PHOTOS = 2_794
 
 
-def child(photos: int, out: Path, workers: int | None) -> None:
-    """One training, in this process: the default recipe on ``photos`` photos."""
+def child(photos: int, out: Path, workers: int | None,
+          resampled: Path | None = None) -> None:
+    """One training, in this process: the default recipe on ``photos`` photos (the
+    ``resampled`` ones when given: ``resample``'s folder)."""
     from commands.engine import LocalEngine
     from commands.experiments.image2tag import Community
     from commands.train import (
@@ -67,14 +82,76 @@ def child(photos: int, out: Path, workers: int | None) -> None:
     share = photos / total if photos else 1.0
     members = [Community(name, with_photos[spec][:max(1, round(share * len(
         with_photos[spec])))], ignore) for name, spec, ignore in DEFAULT_COMMUNITIES]
+    store = FeatureStore(models_dir() / "features")
+    if resampled is not None:
+        members = resampled_communities(resampled)
+        store = FeatureStore(resampled / "features", backbone=store.backbone)
     text = hashtag_knowledge(DEFAULT_CORPORA, None, read)  # every post's hashtags, as served
     read_s = time.perf_counter() - started
     engine = LocalEngine(workers or usable_cores())
-    models = train_communities(members, FeatureStore(models_dir() / "features"), out,
-                               DEFAULT_METHODS, folds=3, progress=False, text=text,
-                               engine=engine)
+    models = train_communities(members, store, out, DEFAULT_METHODS, folds=3,
+                               progress=False, text=text, engine=engine)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # this process alone
     (out / "read.json").write_text(json.dumps({"read_s": read_s,
-                                               "directory": str(models.directory)}))
+                                               "directory": str(models.directory),
+                                               "driver_peak_rss_mib": round(peak_kib / 1024)}))
+
+
+def resample(photos: int, folder: Path, seed: int = 0) -> None:
+    """``photos`` photos resampled from the shipped ones (each community keeping its
+    share), written to ``folder``: a scratch feature store, a file a photo, and
+    ``posts.jsonl`` (community, photo file, hashtags)."""
+    import hashlib
+
+    import numpy as np
+
+    from commands.train import DEFAULT_COMMUNITIES
+    from services.vision.store import FeatureStore
+    from shared.config import models_dir
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+
+    shipped = FeatureStore(models_dir() / "features")
+    store = FeatureStore(folder / "features", backbone=shipped.backbone)
+    sources = {name: [p for p in normalize_post_hashtags(read_posts(spec))
+                      if p.image is not None] for name, spec, _ in DEFAULT_COMMUNITIES}
+    total = sum(len(posts) for posts in sources.values())
+    rng = np.random.default_rng(seed)
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    written = 0
+    with (folder / "posts.jsonl").open("w") as out:
+        for name, posts in sources.items():
+            embedding, ok = shipped.embed_paths([p.image for p in posts], progress=False)
+            readable = np.flatnonzero(ok)
+            spread = 0.3 * embedding.features[readable].std(axis=0)
+            for source in rng.choice(readable, size=round(photos * len(posts) / total)):
+                path = folder / "photos" / f"{written}.bin"
+                data = f"resampled photo {written} of {posts[source].id}".encode()
+                path.write_bytes(data)
+                noise = rng.normal(size=spread.shape).astype(np.float32) * spread
+                store._save(hashlib.sha256(data).hexdigest(),  # as embed_paths would
+                            embedding.features[source] + noise,
+                            embedding.probabilities[source])
+                out.write(json.dumps({"community": name, "image": str(path),
+                                      "hashtags": posts[source].hashtags}) + "\n")
+                written += 1
+                if written % 10_000 == 0:
+                    print(f"  resampled {written:,} of {photos:,} photos", flush=True)
+
+
+def resampled_communities(folder: Path) -> list:
+    """``resample``'s posts as the default recipe's communities."""
+    from commands.experiments.image2tag import Community
+    from commands.train import DEFAULT_COMMUNITIES
+    from shared.data.readers import Post
+
+    posts: dict[str, list[Post]] = {name: [] for name, _, _ in DEFAULT_COMMUNITIES}
+    with (folder / "posts.jsonl").open() as lines:
+        for number, line in enumerate(lines):
+            row = json.loads(line)
+            posts[row["community"]].append(Post(f"resampled-{number}", Path(row["image"]),
+                                                tuple(row["hashtags"])))
+    return [Community(name, posts[name], ignore) for name, _, ignore in DEFAULT_COMMUNITIES]
 
 
 def warm_feature_store() -> None:
@@ -124,21 +201,26 @@ def _cpu_and_rss(pids: list[int]) -> tuple[float, float]:
 
 def measure(photos: int, workers: int | None, scratch: Path) -> dict:
     """Runs ``child`` in a fresh process and reads it from outside: a sample of the tree's
-    CPU and memory every half second; the totals from wait4 when it ends."""
+    CPU and memory every half second; the totals from wait4 when it ends. Beyond the
+    shipped photos, on resampled ones (``resample``, before the clock starts)."""
     out = scratch / f"n{photos}"
     command = [sys.executable, __file__, "--child", str(photos), "--out", str(out)]
     if workers:
         command += ["--workers", str(workers)]
+    if photos > SHIPPED_PHOTOS:
+        print(f"  resampling {photos:,} photos from the shipped ones (not timed)", flush=True)
+        resample(photos, scratch / f"resampled-{photos}")
+        command += ["--resampled", str(scratch / f"resampled-{photos}")]
     started_at, started = time.time(), time.perf_counter()
     with (scratch / f"n{photos}.log").open("w") as log:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-    samples: list[tuple[float, float, float]] = []  # (epoch, CPU s, RSS MiB)
+    samples: list[tuple[float, float, float, float]] = []  # (epoch, CPU s, RSS MiB, driver's)
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.5):
             cpu, rss = _cpu_and_rss(_tree(process.pid))
-            samples.append((time.time(), cpu, rss))
+            samples.append((time.time(), cpu, rss, _cpu_and_rss([process.pid])[1]))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -168,8 +250,19 @@ def measure(photos: int, workers: int | None, scratch: Path) -> dict:
             "stage_s": {k: round(v, 1) for k, v in stages.items()},
             "fit_cpu_s": training["fit_cpu_seconds"], "workers": training["workers"],
             "peak_rss_mib": round(max((s[2] for s in samples), default=0.0)),
+            "driver_peak_rss_mib": read["driver_peak_rss_mib"],
             "s_per_1000_photos": round(1000 * wall / manifest["n_train"], 1),
-            "started_at": started_at}
+            "started_at": started_at,
+            # the driver's resident MiB over the run, with when each stage ended (seconds)
+            "driver_rss_mib": [(round(s[0] - started_at, 1), round(s[3])) for s in samples],
+            "stage_ends_s": _stage_ends(training, started_at, read["read_s"])}
+
+
+def _stage_ends(training: dict, started_at: float, read_s: float) -> dict[str, float]:
+    """Seconds from the run's start to the end of reading, the photos and the fits."""
+    photos_end = training["started_at"] - started_at + training["stage_seconds"]["photos"]
+    return {"read": round(read_s, 1), "photos": round(photos_end, 1),
+            "fits": round(photos_end + training["stage_seconds"]["fits"], 1)}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -178,7 +271,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (stages_axis, methods_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, (stages_axis, methods_axis, memory_axis) = plt.subplots(1, 3, figsize=(15, 3.8))
     labels = [f"{r['photos']:,} photos" for r in rows]
     bottom = [0.0] * len(rows)
     for stage, colour in zip(("read", "photos", "fits", "other"),
@@ -202,6 +295,16 @@ def plot(rows: list[dict], path: Path) -> None:
                             methods, rotation=30, fontsize=8)
     methods_axis.set_title("CPU seconds of each method's fits")
     methods_axis.legend(fontsize=8)
+    for label, row in zip(labels, rows, strict=True):
+        seconds, mib = zip(*row["driver_rss_mib"], strict=True) if row["driver_rss_mib"] \
+            else ((), ())
+        (line,) = memory_axis.plot(seconds, mib, label=label, linewidth=1)
+        for stage, end in row["stage_ends_s"].items():
+            memory_axis.axvline(end, color=line.get_color(), linestyle=":", linewidth=0.8)
+            memory_axis.annotate(stage, (end, 0), fontsize=6, rotation=90, va="bottom")
+    memory_axis.set_xlabel("seconds (dotted: end of each stage)")
+    memory_axis.set_title("the driver's resident MiB")
+    memory_axis.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -218,9 +321,10 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/train.png"))
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--resampled", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.out, args.workers)
+        child(args.child, args.out, args.workers, args.resampled)
         return
 
     sizes = [int(n) for n in args.photos.split(",")]
@@ -238,12 +342,13 @@ def main() -> None:
     stages = list(rows[0]["stage_s"])
     print(f"\n{'photos':>6} {'wall s':>7} {'CPU s':>7} {'CPU %':>6} {'fits %':>7} "
           + "".join(f"{s + ' s':>9}" for s in stages)
-          + f" {'peak MiB':>9} {'s/1000':>7} {'growth':>7}")
+          + f" {'peak MiB':>9} {'driver':>7} {'s/1000':>7} {'growth':>7}")
     for row in rows:
         print(f"{row['photos']:>6} {row['wall_s']:>7.1f} {row['cpu_s']:>7.1f} "
               f"{row['cpu_util_pct']:>6} {row['fits_cpu_util_pct'] or '-':>7} "
               + "".join(f"{row['stage_s'][s]:>9.1f}" for s in stages)
-              + f" {row['peak_rss_mib']:>9} {row['s_per_1000_photos']:>7.1f} "
+              + f" {row['peak_rss_mib']:>9} {row['driver_peak_rss_mib']:>7} "
+              f"{row['s_per_1000_photos']:>7.1f} "
               f"{row.get('growth_exponent', '-'):>7}")
     methods = list(rows[-1]["fit_cpu_s"])
     print(f"\nCPU seconds of each method's fits (3 folds + the final fit)\n{'photos':>6} "

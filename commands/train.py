@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -64,11 +65,27 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     ``out/<version>/``; ``about`` joins the manifest (the recipe: data, hold-out).
     ``engine``: where feature extraction and the independent fits run (commands/engine.py);
     the artifact does not depend on it."""
+    out.mkdir(parents=True, exist_ok=True)
+    # the photos' features go to a file beside the versions, mapped read-only: the driver
+    # holds none of them (9.1 KB a photo; docs/scaling.md), the pool's workers map the file
+    scratch = Path(tempfile.mkdtemp(prefix=".tmp-photos-", dir=out))
+    try:
+        return _train_communities(communities, store, out, methods, min_count, max_vocab,
+                                  seed, folds, progress, text, about, engine, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_communities(communities: Sequence[Community], store: FeatureStore, out: Path,
+                       methods: Sequence[str], min_count: int, max_vocab: int, seed: int,
+                       folds: int, progress: bool, text: TextResources | None,
+                       about: dict | None, engine: Engine | None, scratch: Path,
+                       ) -> ImageModels:
     started, started_at = time.perf_counter(), time.time()
     stages: dict[str, float] = {}  # wall seconds of each stage, kept in the manifest
     cpu_seconds: dict[str, float] = {}  # each method's fits, CPU seconds
     train, terms, vocabularies = community_photos(communities, store, min_count, max_vocab,
-                                                  progress, engine)
+                                                  progress, engine, scratch)
     stages["photos"] = time.perf_counter() - started
     # the fusions learn from out-of-fold scores of a seeded sample of the photos, not of
     # every one: 47 KB of scores a photo (7 methods × the vocabulary) would grow the
@@ -104,8 +121,7 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
         cpu_seconds=cpu_seconds, meanwhile=fusions, routed=routed,
         scored=None if len(scored) == len(train) else scored)
     stages["fits"] = time.perf_counter() - started - stages["photos"]
-    version = time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(
-        "\n".join(terms).encode() + train.features.tobytes()).hexdigest()[:8]
+    version = time.strftime("%Y%m%d-%H%M%S") + "-" + content_digest(terms, train.features)[:8]
     with publish_version(out, version) as folder:  # whole or not at all
         writer = ArtifactWriter(folder)
         fitted = {}
@@ -145,6 +161,20 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
              len(train), len(communities), time.perf_counter() - started, out / version)
     return ImageModels(version, terms, fitted, fusion, out / version, ranker,
                        tuple(c.name for c in communities), community_rankers)
+
+
+def content_digest(terms: Sequence[str], features: np.ndarray) -> str:
+    """sha256 of the vocabulary and the features' bytes; a memory-mapped file's are read
+    from the file, a block at a time, so the driver never maps them all in."""
+    digest = hashlib.sha256("\n".join(terms).encode())
+    if isinstance(features, np.memmap) and features.filename is not None:
+        with open(features.filename, "rb") as stored:
+            stored.seek(features.offset)
+            while block := stored.read(16 << 20):
+                digest.update(block)
+    else:
+        digest.update(np.ascontiguousarray(features).data)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

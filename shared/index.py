@@ -167,6 +167,13 @@ class InnerProductIndex:
             index.hnsw.efSearch = loaded.setting
         return loaded
 
+    def same_as(self, other: InnerProductIndex) -> bool:
+        """Whether ``other`` answers as this index does: the same kind, tuning and vectors
+        (kNN, graph and semantic each fit one of the same photos)."""
+        return (self.kind, self.setting, self.recall, self.size, self.dim) == (
+            other.kind, other.setting, other.recall, other.size, other.dim) and \
+            np.array_equal(self.vectors, other.vectors)
+
     @property
     def faiss_index(self) -> faiss.Index:
         """The FAISS index itself (for measuring it: bench/index.py)."""

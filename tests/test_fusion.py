@@ -131,6 +131,25 @@ def test_every_candidate_of_the_learned_fusion_outranks_every_hashtag_no_method_
         assert set(np.argsort(-combined[row])[:len(ids)].tolist()) == set(ids.tolist())
 
 
+def test_the_learned_fusion_describes_photos_a_chunk_at_a_time_as_it_would_all_at_once(
+        monkeypatch) -> None:
+    """The candidates' features are made a few photos at a time (the driver's memory);
+    a photo's features depend on its own scores alone, so chunks change nothing."""
+    import services.recommender.model as model
+
+    rng = np.random.default_rng(6)
+    scores = {m: rng.random((300, 120)).astype(np.float32) for m in ("a", "b", "c")}
+    fusion = RankFusion(("a", "b", "c"), depth=10)
+    monkeypatch.setattr(model, "FEATURE_CHUNK", 1000)
+    candidates, whole = fusion._features(scores)
+    monkeypatch.setattr(model, "FEATURE_CHUNK", 7)  # 300 photos in 43 chunks, the last short
+    chunked_candidates, chunked = fusion._features(scores)
+    np.testing.assert_array_equal(chunked, whole)
+    assert len(chunked_candidates) == len(candidates) == 300
+    assert all(np.array_equal(a, b) for a, b in zip(chunked_candidates, candidates,
+                                                     strict=True))
+
+
 def test_a_gate_fit_again_on_the_same_photos_with_another_strength_is_fit_anew() -> None:
     # The gate is cached by its training photos so a fold's methods share one; a cache that
     # ignored the strength answered bench/gate.py's whole grid with the first fit.

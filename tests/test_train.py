@@ -108,19 +108,27 @@ def test_loaded_photo_indexes_follow_the_index_configuration(trained, monkeypatc
 def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_loaded_built(
         tmp_path: Path, data_dir: Path, feature_store, monkeypatch) -> None:
     """Each method's own fit builds its IVF index of the same photos (the size calls for
-    one: HASHREC_INDEX_EXACT_MAX below them); the artifact holds it once, and loading reads
-    it whole, trains nothing and hands all three methods one index."""
+    one: HASHREC_INDEX_EXACT_MAX below them), in a worker of the pool; the driver keeps
+    one, the artifact holds it once, and loading reads it whole, trains nothing and hands
+    all three methods one index."""
     import json
+
+    from joblib.externals.loky import get_reusable_executor
 
     from commands.train import hashtag_knowledge
     from shared.index import InnerProductIndex
 
     monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "50")
+    get_reusable_executor().shutdown(wait=True)  # the pool's workers start with the setting
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     models = train_image_models(
         posts, feature_store, tmp_path, ignore=frozenset({"food"}),
         methods=("knn", "graph", "semantic"), min_count=2, folds=2, progress=False,
-        text=hashtag_knowledge(("harrison:harrison",), store_dir=tmp_path / "text"))
+        engine=pool(), text=hashtag_knowledge(("harrison:harrison",), store_dir=tmp_path / "text"))
+    # the driver keeps one of the three equal indexes the fits built
+    assert models.methods["knn"].index.kind == "ivf"
+    assert models.methods["knn"].index is models.methods["graph"].visual_index \
+        is models.methods["semantic"].visual_index
     manifest = json.loads((models.directory / "manifest.json").read_text())
     indexes = ("knn/features", "graph/visual_features", "semantic/visual_features")
     stored = {name: manifest.get("aliases", {}).get(f"{name}_faiss.npy", f"{name}_faiss.npy")
@@ -140,6 +148,34 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     queries = photos.subset(np.arange(10))
     np.testing.assert_allclose(loaded.methods["knn"].scores(queries),
                                models.methods["knn"].scores(queries), rtol=1e-5, atol=1e-6)
+
+
+def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
+        tmp_path: Path, data_dir: Path, feature_store) -> None:
+    """The driver's photos: the same rows of two communities whether held or mapped
+    read-only from the scratch file (what the driver's memory gains is bench/train.py's);
+    the version's digest read from the file is the held bytes'; and training leaves no
+    scratch folder behind."""
+    from commands.experiments.image2tag import Community, community_photos
+    from commands.train import content_digest
+
+    food = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))
+    communities = [Community("a", food[:60], frozenset({"food"})),
+                   Community("b", food[60:110], frozenset({"food"}))]
+    held, terms, _ = community_photos(communities, feature_store, 2, 1000, False)
+    (tmp_path / "scratch").mkdir()
+    mapped, mapped_terms, _ = community_photos(communities, feature_store, 2, 1000, False,
+                                               scratch=tmp_path / "scratch")
+    assert isinstance(mapped.features, np.memmap) and not mapped.features.flags.writeable
+    assert mapped_terms == terms and mapped.hashtags == held.hashtags
+    np.testing.assert_array_equal(mapped.features, held.features)
+    np.testing.assert_array_equal(mapped.probabilities, held.probabilities)
+    np.testing.assert_array_equal(mapped.communities, held.communities)
+    assert content_digest(terms, mapped.features) == content_digest(terms, held.features)
+    models = train_image_models(food[:80], feature_store, tmp_path / "models",
+                                ignore=frozenset({"food"}), methods=("frequency", "knn"),
+                                min_count=2, folds=2, progress=False)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [models.directory.name]
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])

@@ -13,11 +13,13 @@ Protocol (HARRISON §4, Veit §4.2):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,7 @@ from shared.eval.metrics import (
     set_similarity,
     top_k,
 )
+from shared.index import InnerProductIndex
 from shared.photos import PhotoSet, photo_key
 
 log = logging.getLogger(__name__)
@@ -155,11 +158,14 @@ class Community:
 
 def community_photos(communities: Sequence[Community], store: FeatureStore, min_count: int,
                      max_vocab: int, progress: bool = True, engine: Engine | None = None,
+                     scratch: Path | None = None,
                      ) -> tuple[PhotoSet, tuple[str, ...], dict[str, Vocabulary]]:
     """The training photos of every community with their in-vocabulary hashtags and
     community index, the vocabulary (each community's own, ``min_count`` / ``max_vocab``
     within it, then their union: a large community's many tags do not crowd out a small
-    one's), and each community's vocabulary."""
+    one's), and each community's vocabulary. ``scratch``: a folder the features and
+    probabilities are written to, a community at a time, and read back memory-mapped (the
+    driver then holds none of them; the pool's workers map the same file)."""
     kept_by_community, vocabularies = [], {}
     for community in communities:
         kept, photos = _photos(without_ignored(community.posts, community.ignore), store,
@@ -171,22 +177,63 @@ def community_photos(communities: Sequence[Community], store: FeatureStore, min_
     if not terms:
         raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
     index = {term: row for row, term in enumerate(terms)}
-    features, probabilities, hashtags, origin, keys = [], [], [], [], []
-    for number, (community, (kept, photos)) in enumerate(zip(communities, kept_by_community,
-                                                             strict=True)):
+    rows, hashtags, origin, keys = [], [], [], []
+    for number, (community, (kept, _)) in enumerate(zip(communities, kept_by_community,
+                                                        strict=True)):
         own = vocabularies[community.name]
+        chosen = []
         for row, post in enumerate(kept):
             ids = [index[t] for t in dict.fromkeys(post.hashtags) if t in own.index]
             if ids:
-                features.append(photos.features[row])
-                probabilities.append(photos.probabilities[row])
+                chosen.append(row)
                 hashtags.append(ids)
                 origin.append(number)
                 keys.append(photo_key(post.image))
+        rows.append(np.array(chosen, dtype=np.int64))
     if not hashtags:
         raise ValueError("no training photo has a hashtag in the vocabulary")
-    return (PhotoSet(np.stack(features), np.stack(probabilities), hashtags,
-                     np.array(origin), keys), terms, vocabularies)
+
+    def chosen_rows() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for number, chosen in enumerate(rows):  # each community freed once its rows are out
+            photos = kept_by_community[number][1]
+            kept_by_community[number] = None
+            part = photos.features[chosen], photos.probabilities[chosen]
+            del photos
+            yield part
+
+    features, probabilities = _stacked(chosen_rows(), len(hashtags), scratch)
+    return (PhotoSet(features, probabilities, hashtags, np.array(origin), keys), terms,
+            vocabularies)
+
+
+def _stacked(parts: Iterator[tuple[np.ndarray, ...]], n: int, scratch: Path | None,
+             names: tuple[str, ...] = ("features", "probabilities"),
+             ) -> tuple[np.ndarray, ...]:
+    """The parts' rows in order, as one array of ``n`` rows a field: filled in memory (the
+    parts freed as they are copied: the rows once plus one part, not twice), or with
+    ``scratch`` written to scratch/<name>.npy a part at a time, never mapped for writing,
+    and mapped read-only: the driver holds none of it and the pool's workers map it."""
+    if scratch is None:
+        arrays, at = None, 0
+        for part in parts:
+            arrays = arrays or [np.empty((n, *a.shape[1:]), a.dtype) for a in part]
+            for array, rows in zip(arrays, part, strict=True):
+                array[at:at + len(rows)] = rows
+            at += len(part[0])
+        return tuple(arrays)
+    paths = [scratch / f"{name}.npy" for name in names]
+    with contextlib.ExitStack() as files:
+        handles = [files.enter_context(path.open("wb")) for path in paths]
+        started = False
+        for part in parts:
+            for handle, rows in zip(handles, part, strict=True):
+                if not started:
+                    np.lib.format.write_array_header_1_0(handle, {
+                        "descr": np.lib.format.dtype_to_descr(rows.dtype),
+                        "fortran_order": False, "shape": (n, *rows.shape[1:])})
+                handle.write(np.ascontiguousarray(rows).data)
+            started = True
+    return tuple(np.load(path, mmap_mode="r") for path in paths)
 
 
 def n_communities(photos: PhotoSet) -> int:
@@ -257,11 +304,13 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
                                           **({"routed": True} if route else {}))
     out_of_fold: dict[str, np.ndarray] = {}
     fitted: dict[str, Method] = {}
+    photo_indexes: list[InnerProductIndex] = []  # one of each, whichever method fit it
     alongside, waiting = None, folds * len(methods)  # out-of-fold fits still to come
     for (fold, name), (result, seconds) in zip(tasks, done, strict=True):
         if cpu_seconds is not None:
             cpu_seconds[name] = round(cpu_seconds.get(name, 0.0) + seconds, 1)
         if fold is None:
+            share_photo_indexes(result, photo_indexes)
             fitted[name] = result
             continue
         if route:
@@ -275,6 +324,23 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
             alongside = meanwhile({m: out_of_fold[m] for m in methods})
     return ({m: out_of_fold[m] for m in methods}, [fitted[m] for m in methods if finals],
             alongside)
+
+
+def share_photo_indexes(method: Method, kept: list[InnerProductIndex]) -> None:
+    """Points ``method``'s photo indexes (each community's, when gated) at an equal one in
+    ``kept``, and adds those new to it. kNN, graph and semantic each fit an index of the
+    same photos, in a worker of their own; the driver keeps one (at 100,000 photos each
+    holds 1 GB: the vectors and FAISS's copy), as the artifact stores one."""
+    for owner in getattr(method, "inner", [method]):
+        for attribute in ("index", "visual_index"):
+            index = getattr(owner, attribute, None)
+            if not isinstance(index, InnerProductIndex):
+                continue
+            same = next((known for known in kept if known.same_as(index)), None)
+            if same is None:
+                kept.append(index)
+            else:
+                setattr(owner, attribute, same)
 
 
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
