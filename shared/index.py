@@ -177,7 +177,19 @@ class InnerProductIndex:
     @property
     def faiss_index(self) -> faiss.Index:
         """The FAISS index itself (for measuring it: bench/index.py)."""
+        if self._index is None:  # an exact index unpickled: FAISS's copy made on first use
+            self._index = faiss.IndexFlatIP(self.dim)
+            self._index.add(self.vectors)
         return self._index
+
+    def __getstate__(self) -> dict:
+        """Pickled (a fit's result on its way from a pool's worker to the driver, which
+        only writes it): an exact index travels as its vectors alone and makes FAISS's
+        copy of them when first searched, so the driver holds the photos once, not twice."""
+        state = dict(self.__dict__)
+        if self.kind == "flat":
+            state["_chunks"], state["_index"] = [self.vectors], None
+        return state
 
     def search(self, queries: np.ndarray, k: int, excluded: Sequence[int] = (),
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +204,7 @@ class InnerProductIndex:
         k = min(k, self.size)
         if len(excluded):
             return self._search_excluding(queries, k, np.asarray(excluded, dtype=np.int64))
-        scores, ids = self._index.search(queries, k)
+        scores, ids = self.faiss_index.search(queries, k)
         short = np.flatnonzero((ids < 0).any(axis=1))
         if len(short):  # the probed lists held fewer than k: those queries go exact
             scores[short], ids[short] = faiss.knn(queries[short], self.vectors, k,
@@ -206,13 +218,13 @@ class InnerProductIndex:
         selector = faiss.IDSelectorNot(batch)
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector,
-                                                efSearch=self._index.hnsw.efSearch)
+                                                efSearch=self.faiss_index.hnsw.efSearch)
         elif self.kind == "flat":
             params = faiss.SearchParameters(sel=selector)
         else:
             params = faiss.SearchParametersIVF(
-                sel=selector, nprobe=faiss.extract_index_ivf(self._index).nprobe)
-        scores, ids = self._index.search(queries, k, params=params)
+                sel=selector, nprobe=faiss.extract_index_ivf(self.faiss_index).nprobe)
+        scores, ids = self.faiss_index.search(queries, k, params=params)
         short = np.flatnonzero((ids < 0).any(axis=1))
         if len(short) and self.kind != "flat":  # too few in the probed lists: go exact
             exact = faiss.IndexFlatIP(self.dim)
@@ -228,6 +240,7 @@ class InnerProductIndex:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index {self.dim}")
+        index = self.faiss_index  # FAISS's copy of the rows so far, before these join them
         if not self._chunks:  # loaded whole: the rows so far from FAISS first
             self._chunks = [self.vectors]
         self._chunks.append(vectors)
@@ -236,7 +249,7 @@ class InnerProductIndex:
                 or (self.kind != "flat" and self.size > 2 * self.built_size)):
             self._index = self._build()
         else:
-            self._index.add(vectors)
+            index.add(vectors)
 
 
 def photo_index(vectors: np.ndarray, config: IndexConfig | None = None) -> InnerProductIndex:

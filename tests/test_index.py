@@ -240,3 +240,23 @@ def test_the_semantic_neighbour_query_from_sparse_tags_is_the_sum_of_their_text(
         np.testing.assert_allclose(method._neighbour_queries(queries, exclude_self),
                                    old._neighbour_queries(queries, exclude_self),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_pickled_index_answers_and_grows_as_the_one_it_was(kind: str) -> None:
+    """A fit's index comes back from a pool's worker pickled; an exact one travels as its
+    vectors alone (the driver holds the photos once) and searches and grows as before."""
+    import pickle
+
+    vectors = clustered(3000, dim=32)
+    index = InnerProductIndex(vectors, IndexConfig(kind=kind))
+    copy = pickle.loads(pickle.dumps(index))
+    if kind == "flat":
+        assert copy._index is None and len(pickle.dumps(index)) < 1.1 * vectors.nbytes
+    queries = clustered(40, dim=32, seed=5)
+    for one in (index, copy):
+        one.add(clustered(7, dim=32, seed=6))
+    np.testing.assert_array_equal(copy.search(queries, 10)[1], index.search(queries, 10)[1])
+    np.testing.assert_array_equal(copy.search(queries, 10, excluded=[1, 2])[1],
+                                  index.search(queries, 10, excluded=[1, 2])[1])
+    assert copy.size == index.size == 3007 and copy.faiss_index.ntotal == 3007
