@@ -151,12 +151,13 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
 
 
 def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
-        tmp_path: Path, data_dir: Path, feature_store) -> None:
+        tmp_path: Path, data_dir: Path, feature_store, monkeypatch) -> None:
     """The driver's photos: the same rows of two communities whether held or mapped
     read-only from the scratch file (what the driver's memory gains is bench/train.py's);
     the version's digest read from the file is the held bytes'; and training leaves no
     scratch folder behind."""
-    from commands.experiments.image2tag import Community, community_photos
+    from commands.experiments import photos as streamed
+    from commands.experiments.photos import Community, community_photos
     from commands.train import content_digest
 
     food = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))
@@ -164,6 +165,7 @@ def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
                    Community("b", food[60:110], frozenset({"food"}))]
     held, terms, _ = community_photos(communities, feature_store, 2, 1000, False)
     (tmp_path / "scratch").mkdir()
+    monkeypatch.setattr(streamed, "STREAM_CHUNK", 7)  # streamed from the store 7 at a time
     mapped, mapped_terms, _ = community_photos(communities, feature_store, 2, 1000, False,
                                                scratch=tmp_path / "scratch")
     assert isinstance(mapped.features, np.memmap) and not mapped.features.flags.writeable
@@ -172,6 +174,8 @@ def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
     np.testing.assert_array_equal(mapped.probabilities, held.probabilities)
     np.testing.assert_array_equal(mapped.communities, held.communities)
     assert content_digest(terms, mapped.features) == content_digest(terms, held.features)
+    assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == [
+        "features.npy", "probabilities.npy"]  # each community's stream removed once read
     models = train_image_models(food[:80], feature_store, tmp_path / "models",
                                 ignore=frozenset({"food"}), methods=("frequency", "knn"),
                                 min_count=2, folds=2, progress=False)

@@ -13,18 +13,24 @@ Protocol (HARRISON §4, Veit §4.2):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from commands.engine import Engine, LocalEngine
+from commands.experiments.photos import (  # noqa: F401  (callers import them from here)
+    Community,
+    _photos,
+    community_photos,
+    n_communities,
+    training_photos,
+    without_ignored,
+)
 from services.graph.model import JointGraphMethod
 from services.recommender.model import (
     FrequencyMethod,
@@ -40,7 +46,6 @@ from services.vision.store import FeatureStore
 from services.word.autorec import AutoRecMethod, AutoRecParams
 from services.word.model import InstaHashMethod, Word2VecParams, train_word2vec
 from services.word.semantic import SemanticMethod, TextResources
-from shared.data.normalize import Vocabulary
 from shared.data.readers import Post
 from shared.eval.metrics import (
     accuracy_at_k,
@@ -50,7 +55,7 @@ from shared.eval.metrics import (
     top_k,
 )
 from shared.index import InnerProductIndex
-from shared.photos import PhotoSet, photo_key
+from shared.photos import PhotoSet
 
 log = logging.getLogger(__name__)
 
@@ -127,127 +132,6 @@ def hashtag_word_vectors(train: PhotoSet, terms: Sequence[str], seed: int) -> np
         if term in model.index:
             vectors[row] = model.vectors[model.index[term]]
     return vectors
-
-
-def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
-            engine: Engine | None = None) -> tuple[list[Post], PhotoSet]:
-    with_images = [p for p in posts if p.image is not None]
-    embedding, ok = (engine or LocalEngine()).embed(store, [p.image for p in with_images],
-                                                    progress=progress)
-    kept = [p for p, good in zip(with_images, ok, strict=True) if good]
-    if len(kept) < len(posts):
-        log.info("image2tag: %d of %d posts have a readable photo", len(kept), len(posts))
-    return kept, PhotoSet(embedding.features[ok], embedding.probabilities[ok])
-
-
-def without_ignored(posts: Sequence[Post], ignore: frozenset[str]) -> list[Post]:
-    return [replace(p, hashtags=tuple(t for t in p.hashtags if t not in ignore))
-            for p in posts]
-
-
-@dataclass(frozen=True)
-class Community:
-    """One photo set: a community of posters with its own way of tagging; ``ignore``: its
-    collection artefacts (e.g. the search hashtags it was gathered by), removed from its
-    posts before anything else."""
-
-    name: str
-    posts: Sequence[Post]
-    ignore: frozenset[str] = frozenset()
-
-
-def community_photos(communities: Sequence[Community], store: FeatureStore, min_count: int,
-                     max_vocab: int, progress: bool = True, engine: Engine | None = None,
-                     scratch: Path | None = None,
-                     ) -> tuple[PhotoSet, tuple[str, ...], dict[str, Vocabulary]]:
-    """The training photos of every community with their in-vocabulary hashtags and
-    community index, the vocabulary (each community's own, ``min_count`` / ``max_vocab``
-    within it, then their union: a large community's many tags do not crowd out a small
-    one's), and each community's vocabulary. ``scratch``: a folder the features and
-    probabilities are written to, a community at a time, and read back memory-mapped (the
-    driver then holds none of them; the pool's workers map the same file)."""
-    kept_by_community, vocabularies = [], {}
-    for community in communities:
-        kept, photos = _photos(without_ignored(community.posts, community.ignore), store,
-                               progress, engine)
-        vocabularies[community.name] = Vocabulary.build([p.hashtags for p in kept],
-                                                        min_count, max_vocab)
-        kept_by_community.append((kept, photos))
-    terms = tuple(dict.fromkeys(t for v in vocabularies.values() for t in v.terms))
-    if not terms:
-        raise ValueError(f"no hashtag occurs {min_count} times among the training photos")
-    index = {term: row for row, term in enumerate(terms)}
-    rows, hashtags, origin, keys = [], [], [], []
-    for number, (community, (kept, _)) in enumerate(zip(communities, kept_by_community,
-                                                        strict=True)):
-        own = vocabularies[community.name]
-        chosen = []
-        for row, post in enumerate(kept):
-            ids = [index[t] for t in dict.fromkeys(post.hashtags) if t in own.index]
-            if ids:
-                chosen.append(row)
-                hashtags.append(ids)
-                origin.append(number)
-                keys.append(photo_key(post.image))
-        rows.append(np.array(chosen, dtype=np.int64))
-    if not hashtags:
-        raise ValueError("no training photo has a hashtag in the vocabulary")
-
-    def chosen_rows() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for number, chosen in enumerate(rows):  # each community freed once its rows are out
-            photos = kept_by_community[number][1]
-            kept_by_community[number] = None
-            part = photos.features[chosen], photos.probabilities[chosen]
-            del photos
-            yield part
-
-    features, probabilities = _stacked(chosen_rows(), len(hashtags), scratch)
-    return (PhotoSet(features, probabilities, hashtags, np.array(origin), keys), terms,
-            vocabularies)
-
-
-def _stacked(parts: Iterator[tuple[np.ndarray, ...]], n: int, scratch: Path | None,
-             names: tuple[str, ...] = ("features", "probabilities"),
-             ) -> tuple[np.ndarray, ...]:
-    """The parts' rows in order, as one array of ``n`` rows a field: filled in memory (the
-    parts freed as they are copied: the rows once plus one part, not twice), or with
-    ``scratch`` written to scratch/<name>.npy a part at a time, never mapped for writing,
-    and mapped read-only: the driver holds none of it and the pool's workers map it."""
-    if scratch is None:
-        arrays, at = None, 0
-        for part in parts:
-            arrays = arrays or [np.empty((n, *a.shape[1:]), a.dtype) for a in part]
-            for array, rows in zip(arrays, part, strict=True):
-                array[at:at + len(rows)] = rows
-            at += len(part[0])
-        return tuple(arrays)
-    paths = [scratch / f"{name}.npy" for name in names]
-    with contextlib.ExitStack() as files:
-        handles = [files.enter_context(path.open("wb")) for path in paths]
-        started = False
-        for part in parts:
-            for handle, rows in zip(handles, part, strict=True):
-                if not started:
-                    np.lib.format.write_array_header_1_0(handle, {
-                        "descr": np.lib.format.dtype_to_descr(rows.dtype),
-                        "fortran_order": False, "shape": (n, *rows.shape[1:])})
-                handle.write(np.ascontiguousarray(rows).data)
-            started = True
-    return tuple(np.load(path, mmap_mode="r") for path in paths)
-
-
-def n_communities(photos: PhotoSet) -> int:
-    return 1 if photos.communities is None else int(photos.communities.max()) + 1
-
-
-def training_photos(posts: Sequence[Post], store: FeatureStore, ignore: frozenset[str],
-                    min_count: int, max_vocab: int, progress: bool = True,
-                    ) -> tuple[PhotoSet, Vocabulary]:
-    """The training photos of one photo set with their in-vocabulary hashtags, and that
-    vocabulary."""
-    photos, _, vocabularies = community_photos([Community("photos", posts, ignore)], store,
-                                               min_count, max_vocab, progress)
-    return photos, vocabularies["photos"]
 
 
 #: a method's fit time relative to the others' (seconds on the default model's photos, one
