@@ -14,7 +14,8 @@ import argparse
 
 import numpy as np
 
-from commands.experiments.image2tag import _photos, photo_metrics, training_photos, without_ignored
+from commands.experiments.image2tag import photo_metrics
+from commands.experiments.photos import readable_photos, training_photos, without_ignored
 from commands.train import INSTAGRAM_SEARCH_TAGS
 from services.recommender.model import MlpMethod
 from services.vision.store import FeatureStore
@@ -42,7 +43,8 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             train, test = seeded_split(posts, seed)
             photos, vocab = training_photos(train, store, ignore, 3, 1000, progress=False)
-            kept, test_photos = _photos(without_ignored(test, ignore), store, progress=False)
+            kept, test_photos = readable_photos(without_ignored(test, ignore), store,
+                                                progress=False)
             ids = [frozenset(vocab.encode(p.hashtags)) for p in kept]
             keep = np.array([i for i, t in enumerate(ids) if t])
             truth = [ids[i] for i in keep]

@@ -129,7 +129,7 @@ def resample(photos: int, folder: Path, seed: int = 0) -> None:
                 data = f"resampled photo {written} of {posts[source].id}".encode()
                 path.write_bytes(data)
                 noise = rng.normal(size=spread.shape).astype(np.float32) * spread
-                store._save(hashlib.sha256(data).hexdigest(),  # as embed_paths would
+                store.save(hashlib.sha256(data).hexdigest(),  # as embed_paths would
                             embedding.features[source] + noise,
                             embedding.probabilities[source])
                 out.write(json.dumps({"community": name, "image": str(path),

@@ -66,9 +66,10 @@ def train_communities(communities: Sequence[Community], store: FeatureStore, out
     ``engine``: where feature extraction and the independent fits run (commands/engine.py);
     the artifact does not depend on it."""
     out.mkdir(parents=True, exist_ok=True)
-    # the photos' features go to a file beside the versions, mapped read-only: the driver
-    # holds none of them (9.1 KB a photo; docs/scaling.md), the pool's workers map the file
-    scratch = Path(tempfile.mkdtemp(prefix=".tmp-photos-", dir=out))
+    sweep_scratch(out)
+    # the photos' features go to a file beside the versions, mapped read-only: a driver
+    # with a pool holds none of them (9.1 KB a photo; docs/scaling.md), its workers map it
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=out))
     try:
         return _train_communities(communities, store, out, methods, min_count, max_vocab,
                                   seed, folds, progress, text, about, engine, scratch)
@@ -163,11 +164,29 @@ def _train_communities(communities: Sequence[Community], store: FeatureStore, ou
                        tuple(c.name for c in communities), community_rankers)
 
 
+#: a training's scratch folder beside the versions: .tmp-photos-<its pid>-<random>
+SCRATCH_PREFIX = ".tmp-photos-"
+
+
+def sweep_scratch(out: Path) -> None:
+    """Removes the scratch folders of trainings no longer running (killed before their
+    ``finally``: SIGKILL, the OOM killer), each with a line saying so; a running one's,
+    whose pid is alive, stays."""
+    for folder in out.glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            log.warning("removing %s: the scratch of a training (pid %s) that ended before "
+                        "cleaning up", folder, pid)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def content_digest(terms: Sequence[str], features: np.ndarray) -> str:
     """sha256 of the vocabulary and the features' bytes; a memory-mapped file's are read
     from the file, a block at a time, so the driver never maps them all in."""
     digest = hashlib.sha256("\n".join(terms).encode())
-    if isinstance(features, np.memmap) and features.filename is not None:
+    if isinstance(features, np.memmap) and features.filename is not None and \
+            features.flags.c_contiguous and \
+            os.path.getsize(features.filename) - features.offset == features.nbytes:
         with open(features.filename, "rb") as stored:
             stored.seek(features.offset)
             while block := stored.read(16 << 20):

@@ -178,8 +178,9 @@ class InnerProductIndex:
     def faiss_index(self) -> faiss.Index:
         """The FAISS index itself (for measuring it: bench/index.py)."""
         if self._index is None:  # an exact index unpickled: FAISS's copy made on first use
-            self._index = faiss.IndexFlatIP(self.dim)
-            self._index.add(self.vectors)
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(self.vectors)
+            self._index = index  # whole: a thread beside never searches it half-built
         return self._index
 
     def __getstate__(self) -> dict:

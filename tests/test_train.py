@@ -152,16 +152,24 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
 
 def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
         tmp_path: Path, data_dir: Path, feature_store, monkeypatch) -> None:
-    """The driver's photos: the same rows of two communities whether held or mapped
-    read-only from the scratch file (what the driver's memory gains is bench/train.py's);
-    the version's digest read from the file is the held bytes'; and training leaves no
-    scratch folder behind."""
+    """The driver's photos: the same rows of two communities (one with a photo that does
+    not decode) whether held or streamed from the store and mapped read-only from the
+    scratch file (what the driver's memory gains is bench/train.py's); the version's
+    digest read from the file is the held bytes'; and training leaves no scratch folder
+    behind, its own or one a killed training left."""
+    import hashlib
+    import os
+    from dataclasses import replace
+
     from commands.experiments import photos as streamed
     from commands.experiments.photos import Community, community_photos
     from commands.train import content_digest
 
     food = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))
-    communities = [Community("a", food[:60], frozenset({"food"})),
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a photo")
+    communities = [Community("a", [*food[:30], replace(food[30], image=broken), *food[31:60]],
+                             frozenset({"food"})),
                    Community("b", food[60:110], frozenset({"food"}))]
     held, terms, _ = community_photos(communities, feature_store, 2, 1000, False)
     (tmp_path / "scratch").mkdir()
@@ -173,13 +181,20 @@ def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
     np.testing.assert_array_equal(mapped.features, held.features)
     np.testing.assert_array_equal(mapped.probabilities, held.probabilities)
     np.testing.assert_array_equal(mapped.communities, held.communities)
-    assert content_digest(terms, mapped.features) == content_digest(terms, held.features)
+    assert str(broken) not in held.keys and str(broken) not in mapped.keys  # left out
+    assert content_digest(terms, mapped.features) == hashlib.sha256(
+        "\n".join(terms).encode() + held.features.tobytes()).hexdigest()
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == [
         "features.npy", "probabilities.npy"]  # each community's stream removed once read
+    killed = tmp_path / "models" / ".tmp-photos-4194304-x"  # a pid above pid_max: gone
+    killed.mkdir(parents=True)
+    running = tmp_path / "models" / f".tmp-photos-{os.getppid()}-y"  # a live training's
+    running.mkdir()
     models = train_image_models(food[:80], feature_store, tmp_path / "models",
                                 ignore=frozenset({"food"}), methods=("frequency", "knn"),
                                 min_count=2, folds=2, progress=False)
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [models.directory.name]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
+        [models.directory.name, running.name])
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])

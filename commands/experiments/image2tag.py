@@ -25,9 +25,9 @@ import numpy as np
 from commands.engine import Engine, LocalEngine
 from commands.experiments.photos import (  # noqa: F401  (callers import them from here)
     Community,
-    _photos,
     community_photos,
     n_communities,
+    readable_photos,
     training_photos,
     without_ignored,
 )
@@ -308,7 +308,7 @@ def run_image2tag(train_posts: Sequence[Post], test_posts: Sequence[Post], store
                   progress: bool = True, text: TextResources | None = None,
                   ) -> Image2TagResult:
     train, vocab = training_photos(train_posts, store, ignore, min_count, max_vocab, progress)
-    test_kept, test_photos = _photos(without_ignored(test_posts, ignore), store, progress)
+    test_kept, test_photos = readable_photos(without_ignored(test_posts, ignore), store, progress)
     test_ids = [frozenset(vocab.encode(p.hashtags)) for p in test_kept]
     test_rows = np.array([bool(ids) for ids in test_ids], dtype=bool)
     test = test_photos.subset(np.flatnonzero(test_rows))

@@ -23,8 +23,9 @@ from shared.photos import PhotoSet, photo_key
 log = logging.getLogger(__name__)
 
 
-def _photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
-            engine: Engine | None = None) -> tuple[list[Post], PhotoSet]:
+def readable_photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
+                    engine: Engine | None = None) -> tuple[list[Post], PhotoSet]:
+    """The posts whose photo decodes, and their features (from the store, or computed)."""
     with_images = [p for p in posts if p.image is not None]
     embedding, ok = (engine or LocalEngine()).embed(store, [p.image for p in with_images],
                                                     progress=progress)
@@ -49,12 +50,12 @@ class _RowFiles:
     dtype: np.dtype
 
     def rows(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ``chosen`` rows (ascending) of both files, read from the span they cover."""
-        first, last = (int(chosen[0]), int(chosen[-1])) if len(chosen) else (0, -1)
-        return tuple(np.fromfile(
-            self.folder / f"{name}.raw", self.dtype, count=(last - first + 1) * width,
-            offset=first * width * self.dtype.itemsize).reshape(-1, width)[chosen - first]
-            for name, width in zip(("features", "probabilities"), self.widths, strict=True))
+        """The ``chosen`` rows of both files: a copy of those rows alone (the pages they
+        lie on are read; the mapping goes when this returns)."""
+        return tuple(np.array(np.memmap(self.folder / f"{name}.raw", self.dtype, mode="r",
+                                        shape=(self.count, width))[chosen])
+                     for name, width in zip(("features", "probabilities"), self.widths,
+                                            strict=True))
 
 
 def _photos_to_disk(posts: Sequence[Post], store: FeatureStore, progress: bool,
@@ -71,8 +72,9 @@ def _photos_to_disk(posts: Sequence[Post], store: FeatureStore, progress: bool,
             (folder / "probabilities.raw").open("wb") as probabilities, \
             tqdm(total=len(with_images), desc="image features", unit="img",
                  disable=not progress) as bar:
-        for start in range(0, len(with_images), STREAM_CHUNK):
-            chunk = with_images[start:start + STREAM_CHUNK]
+        step = getattr(engine, "stream_chunk", STREAM_CHUNK)
+        for start in range(0, len(with_images), step):
+            chunk = with_images[start:start + step]
             embedding, ok = (engine or LocalEngine()).embed(store, [p.image for p in chunk],
                                                             progress=False)
             kept += [p for p, good in zip(chunk, ok, strict=True) if good]
@@ -81,7 +83,7 @@ def _photos_to_disk(posts: Sequence[Post], store: FeatureStore, progress: bool,
             widths = (embedding.features.shape[1], embedding.probabilities.shape[1])
             bar.update(len(chunk))
     if len(kept) < len(posts):
-        log.info("image2tag: %d of %d posts have a readable photo", len(kept), len(posts))
+        log.info("photos: %d of %d posts have a readable photo", len(kept), len(posts))
     return kept, _RowFiles(folder, len(kept), widths, dtype)
 
 
@@ -115,7 +117,7 @@ def community_photos(communities: Sequence[Community], store: FeatureStore, min_
     kept_by_community, vocabularies = [], {}
     for number, community in enumerate(communities):
         posts = without_ignored(community.posts, community.ignore)
-        kept, photos = (_photos(posts, store, progress, engine) if scratch is None else
+        kept, photos = (readable_photos(posts, store, progress, engine) if scratch is None else
                         _photos_to_disk(posts, store, progress, engine,
                                         scratch / f"community-{number}"))
         vocabularies[community.name] = Vocabulary.build([p.hashtags for p in kept],
@@ -138,6 +140,7 @@ def community_photos(communities: Sequence[Community], store: FeatureStore, min_
                 origin.append(number)
                 keys.append(photo_key(post.image))
         rows.append(np.array(chosen, dtype=np.int64))
+    del kept, _  # the loop's last community: freed with the others as its rows go out
     if not hashtags:
         raise ValueError("no training photo has a hashtag in the vocabulary")
 

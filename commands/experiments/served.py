@@ -88,9 +88,9 @@ def in_process_answer(models: object, store: object, k: int = 10,
     index = {term: row for row, term in enumerate(models.vocabulary)}
 
     def answer(posts: Sequence[Post]) -> list[list[str]]:
-        from commands.experiments.image2tag import _photos
+        from commands.experiments.photos import readable_photos
 
-        kept, photos = _photos(posts, store, progress=False)
+        kept, photos = readable_photos(posts, store, progress=False)
         if len(kept) != len(posts):
             raise ValueError(f"{len(posts) - len(kept)} test photos could not be read")
         if posters is not None and not community:
@@ -148,7 +148,7 @@ def poster_priors(models: object, store: object, photos: Sequence[Post],
     UserCommunities, made a prior by user_mix). Only the past counts, as in serving; a
     photo no simulated user posted, or whose poster had posted nothing before it, is left
     out."""
-    from commands.experiments.image2tag import _photos
+    from commands.experiments.photos import readable_photos
     from services.recommender.routing import MIN_POST_SHARE, user_mix
     from services.user.communities import UserCommunities
 
@@ -161,7 +161,7 @@ def poster_priors(models: object, store: object, photos: Sequence[Post],
             earlier.setdefault(post.image.resolve(), list(past))
         past.append(post)
     history = list({p.id: p for posts in earlier.values() for p in posts}.values())
-    kept, described = _photos(history, store, progress=False)
+    kept, described = readable_photos(history, store, progress=False)
     shares = dict(zip((p.id for p in kept), models.communities_of(described), strict=True))
     priors = {}
     for image, posts in earlier.items():
@@ -181,12 +181,12 @@ def own_community_probability(models: object, store: object, posts: Sequence[Pos
     """How well the served gate recognises the photo set of ``posts`` (community index
     ``community`` of the model): the mean P(own community | photo) and the share of photos
     whose most probable community is their own; None for a model of one community."""
-    from commands.experiments.image2tag import _photos
+    from commands.experiments.photos import readable_photos
 
     gate = next((m.gate for m in models.methods.values() if getattr(m, "gate", None)), None)
     if gate is None:
         return None
-    _, photos = _photos(posts, store, progress=False)
+    _, photos = readable_photos(posts, store, progress=False)
     probabilities = gate(photos.features)
     return {"mean_probability": round(float(probabilities[:, community].mean()), 3),
             "argmax_right": round(100 * float((probabilities.argmax(axis=1) == community)

@@ -50,7 +50,8 @@ class FeatureStore:
     def _entry(self, digest: str) -> Path:
         return self.directory / digest[:2] / f"{digest}.npz"
 
-    def _save(self, digest: str, features: np.ndarray, probabilities: np.ndarray) -> None:
+    def save(self, digest: str, features: np.ndarray, probabilities: np.ndarray) -> None:
+        """The entry of the photo whose bytes have this sha256 (atomically)."""
         path = self._entry(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -95,7 +96,7 @@ class FeatureStore:
             for (row, digest, _), feature, probability in zip(
                     pending, result.features, result.probabilities, strict=False):
                 features[row], probabilities[row], ok[row] = feature, probability, True
-                self._save(digest, feature, probability)
+                self.save(digest, feature, probability)
             pending.clear()
 
         for row, path in enumerate(tqdm(paths, desc="image features", unit="img",
