@@ -67,12 +67,18 @@ class LocalEngine:
             results = (function(item, **shared) for item in items)
         else:
             from joblib import Parallel, delayed
+            from joblib._parallel_backends import LokyBackend
+
+            from commands.supervisor import end_with_parent
 
             log.info("local: %d tasks of %s on %d processes", len(items), function.__name__,
                      workers)
             # one task a dispatch: the fits last seconds to a minute, and a batch of two
-            # would hold a short fit behind a long one on the same worker
-            results = Parallel(n_jobs=workers, backend="loky", batch_size=1,
+            # would hold a short fit behind a long one on the same worker. Each worker ends
+            # with this process: a SIGKILLed driver left them fitting, then idle with their
+            # memory, for as long as nobody killed them (an outside try)
+            backend = LokyBackend(initializer=end_with_parent, initargs=(os.getpid(),))
+            results = Parallel(n_jobs=workers, backend=backend, batch_size=1,
                                return_as="generator")(
                 delayed(function)(item, **shared) for item in items)
         return _counted(results, len(items), progress)

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -267,17 +268,19 @@ class Supervisor:
             await process.wait()
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """What a child runs before it starts: SIGTERM to it when the supervisor dies, however
-    it dies (Linux's PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan
-    serving on its ports."""
-    def arm() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the supervisor died before the wish was made
-            os.kill(os.getpid(), signal.SIGTERM)
+def end_with_parent(parent: int) -> None:
+    """Run in a child: SIGTERM to it when its parent dies, however it dies (Linux's
+    PR_SET_PDEATHSIG), so a SIGKILLed supervisor or training driver leaves no orphan
+    serving on its ports or holding a fit's memory."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the wish was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    return arm
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """What a child runs before it starts: ``end_with_parent`` (the supervisor's)."""
+    return functools.partial(end_with_parent, parent)
 
 
 def next_backoff(backoff: float) -> float:

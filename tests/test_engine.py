@@ -132,3 +132,47 @@ def test_an_unknown_engine_or_a_stray_address_is_refused():
         make_engine("local", address="ray://head:10001")
     with pytest.raises(SystemExit, match="--workers must be at least 1"):
         LocalEngine(workers=0)
+
+
+def test_a_killed_driver_takes_its_pool_of_workers_with_it(tmp_path: Path) -> None:
+    """SIGKILL to the process that runs the pool (a training's driver): its workers end
+    too, not fit on and then idle with their memory."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import os, time
+from pathlib import Path
+from commands.engine import LocalEngine
+
+def busy(item):
+    Path({str(tmp_path)!r}, f"worker-{{os.getpid()}}").touch()
+    time.sleep(120)
+
+list(LocalEngine(2).map(busy, [0, 1]))
+"""
+    driver = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("worker-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+        assert len(workers) == 2, "the pool's two workers never started their tasks"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                 and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+        assert not alive, f"workers {alive} outlived their driver"
+    finally:
+        driver.kill()
+        for pid in [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -93,6 +93,46 @@ def test_cli_train_writes_a_loadable_model(tmp_path: Path, data_dir: Path, monke
     assert load_image_models(Path(written)).methods.keys() == set(METHODS)
 
 
+def test_ctrl_c_during_training_ends_in_one_line_and_publishes_nothing(
+        tmp_path: Path, data_dir: Path) -> None:
+    """SIGINT to `hashrec train`'s process group while its pool fits: exit 130, one line
+    saying nothing was published, no traceback, no half-written version or scratch."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    posts = tmp_path / "posts.jsonl"
+    food = read_posts(f"food:{data_dir / 'food'}")[:80]
+    posts.write_text("".join(json.dumps({"image": str(p.image), "hashtags": list(p.hashtags)})
+                             + "\n" for p in food))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", "train", "--train", f"jsonl:{posts}",
+         "--min-count", "2", "--out", str(tmp_path / "models"), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "HASHREC_MODELS": str(tmp_path / "store")})
+    try:
+        seen, deadline = [], time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            seen.append(line)
+            if " tasks of _fit_task on 2 processes" in line or not line:
+                break
+        assert any("_fit_task" in line for line in seen), "".join(seen)[-2000:]
+        os.killpg(process.pid, signal.SIGINT)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130
+    assert "Traceback" not in rest, rest[-3000:]
+    assert rest.strip().splitlines()[-1].startswith("hashrec train: interrupted; nothing was "
+                                                    "published")
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+
+
 def test_loaded_photo_indexes_follow_the_index_configuration(trained, monkeypatch) -> None:
     """The kNN's and the graph's neighbour indexes are built by shared/index.photo_index on
     load: above the configured size they are approximate, and still answer."""

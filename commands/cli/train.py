@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from commands.cli.common import _ignored_tags
@@ -56,20 +57,25 @@ def _train(args: argparse.Namespace) -> int:
 
         workers = usable_cores()
     engine = make_engine(args.engine, args.address, workers)
-    if args.train:
-        if args.hold_out is not None or args.hashtag_corpus:
-            raise SystemExit("--hold-out and --hashtag-corpus go with the default model "
-                             "(no --train)")
-        models = train_from_spec(args.train, out, _ignored_tags(args.ignore_tags),
-                                 args.min_count, args.seed,
-                                 args.methods.split(",") if args.methods else None,
-                                 engine)
-    else:
-        corpora = args.hashtag_corpus.split(",") if args.hashtag_corpus else DEFAULT_CORPORA
-        methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
-        models = train_default(out, FeatureStore(models_dir() / "features"), args.hold_out,
-                               corpora=corpora, methods=methods, seed=args.seed,
-                               engine=engine)
+    try:
+        if args.train:
+            if args.hold_out is not None or args.hashtag_corpus:
+                raise SystemExit("--hold-out and --hashtag-corpus go with the default model "
+                                 "(no --train)")
+            models = train_from_spec(args.train, out, _ignored_tags(args.ignore_tags),
+                                     args.min_count, args.seed,
+                                     args.methods.split(",") if args.methods else None,
+                                     engine)
+        else:
+            corpora = args.hashtag_corpus.split(",") if args.hashtag_corpus else DEFAULT_CORPORA
+            methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
+            models = train_default(out, FeatureStore(models_dir() / "features"), args.hold_out,
+                                   corpora=corpora, methods=methods, seed=args.seed,
+                                   engine=engine)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGINT to the process group
+        print("hashrec train: interrupted; nothing was published (the half-written version "
+              "and the photos' scratch are removed)", file=sys.stderr)
+        return 130
     fusion = (f"learned ({models.ranker.weights})" if models.ranker is not None
               else f"{models.fusion.mode} {models.fusion.weights}")
     print(f"model {models.version}: {len(models.vocabulary)} hashtags, methods "
