@@ -30,9 +30,16 @@ def readable_photos(posts: Sequence[Post], store: FeatureStore, progress: bool,
     embedding, ok = (engine or LocalEngine()).embed(store, [p.image for p in with_images],
                                                     progress=progress)
     kept = [p for p, good in zip(with_images, ok, strict=True) if good]
-    if len(kept) < len(posts):
-        log.info("image2tag: %d of %d posts have a readable photo", len(kept), len(posts))
+    _log_unread(len(posts), len(with_images), len(kept))
     return kept, PhotoSet(embedding.features[ok], embedding.probabilities[ok])
+
+
+def _log_unread(posts: int, with_photo: int, read: int) -> None:
+    """One line when some posts bring no photo to train on: tag-only posts (a corpus of
+    hashtag lists) are not broken photos, so the two are counted apart."""
+    if read < posts:
+        log.info("photos: %d of %d posts have a photo that decodes (%d carry no photo, %d "
+                 "do not decode)", read, posts, posts - with_photo, with_photo - read)
 
 
 #: photos embedded (or read from the feature store) at once when they are streamed to disk
@@ -82,8 +89,7 @@ def _photos_to_disk(posts: Sequence[Post], store: FeatureStore, progress: bool,
             probabilities.write(np.ascontiguousarray(embedding.probabilities[ok], dtype).data)
             widths = (embedding.features.shape[1], embedding.probabilities.shape[1])
             bar.update(len(chunk))
-    if len(kept) < len(posts):
-        log.info("photos: %d of %d posts have a readable photo", len(kept), len(posts))
+    _log_unread(len(posts), len(with_images), len(kept))
     return kept, _RowFiles(folder, len(kept), widths, dtype)
 
 
