@@ -69,15 +69,15 @@ class LocalEngine:
             from joblib import Parallel, delayed
             from joblib._parallel_backends import LokyBackend
 
-            from commands.supervisor import end_with_parent
-
             log.info("local: %d tasks of %s on %d processes", len(items), function.__name__,
                      workers)
             # one task a dispatch: the fits last seconds to a minute, and a batch of two
             # would hold a short fit behind a long one on the same worker. Each worker ends
             # with this process: a SIGKILLed driver left them fitting, then idle with their
             # memory, for as long as nobody killed them (an outside try)
-            backend = LokyBackend(initializer=end_with_parent, initargs=(os.getpid(),))
+            backend = LokyBackend(initializer=_start_worker, initargs=(
+                os.getpid(), tuple(sorted((k, v) for k, v in os.environ.items()
+                                          if k.startswith("HASHREC_")))))
             results = Parallel(n_jobs=workers, backend=backend, batch_size=1,
                                return_as="generator")(
                 delayed(function)(item, **shared) for item in items)
@@ -184,6 +184,17 @@ class RayEngine:
 
     def close(self) -> None:
         self.ray.shutdown()
+
+
+def _start_worker(parent: int, settings: tuple[tuple[str, str], ...]) -> None:
+    """A pool worker's start: it ends with its driver. ``settings``, the driver's HASHREC_*
+    environment when the pool is asked for, only ride along: loky reuses a pool whose
+    initializer arguments are the same, and its workers keep the environment they were
+    spawned with, so a changed setting (an index kind, the fit sample) must make a new
+    pool, whose workers start with it."""
+    from commands.supervisor import end_with_parent
+
+    end_with_parent(parent)
 
 
 def _unmapped(value: Any) -> Any:

@@ -153,13 +153,10 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     all three methods one index."""
     import json
 
-    from joblib.externals.loky import get_reusable_executor
-
     from commands.train import hashtag_knowledge
     from shared.index import InnerProductIndex
 
-    monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "50")
-    get_reusable_executor().shutdown(wait=True)  # the pool's workers start with the setting
+    monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "50")  # the pool is made anew with it
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     models = train_image_models(
         posts, feature_store, tmp_path, ignore=frozenset({"food"}),
