@@ -537,8 +537,8 @@ class RankFusion:
         scores = [np.asarray(method_scores[m], dtype=np.float32) for m in self.methods]
         candidates, rows = [], []
         # a few photos at a time: the working arrays below keep 8 B × methods × V a photo
-        # (1.9 GB for 20,000 photos of 7 methods over 1,688 hashtags), more while each
-        # method's ranks are sorted; the features kept take 60 B a candidate
+        # (by arithmetic, 8 × 7 × 1,688 × 20,000 B = 1.9 GB for 20,000 photos), more while
+        # each method's ranks are sorted; the features kept take 60 B a candidate
         for start in range(0, len(scores[0]), FEATURE_CHUNK):
             part_candidates, part_rows = self._chunk_features(
                 [s[start:start + FEATURE_CHUNK] for s in scores])
