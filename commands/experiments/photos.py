@@ -67,7 +67,7 @@ class _RowFiles:
 
 def _photos_to_disk(posts: Sequence[Post], store: FeatureStore, progress: bool,
                     engine: Engine | None, folder: Path) -> tuple[list[Post], _RowFiles]:
-    """``_photos``, STREAM_CHUNK photos at a time, the readable ones' rows appended to raw
+    """``readable_photos``, STREAM_CHUNK photos at a time, the readable ones' rows appended to raw
     files in ``folder``: the driver holds one chunk of a community, not the community."""
     from tqdm import tqdm
 
