@@ -11,6 +11,7 @@ bench/index.py measures the trade-offs at 10k, 100k and 1M vectors.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -172,7 +173,14 @@ class InnerProductIndex:
         (kNN, graph and semantic each fit one of the same photos)."""
         return (self.kind, self.setting, self.recall, self.size, self.dim) == (
             other.kind, other.setting, other.recall, other.size, other.dim) and \
-            np.array_equal(self.vectors, other.vectors)
+            self.vectors_digest() == other.vectors_digest()
+
+    def vectors_digest(self) -> str:
+        """sha256 of the indexed rows as given (kept from the build it travelled from: an
+        approximate index unpickled holds no copy of them to hash)."""
+        if self.__dict__.get("_digest") is None:
+            self._digest = hashlib.sha256(self.vectors.data).hexdigest()
+        return self._digest
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -185,11 +193,16 @@ class InnerProductIndex:
 
     def __getstate__(self) -> dict:
         """Pickled (a fit's result on its way from a pool's worker to the driver, which
-        only writes it): an exact index travels as its vectors alone and makes FAISS's
-        copy of them when first searched, so the driver holds the photos once, not twice."""
+        only writes it): the photos travel once, not twice. An exact index travels as its
+        vectors alone and makes FAISS's copy of them when first searched; an approximate
+        one as FAISS's index alone, as it is stored (``vectors`` reads them back from it:
+        IVF-SQ8's as quantised). Either carries the digest of the rows it was built on."""
         state = dict(self.__dict__)
+        state["_digest"] = self.vectors_digest()
         if self.kind == "flat":
             state["_chunks"], state["_index"] = [self.vectors], None
+        else:
+            state["_chunks"] = []
         return state
 
     def search(self, queries: np.ndarray, k: int, excluded: Sequence[int] = (),
@@ -246,6 +259,7 @@ class InnerProductIndex:
             self._chunks = [self.vectors]
         self._chunks.append(vectors)
         self.size += len(vectors)
+        self._digest = None
         if (self.config.kind_for(self.size, self.dim) != self.kind
                 or (self.kind != "flat" and self.size > 2 * self.built_size)):
             self._index = self._build()

@@ -243,16 +243,25 @@ def test_the_semantic_neighbour_query_from_sparse_tags_is_the_sum_of_their_text(
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
-def test_a_pickled_index_answers_and_grows_as_the_one_it_was(kind: str) -> None:
+def test_a_pickled_index_carries_the_photos_once_and_answers_and_grows_as_before(
+        kind: str) -> None:
     """A fit's index comes back from a pool's worker pickled; an exact one travels as its
-    vectors alone (the driver holds the photos once) and searches and grows as before."""
+    vectors alone, an approximate one as FAISS's index alone (the driver holds the photos
+    once), and each searches, compares equal and grows as before."""
     import pickle
 
     vectors = clustered(3000, dim=32)
     index = InnerProductIndex(vectors, IndexConfig(kind=kind))
     copy = pickle.loads(pickle.dumps(index))
+    assert len(pickle.dumps(index)) < 1.1 * vectors.nbytes
     if kind == "flat":
-        assert copy._index is None and len(pickle.dumps(index)) < 1.1 * vectors.nbytes
+        assert copy._index is None
+    assert copy.same_as(index) and index.same_as(copy)
+    np.testing.assert_array_equal(copy.vectors, index.vectors)
+    grown, other = (pickle.loads(pickle.dumps(index)) for _ in range(2))
+    grown.add(clustered(1, dim=32, seed=7))
+    other.add(clustered(1, dim=32, seed=8))
+    assert not grown.same_as(other)  # as many rows, not the same ones
     queries = clustered(40, dim=32, seed=5)
     for one in (index, copy):
         one.add(clustered(7, dim=32, seed=6))
