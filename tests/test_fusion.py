@@ -11,6 +11,7 @@ import pytest
 from commands.experiments.image2tag import make_methods, out_of_fold_scores, photo_metrics
 from services.recommender.model import (
     CommunityGate,
+    Fusion,
     GatedMethod,
     RankFusion,
     outside_candidates,
@@ -148,6 +149,37 @@ def test_the_learned_fusion_describes_photos_a_chunk_at_a_time_as_it_would_all_a
     assert len(chunked_candidates) == len(candidates) == 300
     assert all(np.array_equal(a, b) for a, b in zip(chunked_candidates, candidates,
                                                      strict=True))
+
+
+def test_the_linear_fusion_ranks_a_chunk_of_photos_at_a_time_to_the_same_weights(
+        monkeypatch) -> None:
+    """Fusion.fit's 252 trials each fuse and rank every photo: FEATURE_CHUNK photos at a
+    time, the R@5 of the whole the chunks' means averaged, the weights found the same."""
+    import services.recommender.model as model
+    from shared.eval.metrics import recall_at_k, top_k
+
+    rng = np.random.default_rng(7)
+    truth = [frozenset(rng.choice(80, rng.integers(1, 4), replace=False).tolist())
+             for _ in range(300)]
+    scores = {}
+    for number, name in enumerate(("a", "b", "c")):
+        part = rng.random((300, 80)).astype(np.float32) * (rng.random((300, 80)) < 0.1)
+        for row, gold in enumerate(truth):  # each method knows a little more of the truth
+            part[row, list(gold)] += rng.random() * 0.4 * number
+        scores[name] = part
+    seen = []
+
+    def r_at_5(fused: np.ndarray, gold) -> float:
+        seen.append(len(fused))
+        return recall_at_k(top_k(fused, 5), gold, 5)
+
+    monkeypatch.setattr(model, "FEATURE_CHUNK", 1000)
+    whole = Fusion.fit(scores, truth, r_at_5)
+    monkeypatch.setattr(model, "FEATURE_CHUNK", 7)  # 300 photos in 43 chunks, the last short
+    seen.clear()
+    chunked = Fusion.fit(scores, truth, r_at_5)
+    assert max(seen) == 7 and (chunked.mode, chunked.weights) == (whole.mode, whole.weights)
+    assert len(set(whole.weights.values())) > 1  # the search moved off its start
 
 
 def test_a_gate_fit_again_on_the_same_photos_with_another_strength_is_fit_anew() -> None:
