@@ -62,7 +62,9 @@ class LocalEngine:
 
     def map(self, function: Callable[..., Any], items: Sequence[Any],
             progress: str | None = None, **shared: Any) -> Iterator[Any]:
-        workers = min(self.workers, len(items))
+        # one task goes to the pool too: what it loads (a text encoder) stays out of this
+        # process, and the pool keeps its size whatever the batch
+        workers = self.workers
         if workers <= 1:
             results = (function(item, **shared) for item in items)
         else:

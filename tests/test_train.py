@@ -155,17 +155,36 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
 
     from commands.train import hashtag_knowledge
     from shared.index import InnerProductIndex
+    from shared.text import TEXT_ENCODERS
 
     monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "50")  # the pool is made anew with it
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
+    text = hashtag_knowledge(("harrison:harrison",), store_dir=tmp_path / "text")
+
+    def loaded_here(*args, **kwargs) -> None:
+        raise AssertionError("the text encoder loaded in the training driver")
+
+    # the new text store's vectors are computed in a worker (spawned, not patched)
+    monkeypatch.setattr(TEXT_ENCODERS["minilm"], "__init__", loaded_here)
+    arrived = []  # the photo indexes that reach the driver from the pool's workers
+
+    def unpickled(self, state: dict) -> None:
+        arrived.append(state["size"])
+        self.__dict__.update(state)
+
+    monkeypatch.setattr(InnerProductIndex, "__setstate__", unpickled, raising=False)
     models = train_image_models(
         posts, feature_store, tmp_path, ignore=frozenset({"food"}),
         methods=("knn", "graph", "semantic"), min_count=2, folds=2, progress=False,
-        engine=pool(), text=hashtag_knowledge(("harrison:harrison",), store_dir=tmp_path / "text"))
-    # the driver keeps one of the three equal indexes the fits built
+        engine=pool(), text=text)
+    # the driver keeps one of the three equal indexes the fits built, and its own text
+    # resources: the semantic fit's worker sends back no copy of them
+    assert any((tmp_path / "text").rglob("*.npz"))
     assert models.methods["knn"].index.kind == "ivf"
     assert models.methods["knn"].index is models.methods["graph"].visual_index \
         is models.methods["semantic"].visual_index
+    assert models.methods["semantic"].resources is text
+    assert len(arrived) == 1  # kNN's final fit sent it; graph's and semantic's named it
     manifest = json.loads((models.directory / "manifest.json").read_text())
     indexes = ("knn/features", "graph/visual_features", "semantic/visual_features")
     stored = {name: manifest.get("aliases", {}).get(f"{name}_faiss.npy", f"{name}_faiss.npy")
@@ -185,6 +204,12 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     queries = photos.subset(np.arange(10))
     np.testing.assert_allclose(loaded.methods["knn"].scores(queries),
                                models.methods["knn"].scores(queries), rtol=1e-5, atol=1e-6)
+    # what a worker's final semantic fit sends back: the method without the resources
+    from commands.experiments.image2tag import _fit_task
+
+    sent, _ = _fit_task((None, "semantic", text), photos, models.vocabulary,
+                        np.zeros(len(photos), np.int64), seed=0)
+    assert sent.resources is None and sent.weights is not None
 
 
 def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
@@ -295,3 +320,26 @@ def test_the_fusions_learn_from_a_seeded_sample_of_the_photos_when_there_are_mor
     monkeypatch.setenv("HASHREC_FIT_SAMPLE", "5")
     with pytest.raises(ValueError, match="HASHREC_FIT_SAMPLE must be at least 100"):
         train_image_models(posts, feature_store, tmp_path, methods=("frequency",))
+
+
+def test_a_photo_index_reference_that_names_no_sent_index_is_refused_by_name() -> None:
+    """A final fit whose photo index stayed in its worker names it by digest; a driver
+    that has no equal index says so (which method, which sender), not a later crash."""
+    from commands.experiments.image2tag import (
+        PhotoIndexRef,
+        resolve_photo_index_refs,
+        without_photo_indexes,
+    )
+    from services.recommender.model import KnnMethod
+    from shared.index import photo_index
+
+    vectors = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    sent, other = photo_index(vectors), photo_index(vectors[::-1].copy())
+    method = without_photo_indexes(KnnMethod(index=photo_index(vectors)))
+    assert isinstance(method.index, PhotoIndexRef)
+    resolve_photo_index_refs(method, [other, sent], "knn")
+    assert method.index is sent
+    lost = without_photo_indexes(KnnMethod(index=photo_index(vectors)))
+    with pytest.raises(RuntimeError, match=r"knn: its photo index \(40 rows\) is none of "
+                                           r"those the semantic fit sent"):
+        resolve_photo_index_refs(lost, [other], "semantic")

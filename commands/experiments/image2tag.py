@@ -177,15 +177,22 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
     tasks = longest_first([(fold, name) for fold in range(folds) for name in methods])
     if finals:
         tasks += longest_first([(None, name) for name in methods])
-    if text is not None and "semantic" in methods:  # the text store filled once, here
-        SemanticMethod(class_names(), text).texts(vocab)
+    if text is not None and "semantic" in methods:
+        # the text store filled once, before the fits would each embed what it lacks, and
+        # in a worker: the text encoder (torch and MiniLM: +0.6 GB resident, bench/train.py
+        # on 29,144 photos) never loads in the driver
+        for _ in (engine or LocalEngine()).map(_fill_text_store, [vocab], text=text):
+            pass
     # the text resources (~10 MB pickled) travel with the semantic method's tasks alone
     items = [(fold, name, text if name == "semantic" else None) for fold, name in tasks]
     route = routed is not None and n_communities(train) > 1
+    # one final fit sends its photo indexes to the driver; the others name them
+    sender = next((m for m in PHOTO_INDEX_METHODS if m in methods), None)
     done = (engine or LocalEngine()).map(_fit_task, items,
                                           progress="fits" if progress else None, train=train,
                                           vocab=vocab, fold_of=fold_of, seed=seed,
-                                          **({"routed": True} if route else {}))
+                                          **({"routed": True} if route else {}),
+                                          **({"index_sender": sender} if sender else {}))
     out_of_fold: dict[str, np.ndarray] = {}
     fitted: dict[str, Method] = {}
     photo_indexes: list[InnerProductIndex] = []  # one of each, whichever method fit it
@@ -194,6 +201,7 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
         if cpu_seconds is not None:
             cpu_seconds[name] = round(cpu_seconds.get(name, 0.0) + seconds, 1)
         if fold is None:
+            with_text(result, text)
             share_photo_indexes(result, photo_indexes)
             fitted[name] = result
             continue
@@ -206,25 +214,80 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
         waiting -= 1
         if not waiting and meanwhile is not None:
             alongside = meanwhile({m: out_of_fold[m] for m in methods})
+    for method in fitted.values():
+        resolve_photo_index_refs(method, photo_indexes, sender)
     return ({m: out_of_fold[m] for m in methods}, [fitted[m] for m in methods if finals],
             alongside)
 
 
-def share_photo_indexes(method: Method, kept: list[InnerProductIndex]) -> None:
-    """Points ``method``'s photo indexes (each community's, when gated) at an equal one in
-    ``kept``, and adds those new to it. kNN, graph and semantic each fit an index of the
-    same photos, in a worker of their own; the driver keeps one (at 100,000 photos each
-    holds 1 GB: the vectors and FAISS's copy), as the artifact stores one."""
+def with_text(method: Method, text: TextResources | None) -> Method:
+    """``method`` (each community's, when gated) pointed at ``text``. A fit method needs
+    its text resources no more: a final fit's semantic method leaves its worker without
+    them (None) and takes the driver's, where each returned a copy of its own to the
+    driver (the segmenter's dictionaries: over a million small objects)."""
+    for owner in getattr(method, "inner", [method]):
+        if hasattr(owner, "resources"):
+            owner.resources = text
+    return method
+
+
+#: the methods whose fit indexes the training photos (each community's, when gated): equal
+#: indexes. The first of them in this order that trains sends its indexes from its worker
+#: to the driver; the others send a ``PhotoIndexRef`` to each (at 100,000 photos an index
+#: is 0.5 GB: the driver held two at once while it kept one, docs/scaling.md)
+PHOTO_INDEX_METHODS = ("knn", "semantic", "graph")
+
+
+@dataclass(frozen=True)
+class PhotoIndexRef:
+    """A final fit's photo index left in its worker, named by the digest of its rows (the
+    equal index another method's fit sent stands in for it)."""
+
+    digest: str
+    size: int
+
+
+def _photo_index_slots(method: Method) -> Iterator[tuple[Any, str, Any]]:
+    """(owner, attribute, its index or reference) of each photo index of ``method``."""
     for owner in getattr(method, "inner", [method]):
         for attribute in ("index", "visual_index"):
             index = getattr(owner, attribute, None)
-            if not isinstance(index, InnerProductIndex):
-                continue
-            same = next((known for known in kept if known.same_as(index)), None)
+            if isinstance(index, InnerProductIndex | PhotoIndexRef):
+                yield owner, attribute, index
+
+
+def share_photo_indexes(method: Method, kept: list[InnerProductIndex]) -> None:
+    """Points ``method``'s photo indexes (each community's, when gated) at an equal one in
+    ``kept``, and adds those new to it: the driver keeps one, as the artifact stores one."""
+    for owner, attribute, index in _photo_index_slots(method):
+        if not isinstance(index, InnerProductIndex):
+            continue
+        same = next((known for known in kept if known.same_as(index)), None)
+        if same is None:
+            kept.append(index)
+        else:
+            setattr(owner, attribute, same)
+
+
+def without_photo_indexes(method: Method) -> Method:
+    """``method`` with a ``PhotoIndexRef`` in place of each photo index (in its worker)."""
+    for owner, attribute, index in _photo_index_slots(method):
+        if isinstance(index, InnerProductIndex):
+            setattr(owner, attribute, PhotoIndexRef(index.vectors_digest(), index.size))
+    return method
+
+
+def resolve_photo_index_refs(method: Method, kept: Sequence[InnerProductIndex],
+                             sender: str | None) -> None:
+    """Puts the equal index of ``kept`` in place of each of ``method``'s references."""
+    for owner, attribute, ref in _photo_index_slots(method):
+        if isinstance(ref, PhotoIndexRef):
+            same = next((known for known in kept if known.size == ref.size
+                         and known.vectors_digest() == ref.digest), None)
             if same is None:
-                kept.append(index)
-            else:
-                setattr(owner, attribute, same)
+                raise RuntimeError(f"{method.name}: its photo index ({ref.size} rows) is "
+                                   f"none of those the {sender} fit sent")
+            setattr(owner, attribute, same)
 
 
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
@@ -234,11 +297,18 @@ def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[
     return folds_and_finals(train, vocab, methods, folds, seed, text, engine, finals=False)[0]
 
 
+def _fill_text_store(vocab: Sequence[str], text: TextResources) -> None:
+    """The text vectors the semantic fits of ``vocab`` read, computed where missing."""
+    SemanticMethod(class_names(), text).texts(vocab)
+
+
 def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSet,
               vocab: Sequence[str], fold_of: np.ndarray, seed: int, routed: bool = False,
+              index_sender: str | None = None,
               ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray] | Method, float]:
-    """task (fold, method, its text resources): (fold None: the method fit on every photo;
-    a fold: the scores of that fold by the method fit on the others, with ``routed`` also
+    """task (fold, method, its text resources): (fold None: the method fit on every photo,
+    its photo indexes left here unless it is the ``index_sender`` (or there is none); a
+    fold: the scores of that fold by the method fit on the others, with ``routed`` also
     those with each photo routed to its own community; the CPU seconds it took)."""
     fold, name, text = task
     started = time.process_time()
@@ -246,7 +316,9 @@ def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSe
         (method,) = make_methods([name], seed, text, n_communities(train))
         if fold is None:
             method.fit(train, vocab)
-            return method, time.process_time() - started
+            if index_sender not in (None, name):
+                without_photo_indexes(method)
+            return with_text(method, None), time.process_time() - started
         method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
         held = train.subset(np.flatnonzero(fold_of == fold))
         scores = method.scores(held)
@@ -261,7 +333,7 @@ def fitted_methods(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str]
                    ) -> list[Method]:
     """Every method fit on all the training photos (side by side on an ``engine``)."""
     fold_of = np.zeros(len(train), dtype=np.int64)
-    return [method for method, _ in (engine or LocalEngine()).map(
+    return [with_text(method, text) for method, _ in (engine or LocalEngine()).map(
         _fit_task, [(None, name, text) for name in methods], train=train, vocab=vocab,
         fold_of=fold_of, seed=seed)]
 
