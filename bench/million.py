@@ -26,6 +26,11 @@
 7. **A million photos** in a model artifact (bench/million_photos.py): the photo index
    stored at training and read whole at load: size on disk, load seconds, the kNN's
    scores p99 for one photo.
+8. **The training driver at --driver-photos photos** (bench/train.py's measurement, the
+   shipped photos resampled): its own peak RSS (ru_maxrss), every process's together,
+   wall seconds. The default recipe's seven methods at 100,000 photos take hours on two
+   cores; --driver-methods names fewer (those whose fits return a photo index: knn,
+   semantic, graph) to measure what grows with the photos.
 
 Writes out/million.json.
 """
@@ -371,6 +376,22 @@ def users_part(args: argparse.Namespace) -> dict:
     return report
 
 
+def driver_part(photos: int, methods: str | None) -> dict:
+    """The training driver's memory at ``photos`` photos (bench/train.py's ``measure``)."""
+    from train import measure, warm_feature_store
+
+    warm_feature_store()
+    chosen = tuple(methods.split(",")) if methods else None
+    print(f"the training driver on {photos:,} photos ({methods or 'the default recipe'}) ...",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="hashrec-bench-driver-") as scratch:
+        row = measure(photos, None, Path(scratch), chosen)
+    return {"photos": row["photos"], "methods": list(row["fit_cpu_s"]),
+            "driver_peak_rss_mib": row["driver_peak_rss_mib"],
+            "all_processes_peak_rss_mib": row["peak_rss_mib"], "wall_s": row["wall_s"],
+            "stage_s": row["stage_s"], "driver_rss_mib": row["driver_rss_mib"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1_000_000, help="0: not measured")
@@ -383,6 +404,12 @@ def main() -> None:
     parser.add_argument("--image-model", type=Path, default=None,
                         help="whose photos are resampled; default: the newest under "
                              "$HASHREC_MODELS")
+    parser.add_argument("--driver-photos", type=int, default=100_000,
+                        help="photos the training driver's peak is measured at; 0: not "
+                             "measured")
+    parser.add_argument("--driver-methods", default=None,
+                        help="methods trained for it, comma-separated (default: the "
+                             "default recipe's seven)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kept-expected", type=int, default=KEPT_EXPECTED,
                         help="for the profiles' bytes and fidelity only (the services keep "
@@ -395,6 +422,8 @@ def main() -> None:
     if args.photos and not args.profiles_only:
         print(f"a {args.photos:,}-photo artifact ...", flush=True)
         report["photos"] = photo_artifact(args.photos, args.image_model, args.seed)
+    if args.driver_photos and not args.profiles_only:
+        report["training_driver"] = driver_part(args.driver_photos, args.driver_methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

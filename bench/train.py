@@ -54,9 +54,10 @@ SHIPPED_PHOTOS = 2_794
 
 
 def child(photos: int, out: Path, workers: int | None,
-          resampled: Path | None = None) -> None:
+          resampled: Path | None = None, methods: tuple[str, ...] | None = None) -> None:
     """One training, in this process: the default recipe on ``photos`` photos (the
-    ``resampled`` ones when given: ``resample``'s folder)."""
+    ``resampled`` ones when given: ``resample``'s folder), with ``methods`` in place of the
+    default seven when given."""
     from commands.engine import LocalEngine
     from commands.experiments.image2tag import Community
     from commands.train import (
@@ -89,7 +90,7 @@ def child(photos: int, out: Path, workers: int | None,
     text = hashtag_knowledge(DEFAULT_CORPORA, None, read)  # every post's hashtags, as served
     read_s = time.perf_counter() - started
     engine = LocalEngine(workers or usable_cores())
-    models = train_communities(members, store, out, DEFAULT_METHODS, folds=3,
+    models = train_communities(members, store, out, methods or DEFAULT_METHODS, folds=3,
                                progress=False, text=text, engine=engine)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # this process alone
     (out / "read.json").write_text(json.dumps({"read_s": read_s,
@@ -199,7 +200,8 @@ def _cpu_and_rss(pids: list[int]) -> tuple[float, float]:
     return cpu, rss
 
 
-def measure(photos: int, workers: int | None, scratch: Path) -> dict:
+def measure(photos: int, workers: int | None, scratch: Path,
+            methods: tuple[str, ...] | None = None) -> dict:
     """Runs ``child`` in a fresh process and reads it from outside: a sample of the tree's
     CPU and memory every half second; the totals from wait4 when it ends. Beyond the
     shipped photos, on resampled ones (``resample``, before the clock starts)."""
@@ -207,6 +209,8 @@ def measure(photos: int, workers: int | None, scratch: Path) -> dict:
     command = [sys.executable, __file__, "--child", str(photos), "--out", str(out)]
     if workers:
         command += ["--workers", str(workers)]
+    if methods:
+        command += ["--methods", ",".join(methods)]
     if photos > SHIPPED_PHOTOS:
         print(f"  resampling {photos:,} photos from the shipped ones (not timed)", flush=True)
         resample(photos, scratch / f"resampled-{photos}")
@@ -317,14 +321,18 @@ def main() -> None:
                         help="photo counts to train on, comma-separated (0: every photo)")
     parser.add_argument("--workers", type=int, default=None,
                         help="the pool's processes (default: the usable cores)")
+    parser.add_argument("--methods", default=None,
+                        help="methods to train, comma-separated (default: the default "
+                             "recipe's seven); e.g. the driver's memory without the costly fits")
     parser.add_argument("--json", type=Path, default=Path("out/train.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/train.png"))
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--resampled", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    methods = tuple(args.methods.split(",")) if args.methods else None
     if args.child is not None:
-        child(args.child, args.out, args.workers, args.resampled)
+        child(args.child, args.out, args.workers, args.resampled, methods)
         return
 
     sizes = [int(n) for n in args.photos.split(",")]
@@ -334,7 +342,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="hashrec-bench-train-") as scratch:
         for photos in sizes:
-            rows.append(measure(photos, args.workers, Path(scratch)))
+            rows.append(measure(photos, args.workers, Path(scratch), methods))
             print(f"  {rows[-1]['photos']} photos: {rows[-1]['wall_s']} s", flush=True)
     for before, row in itertools.pairwise(rows):
         row["growth_exponent"] = round(math.log(row["wall_s"] / before["wall_s"])
