@@ -233,8 +233,10 @@ def measure(photos: int, workers: int | None, scratch: Path,
     done.set()
     sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"training on {photos} photos failed: see {scratch}/n{photos}.log")
+    if process.returncode:  # the scratch folder goes with the run: its log's end, here
+        tail = (scratch / f"n{photos}.log").read_text(errors="replace").splitlines()[-25:]
+        raise SystemExit(f"training on {photos} photos failed; the end of its log:\n"
+                         + "\n".join(tail))
     read = json.loads((out / "read.json").read_text())
     manifest = json.loads((Path(read["directory"]) / "manifest.json").read_text())
     training = manifest["training"]

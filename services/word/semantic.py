@@ -27,6 +27,7 @@ import numpy as np
 from scipy import sparse
 
 from shared.artifacts import ArtifactReader, ArtifactWriter
+from shared.data.split import fit_sample
 from shared.index import InnerProductIndex, l2_normalized, load_index, photo_index, save_index
 from shared.photos import PhotoSet, hashtag_votes, log_prior, sparse_hashtag_matrix
 
@@ -80,10 +81,14 @@ class SemanticMethod:
                                                                           vocabulary_prior)])
         self.visual_index = photo_index(l2_normalized(photos.features))
         self.train_tags = sparse_hashtag_matrix(photos.hashtags, len(vocab))
-        label_part, neighbour_part = self._similarities(photos, exclude_self=True,
-                                                        columns=len(vocab))
-        self.weights = self._fit_weights(label_part, neighbour_part,
-                                         vocabulary_prior, photos.hashtags)
+        # a, b, c, d are fit on a seeded sample of the photos (HASHREC_FIT_SAMPLE, all
+        # of them up to it): over every photo the regression's inputs are 3 × photos × V
+        # values (at 100,000 photos a worker went past 10 GB and was killed)
+        rows = fit_sample(len(photos), 0)
+        label_part, neighbour_part = self._similarities(photos.subset(rows),
+                                                        exclude_self=True, columns=len(vocab))
+        self.weights = self._fit_weights(label_part, neighbour_part, vocabulary_prior,
+                                         [photos.hashtags[row] for row in rows])
         log.info("semantic: %d vocabulary + %d corpus hashtags; weights labels %.2f, "
                  "neighbours %.2f, prior %.2f, bias %.2f", len(vocab), len(self.extra),
                  *self.weights)
