@@ -17,12 +17,13 @@ three.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -33,6 +34,18 @@ MANIFEST = "manifest.json"
 #: (smaller ones are not worth an alias in the manifest)
 SHARED_MIN_BYTES = 1 << 16
 log = logging.getLogger(__name__)
+
+
+class _HashingFile:
+    """A file to write whose bytes are hashed (sha256) and counted on their way."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        return self.file.write(data)
 
 
 class ArtifactWriter:
@@ -47,21 +60,53 @@ class ArtifactWriter:
         self.files[path.relative_to(self.directory).as_posix()] = sha256_file(path)
 
     def array(self, name: str, value: np.ndarray) -> None:
+        """``value`` as ``name``.npy, streamed to the file through its digest (numpy writes
+        a large array 16 MiB at a time): no copy of it is made in memory."""
+        self._stored(name, lambda out: np.save(out, np.asarray(value), allow_pickle=False))
+
+    def bytes_array(self, name: str, produce: Callable[[BinaryIO], Any]) -> None:
+        """The bytes ``produce(file)`` writes, as ``name``.npy: a uint8 array, the same file
+        as ``array`` of those bytes would be. They go to a scratch file first (the header
+        needs their length), then into the array's file, so a writer that streams (FAISS
+        writing an index) never has them in memory at once."""
+        raw = self.directory / f".{name.replace('/', '_')}.raw"
+        try:
+            with raw.open("wb") as out:
+                produce(out)
+            size = raw.stat().st_size
+
+            def copied(out: BinaryIO) -> None:
+                np.lib.format.write_array_header_1_0(out, {
+                    "descr": "|u1", "fortran_order": False, "shape": (size,)})
+                with raw.open("rb") as source:
+                    shutil.copyfileobj(source, out, 16 << 20)
+
+            self._stored(name, copied)
+        finally:
+            raw.unlink(missing_ok=True)
+
+    def _stored(self, name: str, write: Callable[[BinaryIO], Any]) -> None:
         relative = f"{name}.npy"
         if relative in self.files or relative in self.aliases:
             # an alias of it, or the digest's first name, would name bytes since replaced
             raise ValueError(f"{self.directory}: {relative} written twice")
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(value), allow_pickle=False)
-        data = buffer.getbuffer()  # the buffer's own bytes, not a second copy of them
-        digest = hashlib.sha256(data).hexdigest()
-        first = self._by_digest.get(digest)
-        if first is not None and first != relative and len(data) >= SHARED_MIN_BYTES:
-            self.aliases[relative] = first
-            return
         path = self.directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with partial.open("wb") as file:
+                hashing = _HashingFile(file)
+                write(hashing)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        digest, size = hashing.digest.hexdigest(), hashing.size
+        first = self._by_digest.get(digest)
+        if first is not None and first != relative and size >= SHARED_MIN_BYTES:
+            partial.unlink()
+            self.aliases[relative] = first
+            return
+        partial.replace(path)
         self.files[relative] = digest
         self._by_digest.setdefault(digest, relative)
 
