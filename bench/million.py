@@ -29,8 +29,8 @@
 8. **The training driver at --driver-photos photos** (bench/train.py's measurement, the
    shipped photos resampled): its own peak RSS (ru_maxrss), every process's together,
    wall seconds. The default recipe's seven methods at 100,000 photos take hours on two
-   cores; --driver-methods names fewer (those whose fits return a photo index: knn,
-   semantic, graph) to measure what grows with the photos.
+   cores (--driver-methods default); by default frequency, kNN and semantic train: kNN's
+   and semantic's fits index every photo, what grows with the photos in the driver.
 
 Writes out/million.json.
 """
@@ -381,7 +381,7 @@ def driver_part(photos: int, methods: str | None) -> dict:
     from train import measure, warm_feature_store
 
     warm_feature_store()
-    chosen = tuple(methods.split(",")) if methods else None
+    chosen = None if methods in (None, "", "default") else tuple(methods.split(","))
     print(f"the training driver on {photos:,} photos ({methods or 'the default recipe'}) ...",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="hashrec-bench-driver-") as scratch:
@@ -407,9 +407,10 @@ def main() -> None:
     parser.add_argument("--driver-photos", type=int, default=100_000,
                         help="photos the training driver's peak is measured at; 0: not "
                              "measured")
-    parser.add_argument("--driver-methods", default=None,
-                        help="methods trained for it, comma-separated (default: the "
-                             "default recipe's seven)")
+    parser.add_argument("--driver-methods", default="frequency,knn,semantic",
+                        help="methods trained for it, comma-separated, or 'default' for "
+                             "the default recipe's seven (hours at 100,000 photos on two "
+                             "cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kept-expected", type=int, default=KEPT_EXPECTED,
                         help="for the profiles' bytes and fidelity only (the services keep "

@@ -64,7 +64,7 @@ class LocalEngine:
             progress: str | None = None, **shared: Any) -> Iterator[Any]:
         # one task goes to the pool too: what it loads (a text encoder) stays out of this
         # process, and the pool keeps its size whatever the batch
-        workers = self.workers
+        workers = self.workers if items else 1
         if workers <= 1:
             results = (function(item, **shared) for item in items)
         else:

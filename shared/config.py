@@ -111,7 +111,8 @@ def env_number(name: str, default: float, kind: type = float) -> float:
 
 FIT_SAMPLE_ENV = "HASHREC_FIT_SAMPLE"
 #: the most training photos whose out-of-fold scores fit the fusions, and that fit the
-#: community gate (a sample of a larger collection, seeded). The fusions fit on 1,000 of
+#: community gate and the semantic method's four weights (a sample of a larger
+#: collection, seeded). The fusions fit on 1,000 of
 #: 1,758 photos validated as well as on all (bench/fit_sample.py); each sampled photo
 #: costs the driver 2 × 7 methods × V × 4 B of scores (95 KB at 1,688 hashtags), and
 #: the linear fusion's normalised copy of them. 3,000: the shipped photos (2,794) are

@@ -153,6 +153,7 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     all three methods one index."""
     import json
 
+    from commands.engine import LocalEngine
     from commands.train import hashtag_knowledge
     from shared.index import InnerProductIndex
     from shared.text import TEXT_ENCODERS
@@ -176,7 +177,7 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     models = train_image_models(
         posts, feature_store, tmp_path, ignore=frozenset({"food"}),
         methods=("knn", "graph", "semantic"), min_count=2, folds=2, progress=False,
-        engine=pool(), text=text)
+        engine=LocalEngine(2), text=text)  # a pool, whatever the cores: a worker embeds
     # the driver keeps one of the three equal indexes the fits built, and its own text
     # resources: the semantic fit's worker sends back no copy of them
     assert any((tmp_path / "text").rglob("*.npz"))
@@ -322,24 +323,35 @@ def test_the_fusions_learn_from_a_seeded_sample_of_the_photos_when_there_are_mor
         train_image_models(posts, feature_store, tmp_path, methods=("frequency",))
 
 
-def test_a_photo_index_reference_that_names_no_sent_index_is_refused_by_name() -> None:
-    """A final fit whose photo index stayed in its worker names it by digest; a driver
-    that has no equal index says so (which method, which sender), not a later crash."""
-    from commands.experiments.image2tag import (
-        PhotoIndexRef,
-        resolve_photo_index_refs,
-        without_photo_indexes,
-    )
-    from services.recommender.model import KnnMethod
-    from shared.index import photo_index
+def test_a_final_fit_whose_photo_index_is_unlike_the_sent_one_is_fit_again_with_its_own(
+        data_dir: Path, feature_store, monkeypatch, caplog) -> None:
+    """A final fit leaves its photo index in its worker and names it by digest; where the
+    driver holds no equal index (rows rounded otherwise on another machine), that method
+    is fit again and sends its own, with a warning, and training goes on."""
+    import logging
 
-    vectors = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
-    sent, other = photo_index(vectors), photo_index(vectors[::-1].copy())
-    method = without_photo_indexes(KnnMethod(index=photo_index(vectors)))
-    assert isinstance(method.index, PhotoIndexRef)
-    resolve_photo_index_refs(method, [other, sent], "knn")
-    assert method.index is sent
-    lost = without_photo_indexes(KnnMethod(index=photo_index(vectors)))
-    with pytest.raises(RuntimeError, match=r"knn: its photo index \(40 rows\) is none of "
-                                           r"those the semantic fit sent"):
-        resolve_photo_index_refs(lost, [other], "semantic")
+    from commands.engine import LocalEngine
+    from commands.experiments import image2tag
+    from commands.experiments.image2tag import PhotoIndexRef, folds_and_finals
+
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:80]
+    photos, vocabulary = training_photos(posts, feature_store, frozenset({"food"}), 2, 1000,
+                                         False)
+    named = image2tag.without_photo_indexes
+
+    def misnamed(method):  # the first time graph names its index, a digest nobody sent
+        named(method)
+        if method.name == "graph" and not sent:
+            method.visual_index = PhotoIndexRef("0" * 64, *[
+                getattr(method.visual_index, f) for f in ("size", "kind", "setting")])
+        sent.append(method.name)
+        return method
+
+    sent: list[str] = []
+    monkeypatch.setattr(image2tag, "without_photo_indexes", misnamed)
+    with caplog.at_level(logging.WARNING):
+        _, (knn, graph), _ = folds_and_finals(photos, vocabulary.terms, ["knn", "graph"], 2,
+                                              0, engine=LocalEngine(1))
+    assert sent == ["graph"]  # once: the second fit sent its own
+    assert graph.visual_index is knn.index
+    assert "['graph']: photo indexes unlike the ones the knn fit sent" in caplog.text

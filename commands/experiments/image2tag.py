@@ -179,8 +179,8 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
         tasks += longest_first([(None, name) for name in methods])
     if text is not None and "semantic" in methods:
         # the text store filled once, before the fits would each embed what it lacks, and
-        # in a worker: the text encoder (torch and MiniLM: +0.6 GB resident, bench/train.py
-        # on 29,144 photos) never loads in the driver
+        # in a pool's worker where there is a pool: the text encoder (torch and MiniLM:
+        # +0.6 GB resident, bench/train.py on 29,144 photos) stays out of the driver
         for _ in (engine or LocalEngine()).map(_fill_text_store, [vocab], text=text):
             pass
     # the text resources (~10 MB pickled) travel with the semantic method's tasks alone
@@ -214,8 +214,20 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
         waiting -= 1
         if not waiting and meanwhile is not None:
             alongside = meanwhile({m: out_of_fold[m] for m in methods})
-    for method in fitted.values():
-        resolve_photo_index_refs(method, photo_indexes, sender)
+    unresolved = [name for name, method in fitted.items()
+                  if not resolve_photo_index_refs(method, photo_indexes)]
+    if unresolved:  # not the sender's rows after all (another machine's rounding): fit again
+        log.warning("%s: photo indexes unlike the ones the %s fit sent; fitting again to "
+                    "send their own", unresolved, sender)
+        again = (engine or LocalEngine()).map(
+            _fit_task, [(None, name, text if name == "semantic" else None)
+                        for name in unresolved],
+            train=train, vocab=vocab, fold_of=fold_of, seed=seed)
+        for name, (method, seconds) in zip(unresolved, again, strict=True):
+            if cpu_seconds is not None:
+                cpu_seconds[name] = round(cpu_seconds.get(name, 0.0) + seconds, 1)
+            share_photo_indexes(with_text(method, text), photo_indexes)
+            fitted[name] = method
     return ({m: out_of_fold[m] for m in methods}, [fitted[m] for m in methods if finals],
             alongside)
 
@@ -240,11 +252,18 @@ PHOTO_INDEX_METHODS = ("knn", "semantic", "graph")
 
 @dataclass(frozen=True)
 class PhotoIndexRef:
-    """A final fit's photo index left in its worker, named by the digest of its rows (the
-    equal index another method's fit sent stands in for it)."""
+    """A final fit's photo index left in its worker, named by its kind, tuning and the
+    digest of its rows (the equal index another method's fit sent stands in for it)."""
 
     digest: str
     size: int
+    kind: str
+    setting: int | None
+
+    def names(self, index: InnerProductIndex) -> bool:
+        return (self.size, self.kind, self.setting) == (index.size, index.kind,
+                                                          index.setting) \
+            and index.vectors_digest() == self.digest
 
 
 def _photo_index_slots(method: Method) -> Iterator[tuple[Any, str, Any]]:
@@ -273,21 +292,23 @@ def without_photo_indexes(method: Method) -> Method:
     """``method`` with a ``PhotoIndexRef`` in place of each photo index (in its worker)."""
     for owner, attribute, index in _photo_index_slots(method):
         if isinstance(index, InnerProductIndex):
-            setattr(owner, attribute, PhotoIndexRef(index.vectors_digest(), index.size))
+            setattr(owner, attribute, PhotoIndexRef(index.vectors_digest(), index.size,
+                                                    index.kind, index.setting))
     return method
 
 
-def resolve_photo_index_refs(method: Method, kept: Sequence[InnerProductIndex],
-                             sender: str | None) -> None:
-    """Puts the equal index of ``kept`` in place of each of ``method``'s references."""
+def resolve_photo_index_refs(method: Method, kept: Sequence[InnerProductIndex]) -> bool:
+    """Puts the equal index of ``kept`` in place of each of ``method``'s references;
+    whether every one had its equal."""
+    whole = True
     for owner, attribute, ref in _photo_index_slots(method):
         if isinstance(ref, PhotoIndexRef):
-            same = next((known for known in kept if known.size == ref.size
-                         and known.vectors_digest() == ref.digest), None)
+            same = next((known for known in kept if ref.names(known)), None)
             if same is None:
-                raise RuntimeError(f"{method.name}: its photo index ({ref.size} rows) is "
-                                   f"none of those the {sender} fit sent")
-            setattr(owner, attribute, same)
+                whole = False
+            else:
+                setattr(owner, attribute, same)
+    return whole
 
 
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
@@ -316,7 +337,7 @@ def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSe
         (method,) = make_methods([name], seed, text, n_communities(train))
         if fold is None:
             method.fit(train, vocab)
-            if index_sender not in (None, name):
+            if index_sender not in (None, name) and name in PHOTO_INDEX_METHODS:
                 without_photo_indexes(method)
             return with_text(method, None), time.process_time() - started
         method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)

@@ -470,9 +470,10 @@ class Fusion:
             rounds: int = 3) -> Fusion:
         """Coordinate ascent over WEIGHT_GRID in each mode, maximising R@5 on the given
         (validation) photos; starts from the single best method. ``objective``: a mean
-        over the photos (it is taken FEATURE_CHUNK photos at a time and their means
-        averaged: a trial's fused scores and their ranking, 20 B a hashtag a photo and
-        more for tied rows' full sorts, never exist for every photo at once)."""
+        over the photos (it is taken FEATURE_CHUNK photos at a time, the chunks' means
+        averaged weighted by their sizes: a trial's fused scores and their ranking, 20 B
+        a hashtag a photo and more for tied rows' full sorts, never exist for every photo
+        at once)."""
         objective = objective or (lambda s, t: recall_at_k(top_k(s, 5), t, 5))
         n = len(truth)
 

@@ -8,9 +8,10 @@ sentence-embedding space (all-MiniLM-L6-v2, shared/text.py), calibrated by its p
     q_N(x) = Σ_{j ∈ N_k(x)} cos(f_x, f_j) Σ_{g ∈ H_j} e_g  (normalised)
     s(h | x) = σ(a · e_hᵀ q_L + b · e_hᵀ q_N + c · log P(h) + d)
 
-(a, b, c, d) come from a logistic regression on the training photos: every photo against
-every vocabulary hashtag, its neighbours found among the other training photos, so its own
-hashtags never vote for themselves. Hashtags outside the photo vocabulary (``extra``:
+(a, b, c, d) come from a logistic regression on the training photos (a seeded sample of
+HASHREC_FIT_SAMPLE of them when there are more): each photo against every vocabulary
+hashtag, its neighbours found among all the other training photos, so its own hashtags
+never vote for themselves. Hashtags outside the photo vocabulary (``extra``:
 hashtags of tag-only corpora, such as HARRISON's lists) take the same weights; their prior
 is their share in those corpora, brought to the photo vocabulary's scale by the median
 ratio of the two priors over the hashtags both know.
