@@ -145,6 +145,9 @@ class ScopedWriter:
     def array(self, name: str, value: np.ndarray) -> None:
         self.writer.array(f"{self.prefix}/{name}", value)
 
+    def bytes_array(self, name: str, produce: Callable[[BinaryIO], Any]) -> None:
+        self.writer.bytes_array(f"{self.prefix}/{name}", produce)
+
     def json(self, name: str, value: Any) -> None:
         self.writer.json(f"{self.prefix}/{name}", value)
 

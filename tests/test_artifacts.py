@@ -106,7 +106,8 @@ def test_arrays_and_a_faiss_index_are_streamed_to_their_files_never_copied_whole
     try:
         writer.array("vectors", vectors)
         save_index(writer, "knn/features", index)
-        save_index(writer, "graph/visual_features", index)
+        # a community's method writes through a scoped writer
+        save_index(writer.scoped("community/a").scoped("graph"), "visual_features", index)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -118,8 +119,9 @@ def test_arrays_and_a_faiss_index_are_streamed_to_their_files_never_copied_whole
     expected = io.BytesIO()
     np.save(expected, faiss.serialize_index(index.faiss_index))
     assert (tmp_path / "knn/features_faiss.npy").read_bytes() == expected.getvalue()
-    assert writer.aliases == {"graph/visual_features_faiss.npy": "knn/features_faiss.npy"}
+    assert writer.aliases == {
+        "community/a/graph/visual_features_faiss.npy": "knn/features_faiss.npy"}
     assert not [p for p in tmp_path.rglob(".*")]
-    loaded = load_index(ArtifactReader(tmp_path), "graph/visual_features")
+    loaded = load_index(ArtifactReader(tmp_path), "community/a/graph/visual_features")
     queries = vectors[:5]
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
