@@ -120,7 +120,10 @@ def _train_communities(communities: Sequence[Community], store: FeatureStore, ou
     scores, finals, (fusion, ranker, community_rankers) = folds_and_finals(
         train, terms, methods, folds, seed, text, engine, progress=progress,
         cpu_seconds=cpu_seconds, meanwhile=fusions, routed=routed,
-        scored=None if len(scored) == len(train) else scored)
+        scored=None if len(scored) == len(train) else scored,
+        # the photo indexes come by file from a local pool's workers (a Ray cluster's
+        # workers share no folder with the driver)
+        spill=scratch if getattr(engine, "name", "local") == "local" else None)
     stages["fits"] = time.perf_counter() - started - stages["photos"]
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + content_digest(terms, train.features)[:8]
     with publish_version(out, version) as folder:  # whole or not at all

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -193,19 +194,51 @@ class InnerProductIndex:
             self._index = index  # whole: a thread beside never searches it half-built
         return self._index
 
+    def spill_to(self, folder: Path | None) -> None:
+        """Pickled from now on, this index goes to a file in ``folder`` and its pickle
+        carries the file's name: the receiving process reads the file (an exact index's
+        vectors mapped read-only), never a pickled copy beside the unpickled one."""
+        self._spill = folder
+
     def __getstate__(self) -> dict:
         """Pickled (a fit's result on its way from a pool's worker to the driver, which
         only writes it): the photos travel once, not twice. An exact index travels as its
         vectors alone and makes FAISS's copy of them when first searched; an approximate
         one as FAISS's index alone, as it is stored (``vectors`` reads them back from it:
-        IVF-SQ8's as quantised). Either carries the digest of the rows it was built on."""
+        IVF-SQ8's as quantised); either by a file when spilled (``spill_to``). Either
+        carries the digest of the rows it was built on."""
         state = dict(self.__dict__)
         state["_digest"] = self.vectors_digest()
-        if self.kind == "flat":
+        folder = state.pop("_spill", None)
+        if folder is not None:
+            path = Path(folder) / f"index-{state['_digest']}-{self.kind}.bin"
+            if not path.exists():  # kNN's and semantic's equal indexes: one file
+                partial = path.with_name(f".{path.name}.{os.getpid()}")
+                if self.kind == "flat":
+                    with partial.open("wb") as out:
+                        np.save(out, self.vectors, allow_pickle=False)
+                else:
+                    faiss.write_index(self.faiss_index, str(partial))
+                partial.replace(path)
+            state["_chunks"], state["_index"], state["_spilled"] = [], None, str(path)
+        elif self.kind == "flat":
             state["_chunks"], state["_index"] = [self.vectors], None
         else:
             state["_chunks"] = []
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        spilled = state.pop("_spilled", None)
+        self.__dict__.update(state)
+        if spilled is None:
+            return
+        if self.kind == "flat":
+            self._chunks = [np.load(spilled, mmap_mode="r", allow_pickle=False)]
+        else:
+            self._index = InnerProductIndex.from_faiss(
+                faiss.read_index(spilled), {"kind": self.kind, "built_size": self.built_size,
+                                            "setting": self.setting, "recall": self.recall},
+                self.config)._index
 
     def search(self, queries: np.ndarray, k: int, excluded: Sequence[int] = (),
                ) -> tuple[np.ndarray, np.ndarray]:

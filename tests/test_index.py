@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,6 +241,28 @@ def test_the_semantic_neighbour_query_from_sparse_tags_is_the_sum_of_their_text(
         np.testing.assert_allclose(method._neighbour_queries(queries, exclude_self),
                                    old._neighbour_queries(queries, exclude_self),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_spilled_index_is_pickled_as_a_file_name_and_read_back_from_the_file(
+        tmp_path: Path, kind: str) -> None:
+    """A final fit's index spilled to a folder the driver shares: its pickle is a few
+    hundred bytes (the file's name), kNN's and semantic's equal indexes write one file, and
+    the index read back (an exact one's vectors mapped read-only) answers as it did."""
+    import pickle
+
+    vectors = clustered(3000, dim=32)
+    index, twin = (InnerProductIndex(vectors, IndexConfig(kind=kind)) for _ in range(2))
+    for one in (index, twin):
+        one.spill_to(tmp_path)
+    pickled, _ = pickle.dumps(index), pickle.dumps(twin)
+    assert len(pickled) < 2000 and len(list(tmp_path.iterdir())) == 1
+    copy = pickle.loads(pickled)
+    assert copy.same_as(index) and copy.kind == kind and copy.setting == index.setting
+    if kind == "flat":
+        assert isinstance(copy.vectors, np.memmap) and copy._index is None
+    queries = clustered(40, dim=32, seed=5)
+    np.testing.assert_array_equal(copy.search(queries, 10)[1], index.search(queries, 10)[1])
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivf-sq8"])

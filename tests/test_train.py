@@ -154,7 +154,7 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     import json
 
     from commands.engine import LocalEngine
-    from commands.train import hashtag_knowledge
+    from commands.train import SCRATCH_PREFIX, hashtag_knowledge
     from shared.index import InnerProductIndex
     from shared.text import TEXT_ENCODERS
 
@@ -168,12 +168,13 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     # the new text store's vectors are computed in a worker (spawned, not patched)
     monkeypatch.setattr(TEXT_ENCODERS["minilm"], "__init__", loaded_here)
     arrived = []  # the photo indexes that reach the driver from the pool's workers
+    setstate = InnerProductIndex.__setstate__
 
     def unpickled(self, state: dict) -> None:
-        arrived.append(state["size"])
-        self.__dict__.update(state)
+        arrived.append(state.get("_spilled"))
+        setstate(self, state)
 
-    monkeypatch.setattr(InnerProductIndex, "__setstate__", unpickled, raising=False)
+    monkeypatch.setattr(InnerProductIndex, "__setstate__", unpickled)
     models = train_image_models(
         posts, feature_store, tmp_path, ignore=frozenset({"food"}),
         methods=("knn", "graph", "semantic"), min_count=2, folds=2, progress=False,
@@ -185,7 +186,9 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
     assert models.methods["knn"].index is models.methods["graph"].visual_index \
         is models.methods["semantic"].visual_index
     assert models.methods["semantic"].resources is text
-    assert len(arrived) == 1  # kNN's final fit sent it; graph's and semantic's named it
+    # kNN's final fit sent it, by a file in the training's scratch folder; graph's and
+    # semantic's named it
+    assert len(arrived) == 1 and f"{SCRATCH_PREFIX}" in arrived[0]
     manifest = json.loads((models.directory / "manifest.json").read_text())
     indexes = ("knn/features", "graph/visual_features", "semantic/visual_features")
     stored = {name: manifest.get("aliases", {}).get(f"{name}_faiss.npy", f"{name}_faiss.npy")

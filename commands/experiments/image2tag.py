@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,7 +148,7 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
                      progress: bool = False, cpu_seconds: dict[str, float] | None = None,
                      meanwhile: Callable[[dict[str, np.ndarray]], Any] | None = None,
                      routed: dict[str, np.ndarray] | None = None,
-                     scored: np.ndarray | None = None,
+                     scored: np.ndarray | None = None, spill: Path | None = None,
                      ) -> tuple[dict[str, np.ndarray], list[Method], Any]:
     """(every method's out-of-fold scores of every training photo, every method fit on all
     of them, what ``meanwhile`` returned). Out of fold: each photo scored by a model fit
@@ -163,7 +164,10 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
     out-of-fold scores with every photo routed to its own community, as a request that
     names it is scored, are put there too (before ``meanwhile`` runs). ``scored``: the
     rows (ascending) that get out-of-fold scores, one row of the scores each; the other
-    photos are in every fold's training part and scored by none (default: every row)."""
+    photos are in every fold's training part and scored by none (default: every row).
+    ``spill``: a folder a pool's workers and this process share, through which the final
+    fits' photo indexes come (a file read, where a pickle of 0.5 GB at 100,000 photos was
+    received whole and then unpickled beside itself)."""
     fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
     if scored is not None:
         fold_of[np.setdiff1d(np.arange(len(train)), scored)] = -1
@@ -192,7 +196,8 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
                                           progress="fits" if progress else None, train=train,
                                           vocab=vocab, fold_of=fold_of, seed=seed,
                                           **({"routed": True} if route else {}),
-                                          **({"index_sender": sender} if sender else {}))
+                                          **({"index_sender": sender} if sender else {}),
+                                          **({"spill": spill} if spill else {}))
     out_of_fold: dict[str, np.ndarray] = {}
     fitted: dict[str, Method] = {}
     photo_indexes: list[InnerProductIndex] = []  # one of each, whichever method fit it
@@ -325,12 +330,13 @@ def _fill_text_store(vocab: Sequence[str], text: TextResources) -> None:
 
 def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSet,
               vocab: Sequence[str], fold_of: np.ndarray, seed: int, routed: bool = False,
-              index_sender: str | None = None,
+              index_sender: str | None = None, spill: Path | None = None,
               ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray] | Method, float]:
     """task (fold, method, its text resources): (fold None: the method fit on every photo,
-    its photo indexes left here unless it is the ``index_sender`` (or there is none); a
-    fold: the scores of that fold by the method fit on the others, with ``routed`` also
-    those with each photo routed to its own community; the CPU seconds it took)."""
+    its photo indexes left here unless it is the ``index_sender`` (or there is none), sent
+    as files in ``spill`` when given; a fold: the scores of that fold by the method fit on
+    the others, with ``routed`` also those with each photo routed to its own community;
+    the CPU seconds it took)."""
     fold, name, text = task
     started = time.process_time()
     with one_thread():
@@ -339,6 +345,9 @@ def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSe
             method.fit(train, vocab)
             if index_sender not in (None, name) and name in PHOTO_INDEX_METHODS:
                 without_photo_indexes(method)
+            for _, _, index in _photo_index_slots(method):
+                if isinstance(index, InnerProductIndex):
+                    index.spill_to(spill)
             return with_text(method, None), time.process_time() - started
         method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
         held = train.subset(np.flatnonzero(fold_of == fold))
