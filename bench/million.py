@@ -27,7 +27,7 @@
    stored at training and read whole at load: size on disk, load seconds, the kNN's
    scores p99 for one photo.
 8. **The training driver at --driver-photos photos** (bench/train.py's measurement, the
-   shipped photos resampled): its own peak RSS (ru_maxrss), every process's together,
+   shipped photos resampled): its own peak RSS (VmHWM), every process's together,
    wall seconds. The default recipe's seven methods at 100,000 photos take hours on two
    cores (--driver-methods default); by default frequency, kNN and semantic train: kNN's
    and semantic's fits index every photo, what grows with the photos in the driver.
@@ -382,8 +382,8 @@ def driver_part(photos: int, methods: str | None) -> dict:
 
     warm_feature_store()
     chosen = None if methods in (None, "", "default") else tuple(methods.split(","))
-    print(f"the training driver on {photos:,} photos ({methods or 'the default recipe'}) ...",
-          flush=True)
+    print(f"the training driver on {photos:,} photos ({methods or 'the default recipe'}; "
+          "the posts with a hashtag in the vocabulary train) ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="hashrec-bench-driver-") as scratch:
         row = measure(photos, None, Path(scratch), chosen)
     return {"photos": row["photos"], "methods": list(row["fit_cpu_s"]),
@@ -427,7 +427,10 @@ def main() -> None:
         report["training_driver"] = driver_part(args.driver_photos, args.driver_methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    shown = {part: {k: v for k, v in values.items() if k != "driver_rss_mib"}
+             for part, values in report.items()}  # the RSS series: in the file alone
+    print(json.dumps(shown, indent=1))
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ measured is the training itself. For each size it prints and writes:
 - each method's CPU seconds, all its fits together;
 - the peak resident memory of the process tree (every process's RSS summed, sampled);
 - the training driver's own peak resident memory (the process that runs
-  ``train_communities``, its ru_maxrss: what holds every photo, the out-of-fold scores and
+  ``train_communities``, its VmHWM: what holds every photo, the out-of-fold scores and
   the fitted methods), apart from its pool of workers;
 - seconds per 1,000 photos, and the exponent of the growth from the size before
   (1: linear; below 1: fixed costs still dominate).
@@ -92,10 +92,20 @@ def child(photos: int, out: Path, workers: int | None,
     engine = LocalEngine(workers or usable_cores())
     models = train_communities(members, store, out, methods or DEFAULT_METHODS, folds=3,
                                progress=False, text=text, engine=engine)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # this process alone
+    peak_kib = own_peak_rss_kib()
     (out / "read.json").write_text(json.dumps({"read_s": read_s,
                                                "directory": str(models.directory),
                                                "driver_peak_rss_mib": round(peak_kib / 1024)}))
+
+
+def own_peak_rss_kib() -> int:
+    """This process's peak resident KiB since it started: VmHWM, its own address space's.
+    Not ru_maxrss, which Linux carries over an exec from the process forked to run it: a
+    child of this bench reported the bench's RSS at the fork when it stayed below it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def resample(photos: int, folder: Path, seed: int = 0) -> None:
@@ -250,7 +260,8 @@ def measure(photos: int, workers: int | None, scratch: Path,
     fits_util = (100 * (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
                  if len(inside) > 2 else None)
     cpu = usage.ru_utime + usage.ru_stime
-    return {"photos": manifest["n_train"], "requested": photos, "wall_s": round(wall, 1),
+    return {"photos": manifest["n_train"], "requested": photos, "methods": manifest["methods"],
+            "wall_s": round(wall, 1),
             "cpu_s": round(cpu, 1), "cpu_util_pct": round(100 * cpu / wall),
             "fits_cpu_util_pct": None if fits_util is None else round(fits_util),
             "stage_s": {k: round(v, 1) for k, v in stages.items()},
@@ -339,7 +350,8 @@ def main() -> None:
 
     sizes = [int(n) for n in args.photos.split(",")]
     warm_feature_store()
-    print(f"the default training on {', '.join(str(n or 'all') for n in sizes)} photos, "
+    print(f"the default training{' with ' + ','.join(methods) if methods else ''} on "
+          f"{', '.join(str(n or 'all') for n in sizes)} photos, "
           f"one fresh process each, {os.cpu_count()} CPUs here", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hashrec-bench-train-") as scratch:
