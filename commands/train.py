@@ -169,18 +169,22 @@ def _train_communities(communities: Sequence[Community], store: FeatureStore, ou
 
 #: a training's scratch folder beside the versions: .tmp-photos-<its pid>-<random>
 SCRATCH_PREFIX = ".tmp-photos-"
+#: a version being written: .tmp-version-<the training's pid>-<version>
+UNPUBLISHED_PREFIX = ".tmp-version-"
 
 
 def sweep_scratch(out: Path) -> None:
-    """Removes the scratch folders of trainings no longer running (killed before their
-    ``finally``: SIGKILL, the OOM killer), each with a line saying so; a running one's,
-    whose pid is alive, stays."""
-    for folder in out.glob(f"{SCRATCH_PREFIX}*"):
-        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            log.warning("removing %s: the scratch of a training (pid %s) that ended before "
-                        "cleaning up", folder, pid)
-            shutil.rmtree(folder, ignore_errors=True)
+    """Removes the scratch folders and half-written versions of trainings no longer
+    running (killed before their ``finally``: SIGKILL, the OOM killer), each with a line
+    saying so; a running one's, whose pid is alive, stays."""
+    for prefix, what in ((SCRATCH_PREFIX, "the scratch"),
+                         (UNPUBLISHED_PREFIX, "the half-written version")):
+        for folder in out.glob(f"{prefix}*"):
+            pid = folder.name.removeprefix(prefix).split("-", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                log.warning("removing %s: %s of a training (pid %s) that ended before "
+                            "cleaning up", folder, what, pid)
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def content_digest(terms: Sequence[str], features: np.ndarray) -> str:
@@ -205,7 +209,7 @@ def publish_version(out: Path, version: str) -> Iterator[Path]:
     ``version`` once the block ends well (and removed if it does not): a reader never
     sees a half-written version, whatever stops training."""
     out.mkdir(parents=True, exist_ok=True)
-    temporary = out / f".tmp-{version}"
+    temporary = out / f"{UNPUBLISHED_PREFIX}{os.getpid()}-{version}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
     try:

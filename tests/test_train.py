@@ -256,11 +256,15 @@ def test_the_training_photos_are_written_to_a_scratch_file_and_mapped_not_held(
     killed.mkdir(parents=True)
     running = tmp_path / "models" / f".tmp-photos-{os.getppid()}-y"  # a live training's
     running.mkdir()
+    half_written = tmp_path / "models" / ".tmp-version-4194304-20260101-000000-x"
+    half_written.mkdir()  # SIGKILLed while it wrote its model
+    writing = tmp_path / "models" / f".tmp-version-{os.getppid()}-20260101-000000-y"
+    writing.mkdir()
     models = train_image_models(food[:80], feature_store, tmp_path / "models",
                                 ignore=frozenset({"food"}), methods=("frequency", "knn"),
                                 min_count=2, folds=2, progress=False)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
-        [models.directory.name, running.name])
+        [models.directory.name, running.name, writing.name])
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
