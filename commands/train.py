@@ -47,11 +47,12 @@ def train_image_models(posts: Sequence[Post], store: FeatureStore, out: Path,
                        min_count: int = 3, max_vocab: int = 1000, seed: int = 0,
                        folds: int = 5, progress: bool = True,
                        text: TextResources | None = None,
-                       engine: Engine | None = None) -> ImageModels:
+                       engine: Engine | None = None, about: dict | None = None,
+                       ) -> ImageModels:
     """One photo set's models (``train_communities`` with one community)."""
     return train_communities([Community("photos", posts, ignore)], store, out, methods,
                              min_count, max_vocab, seed, folds, progress, text,
-                             engine=engine)
+                             about=about, engine=engine)
 
 
 def train_communities(communities: Sequence[Community], store: FeatureStore, out: Path,
@@ -321,7 +322,10 @@ def train_from_spec(spec: str, out: Path, ignore: frozenset[str] = frozenset(),
 
     methods = methods or METHODS
     text = hashtag_knowledge(("harrison:harrison",)) if "semantic" in methods else None
+    # the manifest names the set it trained on in full: `evaluate served` refuses to
+    # score its photos as held out (it scored them, an outside try)
     return train_image_models(normalize_post_hashtags(read_posts(spec)),
                               FeatureStore(models_dir() / "features"), out, ignore,
                               methods=methods, min_count=min_count, seed=seed, text=text,
-                              engine=engine)
+                              engine=engine,
+                              about={"recipe": "single", "data": [spec], "hold_out": None})

@@ -69,6 +69,20 @@ def test_served_refuses_a_set_the_model_trained_on_in_full(feature_store: Featur
         main(["evaluate", "served", "--test", spec, "--model", str(model)])
 
 
+def test_served_refuses_the_set_a_single_set_model_trained_on(
+        feature_store: FeatureStore, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """`hashrec train --train SPEC` trains on every post of SPEC: its manifest names the
+    set, and scoring its photos as held out is refused."""
+    from commands.train import train_from_spec
+
+    monkeypatch.setenv("HASHREC_MODELS", str(feature_store.directory.parent.parent))
+    spec = f"food:{data_dir / 'food'}"
+    models = train_from_spec(spec, tmp_path / "models", frozenset({"food"}),
+                             methods=("frequency",))
+    with pytest.raises(SystemExit, match=r"trained .* in full: no photo of it is unseen"):
+        main(["evaluate", "served", "--test", spec, "--model", str(models.directory)])
+
+
 def test_served_on_a_model_of_two_communities_reports_the_gate_and_the_named_community(
         feature_store: FeatureStore, food_split, data_dir: Path, tmp_path: Path,
         monkeypatch) -> None:
