@@ -194,9 +194,15 @@ def _start_worker(parent: int, settings: tuple[tuple[str, str], ...]) -> None:
     initializer arguments are the same, and its workers keep the environment they were
     spawned with, so a changed setting (an index kind, the fit sample) must make a new
     pool, whose workers start with it."""
+    import signal
+
     from commands.supervisor import end_with_parent
 
     end_with_parent(parent)
+    # Ctrl-C reaches the terminal's whole process group: the driver says the one line and
+    # its workers end with it; an idle worker that took the SIGINT itself printed a
+    # 45-line traceback of loky's queue first (an outside try)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _unmapped(value: Any) -> Any:

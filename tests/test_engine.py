@@ -176,3 +176,23 @@ list(LocalEngine(2).map(busy, [0, 1]))
         for pid in [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pools_idle_workers_leave_ctrl_c_to_their_driver() -> None:
+    """Ctrl-C reaches the whole process group; a pool's worker ignores it (the driver
+    answers in one line, and its workers end with it) where an idle one printed loky's
+    45-line KeyboardInterrupt traceback and died."""
+    import os
+    import signal
+    import time
+
+    engine = LocalEngine(2)
+    workers = set(engine.map(lambda _: os.getpid(), range(6)))
+    assert os.getpid() not in workers and workers
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(1.0)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert set(alive) == workers, f"{workers - set(alive)} died of the SIGINT"
+    assert set(engine.map(lambda _: os.getpid(), range(6))) <= workers  # still serving
