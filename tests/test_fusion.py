@@ -152,9 +152,11 @@ def test_the_learned_fusion_describes_photos_a_chunk_at_a_time_as_it_would_all_a
 
 
 def test_the_linear_fusion_ranks_a_chunk_of_photos_at_a_time_to_the_same_weights(
-        monkeypatch) -> None:
+        monkeypatch, caplog) -> None:
     """Fusion.fit's 252 trials each fuse and rank every photo: FEATURE_CHUNK photos at a
     time, the R@5 of the whole the chunks' means averaged, the weights found the same."""
+    import logging
+
     import services.recommender.model as model
     from shared.eval.metrics import recall_at_k, top_k
 
@@ -173,13 +175,20 @@ def test_the_linear_fusion_ranks_a_chunk_of_photos_at_a_time_to_the_same_weights
         seen.append(len(fused))
         return recall_at_k(top_k(fused, 5), gold, 5)
 
-    monkeypatch.setattr(model, "FEATURE_CHUNK", 1000)
-    whole = Fusion.fit(scores, truth, r_at_5)
-    monkeypatch.setattr(model, "FEATURE_CHUNK", 7)  # 300 photos in 43 chunks, the last short
+    def fit_logging_its_r_at_5(chunk: int) -> tuple[Fusion, str]:
+        monkeypatch.setattr(model, "FEATURE_CHUNK", chunk)
+        with caplog.at_level(logging.INFO, logger=model.__name__):
+            caplog.clear()
+            fusion = Fusion.fit(scores, truth, r_at_5)
+        return fusion, caplog.records[-1].getMessage().rsplit("R@5", 1)[1]
+
+    whole, whole_r5 = fit_logging_its_r_at_5(1000)
     seen.clear()
-    chunked = Fusion.fit(scores, truth, r_at_5)
+    chunked, chunked_r5 = fit_logging_its_r_at_5(7)  # 300 photos: 43 chunks, the last short
     assert max(seen) == 7 and (chunked.mode, chunked.weights) == (whole.mode, whole.weights)
     assert len(set(whole.weights.values())) > 1  # the search moved off its start
+    # chunks of 200 and 100 photos: their means weighted by size make the whole's mean
+    assert fit_logging_its_r_at_5(200)[1] == chunked_r5 == whole_r5
 
 
 def test_a_gate_fit_again_on_the_same_photos_with_another_strength_is_fit_anew() -> None:
