@@ -166,6 +166,9 @@ class ScopedReader:
     def array(self, name: str) -> np.ndarray:
         return self.reader.array(f"{self.prefix}/{name}")
 
+    def mapped(self, name: str) -> np.ndarray:
+        return self.reader.mapped(f"{self.prefix}/{name}")
+
     def json(self, name: str) -> Any:
         return self.reader.json(f"{self.prefix}/{name}")
 
@@ -217,6 +220,7 @@ class ArtifactReader:
                                  "which the manifest does not list, or a file of its own")
         self._shared_files = set(self.aliases.values())
         self._shared: dict[str, np.ndarray] = {}
+        self._mapped: dict[str, np.ndarray] = {}
 
     def _path(self, name: str, suffix: str) -> Path:
         relative = f"{name}{suffix}"
@@ -237,6 +241,16 @@ class ArtifactReader:
             array.flags.writeable = False
             self._shared[relative] = array
         return self._shared[relative]
+
+    def mapped(self, name: str) -> np.ndarray:
+        """The array as a read-only map of its verified file, one map a file (names that
+        alias one file get the same): its pages are the kernel's file cache, which every
+        process reading the same model shares, not a copy of each process's own."""
+        path = self._path(name, ".npy")
+        relative = path.relative_to(self.directory).as_posix()
+        if relative not in self._mapped:
+            self._mapped[relative] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return self._mapped[relative]
 
     def has(self, name: str) -> bool:
         """Whether a file of that name (with its suffix) is in the manifest."""

@@ -208,6 +208,7 @@ class InnerProductIndex:
         IVF-SQ8's as quantised); either by a file when spilled (``spill_to``). Either
         carries the digest of the rows it was built on."""
         state = dict(self.__dict__)
+        state.pop("_mapped", None)  # the copy unpickled is its own
         state["_digest"] = self.vectors_digest()
         folder = state.pop("_spill", None)
         if folder is not None:
@@ -289,6 +290,9 @@ class InnerProductIndex:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index {self.dim}")
+        if self.__dict__.pop("_mapped", False):  # read in place from a model's file: a
+            # copy of its own to grow (FAISS would abort on resizing the mapped lists)
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
         index = self.faiss_index  # FAISS's copy of the rows so far, before these join them
         if not self._chunks:  # loaded whole: the rows so far from FAISS first
             self._chunks = [self.vectors]
@@ -332,16 +336,28 @@ def load_index(reader: Any, name: str) -> InnerProductIndex:
     root = getattr(reader, "reader", reader)  # a ScopedReader's ArtifactReader
     loaded: dict[int, tuple[np.ndarray, InnerProductIndex]] = root.__dict__.setdefault(
         "_photo_indexes", {})
-    stored = reader.array(f"{name}_faiss") if reader.has(f"{name}_faiss.npy") \
+    stored = reader.mapped(f"{name}_faiss") if reader.has(f"{name}_faiss.npy") \
         else reader.array(name)
     if id(stored) in loaded and loaded[id(stored)][0] is stored:
         return loaded[id(stored)][1]
     if reader.has(f"{name}_faiss.npy"):
-        index = InnerProductIndex.from_faiss(faiss.deserialize_index(np.asarray(stored)),
+        index = InnerProductIndex.from_faiss(mapped_faiss_index(stored),
                                              reader.json(f"{name}_index"))
+        index._mapped = True
     else:
         index = photo_index(stored)
     loaded[id(stored)] = (stored, index)  # the array held: its id is not reused meanwhile
+    return index
+
+
+def mapped_faiss_index(stored: np.ndarray) -> faiss.Index:
+    """The FAISS index whose bytes are ``stored`` (a read-only file map), reading its
+    vectors and lists in place: the recommender, word and graph services map one model's
+    index and share its pages (5.2 GB at a million photos), where each read its own copy.
+    The index keeps the map alive; FAISS aborts the process on a write to it (``add``
+    copies it first)."""
+    index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(stored), stored.size))
+    faiss.add_to_referenced_objects(index, stored)
     return index
 
 
