@@ -187,7 +187,7 @@ def test_the_photo_index_trained_by_knn_graph_and_semantic_is_stored_once_and_lo
         is models.methods["semantic"].visual_index
     assert models.methods["semantic"].resources is text
     # kNN's final fit sent it, by a file in the training's scratch folder; graph's and
-    # semantic's named it
+    # semantic's sent none and borrowed it
     assert len(arrived) == 1 and f"{SCRATCH_PREFIX}" in arrived[0]
     manifest = json.loads((models.directory / "manifest.json").read_text())
     indexes = ("knn/features", "graph/visual_features", "semantic/visual_features")
@@ -330,35 +330,34 @@ def test_the_fusions_learn_from_a_seeded_sample_of_the_photos_when_there_are_mor
         train_image_models(posts, feature_store, tmp_path, methods=("frequency",))
 
 
-def test_a_final_fit_whose_photo_index_is_unlike_the_sent_one_is_fit_again_with_its_own(
-        data_dir: Path, feature_store, monkeypatch, caplog) -> None:
-    """A final fit leaves its photo index in its worker and names it by digest; where the
-    driver holds no equal index (rows rounded otherwise on another machine), that method
-    is fit again and sends its own, with a warning, and training goes on."""
-    import logging
-
+def test_graph_serves_the_photo_index_of_each_community_knns_final_fit_sent(
+        data_dir: Path, feature_store, monkeypatch) -> None:
+    """kNN and graph index the same photos of each community: in a pool, kNN's final fit
+    sends its index of each community to the driver, graph's sends none, and graph's
+    community methods serve kNN's index of their own community's photos."""
     from commands.engine import LocalEngine
-    from commands.experiments import image2tag
-    from commands.experiments.image2tag import PhotoIndexRef, folds_and_finals
+    from commands.experiments.image2tag import folds_and_finals
+    from commands.experiments.photos import Community, community_photos
+    from shared.index import InnerProductIndex, l2_normalized, photo_index
 
-    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:80]
-    photos, vocabulary = training_photos(posts, feature_store, frozenset({"food"}), 2, 1000,
-                                         False)
-    named = image2tag.without_photo_indexes
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:120]
+    photos, terms, _ = community_photos([Community("a", posts[:70]), Community("b", posts[70:])],
+                                        feature_store, 2, 1000, progress=False)
+    arrived = []  # the photo indexes unpickled here, by size
+    setstate = InnerProductIndex.__setstate__
 
-    def misnamed(method):  # the first time graph names its index, a digest nobody sent
-        named(method)
-        if method.name == "graph" and not sent:
-            method.visual_index = PhotoIndexRef("0" * 64, *[
-                getattr(method.visual_index, f) for f in ("size", "kind", "setting")])
-        sent.append(method.name)
-        return method
+    def unpickled(self, state: dict) -> None:
+        arrived.append(state["size"])
+        setstate(self, state)
 
-    sent: list[str] = []
-    monkeypatch.setattr(image2tag, "without_photo_indexes", misnamed)
-    with caplog.at_level(logging.WARNING):
-        _, (knn, graph), _ = folds_and_finals(photos, vocabulary.terms, ["knn", "graph"], 2,
-                                              0, engine=LocalEngine(1))
-    assert sent == ["graph"]  # once: the second fit sent its own
-    assert graph.visual_index is knn.index
-    assert "['graph']: photo indexes unlike the ones the knn fit sent" in caplog.text
+    monkeypatch.setattr(InnerProductIndex, "__setstate__", unpickled)
+    _, (graph, knn), _ = folds_and_finals(photos, terms, ["graph", "knn"], 2, 0,
+                                          engine=LocalEngine(2))
+    assert sorted(arrived) == [50, 70]  # kNN's of each community; graph's none
+    queries = l2_normalized(photos.features[:12])
+    for community, (own_graph, own_knn) in enumerate(zip(graph.inner, knn.inner,
+                                                         strict=True)):
+        assert own_graph.visual_index is own_knn.index
+        own = photo_index(l2_normalized(photos.features[photos.communities == community]))
+        np.testing.assert_array_equal(own_graph.visual_index.search(queries, 5)[1],
+                                      own.search(queries, 5)[1])

@@ -55,7 +55,6 @@ from shared.eval.metrics import (
     set_similarity,
     top_k,
 )
-from shared.index import InnerProductIndex
 from shared.photos import PhotoSet
 
 log = logging.getLogger(__name__)
@@ -167,7 +166,9 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
     photos are in every fold's training part and scored by none (default: every row).
     ``spill``: a folder a pool's workers and this process share, through which the final
     fits' photo indexes come (a file read, where a pickle of 0.5 GB at 100,000 photos was
-    received whole and then unpickled beside itself)."""
+    received whole and then unpickled beside itself). kNN, graph and semantic index the
+    same photos: one index a community, the first's in ``PHOTO_INDEX_METHODS`` order,
+    comes back and serves the others."""
     fold_of = np.random.default_rng(seed).permutation(len(train)) % folds
     if scored is not None:
         fold_of[np.setdiff1d(np.arange(len(train)), scored)] = -1
@@ -190,25 +191,22 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
     # the text resources (~10 MB pickled) travel with the semantic method's tasks alone
     items = [(fold, name, text if name == "semantic" else None) for fold, name in tasks]
     route = routed is not None and n_communities(train) > 1
-    # one final fit sends its photo indexes to the driver; the others name them
-    sender = next((m for m in PHOTO_INDEX_METHODS if m in methods), None)
+    # one final fit sends its photo indexes to the driver; the others borrow them here
+    owner = next((m for m in PHOTO_INDEX_METHODS if m in methods), None)
     done = (engine or LocalEngine()).map(_fit_task, items,
                                           progress="fits" if progress else None, train=train,
                                           vocab=vocab, fold_of=fold_of, seed=seed,
                                           **({"routed": True} if route else {}),
-                                          **({"index_sender": sender} if sender else {}),
+                                          **({"index_owner": owner} if owner else {}),
                                           **({"spill": spill} if spill else {}))
     out_of_fold: dict[str, np.ndarray] = {}
     fitted: dict[str, Method] = {}
-    photo_indexes: list[InnerProductIndex] = []  # one of each, whichever method fit it
     alongside, waiting = None, folds * len(methods)  # out-of-fold fits still to come
     for (fold, name), (result, seconds) in zip(tasks, done, strict=True):
         if cpu_seconds is not None:
             cpu_seconds[name] = round(cpu_seconds.get(name, 0.0) + seconds, 1)
         if fold is None:
-            with_text(result, text)
-            share_photo_indexes(result, photo_indexes)
-            fitted[name] = result
+            fitted[name] = with_text(result, text)
             continue
         if route:
             result, own = result
@@ -219,20 +217,9 @@ def folds_and_finals(train: PhotoSet, vocab: Sequence[str], methods: Sequence[st
         waiting -= 1
         if not waiting and meanwhile is not None:
             alongside = meanwhile({m: out_of_fold[m] for m in methods})
-    unresolved = [name for name, method in fitted.items()
-                  if not resolve_photo_index_refs(method, photo_indexes)]
-    if unresolved:  # not the sender's rows after all (another machine's rounding): fit again
-        log.warning("%s: photo indexes unlike the ones the %s fit sent; fitting again to "
-                    "send their own", unresolved, sender)
-        again = (engine or LocalEngine()).map(
-            _fit_task, [(None, name, text if name == "semantic" else None)
-                        for name in unresolved],
-            train=train, vocab=vocab, fold_of=fold_of, seed=seed)
-        for name, (method, seconds) in zip(unresolved, again, strict=True):
-            if cpu_seconds is not None:
-                cpu_seconds[name] = round(cpu_seconds.get(name, 0.0) + seconds, 1)
-            share_photo_indexes(with_text(method, text), photo_indexes)
-            fitted[name] = method
+    for name, method in fitted.items():
+        if name != owner and name in PHOTO_INDEX_METHODS:
+            lend_photo_indexes(fitted[owner], method)
     return ({m: out_of_fold[m] for m in methods}, [fitted[m] for m in methods if finals],
             alongside)
 
@@ -248,72 +235,33 @@ def with_text(method: Method, text: TextResources | None) -> Method:
     return method
 
 
-#: the methods whose fit indexes the training photos (each community's, when gated): equal
-#: indexes. The first of them in this order that trains sends its indexes from its worker
-#: to the driver; the others send a ``PhotoIndexRef`` to each (at 100,000 photos an index
-#: is 0.5 GB: the driver held two at once while it kept one, docs/scaling.md)
+#: the methods whose fit indexes the training photos (each community's, when gated): the
+#: same photos, so one index a community serves the three, and the artifact stores it once.
+#: The first of them in this order that trains owns it: its final fit sends its indexes to
+#: the driver, the others' leave theirs in their workers and borrow the owner's (at 100,000
+#: photos an index is 0.5 GB: the driver held two at once, docs/scaling.md)
 PHOTO_INDEX_METHODS = ("knn", "semantic", "graph")
 
 
-@dataclass(frozen=True)
-class PhotoIndexRef:
-    """A final fit's photo index left in its worker, named by its kind, tuning and the
-    digest of its rows (the equal index another method's fit sent stands in for it)."""
-
-    digest: str
-    size: int
-    kind: str
-    setting: int | None
-
-    def names(self, index: InnerProductIndex) -> bool:
-        return (self.size, self.kind, self.setting) == (index.size, index.kind,
-                                                          index.setting) \
-            and index.vectors_digest() == self.digest
+def photo_index_slots(method: Method) -> Iterator[tuple[Any, str]]:
+    """(community's method, attribute) of each of ``method``'s photo indexes: its
+    ``photo_index_attribute``, each community's when gated."""
+    for part in getattr(method, "inner", [method]):
+        attribute = getattr(part, "photo_index_attribute", None)
+        if attribute is not None:
+            yield part, attribute
 
 
-def _photo_index_slots(method: Method) -> Iterator[tuple[Any, str, Any]]:
-    """(owner, attribute, its index or reference) of each photo index of ``method``."""
-    for owner in getattr(method, "inner", [method]):
-        for attribute in ("index", "visual_index"):
-            index = getattr(owner, attribute, None)
-            if isinstance(index, InnerProductIndex | PhotoIndexRef):
-                yield owner, attribute, index
-
-
-def share_photo_indexes(method: Method, kept: list[InnerProductIndex]) -> None:
-    """Points ``method``'s photo indexes (each community's, when gated) at an equal one in
-    ``kept``, and adds those new to it: the driver keeps one, as the artifact stores one."""
-    for owner, attribute, index in _photo_index_slots(method):
-        if not isinstance(index, InnerProductIndex):
-            continue
-        same = next((known for known in kept if known.same_as(index)), None)
-        if same is None:
-            kept.append(index)
-        else:
-            setattr(owner, attribute, same)
-
-
-def without_photo_indexes(method: Method) -> Method:
-    """``method`` with a ``PhotoIndexRef`` in place of each photo index (in its worker)."""
-    for owner, attribute, index in _photo_index_slots(method):
-        if isinstance(index, InnerProductIndex):
-            setattr(owner, attribute, PhotoIndexRef(index.vectors_digest(), index.size,
-                                                    index.kind, index.setting))
-    return method
-
-
-def resolve_photo_index_refs(method: Method, kept: Sequence[InnerProductIndex]) -> bool:
-    """Puts the equal index of ``kept`` in place of each of ``method``'s references;
-    whether every one had its equal."""
-    whole = True
-    for owner, attribute, ref in _photo_index_slots(method):
-        if isinstance(ref, PhotoIndexRef):
-            same = next((known for known in kept if ref.names(known)), None)
-            if same is None:
-                whole = False
-            else:
-                setattr(owner, attribute, same)
-    return whole
+def lend_photo_indexes(owner: Method, borrower: Method) -> None:
+    """Each community's part of ``borrower`` gets ``owner``'s index of the same
+    community's photos."""
+    lent = [getattr(part, attribute) for part, attribute in photo_index_slots(owner)]
+    slots = list(photo_index_slots(borrower))
+    if len(slots) != len(lent):
+        raise ValueError(f"{borrower.name} holds {len(slots)} photo indexes, "
+                         f"{owner.name} {len(lent)}: not the same communities")
+    for (part, attribute), index in zip(slots, lent, strict=True):
+        setattr(part, attribute, index)
 
 
 def out_of_fold_scores(train: PhotoSet, vocab: Sequence[str], methods: Sequence[str],
@@ -330,10 +278,10 @@ def _fill_text_store(vocab: Sequence[str], text: TextResources) -> None:
 
 def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSet,
               vocab: Sequence[str], fold_of: np.ndarray, seed: int, routed: bool = False,
-              index_sender: str | None = None, spill: Path | None = None,
+              index_owner: str | None = None, spill: Path | None = None,
               ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray] | Method, float]:
     """task (fold, method, its text resources): (fold None: the method fit on every photo,
-    its photo indexes left here unless it is the ``index_sender`` (or there is none), sent
+    its photo indexes left here unless it is the ``index_owner`` (or there is none), sent
     as files in ``spill`` when given; a fold: the scores of that fold by the method fit on
     the others, with ``routed`` also those with each photo routed to its own community;
     the CPU seconds it took)."""
@@ -343,11 +291,12 @@ def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSe
         (method,) = make_methods([name], seed, text, n_communities(train))
         if fold is None:
             method.fit(train, vocab)
-            if index_sender not in (None, name) and name in PHOTO_INDEX_METHODS:
-                without_photo_indexes(method)
-            for _, _, index in _photo_index_slots(method):
-                if isinstance(index, InnerProductIndex):
-                    index.spill_to(spill)
+            borrower = index_owner not in (None, name)  # the owner's come instead
+            for part, attribute in photo_index_slots(method):
+                if borrower:
+                    setattr(part, attribute, None)
+                else:
+                    getattr(part, attribute).spill_to(spill)
             return with_text(method, None), time.process_time() - started
         method.fit(train.subset(np.flatnonzero(fold_of != fold)), vocab)
         held = train.subset(np.flatnonzero(fold_of == fold))

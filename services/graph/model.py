@@ -203,6 +203,7 @@ class JointGraphMethod:
     hashtag_context: np.ndarray | None = None
     prior: np.ndarray | None = None
     visual_index: InnerProductIndex | None = None
+    photo_index_attribute = "visual_index"  # KnnMethod's
 
     def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
         labels = machine_labels(photos.probabilities, self.class_names)

@@ -78,6 +78,9 @@ class KnnMethod:
     name: str = "knn"
     index: InnerProductIndex | None = None
     train_tags: sparse.csr_matrix | None = None  # training photos × hashtags
+    #: the attribute holding its index of the training photos, which graph's and
+    #: semantic's of the same photos equal (one serves the three: commands/train.py)
+    photo_index_attribute = "index"
 
     def fit(self, photos: PhotoSet, vocab: Sequence[str]) -> None:
         self.index = photo_index(l2_normalized(photos.features))

@@ -66,6 +66,7 @@ class SemanticMethod:
     extra: tuple[str, ...] = ()
     n_vocabulary: int = 0
     visual_index: InnerProductIndex | None = None
+    photo_index_attribute = "visual_index"  # KnnMethod's
     #: training photos × vocabulary hashtags, sparse: H_j, whose text Σ_{g ∈ H_j} e_g a
     #: neighbour j adds to q_N (computed at query time: 40 B a photo, not 1.5 KB)
     train_tags: sparse.csr_matrix | None = None
