@@ -11,8 +11,10 @@ bench/index.py measures the trade-offs at 10k, 100k and 1M vectors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -256,10 +258,28 @@ class InnerProductIndex:
             return self._search_excluding(queries, k, np.asarray(excluded, dtype=np.int64))
         scores, ids = self.faiss_index.search(queries, k)
         short = np.flatnonzero((ids < 0).any(axis=1))
-        if len(short):  # the probed lists held fewer than k: those queries go exact
-            scores[short], ids[short] = faiss.knn(queries[short], self.vectors, k,
-                                                  faiss.METRIC_INNER_PRODUCT)
+        if len(short):  # the probed lists held fewer than k
+            scores[short], ids[short] = self._search_wider(queries[short], k)
         return scores, ids
+
+    def _search_wider(self, queries: np.ndarray, k: int, selector: Any = None,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Queries whose probed lists held fewer than k rows: an IVF index probes twice
+        the lists until each has k (every list: an exhaustive search), reading only its
+        own lists; an HNSW index goes exact over its rows (copied out of it, once)."""
+        if self.kind not in ("ivf", "ivf-sq8"):
+            exact = faiss.IndexFlatIP(self.dim)
+            exact.add(self.vectors)
+            return exact.search(queries, k, params=faiss.SearchParameters(sel=selector))
+        lists = faiss.extract_index_ivf(self.faiss_index).nlist
+        probes = faiss.extract_index_ivf(self.faiss_index).nprobe
+        while True:
+            probes = min(2 * probes, lists)
+            # per call: the index itself is never changed (threads search it at once)
+            scores, ids = self.faiss_index.search(queries, k, params=faiss.SearchParametersIVF(
+                sel=selector, nprobe=probes))
+            if probes == lists or not (ids < 0).any():
+                return scores, ids
 
     def _search_excluding(self, queries: np.ndarray, k: int, excluded: np.ndarray,
                           ) -> tuple[np.ndarray, np.ndarray]:
@@ -276,11 +296,8 @@ class InnerProductIndex:
                 sel=selector, nprobe=faiss.extract_index_ivf(self.faiss_index).nprobe)
         scores, ids = self.faiss_index.search(queries, k, params=params)
         short = np.flatnonzero((ids < 0).any(axis=1))
-        if len(short) and self.kind != "flat":  # too few in the probed lists: go exact
-            exact = faiss.IndexFlatIP(self.dim)
-            exact.add(self.vectors)
-            scores[short], ids[short] = exact.search(
-                queries[short], k, params=faiss.SearchParameters(sel=selector))
+        if len(short) and self.kind != "flat":  # too few in the probed lists
+            scores[short], ids[short] = self._search_wider(queries[short], k, selector)
         return scores, ids
 
     def add(self, vectors: np.ndarray) -> None:
@@ -290,18 +307,22 @@ class InnerProductIndex:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index {self.dim}")
-        if self.__dict__.pop("_mapped", False):  # read in place from a model's file: a
-            # copy of its own to grow (FAISS would abort on resizing the mapped lists)
+        size = self.size + len(vectors)
+        rebuilt = (self.config.kind_for(size, self.dim) != self.kind
+                   or (self.kind != "flat" and size > 2 * self.built_size))
+        if self.__dict__.get("_mapped") and not rebuilt:  # read in place from a model's
+            # file: a copy of its own to grow (FAISS aborts on resizing a mapped list)
             self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+            del self._mapped
         index = self.faiss_index  # FAISS's copy of the rows so far, before these join them
         if not self._chunks:  # loaded whole: the rows so far from FAISS first
             self._chunks = [self.vectors]
         self._chunks.append(vectors)
-        self.size += len(vectors)
+        self.size = size
         self._digest = None
-        if (self.config.kind_for(self.size, self.dim) != self.kind
-                or (self.kind != "flat" and self.size > 2 * self.built_size)):
+        if rebuilt:
             self._index = self._build()
+            self.__dict__.pop("_mapped", None)
         else:
             index.add(vectors)
 
@@ -330,9 +351,10 @@ def save_index(writer: Any, name: str, index: InnerProductIndex) -> None:
 
 def load_index(reader: Any, name: str) -> InnerProductIndex:
     """``save_index``'s index; an exact one is made over its vectors (a copy, no training),
-    an approximate one read whole. The methods that load the same stored array through
-    one reader (an alias hands every name one array) share one index: kept on the reader,
-    so it goes when the reader and the methods do."""
+    an approximate one read in place from its file (``mapped_faiss_index``). The methods
+    that load the same stored array through one reader (an alias hands every name one
+    array) share one index: kept on the reader, so it goes when the reader and the
+    methods do."""
     root = getattr(reader, "reader", reader)  # a ScopedReader's ArtifactReader
     loaded: dict[int, tuple[np.ndarray, InnerProductIndex]] = root.__dict__.setdefault(
         "_photo_indexes", {})
@@ -350,14 +372,24 @@ def load_index(reader: Any, name: str) -> InnerProductIndex:
     return index
 
 
-def mapped_faiss_index(stored: np.ndarray) -> faiss.Index:
+def mapped_faiss_index(stored: np.ndarray, populate: bool = True) -> faiss.Index:
     """The FAISS index whose bytes are ``stored`` (a read-only file map), reading its
     vectors and lists in place: the recommender, word and graph services map one model's
     index and share its pages (5.2 GB at a million photos), where each read its own copy.
-    The index keeps the map alive; FAISS aborts the process on a write to it (``add``
-    copies it first)."""
-    index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(stored), stored.size))
+    A model version never changes once published (a new one is a new folder): its
+    checksums were verified at load, and a file changed under the map would answer
+    unverified. The index keeps the map alive; FAISS aborts the process on a write to it
+    (``add`` copies it first). ``populate``: every page mapped now, not as searches first
+    touch them (bench/million_photos.py measures both)."""
+    if stored.dtype != np.uint8 or stored.ndim != 1:
+        raise ValueError(f"a stored FAISS index is a 1-D uint8 array, got {stored.dtype} "
+                         f"{stored.shape}")
+    index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(stored), stored.nbytes))
     faiss.add_to_referenced_objects(index, stored)
+    mapping = getattr(stored, "_mmap", None)  # numpy's memmap keeps its mmap there
+    if populate and mapping is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # before Linux 5.14
+            mapping.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
     return index
 
 
