@@ -334,7 +334,8 @@ def test_graph_serves_the_photo_index_of_each_community_knns_final_fit_sent(
         data_dir: Path, feature_store, monkeypatch) -> None:
     """kNN and graph index the same photos of each community: in a pool, kNN's final fit
     sends its index of each community to the driver, graph's sends none, and graph's
-    community methods serve kNN's index of their own community's photos."""
+    community methods serve kNN's index of their own community's photos (one of other
+    photos is refused)."""
     from commands.engine import LocalEngine
     from commands.experiments.image2tag import folds_and_finals
     from commands.experiments.photos import Community, community_photos
@@ -361,3 +362,9 @@ def test_graph_serves_the_photo_index_of_each_community_knns_final_fit_sent(
         own = photo_index(l2_normalized(photos.features[photos.communities == community]))
         np.testing.assert_array_equal(own_graph.visual_index.search(queries, 5)[1],
                                       own.search(queries, 5)[1])
+    # a borrower whose fit indexed other photos than the owner's is refused, not served
+    from commands.experiments.image2tag import lend_photo_indexes
+
+    graph.inner[0].visual_index = 69  # what its worker sends: the rows it indexed
+    with pytest.raises(ValueError, match="graph indexed 69 photos where knn indexed 70"):
+        lend_photo_indexes(knn, graph)

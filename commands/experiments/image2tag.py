@@ -254,13 +254,17 @@ def photo_index_slots(method: Method) -> Iterator[tuple[Any, str]]:
 
 def lend_photo_indexes(owner: Method, borrower: Method) -> None:
     """Each community's part of ``borrower`` gets ``owner``'s index of the same
-    community's photos."""
+    community's photos, in place of the number of rows its fit indexed (what its worker
+    sent of the index it dropped): ValueError where they differ."""
     lent = [getattr(part, attribute) for part, attribute in photo_index_slots(owner)]
     slots = list(photo_index_slots(borrower))
     if len(slots) != len(lent):
         raise ValueError(f"{borrower.name} holds {len(slots)} photo indexes, "
                          f"{owner.name} {len(lent)}: not the same communities")
     for (part, attribute), index in zip(slots, lent, strict=True):
+        if getattr(part, attribute) != index.size:
+            raise ValueError(f"{borrower.name} indexed {getattr(part, attribute)} photos "
+                             f"where {owner.name} indexed {index.size}: not the same photos")
         setattr(part, attribute, index)
 
 
@@ -293,8 +297,8 @@ def _fit_task(task: tuple[int | None, str, TextResources | None], train: PhotoSe
             method.fit(train, vocab)
             borrower = index_owner not in (None, name)  # the owner's come instead
             for part, attribute in photo_index_slots(method):
-                if borrower:
-                    setattr(part, attribute, None)
+                if borrower:  # its size alone goes back, checked against the owner's
+                    setattr(part, attribute, getattr(part, attribute).size)
                 else:
                     getattr(part, attribute).spill_to(spill)
             return with_text(method, None), time.process_time() - started
