@@ -26,7 +26,12 @@
 7. **A million photos** in a model artifact (bench/million_photos.py): the photo index
    stored at training and read whole at load: size on disk, load seconds, the kNN's
    scores p99 for one photo.
-8. **The training driver at --driver-photos photos** (bench/train.py's measurement, the
+8. **Recommend at --stack-photos photos** (bench/million_stack.py): the trained default
+   model grown to that many photos (each community's resampled, one index a community
+   shared by kNN, graph and semantic, the rest as trained) and served by `hashrec serve`
+   beside the model as trained: start seconds, each service's RSS / PSS, Recommend p50 /
+   p99 one call at a time, new photos and cached ones.
+9. **The training driver at --driver-photos photos** (bench/train.py's measurement, the
    shipped photos resampled): its own peak RSS (VmHWM), every process's together,
    wall seconds. The default recipe's seven methods at 100,000 photos take hours on two
    cores (--driver-methods default); by default frequency, kNN and semantic train: kNN's
@@ -54,6 +59,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hashrec.v1 import photo_pb2, user_pb2, user_pb2_grpc
 from million_photos import photo_artifact
+from million_stack import recommend_at
 from stack import free_port, process_rss_kb
 
 from commands.cli.shards import user_shard_env
@@ -404,6 +410,11 @@ def main() -> None:
     parser.add_argument("--image-model", type=Path, default=None,
                         help="whose photos are resampled; default: the newest under "
                              "$HASHREC_MODELS")
+    parser.add_argument("--stack-photos", type=int, default=1_000_000,
+                        help="the served model's photos for Recommend through the whole "
+                             "stack (bench/million_stack.py); 0: not measured")
+    parser.add_argument("--stack-calls", type=int, default=200,
+                        help="Recommend calls of each kind (new, cached) a model")
     parser.add_argument("--driver-photos", type=int, default=100_000,
                         help="photos the training driver's peak is measured at; 0: not "
                              "measured")
@@ -423,6 +434,10 @@ def main() -> None:
     if args.photos and not args.profiles_only:
         print(f"a {args.photos:,}-photo artifact ...", flush=True)
         report["photos"] = photo_artifact(args.photos, args.image_model, args.seed)
+    if args.stack_photos and not args.profiles_only:
+        print(f"Recommend on a model of {args.stack_photos:,} photos ...", flush=True)
+        report["recommend"] = recommend_at(args.stack_photos, args.stack_calls,
+                                           args.image_model, args.user_model, args.seed)
     if args.driver_photos and not args.profiles_only:
         report["training_driver"] = driver_part(args.driver_photos, args.driver_methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)

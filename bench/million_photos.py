@@ -10,8 +10,10 @@ photos, tuned to recall@10 ≥ 0.95) and written as the model writes it, with th
 and the semantic method's index of the same photos beside it (one stored index for the
 three), the semantic method's hashtag ids and the graph's 128-d vector a photo: every
 array of the default model that grows with the photos. Then, in a fresh process: the
-artifact verified and loaded (seconds, RSS: nothing is trained), and the kNN's scores for
-one new photo at a time (p50 / p99).
+artifact verified and loaded (seconds; memory: the process's own and the index file's
+map; nothing is trained), and the kNN's scores for one new photo at a time (p50 / p99),
+in turns: the index read in place from the file as the services read it, read in place
+without its pages mapped at load, and copied into the process.
 """
 
 from __future__ import annotations
@@ -26,13 +28,20 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from stack import process_rss_kb
+from stack import memory_kib
 
 from services.image_models import KIND, load_image_models
 from services.recommender.model import KnnMethod
 from shared.artifacts import ArtifactReader, ArtifactWriter, resolve_artifact
 from shared.config import models_dir
-from shared.index import l2_normalized, load_index, photo_index, save_index
+from shared.index import (
+    InnerProductIndex,
+    l2_normalized,
+    load_index,
+    mapped_faiss_index,
+    photo_index,
+    save_index,
+)
 from shared.photos import PhotoSet
 
 CHUNK = 100_000
@@ -83,32 +92,48 @@ def write_artifact(folder: Path, features: np.ndarray, tags: object) -> dict:
 
 
 def load_and_score(folder: Path, queries: int, seed: int) -> dict:
-    """In this process: load the artifact (nothing trained) and score new photos."""
+    """In this process: load the artifact (nothing trained) and score new photos, in turns
+    with the index read in place from the file as the services read it (its pages mapped
+    at load), read in place with its pages mapped as searches touch them, and copied into
+    this process (as they read it before 2300e53)."""
     started = time.perf_counter()
     reader = ArtifactReader(folder)  # verifies every file's checksum
     knn = KnnMethod.load(reader)
     shared = [load_index(reader, f"{m}/visual_features") for m in ("graph", "semantic")]
     loaded = time.perf_counter() - started
+    memory = memory_kib()
+    about = reader.json("knn/features_index")
+    indexes = {"mapped": knn.index, "mapped_unpopulated": InnerProductIndex.from_faiss(
+        mapped_faiss_index(reader.mapped("knn/features_faiss"), populate=False), about),
+        "copied": InnerProductIndex.from_faiss(faiss.deserialize_index(
+            reader.array("knn/features_faiss")), about)}
     del reader
     rng = np.random.default_rng(seed)
-    index = knn.index.faiss_index
-    if knn.index.kind in ("ivf", "ivf-sq8"):
+    index = indexes["copied"].faiss_index
+    if indexes["copied"].kind in ("ivf", "ivf-sq8"):
         faiss.extract_index_ivf(index).make_direct_map()
     # new photos like the collection's: stored ones with noise
     stored = np.stack([index.reconstruct(int(i)) for i in rng.integers(index.ntotal,
                                                                        size=queries)])
     photos = l2_normalized(stored + 0.02 * rng.normal(size=stored.shape).astype(np.float32))
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in indexes}
+    turns = list(indexes.items())
     for row in range(queries):
         photo = PhotoSet(photos[row:row + 1], np.zeros((1, 1000), np.float32))
-        began = time.perf_counter()
-        knn.scores(photo)
-        times.append(1000 * (time.perf_counter() - began))
-    rss = process_rss_kb()
-    return {"load_s": loaded, "rss_gb_after_load": rss / 2**20,
-            "one_index_for_the_three": all(s is knn.index for s in shared),
-            "knn_scores_one_photo_p50_ms": float(np.percentile(times, 50)),
-            "knn_scores_one_photo_p99_ms": float(np.percentile(times, 99)),
+        for name, one in turns[row % 3:] + turns[:row % 3]:  # each first in turn
+            knn.index = one
+            began = time.perf_counter()
+            knn.scores(photo)
+            times[name].append(1000 * (time.perf_counter() - began))
+    return {"load_s": loaded,
+            # after the load: the index is the model file's pages mapped (shared by
+            # every process that maps them); the anonymous memory this process's own
+            "anonymous_gb_after_load": memory["anonymous"] / 2**20,
+            "index_map_gb": memory["index_map_size"] / 2**20,
+            "index_map_resident_gb_after_load": memory["index_map_rss"] / 2**20,
+            "one_index_for_the_three": all(s is indexes["mapped"] for s in shared),
+            **{f"knn_scores_one_photo_{how}_p{q}_ms": float(np.percentile(times[how], q))
+               for how in times for q in (50, 99)},
             "queries": queries}
 
 

@@ -143,6 +143,26 @@ def process_rss_kb(pid: int | str = "self") -> int | None:
         return None
 
 
+def memory_kib(pid: int | str = "self", mapped_suffix: str = "_faiss.npy",
+               ) -> dict[str, int]:
+    """A process's memory in KiB: rss, pss (each shared page divided among the processes
+    that map it), anonymous (its own), and the files ending in ``mapped_suffix`` it maps
+    (a model's photo indexes): their size and how much of them is resident in it."""
+    found = {"rss": 0, "pss": 0, "anonymous": 0, "index_map_size": 0, "index_map_rss": 0}
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
+            inside = line.endswith(mapped_suffix)
+            continue
+        key = fields[0].rstrip(":")
+        if key in ("Rss", "Pss", "Anonymous"):
+            found[key.lower()] += int(fields[1])
+        if inside and key in ("Size", "Rss"):
+            found[f"index_map_{key.lower()}"] += int(fields[1])
+    return found
+
+
 def service_cpu_seconds(supervisor: int | None) -> dict[str, float]:
     """CPU seconds (user + system) each of `hashrec serve`'s children has used, by service,
     and this process's own ("client"), from /proc."""
