@@ -12,8 +12,8 @@ three), the semantic method's hashtag ids and the graph's 128-d vector a photo: 
 array of the default model that grows with the photos. Then, in a fresh process: the
 artifact verified and loaded (seconds; memory: the process's own and the index file's
 map; nothing is trained), and the kNN's scores for one new photo at a time (p50 / p99),
-in turns: the index read in place from the file as the services read it, read in place
-without its pages mapped at load, and copied into the process.
+in turns: the index read in place from the file as the services read it, and copied
+into the process.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from shared.index import (
     InnerProductIndex,
     l2_normalized,
     load_index,
-    mapped_faiss_index,
     photo_index,
     save_index,
 )
@@ -93,8 +92,7 @@ def write_artifact(folder: Path, features: np.ndarray, tags: object) -> dict:
 
 def load_and_score(folder: Path, queries: int, seed: int) -> dict:
     """In this process: load the artifact (nothing trained) and score new photos, in turns
-    with the index read in place from the file as the services read it (its pages mapped
-    at load), read in place with its pages mapped as searches touch them, and copied into
+    with the index read in place from the file as the services read it and copied into
     this process (as they read it before 2300e53)."""
     started = time.perf_counter()
     reader = ArtifactReader(folder)  # verifies every file's checksum
@@ -103,10 +101,8 @@ def load_and_score(folder: Path, queries: int, seed: int) -> dict:
     loaded = time.perf_counter() - started
     memory = memory_kib()
     about = reader.json("knn/features_index")
-    indexes = {"mapped": knn.index, "mapped_unpopulated": InnerProductIndex.from_faiss(
-        mapped_faiss_index(reader.mapped("knn/features_faiss"), populate=False), about),
-        "copied": InnerProductIndex.from_faiss(faiss.deserialize_index(
-            reader.array("knn/features_faiss")), about)}
+    indexes = {"mapped": knn.index, "copied": InnerProductIndex.from_faiss(
+        faiss.deserialize_index(reader.array("knn/features_faiss")), about)}
     del reader
     rng = np.random.default_rng(seed)
     index = indexes["copied"].faiss_index
@@ -120,7 +116,7 @@ def load_and_score(folder: Path, queries: int, seed: int) -> dict:
     turns = list(indexes.items())
     for row in range(queries):
         photo = PhotoSet(photos[row:row + 1], np.zeros((1, 1000), np.float32))
-        for name, one in turns[row % 3:] + turns[:row % 3]:  # each first in turn
+        for name, one in turns[row % 2:] + turns[:row % 2]:  # each first in turn
             knn.index = one
             began = time.perf_counter()
             knn.scores(photo)

@@ -11,10 +11,8 @@ bench/index.py measures the trade-offs at 10k, 100k and 1M vectors.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -372,24 +370,23 @@ def load_index(reader: Any, name: str) -> InnerProductIndex:
     return index
 
 
-def mapped_faiss_index(stored: np.ndarray, populate: bool = True) -> faiss.Index:
+def mapped_faiss_index(stored: np.ndarray) -> faiss.Index:
     """The FAISS index whose bytes are ``stored`` (a read-only file map), reading its
     vectors and lists in place: the recommender, word and graph services map one model's
     index and share its pages (5.2 GB at a million photos), where each read its own copy.
     A model version never changes once published (a new one is a new folder): its
     checksums were verified at load, and a file changed under the map would answer
     unverified. The index keeps the map alive; FAISS aborts the process on a write to it
-    (``add`` copies it first). ``populate``: every page mapped now, not as searches first
-    touch them (bench/million_photos.py measures both)."""
+    (``add`` copies it first). Its pages are mapped as searches first touch them: mapping
+    them all at load (MADV_POPULATE_READ) did not bring the kNN's scores at a million
+    photos closer to a copy's (bench/million_photos.py as of 522dd39, 500 photos in
+    turns, two runs, p50 / p99 ms: populated 1.59 / 2.34 and 1.73 / 3.16, unpopulated
+    1.55 / 2.20 and 1.62 / 2.74, copied 1.54 / 2.25 and 1.54 / 2.32)."""
     if stored.dtype != np.uint8 or stored.ndim != 1:
         raise ValueError(f"a stored FAISS index is a 1-D uint8 array, got {stored.dtype} "
                          f"{stored.shape}")
     index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(stored), stored.nbytes))
     faiss.add_to_referenced_objects(index, stored)
-    mapping = getattr(stored, "_mmap", None)  # numpy's memmap keeps its mmap there
-    if populate and mapping is not None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # before Linux 5.14
-            mapping.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
     return index
 
 
