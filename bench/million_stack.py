@@ -160,8 +160,8 @@ async def served(model_dir: Path, user_dir: Path, photos: list[bytes], users: li
             "cached_p50_ms": round(float(np.percentile(again, 50)), 2),
             "cached_p99_ms": round(float(np.percentile(again, 99)), 2),
             "calls": calls,
-            # after the calls: a mapped index's pages count where they were touched (all
-            # of them: they are mapped at load)
+            # after the calls: a mapped index's pages count where the searches touched
+            # them (index_map_rss), the whole map apart (index_map_size)
             "services_mib_after_calls": {name: {k: v // 1024 for k, v in m.items()}
                                          for name, m in memory.items()},
             "services_total_mib_after_calls": {k: v // 1024 for k, v in total.items()}}
@@ -196,7 +196,9 @@ def recommend_at(n: int, calls: int, models: Path | None, user_model: Path | Non
                               capture_output=True, text=True)
         if made.returncode:
             raise RuntimeError(f"growing the model failed:\n{made.stderr[-3000:]}")
-        report["grown"] = json.loads(made.stdout.strip().splitlines()[-1])
+        *progress, last = made.stdout.strip().splitlines()
+        print("\n".join(progress), flush=True)  # each community's index
+        report["grown"] = json.loads(last)
         print(f"  written: {json.dumps(report['grown'])}", flush=True)
         report["grown"].update(asyncio.run(served(grown, user_dir, photos, users, calls)))
     # and the reference again, after: neither is always the first to start cold
