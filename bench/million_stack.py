@@ -196,7 +196,7 @@ def recommend_at(n: int, calls: int, models: Path | None, user_model: Path | Non
                               capture_output=True, text=True)
         if made.returncode:
             raise RuntimeError(f"growing the model failed:\n{made.stderr[-3000:]}")
-        *progress, last = made.stdout.strip().splitlines()
+        *progress, last = made.stdout.rstrip().splitlines()
         print("\n".join(progress), flush=True)  # each community's index
         report["grown"] = json.loads(last)
         print(f"  written: {json.dumps(report['grown'])}", flush=True)
