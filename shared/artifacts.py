@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,6 +47,17 @@ class _HashingFile:
         return self.file.write(data)
 
 
+class _Counted:
+    """A file to write that keeps nothing but the number of bytes written to it."""
+
+    size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        written = memoryview(data).nbytes
+        self.size += written
+        return written
+
+
 class ArtifactWriter:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -66,24 +76,23 @@ class ArtifactWriter:
 
     def bytes_array(self, name: str, produce: Callable[[BinaryIO], Any]) -> None:
         """The bytes ``produce(file)`` writes, as ``name``.npy: a uint8 array, the same file
-        as ``array`` of those bytes would be. They go to a scratch file first (the header
-        needs their length), then into the array's file, so a writer that streams (FAISS
-        writing an index) never has them in memory at once."""
-        raw = self.directory / f".{name.replace('/', '_')}.raw"
-        try:
-            with raw.open("wb") as out:
-                produce(out)
-            size = raw.stat().st_size
+        as ``array`` of those bytes would be. ``produce`` runs twice, into a counter first
+        (the header needs their length), then into the file, and must write the same
+        bytes both times: a writer that streams (FAISS writing an index) never has them in
+        memory at once, and they reach the disk once."""
+        counted = _Counted()
+        produce(counted)
 
-            def copied(out: BinaryIO) -> None:
-                np.lib.format.write_array_header_1_0(out, {
-                    "descr": "|u1", "fortran_order": False, "shape": (size,)})
-                with raw.open("rb") as source:
-                    shutil.copyfileobj(source, out, 16 << 20)
+        def framed(out: _HashingFile) -> None:
+            np.lib.format.write_array_header_1_0(out, {
+                "descr": "|u1", "fortran_order": False, "shape": (counted.size,)})
+            before = out.size
+            produce(out)
+            if out.size - before != counted.size:
+                raise ValueError(f"{name}: wrote {out.size - before} bytes, counted "
+                                 f"{counted.size} the first time")
 
-            self._stored(name, copied)
-        finally:
-            raw.unlink(missing_ok=True)
+        self._stored(name, framed)
 
     def _stored(self, name: str, write: Callable[[BinaryIO], Any]) -> None:
         relative = f"{name}.npy"

@@ -125,3 +125,21 @@ def test_arrays_and_a_faiss_index_are_streamed_to_their_files_never_copied_whole
     loaded = load_index(ArtifactReader(tmp_path), "community/a/graph/visual_features")
     queries = vectors[:5]
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def test_bytes_written_otherwise_the_second_time_are_refused_and_leave_no_file(
+        tmp_path: Path) -> None:
+    """bytes_array counts what ``produce`` writes, then writes it: a producer that writes
+    other bytes the second time is refused, and no file is left under either name."""
+    calls = []
+
+    def produce(out) -> None:
+        calls.append(1)
+        out.write(b"x" * (100 * len(calls)))
+
+    writer = ArtifactWriter(tmp_path)
+    with pytest.raises(ValueError, match="wrote 200 bytes, counted 100"):
+        writer.bytes_array("index", produce)
+    assert not list(tmp_path.iterdir())
+    writer.bytes_array("same", lambda out: out.write(b"y" * 300))
+    assert np.load(tmp_path / "same.npy").tobytes() == b"y" * 300
