@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the stack helpers
+from million_photos import noisy_copies
 from serving import new_photo
 from stack import memory_kib, serve_processes, served_models, service_pids
 from train import own_peak_rss_kib
@@ -46,10 +47,9 @@ from services.image_models import KIND, OUT_OF_FOLD_PHOTOS, OUT_OF_FOLD_SCORES, 
 from shared.artifacts import ArtifactReader, ArtifactWriter, resolve_artifact
 from shared.config import data_root
 from shared.grpc_server import CHANNEL_OPTIONS
-from shared.index import l2_normalized, photo_index
+from shared.index import photo_index
 
 REPO = Path(__file__).resolve().parent.parent
-CHUNK = 100_000
 PHOTO_METHODS = ("knn", "graph", "semantic")
 
 
@@ -72,14 +72,8 @@ def grow(reference: Path, n: int, out: Path, seed: int) -> dict:
             raise ValueError(f"{reference}: community {community}'s kNN, graph and semantic "
                              "methods do not index the same photos")
         count = max(1, round(n * size / sum(sizes)))
-        source = own_knn.index.vectors
-        spread = 0.3 * source.std(axis=0, keepdims=True)
         picks = rng.integers(size, size=count)
-        features = np.empty((count, source.shape[1]), np.float32)
-        for start in range(0, count, CHUNK):
-            rows = picks[start:start + CHUNK]
-            features[start:start + len(rows)] = l2_normalized(source[rows] + rng.normal(
-                size=(len(rows), source.shape[1])).astype(np.float32) * spread)
+        features = noisy_copies(own_knn.index.vectors, picks, rng)
         index = photo_index(features)  # as KnnMethod.fit builds it
         if index.kind != "flat":
             index._chunks = []  # FAISS's index holds the rows; the array goes

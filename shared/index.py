@@ -213,7 +213,7 @@ class InnerProductIndex:
         folder = state.pop("_spill", None)
         if folder is not None:
             path = Path(folder) / f"index-{state['_digest']}-{self.kind}.bin"
-            if not path.exists():  # kNN's and semantic's equal indexes: one file
+            if not path.exists():  # pickled again (a retried task): the file is there
                 partial = path.with_name(f".{path.name}.{os.getpid()}")
                 if self.kind == "flat":
                     with partial.open("wb") as out:
