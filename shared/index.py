@@ -162,11 +162,9 @@ class InnerProductIndex:
         loaded._chunks, loaded._index = [], index
         loaded.dim, loaded.size = index.d, index.ntotal
         loaded.kind, loaded.built_size = about["kind"], about["built_size"]
+        # the lists probed (efSearch) as tuned are in FAISS's file: ``_tuned`` leaves the
+        # index at the setting it names
         loaded.setting, loaded.recall = about["setting"], about["recall"]
-        if loaded.kind in ("ivf", "ivf-sq8"):
-            faiss.extract_index_ivf(index).nprobe = loaded.setting
-        elif loaded.kind == "hnsw":
-            index.hnsw.efSearch = loaded.setting
         return loaded
 
     def same_as(self, other: InnerProductIndex) -> bool:
@@ -236,10 +234,7 @@ class InnerProductIndex:
         if self.kind == "flat":
             self._chunks = [np.load(spilled, mmap_mode="r", allow_pickle=False)]
         else:
-            self._index = InnerProductIndex.from_faiss(
-                faiss.read_index(spilled), {"kind": self.kind, "built_size": self.built_size,
-                                            "setting": self.setting, "recall": self.recall},
-                self.config)._index
+            self._index = faiss.read_index(spilled)  # tuned as it was written
 
     def search(self, queries: np.ndarray, k: int, excluded: Sequence[int] = (),
                ) -> tuple[np.ndarray, np.ndarray]:
