@@ -69,7 +69,7 @@ from services.user.profiles import KEPT_EXPECTED, ROW, SparseProfiles
 from services.user.shards import claim, reshard
 from shared.artifacts import resolve_artifact
 from shared.backbone import vision_model_id
-from shared.config import models_dir
+from shared.config import FIT_PASSES_ENV, models_dir
 from shared.sharding import Shard, shard_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -382,17 +382,22 @@ def users_part(args: argparse.Namespace) -> dict:
     return report
 
 
-def driver_part(photos: int, methods: str | None) -> dict:
-    """The training driver's memory at ``photos`` photos (bench/train.py's ``measure``)."""
+def driver_part(photos: int, methods: str | None, passes: int | None = None) -> dict:
+    """The training driver's memory at ``photos`` photos (bench/train.py's ``measure``);
+    ``passes``: $HASHREC_FIT_PASSES for the training (its fits' CPU is then not the
+    recipe's; what they send the driver has the same shapes)."""
     from train import measure, warm_feature_store
 
     warm_feature_store()
     chosen = None if methods in (None, "", "default") else tuple(methods.split(","))
-    print(f"the training driver on {photos:,} photos ({methods or 'the default recipe'}; "
-          "the posts with a hashtag in the vocabulary train) ...", flush=True)
+    capped = f", at most {passes} passes a fit" if passes else ""
+    print(f"the training driver on {photos:,} photos ({methods or 'the default recipe'}"
+          f"{capped}; the posts with a hashtag in the vocabulary train) ...", flush=True)
+    if passes:
+        os.environ[FIT_PASSES_ENV] = str(passes)  # the training's process inherits it
     with tempfile.TemporaryDirectory(prefix="hashrec-bench-driver-") as scratch:
         row = measure(photos, None, Path(scratch), chosen)
-    return {"photos": row["photos"], "methods": list(row["fit_cpu_s"]),
+    return {"photos": row["photos"], "methods": list(row["fit_cpu_s"]), "fit_passes": passes,
             "driver_peak_rss_mib": row["driver_peak_rss_mib"],
             "all_processes_peak_rss_mib": row["peak_rss_mib"], "wall_s": row["wall_s"],
             "stage_s": row["stage_s"], "driver_rss_mib": row["driver_rss_mib"]}
@@ -422,6 +427,10 @@ def main() -> None:
                         help="methods trained for it, comma-separated, or 'default' for "
                              "the default recipe's seven (hours at 100,000 photos on two "
                              "cores)")
+    parser.add_argument("--driver-passes", type=int, default=None,
+                        help="$HASHREC_FIT_PASSES for it: the iterative fits' passes over "
+                             "the photos capped, so the default recipe fits in hours fewer; "
+                             "what the fits send the driver keeps its shapes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kept-expected", type=int, default=KEPT_EXPECTED,
                         help="for the profiles' bytes and fidelity only (the services keep "
@@ -439,7 +448,8 @@ def main() -> None:
         report["recommend"] = recommend_at(args.stack_photos, args.stack_calls,
                                            args.image_model, args.user_model, args.seed)
     if args.driver_photos and not args.profiles_only:
-        report["training_driver"] = driver_part(args.driver_photos, args.driver_methods)
+        report["training_driver"] = driver_part(args.driver_photos, args.driver_methods,
+                                                 args.driver_passes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     shown = {part: {k: v for k, v in values.items() if k != "driver_rss_mib"}

@@ -35,7 +35,7 @@ from services.vision.store import FeatureStore
 from services.word.semantic import TextResources
 from shared.artifacts import ArtifactWriter, fsync_directory
 from shared.backbone import vision_model_id
-from shared.config import fit_sample_limit
+from shared.config import fit_passes_limit, fit_sample_limit
 from shared.data.readers import Post
 from shared.data.split import fit_sample
 
@@ -149,6 +149,8 @@ def _train_communities(communities: Sequence[Community], store: FeatureStore, ou
         writer.close({"kind": KIND, "version": version, "methods": list(methods),
                       "vision_model": vision_model_id(), "n_train": len(train), "seed": seed,
                       "fit_sample": {"photos": len(scored), "limit": fit_sample_limit()},
+                      # capped fits (a smoke run, a memory measurement) say so in the model
+                      **({"fit_passes": passes} if (passes := fit_passes_limit()) else {}),
                       **({"text_model": text.model_id} if text is not None and text.model_id
                          else {}),
                       "communities": [{"name": c.name, "ignored": sorted(c.ignore),

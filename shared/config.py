@@ -120,6 +120,23 @@ FIT_SAMPLE_ENV = "HASHREC_FIT_SAMPLE"
 DEFAULT_FIT_SAMPLE = 3_000
 
 
+FIT_PASSES_ENV = "HASHREC_FIT_PASSES"
+
+
+def fit_passes_limit() -> int | None:
+    """$HASHREC_FIT_PASSES, the most passes over the training photos an iterative fit
+    makes (the MLP's and AutoRec's epochs, DeepWalk's walks from each node and its
+    skip-gram's epochs); None when unset: each method's own. For smoke runs and memory
+    measurements: a fit's model has the same shape whatever its passes, not its quality."""
+    raw = os.environ.get(FIT_PASSES_ENV, "").strip()
+    if not raw:
+        return None
+    passes = env_int(FIT_PASSES_ENV, 0)
+    if passes < 1:
+        raise ValueError(f"{FIT_PASSES_ENV} must be at least 1, got {raw!r}")
+    return passes
+
+
 def fit_sample_limit() -> int:
     """$HASHREC_FIT_SAMPLE (at least 100)."""
     limit = env_int(FIT_SAMPLE_ENV, DEFAULT_FIT_SAMPLE)

@@ -121,3 +121,41 @@ def test_the_fusion_is_fit_on_training_photos_alone(data_dir: Path, store: Featu
     shuffled = [replace(p, hashtags=q.hashtags) for p, q in zip(test, test[::-1], strict=True)]
     again = run_image2tag(train, shuffled, store, progress=False, **settings)
     assert again.fusion_weights == result.fusion_weights
+
+
+
+def test_fit_passes_caps_the_iterative_fits_and_keeps_their_models_shapes(
+        labelled_photos, monkeypatch, caplog) -> None:
+    """$HASHREC_FIT_PASSES=1: the MLP, AutoRec and DeepWalk each go over the photos once
+    (their own logs say so), and answer in the shape the uncapped fits answer in."""
+    import logging
+    import re
+
+    train, test, _, vocab = labelled_photos
+    names = ["mlp", "autorec_masked", "graph"]
+    caplog.set_level(logging.INFO)
+
+    def fitted() -> tuple[list, str]:
+        caplog.clear()
+        methods = make_methods(names, seed=0)
+        for method in methods:
+            method.fit(train, vocab.terms)
+        return methods, caplog.text
+
+    full, full_log = fitted()
+    monkeypatch.setenv("HASHREC_FIT_PASSES", "1")
+    capped, logged = fitted()
+    assert "mlp (sigmoid): 1 epochs" in logged and "mlp (softmax): 1 epochs" in logged
+    assert "after 1 epochs" in logged  # AutoRec: its least number of updates lifted too
+    assert "after 1 epochs" not in full_log
+    walks = [int(re.search(r"skip-gram: (\d+) walks", text).group(1))
+             for text in (full_log, logged)]
+    assert walks[0] == 10 * walks[1]  # one walk from each node, not ten
+    assert "'epochs': 1" in logged and "'epochs': 3" in full_log  # the skip-gram's
+    for method, uncapped in zip(capped, full, strict=True):
+        assert method.scores(test).shape == uncapped.scores(test).shape
+    assert [a.shape for a in capped[0].layers] == [a.shape for a in full[0].layers]
+    for wrong in ("0", "many"):
+        monkeypatch.setenv("HASHREC_FIT_PASSES", wrong)
+        with pytest.raises(ValueError, match="HASHREC_FIT_PASSES must be"):
+            make_methods(["mlp"], seed=0)

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from services.vision.store import FeatureStore
 from services.word.autorec import AutoRecMethod, AutoRecParams
 from services.word.model import InstaHashMethod, Word2VecParams, train_word2vec
 from services.word.semantic import SemanticMethod, TextResources
+from shared.config import fit_passes_limit
 from shared.data.readers import Post
 from shared.eval.metrics import (
     accuracy_at_k,
@@ -102,7 +103,26 @@ def make_methods(names: Sequence[str], seed: int,
     unknown = set(names) - set(factories)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(factories)}")
-    return [factories[name]() for name in names]
+    passes = fit_passes_limit()
+    return [factories[name]() if passes is None else with_passes(factories[name](), passes)
+            for name in names]
+
+
+def with_passes(method: Method, passes: int) -> Method:
+    """``method`` making at most ``passes`` passes over the photos ($HASHREC_FIT_PASSES):
+    the MLP's and AutoRec's epochs (AutoRec's least number of updates too), DeepWalk's
+    walks from each node and its skip-gram's epochs. The others make one pass already."""
+    if isinstance(method, MlpMethod):
+        method.max_epochs = min(method.max_epochs, passes)
+    elif isinstance(method, AutoRecMethod):
+        method.params = replace(method.params, epochs=min(method.params.epochs, passes),
+                                min_updates=0)
+    elif isinstance(method, JointGraphMethod):
+        walks = method.params
+        method.params = replace(
+            walks, walks_per_node=min(walks.walks_per_node, passes),
+            skipgram=replace(walks.skipgram, epochs=min(walks.skipgram.epochs, passes)))
+    return method
 
 
 @dataclass
