@@ -107,9 +107,10 @@ class VocabularyScorer:
     def __init__(self, methods: dict[str, object], model_version: str,
                  previous: VocabularyScorer | None = None) -> None:
         """``previous``: the scorer this one replaces in a rollout, kept (without its own
-        previous) for callers still on its version; its worker is shared."""
-        if not methods:
-            raise ValueError("a scoring service needs at least one method")
+        previous) for callers still on its version; its worker is shared. No ``methods``
+        (a model trained without this service's): it serves, and Score says so, so the
+        stack serves such a model (the recommender does not ask) and a later version
+        with them is rolled out as any other."""
         self.methods, self.model_version = methods, model_version
         if previous is not None and previous.previous is not None:
             previous.previous.batcher.stop()  # two versions at most stay in memory
@@ -156,11 +157,15 @@ class VocabularyScorer:
 
     async def Score(self, request: photo_pb2.ScoreRequest,  # noqa: N802
                     context: grpc.aio.ServicerContext) -> photo_pb2.VocabularyScores:
-        photos = await photo_or_abort(request.photo, context, request.community_weights,
-                                      self.communities)
         scorer = self
         if self.previous is not None and request.model_version == self.previous.model_version:
             scorer = self.previous
+        if not scorer.methods:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"model {scorer.model_version} holds none of the methods "
+                                "this service scores")
+        photos = await photo_or_abort(request.photo, context, request.community_weights,
+                                      self.communities)
         try:
             methods = await scorer.batcher.submit((photos, request.outside_hashtags_known))
         except OverloadedError as error:

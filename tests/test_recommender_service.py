@@ -141,3 +141,52 @@ def test_cli_recommend_into_a_closed_pipe_ends_quietly(stack: dict, data_dir: Pa
     _, errors = process.communicate(timeout=120)
     assert process.returncode == 0
     assert b"Traceback" not in errors and b"BrokenPipeError" not in errors, errors
+
+
+def test_a_model_without_word_and_graph_methods_is_served_by_the_whole_stack(
+        stack: dict, data_dir: Path, tmp_path: Path, feature_store) -> None:
+    """`hashrec train --methods frequency,knn`: word and graph serve it (SERVING, and Score
+    and Similar say what the model lacks) instead of exiting, and the recommender answers
+    whole without asking them."""
+    from hashrec.v1 import graph_pb2_grpc, photo_pb2, word_pb2, word_pb2_grpc
+
+    from services.graph.server import serve as serve_graph
+    from services.word.server import serve as serve_word
+
+    posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:100]
+    trained = train_image_models(posts, feature_store, tmp_path / "models",
+                                 methods=("frequency", "knn"), min_count=2, folds=3,
+                                 progress=False, engine=pool())
+    loop: LoopThread = stack["loop"]
+    word = loop.call(serve_word("127.0.0.1", 0, trained.directory))
+    graph = loop.call(serve_graph("127.0.0.1", 0, trained.directory))
+    recommender = loop.call(serve_recommender(
+        "127.0.0.1", 0, trained.directory, stack["vision"].address, word.address,
+        graph.address))
+    try:
+        for server, stub in ((word, word_pb2_grpc.WordEmbeddingServiceStub),
+                             (graph, graph_pb2_grpc.GraphEmbeddingServiceStub)):
+            with grpc.insecure_channel(server.address) as channel:
+                assert health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5).status == \
+                    health_pb2.HealthCheckResponse.SERVING
+                with pytest.raises(grpc.RpcError) as error:
+                    stub(channel).Score(photo_pb2.ScoreRequest(), timeout=10)
+                assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert f"model {trained.version} holds none of the methods" in \
+                    error.value.details()
+        with grpc.insecure_channel(word.address) as channel, \
+                pytest.raises(grpc.RpcError) as error:
+            word_pb2_grpc.WordEmbeddingServiceStub(channel).Similar(
+                word_pb2.SimilarRequest(hashtag="pizza", k=3), timeout=10)
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "trained without the word method" in error.value.details()
+        photo = (data_dir / "food" / "images" / "0000008.jpg").read_bytes()
+        with grpc.insecure_channel(recommender.address) as channel:
+            reply = _recommend(channel, photo, k=5)
+        assert len(reply.hashtags) == 5 and not reply.degraded
+        assert reply.model_version == trained.version
+        assert {s.method for h in reply.hashtags for s in h.signals} <= {"frequency", "knn"}
+    finally:
+        for server in (recommender, graph, word):
+            loop.call(server.stop())

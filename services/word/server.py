@@ -45,13 +45,20 @@ class WordServicer(VocabularyScorer):
     def __init__(self, methods: dict[str, object], vocabulary: tuple[str, ...],
                  model_version: str, previous: VocabularyScorer | None = None) -> None:
         super().__init__(methods, model_version, previous)
-        word = methods["word"]  # InstaHashMethod, or one per community (GatedMethod)
-        inner: list[InstaHashMethod] = getattr(word, "inner", [word])
-        self.similar = SimilarAcrossSpaces([method.term_vectors for method in inner],
-                                           vocabulary)
+        #: None: the model was trained without the word method, whose vectors these are
+        self.similar: SimilarAcrossSpaces | None = None
+        if "word" in methods:  # InstaHashMethod, or one per community (GatedMethod)
+            inner: list[InstaHashMethod] = getattr(methods["word"], "inner",
+                                                   [methods["word"]])
+            self.similar = SimilarAcrossSpaces([method.term_vectors for method in inner],
+                                               vocabulary)
 
     async def Similar(self, request: word_pb2.SimilarRequest,  # noqa: N802
                       context: grpc.aio.ServicerContext) -> word_pb2.SimilarResponse:
+        if self.similar is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"model {self.model_version} was trained without the word "
+                                "method: it has no hashtag vectors to search")
         k = await k_or_abort(request.k, MAX_K, context)
         await limits_or_abort(context, hashtag_problem(request.hashtag))
         hashtag = normalize_hashtag(request.hashtag)
