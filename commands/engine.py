@@ -115,6 +115,12 @@ class _EmbedBatch:
                 "probabilities": embedding.probabilities}
 
 
+#: the environment a fit reads (shared/config.py, shared/index.py): photo index kind and
+#: recall, the fit sample and passes, the text encoder, the vision backbone
+FIT_SETTINGS = ("HASHREC_INDEX", "HASHREC_FIT_", "HASHREC_TEXT_ENCODER", "HASHREC_TEXT_MODEL",
+                "HASHREC_BACKBONE")
+
+
 class RayEngine:
     """Ray: a local Ray started in this process, or the cluster at ``address`` (for
     example KubeRay's head, ray://host:10001). ``workers``: the vision actors and the
@@ -180,7 +186,12 @@ class RayEngine:
         # the large shared inputs (the photo set, the text resources) go to the object
         # store once, not once a task
         refs = {name: ray.put(_unmapped(value)) for name, value in shared.items()}
-        task = ray.remote(num_cpus=1)(function)
+        # the driver's settings that decide what a fit computes, as they are at this call
+        # (Ray's workers keep the environment Ray was started with; paths, ports and
+        # secrets are the cluster's own and stay)
+        settings = {name: value for name, value in os.environ.items()
+                    if name.startswith(FIT_SETTINGS)}
+        task = ray.remote(num_cpus=1)(function).options(runtime_env={"env_vars": settings})
         pending = [task.remote(item, **refs) for item in items]
         return _counted((ray.get(ref) for ref in pending), len(items), progress)
 

@@ -91,6 +91,25 @@ def test_ray_embeds_only_the_photos_the_store_lacks(both_trained, food_posts, ra
     assert store.missing(paths) == []
 
 
+def _setting(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+def test_ray_tasks_read_the_fit_settings_the_driver_has_at_the_call(ray_engine,
+                                                                      monkeypatch):
+    """Ray's workers start with Ray's environment: a fit setting changed after (the index
+    kind, the fit's passes) reaches them with each call, a path does not."""
+    names = ["HASHREC_FIT_PASSES", "HASHREC_INDEX_EXACT_MAX", "HASHREC_MODELS"]
+    monkeypatch.setenv("HASHREC_FIT_PASSES", "3")
+    monkeypatch.setenv("HASHREC_INDEX_EXACT_MAX", "50")
+    monkeypatch.setenv("HASHREC_MODELS", "/the/drivers/own/models")
+    assert list(ray_engine.map(_setting, names)) == ["3", "50", None]
+    monkeypatch.setenv("HASHREC_FIT_PASSES", "4")
+    assert list(ray_engine.map(_setting, names[:1])) == ["4"]
+
+
 def test_a_fit_gives_the_same_bits_whatever_the_callers_thread_count(
         data_dir: Path, feature_store, food_posts, tmp_path: Path):
     # Large enough that torch and the BLAS split their sums over threads (two communities
