@@ -33,7 +33,7 @@ from services.recommender.model import Fusion, RankFusion
 from services.recommender.user_side import min_max_rows
 from services.vision.store import FeatureStore
 from services.word.semantic import TextResources
-from shared.artifacts import ArtifactWriter, fsync_directory
+from shared.artifacts import ArtifactWriter, file_blocks, fsync_directory
 from shared.backbone import vision_model_id
 from shared.config import fit_passes_limit, fit_sample_limit
 from shared.data.readers import Post
@@ -194,15 +194,9 @@ def content_digest(terms: Sequence[str], features: np.ndarray) -> str:
     """sha256 of the vocabulary and the features' bytes; a memory-mapped file's are read
     from the file, a block at a time, so the driver never maps them all in."""
     digest = hashlib.sha256("\n".join(terms).encode())
-    if isinstance(features, np.memmap) and features.filename is not None and \
-            features.flags.c_contiguous and \
-            os.path.getsize(features.filename) - features.offset == features.nbytes:
-        with open(features.filename, "rb") as stored:
-            stored.seek(features.offset)
-            while block := stored.read(16 << 20):
-                digest.update(block)
-    else:
-        digest.update(np.ascontiguousarray(features).data)
+    blocks = file_blocks(features)
+    for block in blocks if blocks is not None else [np.ascontiguousarray(features).data]:
+        digest.update(block)
     return digest.hexdigest()
 
 

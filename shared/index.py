@@ -206,7 +206,7 @@ class InnerProductIndex:
         IVF-SQ8's as quantised); either by a file when spilled (``spill_to``). Either
         carries the digest of the rows it was built on."""
         state = dict(self.__dict__)
-        state.pop("_mapped", None)  # the copy unpickled is its own
+        state.pop("_stored", None)  # the copy unpickled is its own
         state["_digest"] = self.vectors_digest()
         folder = state.pop("_spill", None)
         if folder is not None:
@@ -233,8 +233,10 @@ class InnerProductIndex:
             return
         if self.kind == "flat":
             self._chunks = [np.load(spilled, mmap_mode="r", allow_pickle=False)]
-        else:
-            self._index = faiss.read_index(spilled)  # tuned as it was written
+        else:  # read in place, tuned as it was written: the driver that writes it into
+            # the model copies the file (save_index) and never holds its lists
+            self._stored = np.memmap(spilled, dtype=np.uint8, mode="r")
+            self._index = mapped_faiss_index(self._stored)
 
     def search(self, queries: np.ndarray, k: int, excluded: Sequence[int] = (),
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -303,10 +305,10 @@ class InnerProductIndex:
         size = self.size + len(vectors)
         rebuilt = (self.config.kind_for(size, self.dim) != self.kind
                    or (self.kind != "flat" and size > 2 * self.built_size))
-        if self.__dict__.get("_mapped") and not rebuilt:  # read in place from a model's
-            # file: a copy of its own to grow (FAISS aborts on resizing a mapped list)
+        if self.__dict__.get("_stored") is not None and not rebuilt:  # read in place
+            # from a file: a copy of its own to grow (FAISS aborts on resizing a mapped list)
             self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
-            del self._mapped
+            self._stored = None
         index = self.faiss_index  # FAISS's copy of the rows so far, before these join them
         if not self._chunks:  # loaded whole: the rows so far from FAISS first
             self._chunks = [self.vectors]
@@ -315,7 +317,7 @@ class InnerProductIndex:
         self._digest = None
         if rebuilt:
             self._index = self._build()
-            self.__dict__.pop("_mapped", None)
+            self._stored = None
         else:
             index.add(vectors)
 
@@ -334,10 +336,14 @@ def save_index(writer: Any, name: str, index: InnerProductIndex) -> None:
     if index.kind == "flat":
         writer.array(name, index.vectors)
         return
-    # FAISS writes it to the file a MiB at a time: serialize_index's copy of it in memory
-    # (0.5 GB at 100,000 photos) was the training driver's peak while it wrote the model
-    writer.bytes_array(f"{name}_faiss", lambda out: faiss.write_index(
-        index.faiss_index, faiss.PyCallbackIOWriter(out.write)))
+    stored = index.__dict__.get("_stored")
+    if stored is not None:  # read in place from a file of FAISS's bytes: copied from it
+        writer.array(f"{name}_faiss", stored)
+    else:
+        # FAISS writes it to the file a MiB at a time: serialize_index's copy of it in memory
+        # (0.5 GB at 100,000 photos) was the training driver's peak while it wrote the model
+        writer.bytes_array(f"{name}_faiss", lambda out: faiss.write_index(
+            index.faiss_index, faiss.PyCallbackIOWriter(out.write)))
     writer.json(f"{name}_index", {"kind": index.kind, "setting": index.setting,
                                   "recall": index.recall, "built_size": index.built_size})
 
@@ -358,7 +364,7 @@ def load_index(reader: Any, name: str) -> InnerProductIndex:
     if reader.has(f"{name}_faiss.npy"):
         index = InnerProductIndex.from_faiss(mapped_faiss_index(stored),
                                              reader.json(f"{name}_index"))
-        index._mapped = True
+        index._stored = stored
     else:
         index = photo_index(stored)
     loaded[id(stored)] = (stored, index)  # the array held: its id is not reused meanwhile

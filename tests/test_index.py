@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from services.recommender.model import KnnMethod
+from shared.artifacts import ArtifactWriter
 from shared.index import (
     IndexConfig,
     InnerProductIndex,
     l2_normalized,
     photo_index,
     recall_at_10,
+    save_index,
 )
 from shared.photos import PhotoSet
 
@@ -261,8 +263,32 @@ def test_a_spilled_index_is_pickled_as_a_file_name_and_read_back_from_the_file(
     assert copy.same_as(index) and copy.kind == kind and copy.setting == index.setting
     if kind == "flat":
         assert isinstance(copy.vectors, np.memmap) and copy._index is None
+    # the driver writes it into the model from the file, which it never reads through
+    # its map (those pages would count in its memory): the bytes the built index writes
+    (spilled,) = tmp_path.iterdir()
+    written = {}
+    for name, one in (("built", index), ("read back", copy)):
+        writer = ArtifactWriter(tmp_path / name)
+        save_index(writer, "knn/features", one)
+        written[name] = writer.files
+    assert written["read back"] == written["built"] and written["built"]
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    assert any(line.endswith(str(spilled)) for line in maps)  # read in place, not copied
+    assert _resident_kib(spilled) < spilled.stat().st_size / 1024 / 4
     queries = clustered(40, dim=32, seed=5)
     np.testing.assert_array_equal(copy.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def _resident_kib(path: Path) -> int:
+    """This process's resident KiB of its maps of ``path`` (/proc/self/smaps)."""
+    resident, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's first line
+            inside = fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1])
+    return resident
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivf-sq8"])
