@@ -266,6 +266,7 @@ def measure(photos: int, workers: int | None, scratch: Path,
             "fits_cpu_util_pct": None if fits_util is None else round(fits_util),
             "stage_s": {k: round(v, 1) for k, v in stages.items()},
             "fit_cpu_s": training["fit_cpu_seconds"], "workers": training["workers"],
+            "fit_passes": manifest.get("fit_passes"),  # as the model says it was trained
             "peak_rss_mib": round(max((s[2] for s in samples), default=0.0)),
             "driver_peak_rss_mib": read["driver_peak_rss_mib"],
             "s_per_1000_photos": round(1000 * wall / manifest["n_train"], 1),

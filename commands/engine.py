@@ -191,7 +191,9 @@ class RayEngine:
         # secrets are the cluster's own and stay)
         settings = {name: value for name, value in os.environ.items()
                     if name.startswith(FIT_SETTINGS)}
-        task = ray.remote(num_cpus=1)(function).options(runtime_env={"env_vars": settings})
+        task = ray.remote(num_cpus=1)(function)
+        if settings:  # a runtime_env of its own starts workers of its own
+            task = task.options(runtime_env={"env_vars": settings})
         pending = [task.remote(item, **refs) for item in items]
         return _counted((ray.get(ref) for ref in pending), len(items), progress)
 
