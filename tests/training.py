@@ -7,8 +7,14 @@ on a clean clone). tests/test_engine.py checks that it writes the serial engine'
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from commands.engine import LocalEngine
+from commands.engine import Engine, LocalEngine
+
+if TYPE_CHECKING:
+    from services.image_models import ImageModels
+    from services.vision.store import FeatureStore
 
 
 @cache
@@ -16,3 +22,21 @@ def pool() -> LocalEngine:
     from shared.batching import usable_cores
 
     return LocalEngine(usable_cores())
+
+
+#: the real slice the engine tests train on: the food set's first photos
+ENGINE_SLICE = 100
+
+
+def trained_slice(posts: list, root: Path, engine: Engine) -> tuple[ImageModels, FeatureStore]:
+    """The food set's first ``ENGINE_SLICE`` photos trained on ``engine`` with a feature
+    store of its own (so the engine computes the features too), every default method,
+    three folds: what tests/test_engine*.py compare between engines."""
+    from commands.train import train_image_models
+    from services.vision.store import FeatureStore
+
+    store = FeatureStore(root / "features")
+    models = train_image_models(posts[:ENGINE_SLICE], store, root / "models",
+                                ignore=frozenset({"food"}), min_count=2, folds=3,
+                                progress=False, engine=engine)
+    return models, store
