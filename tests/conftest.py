@@ -45,8 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 #: the slowest modules (seconds on 2 workers, 2026-12-06), first, so that xdist's workers,
 #: which take the next module as they free up, end together
-SLOWEST_FIRST = ("test_engine_ray", "test_engine", "test_train", "test_processes", "test_serve_lifecycle",
-                 "test_stack", "test_autorec", "test_served", "test_communities",
+SLOWEST_FIRST = ("test_engine_ray", "test_engine", "test_train", "test_processes",
+                 "test_serve_lifecycle", "test_stack", "test_autorec", "test_served",
+                 "test_communities",
                  "test_image2tag", "test_supervision", "test_deploy",
                  "test_recommender_service", "test_zhong", "test_user_model",
                  "test_gateway", "test_user_weight", "test_user_journal")
