@@ -93,6 +93,24 @@ def test_cli_train_writes_a_loadable_model(tmp_path: Path, data_dir: Path, monke
     assert load_image_models(Path(written)).methods.keys() == set(METHODS)
 
 
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("HASHREC_FIT_PASSES", "0", "HASHREC_FIT_PASSES must be at least 1, got '0'"),
+    ("HASHREC_FIT_SAMPLE", "5", "HASHREC_FIT_SAMPLE must be at least 100, got 5"),
+])
+def test_cli_train_refuses_a_bad_fit_setting_before_reading_any_data(
+        tmp_path: Path, monkeypatch, capsys, name: str, value: str, message: str) -> None:
+    """One line naming the setting, before the photos are read or embedded (a data set
+    that does not exist is never looked at) and before the output folder is made."""
+    from commands.cli import main
+
+    monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    assert main(["train", "--train", f"jsonl:{tmp_path / 'no-such-posts.jsonl'}",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith(message)
+    assert not out.exists()
+
+
 def test_ctrl_c_during_training_ends_in_one_line_and_publishes_nothing(
         tmp_path: Path, data_dir: Path) -> None:
     """SIGINT to `hashrec train`'s process group while its pool fits: exit 130, one line
