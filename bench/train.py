@@ -235,6 +235,10 @@ def measure(photos: int, workers: int | None, scratch: Path,
         while not done.wait(0.5):
             cpu, rss = _cpu_and_rss(_tree(process.pid))
             samples.append((time.time(), cpu, rss, _cpu_and_rss([process.pid])[1]))
+            if len(samples) % 60 == 0:  # the training can run for hours: a line a 30 s
+                print(f"  {samples[-1][0] - started_at:,.0f} s: {cpu:,.0f} CPU s, driver "
+                      f"{samples[-1][3]:,.0f} MiB, all processes {rss:,.0f} MiB",
+                      flush=True)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
