@@ -100,6 +100,15 @@ def mirflickr_labelled(data_dir: Path, feature_store):
 
 
 @pytest.fixture(scope="session")
+def food_posts(data_dir: Path) -> list:
+    """The food set's posts, hashtags normalised (the engine tests train on its first)."""
+    from shared.data.normalize import normalize_post_hashtags
+    from shared.data.readers import read_posts
+
+    return normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))
+
+
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, shared_dir: Path,
           feature_store) -> Iterator[dict]:
     """The five services over real sockets on one event loop in a thread: photo models

@@ -11,12 +11,7 @@ import pytest
 from commands.engine import LocalEngine, make_engine
 from shared.data.normalize import normalize_post_hashtags
 from shared.data.readers import read_posts
-from tests.training import trained_slice
-
-
-@pytest.fixture(scope="module")
-def food_posts(data_dir: Path):
-    return normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))
+from tests.training import manifest, trained_slice
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +22,9 @@ def both_trained(tmp_path_factory: pytest.TempPathFactory, food_posts):
             for key, engine in (("local", LocalEngine()), ("pool", LocalEngine(workers=2)))}
 
 
-def _manifest(models) -> dict:
-    return json.loads((models.directory / "manifest.json").read_text())
-
-
 def test_a_pool_of_processes_writes_the_serial_engines_artifact_byte_for_byte(both_trained):
     (serial, _), (pool, _) = both_trained["local"], both_trained["pool"]
-    assert _manifest(pool)["files"] == _manifest(serial)["files"]
+    assert manifest(pool)["files"] == manifest(serial)["files"]
     assert pool.version.rsplit("-", 1)[1] == serial.version.rsplit("-", 1)[1]
 
 

@@ -5,17 +5,13 @@ tests/test_engine.py on another test worker they no longer queue behind each oth
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from commands.engine import LocalEngine, RayEngine
-from shared.data.normalize import normalize_post_hashtags
-from shared.data.readers import read_posts
-from tests.training import ENGINE_SLICE, trained_slice
+from tests.training import ENGINE_SLICE, manifest, trained_slice
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +22,15 @@ def ray_engine():
 
 
 @pytest.fixture(scope="module")
-def food_posts(data_dir: Path):
-    return normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))
-
-
-@pytest.fixture(scope="module")
 def both_trained(tmp_path_factory: pytest.TempPathFactory, food_posts, ray_engine):
     """The same slice trained in this process and on Ray."""
     return {key: trained_slice(food_posts, tmp_path_factory.mktemp(key), engine)
             for key, engine in (("local", LocalEngine()), ("ray", ray_engine))}
 
 
-def _manifest(models) -> dict:
-    return json.loads((models.directory / "manifest.json").read_text())
-
-
 def test_ray_writes_the_local_engines_artifact_byte_for_byte(both_trained):
     (local, _), (ray, _) = both_trained["local"], both_trained["ray"]
-    local_files, ray_files = _manifest(local)["files"], _manifest(ray)["files"]
+    local_files, ray_files = manifest(local)["files"], manifest(ray)["files"]
     assert len(local_files) > 20  # every method's arrays, the fusions, the vocabulary
     assert ray_files == local_files  # sha256 of every file
     # the version's content hash (after the time stamp) names the same data

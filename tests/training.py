@@ -40,3 +40,10 @@ def trained_slice(posts: list, root: Path, engine: Engine) -> tuple[ImageModels,
                                 ignore=frozenset({"food"}), min_count=2, folds=3,
                                 progress=False, engine=engine)
     return models, store
+
+
+def manifest(models: ImageModels) -> dict:
+    """The written model's manifest.json (files and their sha256, the recipe)."""
+    import json
+
+    return json.loads((models.directory / "manifest.json").read_text())
