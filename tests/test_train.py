@@ -320,12 +320,14 @@ def test_the_fusions_learn_from_a_seeded_sample_of_the_photos_when_there_are_mor
     from services.image_models import out_of_fold_scores
 
     monkeypatch.setenv("HASHREC_FIT_SAMPLE", "100")
+    monkeypatch.setenv("HASHREC_FIT_PASSES", "2")  # a capped training says so, too
     posts = normalize_post_hashtags(read_posts(f"food:{data_dir / 'food'}"))[:160]
     models = train_image_models(posts, feature_store, tmp_path, ignore=frozenset({"food"}),
                                 methods=("frequency", "knn"), min_count=2, folds=3,
                                 progress=False)
     manifest = json.loads((models.directory / "manifest.json").read_text())
     assert manifest["fit_sample"] == {"photos": 100, "limit": 100}
+    assert manifest["fit_passes"] == 2
     assert manifest["n_train"] > 100
     _, keys, scaled = out_of_fold_scores(models.directory)
     assert len(keys) == len(scaled) == 100
