@@ -278,6 +278,12 @@ def hashtag_knowledge(corpora: Sequence[str], hold_out: int | None = None,
     return text_resources(lists, tweets, store_dir=store_dir)
 
 
+def check_fit_settings() -> None:
+    """Refuses a bad $HASHREC_FIT_PASSES or $HASHREC_FIT_SAMPLE (one line naming it) before
+    any photo is read or embedded: `hashrec train` and `hashrec serve`'s first training."""
+    fit_passes_limit(), fit_sample_limit()
+
+
 def train_default(out: Path, store: FeatureStore, hold_out: int | None = None,
                   communities: Sequence[tuple[str, str, frozenset[str]]] = DEFAULT_COMMUNITIES,
                   corpora: Sequence[str] = DEFAULT_CORPORA,
@@ -291,6 +297,7 @@ def train_default(out: Path, store: FeatureStore, hold_out: int | None = None,
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
 
+    check_fit_settings()
     members, kept_by_spec = [], {}
     for name, spec, ignore in communities:
         posts, _ = held_out_split(normalize_post_hashtags(read_posts(spec)), hold_out)
@@ -316,6 +323,7 @@ def train_from_spec(spec: str, out: Path, ignore: frozenset[str] = frozenset(),
     from shared.data.normalize import normalize_post_hashtags
     from shared.data.readers import read_posts
 
+    check_fit_settings()
     methods = methods or METHODS
     text = hashtag_knowledge(("harrison:harrison",)) if "semantic" in methods else None
     # the manifest names the set it trained on in full: `evaluate served` refuses to

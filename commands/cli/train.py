@@ -48,9 +48,8 @@ def _train(args: argparse.Namespace) -> int:
     from commands.engine import make_engine
     from commands.train import DEFAULT_CORPORA, DEFAULT_METHODS, train_default, train_from_spec
     from services.vision.store import FeatureStore
-    from shared.config import fit_passes_limit, fit_sample_limit, models_dir
+    from shared.config import models_dir
 
-    fit_passes_limit(), fit_sample_limit()  # a bad setting refused before any data is read
     out = args.out or models_dir()
     workers = args.workers
     if workers is None and args.engine == "local":
