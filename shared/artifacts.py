@@ -84,6 +84,9 @@ class ArtifactWriter:
         self.files: dict[str, str] = {}
         self.aliases: dict[str, str] = {}  # name → the file that holds the same bytes
         self._by_digest: dict[str, str] = {}
+        #: the name each file map was first written under, by its file, offset, size, dtype
+        #: and shape: kNN, graph and semantic hand over one index's map, read once, not thrice
+        self._by_region: dict[tuple, str] = {}
         directory.mkdir(parents=True, exist_ok=True)
 
     def _record(self, path: Path) -> None:
@@ -97,6 +100,14 @@ class ArtifactWriter:
         if blocks is None:
             self._stored(name, lambda out: np.save(out, np.asarray(value), allow_pickle=False))
             return
+        relative = f"{name}.npy"
+        region = (os.path.realpath(value.filename), value.offset, value.nbytes,
+                  value.dtype.str, value.shape)
+        first = self._by_region.get(region)
+        if first is not None and value.nbytes >= SHARED_MIN_BYTES:
+            self._unwritten(relative)
+            self.aliases[relative] = first
+            return
 
         def copied(out: _HashingFile) -> None:
             np.lib.format.write_array_header_1_0(
@@ -105,6 +116,7 @@ class ArtifactWriter:
                 out.write(data)
 
         self._stored(name, copied)
+        self._by_region[region] = self.aliases.get(relative, relative)  # a file's name
 
     def bytes_array(self, name: str, produce: Callable[[BinaryIO], Any]) -> None:
         """The bytes ``produce(file)`` writes, as ``name``.npy: a uint8 array, the same file
@@ -126,11 +138,14 @@ class ArtifactWriter:
 
         self._stored(name, framed)
 
-    def _stored(self, name: str, write: Callable[[BinaryIO], Any]) -> None:
-        relative = f"{name}.npy"
+    def _unwritten(self, relative: str) -> None:
         if relative in self.files or relative in self.aliases:
             # an alias of it, or the digest's first name, would name bytes since replaced
             raise ValueError(f"{self.directory}: {relative} written twice")
+
+    def _stored(self, name: str, write: Callable[[BinaryIO], Any]) -> None:
+        relative = f"{name}.npy"
+        self._unwritten(relative)
         path = self.directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")

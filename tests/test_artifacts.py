@@ -143,3 +143,33 @@ def test_bytes_written_otherwise_the_second_time_are_refused_and_leave_no_file(
     assert not list(tmp_path.iterdir())
     writer.bytes_array("same", lambda out: out.write(b"y" * 300))
     assert np.load(tmp_path / "same.npy").tobytes() == b"y" * 300
+
+
+def test_a_file_map_written_under_three_names_is_read_once_and_stored_once(
+        tmp_path: Path) -> None:
+    """kNN, graph and semantic each save their community's index, one read-only map: its
+    file is read for the first name (not through the map) and the others alias it; the
+    same bytes seen as another dtype are a file of their own."""
+    source = tmp_path / "spilled.npy"
+    np.save(source, np.arange(2_000_000, dtype=np.float32))  # 8 MB
+    mapped = np.load(source, mmap_mode="r")
+
+    def read_bytes() -> int:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no rchar in /proc/self/io")
+
+    writer = ArtifactWriter(tmp_path / "model")
+    before = read_bytes()
+    for name in ("knn/features", "graph/features", "semantic/features"):
+        writer.array(name, mapped)
+    assert read_bytes() - before < 1.5 * mapped.nbytes
+    writer.array("other/bytes", mapped.view(np.uint8))
+    writer.close({"kind": "test"})
+    assert writer.aliases == {"graph/features.npy": "knn/features.npy",
+                              "semantic/features.npy": "knn/features.npy"}
+    assert (tmp_path / "model" / "knn" / "features.npy").read_bytes() == source.read_bytes()
+    reader = ArtifactReader(tmp_path / "model")
+    np.testing.assert_array_equal(reader.array("semantic/features"), mapped)
+    np.testing.assert_array_equal(reader.array("other/bytes"), mapped.view(np.uint8))
