@@ -16,6 +16,8 @@ http_port="${HASHREC_HTTP_PORT:-8080}"
 data="${HASHREC_DATA_ROOT:-../shared/data}"
 photo="${1:-$data/food/images/0000008.jpg}"
 
+: > out/serve.log  # emptied first: tee empties it only once it starts, and the wait below
+# found the last run's "serving" line and asked a server not up yet (an outside try)
 .venv/bin/hashrec serve --port "$port" --http-port "$http_port" > >(tee out/serve.log) 2>&1 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
