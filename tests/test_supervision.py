@@ -118,8 +118,11 @@ def test_a_second_serve_while_the_first_still_trains_is_refused_before_training(
 
     env = {**os.environ, "HASHREC_MODELS": str(tmp_path / "models"), "PYTHONUNBUFFERED": "1",
            "HASHREC_DATA_ROOT": str(data_dir)}
+    # metrics on ports of their own: the defaults beside a random --port are 9100-9104,
+    # which any other serve on the machine may hold (then this one refuses to start)
     command = [sys.executable, "-m", "commands.cli", "serve", "--port",
-               str(free_ports_in_a_row(5)), "--http-port", "0", "--train", "food:food"]
+               str(free_ports_in_a_row(5)), "--http-port", "0", "--metrics-port",
+               str(free_ports_in_a_row(5)), "--train", "food:food"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=env)
     served = Served(first, 0, tmp_path)
